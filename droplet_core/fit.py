@@ -1,0 +1,333 @@
+"""The fit engine: stochastic variational inference in jitted chunks.
+
+Explicit state in, state out, as numpyro's ``SVI``: ``run_fit`` prepares the channel,
+starts every droplet at a detector candidate, then loops over jitted chunks of
+``CHUNK_STEPS`` SVI updates. Between chunks it reports progress, honours a stop request,
+and at fixed fractions of the run prunes droplets whose learned contribution is
+negligible and merges near-duplicates (this is how the model decides the droplet count
+without recompiling: droplets are switched off through an ``active`` mask).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+
+import flax
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+import numpyro
+import optax
+import pandas as pd
+from numpyro.handlers import seed, substitute, trace
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoNormal
+from numpyro.infer.initialization import init_to_value
+from numpyro.optim import optax_to_numpyro
+from scipy.spatial import cKDTree
+
+import droplet_core
+from droplet_core import images
+from droplet_core.channels import extract_channel
+from droplet_core.detect import find_candidates
+from droplet_core.models import VARIANTS
+from droplet_core.models.common import ModelSpec, make_layout
+from droplet_core.results import FitResult, rmse_per_channel
+from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitProgress, FitSettings
+from droplet_core.store import fit_key
+
+CHUNK_STEPS = 50
+# Fractions of the run after which negligible droplets are pruned and duplicates merged.
+HOUSEKEEPING_AT = (0.25, 0.5, 0.75)
+# A droplet is negligible when its strongest effect on the image is below this fraction of
+# the median droplet's, or below this many noise standard deviations. One whose effect is
+# far above the median is a point-like spike fitting a highlight or an edge, not a droplet.
+PRUNE_FRACTION_OF_MEDIAN = 0.2
+PRUNE_NOISE_SDS = 1.0
+PRUNE_MULTIPLE_OF_MEDIAN = 3.0
+# Droplets do not nest: a centre inside a larger droplet is a highlight or rim of that one.
+MERGE_FRACTION_OF_RADIUS = 1.0
+GUIDE_INIT_SCALE = 0.01
+MIN_RADIUS_PX = 1.0
+MAX_RADIUS_PX = 12.0
+INTERNAL_PARAMS = ("_anchors", "_active", "_polarity")
+
+
+class FitError(ValueError):
+    """A fit that cannot run or did not converge; the message is one line for the user."""
+
+
+def jax_device_description() -> str:
+    """The device fits run on, e.g. ``"cpu:0 (cpu)"`` or ``"gpu:0 (NVIDIA H100)"``."""
+    device = jax.devices()[0]
+    return f"{device.platform}:{device.id} ({device.device_kind})"
+
+
+def library_versions() -> dict:
+    return {
+        "droplet_core": droplet_core.__version__,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpyro": numpyro.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def prepare_channel(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """Crop, downscale and convert an uploaded ``(H, W, 3)`` image for fitting.
+
+    Returns the ``(h, w, c)`` channel, the downscale factor used, and the crop origin
+    ``(x0, y0)`` in pixels of the uploaded image.
+    """
+    origin = (0, 0)
+    if settings.crop is not None:
+        image = images.crop(image, settings.crop)
+        origin = (settings.crop[0], settings.crop[1])
+    height, width = image.shape[:2]
+    factor = settings.downscale or images.auto_downscale_factor(height, width, AUTO_DOWNSCALE_PIXELS)
+    small = images.downscale(image, factor)
+    return extract_channel(small, settings.channel).astype(np.float32), factor, origin
+
+
+def _candidates(observed: np.ndarray, settings: FitSettings) -> np.ndarray:
+    """``(n, 4)`` detector candidates x, y, radius, contrast in fit pixels (strongest first)."""
+    table = find_candidates(
+        observed,
+        min_radius_px=MIN_RADIUS_PX,
+        max_radius_px=MAX_RADIUS_PX,
+        max_count=settings.droplets or None,
+    )
+    if table.empty:
+        raise FitError("no droplet candidates found in this channel; try another channel or a smaller downscale")
+    return table[["x", "y", "radius", "contrast"]].to_numpy(np.float32)
+
+
+def _optimizer(settings: FitSettings, warm: bool):
+    steps = settings.steps
+    if warm:
+        schedule = optax.cosine_decay_schedule(settings.learning_rate * 0.3, steps, alpha=0.05)
+    else:
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, settings.learning_rate, max(steps // 20, 1), steps, end_value=settings.learning_rate * 0.05
+        )
+    return optax_to_numpyro(optax.adam(schedule))
+
+
+def _prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray, radius_key: str) -> np.ndarray:
+    """New ``(n,)`` active mask: drop negligible droplets, keep the stronger of near-duplicates."""
+    active = active.copy()
+    on = active > 0
+    if not on.any():
+        return active
+    typical = float(np.median(strength[on]))
+    floor = max(PRUNE_FRACTION_OF_MEDIAN * typical, PRUNE_NOISE_SDS * float(values["noise"]))
+    active[on & ((strength < floor) | (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical))] = 0.0
+    index = np.flatnonzero(active > 0)
+    xy = np.stack([values["x"][index], values["y"][index]], axis=1)
+    radius = values[radius_key][index] * (np.sqrt(2.0) if radius_key == "sigma" else 1.0)
+    tree = cKDTree(xy)
+    pairs = tree.query_pairs(r=MERGE_FRACTION_OF_RADIUS * float(radius.max()), output_type="ndarray")
+    for a, b in pairs[np.argsort(-np.maximum(radius[pairs[:, 0]], radius[pairs[:, 1]]))] if len(pairs) else []:
+        i, j = index[a], index[b]
+        if active[i] == 0 or active[j] == 0:
+            continue
+        if np.hypot(*(xy[a] - xy[b])) < MERGE_FRACTION_OF_RADIUS * max(radius[a], radius[b]):
+            active[j if strength[i] >= strength[j] else i] = 0.0
+    return active
+
+
+def run_fit(
+    image: np.ndarray,
+    settings: FitSettings,
+    *,
+    image_sha256: str,
+    progress: Callable[[FitProgress], None] | None = None,
+    stop: threading.Event | None = None,
+    warm_start: FitResult | None = None,
+) -> FitResult:
+    """Fit ``settings.model`` to an uploaded ``(H, W, 3)`` float image in [0, 1].
+
+    Parameters
+    ----------
+    image : (H, W, 3) float32 RGB as uploaded.
+    settings : what to fit and how; ``settings.steps`` more steps when warm starting.
+    image_sha256 : sha256 of the uploaded bytes (part of the result's id).
+    progress : called with a ``FitProgress`` after every chunk of ``CHUNK_STEPS`` steps.
+    stop : when set, the fit ends after the current chunk with status ``"stopped"``.
+    warm_start : an earlier result of the same image, model and channel to continue from.
+
+    Returns
+    -------
+    FitResult with droplets in pixels of the uploaded image.
+    """
+    started = time.perf_counter()
+    variant = VARIANTS[settings.model]
+    observed, factor, origin = prepare_channel(image, settings)
+    key = jax.random.PRNGKey(settings.seed)
+    init_key, svi_key = jax.random.split(key)
+
+    if warm_start is not None:
+        _check_warm_start(warm_start, settings, observed.shape)
+        anchors = warm_start.params["_anchors"]
+        active = warm_start.params["_active"].astype(np.float32)
+        polarity = float(warm_start.params["_polarity"])
+        init_values = {}
+        init_params = {k: jnp.asarray(v) for k, v in warm_start.params.items() if k not in INTERNAL_PARAMS}
+    else:
+        candidates = _candidates(observed, settings)
+        anchors = candidates[:, :3]
+        active = np.ones(len(candidates), np.float32)
+        polarity = 1.0 if np.median(candidates[:, 3]) >= 0 else -1.0
+        init_values = None
+        init_params = None
+    detected = time.perf_counter()
+
+    layout = make_layout(observed.shape, anchors[:, 2], variant.EXTENT)
+    spec = ModelSpec(layout, polarity, settings.mask_types, settings.mask_size)
+    if init_values is None:
+        init_values = variant.initial_values(observed, np.asarray(candidates), spec, init_key)
+    model = partial(variant.model, spec=spec)
+    guide = AutoNormal(model, init_loc_fn=init_to_value(values=init_values), init_scale=GUIDE_INIT_SCALE)
+    svi = SVI(model, guide, _optimizer(settings, warm_start is not None), Trace_ELBO())
+    observed_j = jnp.asarray(observed)
+    anchors_j = jnp.asarray(anchors)
+    state = svi.init(svi_key, observed_j, anchors_j, jnp.asarray(active), init_params=init_params)
+
+    @jax.jit
+    def run_chunk(state, active, n_steps):
+        def body(state, i):
+            return jax.lax.cond(
+                i < n_steps,
+                lambda s: svi.update(s, observed_j, anchors_j, active),
+                lambda s: (s, jnp.float32(jnp.nan)),
+                state,
+            )
+
+        return jax.lax.scan(body, state, jnp.arange(CHUNK_STEPS))
+
+    @jax.jit
+    def evaluate(params, active):
+        values = guide.median(params)
+        sites = trace(substitute(seed(model, 0), data=values)).get_trace(observed_j, anchors_j, active)
+        return values, sites["reconstruction"]["value"], sites["strength"]["value"]
+
+    radius_key = "sigma" if settings.model == "gaussian" else "radius"
+    checkpoints = {int(np.ceil(f * settings.steps / CHUNK_STEPS)) * CHUNK_STEPS for f in HOUSEKEEPING_AT}
+    losses: list[np.ndarray] = []
+    done = 0
+    status = "done"
+    compile_s = 0.0
+    while done < settings.steps:
+        if stop is not None and stop.is_set():
+            status = "stopped"
+            break
+        n_steps = min(CHUNK_STEPS, settings.steps - done)
+        chunk_started = time.perf_counter()
+        state, chunk_losses = run_chunk(state, jnp.asarray(active), n_steps)
+        chunk_losses = np.asarray(chunk_losses)[:n_steps]
+        if done == 0:
+            compile_s = time.perf_counter() - chunk_started
+        done += n_steps
+        losses.append(chunk_losses)
+        if not np.all(np.isfinite(chunk_losses)):
+            raise FitError(
+                f"the fit diverged (loss became NaN/inf at step {done}); try a smaller learning rate or another seed"
+            )
+        if done in checkpoints and done < settings.steps:
+            values, _, strength = evaluate(svi.get_params(state), jnp.asarray(active))
+            values = {k: np.asarray(v) for k, v in values.items()}
+            active = _prune_and_merge(values, np.asarray(strength), active, radius_key)
+        if progress is not None:
+            progress(
+                FitProgress(done, settings.steps, float(np.mean(chunk_losses)), time.perf_counter() - started, int(active.sum()))
+            )
+    fitted = time.perf_counter()
+
+    params = {k: np.asarray(v) for k, v in svi.get_params(state).items()}
+    values, reconstruction, _ = evaluate(params, jnp.asarray(active))
+    values = {k: np.asarray(v) for k, v in values.items()}
+    reconstruction = np.asarray(reconstruction, np.float32)
+    scales = {
+        name[: -len("_auto_scale")]: value for name, value in params.items() if name.endswith("_auto_scale")
+    }
+    droplets = _droplet_table(variant.droplet_columns(values, scales, spec), active, factor, origin)
+    all_losses = np.concatenate(losses) if losses else np.zeros(0, np.float32)
+    if warm_start is not None:
+        all_losses = np.concatenate([warm_start.losses, all_losses])
+    params.update({"_anchors": np.asarray(anchors), "_active": active, "_polarity": np.float32(polarity)})
+
+    parent = warm_start.fit_id if warm_start is not None else None
+    fit_id = fit_key(image_sha256, settings, parent, None if status == "done" else done)
+    finished = time.perf_counter()
+    info = {
+        "fit_id": fit_id,
+        "image_sha256": image_sha256,
+        "parent_fit_id": parent,
+        "settings": settings.to_dict(),
+        "status": status,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "steps_done": done,
+        "total_steps_done": len(all_losses),
+        "final_loss": float(np.mean(losses[-1])) if losses else None,
+        "rmse": rmse_per_channel(observed, reconstruction),
+        "channel": settings.channel,
+        "device": jax_device_description(),
+        "versions": library_versions(),
+        "timings": {
+            "detect_s": round(detected - started, 3),
+            "compile_s": round(compile_s, 3),
+            "fit_s": round(fitted - detected, 3),
+            "total_s": round(finished - started, 3),
+        },
+        "droplet_count": int(len(droplets)),
+        "candidate_count": int(len(anchors)),
+        "downscale": factor,
+        "crop_origin": list(origin),
+        "fit_shape": list(observed.shape),
+        "image_shape": list(image.shape),
+    }
+    return FitResult(
+        fit_id=fit_id,
+        image_sha256=image_sha256,
+        settings=settings,
+        droplets=droplets,
+        observed=observed,
+        reconstruction=reconstruction,
+        losses=all_losses.astype(np.float32),
+        params=params,
+        appearance=variant.appearance(values, spec),
+        info=info,
+    )
+
+
+def _check_warm_start(warm_start: FitResult, settings: FitSettings, shape: tuple) -> None:
+    before = warm_start.settings
+    same = (before.model, before.channel, before.mask_types, before.mask_size) == (
+        settings.model,
+        settings.channel,
+        settings.mask_types,
+        settings.mask_size,
+    )
+    if not same or tuple(warm_start.observed.shape) != tuple(shape):
+        raise FitError("can only continue a fit with the same image, model, channel, masks and downscale")
+
+
+def _droplet_table(columns: dict, active: np.ndarray, factor: int, origin: tuple[int, int]) -> pd.DataFrame:
+    """Active droplets with positions and lengths converted to pixels of the uploaded image."""
+    keep = active > 0
+    table = pd.DataFrame({name: np.asarray(value)[keep] for name, value in columns.items()})
+    table["x"] = images.to_original_px(table["x"].to_numpy(), factor) + origin[0]
+    table["y"] = images.to_original_px(table["y"].to_numpy(), factor) + origin[1]
+    for name in ("radius", "sd_x", "sd_y"):
+        if name in table:
+            table[name] = table[name] * factor
+    return table.sort_values(["y", "x"], kind="stable").reset_index(drop=True)

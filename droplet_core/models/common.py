@@ -1,0 +1,168 @@
+"""Rendering machinery shared by the model variants: droplets drawn on local pixel patches.
+
+Every droplet only touches the pixels within a few radii of its centre, so a variant
+evaluates its droplet look on a square patch per droplet and scatter-adds the patches into
+the image: cost and memory are O(droplets x patch) instead of O(droplets x pixels). Patch
+sizes follow each droplet's starting radius (with room to grow), and all patches are laid
+out in one flat list of pixels so that a render is a single gather, elementwise maths and
+a single scatter, whatever the mix of sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+
+# Radius caps (fit pixels): a droplet gets the smallest cap that leaves it room to grow by
+# GROWTH_ROOM during the fit, and a patch reaching ``extent * cap``; its radius is clipped
+# to the cap while rendering.
+RADIUS_CAPS_PX = (1.0, 1.5, 2.0, 2.5, 3.25, 4.0, 5.0, 6.5, 8.0, 10.0, 13.0, 16.0, 24.0, 32.0, 48.0)
+GROWTH_ROOM = 1.25
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """Static geometry a variant's model is compiled for.
+
+    ``height``, ``width`` and ``channels`` describe the fitted image ``(h, w, c)``. The ``L``
+    patch pixels of all droplets are listed in ``droplet`` ``(L,)`` (which droplet) and
+    ``offset_x``, ``offset_y`` ``(L,)`` (pixel offset from the droplet's rounded centre).
+    ``radius_cap_px`` ``(n,)`` is the largest radius each droplet's patch can draw.
+    """
+
+    height: int
+    width: int
+    channels: int
+    n_droplets: int
+    droplet: np.ndarray
+    offset_x: np.ndarray
+    offset_y: np.ndarray
+    radius_cap_px: np.ndarray
+
+    @property
+    def n_pixels(self) -> int:
+        return self.height * self.width
+
+
+def make_layout(shape: tuple[int, int, int], radius_px: np.ndarray, extent: float) -> Layout:
+    """Patches for droplets of starting radius ``radius_px`` ``(n,)`` in an ``(h, w, c)`` image.
+
+    ``extent`` is how far (in radii) a variant's droplet reaches.
+    """
+    height, width, channels = shape
+    radius_px = np.asarray(radius_px, dtype=float)
+    caps = np.asarray(RADIUS_CAPS_PX)
+    cap_index = np.minimum(np.searchsorted(caps, radius_px * GROWTH_ROOM), len(caps) - 1)
+    droplet, offset_x, offset_y = [], [], []
+    # Droplet-major order makes every gather from / scatter into droplet arrays sorted.
+    for g in np.unique(cap_index):
+        members = np.flatnonzero(cap_index == g)
+        half = int(np.ceil(extent * caps[g]))
+        oy, ox = np.mgrid[-half : half + 1, -half : half + 1]
+        droplet.append(np.repeat(members, ox.size))
+        offset_x.append(np.tile(ox.ravel(), members.size))
+        offset_y.append(np.tile(oy.ravel(), members.size))
+    droplet = np.concatenate(droplet) if droplet else np.zeros(0, np.int64)
+    order = np.argsort(droplet, kind="stable")
+    return Layout(
+        height,
+        width,
+        channels,
+        int(radius_px.size),
+        droplet[order].astype(np.int32),
+        np.concatenate(offset_x)[order].astype(np.float32) if order.size else np.zeros(0, np.float32),
+        np.concatenate(offset_y)[order].astype(np.float32) if order.size else np.zeros(0, np.float32),
+        caps[cap_index].astype(np.float32),
+    )
+
+
+def per_pixel(layout: Layout, droplet_values):
+    """Gather ``(n, ...)`` droplet values to the ``(L, ...)`` patch pixels (sorted indices)."""
+    return jnp.asarray(droplet_values).at[jnp.asarray(layout.droplet)].get(indices_are_sorted=True, mode="promise_in_bounds")
+
+
+def patch_geometry(layout: Layout, x_px, y_px):
+    """Where every patch pixel lies relative to its droplet.
+
+    Parameters
+    ----------
+    x_px, y_px : (n,) droplet centres in fit pixels (x = column, y = row).
+
+    Returns
+    -------
+    flat_index : (L,) int32 row-major pixel index (clipped into the image).
+    dx_px, dy_px : (L,) pixel centre minus droplet centre.
+    inside : (L,) bool, whether the patch pixel lies in the image.
+    """
+    x = per_pixel(layout, x_px)
+    y = per_pixel(layout, y_px)
+    px = jnp.round(x) + jnp.asarray(layout.offset_x)
+    py = jnp.round(y) + jnp.asarray(layout.offset_y)
+    inside = (px >= 0) & (px < layout.width) & (py >= 0) & (py < layout.height)
+    flat = jnp.clip(py, 0, layout.height - 1).astype(jnp.int32) * layout.width + jnp.clip(
+        px, 0, layout.width - 1
+    ).astype(jnp.int32)
+    return flat, px - x, py - y, inside
+
+
+def splat(layout: Layout, values, flat_index, inside):
+    """Scatter-add patch ``values`` ``(L, c)`` into a flat image ``(h * w, c)``."""
+    masked = jnp.where(inside[:, None], values, 0.0)
+    return jnp.zeros((layout.n_pixels, values.shape[1]), values.dtype).at[flat_index].add(masked)
+
+
+def capped_radius(layout: Layout, radius_px):
+    """``(L,)`` each patch pixel's droplet radius, clipped to what its patch can draw."""
+    return per_pixel(layout, jnp.minimum(radius_px, jnp.asarray(layout.radius_cap_px)))
+
+
+def bilinear_sample(layout: Layout, grids, u, v):
+    """Sample each patch pixel's droplet grid at continuous cell coordinates.
+
+    Parameters
+    ----------
+    grids : (n, m, m) one grid per droplet; cell (i, j) is row i, column j.
+    u, v : (L,) column and row coordinates in cells; outside [0, m - 1] gives 0.
+
+    Returns
+    -------
+    (L,) bilinearly interpolated values.
+    """
+    n, m, _ = grids.shape
+    flat = grids.reshape(n * m * m)
+    base = jnp.asarray(layout.droplet) * (m * m)
+    u0 = jnp.floor(u)
+    v0 = jnp.floor(v)
+    fu = u - u0
+    fv = v - v0
+
+    def corner(du, dv):
+        cu = u0 + du
+        cv = v0 + dv
+        valid = (cu >= 0) & (cu <= m - 1) & (cv >= 0) & (cv <= m - 1)
+        index = base + (jnp.clip(cv, 0, m - 1) * m + jnp.clip(cu, 0, m - 1)).astype(jnp.int32)
+        return jnp.where(valid, flat.at[index].get(mode="promise_in_bounds"), 0.0)
+
+    return (
+        corner(0, 0) * (1 - fu) * (1 - fv)
+        + corner(1, 0) * fu * (1 - fv)
+        + corner(0, 1) * (1 - fu) * fv
+        + corner(1, 1) * fu * fv
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpec:
+    """Static description of one fit's model, closed over by the jitted functions.
+
+    ``polarity`` is +1 when droplets are brighter than the background in the fitted channel
+    and -1 when darker (single-channel variants start their droplets with that sign).
+    ``mask_types`` and ``mask_size`` configure templates and neural.
+    """
+
+    layout: Layout
+    polarity: float
+    mask_types: int
+    mask_size: int

@@ -1,0 +1,200 @@
+"""Variant ``neural``: a small flax MLP ("droplet optics model") renders droplets (series part 3).
+
+All colour channels at once ``(h, w, 3)``. Each pixel is rendered by its NEAREST droplet only
+(distance normalised by that droplet's radius), which keeps memory at O(pixels) instead of
+O(pixels x droplets). The MLP maps (background value, dx/r, dy/r, r, composition) to the
+new pixel value through a residual connection and a sigmoid; its weights are latent with
+``Normal(0, 1)`` priors and are fitted together with the droplets.
+"""
+
+from __future__ import annotations
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.contrib.module import random_flax_module
+
+from droplet_core.models.common import ModelSpec, capped_radius, patch_geometry, per_pixel, splat
+
+EXTENT = 1.5
+POSITION_PRIOR_SD_PX = 3.0
+HIDDEN_DIMS = (32, 16, 8)
+GALLERY_RADII_PX = (2.0, 4.0, 8.0)
+GALLERY_SIZE_PX = 25
+
+
+class DropletOptics(nn.Module):
+    """Maps per-pixel features ``(batch, c + 3 + types)`` to pixel values ``(batch, c)``.
+
+    Features are the background value (c), dx/r, dy/r, r (fit px) and the composition.
+    """
+
+    channels: int
+    hidden_dims: tuple[int, ...] = HIDDEN_DIMS
+
+    @nn.compact
+    def __call__(self, features):
+        background = features[:, : self.channels]
+        h = features
+        for i, dim in enumerate(self.hidden_dims):
+            h = nn.Dense(dim, name=f"hidden_{i}")(h)
+            h = nn.LayerNorm(name=f"ln_{i}")(h)
+            h = jax.nn.relu(h)
+        delta = nn.Dense(self.channels, name="output")(h)
+        # logit(background) makes delta = 0 the identity, unlike the seed's sigmoid(bg + delta).
+        return jax.nn.sigmoid(jax.scipy.special.logit(jnp.clip(background, 1e-4, 1 - 1e-4)) + delta)
+
+
+def feature_count(spec: ModelSpec) -> int:
+    return spec.layout.channels + 3 + spec.mask_types
+
+
+def nearest_droplet_features(x, y, radius, composition, active, spec: ModelSpec):
+    """Per-pixel features of the nearest active droplet.
+
+    Returns ``(h * w, 3 + types)`` features (dx/r, dy/r, r, composition) and ``(h * w,)``
+    coverage (1 where some droplet is within ``EXTENT`` radii, else 0).
+    """
+    layout = spec.layout
+    flat, dx, dy, inside = patch_geometry(layout, x, y)
+    r = capped_radius(layout, radius)
+    u, v = dx / r, dy / r
+    distance = jnp.hypot(u, v)
+    usable = inside & (distance < EXTENT) & (per_pixel(layout, active) > 0)
+    distance = jnp.where(usable, distance, jnp.inf)
+    nearest = jnp.full((layout.n_pixels,), jnp.inf).at[flat].min(jax.lax.stop_gradient(distance))
+    chosen = usable & (distance <= nearest[flat])
+    values = jnp.concatenate(
+        [u[:, None], v[:, None], r[:, None], per_pixel(layout, composition), jnp.ones_like(u)[:, None]], axis=1
+    )
+    summed = splat(layout, values, flat, chosen)
+    count = summed[:, -1]
+    # Exact ties (equidistant droplets) are averaged.
+    features = summed[:, :-1] / jnp.maximum(count, 1.0)[:, None]
+    return features, jnp.minimum(count, 1.0)
+
+
+def model(observed, anchors, active, spec: ModelSpec):
+    """numpyro model of an ``(h, w, 3)`` image; ``anchors`` ``(n, 3)`` detector x, y, radius (fit px)."""
+    layout = spec.layout
+    n, types, c = layout.n_droplets, spec.mask_types, layout.channels
+    bg = numpyro.sample("bg", dist.Uniform(0.0, 1.0).expand([c]).to_event(1))
+    noise = numpyro.sample("noise", dist.LogNormal(jnp.log(0.05), 1.0))
+    with numpyro.plate("droplets", n):
+        x = numpyro.sample("x", dist.Normal(anchors[:, 0], POSITION_PRIOR_SD_PX))
+        y = numpyro.sample("y", dist.Normal(anchors[:, 1], POSITION_PRIOR_SD_PX))
+        radius = numpyro.sample("radius", dist.LogNormal(1.5, 0.75))
+        composition = numpyro.sample("composition", dist.Uniform(0.0, 1.0).expand([types]).to_event(1))
+    optics = random_flax_module(
+        "optics", DropletOptics(channels=c), dist.Normal(0.0, 1.0), input_shape=(1, feature_count(spec))
+    )
+    features, covered = nearest_droplet_features(x, y, radius, composition, active, spec)
+    background = jnp.broadcast_to(bg, (features.shape[0], c))
+    rendered = optics(jnp.concatenate([background, features], axis=-1))
+    image = jnp.where(covered[:, None] > 0, rendered, background).reshape(layout.height, layout.width, c)
+    numpyro.deterministic("reconstruction", image)
+    numpyro.deterministic("strength", droplet_strength(optics, bg, radius, composition))
+    numpyro.sample("obs", dist.Normal(image, noise).to_event(3), obs=observed)
+
+
+def droplet_strength(optics, bg, radius, composition):
+    """``(n,)`` largest change a droplet makes to the background, probed at a few points."""
+    probes = jnp.asarray([[0.0, 0.0], [0.0, 0.4], [0.0, -0.4], [0.4, 0.0], [-0.4, 0.0], [0.0, 0.9]])
+    n, k = radius.shape[0], probes.shape[0]
+    features = jnp.concatenate(
+        [
+            jnp.broadcast_to(bg, (n, k, bg.shape[0])),
+            jnp.broadcast_to(probes, (n, k, 2)),
+            jnp.broadcast_to(radius[:, None, None], (n, k, 1)),
+            jnp.broadcast_to(composition[:, None, :], (n, k, composition.shape[1])),
+        ],
+        axis=-1,
+    )
+    values = optics(features.reshape(n * k, -1)).reshape(n, k, -1)
+    return jnp.max(jnp.abs(values - bg), axis=(1, 2))
+
+
+def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
+    """Start at the detector's candidates ``(n, 4)`` (x, y, radius, contrast); optics weights from the prior."""
+    n, types = candidates.shape[0], spec.mask_types
+    comp_key, optics_key = jax.random.split(key)
+    composition = np.asarray(jax.random.uniform(comp_key, (n, types), minval=0.3, maxval=0.7))
+    optics = DropletOptics(channels=spec.layout.channels)
+    weights = optics.init(optics_key, jnp.zeros((1, feature_count(spec))))["params"]
+    flat_weights = {
+        "optics/" + ".".join(path): np.asarray(value)
+        for path, value in flax.traverse_util.flatten_dict(weights).items()
+    }
+    # A small output layer starts the optics model close to "droplets change nothing".
+    flat_weights["optics/output.kernel"] = flat_weights["optics/output.kernel"] * 0.1
+    return {
+        **flat_weights,
+        "bg": np.median(observed, axis=(0, 1)).astype(np.float32),
+        "noise": np.float32(0.05),
+        "x": candidates[:, 0].astype(np.float32),
+        "y": candidates[:, 1].astype(np.float32),
+        "radius": np.maximum(candidates[:, 2], 0.5).astype(np.float32),
+        "composition": composition.astype(np.float32),
+    }
+
+
+def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
+    """Per-droplet columns in fit px: x, y, radius, composition_0.., sd_x, sd_y."""
+    del spec
+    columns = {"x": values["x"], "y": values["y"], "radius": values["radius"]}
+    for t in range(values["composition"].shape[1]):
+        columns[f"composition_{t}"] = values["composition"][:, t]
+    columns["sd_x"] = scales["x"]
+    columns["sd_y"] = scales["y"]
+    return columns
+
+
+def optics_params(values: dict) -> dict:
+    """Nested flax parameters of the optics MLP from the flat ``optics/...`` sample sites."""
+    params: dict = {}
+    for name, value in values.items():
+        if not name.startswith("optics/"):
+            continue
+        node = params
+        *path, leaf = name[len("optics/") :].split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = jnp.asarray(value)
+    return {"params": params}
+
+
+def appearance(values: dict, spec: ModelSpec) -> dict:
+    """``gallery`` ``(types * radii, s, s, c)``: the optics model's droplet drawn on the background
+    for each pure composition type at each of ``GALLERY_RADII_PX``, and the flat optics weights."""
+    c, types = spec.layout.channels, spec.mask_types
+    half = GALLERY_SIZE_PX // 2
+    offsets = np.arange(-half, half + 1, dtype=np.float32)
+    dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
+    optics = DropletOptics(channels=c)
+    params = optics_params(values)
+    bg = np.asarray(values["bg"], np.float32)
+    tiles = []
+    for t in range(types):
+        composition = np.zeros(types, np.float32)
+        composition[t] = 1.0
+        for r in GALLERY_RADII_PX:
+            u, v = dx / r, dy / r
+            features = np.concatenate(
+                [
+                    np.broadcast_to(bg, dx.shape + (c,)),
+                    u[..., None],
+                    v[..., None],
+                    np.full(dx.shape + (1,), r, np.float32),
+                    np.broadcast_to(composition, dx.shape + (types,)),
+                ],
+                axis=-1,
+            ).reshape(-1, feature_count(spec))
+            tile = np.asarray(optics.apply(params, jnp.asarray(features))).reshape(dx.shape + (c,))
+            covered = (np.hypot(u, v) < EXTENT)[..., None]
+            tiles.append(np.where(covered, tile, bg))
+    weights = {name: np.asarray(v) for name, v in values.items() if name.startswith("optics/")}
+    return {"gallery": np.stack(tiles).astype(np.float32), **weights}

@@ -1,0 +1,139 @@
+"""Variant ``templates``: learned droplet masks mixed by a per-droplet composition (series part 2).
+
+One channel ``(h, w, 1)``. There are ``mask_types`` learned masks of ``mask_size^2`` cells;
+a droplet's look is the composition-weighted sum of the masks. Unlike the seed, masks are
+drawn in units of the droplet's radius (cells span -1.5..1.5 radii) and may be signed, so
+one set of masks describes droplets of every size and both the bright caustic and the dark
+rim; each droplet gets an explicit radius. Masks are sampled bilinearly at sub-pixel
+positions; the image is clipped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from droplet_core.models.common import ModelSpec, bilinear_sample, capped_radius, patch_geometry, splat
+
+EXTENT = 1.5
+POSITION_PRIOR_SD_PX = 3.0
+
+
+def model(observed, anchors, active, spec: ModelSpec):
+    """numpyro model of a ``(h, w, 1)`` channel; ``anchors`` ``(n, 3)`` detector x, y, radius (fit px)."""
+    layout = spec.layout
+    n, types, size = layout.n_droplets, spec.mask_types, spec.mask_size
+    bg = numpyro.sample("bg", dist.Uniform(0.0, 1.0).expand([layout.channels]).to_event(1))
+    noise = numpyro.sample("noise", dist.LogNormal(jnp.log(0.05), 1.0))
+    masks = numpyro.sample("masks", dist.Normal(0.0, 0.5).expand([types, size, size]).to_event(3))
+    with numpyro.plate("droplets", n):
+        x = numpyro.sample("x", dist.Normal(anchors[:, 0], POSITION_PRIOR_SD_PX))
+        y = numpyro.sample("y", dist.Normal(anchors[:, 1], POSITION_PRIOR_SD_PX))
+        radius = numpyro.sample("radius", dist.LogNormal(1.5, 0.75))
+        composition = numpyro.sample("composition", dist.Uniform(0.0, 1.0).expand([types]).to_event(1))
+    droplet_masks = jnp.einsum("nt,tij->nij", composition, masks * envelope(size))
+    image = render(bg, x, y, radius, droplet_masks * active[:, None, None], spec)
+    numpyro.deterministic("reconstruction", image)
+    numpyro.deterministic("strength", jnp.max(jnp.abs(droplet_masks), axis=(1, 2)))
+    numpyro.sample("obs", dist.Normal(image, noise).to_event(3), obs=observed)
+
+
+def render(bg, x, y, radius, droplet_masks, spec: ModelSpec):
+    """``(h, w, 1)`` image; ``droplet_masks`` ``(n, m, m)`` each droplet's composed mask."""
+    layout = spec.layout
+    cells_per_radius = (spec.mask_size - 1) / (2.0 * EXTENT)
+    centre_cell = (spec.mask_size - 1) / 2.0
+
+    flat, dx, dy, inside = patch_geometry(layout, x, y)
+    r = capped_radius(layout, radius)
+    u = centre_cell + dx / r * cells_per_radius
+    v = centre_cell + dy / r * cells_per_radius
+    values = bilinear_sample(layout, droplet_masks, u, v)
+    droplets = splat(layout, values[:, None], flat, inside).reshape(layout.height, layout.width, layout.channels)
+    return jnp.clip(bg + droplets, 0.0, 1.0)
+
+
+def envelope(size: int) -> np.ndarray:
+    """``(size, size)`` weights that confine a mask to its droplet (1 within 1.1 radii, 0 beyond 1.4).
+
+    Without it a mask could spread into neighbouring droplets, and positions and radii would
+    lose their meaning.
+    """
+    axis = np.linspace(-EXTENT, EXTENT, size)
+    distance = np.hypot(axis[None, :], axis[:, None])
+    return np.clip((1.4 - distance) / 0.3, 0.0, 1.0).astype(np.float32)
+
+
+def disk_profile(size: int) -> np.ndarray:
+    """``(size, size)`` soft unit disk on the mask grid (cells span -EXTENT..EXTENT radii)."""
+    axis = np.linspace(-EXTENT, EXTENT, size)
+    distance = np.hypot(axis[None, :], axis[:, None])
+    return np.clip(1.5 - distance, 0.0, 1.0)
+
+
+def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
+    """Start at the detector's candidates ``(n, 4)`` (x, y, radius, contrast) with disk-like masks.
+
+    The masks start as slightly different disks so the types can specialise.
+    """
+    n, types = candidates.shape[0], spec.mask_types
+    contrast = float(np.median(candidates[:, 3])) if n else 0.1
+    mask_key, comp_key = jax.random.split(key)
+    jitter = 1.0 + 0.3 * np.asarray(jax.random.normal(mask_key, (types, spec.mask_size, spec.mask_size)))
+    masks = spec.polarity * contrast * disk_profile(spec.mask_size)[None] * jitter
+    composition = 0.5 + 0.2 * np.asarray(jax.random.uniform(comp_key, (n, types), minval=-1.0, maxval=1.0))
+    scale = candidates[:, 3] / max(contrast, 1e-6)
+    composition = np.clip(composition * scale[:, None] / types * 2.0, 0.02, 0.98)
+    return {
+        "bg": np.median(observed, axis=(0, 1)).astype(np.float32),
+        "noise": np.float32(0.05),
+        "masks": masks.astype(np.float32),
+        "x": candidates[:, 0].astype(np.float32),
+        "y": candidates[:, 1].astype(np.float32),
+        "radius": np.maximum(candidates[:, 2], 0.5).astype(np.float32),
+        "composition": composition.astype(np.float32),
+    }
+
+
+def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
+    """Per-droplet columns in fit px: x, y, radius, amplitude, composition_0.., sd_x, sd_y."""
+    masks = np.einsum("nt,tij->nij", values["composition"], values["masks"] * envelope(spec.mask_size))
+    centre_u, centre_v, size = mask_geometry(masks)
+    columns = {
+        "x": values["x"] + centre_u * values["radius"],
+        "y": values["y"] + centre_v * values["radius"],
+        "radius": size * values["radius"],
+        "amplitude": np.max(np.abs(masks), axis=(1, 2)),
+    }
+    for t in range(values["composition"].shape[1]):
+        columns[f"composition_{t}"] = values["composition"][:, t]
+    columns["sd_x"] = scales["x"]
+    columns["sd_y"] = scales["y"]
+    return columns
+
+
+def mask_geometry(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre and radius of composed masks ``(n, m, m)``, in units of the droplet radius.
+
+    Masks may drift within their grid while positions drift the other way (the model
+    cannot tell them apart), so the reported centre is the centroid of the mask's absolute
+    deviation from the background, and the radius follows from its second moment
+    (``R = sqrt(2 <d^2>)`` for a uniform disk). Returns ``(n,)`` arrays ``u``, ``v``, ``radius``.
+    """
+    size = masks.shape[-1]
+    axis = np.linspace(-EXTENT, EXTENT, size)
+    weight = np.abs(masks) + 1e-12
+    total = weight.sum(axis=(1, 2))
+    u = (weight * axis[None, None, :]).sum(axis=(1, 2)) / total
+    v = (weight * axis[None, :, None]).sum(axis=(1, 2)) / total
+    d2 = (axis[None, None, :] - u[:, None, None]) ** 2 + (axis[None, :, None] - v[:, None, None]) ** 2
+    radius = np.sqrt(2.0 * (weight * d2).sum(axis=(1, 2)) / total)
+    return u, v, radius
+
+
+def appearance(values: dict, spec: ModelSpec) -> dict:
+    """The learned masks ``(types, m, m)`` in channel units (added to the background)."""
+    return {"masks": np.asarray(values["masks"] * envelope(spec.mask_size), np.float32)}

@@ -1,0 +1,95 @@
+"""The result of a fit, and the files a fit writes (droplets.csv, reconstruction.png, fit.json)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from droplet_core.settings import FitSettings
+
+BASE_COLUMNS = ("x", "y", "radius")
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """A finished (or stopped) fit.
+
+    Attributes
+    ----------
+    fit_id : store key, 32 lowercase hex characters.
+    image_sha256 : sha256 of the image bytes as uploaded.
+    settings : the settings that made it.
+    droplets : one row per droplet; ``x`` (column), ``y`` (row) and ``radius`` in pixels
+        of the image as uploaded, then the variant's own columns.
+    observed : ``(h, w, c)`` float32, the fitted channel(s) at fit resolution.
+    reconstruction : ``(h, w, c)`` float32, the model's rendering at fit resolution.
+    losses : ``(steps_done,)`` float32, the ELBO loss of every step.
+    params : guide parameters (numpy), enough to warm start a further fit.
+    appearance : the learned droplet appearance (``masks`` ``(types, m, m)`` for templates;
+        the optics network's weights for neural), for the gallery and for reuse.
+    info : everything ``fit.json`` records: settings, versions, device, timings,
+        final loss, RMSE per channel, status.
+    """
+
+    fit_id: str
+    image_sha256: str
+    settings: FitSettings
+    droplets: pd.DataFrame
+    observed: np.ndarray
+    reconstruction: np.ndarray
+    losses: np.ndarray
+    params: dict
+    appearance: dict
+    info: dict
+
+    @property
+    def residual(self) -> np.ndarray:
+        """``(h, w, c)`` observed minus reconstruction."""
+        return self.observed - self.reconstruction
+
+    @property
+    def status(self) -> str:
+        return self.info["status"]
+
+
+def rmse_per_channel(observed: np.ndarray, reconstruction: np.ndarray) -> list[float]:
+    """Root-mean-square error of ``(h, w, c)`` arrays, one value per channel."""
+    diff = np.asarray(observed, np.float64) - np.asarray(reconstruction, np.float64)
+    return [float(v) for v in np.sqrt(np.mean(diff**2, axis=(0, 1)))]
+
+
+def to_png_bytes(image: np.ndarray) -> bytes:
+    """Encode a ``(h, w, c)`` float image in [0, 1] (c = 1 or 3) as an 8-bit PNG."""
+    array = np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_outputs(result: FitResult, out_dir: str | Path) -> Path:
+    """Write droplets.csv, reconstruction.png and fit.json for ``result`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result.droplets.to_csv(out / "droplets.csv", index=False, float_format="%.4f")
+    (out / "reconstruction.png").write_bytes(to_png_bytes(result.reconstruction))
+    (out / "fit.json").write_text(json.dumps(result.info, indent=2, sort_keys=True))
+    return out
+
+
+def zip_outputs(result: FitResult) -> bytes:
+    """The three output files of ``result`` in one zip archive (for downloads)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("droplets.csv", result.droplets.to_csv(index=False, float_format="%.4f"))
+        archive.writestr("reconstruction.png", to_png_bytes(result.reconstruction))
+        archive.writestr("fit.json", json.dumps(result.info, indent=2, sort_keys=True))
+    return buffer.getvalue()

@@ -1,0 +1,87 @@
+"""Frozen, hashable settings and progress records shared by the fit engine, store, CLI and app."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+MODEL_NAMES = ("gaussian", "templates", "neural")
+
+# Pixel budget the automatic downscale aims for: large enough to resolve 1 px droplets of
+# a typical microscope frame at quarter resolution, small enough for a fit in seconds.
+AUTO_DOWNSCALE_PIXELS = 400_000
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything that decides a fit's result; it keys the store and the app's caches.
+
+    Attributes
+    ----------
+    model : one of ``MODEL_NAMES``.
+    channel : a name from ``droplet_core.channels.CHANNELS``; ``neural`` needs ``"rgb"``.
+    downscale : integer block-averaging factor, or 0 for automatic (about
+        ``AUTO_DOWNSCALE_PIXELS`` pixels are fitted).
+    droplets : maximum droplet count, or 0 for automatic (the detector's candidates,
+        pruned by the fit).
+    steps : SVI steps.
+    learning_rate : peak Adam learning rate.
+    seed : PRNG seed; the fit is deterministic given it.
+    mask_types : number of learned droplet types (templates, neural composition length).
+    mask_size : side of each learned mask, in cells spanning -1.5..1.5 radii (templates).
+    crop : optional region of interest ``(x0, y0, x1, y1)`` in pixels of the image as
+        given (x = column, y = row, end exclusive), applied before downscaling.
+    """
+
+    model: str = "templates"
+    channel: str = "grey"
+    downscale: int = 0
+    droplets: int = 0
+    steps: int = 1500
+    learning_rate: float = 0.02
+    seed: int = 0
+    mask_types: int = 6
+    mask_size: int = 15
+    crop: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        if self.model == "neural" and self.channel != "rgb":
+            raise ValueError("the neural model fits all colour channels at once: use channel 'rgb'")
+        if self.model != "neural" and self.channel == "rgb":
+            raise ValueError(f"the {self.model} model fits one channel: choose a single channel, not 'rgb'")
+        for name in ("downscale", "droplets", "steps", "seed", "mask_types", "mask_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.steps < 1:
+            raise ValueError("steps must be at least 1")
+        if not self.learning_rate > 0:
+            raise ValueError("learning_rate must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FitSettings:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in fields}
+        if values.get("crop") is not None:
+            values["crop"] = tuple(int(v) for v in values["crop"])
+        return cls(**values)
+
+
+def default_channel(model: str) -> str:
+    """The channel a new user gets for ``model``."""
+    return "rgb" if model == "neural" else "grey"
+
+
+@dataclass(frozen=True)
+class FitProgress:
+    """One report from a running fit, sent after every jitted chunk of steps."""
+
+    step: int
+    total_steps: int
+    loss: float
+    elapsed_s: float
+    droplets: int
