@@ -25,10 +25,11 @@ import numpy as np
 import numpyro
 import optax
 import pandas as pd
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
 from numpyro.handlers import seed, substitute, trace
 from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.autoguide import AutoNormal
-from numpyro.infer.initialization import init_to_value
 from numpyro.optim import optax_to_numpyro
 from scipy.spatial import cKDTree
 
@@ -111,6 +112,57 @@ def _candidates(observed: np.ndarray, settings: FitSettings) -> np.ndarray:
     return table[["x", "y", "radius", "contrast"]].to_numpy(np.float32)
 
 
+class MeanFieldGuide:
+    """Independent normal posteriors in each latent's unconstrained space (as ``AutoNormal``).
+
+    Written out instead of ``AutoNormal`` because AutoNormal discovers the model by running
+    it eagerly, op by op, which costs seconds of XLA compilation for every new image size;
+    this guide is a pure function, so ``svi.init`` is jitted like the updates. Parameters are
+    named ``<site>_auto_loc`` / ``<site>_auto_scale`` like AutoNormal's.
+    """
+
+    def __init__(self, init_values: dict, sites: dict, init_scale: float):
+        self.init_values = init_values
+        self.transforms = {name: biject_to(support) for name, (support, _) in sites.items()}
+        self.event_dims = {name: event_dim for name, (_, event_dim) in sites.items()}
+        self.init_scale = init_scale
+
+    def __call__(self, *args, **kwargs):
+        for name, transform in self.transforms.items():
+            init_loc = transform.inv(jnp.asarray(self.init_values[name]))
+            loc = numpyro.param(f"{name}_auto_loc", init_loc)
+            scale = numpyro.param(
+                f"{name}_auto_scale",
+                jnp.full(jnp.shape(init_loc), self.init_scale),
+                constraint=constraints.softplus_positive,
+            )
+            base = dist.Normal(loc, scale).to_event(self.event_dims[name])
+            numpyro.sample(name, dist.TransformedDistribution(base, transform))
+
+    def median(self, params: dict) -> dict:
+        """Each latent's posterior median, in its own (constrained) space."""
+        return {name: t(params[f"{name}_auto_loc"]) for name, t in self.transforms.items()}
+
+
+def latent_sites(model, *args) -> dict:
+    """``{name: (support, event_dim)}`` of every latent site of ``model(*args)``, traced abstractly."""
+    supports = {}
+
+    def record(*args):
+        sites = trace(seed(model, 0)).get_trace(*args)
+        supports.update(
+            {
+                name: (site["fn"].support, len(site["fn"].event_shape))
+                for name, site in sites.items()
+                if site["type"] == "sample" and not site["is_observed"]
+            }
+        )
+        return 0
+
+    jax.eval_shape(record, *args)
+    return supports
+
+
 def _optimizer(settings: FitSettings, warm: bool):
     steps = settings.steps
     if warm:
@@ -132,6 +184,8 @@ def _prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray, rad
     floor = max(PRUNE_FRACTION_OF_MEDIAN * typical, PRUNE_NOISE_SDS * float(values["noise"]))
     active[on & ((strength < floor) | (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical))] = 0.0
     index = np.flatnonzero(active > 0)
+    if index.size < 2:
+        return active
     xy = np.stack([values["x"][index], values["y"][index]], axis=1)
     radius = values[radius_key][index] * (np.sqrt(2.0) if radius_key == "sigma" else 1.0)
     tree = cKDTree(xy)
@@ -180,27 +234,28 @@ def run_fit(
         anchors = warm_start.params["_anchors"]
         active = warm_start.params["_active"].astype(np.float32)
         polarity = float(warm_start.params["_polarity"])
-        init_values = {}
         init_params = {k: jnp.asarray(v) for k, v in warm_start.params.items() if k not in INTERNAL_PARAMS}
     else:
         candidates = _candidates(observed, settings)
         anchors = candidates[:, :3]
         active = np.ones(len(candidates), np.float32)
         polarity = 1.0 if np.median(candidates[:, 3]) >= 0 else -1.0
-        init_values = None
         init_params = None
     detected = time.perf_counter()
 
     layout = make_layout(observed.shape, anchors[:, 2], variant.EXTENT)
     spec = ModelSpec(layout, polarity, settings.mask_types, settings.mask_size)
-    if init_values is None:
-        init_values = variant.initial_values(observed, np.asarray(candidates), spec, init_key)
     model = partial(variant.model, spec=spec)
-    guide = AutoNormal(model, init_loc_fn=init_to_value(values=init_values), init_scale=GUIDE_INIT_SCALE)
-    svi = SVI(model, guide, _optimizer(settings, warm_start is not None), Trace_ELBO())
     observed_j = jnp.asarray(observed)
     anchors_j = jnp.asarray(anchors)
-    state = svi.init(svi_key, observed_j, anchors_j, jnp.asarray(active), init_params=init_params)
+    sites = latent_sites(model, observed_j, anchors_j, jnp.asarray(active))
+    if init_params is None:
+        init_values = variant.initial_values(observed, np.asarray(candidates), spec, init_key)
+    else:
+        init_values = {name: biject_to(support)(init_params[f"{name}_auto_loc"]) for name, (support, _) in sites.items()}
+    guide = MeanFieldGuide(init_values, sites, GUIDE_INIT_SCALE)
+    svi = SVI(model, guide, _optimizer(settings, warm_start is not None), Trace_ELBO())
+    state = jax.jit(svi.init)(svi_key, observed_j, anchors_j, jnp.asarray(active), init_params=init_params)
 
     @jax.jit
     def run_chunk(state, active, n_steps):
@@ -243,7 +298,7 @@ def run_fit(
                 f"the fit diverged (loss became NaN/inf at step {done}); try a smaller learning rate or another seed"
             )
         if done in checkpoints and done < settings.steps:
-            values, _, strength = evaluate(svi.get_params(state), jnp.asarray(active))
+            values, _, strength = evaluate(_guide_params(svi, state), jnp.asarray(active))
             values = {k: np.asarray(v) for k, v in values.items()}
             active = _prune_and_merge(values, np.asarray(strength), active, radius_key)
         if progress is not None:
@@ -252,7 +307,7 @@ def run_fit(
             )
     fitted = time.perf_counter()
 
-    params = {k: np.asarray(v) for k, v in svi.get_params(state).items()}
+    params = {k: np.asarray(v) for k, v in _guide_params(svi, state).items()}
     values, reconstruction, _ = evaluate(params, jnp.asarray(active))
     values = {k: np.asarray(v) for k, v in values.items()}
     reconstruction = np.asarray(reconstruction, np.float32)
@@ -307,6 +362,11 @@ def run_fit(
         appearance=variant.appearance(values, spec),
         info=info,
     )
+
+
+def _guide_params(svi: SVI, state) -> dict:
+    """The guide's array parameters (flax's nested ``$params`` bookkeeping entry is rebuilt on init)."""
+    return {name: value for name, value in svi.get_params(state).items() if not isinstance(value, dict)}
 
 
 def _check_warm_start(warm_start: FitResult, settings: FitSettings, shape: tuple) -> None:

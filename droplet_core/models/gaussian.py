@@ -54,7 +54,7 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
         "x": candidates[:, 0].astype(np.float32),
         "y": candidates[:, 1].astype(np.float32),
         "sigma": (candidates[:, 2] / SQRT2).astype(np.float32),
-        "amplitude": np.maximum(candidates[:, 3], 1e-3).astype(np.float32),
+        "amplitude": np.maximum(np.abs(candidates[:, 3]), 1e-3).astype(np.float32),
     }
 
 

@@ -80,12 +80,12 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
     The masks start as slightly different disks so the types can specialise.
     """
     n, types = candidates.shape[0], spec.mask_types
-    contrast = float(np.median(candidates[:, 3])) if n else 0.1
+    contrast = float(np.median(np.abs(candidates[:, 3]))) if n else 0.1
     mask_key, comp_key = jax.random.split(key)
     jitter = 1.0 + 0.3 * np.asarray(jax.random.normal(mask_key, (types, spec.mask_size, spec.mask_size)))
     masks = spec.polarity * contrast * disk_profile(spec.mask_size)[None] * jitter
     composition = 0.5 + 0.2 * np.asarray(jax.random.uniform(comp_key, (n, types), minval=-1.0, maxval=1.0))
-    scale = candidates[:, 3] / max(contrast, 1e-6)
+    scale = np.abs(candidates[:, 3]) / max(contrast, 1e-6)
     composition = np.clip(composition * scale[:, None] / types * 2.0, 0.02, 0.98)
     return {
         "bg": np.median(observed, axis=(0, 1)).astype(np.float32),

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite, including the real-browser test (Debian's chromium).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh requirements-dev.txt
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: /usr/bin/chromium is missing and we are not root; the browser test will be skipped" >&2
+  fi
+fi
+exec .venv/bin/python -m pytest -q "$@"
