@@ -55,6 +55,7 @@ PRUNE_MULTIPLE_OF_MEDIAN = 3.0
 # Droplets do not nest: a centre inside a larger droplet is a highlight or rim of that one.
 MERGE_FRACTION_OF_RADIUS = 1.0
 GUIDE_INIT_SCALE = 0.01
+FINAL_RATE_FRACTION = 0.05
 MIN_RADIUS_PX = 1.0
 MAX_RADIUS_PX = 12.0
 INTERNAL_PARAMS = ("_anchors", "_active", "_polarity")
@@ -164,13 +165,14 @@ def latent_sites(model, *args) -> dict:
 
 
 def _optimizer(settings: FitSettings, warm: bool):
-    steps = settings.steps
+    """Adam with a warm-up and cosine decay; a continued fit goes on at the final, small rate
+    (fresh Adam moments make large first steps, which would undo what was reached)."""
+    final_rate = settings.learning_rate * FINAL_RATE_FRACTION
     if warm:
-        schedule = optax.cosine_decay_schedule(settings.learning_rate * 0.3, steps, alpha=0.05)
-    else:
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, settings.learning_rate, max(steps // 20, 1), steps, end_value=settings.learning_rate * 0.05
-        )
+        return optax_to_numpyro(optax.adam(final_rate))
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, settings.learning_rate, max(settings.steps // 20, 1), settings.steps, end_value=final_rate
+    )
     return optax_to_numpyro(optax.adam(schedule))
 
 

@@ -1,0 +1,90 @@
+"""``python -m droplet_core``: outputs of a fit, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from droplet_core.matching import match_droplets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def droplet_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "droplet_core", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scene")
+    done = droplet_cli("scene", "--seed", "5", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_scene_writes_image_and_truth(scene_dir):
+    truth = pd.read_csv(scene_dir / "truth.csv")
+    image = Image.open(scene_dir / "scene.png")
+    assert list(truth.columns[:3]) == ["x", "y", "radius"]
+    assert len(truth) > 500
+    assert truth["x"].between(0, image.width - 1).all() and truth["y"].between(0, image.height - 1).all()
+
+
+def test_fit_writes_the_three_outputs(scene_dir, tmp_path):
+    out = tmp_path / "fit"
+    done = droplet_cli("fit", str(scene_dir / "scene.png"), "--steps", "200", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "step 200/200" in done.stderr
+    droplets = pd.read_csv(out / "droplets.csv")
+    assert list(droplets.columns[:3]) == ["x", "y", "radius"]
+    info = json.loads((out / "fit.json").read_text())
+    assert info["droplet_count"] == len(droplets)
+    assert info["settings"]["model"] == "templates" and info["settings"]["steps"] == 200
+    assert {"device", "versions", "timings", "final_loss", "rmse"} <= set(info)
+    reconstruction = Image.open(out / "reconstruction.png")
+    assert (reconstruction.height, reconstruction.width) == tuple(info["fit_shape"][:2])
+    score = match_droplets(pd.read_csv(scene_dir / "truth.csv"), droplets)
+    assert score.f1 > 0.8, score
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "missing.png", "--out", "OUT"], "no such file"),
+        (["fit", "NOT_AN_IMAGE", "--out", "OUT"], "not an image"),
+        (["fit", "SCENE", "--model", "neural", "--channel", "h", "--out", "OUT"], "channel 'rgb'"),
+        (["fit", "SCENE", "--model", "templates", "--channel", "rgb", "--out", "OUT"], "single channel"),
+        (["fit", "SCENE", "--downscale", "400", "--out", "OUT"], "leaves nothing"),
+        (["fit", "SCENE", "--channel", "purple", "--out", "OUT"], "invalid choice"),
+        (["fit", "SCENE", "--droplets", "-3", "--out", "OUT"], "at least 1"),
+        (["fit", "SCENE"], "--out"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(scene_dir, tmp_path, args, message):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("these are my notes, not a picture")
+    replace = {"SCENE": str(scene_dir / "scene.png"), "NOT_AN_IMAGE": str(not_an_image), "OUT": str(tmp_path / "o")}
+    done = droplet_cli(*[replace.get(a, a) for a in args])
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 or lines[0].startswith("usage:"), done.stderr
+    assert message in lines[-1]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_image_is_refused(scene_dir, tmp_path):
+    data = (scene_dir / "scene.png").read_bytes()
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(data[: len(data) // 2])
+    done = droplet_cli("fit", str(truncated), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
