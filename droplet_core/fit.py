@@ -52,6 +52,9 @@ HOUSEKEEPING_AT = (0.25, 0.5, 0.75)
 PRUNE_FRACTION_OF_MEDIAN = 0.2
 PRUNE_NOISE_SDS = 1.0
 PRUNE_MULTIPLE_OF_MEDIAN = 3.0
+# A droplet that shrinks below a pixel of the fitted image is a spike fitting a highlight or
+# noise: nothing smaller can be resolved.
+PRUNE_BELOW_RADIUS_PX = 1.0
 # Droplets do not nest: a centre inside a larger droplet is a highlight or rim of that one.
 MERGE_FRACTION_OF_RADIUS = 1.0
 GUIDE_INIT_SCALE = 0.01
@@ -184,12 +187,14 @@ def _prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray, rad
         return active
     typical = float(np.median(strength[on]))
     floor = max(PRUNE_FRACTION_OF_MEDIAN * typical, PRUNE_NOISE_SDS * float(values["noise"]))
-    active[on & ((strength < floor) | (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical))] = 0.0
+    radius = values[radius_key] * (np.sqrt(2.0) if radius_key == "sigma" else 1.0)
+    negligible = (strength < floor) | (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical) | (radius < PRUNE_BELOW_RADIUS_PX)
+    active[on & negligible] = 0.0
     index = np.flatnonzero(active > 0)
     if index.size < 2:
         return active
     xy = np.stack([values["x"][index], values["y"][index]], axis=1)
-    radius = values[radius_key][index] * (np.sqrt(2.0) if radius_key == "sigma" else 1.0)
+    radius = radius[index]
     tree = cKDTree(xy)
     pairs = tree.query_pairs(r=MERGE_FRACTION_OF_RADIUS * float(radius.max()), output_type="ndarray")
     for a, b in pairs[np.argsort(-np.maximum(radius[pairs[:, 0]], radius[pairs[:, 1]]))] if len(pairs) else []:

@@ -59,8 +59,8 @@ def render(bg, x, y, radius, droplet_masks, spec: ModelSpec):
 def envelope(size: int) -> np.ndarray:
     """``(size, size)`` weights that confine a mask to its droplet (1 within 1.1 radii, 0 beyond 1.4).
 
-    Without it a mask could spread into neighbouring droplets, and positions and radii would
-    lose their meaning.
+    Without it a mask could drift within its grid while the position drifts the other way, or
+    spread into neighbouring droplets: the envelope keeps ``x``, ``y`` and ``radius`` meaningful.
     """
     axis = np.linspace(-EXTENT, EXTENT, size)
     distance = np.hypot(axis[None, :], axis[:, None])
@@ -101,11 +101,10 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
 def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
     """Per-droplet columns in fit px: x, y, radius, amplitude, composition_0.., sd_x, sd_y."""
     masks = np.einsum("nt,tij->nij", values["composition"], values["masks"] * envelope(spec.mask_size))
-    centre_u, centre_v, size = mask_geometry(masks)
     columns = {
-        "x": values["x"] + centre_u * values["radius"],
-        "y": values["y"] + centre_v * values["radius"],
-        "radius": size * values["radius"],
+        "x": values["x"],
+        "y": values["y"],
+        "radius": values["radius"],
         "amplitude": np.max(np.abs(masks), axis=(1, 2)),
     }
     for t in range(values["composition"].shape[1]):
@@ -113,25 +112,6 @@ def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
     columns["sd_x"] = scales["x"]
     columns["sd_y"] = scales["y"]
     return columns
-
-
-def mask_geometry(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre and radius of composed masks ``(n, m, m)``, in units of the droplet radius.
-
-    Masks may drift within their grid while positions drift the other way (the model
-    cannot tell them apart), so the reported centre is the centroid of the mask's absolute
-    deviation from the background, and the radius follows from its second moment
-    (``R = sqrt(2 <d^2>)`` for a uniform disk). Returns ``(n,)`` arrays ``u``, ``v``, ``radius``.
-    """
-    size = masks.shape[-1]
-    axis = np.linspace(-EXTENT, EXTENT, size)
-    weight = np.abs(masks) + 1e-12
-    total = weight.sum(axis=(1, 2))
-    u = (weight * axis[None, None, :]).sum(axis=(1, 2)) / total
-    v = (weight * axis[None, :, None]).sum(axis=(1, 2)) / total
-    d2 = (axis[None, None, :] - u[:, None, None]) ** 2 + (axis[None, :, None] - v[:, None, None]) ** 2
-    radius = np.sqrt(2.0 * (weight * d2).sum(axis=(1, 2)) / total)
-    return u, v, radius
 
 
 def appearance(values: dict, spec: ModelSpec) -> dict:
