@@ -264,12 +264,14 @@ def run_fit(
     svi = SVI(model, guide, _optimizer(settings, warm_start is not None), Trace_ELBO())
     state = jax.jit(svi.init)(svi_key, observed_j, anchors_j, jnp.asarray(active), init_params=init_params)
 
+    # Image and anchors are arguments, not closed-over constants: XLA compiles large
+    # constants slowly.
     @jax.jit
-    def run_chunk(state, active, n_steps):
+    def run_chunk(state, observed, anchors, active, n_steps):
         def body(state, i):
             return jax.lax.cond(
                 i < n_steps,
-                lambda s: svi.update(s, observed_j, anchors_j, active),
+                lambda s: svi.update(s, observed, anchors, active),
                 lambda s: (s, jnp.float32(jnp.nan)),
                 state,
             )
@@ -277,9 +279,9 @@ def run_fit(
         return jax.lax.scan(body, state, jnp.arange(CHUNK_STEPS))
 
     @jax.jit
-    def evaluate(params, active):
+    def evaluate(params, observed, anchors, active):
         values = guide.median(params)
-        sites = trace(substitute(seed(model, 0), data=values)).get_trace(observed_j, anchors_j, active)
+        sites = trace(substitute(seed(model, 0), data=values)).get_trace(observed, anchors, active)
         return values, sites["reconstruction"]["value"], sites["strength"]["value"]
 
     radius_key = "sigma" if settings.model == "gaussian" else "radius"
@@ -294,7 +296,7 @@ def run_fit(
             break
         n_steps = min(CHUNK_STEPS, settings.steps - done)
         chunk_started = time.perf_counter()
-        state, chunk_losses = run_chunk(state, jnp.asarray(active), n_steps)
+        state, chunk_losses = run_chunk(state, observed_j, anchors_j, jnp.asarray(active), n_steps)
         chunk_losses = np.asarray(chunk_losses)[:n_steps]
         if done == 0:
             compile_s = time.perf_counter() - chunk_started
@@ -305,7 +307,7 @@ def run_fit(
                 f"the fit diverged (loss became NaN/inf at step {done}); try a smaller learning rate or another seed"
             )
         if done in checkpoints and done < settings.steps:
-            values, _, strength = evaluate(_guide_params(svi, state), jnp.asarray(active))
+            values, _, strength = evaluate(_guide_params(svi, state), observed_j, anchors_j, jnp.asarray(active))
             values = {k: np.asarray(v) for k, v in values.items()}
             active = _prune_and_merge(values, np.asarray(strength), active, radius_key)
         if progress is not None:
@@ -315,7 +317,7 @@ def run_fit(
     fitted = time.perf_counter()
 
     params = {k: np.asarray(v) for k, v in _guide_params(svi, state).items()}
-    values, reconstruction, _ = evaluate(params, jnp.asarray(active))
+    values, reconstruction, _ = evaluate(params, observed_j, anchors_j, jnp.asarray(active))
     values = {k: np.asarray(v) for k, v in values.items()}
     reconstruction = np.asarray(reconstruction, np.float32)
     scales = {

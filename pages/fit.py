@@ -1,0 +1,205 @@
+"""Fit page: model variant and its settings (in a form), background fit with live progress,
+Stop / Continue, and identical requests served from the store."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+import app
+from app_support.figures import loss_figure, overlay_figure
+from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
+from droplet_core.store import StoreError, fit_key
+
+app.page_start("fit")
+st.title("Fit")
+
+MODEL_HELP = {
+    "gaussian": "isotropic Gaussian blobs on a flat background — quickest, one channel",
+    "templates": "learned droplet masks (types) mixed per droplet — explains rims and highlights, one channel",
+    "neural": "small neural optics model over all three colour channels — slowest, richest",
+}
+STEP_OPTIONS = [50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000]
+LR_OPTIONS = [0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1]
+DEFAULTS = FitSettings()
+
+sha = app.current_image_sha()
+try:
+    image = app.decoded_image(sha)
+except Exception as exc:  # noqa: BLE001
+    st.error(f"The current image cannot be read: {exc}. Choose an image on the Image page.")
+    st.stop()
+channel = st.session_state.get("channel", DEFAULTS.channel)
+crop = st.session_state.get("crop")
+downscale = int(st.session_state.get("downscale", 0))
+crop_text = f"crop {crop}" if crop else "whole image"
+st.caption(
+    f"Image **{st.session_state.get('image_name', sha[:10])}** ({image.shape[1]} × {image.shape[0]} px), "
+    f"{crop_text}, downscale {'auto' if downscale == 0 else f'{downscale}x'} — change these on the Image page."
+)
+
+# -- settings -----------------------------------------------------------------------------
+model = st.radio(
+    "Model",
+    MODEL_NAMES,
+    index=MODEL_NAMES.index(DEFAULTS.model),
+    horizontal=True,
+    key="w_model",
+    persist_state="session",
+    captions=[MODEL_HELP.get(m, "") for m in MODEL_NAMES],
+)
+fit_channel = default_channel(model) if model == "neural" else channel
+st.caption(f"Channel: **{app.channel_label(fit_channel)}**" + (" (the neural model always uses RGB)" if model == "neural" else ""))
+
+with st.form("fit_form", border=True):
+    c1, c2 = st.columns(2)
+    with c1:
+        droplets = st.slider(
+            "Maximum droplets (0 = automatic)", 0, 5000, DEFAULTS.droplets, step=50, key="w_droplets",
+            persist_state="session", help="0 lets the detector and the fit decide how many droplets there are.",
+        )
+        steps = st.select_slider("Steps", STEP_OPTIONS, value=DEFAULTS.steps, key="w_steps", persist_state="session",
+                                 help="SVI optimisation steps. More steps: better fit, longer wait.")
+        learning_rate = st.select_slider("Learning rate", LR_OPTIONS, value=DEFAULTS.learning_rate, key="w_lr",
+                                         persist_state="session")
+    with c2:
+        mask_types, mask_size = DEFAULTS.mask_types, DEFAULTS.mask_size
+        if model in ("templates", "neural"):
+            mask_types = st.slider("Droplet types", 1, 12, DEFAULTS.mask_types, key="w_mask_types",
+                                   persist_state="session",
+                                   help="Number of learned droplet looks; each droplet mixes them (composition).")
+        if model == "templates":
+            mask_size = st.slider("Mask size (cells)", 5, 31, DEFAULTS.mask_size, step=2, key="w_mask_size",
+                                  persist_state="session", help="Side of each learned mask, spanning ±1.5 radii.")
+        seed = st.number_input("Random seed", 0, 2**31 - 1, DEFAULTS.seed, step=1, key="w_seed",
+                               persist_state="session")
+    submitted = st.form_submit_button("Fit", type="primary", icon=":material/play_arrow:")
+
+registry = app.registry()
+store = app.store()
+
+if submitted:
+    try:
+        settings = FitSettings(
+            model=model, channel=fit_channel, downscale=downscale, droplets=int(droplets), steps=int(steps),
+            learning_rate=float(learning_rate), seed=int(seed), mask_types=int(mask_types),
+            mask_size=int(mask_size), crop=crop,
+        )
+    except ValueError as exc:
+        st.error(f"These settings cannot be fitted: {exc}")
+        settings = None
+    if settings is not None:
+        key = fit_key(sha, settings)
+        try:
+            from_store = store.has(key)
+            job = registry.submit(image, sha, settings)
+        except StoreError as exc:
+            st.error(f"The stored copy of this fit cannot be read: {exc}")
+        else:
+            st.session_state["job_id"] = job.fit_id
+            st.session_state["job_notice"] = "store" if from_store else "new"
+            st.session_state["job_handled"] = None
+
+# -- the current job ----------------------------------------------------------------------
+job_id = st.session_state.get("job_id")
+job = registry.get(job_id) if job_id else None
+if job_id and job is None:
+    st.session_state["job_id"] = None  # forgotten by the registry (e.g. server restart)
+
+if job is not None:
+    running = job.snapshot().status == "running"
+
+    @st.fragment(run_every=1.0 if running else None)
+    def progress_panel() -> None:
+        snap = job.snapshot()
+        if snap.status == "running":
+            fraction = min(1.0, snap.step / max(1, snap.total_steps))
+            loss = "…" if snap.loss is None else f"{snap.loss:.4g}"
+            text = (f"Fitting: step {snap.step} of {snap.total_steps} · loss {loss} · "
+                    f"{snap.droplets} droplets · {snap.elapsed_s:.1f} s")
+            st.progress(fraction, text=text if snap.step else "Starting the fit (compiling the model) …")
+            if snap.losses:
+                n = len(snap.losses)
+                x = np.linspace(snap.step / n, snap.step, n)
+                st.plotly_chart(loss_figure(snap.losses, steps=x, total_steps=snap.total_steps, height=260),
+                                key="live_loss", width="stretch")
+            if st.button("Stop", icon=":material/stop_circle:", key="stop_button"):
+                job.stop()
+                st.info("Stopping after the current chunk of steps; the fit reached so far will be kept.")
+        elif running:
+            st.rerun()  # the job ended while polling: redraw the whole page once
+
+    progress_panel()
+
+    snap = job.snapshot()
+    if snap.status != "running":
+        result = job.result()
+        first_time = st.session_state.get("job_handled") != snap.fit_id
+        if result is not None and first_time:
+            app.set_current_fit(result.fit_id)
+            st.session_state["job_handled"] = snap.fit_id
+        if snap.status == "done" and result is not None:
+            if st.session_state.get("job_notice") == "store":
+                st.success(f"Loaded from store: {len(result.droplets)} droplets (identical settings on this "
+                           "image were fitted before; nothing was recomputed).", icon=":material/inventory_2:")
+            else:
+                took = result.info.get("timings", {}).get("total_s")
+                took_text = f" in {took:.1f} s" if isinstance(took, (int, float)) else ""
+                st.success(f"Fit done: {len(result.droplets)} droplets{took_text}.", icon=":material/check_circle:")
+        elif snap.status == "stopped":
+            if result is not None:
+                st.warning(f"Stopped at step {snap.step} of {snap.total_steps}. The fit reached so far is kept "
+                           f"({len(result.droplets)} droplets); press Continue to refine it.",
+                           icon=":material/pause_circle:")
+            else:
+                st.warning("Stopped before the first step; nothing was fitted. Your earlier fits are kept.")
+        elif snap.status == "failed":
+            st.error(f"The fit failed: {snap.error or 'unknown error'}. Your earlier fits and the current image "
+                     "are kept; try a lower learning rate, fewer droplets or another channel.",
+                     icon=":material/error:")
+
+# -- the current fit ----------------------------------------------------------------------
+fit_id = app.current_fit_id()
+current = None
+if fit_id:
+    try:
+        current = app.load_fit(fit_id)
+    except StoreError as exc:
+        st.error(f"The current fit cannot be loaded: {exc}")
+busy = job is not None and job.snapshot().status == "running"
+if current is not None and not busy:
+    st.subheader("Current fit")
+    info = current.info
+    a, b, c, d = st.columns(4)
+    a.metric("Droplets", len(current.droplets))
+    b.metric("Model", current.settings.model, help=f"channel {app.channel_label(current.settings.channel)}")
+    c.metric("Steps", info.get("total_steps_done", info.get("steps_done", current.settings.steps)))
+    total = info.get("timings", {}).get("total_s")
+    d.metric("Fit time", f"{total:.1f} s" if isinstance(total, (int, float)) else "—")
+    b1, b2 = st.columns([1, 4])
+    with b1:
+        if st.button("Continue", icon=":material/fast_forward:", key="continue_button",
+                     help=f"Warm-start another {current.settings.steps} steps from this fit."):
+            try:
+                base = app.decoded_image(current.image_sha256)
+                job = registry.submit(base, current.image_sha256, current.settings, warm_start=current)
+            except Exception as exc:  # noqa: BLE001
+                st.error(f"Cannot continue this fit: {exc}")
+            else:
+                st.session_state["job_id"] = job.fit_id
+                st.session_state["job_notice"] = "continue"
+                st.session_state["job_handled"] = None
+                st.rerun()
+    with b2:
+        st.page_link("pages/results.py", label="Open the results (reconstruction, residual, droplet table)",
+                     icon=":material/arrow_forward:", query_params={"fit": current.fit_id})
+    base_image = app.image_for_fit(current)
+    if base_image is not None:
+        st.plotly_chart(
+            overlay_figure(base_image, current.droplets, crop=current.settings.crop, height=520,
+                           title=f"{len(current.droplets)} droplets detected"),
+            key="fit_overlay", width="stretch", config={"scrollZoom": True},
+        )
+    app.share_box("results", {"fit": current.fit_id})
+    if len(current.losses):
+        st.plotly_chart(loss_figure(current.losses, height=240), key="final_loss", width="stretch")

@@ -1,0 +1,51 @@
+"""Mask gallery: the learned droplet looks (templates: masks; neural: rendered droplets),
+and the droplets coloured by their dominant type."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+import app
+from app_support.figures import Placement, composition_columns, dominant_type, gallery_figure, overlay_figure
+
+app.page_start("gallery")
+st.title("Mask gallery")
+
+result = app.fit_from_url_or_session()
+if result is None:
+    if "fit" not in st.query_params:
+        st.info("No fit yet. Fit the image with the templates or neural model on the Fit page.",
+                icon=":material/info:")
+    st.stop()
+
+appearance = result.appearance or {}
+model = result.settings.model
+images = None
+if "masks" in appearance:
+    images = np.asarray(appearance["masks"])
+    st.caption(f"The {images.shape[0]} learned masks of fit `{result.fit_id[:12]}` ({model}); each droplet's look "
+               "is its composition-weighted mix of them. Colour scale: mask value.")
+elif "gallery" in appearance:
+    images = np.asarray(appearance["gallery"])
+    st.caption(f"Example droplets rendered by the learned optics model of fit `{result.fit_id[:12]}` ({model}), "
+               "one per droplet type.")
+
+if images is None or images.size == 0:
+    st.info(f"The {model} model learns no droplet appearance, so there is no gallery. Fit with the "
+            "templates or neural model to see one.", icon=":material/info:")
+else:
+    st.plotly_chart(gallery_figure(images), key="gallery_fig", width="stretch")
+
+app.share_box("gallery", {"fit": result.fit_id})
+
+types = dominant_type(result.droplets)
+if types is not None:
+    st.subheader("Droplets by dominant type")
+    counts = np.bincount(types, minlength=len(composition_columns(result.droplets)))
+    st.caption(" · ".join(f"type {i}: {n}" for i, n in enumerate(counts)))
+    image = app.image_for_fit(result)
+    if image is not None:
+        st.plotly_chart(overlay_figure(image, result.droplets, Placement(), colour_by_type=True,
+                                       crop=result.settings.crop, height=600),
+                        key="type_overlay", width="stretch", config={"scrollZoom": True})

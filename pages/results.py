@@ -1,0 +1,121 @@
+"""Results page: reconstruction / residual / original with linked zoom, droplets over the
+image (hover, box/lasso selection filtering the table), radius histogram, downloads."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import app
+from app_support.figures import (
+    Placement,
+    fit_placement,
+    overlay_figure,
+    panels_figure,
+    radius_histogram,
+    residual_rgb,
+)
+from droplet_core.results import zip_outputs
+
+app.page_start("results")
+st.title("Results")
+
+result = app.fit_from_url_or_session()
+if result is None:
+    if "fit" not in st.query_params:
+        st.info("No fit yet. Fit the image on the Fit page, or open a share link.", icon=":material/info:")
+        st.page_link("pages/fit.py", label="Go to the Fit page", icon=":material/arrow_forward:")
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _zip_bytes(fit_id: str, root: str, version: str) -> bytes:
+    return zip_outputs(app.load_fit(fit_id))
+
+
+info = result.info
+droplets = result.droplets
+settings = result.settings
+
+if result.status == "stopped":
+    st.warning(f"This fit was stopped early at step {info.get('steps_done', '?')} of {settings.steps}; "
+               "it shows what was reached. Continue it from the Fit page.", icon=":material/pause_circle:")
+
+cols = st.columns(5)
+cols[0].metric("Droplets", len(droplets))
+cols[1].metric("Model", settings.model, help=f"channel {app.channel_label(settings.channel)}")
+rmse = info.get("rmse") or []
+cols[2].metric("RMSE", ", ".join(f"{v:.4f}" for v in rmse) if rmse else "—",
+               help="Root-mean-square reconstruction error per fitted channel")
+total = info.get("timings", {}).get("total_s")
+cols[3].metric("Fit time", f"{total:.1f} s" if isinstance(total, (int, float)) else "—",
+               help=f"on {info.get('device', 'unknown device')}")
+cols[4].metric("Steps", info.get("total_steps_done", info.get("steps_done", settings.steps)),
+               help="Optimisation steps in total, including any fits this one continued")
+st.caption(f"Fit `{result.fit_id}` · image `{result.image_sha256[:12]}` · fit resolution "
+           f"{result.observed.shape[1]} × {result.observed.shape[0]} px (downscale {info.get('downscale', '?')}x) · "
+           f"device {info.get('device', '?')} · created {str(info.get('created', ''))[:19]}")
+app.share_box("results", {"fit": result.fit_id})
+
+# -- droplets over the image ----------------------------------------------------------------
+st.subheader("Detected droplets")
+st.caption("Hover a centre for its position, radius, uncertainty and composition. Select droplets with "
+           "the box or lasso tool (toolbar, top right) to filter the table below; double-click clears.")
+image = app.image_for_fit(result)
+placement = fit_placement(info, settings.crop)
+if image is None:  # show the fitted channel in its place
+    image, overlay_placement = result.observed, placement
+else:
+    overlay_placement = Placement()
+overlay = overlay_figure(image, droplets, placement=overlay_placement, crop=settings.crop, height=720)
+event = st.plotly_chart(overlay, key="overlay", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                        width="stretch", config={"scrollZoom": True})
+
+marker_curve = len(overlay.data) - 1
+selected: list[int] = []
+try:
+    for point in event.selection.points:
+        if point.get("curve_number") == marker_curve:
+            index = point.get("point_index", point.get("point_number"))
+            if index is not None:
+                selected.append(int(index))
+except AttributeError:
+    selected = []
+selected = sorted(set(i for i in selected if 0 <= i < len(droplets)))
+
+# -- reconstruction / residual / original -------------------------------------------------
+st.subheader("Reconstruction and residual")
+residual, scale = residual_rgb(result.residual)
+observed = result.observed
+panels = [("Observed (fitted channel)", observed), ("Reconstruction", result.reconstruction),
+          (f"Residual (observed − reconstruction, ±{scale:.3f})", residual)]
+st.plotly_chart(panels_figure(panels, placement, height=430), key="panels", width="stretch",
+                config={"scrollZoom": True})
+st.caption("Zoom or pan one panel and the others follow. Residual: red = observed brighter than the model, "
+           "blue = darker.")
+
+# -- table and distribution ---------------------------------------------------------------
+left, right = st.columns([3, 2])
+with right:
+    st.plotly_chart(radius_histogram(droplets if not selected else droplets.iloc[selected]),
+                    key="radius_hist", width="stretch")
+with left:
+    if selected:
+        st.markdown(f"**{len(selected)} of {len(droplets)} droplets selected**")
+        table = droplets.iloc[selected]
+    else:
+        st.markdown(f"**All {len(droplets)} droplets** (select on the overlay to filter)")
+        table = droplets
+    st.dataframe(table, height=320, width="stretch")
+d1, d2 = st.columns(2)
+with d1:
+    st.download_button("Download droplets (CSV)" + (" — selection" if selected else ""),
+                       table.to_csv(index=False, float_format="%.4f").encode(),
+                       file_name=f"droplets-{result.fit_id[:8]}.csv", mime="text/csv",
+                       icon=":material/download:", key="csv_download")
+with d2:
+    st.download_button("Download the whole fit (zip: droplets.csv, reconstruction.png, fit.json)",
+                       _zip_bytes(result.fit_id, app.store_root(), app.CACHE_VERSION),
+                       file_name=f"fit-{result.fit_id[:8]}.zip", mime="application/zip",
+                       icon=":material/folder_zip:", key="zip_download")
+with st.expander("Fit record (fit.json)"):
+    st.json(info, expanded=False)

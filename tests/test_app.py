@@ -1,0 +1,244 @@
+"""App tests with Streamlit's AppTest: every page, a real short fit, share links, bad input.
+
+AppTest cannot fire ``run_every`` timers or wait for worker threads, so the fit test
+re-runs the script in a loop until the background job has finished. One real fit
+(``run_fit``, a few steps on the built-in demo scene) is made once per module and
+reused. The store is a temporary folder (``DROPLET_STORE``, set in conftest.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from droplet_core.fit import FitError
+from droplet_core.store import FitStore
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+FIT_STEPS = 150  # the smallest "Steps" option above one chunk; the demo then fits in seconds
+FIT_TIMEOUT_S = 240
+
+
+def new_app() -> AppTest:
+    st.cache_data.clear()
+    return AppTest.from_file(APP, default_timeout=120)
+
+
+def open_app() -> AppTest:
+    """A new session on the Image page, run twice.
+
+    AppTest resets Streamlit's "uses a pages/ directory" flag before every run, so each
+    run goes through the legacy router and app.main's start-of-session rerun makes the
+    very first run's widget ids differ from later runs (in a browser only the first
+    run of a server process is routed that way; see app.py). Interactions are
+    therefore made after the second run.
+    """
+    at = new_app()
+    at.run()
+    at.run()
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def metric(at: AppTest, label: str) -> str:
+    for m in at.metric:
+        if m.label == label:
+            return str(m.value)
+    raise AssertionError(f"no metric {label!r}; have {[m.label for m in at.metric]}")
+
+
+def figure(at: AppTest, key: str) -> dict:
+    """The Plotly figure JSON of the chart with ``key``."""
+    for chart in at.get("plotly_chart"):
+        if chart.key == key:
+            return json.loads(chart.proto.spec)
+    raise AssertionError(f"no chart {key!r}; have {[c.key for c in at.get('plotly_chart')]}")
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_fit_page(at: AppTest, steps: int = FIT_STEPS, seed: int = 0) -> None:
+    """On the Fit page: set steps and seed, press Fit, re-run until the job has finished."""
+    at.switch_page("pages/fit.py").run()
+    at.select_slider(key="w_steps").set_value(steps)
+    at.number_input(key="w_seed").set_value(seed)
+    next(b for b in at.button if b.label == "Fit").click().run()
+    deadline = time.monotonic() + FIT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert not at.exception, at.exception
+        if at.success or at.warning or at.error:
+            return
+        time.sleep(1.0)
+        at.run()
+    raise AssertionError("the fit did not finish in time")
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict:
+    """One real short fit of the demo scene through the Fit page: its id and the AppTest."""
+    at = open_app()
+    run_fit_page(at)
+    assert not at.error, texts(at.error)
+    assert any("Fit done" in s for s in texts(at.success)), texts(at.success)
+    fit_id = at.session_state["fit_id"]
+    return {"fit_id": fit_id, "at": at}
+
+
+# -- Image page -------------------------------------------------------------------------------
+
+
+def test_image_page_shows_demo_size_and_channels():
+    at = open_app()
+    assert not at.exception
+    assert metric(at, "Size") == "500 × 400 px"
+    assert figure(at, "image_fig")["data"][0]["type"] == "image"
+    # The channel small multiples are ONE faceted figure: one image trace per channel.
+    assert len(figure(at, "channels_fig")["data"]) == 10
+
+
+def test_corrupt_upload_shows_error_and_keeps_image():
+    at = open_app()
+    before = at.session_state["image_sha"]
+    at.file_uploader(key="upload").set_value(("broken.png", b"this is not an image", "image/png"))
+    at.run()
+    assert not at.exception
+    assert any("broken.png" in e and "cannot be used" in e for e in texts(at.error)), texts(at.error)
+    assert at.session_state["image_sha"] == before
+    assert metric(at, "Size") == "500 × 400 px"
+
+
+def test_upload_beyond_pixel_limit_is_refused(monkeypatch):
+    monkeypatch.setenv("DROPLET_MAX_PIXELS", "300000")  # the 500x400 demo still fits
+    at = open_app()
+    at.file_uploader(key="upload").set_value(("big.png", png_bytes(700, 600), "image/png"))
+    at.run()
+    assert not at.exception
+    assert any("too large" in e for e in texts(at.error)), texts(at.error)
+    assert metric(at, "Size") == "500 × 400 px"
+
+
+def test_valid_upload_becomes_current_image():
+    at = open_app()
+    at.file_uploader(key="upload").set_value(("small.png", png_bytes(64, 48), "image/png"))
+    at.run()
+    assert not at.exception
+    assert not at.error
+    assert metric(at, "Size") == "64 × 48 px"
+    # kept as bytes in the store, by hash
+    sha = at.session_state["image_sha"]
+    assert FitStore().image_bytes(sha) == png_bytes(64, 48)
+
+
+# -- Fit and results ---------------------------------------------------------------------------
+
+
+def test_short_fit_completes_and_results_match_store(fitted):
+    at = fitted["at"]
+    fit_id = fitted["fit_id"]
+    stored = FitStore().load(fit_id)
+    assert metric(at, "Droplets") == str(len(stored.droplets))
+    at.switch_page("pages/results.py").run()
+    assert not at.exception
+    assert not at.error, texts(at.error)
+    assert metric(at, "Droplets") == str(len(stored.droplets))
+    assert at.query_params["fit"] in (fit_id, [fit_id])
+    # the share link is shown, and carries the fit id
+    assert any(f"results?fit={fit_id}" in c.value for c in at.code)
+    centres = figure(at, "overlay")["data"][-1]
+    assert centres["type"] == "scattergl" and centres["mode"] == "markers"
+
+
+def test_identical_settings_load_from_store(fitted):
+    at = open_app()
+    run_fit_page(at)
+    assert not at.exception
+    assert any("Loaded from store" in s for s in texts(at.success)), texts(at.success)
+    assert at.session_state["fit_id"] == fitted["fit_id"]
+
+
+def test_failed_fit_shows_error_and_keeps_earlier_fit(fitted, monkeypatch):
+    import app
+
+    def diverging_fit(*args, **kwargs):
+        raise FitError("the fit diverged (loss became NaN/inf at step 50); try a smaller learning rate")
+
+    monkeypatch.setattr(app.registry(), "_fit_fn", diverging_fit)
+    at = open_app()
+    at.session_state["fit_id"] = fitted["fit_id"]
+    run_fit_page(at, seed=12345)
+    assert not at.exception
+    assert any("diverged" in e for e in texts(at.error)), texts(at.error)
+    assert at.session_state["fit_id"] == fitted["fit_id"]  # the earlier fit is kept
+
+
+def test_gallery_and_compare_pages(fitted):
+    at = fitted["at"]
+    at.switch_page("pages/gallery.py").run()
+    assert not at.exception
+    assert not at.error, texts(at.error)
+    assert at.get("plotly_chart"), "gallery figure missing"
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception
+    assert not at.error, texts(at.error)
+
+
+# -- share links -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["results", "gallery"])
+def test_share_link_restores_fit_in_new_session(fitted, page):
+    fit_id = fitted["fit_id"]
+    at = new_app()
+    at.query_params["fit"] = fit_id
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception
+    assert not at.error, texts(at.error)
+    assert at.session_state["fit_id"] == fit_id
+    if page == "results":
+        assert metric(at, "Droplets") == str(len(FitStore().load(fit_id).droplets))
+
+
+def test_compare_share_link(fitted):
+    at = new_app()
+    at.query_params["fits"] = fitted["fit_id"]
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception
+    assert not at.error, texts(at.error)
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["../../etc/passwd", "0123456789abcdef0123456789abcdef", "NOT-HEX", "%2e%2e%2fetc", "a" * 33],
+)
+@pytest.mark.parametrize("page", ["results", "gallery"])
+def test_bad_fit_id_shows_error(bad_id, page):
+    at = new_app()
+    at.query_params["fit"] = bad_id
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception
+    assert at.error, "expected an error message"
+    assert "fit_id" not in at.session_state or at.session_state["fit_id"] != bad_id
+
+
+def test_bad_compare_ids_show_error():
+    at = new_app()
+    at.query_params["fits"] = "../../etc/passwd,0123456789abcdef0123456789abcdef"
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception
+    assert at.error, "expected an error message"

@@ -1,0 +1,202 @@
+"""One real-browser end-to-end test: headless Chromium (Debian's package) via Playwright.
+
+Starts ``streamlit run app.py`` on a free port with a temporary store, then, as a user
+would: opens the app (demo scene), runs a short fit on the Fit page, sees the overlay,
+visits every page, and opens the share link in a fresh browser context (a new session)
+as the FIRST request of a second, freshly started server process, where it must show
+the same droplet count without refitting. Screenshots of each page go to docs/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+EXCEPTION = "[data-testid='stException']"
+VIEWPORT = {"width": 1400, "height": 1700}
+FIT_STEPS_INDEX = 2  # "Steps" options: 50, 100, 150, ... -> 150 steps
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def streamlit_server(store: Path, log: Path):
+    port = free_port()
+    env = dict(os.environ, DROPLET_STORE=str(store))
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+        "--server.port", str(port), "--global.developmentMode", "false",
+        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"streamlit did not start:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def settle(page, pause: float = 1.0) -> None:
+    """Wait until the script has finished (twice, a pause apart: reruns follow runs)."""
+    page.wait_for_selector(IDLE, timeout=60_000)
+    time.sleep(pause)
+    page.wait_for_selector(IDLE, timeout=60_000)
+
+
+def assert_no_exception(page, where: str) -> None:
+    count = page.locator(EXCEPTION).count()
+    assert count == 0, f"{where}: {count} exception(s): {page.locator(EXCEPTION).first.inner_text()}"
+
+
+def go(page, title: str) -> None:
+    """Navigate with the sidebar menu (keeps the session, as a user does)."""
+    page.locator("[data-testid='stSidebarNav'] a", has_text=title).first.click()
+    settle(page)
+
+
+def metric_value(page, label: str) -> str:
+    metric = page.locator("[data-testid='stMetric']", has_text=label).first
+    return metric.locator("[data-testid='stMetricValue']").inner_text().strip()
+
+
+def shot(page, name: str) -> None:
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / f"{name}.png"))
+
+
+def test_demo_fit_overlay_and_share_link(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    store = tmp_path / "store"
+    started = time.monotonic()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            with streamlit_server(store, tmp_path / "server1.log") as base:
+                page = browser.new_page(viewport=VIEWPORT)
+                page.goto(base)
+                settle(page, 2.0)
+                page.wait_for_selector(".st-key-channels_fig .js-plotly-plot", timeout=60_000)
+                assert "500 × 400 px" in metric_value(page, "Size")
+                assert page.locator("[data-testid='stSidebarNav'] a").count() == 5  # no legacy menu
+                assert_no_exception(page, "image page")
+                shot(page, "image")
+
+                go(page, "Fit")
+                failure_shot = tmp_path / "failure.png"
+                steps = page.locator(".st-key-w_steps input[type='range']")
+                steps.focus()
+                steps.press("Home")
+                for _ in range(FIT_STEPS_INDEX):
+                    steps.press("ArrowRight")
+                assert steps.get_attribute("aria-valuetext") == "150"
+                page.get_by_role("button", name="Fit", exact=True).click()
+                # The fit runs in the background; the polling fragment redraws the page when done.
+                try:
+                    page.wait_for_selector(".st-key-fit_overlay .js-plotly-plot", timeout=150_000)
+                except Exception:
+                    page.screenshot(path=str(failure_shot))
+                    raise AssertionError(f"no overlay after the fit; screenshot {failure_shot}, "
+                                         f"server log:\n{(tmp_path / 'server1.log').read_text()[-3000:]}")
+                settle(page)
+                assert_no_exception(page, "fit page")
+                count = metric_value(page, "Droplets")
+                assert int(count) > 0
+                share = page.locator("[data-testid='stCode']").first.inner_text().strip()
+                match = re.search(r"/results\?fit=([0-9a-f]{32})$", share)
+                assert match, share
+                shot(page, "fit")
+
+                go(page, "Results")
+                page.wait_for_selector(".st-key-overlay .js-plotly-plot", timeout=60_000)
+                assert metric_value(page, "Droplets") == count
+                assert f"fit={match.group(1)}" in page.url
+                assert_no_exception(page, "results page")
+                shot(page, "results")
+
+                go(page, "Mask gallery")
+                page.wait_for_selector(".st-key-gallery_fig .js-plotly-plot", timeout=60_000)
+                assert_no_exception(page, "gallery page")
+                shot(page, "gallery")
+
+                # A second fit (the quicker gaussian model) so Compare has two fits to show.
+                go(page, "Fit")
+                page.locator(".st-key-w_model").get_by_text("gaussian", exact=True).click()
+                settle(page)
+                assert page.locator(".st-key-w_steps input[type='range']").get_attribute("aria-valuetext") == "150"
+                page.get_by_role("button", name="Fit", exact=True).click()
+                page.wait_for_selector("[data-testid='stMetricValue']:has-text('gaussian')", timeout=150_000)
+                page.wait_for_selector(".st-key-fit_overlay .js-plotly-plot", timeout=60_000)
+                settle(page)
+                go(page, "Compare")
+                page.wait_for_selector(".st-key-compare_overlays .js-plotly-plot", timeout=60_000)
+                assert_no_exception(page, "compare page")
+                shot(page, "compare")
+
+            # The share link, as the very first request of a NEW server process on the same
+            # store, in a fresh browser context: the stored fit, no refit, no legacy menu.
+            with streamlit_server(store, tmp_path / "server2.log") as base2:
+                context = browser.new_context(viewport=VIEWPORT)
+                fresh = context.new_page()
+                fresh.goto(share.replace(share.split("/results")[0], base2))
+                settle(fresh, 2.0)
+                fresh.wait_for_selector(".st-key-overlay .js-plotly-plot", timeout=60_000)
+                assert metric_value(fresh, "Droplets") == count
+                assert fresh.locator("[data-testid='stSidebarNav'] a").count() == 5
+                assert fresh.locator("[data-testid='stProgress']").count() == 0
+                assert_no_exception(fresh, "share link")
+                # A hostile id: a clear error, no exception.
+                fresh.goto(base2 + "/results?fit=../../etc/passwd")
+                settle(fresh)
+                assert fresh.locator("[data-testid='stAlertContentError']").count() == 1
+                assert_no_exception(fresh, "bad share link")
+                context.close()
+        finally:
+            browser.close()
+    for log in ("server1.log", "server2.log"):
+        text = (tmp_path / log).read_text()
+        assert "Traceback" not in text and "Error" not in text, f"{log}:\n{text[-3000:]}"
+    assert time.monotonic() - started < 180
