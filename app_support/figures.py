@@ -292,6 +292,11 @@ def panels_figure(
     if droplets is not None and not droplets.empty:
         for trace in droplet_traces(droplets, show_legend=False):
             fig.add_trace(trace, row=1, col=1)
+    return _linked_image_panels(fig, n, height)
+
+
+def _linked_image_panels(fig: go.Figure, n: int, height: int) -> go.Figure:
+    """Lay out ``n`` side-by-side image panels with square pixels and no legend."""
     _image_layout(fig, height)
     fig.update_layout(showlegend=False)
     fig.update_xaxes(showgrid=False, zeroline=False, constrain="domain")
@@ -377,14 +382,7 @@ def compare_overlays_figure(
         for trace in droplet_traces(droplets, name=title, show_legend=False,
                                     ring_colour=TYPE_COLOURS[(col - 1) % len(TYPE_COLOURS)]):
             fig.add_trace(trace, row=1, col=col)
-    _image_layout(fig, height)
-    fig.update_layout(showlegend=False)
-    fig.update_xaxes(showgrid=False, zeroline=False, constrain="domain")
-    fig.update_yaxes(showgrid=False, zeroline=False, autorange="reversed")
-    for col in range(1, n + 1):
-        suffix = "" if col == 1 else str(col)
-        fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
-    return fig
+    return _linked_image_panels(fig, n, height)
 
 
 # -- gallery ------------------------------------------------------------------------------

@@ -23,28 +23,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
-def _count_or_auto(text: str) -> int:
-    if text == "auto":
-        return 0
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("the droplet count must be at least 1 (or 'auto')")
-    return value
+def _whole_or_auto(what: str):
+    """argparse type: a whole number >= 1, or 'auto' (stored as 0)."""
 
+    def parse(text: str) -> int:
+        if text == "auto":
+            return 0
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be at least 1 (or 'auto')")
+        return value
 
-def _downscale(text: str) -> int:
-    if text == "auto":
-        return 0
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("downscale must be at least 1 (or 'auto')")
-    return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
     fit.add_argument("--channel", choices=CHANNELS, help="default: grey (rgb for neural)")
     fit.add_argument("--out", type=Path, required=True, help="output folder")
-    fit.add_argument("--downscale", type=_downscale, default=defaults.downscale, help="integer factor or 'auto'")
-    fit.add_argument("--droplets", type=_count_or_auto, default=defaults.droplets, help="maximum count or 'auto'")
+    fit.add_argument("--downscale", type=_whole_or_auto("downscale"), default=defaults.downscale, help="integer factor or 'auto'")
+    fit.add_argument("--droplets", type=_whole_or_auto("the droplet count"), default=defaults.droplets, help="maximum count or 'auto'")
     fit.add_argument("--steps", type=int, default=defaults.steps)
     fit.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     fit.add_argument("--seed", type=int, default=defaults.seed)

@@ -8,7 +8,7 @@ import app
 from app_support.figures import channels_figure, image_figure
 from droplet_core.channels import CHANNEL_LABELS
 from droplet_core.images import ImageError, auto_downscale_factor, load_image, max_pixels_limit, sha256_bytes
-from droplet_core.settings import AUTO_DOWNSCALE_PIXELS
+from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitSettings
 
 app.page_start("image")
 st.title("Image")
@@ -104,7 +104,7 @@ st.plotly_chart(channels_figure(thumbs, CHANNEL_LABELS), key="channels_fig", wid
 channel = st.selectbox(
     "Channel for the single-channel models (gaussian, templates)",
     app.SINGLE_CHANNELS,
-    index=app.SINGLE_CHANNELS.index("h"),
+    index=app.SINGLE_CHANNELS.index(FitSettings().channel),
     format_func=app.channel_label,
     key="w_channel",
     persist_state="session",
