@@ -388,9 +388,16 @@ def compare_overlays_figure(
 # -- gallery ------------------------------------------------------------------------------
 
 
-def gallery_figure(images: np.ndarray, wrap: int = 6, title_prefix: str = "type", height_per_row: int = 190) -> go.Figure:
+def gallery_figure(
+    images: np.ndarray,
+    wrap: int = 6,
+    types: np.ndarray | None = None,
+    captions: list[str] | None = None,
+    height_per_row: int = 190,
+) -> go.Figure:
     """Learned masks ``(k, m, m)`` (signed values, one colour map) or rendered droplets
-    ``(k, s, s, 3)`` in [0, 1], as one faceted image grid."""
+    ``(k, s, s, 3)`` in [0, 1], as one faceted image grid. Tile ``i`` shows droplet type
+    ``types[i]`` (default ``i``) and is captioned ``captions[i]`` (default "type i")."""
     images = np.asarray(images, dtype=np.float32)
     k = images.shape[0]
     wrap = max(1, min(wrap, k))
@@ -402,10 +409,12 @@ def gallery_figure(images: np.ndarray, wrap: int = 6, title_prefix: str = "type"
     else:
         fig = px.imshow(np.clip(images, 0, 1), facet_col=0, facet_col_wrap=wrap, zmin=0, zmax=1,
                         facet_col_spacing=0.02, facet_row_spacing=0.08)
+    types = np.arange(k) if types is None else np.asarray(types)
     for annotation in fig.layout.annotations:
         index = int(annotation.text.split("=")[-1])
-        colour = TYPE_COLOURS[index % len(TYPE_COLOURS)]
-        annotation.text = f"<span style='color:{colour}'>■</span> {title_prefix} {index}"
+        colour = TYPE_COLOURS[int(types[index]) % len(TYPE_COLOURS)]
+        caption = captions[index] if captions is not None else f"type {index}"
+        annotation.text = f"<span style='color:{colour}'>■</span> {caption}"
     rows = int(np.ceil(k / wrap))
     fig.update_layout(height=60 + rows * height_per_row, margin=dict(l=5, r=5, t=30, b=5))
     fig.update_xaxes(showticklabels=False)

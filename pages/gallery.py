@@ -22,20 +22,25 @@ if result is None:
 appearance = result.appearance or {}
 model = result.settings.model
 images = None
+tile_types = captions = None
 if "masks" in appearance:
     images = np.asarray(appearance["masks"])
     st.caption(f"The {images.shape[0]} learned masks of fit `{result.fit_id[:12]}` ({model}); each droplet's look "
                "is its composition-weighted mix of them. Colour scale: mask value.")
 elif "gallery" in appearance:
     images = np.asarray(appearance["gallery"])
-    st.caption(f"Example droplets rendered by the learned optics model of fit `{result.fit_id[:12]}` ({model}), "
-               "one per droplet type.")
+    tile_types = appearance.get("gallery_type")
+    radii = appearance.get("gallery_radius_px")
+    if tile_types is not None and radii is not None:
+        captions = [f"type {t} · r {r:g} px" for t, r in zip(tile_types, radii)]
+    st.caption(f"Example droplets rendered by the learned optics model of fit `{result.fit_id[:12]}` ({model}): "
+               "each droplet type drawn alone at a few radii (fit pixels).")
 
 if images is None or images.size == 0:
     st.info(f"The {model} model learns no droplet appearance, so there is no gallery. Fit with the "
             "templates or neural model to see one.", icon=":material/info:")
 else:
-    st.plotly_chart(gallery_figure(images), key="gallery_fig", width="stretch")
+    st.plotly_chart(gallery_figure(images, types=tile_types, captions=captions), key="gallery_fig", width="stretch")
 
 app.share_box("gallery", {"fit": result.fit_id})
 

@@ -169,7 +169,8 @@ def optics_params(values: dict) -> dict:
 
 def appearance(values: dict, spec: ModelSpec) -> dict:
     """``gallery`` ``(types * radii, s, s, c)``: the optics model's droplet drawn on the background
-    for each pure composition type at each of ``GALLERY_RADII_PX``, and the flat optics weights."""
+    for each pure composition type (``gallery_type``) at each radius of ``GALLERY_RADII_PX``
+    (``gallery_radius_px``, fit pixels), and the flat optics weights."""
     c, types = spec.layout.channels, spec.mask_types
     half = GALLERY_SIZE_PX // 2
     offsets = np.arange(-half, half + 1, dtype=np.float32)
@@ -197,4 +198,9 @@ def appearance(values: dict, spec: ModelSpec) -> dict:
             covered = (np.hypot(u, v) < EXTENT)[..., None]
             tiles.append(np.where(covered, tile, bg))
     weights = {name: np.asarray(v) for name, v in values.items() if name.startswith("optics/")}
-    return {"gallery": np.stack(tiles).astype(np.float32), **weights}
+    return {
+        "gallery": np.stack(tiles).astype(np.float32),
+        "gallery_type": np.repeat(np.arange(types), len(GALLERY_RADII_PX)),
+        "gallery_radius_px": np.tile(np.asarray(GALLERY_RADII_PX, np.float32), types),
+        **weights,
+    }
