@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--mask-types", type=int, default=defaults.mask_types)
     fit.add_argument("--mask-size", type=int, default=defaults.mask_size)
     fit.add_argument("--crop", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
+    fit.add_argument(
+        "--appearance-from",
+        metavar="FIT_ID_OR_DIR",
+        help="hold the learned appearance of an earlier fit fixed (its id, or a folder with its fit.json)",
+    )
     fit.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     scene = commands.add_parser("scene", help="write a synthetic scene.png and its truth.csv")
@@ -66,11 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stored_fit(reference: str, store):
+    """The stored fit named by an id, or by a folder holding its ``fit.json``."""
+    import json
+
+    from droplet_core.store import is_valid_fit_id
+
+    folder = Path(reference)
+    if not is_valid_fit_id(reference) and (folder / "fit.json").is_file():
+        reference = str(json.loads((folder / "fit.json").read_text()).get("fit_id", ""))
+    return store.load(reference)
+
+
 def _fit(args) -> int:
     from droplet_core.fit import run_fit
     from droplet_core.images import load_image, read_image_bytes, sha256_bytes
     from droplet_core.results import write_outputs
+    from droplet_core.store import FitStore, fit_key
 
+    store = FitStore()
+    source = _stored_fit(args.appearance_from, store) if args.appearance_from else None
     settings = FitSettings(
         model=args.model,
         channel=args.channel or default_channel(args.model),
@@ -82,9 +102,11 @@ def _fit(args) -> int:
         mask_types=args.mask_types,
         mask_size=args.mask_size,
         crop=tuple(args.crop) if args.crop else None,
+        appearance_from=source.fit_id if source is not None else None,
     )
     data = read_image_bytes(args.image)
     image = load_image(data)
+    image_sha256 = sha256_bytes(data)
 
     def report(progress):
         print(
@@ -93,11 +115,24 @@ def _fit(args) -> int:
             file=sys.stderr,
         )
 
-    result = run_fit(image, settings, image_sha256=sha256_bytes(data), progress=None if args.quiet else report)
+    key = fit_key(image_sha256, settings)
+    if store.has(key):
+        result = store.load(key)
+        print(f"identical fit found in the store ({store.root}); not refitting", file=sys.stderr)
+    else:
+        result = run_fit(
+            image,
+            settings,
+            image_sha256=image_sha256,
+            progress=None if args.quiet else report,
+            appearance_source=source,
+        )
+        store.save(result)
     write_outputs(result, args.out)
     info = result.info
     print(
-        f"{info['droplet_count']} droplets, RMSE {', '.join(f'{v:.4f}' for v in info['rmse'])}, "
+        f"fit {result.fit_id}: {info['droplet_count']} droplets, "
+        f"RMSE {', '.join(f'{v:.4f}' for v in info['rmse'])}, "
         f"{info['timings']['total_s']:.1f} s on {info['device']} -> {args.out}"
     )
     return 0
@@ -117,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _fit(args) if args.command == "fit" else _scene(args)
-    except (ImageError, FitError, ValueError, OSError) as error:
+    except (ImageError, FitError, ValueError, OSError, LookupError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -28,7 +28,7 @@ import pandas as pd
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
-from numpyro.handlers import seed, substitute, trace
+from numpyro.handlers import condition, seed, substitute, trace
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
 from scipy.spatial import cKDTree
@@ -214,6 +214,7 @@ def run_fit(
     progress: Callable[[FitProgress], None] | None = None,
     stop: threading.Event | None = None,
     warm_start: FitResult | None = None,
+    appearance_source: FitResult | None = None,
 ) -> FitResult:
     """Fit ``settings.model`` to an uploaded ``(H, W, 3)`` float image in [0, 1].
 
@@ -225,6 +226,8 @@ def run_fit(
     progress : called with a ``FitProgress`` after every chunk of ``CHUNK_STEPS`` steps.
     stop : when set, the fit ends after the current chunk with status ``"stopped"``.
     warm_start : an earlier result of the same image, model and channel to continue from.
+    appearance_source : the stored fit named by ``settings.appearance_from``, whose learned
+        appearance is held fixed.
 
     Returns
     -------
@@ -256,6 +259,10 @@ def run_fit(
     observed_j = jnp.asarray(observed)
     anchors_j = jnp.asarray(anchors)
     sites = latent_sites(model, observed_j, anchors_j, jnp.asarray(active))
+    fixed = _fixed_appearance(variant, settings, appearance_source, sites)
+    if fixed:
+        model = condition(model, data=fixed)
+        sites = {name: site for name, site in sites.items() if name not in fixed}
     if init_params is None:
         init_values = variant.initial_values(observed, np.asarray(candidates), spec, init_key)
     else:
@@ -318,7 +325,7 @@ def run_fit(
 
     params = {k: np.asarray(v) for k, v in _guide_params(svi, state).items()}
     values, reconstruction, _ = evaluate(params, observed_j, anchors_j, jnp.asarray(active))
-    values = {k: np.asarray(v) for k, v in values.items()}
+    values = {k: np.asarray(v) for k, v in {**fixed, **values}.items()}
     reconstruction = np.asarray(reconstruction, np.float32)
     scales = {
         name[: -len("_auto_scale")]: value for name, value in params.items() if name.endswith("_auto_scale")
@@ -336,6 +343,7 @@ def run_fit(
         "fit_id": fit_id,
         "image_sha256": image_sha256,
         "parent_fit_id": parent,
+        "appearance_from": settings.appearance_from,
         "settings": settings.to_dict(),
         "status": status,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -371,6 +379,25 @@ def run_fit(
         appearance=variant.appearance(values, spec),
         info=info,
     )
+
+
+def _fixed_appearance(variant, settings: FitSettings, source: FitResult | None, sites: dict) -> dict:
+    """``{site: value}`` of the reused appearance, or ``{}`` when ``settings`` reuses none."""
+    if settings.appearance_from is None:
+        return {}
+    if source is None or source.fit_id != settings.appearance_from:
+        raise FitError(f"the fit {settings.appearance_from} whose appearance should be reused was not given")
+    before = source.settings
+    if (before.model, before.mask_types, before.mask_size) != (settings.model, settings.mask_types, settings.mask_size):
+        raise FitError("can only reuse the appearance of a fit with the same model, droplet types and mask size")
+    fixed = {
+        name: biject_to(support)(jnp.asarray(source.params[f"{name}_auto_loc"]))
+        for name, (support, _) in sites.items()
+        if variant.is_appearance_site(name) and f"{name}_auto_loc" in source.params
+    }
+    if not fixed:
+        raise FitError(f"the {settings.model} model has no learned appearance to reuse")
+    return fixed
 
 
 def _guide_params(svi: SVI, state) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 
 from droplet_core.results import FitResult
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.store import FitStore, fit_key
+from droplet_core.store import FitStore, StoreError, fit_key
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +282,9 @@ class JobRegistry:
                 return
             fit_fn = self._fit_fn or _default_fit_fn()
             try:
+                reused = {}
+                if job.settings.appearance_from is not None:
+                    reused["appearance_source"] = self.store.load(job.settings.appearance_from)
                 result = fit_fn(
                     image,
                     job.settings,
@@ -289,8 +292,9 @@ class JobRegistry:
                     progress=job._report,
                     stop=job._stop,
                     warm_start=warm_start,
+                    **reused,
                 )
-            except ValueError as exc:  # FitError and bad settings carry a message for the user
+            except (ValueError, StoreError) as exc:  # FitError, bad settings, a missing source: a message for the user
                 job._finish_without_result(FAILED, _one_line(str(exc)) or type(exc).__name__)
                 return
             if result.status == DONE and result.fit_id != job.fit_id:

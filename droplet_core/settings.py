@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 MODEL_NAMES = ("gaussian", "templates", "neural")
@@ -31,6 +32,9 @@ class FitSettings:
     mask_size : side of each learned mask, in cells spanning -1.5..1.5 radii (templates).
     crop : optional region of interest ``(x0, y0, x1, y1)`` in pixels of the image as
         given (x = column, y = row, end exclusive), applied before downscaling.
+    appearance_from : id of a stored fit of the same model whose learned appearance
+        (templates' masks, neural's optics weights) is held fixed; only positions, radii,
+        compositions and background are fitted.
     """
 
     model: str = "templates"
@@ -43,6 +47,7 @@ class FitSettings:
     mask_types: int = 6
     mask_size: int = 15
     crop: tuple[int, int, int, int] | None = None
+    appearance_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
@@ -58,6 +63,8 @@ class FitSettings:
             raise ValueError("steps must be at least 1")
         if not self.learning_rate > 0:
             raise ValueError("learning_rate must be positive")
+        if self.appearance_from is not None and not re.fullmatch(r"[0-9a-f]{32}", str(self.appearance_from)):
+            raise ValueError("appearance_from must be a fit id (32 lowercase hexadecimal characters)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

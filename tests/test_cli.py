@@ -55,6 +55,29 @@ def test_fit_writes_the_three_outputs(scene_dir, tmp_path):
     assert score.f1 > 0.8, score
 
 
+def test_fit_reuses_the_store_and_an_earlier_appearance(scene_dir, tmp_path):
+    first = tmp_path / "first"
+    done = droplet_cli("fit", str(scene_dir / "scene.png"), "--steps", "100", "--out", str(first))
+    assert done.returncode == 0, done.stderr
+    first_id = json.loads((first / "fit.json").read_text())["fit_id"]
+
+    again = droplet_cli("fit", str(scene_dir / "scene.png"), "--steps", "100", "--out", str(tmp_path / "again"))
+    assert again.returncode == 0 and "identical fit found in the store" in again.stderr
+    assert (tmp_path / "again" / "droplets.csv").read_text() == (first / "droplets.csv").read_text()
+
+    other_scene = tmp_path / "other"
+    assert droplet_cli("scene", "--seed", "6", "--out", str(other_scene)).returncode == 0
+    reused = tmp_path / "reused"
+    done = droplet_cli(
+        "fit", str(other_scene / "scene.png"), "--steps", "100", "--appearance-from", str(first), "--out", str(reused)
+    )
+    assert done.returncode == 0, done.stderr
+    info = json.loads((reused / "fit.json").read_text())
+    assert info["appearance_from"] == first_id
+    score = match_droplets(pd.read_csv(other_scene / "truth.csv"), pd.read_csv(reused / "droplets.csv"))
+    assert score.f1 > 0.8, score
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -66,6 +89,7 @@ def test_fit_writes_the_three_outputs(scene_dir, tmp_path):
         (["fit", "SCENE", "--channel", "purple", "--out", "OUT"], "invalid choice"),
         (["fit", "SCENE", "--droplets", "-3", "--out", "OUT"], "at least 1"),
         (["fit", "SCENE"], "--out"),
+        (["fit", "SCENE", "--appearance-from", "0123456789abcdef0123456789abcdef", "--out", "OUT"], "no stored fit"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(scene_dir, tmp_path, args, message):

@@ -167,3 +167,32 @@ def test_a_channel_with_no_droplets_is_a_clear_error():
     flat = np.full((64, 64, 3), 0.5, np.float32)
     with pytest.raises(FitError, match="no droplet candidates"):
         run_fit(flat, FitSettings(steps=50, downscale=1), image_sha256="d" * 64)
+
+
+def test_reused_appearance_is_held_fixed(templates_fit):
+    image, truth = scene_image(8, SMALL_SCENE)
+    settings = FitSettings(steps=200, downscale=1, appearance_from=templates_fit.fit_id)
+    result = run_fit(image, settings, image_sha256="e" * 64, appearance_source=templates_fit)
+    np.testing.assert_allclose(result.appearance["masks"], templates_fit.appearance["masks"], rtol=1e-6)
+    assert "masks_auto_loc" not in result.params
+    assert result.info["appearance_from"] == templates_fit.fit_id
+    score = match_droplets(truth, result.droplets)
+    assert score.f1 >= 0.8, score
+
+
+def test_reusing_appearance_needs_the_same_model(small_scene, templates_fit, gaussian_fit):
+    image, _ = small_scene
+    with pytest.raises(FitError, match="same model"):
+        run_fit(
+            image,
+            FitSettings(model="gaussian", steps=50, downscale=1, appearance_from=templates_fit.fit_id),
+            image_sha256="a" * 64,
+            appearance_source=templates_fit,
+        )
+    with pytest.raises(FitError, match="no learned appearance"):
+        run_fit(
+            image,
+            FitSettings(model="gaussian", steps=50, downscale=1, appearance_from=gaussian_fit.fit_id),
+            image_sha256="a" * 64,
+            appearance_source=gaussian_fit,
+        )

@@ -2,7 +2,7 @@
 
 ``EXTENT`` (how far a droplet reaches, in radii), ``model(observed, anchors, active, spec)``
 (the numpyro model, recording ``reconstruction`` and per-droplet ``strength``),
-``initial_values``, ``droplet_columns`` and ``appearance``.
+``initial_values``, ``droplet_columns``, ``appearance`` and ``is_appearance_site``.
 """
 
 from droplet_core.models import gaussian, neural, templates

@@ -71,6 +71,12 @@ def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
     }
 
 
+def is_appearance_site(name: str) -> bool:
+    """Gaussian droplets have no learned look to reuse."""
+    del name
+    return False
+
+
 def appearance(values: dict, spec: ModelSpec) -> dict:
     """Gaussian droplets have no learned appearance."""
     del values, spec

@@ -167,6 +167,11 @@ def optics_params(values: dict) -> dict:
     return {"params": params}
 
 
+def is_appearance_site(name: str) -> bool:
+    """Whether a latent site describes the droplet look (held fixed when it is reused)."""
+    return name.startswith("optics/")
+
+
 def appearance(values: dict, spec: ModelSpec) -> dict:
     """``gallery`` ``(types * radii, s, s, c)``: the optics model's droplet drawn on the background
     for each pure composition type (``gallery_type``) at each radius of ``GALLERY_RADII_PX``

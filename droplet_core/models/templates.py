@@ -114,6 +114,11 @@ def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
     return columns
 
 
+def is_appearance_site(name: str) -> bool:
+    """Whether a latent site describes the droplet look (held fixed when it is reused)."""
+    return name == "masks"
+
+
 def appearance(values: dict, spec: ModelSpec) -> dict:
     """The learned masks ``(types, m, m)`` in channel units (added to the background)."""
     return {"masks": np.asarray(values["masks"] * envelope(spec.mask_size), np.float32)}
