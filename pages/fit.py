@@ -73,6 +73,22 @@ with st.form("fit_form", border=True):
                                   persist_state="session", help="Side of each learned mask, spanning ±1.5 radii.")
         seed = st.number_input("Random seed", 0, 2**31 - 1, DEFAULTS.seed, step=1, key="w_seed",
                                persist_state="session")
+    appearance_from = None
+    if model in ("templates", "neural"):
+        # Fits whose appearance was learned (not itself reused) with the current look settings.
+        sources = [
+            info for info in app.store().list_fits()
+            if info.get("settings", {}).get("model") == model and not info.get("appearance_from")
+            and info.get("settings", {}).get("mask_types") == mask_types
+            and (model == "neural" or info.get("settings", {}).get("mask_size") == mask_size)
+        ]
+        labels = {info["fit_id"]: app.fit_label(info) for info in sources}
+        appearance_from = st.selectbox(
+            "Reuse the droplet appearance of", [None, *labels], key="w_appearance_from",
+            format_func=lambda fit_id: "— learn a new appearance —" if fit_id is None else labels[fit_id],
+            help="Hold the masks / optics model of an earlier fit fixed and fit only positions, radii, "
+                 "compositions and background: faster and steadier on new images of the same droplets.",
+        )
     submitted = st.form_submit_button("Fit", type="primary", icon=":material/play_arrow:")
 
 registry = app.registry()
@@ -83,7 +99,7 @@ if submitted:
         settings = FitSettings(
             model=model, channel=fit_channel, downscale=downscale, droplets=int(droplets), steps=int(steps),
             learning_rate=float(learning_rate), seed=int(seed), mask_types=int(mask_types),
-            mask_size=int(mask_size), crop=crop,
+            mask_size=int(mask_size), crop=crop, appearance_from=appearance_from,
         )
     except ValueError as exc:
         st.error(f"These settings cannot be fitted: {exc}")

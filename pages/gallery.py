@@ -36,6 +36,12 @@ elif "gallery" in appearance:
     st.caption(f"Example droplets rendered by the learned optics model of fit `{result.fit_id[:12]}` ({model}): "
                "each droplet type drawn alone at a few radii (fit pixels).")
 
+if result.settings.appearance_from:
+    source = result.settings.appearance_from
+    st.info(f"This fit reused the appearance learned by fit `{source[:12]}`; it was held fixed.",
+            icon=":material/recycling:")
+    st.page_link("pages/gallery.py", label="Open the fit the appearance came from", query_params={"fit": source})
+
 if images is None or images.size == 0:
     st.info(f"The {model} model learns no droplet appearance, so there is no gallery. Fit with the "
             "templates or neural model to see one.", icon=":material/info:")

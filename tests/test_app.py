@@ -73,11 +73,14 @@ def png_bytes(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def run_fit_page(at: AppTest, steps: int = FIT_STEPS, seed: int = 0) -> None:
-    """On the Fit page: set steps and seed, press Fit, re-run until the job has finished."""
+def run_fit_page(at: AppTest, steps: int = FIT_STEPS, seed: int = 0, appearance_from: str | None = None) -> None:
+    """On the Fit page: set steps, seed (and the appearance to reuse), press Fit, re-run
+    until the job has finished."""
     at.switch_page("pages/fit.py").run()
     at.select_slider(key="w_steps").set_value(steps)
     at.number_input(key="w_seed").set_value(seed)
+    if appearance_from is not None:
+        at.selectbox(key="w_appearance_from").set_value(appearance_from)
     next(b for b in at.button if b.label == "Fit").click().run()
     deadline = time.monotonic() + FIT_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -185,6 +188,19 @@ def test_failed_fit_shows_error_and_keeps_earlier_fit(fitted, monkeypatch):
     assert not at.exception
     assert any("diverged" in e for e in texts(at.error)), texts(at.error)
     assert at.session_state["fit_id"] == fitted["fit_id"]  # the earlier fit is kept
+
+
+def test_reuse_appearance_of_an_earlier_fit(fitted):
+    at = open_app()
+    run_fit_page(at, seed=1, appearance_from=fitted["fit_id"])
+    assert not at.error, texts(at.error)
+    new_id = at.session_state["fit_id"]
+    reused = FitStore().load(new_id)
+    assert reused.settings.appearance_from == fitted["fit_id"]
+    np.testing.assert_allclose(reused.appearance["masks"], FitStore().load(fitted["fit_id"]).appearance["masks"])
+    at.switch_page("pages/gallery.py").run()
+    assert not at.exception
+    assert any(fitted["fit_id"][:12] in i.value for i in at.info), texts(at.info)
 
 
 def test_gallery_and_compare_pages(fitted):

@@ -1,0 +1,201 @@
+"""Time to the seed's reconstruction quality: Droplet's fit against seed-style references.
+
+Run from the repository root::
+
+    python -m bench.speed                              # every model
+    python -m bench.speed --models templates --seed-steps 2000
+
+Every model fits the example at downscale 4 (templates and gaussian: hue; neural: RGB).
+References, all measured in this run on this machine:
+
+- templates: the seed notebook's part-2 fit (``bench.seed_reference``), run for
+  ``--seed-steps``; its time for 100,000 steps is extrapolated from the measured steps/s
+  (plus its init and compile time), and its RMSE there is the issue's 0.138.
+- gaussian, neural: the seed-style fits of ``bench.seed_models`` (random starts,
+  AutoNormal, Adam(0.01), 2000 droplets) for a step budget; "converged" is the first
+  checkpoint where RMSE changed by less than 1 % over the last 20 % of the steps. When
+  the budget ends before that, the plateau is extrapolated from an exponential fit of
+  RMSE against steps and marked so.
+
+Droplet runs as a user runs it (``run_fit`` with ``FitSettings(model, channel,
+downscale=4)``, default 300 steps), timed by its own ``total_s`` (detection, compilation
+and fitting), and again at fewer steps (``--ladder``) to find the first step count whose
+fit reaches the reference RMSE. RMSE is per channel, averaged over channels for RGB.
+The templates reference resizes with Pillow as the seed does, Droplet block-averages:
+the two RMSEs are of slightly different images of the same scene.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import curve_fit
+
+from bench import seed_models, seed_reference
+from droplet_core.fit import run_fit
+from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+from droplet_core.settings import FitSettings
+
+SEED_FULL_STEPS = 100_000
+REFERENCE_RMSE_100K = 0.138
+CHANNELS = {"templates": "h", "gaussian": "h", "neural": "rgb"}
+# Required speed-up over the reference (the issue's targets).
+TARGET_RATIO = {"templates": 100.0, "gaussian": 50.0, "neural": 50.0}
+DEFAULT_STEPS = {"gaussian": 6000, "neural": 1500}
+
+
+def droplet_fit(image: np.ndarray, sha: str, model: str, steps: int) -> dict:
+    """Droplet's fit at downscale 4: ``steps``, ``seconds`` (its ``total_s``), ``rmse``, ``droplets``."""
+    settings = FitSettings(model=model, channel=CHANNELS[model], downscale=4, steps=steps)
+    result = run_fit(image, settings, image_sha256=sha)
+    return {
+        "steps": steps,
+        "seconds": float(result.info["timings"]["total_s"]),
+        "compile_s": float(result.info["timings"]["compile_s"]),
+        "rmse": float(np.mean(result.info["rmse"])),
+        "droplets": int(result.info["droplet_count"]),
+    }
+
+
+def extrapolated_plateau(rmse_by_step: dict[int, float], tolerance: float = 0.01, window: float = 0.2):
+    """Where an exponential fit ``a + b exp(-t / tau)`` of RMSE meets the plateau rule.
+
+    Returns ``(step, rmse)`` of the fitted curve at the first step (on a 2 % grid beyond
+    the last recorded one) where it changed by less than ``tolerance`` over the last
+    ``window`` of the steps, or None when the fit fails.
+    """
+    steps = np.array(sorted(rmse_by_step), float)
+    values = np.array([rmse_by_step[s] for s in steps.astype(int)])
+
+    def curve(t, a, b, tau):
+        return a + b * np.exp(-t / tau)
+
+    try:
+        (a, b, tau), _ = curve_fit(curve, steps, values, p0=(values[-1] * 0.9, values[0] - values[-1] * 0.9, steps[-1]),
+                                   maxfev=20_000)
+    except RuntimeError:
+        return None
+    if not (tau > 0 and b > 0):
+        return None
+    t = steps[-1]
+    while t < 1e9:
+        if curve((1.0 - window) * t, a, b, tau) - curve(t, a, b, tau) < tolerance * curve(t, a, b, tau):
+            return int(t), float(curve(t, a, b, tau))
+        t *= 1.02
+    return None
+
+
+def templates_reference(path: Path, steps: int, chunk: int) -> dict:
+    """The seed's part-2 fit: measured for ``steps``, extrapolated to 100,000."""
+    seed = seed_reference.run(str(path), steps, chunk, progress=_progress("seed templates"))
+    overhead = seed["init_s"] + seed["compile_s"]
+    return {
+        "label": f"seed part 2, {SEED_FULL_STEPS} steps",
+        "kind": "extrapolated",
+        "rmse": REFERENCE_RMSE_100K,
+        "seconds": overhead + SEED_FULL_STEPS / seed["steps_per_s"],
+        "note": (f"seed ran {steps} steps at {seed['steps_per_s']:.1f} steps/s (init {seed['init_s']:.1f} s, "
+                 f"compile {seed['compile_s']:.1f} s), RMSE {seed['rmse_by_step'][steps]:.4f} there; "
+                 f"RMSE {REFERENCE_RMSE_100K} at 100k steps is the issue's figure"),
+        "trajectory": seed,
+    }
+
+
+def seed_style_reference(name: str, path: Path, steps: int, chunk: int) -> dict:
+    """A seed-style fit run for ``steps``: its plateau, measured or extrapolated."""
+    seed = seed_models.run(name, str(path), steps, chunk, progress=_progress(f"seed-style {name}"))
+    overhead = seed["init_s"] + seed["compile_s"]
+    rate = seed["steps_per_s"]
+    converged = seed_models.convergence(seed["rmse_by_step"])
+    note = (f"ran {steps} steps at {rate:.1f} steps/s (init {seed['init_s']:.1f} s, compile "
+            f"{seed['compile_s']:.1f} s), RMSE {seed['rmse_by_step'][steps]:.4f} at the end")
+    if converged is not None:
+        return {"label": f"seed-style, plateau at {converged} steps", "kind": "measured",
+                "rmse": seed["rmse_by_step"][converged], "seconds": overhead + seed["seconds_by_step"][converged],
+                "note": note, "trajectory": seed}
+    plateau = extrapolated_plateau(seed["rmse_by_step"])
+    if plateau is None:
+        # No plateau to extrapolate to: the budget's end is a lower bound on the time.
+        return {"label": f"seed-style, {steps} steps (no plateau)", "kind": "lower bound",
+                "rmse": seed["rmse_by_step"][steps], "seconds": overhead + seed["seconds"],
+                "note": note, "trajectory": seed}
+    step, rmse = plateau
+    return {"label": f"seed-style, plateau at ~{step} steps", "kind": "extrapolated", "rmse": rmse,
+            "seconds": overhead + step / rate, "note": note, "trajectory": seed}
+
+
+def _progress(label: str):
+    return lambda step, seconds, error: print(f"  {label}: step {step:>6}  {seconds:7.1f} s  RMSE {error:.4f}",
+                                             flush=True)
+
+
+def print_trajectory(name: str, trajectory: dict) -> None:
+    print(f"\n{name} reference: RMSE by step (SVI seconds, excluding init and compile)")
+    print(f"{'step':>7} {'seconds':>9} {'RMSE':>7}")
+    for step in sorted(trajectory["rmse_by_step"]):
+        print(f"{step:>7} {trajectory['seconds_by_step'][step]:>9.1f} {trajectory['rmse_by_step'][step]:>7.4f}")
+
+
+def print_summary(rows: list[tuple[str, dict, dict, list[dict]]]) -> None:
+    print("\nDroplet (default 300 steps) against the reference; ratio = reference seconds / Droplet seconds")
+    header = (f"{'model':<10} {'reference':<36} {'time is':<13} {'ref s':>8} {'ref RMSE':>8} "
+              f"{'Droplet s':>9} {'RMSE':>7} {'ratio':>7} {'target':>7} {'met':>4}")
+    print(header)
+    for model, reference, default, _ in rows:
+        ratio = reference["seconds"] / default["seconds"]
+        met = default["rmse"] <= reference["rmse"] and ratio >= TARGET_RATIO[model]
+        print(f"{model:<10} {reference['label']:<36} {reference['kind']:<13} {reference['seconds']:>8.0f} "
+              f"{reference['rmse']:>8.4f} {default['seconds']:>9.1f} {default['rmse']:>7.4f} {ratio:>6.0f}x "
+              f"{TARGET_RATIO[model]:>6.0f}x {'yes' if met else 'no':>4}")
+    print("\nDroplet at fewer steps (each a separate run: detection and compilation included)")
+    print(f"{'model':<10} {'steps':>6} {'seconds':>8} {'compile':>8} {'RMSE':>7} {'droplets':>8} "
+          f"{'reaches ref':>11} {'ratio':>7}")
+    for model, reference, _, ladder in rows:
+        for fit in ladder:
+            reaches = fit["rmse"] <= reference["rmse"]
+            print(f"{model:<10} {fit['steps']:>6} {fit['seconds']:>8.1f} {fit['compile_s']:>8.1f} {fit['rmse']:>7.4f} "
+                  f"{fit['droplets']:>8} {'yes' if reaches else 'no':>11} {reference['seconds'] / fit['seconds']:>6.0f}x")
+        first = next((f for f in ladder if f["rmse"] <= reference["rmse"]), None)
+        print(f"  {model}: first reaches the reference RMSE "
+              + (f"at {first['steps']} steps, {first['seconds']:.1f} s" if first else "at none of these step counts"))
+    print("\nReferences:")
+    for model, reference, _, _ in rows:
+        print(f"  {model}: {reference['note']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", type=Path, default=Path("../shared/data/example.jpg"))
+    parser.add_argument("--models", nargs="+", choices=list(CHANNELS), default=list(CHANNELS))
+    parser.add_argument("--seed-steps", type=int, default=1000, help="templates seed steps measured (then extrapolated)")
+    parser.add_argument("--gaussian-steps", type=int, default=DEFAULT_STEPS["gaussian"], help="seed-style gaussian budget")
+    parser.add_argument("--neural-steps", type=int, default=DEFAULT_STEPS["neural"], help="seed-style neural budget")
+    parser.add_argument("--chunk", type=int, default=250, help="reference steps per jitted call and RMSE checkpoint")
+    parser.add_argument("--ladder", type=int, nargs="+", default=[50, 100],
+                        help="Droplet step counts tried besides the default 300")
+    args = parser.parse_args()
+
+    data = read_image_bytes(args.image)
+    image, sha = load_image(data), sha256_bytes(data)
+    budgets = {"gaussian": args.gaussian_steps, "neural": args.neural_steps}
+    rows = []
+    for model in args.models:
+        print(f"{model}: reference ...", flush=True)
+        if model == "templates":
+            reference = templates_reference(args.image, args.seed_steps, args.chunk)
+        else:
+            reference = seed_style_reference(model, args.image, budgets[model], args.chunk)
+        print(f"{model}: Droplet ...", flush=True)
+        default = droplet_fit(image, sha, model, FitSettings.steps)
+        ladder = [droplet_fit(image, sha, model, steps) for steps in sorted(set(args.ladder)) if steps < default["steps"]]
+        rows.append((model, reference, default, ladder + [default]))
+    for model, reference, _, _ in rows:
+        if model != "templates":
+            print_trajectory(model, reference["trajectory"])
+    print_summary(rows)
+
+
+if __name__ == "__main__":
+    main()
