@@ -43,7 +43,7 @@ REFERENCE_RMSE_100K = 0.138
 CHANNELS = {"templates": "h", "gaussian": "h", "neural": "rgb"}
 # Required speed-up over the reference (the targets).
 TARGET_RATIO = {"templates": 100.0, "gaussian": 50.0, "neural": 50.0}
-DEFAULT_STEPS = {"gaussian": 6000, "neural": 1500}
+DEFAULT_STEPS = {"gaussian": 4000, "neural": 1000}
 
 
 def droplet_fit(image: np.ndarray, sha: str, model: str, steps: int) -> dict:

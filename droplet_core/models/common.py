@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 
 # Radius caps (fit pixels): a droplet gets the smallest cap that leaves it room to grow by
 # GROWTH_ROOM during the fit, and a patch reaching ``extent * cap``; its radius is clipped
@@ -151,6 +153,33 @@ def bilinear_sample(layout: Layout, grids, u, v):
         + corner(0, 1) * (1 - fu) * fv
         + corner(1, 1) * fu * fv
     )
+
+
+# Quadratic shading terms of the background (u, v, u^2, uv, v^2 over [-1, 1]^2): microscope
+# illumination is uneven (vignetting), and a flat background would leave it in the residual.
+SHADING_TERMS = 5
+
+
+def sample_background(layout: Layout):
+    """Background of every variant: a level per channel plus smooth quadratic shading.
+
+    Returns the level ``(c,)`` and the background image ``(h, w, c)``.
+    """
+    c = layout.channels
+    level = numpyro.sample("bg", dist.Uniform(0.0, 1.0).expand([c]).to_event(1))
+    shading = numpyro.sample("bg_shading", dist.Normal(0.0, 0.1).expand([SHADING_TERMS, c]).to_event(2))
+    v, u = jnp.meshgrid(jnp.linspace(-1.0, 1.0, layout.height), jnp.linspace(-1.0, 1.0, layout.width), indexing="ij")
+    basis = jnp.stack([u, v, u * u, u * v, v * v], axis=-1)
+    return level, level + jnp.einsum("hwk,kc->hwc", basis, shading)
+
+
+def initial_background(observed: np.ndarray) -> dict:
+    """Initial values of the background sites for an ``(h, w, c)`` channel: flat at the median."""
+    channels = observed.shape[2]
+    return {
+        "bg": np.median(observed, axis=(0, 1)).astype(np.float32),
+        "bg_shading": np.zeros((SHADING_TERMS, channels), np.float32),
+    }
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,6 +1,6 @@
 """Variant ``gaussian``: isotropic Gaussian blobs on a flat background (series part 1).
 
-One channel ``(h, w, 1)``: ``bg + polarity * sum_n a_n exp(-d_n^2 / (2 sigma_n^2))``.
+One channel ``(h, w, 1)``: ``background + polarity * sum_n a_n exp(-d_n^2 / (2 sigma_n^2))``.
 The table's ``radius`` is ``sqrt(2) * sigma`` (the scikit-image ``blob_log`` convention).
 """
 
@@ -11,7 +11,15 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from droplet_core.models.common import ModelSpec, capped_radius, patch_geometry, per_pixel, splat
+from droplet_core.models.common import (
+    ModelSpec,
+    capped_radius,
+    initial_background,
+    patch_geometry,
+    per_pixel,
+    sample_background,
+    splat,
+)
 
 EXTENT = 3.0
 SQRT2 = float(np.sqrt(2.0))
@@ -22,34 +30,34 @@ def model(observed, anchors, active, spec: ModelSpec):
     """numpyro model of a ``(h, w, 1)`` channel; ``anchors`` ``(n, 3)`` detector x, y, radius (fit px)."""
     layout = spec.layout
     n = layout.n_droplets
-    bg = numpyro.sample("bg", dist.Uniform(0.0, 1.0).expand([layout.channels]).to_event(1))
+    _, background = sample_background(layout)
     noise = numpyro.sample("noise", dist.LogNormal(jnp.log(0.05), 1.0))
     with numpyro.plate("droplets", n):
         x = numpyro.sample("x", dist.Normal(anchors[:, 0], POSITION_PRIOR_SD_PX))
         y = numpyro.sample("y", dist.Normal(anchors[:, 1], POSITION_PRIOR_SD_PX))
         sigma = numpyro.sample("sigma", dist.LogNormal(1.5, 0.75))
         amplitude = numpyro.sample("amplitude", dist.HalfNormal(1.0))
-    image = render(bg, x, y, sigma, amplitude * active, spec)
+    image = render(background, x, y, sigma, amplitude * active, spec)
     numpyro.deterministic("reconstruction", image)
     numpyro.deterministic("strength", amplitude)
     numpyro.sample("obs", dist.Normal(image, noise).to_event(3), obs=observed)
 
 
-def render(bg, x, y, sigma, amplitude, spec: ModelSpec):
-    """``(h, w, 1)`` image of Gaussian blobs; all droplet arrays ``(n,)`` in fit px."""
+def render(background, x, y, sigma, amplitude, spec: ModelSpec):
+    """``(h, w, 1)`` image of Gaussian blobs on ``background`` ``(h, w, 1)``; droplet arrays ``(n,)`` in fit px."""
     layout = spec.layout
     flat, dx, dy, inside = patch_geometry(layout, x, y)
     s = capped_radius(layout, sigma)
     values = per_pixel(layout, amplitude) * jnp.exp(-(dx**2 + dy**2) / (2.0 * s**2))
     droplets = splat(layout, values[:, None], flat, inside).reshape(layout.height, layout.width, layout.channels)
-    return jnp.clip(bg + spec.polarity * droplets, 0.0, 1.0)
+    return jnp.clip(background + spec.polarity * droplets, 0.0, 1.0)
 
 
 def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
     """Start at the detector's candidates ``(n, 4)``: x, y, radius, contrast (fit px, channel units)."""
     del key
     return {
-        "bg": np.median(observed, axis=(0, 1)).astype(np.float32),
+        **initial_background(observed),
         "noise": np.float32(0.05),
         "x": candidates[:, 0].astype(np.float32),
         "y": candidates[:, 1].astype(np.float32),

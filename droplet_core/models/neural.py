@@ -18,7 +18,15 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.contrib.module import random_flax_module
 
-from droplet_core.models.common import ModelSpec, capped_radius, patch_geometry, per_pixel, splat
+from droplet_core.models.common import (
+    ModelSpec,
+    capped_radius,
+    initial_background,
+    patch_geometry,
+    per_pixel,
+    sample_background,
+    splat,
+)
 
 EXTENT = 1.5
 POSITION_PRIOR_SD_PX = 3.0
@@ -82,7 +90,7 @@ def model(observed, anchors, active, spec: ModelSpec):
     """numpyro model of an ``(h, w, 3)`` image; ``anchors`` ``(n, 3)`` detector x, y, radius (fit px)."""
     layout = spec.layout
     n, types, c = layout.n_droplets, spec.mask_types, layout.channels
-    bg = numpyro.sample("bg", dist.Uniform(0.0, 1.0).expand([c]).to_event(1))
+    bg, background_image = sample_background(layout)
     noise = numpyro.sample("noise", dist.LogNormal(jnp.log(0.05), 1.0))
     with numpyro.plate("droplets", n):
         x = numpyro.sample("x", dist.Normal(anchors[:, 0], POSITION_PRIOR_SD_PX))
@@ -93,7 +101,7 @@ def model(observed, anchors, active, spec: ModelSpec):
         "optics", DropletOptics(channels=c), dist.Normal(0.0, 1.0), input_shape=(1, feature_count(spec))
     )
     features, covered = nearest_droplet_features(x, y, radius, composition, active, spec)
-    background = jnp.broadcast_to(bg, (features.shape[0], c))
+    background = background_image.reshape(-1, c)
     rendered = optics(jnp.concatenate([background, features], axis=-1))
     image = jnp.where(covered[:, None] > 0, rendered, background).reshape(layout.height, layout.width, c)
     numpyro.deterministic("reconstruction", image)
@@ -133,7 +141,7 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
     flat_weights["optics/output.kernel"] = flat_weights["optics/output.kernel"] * 0.1
     return {
         **flat_weights,
-        "bg": np.median(observed, axis=(0, 1)).astype(np.float32),
+        **initial_background(observed),
         "noise": np.float32(0.05),
         "x": candidates[:, 0].astype(np.float32),
         "y": candidates[:, 1].astype(np.float32),

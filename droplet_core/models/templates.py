@@ -16,7 +16,15 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from droplet_core.models.common import ModelSpec, bilinear_sample, capped_radius, patch_geometry, splat
+from droplet_core.models.common import (
+    ModelSpec,
+    bilinear_sample,
+    capped_radius,
+    initial_background,
+    patch_geometry,
+    sample_background,
+    splat,
+)
 
 EXTENT = 1.5
 POSITION_PRIOR_SD_PX = 3.0
@@ -26,7 +34,7 @@ def model(observed, anchors, active, spec: ModelSpec):
     """numpyro model of a ``(h, w, 1)`` channel; ``anchors`` ``(n, 3)`` detector x, y, radius (fit px)."""
     layout = spec.layout
     n, types, size = layout.n_droplets, spec.mask_types, spec.mask_size
-    bg = numpyro.sample("bg", dist.Uniform(0.0, 1.0).expand([layout.channels]).to_event(1))
+    _, background = sample_background(layout)
     noise = numpyro.sample("noise", dist.LogNormal(jnp.log(0.05), 1.0))
     masks = numpyro.sample("masks", dist.Normal(0.0, 0.5).expand([types, size, size]).to_event(3))
     with numpyro.plate("droplets", n):
@@ -35,14 +43,15 @@ def model(observed, anchors, active, spec: ModelSpec):
         radius = numpyro.sample("radius", dist.LogNormal(1.5, 0.75))
         composition = numpyro.sample("composition", dist.Uniform(0.0, 1.0).expand([types]).to_event(1))
     droplet_masks = jnp.einsum("nt,tij->nij", composition, masks * envelope(size))
-    image = render(bg, x, y, radius, droplet_masks * active[:, None, None], spec)
+    image = render(background, x, y, radius, droplet_masks * active[:, None, None], spec)
     numpyro.deterministic("reconstruction", image)
     numpyro.deterministic("strength", jnp.max(jnp.abs(droplet_masks), axis=(1, 2)))
     numpyro.sample("obs", dist.Normal(image, noise).to_event(3), obs=observed)
 
 
-def render(bg, x, y, radius, droplet_masks, spec: ModelSpec):
-    """``(h, w, 1)`` image; ``droplet_masks`` ``(n, m, m)`` each droplet's composed mask."""
+def render(background, x, y, radius, droplet_masks, spec: ModelSpec):
+    """``(h, w, 1)`` image on ``background`` ``(h, w, 1)``; ``droplet_masks`` ``(n, m, m)`` each
+    droplet's composed mask."""
     layout = spec.layout
     cells_per_radius = (spec.mask_size - 1) / (2.0 * EXTENT)
     centre_cell = (spec.mask_size - 1) / 2.0
@@ -53,7 +62,7 @@ def render(bg, x, y, radius, droplet_masks, spec: ModelSpec):
     v = centre_cell + dy / r * cells_per_radius
     values = bilinear_sample(layout, droplet_masks, u, v)
     droplets = splat(layout, values[:, None], flat, inside).reshape(layout.height, layout.width, layout.channels)
-    return jnp.clip(bg + droplets, 0.0, 1.0)
+    return jnp.clip(background + droplets, 0.0, 1.0)
 
 
 def envelope(size: int) -> np.ndarray:
@@ -88,7 +97,7 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
     scale = np.abs(candidates[:, 3]) / max(contrast, 1e-6)
     composition = np.clip(composition * scale[:, None] / types * 2.0, 0.02, 0.98)
     return {
-        "bg": np.median(observed, axis=(0, 1)).astype(np.float32),
+        **initial_background(observed),
         "noise": np.float32(0.05),
         "masks": masks.astype(np.float32),
         "x": candidates[:, 0].astype(np.float32),
