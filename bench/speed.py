@@ -62,19 +62,23 @@ def droplet_fit(image: np.ndarray, sha: str, model: str, steps: int) -> dict:
 def extrapolated_plateau(rmse_by_step: dict[int, float], tolerance: float = 0.01, window: float = 0.2):
     """Where an exponential fit ``a + b exp(-t / tau)`` of RMSE meets the plateau rule.
 
-    Returns ``(step, rmse)`` of the fitted curve at the first step (on a 2 % grid beyond
-    the last recorded one) where it changed by less than ``tolerance`` over the last
-    ``window`` of the steps, or None when the fit fails.
+    The curve is fitted to the second half of the recorded steps. Returns ``(step, rmse)``
+    of the fitted curve at the first step (on a 2 % grid beyond the last recorded one)
+    where it changed by less than ``tolerance`` over the last ``window`` of the steps, or
+    None when the fit fails.
     """
-    steps = np.array(sorted(rmse_by_step), float)
+    # The second half only: the first checkpoints hold a fast initial drop that a single
+    # exponential cannot follow together with the slow tail that decides the plateau.
+    last = max(rmse_by_step)
+    steps = np.array([s for s in sorted(rmse_by_step) if s >= last / 2], float)
     values = np.array([rmse_by_step[s] for s in steps.astype(int)])
 
     def curve(t, a, b, tau):
         return a + b * np.exp(-t / tau)
 
     try:
-        (a, b, tau), _ = curve_fit(curve, steps, values, p0=(values[-1] * 0.9, values[0] - values[-1] * 0.9, steps[-1]),
-                                   maxfev=20_000)
+        start = (values[-1] * 0.9, values[0] - values[-1] * 0.9, steps[-1])
+        (a, b, tau), _ = curve_fit(curve, steps, values, p0=start, maxfev=20_000)
     except RuntimeError:
         return None
     if not (tau > 0 and b > 0):

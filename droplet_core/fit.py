@@ -57,6 +57,13 @@ PRUNE_MULTIPLE_OF_MEDIAN = 3.0
 PRUNE_BELOW_RADIUS_PX = 1.0
 # Droplets do not nest: a centre inside a larger droplet is a highlight or rim of that one.
 MERGE_FRACTION_OF_RADIUS = 1.0
+# Spare droplet slots (inactive until the residual shows a droplet the candidates missed).
+SPARE_SLOTS_FRACTION = 0.2
+SPARE_SLOTS_MIN = 16
+RESIDUAL_PEAK_NOISE_SDS = 6.0
+# A missed droplet stands far above the residual's noise; a low LoG threshold would only
+# find thousands of noise blobs (and blob_log's pairwise pruning of them is slow).
+RESIDUAL_PEAK_THRESHOLD_SD = 12.0
 GUIDE_INIT_SCALE = 0.01
 FINAL_RATE_FRACTION = 0.05
 MIN_RADIUS_PX = 1.0
@@ -246,10 +253,11 @@ def run_fit(
         polarity = float(warm_start.params["_polarity"])
         init_params = {k: jnp.asarray(v) for k, v in warm_start.params.items() if k not in INTERNAL_PARAMS}
     else:
-        candidates = _candidates(observed, settings)
-        anchors = candidates[:, :3]
-        active = np.ones(len(candidates), np.float32)
-        polarity = 1.0 if np.median(candidates[:, 3]) >= 0 else -1.0
+        found = _candidates(observed, settings)
+        polarity = 1.0 if np.median(found[:, 3]) >= 0 else -1.0
+        candidates = found if settings.droplets else _with_spare_slots(found)
+        anchors = candidates[:, :3].copy()
+        active = (np.arange(len(candidates)) < len(found)).astype(np.float32)
         init_params = None
     detected = time.perf_counter()
 
@@ -314,9 +322,15 @@ def run_fit(
                 f"the fit diverged (loss became NaN/inf at step {done}); try a smaller learning rate or another seed"
             )
         if done in checkpoints and done < settings.steps:
-            values, _, strength = evaluate(_guide_params(svi, state), observed_j, anchors_j, jnp.asarray(active))
+            values, reconstruction, strength = evaluate(
+                _guide_params(svi, state), observed_j, anchors_j, jnp.asarray(active)
+            )
             values = {k: np.asarray(v) for k, v in values.items()}
             active = _prune_and_merge(values, np.asarray(strength), active, radius_key)
+            if settings.droplets == 0:
+                peaks = _residual_peaks(observed - np.asarray(reconstruction), values, active, radius_key)
+                state, anchors, active = _add_droplets(state, peaks, anchors, active, layout, sites, values, observed.shape)
+                anchors_j = jnp.asarray(anchors)
         if progress is not None:
             progress(
                 FitProgress(done, settings.steps, float(np.mean(chunk_losses)), time.perf_counter() - started, int(active.sum()))
@@ -398,6 +412,84 @@ def _fixed_appearance(variant, settings: FitSettings, source: FitResult | None, 
     if not fixed:
         raise FitError(f"the {settings.model} model has no learned appearance to reuse")
     return fixed
+
+
+def _with_spare_slots(candidates: np.ndarray) -> np.ndarray:
+    """``candidates`` ``(n, 4)`` plus inactive slots for droplets found later in the residual.
+
+    Spare slots are sized like the larger candidates so their patches can draw most droplets.
+    """
+    count = max(SPARE_SLOTS_MIN, int(np.ceil(SPARE_SLOTS_FRACTION * len(candidates))))
+    spare = np.tile(np.median(candidates, axis=0), (count, 1))
+    spare[:, 2] = np.percentile(candidates[:, 2], 90)
+    return np.concatenate([candidates, spare.astype(np.float32)])
+
+
+def _residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, radius_key: str) -> np.ndarray:
+    """``(k, 4)`` droplets the fit misses: strong blobs of the ``(h, w, c)`` residual that do not
+    lie inside an active droplet (those are imperfections of that droplet), strongest first."""
+    peaks = find_candidates(
+        residual, min_radius_px=MIN_RADIUS_PX, max_radius_px=MAX_RADIUS_PX, threshold_sd=RESIDUAL_PEAK_THRESHOLD_SD
+    )
+    # The residual's own robust spread, not the model's noise estimate: while droplets are
+    # missing, the model explains them as noise and its noise estimate is inflated.
+    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    peaks = peaks[np.abs(peaks["contrast"]) > RESIDUAL_PEAK_NOISE_SDS * spread]
+    index = np.flatnonzero(active > 0)
+    if peaks.empty or index.size == 0:
+        return peaks.to_numpy(np.float32).reshape(-1, 4)
+    radius = values[radius_key][index] * (np.sqrt(2.0) if radius_key == "sigma" else 1.0)
+    distance, nearest = cKDTree(np.stack([values["x"][index], values["y"][index]], axis=1)).query(
+        peaks[["x", "y"]].to_numpy()
+    )
+    return peaks[distance > radius[nearest]].to_numpy(np.float32)
+
+
+def _add_droplets(state, peaks, anchors, active, layout, sites, values, observed_shape):
+    """Switch free slots on at ``peaks`` ``(k, 4)`` (x, y, radius, contrast in fit px).
+
+    A peak takes a free slot whose patch can draw its radius; the new droplet starts with
+    the typical composition of the active ones. Its guide locations are written into the
+    optimiser state in place (numpyro's optax wrapper keeps ``(step, (params, optax_state))``),
+    so Adam's moments and the learning-rate schedule of every other parameter carry on.
+    Host-side numpy throughout: eager JAX ops on new shapes would each compile.
+    """
+    free = np.flatnonzero(active == 0)
+    slots, rows = [], []
+    for row in peaks:
+        fits = free[np.asarray(layout.radius_cap_px)[free] >= row[2]]
+        if fits.size == 0:
+            continue
+        slots.append(fits[0])
+        rows.append(row)
+        free = free[free != fits[0]]
+    if not slots:
+        return state, anchors, active
+    slots = np.asarray(slots)
+    rows = np.asarray(rows, np.float32)
+    on = active > 0
+    start = {
+        "x": rows[:, 0],
+        "y": rows[:, 1],
+        "radius": np.maximum(rows[:, 2], 0.5),
+        "sigma": rows[:, 2] / np.sqrt(2.0),
+        "amplitude": np.maximum(np.abs(rows[:, 3]), 1e-3),
+    }
+    if "composition" in values:
+        start["composition"] = np.tile(np.median(values["composition"][on], axis=0), (len(slots), 1))
+    step, (params, optax_state) = state.optim_state
+    params = dict(params)
+    for name, value in start.items():
+        if name not in sites or f"{name}_auto_loc" not in params:
+            continue
+        loc = np.array(params[f"{name}_auto_loc"])
+        loc[slots] = np.asarray(biject_to(sites[name][0]).inv(value))
+        params[f"{name}_auto_loc"] = jnp.asarray(loc)
+    anchors = anchors.copy()
+    anchors[slots, :2] = rows[:, :2]
+    active = active.copy()
+    active[slots] = 1.0
+    return state._replace(optim_state=(step, (params, optax_state))), anchors, active
 
 
 def _guide_params(svi: SVI, state) -> dict:

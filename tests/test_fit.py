@@ -196,3 +196,25 @@ def test_reusing_appearance_needs_the_same_model(small_scene, templates_fit, gau
             image_sha256="a" * 64,
             appearance_source=gaussian_fit,
         )
+
+
+def test_auto_count_adds_droplets_the_detector_missed(monkeypatch, small_scene):
+    import droplet_core.fit as engine
+
+    image, truth = small_scene
+    detected = engine._candidates
+
+    def starved(observed, settings):
+        return detected(observed, settings)[::3]  # two candidates in three go missing
+
+    monkeypatch.setattr(engine, "_candidates", starved)
+    settings = FitSettings(steps=400, downscale=1)
+    start = starved(engine.prepare_channel(image, settings)[0], settings)
+    before = match_droplets(truth, pd.DataFrame(start[:, :3], columns=["x", "y", "radius"]))
+    assert before.recall < 0.35, before
+    result = run_fit(image, settings, image_sha256="f" * 64)
+    score = match_droplets(truth, result.droplets)
+    # Spare slots (a fifth of the candidates, at least 16) follow the candidates; some were switched on.
+    assert result.params["_active"][len(start) :].sum() >= 8
+    assert score.recall >= before.recall + 0.08, (before, score)
+    assert score.precision >= 0.85, score
