@@ -186,7 +186,12 @@ def _optimizer(settings: FitSettings, warm: bool):
     return optax_to_numpyro(optax.adam(schedule))
 
 
-def _prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray, radius_key: str) -> np.ndarray:
+def _radius_px(values: dict) -> np.ndarray:
+    """``(n,)`` droplet radii in fit px (gaussian's blobs have ``radius = sqrt(2) sigma``)."""
+    return values["radius"] if "radius" in values else np.sqrt(2.0) * values["sigma"]
+
+
+def _prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> np.ndarray:
     """New ``(n,)`` active mask: drop negligible droplets, keep the stronger of near-duplicates."""
     active = active.copy()
     on = active > 0
@@ -194,7 +199,7 @@ def _prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray, rad
         return active
     typical = float(np.median(strength[on]))
     floor = max(PRUNE_FRACTION_OF_MEDIAN * typical, PRUNE_NOISE_SDS * float(values["noise"]))
-    radius = values[radius_key] * (np.sqrt(2.0) if radius_key == "sigma" else 1.0)
+    radius = _radius_px(values)
     negligible = (strength < floor) | (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical) | (radius < PRUNE_BELOW_RADIUS_PX)
     active[on & negligible] = 0.0
     index = np.flatnonzero(active > 0)
@@ -204,7 +209,9 @@ def _prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray, rad
     radius = radius[index]
     tree = cKDTree(xy)
     pairs = tree.query_pairs(r=MERGE_FRACTION_OF_RADIUS * float(radius.max()), output_type="ndarray")
-    for a, b in pairs[np.argsort(-np.maximum(radius[pairs[:, 0]], radius[pairs[:, 1]]))] if len(pairs) else []:
+    # Largest droplets first, so a droplet absorbs what is nested in it before that is compared.
+    pairs = pairs[np.argsort(-np.maximum(radius[pairs[:, 0]], radius[pairs[:, 1]]))]
+    for a, b in pairs:
         i, j = index[a], index[b]
         if active[i] == 0 or active[j] == 0:
             continue
@@ -299,7 +306,6 @@ def run_fit(
         sites = trace(substitute(seed(model, 0), data=values)).get_trace(observed, anchors, active)
         return values, sites["reconstruction"]["value"], sites["strength"]["value"]
 
-    radius_key = "sigma" if settings.model == "gaussian" else "radius"
     checkpoints = {int(np.ceil(f * settings.steps / CHUNK_STEPS)) * CHUNK_STEPS for f in HOUSEKEEPING_AT}
     losses: list[np.ndarray] = []
     done = 0
@@ -326,9 +332,9 @@ def run_fit(
                 _guide_params(svi, state), observed_j, anchors_j, jnp.asarray(active)
             )
             values = {k: np.asarray(v) for k, v in values.items()}
-            active = _prune_and_merge(values, np.asarray(strength), active, radius_key)
+            active = _prune_and_merge(values, np.asarray(strength), active)
             if settings.droplets == 0:
-                peaks = _residual_peaks(observed - np.asarray(reconstruction), values, active, radius_key)
+                peaks = _residual_peaks(observed - np.asarray(reconstruction), values, active)
                 state, anchors, active = _add_droplets(state, peaks, anchors, active, layout, sites, values, observed.shape)
                 anchors_j = jnp.asarray(anchors)
         if progress is not None:
@@ -425,7 +431,7 @@ def _with_spare_slots(candidates: np.ndarray) -> np.ndarray:
     return np.concatenate([candidates, spare.astype(np.float32)])
 
 
-def _residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, radius_key: str) -> np.ndarray:
+def _residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray) -> np.ndarray:
     """``(k, 4)`` droplets the fit misses: strong blobs of the ``(h, w, c)`` residual that do not
     lie inside an active droplet (those are imperfections of that droplet), strongest first."""
     peaks = find_candidates(
@@ -438,7 +444,7 @@ def _residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, radi
     index = np.flatnonzero(active > 0)
     if peaks.empty or index.size == 0:
         return peaks.to_numpy(np.float32).reshape(-1, 4)
-    radius = values[radius_key][index] * (np.sqrt(2.0) if radius_key == "sigma" else 1.0)
+    radius = _radius_px(values)[index]
     distance, nearest = cKDTree(np.stack([values["x"][index], values["y"][index]], axis=1)).query(
         peaks[["x", "y"]].to_numpy()
     )

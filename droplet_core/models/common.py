@@ -182,6 +182,14 @@ def initial_background(observed: np.ndarray) -> dict:
     }
 
 
+def composition_and_uncertainty_columns(values: dict, scales: dict) -> dict:
+    """Table columns ``composition_0..`` and ``sd_x``, ``sd_y`` (posterior sd, fit px)."""
+    columns = {f"composition_{t}": values["composition"][:, t] for t in range(values["composition"].shape[1])}
+    columns["sd_x"] = scales["x"]
+    columns["sd_y"] = scales["y"]
+    return columns
+
+
 @dataclass(frozen=True, eq=False)
 class ModelSpec:
     """Static description of one fit's model, closed over by the jitted functions.

@@ -21,6 +21,7 @@ from numpyro.contrib.module import random_flax_module
 from droplet_core.models.common import (
     ModelSpec,
     capped_radius,
+    composition_and_uncertainty_columns,
     initial_background,
     patch_geometry,
     per_pixel,
@@ -153,12 +154,12 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
 def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
     """Per-droplet columns in fit px: x, y, radius, composition_0.., sd_x, sd_y."""
     del spec
-    columns = {"x": values["x"], "y": values["y"], "radius": values["radius"]}
-    for t in range(values["composition"].shape[1]):
-        columns[f"composition_{t}"] = values["composition"][:, t]
-    columns["sd_x"] = scales["x"]
-    columns["sd_y"] = scales["y"]
-    return columns
+    return {
+        "x": values["x"],
+        "y": values["y"],
+        "radius": values["radius"],
+        **composition_and_uncertainty_columns(values, scales),
+    }
 
 
 def optics_params(values: dict) -> dict:

@@ -20,6 +20,7 @@ from droplet_core.models.common import (
     ModelSpec,
     bilinear_sample,
     capped_radius,
+    composition_and_uncertainty_columns,
     initial_background,
     patch_geometry,
     sample_background,
@@ -110,17 +111,13 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
 def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
     """Per-droplet columns in fit px: x, y, radius, amplitude, composition_0.., sd_x, sd_y."""
     masks = np.einsum("nt,tij->nij", values["composition"], values["masks"] * envelope(spec.mask_size))
-    columns = {
+    return {
         "x": values["x"],
         "y": values["y"],
         "radius": values["radius"],
         "amplitude": np.max(np.abs(masks), axis=(1, 2)),
+        **composition_and_uncertainty_columns(values, scales),
     }
-    for t in range(values["composition"].shape[1]):
-        columns[f"composition_{t}"] = values["composition"][:, t]
-    columns["sd_x"] = scales["x"]
-    columns["sd_y"] = scales["y"]
-    return columns
 
 
 def is_appearance_site(name: str) -> bool:
