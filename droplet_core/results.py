@@ -30,7 +30,7 @@ class FitResult:
         of the image as uploaded, then the variant's own columns.
     observed : ``(h, w, c)`` float32, the fitted channel(s) at fit resolution.
     reconstruction : ``(h, w, c)`` float32, the model's rendering at fit resolution.
-    losses : ``(steps_done,)`` float32, the ELBO loss of every step.
+    losses : float32, the ELBO loss of every step, those of the fit it continued first.
     params : guide parameters (numpy), enough to warm start a further fit.
     appearance : the learned droplet appearance (``masks`` ``(types, m, m)`` for templates;
         the optics network's weights for neural), for the gallery and for reuse.
@@ -79,7 +79,7 @@ def write_outputs(result: FitResult, out_dir: str | Path) -> Path:
     """Write droplets.csv, reconstruction.png and fit.json for ``result`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result.droplets.to_csv(out / "droplets.csv", index=False, float_format="%.4f")
+    result.droplets.to_csv(out / "droplets.csv", index=False, float_format="%.6g")
     (out / "reconstruction.png").write_bytes(to_png_bytes(result.reconstruction))
     (out / "fit.json").write_text(json.dumps(result.info, indent=2, sort_keys=True))
     return out
@@ -89,7 +89,7 @@ def zip_outputs(result: FitResult) -> bytes:
     """The three output files of ``result`` in one zip archive (for downloads)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("droplets.csv", result.droplets.to_csv(index=False, float_format="%.4f"))
+        archive.writestr("droplets.csv", result.droplets.to_csv(index=False, float_format="%.6g"))
         archive.writestr("reconstruction.png", to_png_bytes(result.reconstruction))
         archive.writestr("fit.json", json.dumps(result.info, indent=2, sort_keys=True))
     return buffer.getvalue()
