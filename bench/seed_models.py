@@ -37,7 +37,7 @@ from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_value
 from numpyro.optim import Adam
 
-from bench.seed_reference import _chunk_runner, rmse
+from bench.seed_reference import rmse, run_in_chunks
 from droplet_core.fit import prepare_channel
 from droplet_core.images import load_image
 from droplet_core.models import gaussian, neural
@@ -161,35 +161,8 @@ def run(name: str, path: str, steps: int, chunk: int = 500, progress=None) -> di
         image = np.asarray(render(svi.get_params(state)))
         return float(np.mean([rmse(observed[..., c], image[..., c]) for c in range(observed.shape[2])]))
 
-    rmse_by_step = {0: error(state)}
-    seconds_by_step = {0: 0.0}
-    runners: dict[int, object] = {}
-    compile_s = seconds = 0.0
-    done = 0
-    while done < steps:
-        length = min(chunk, steps - done)
-        if length not in runners:
-            runners[length], spent = _chunk_runner(svi, args, length, state)
-            compile_s += spent
-        start = time.perf_counter()
-        state, losses = runners[length](state)
-        jax.block_until_ready(losses)
-        seconds += time.perf_counter() - start
-        done += length
-        rmse_by_step[done] = error(state)
-        seconds_by_step[done] = seconds
-        if progress is not None:
-            progress(done, seconds, rmse_by_step[done])
-    return {
-        "steps": steps,
-        "seconds": seconds,
-        "steps_per_s": steps / seconds if seconds else float("nan"),
-        "rmse_by_step": rmse_by_step,
-        "seconds_by_step": seconds_by_step,
-        "init_s": init_s,
-        "compile_s": compile_s,
-        "shape": observed.shape,
-    }
+    record = run_in_chunks(svi, args, state, steps, chunk, error, progress)
+    return {**record, "init_s": init_s, "shape": observed.shape}
 
 
 def convergence(rmse_by_step: dict[int, float], tolerance: float = 0.01, window: float = 0.2) -> int | None:

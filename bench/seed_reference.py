@@ -167,7 +167,18 @@ def run(path: str, steps: int, chunk: int = 1000, progress=None) -> dict:
     init_s = time.perf_counter() - start
 
     render = reconstructor(guide, args)
-    rmse_by_step = {0: rmse(channel, render(svi.get_params(state)))}
+    record = run_in_chunks(svi, args, state, steps, chunk, lambda s: rmse(channel, render(svi.get_params(s))), progress)
+    return {**record, "init_s": init_s, "shape": (h, w)}
+
+
+def run_in_chunks(svi: SVI, args: tuple, state, steps: int, chunk: int, error, progress=None) -> dict:
+    """Run ``steps`` SVI steps in jitted chunks, recording ``error(state)`` after each chunk.
+
+    Returns ``steps``, ``seconds`` (SVI steps only), ``steps_per_s``, ``rmse_by_step``
+    (step 0 included), ``seconds_by_step``, ``compile_s`` and ``final_loss`` (mean loss of
+    the last chunk).
+    """
+    rmse_by_step = {0: error(state)}
     seconds_by_step = {0: 0.0}
     runners: dict[int, object] = {}
     compile_s = seconds = 0.0
@@ -183,7 +194,7 @@ def run(path: str, steps: int, chunk: int = 1000, progress=None) -> dict:
         jax.block_until_ready(losses)
         seconds += time.perf_counter() - start
         done += length
-        rmse_by_step[done] = rmse(channel, render(svi.get_params(state)))
+        rmse_by_step[done] = error(state)
         seconds_by_step[done] = seconds
         if progress is not None:
             progress(done, seconds, rmse_by_step[done])
@@ -193,8 +204,6 @@ def run(path: str, steps: int, chunk: int = 1000, progress=None) -> dict:
         "steps_per_s": steps / seconds if seconds else float("nan"),
         "rmse_by_step": rmse_by_step,
         "seconds_by_step": seconds_by_step,
-        "init_s": init_s,
         "compile_s": compile_s,
         "final_loss": float(np.mean(losses)),
-        "shape": (h, w),
     }
