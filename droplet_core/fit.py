@@ -4,8 +4,9 @@ Explicit state in, state out, as numpyro's ``SVI``: ``run_fit`` prepares the cha
 starts every droplet at a detector candidate, then loops over jitted chunks of
 ``CHUNK_STEPS`` SVI updates. Between chunks it reports progress, honours a stop request,
 and at fixed fractions of the run prunes droplets whose learned contribution is
-negligible and merges near-duplicates (this is how the model decides the droplet count
-without recompiling: droplets are switched off through an ``active`` mask).
+negligible, merges near-duplicates and switches spare slots on where the residual shows a
+missed droplet (this is how the model decides the droplet count without recompiling:
+droplets are switched on and off through an ``active`` mask).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 import numpyro
+import numpyro.distributions as dist
 import optax
 import pandas as pd
-import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.distributions.util import sum_rightmost

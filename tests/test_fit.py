@@ -180,21 +180,19 @@ def test_reused_appearance_is_held_fixed(templates_fit):
     assert score.f1 >= 0.8, score
 
 
-def test_reusing_appearance_needs_the_same_model(small_scene, templates_fit, gaussian_fit):
+@pytest.mark.parametrize(
+    ("model", "source", "message"),
+    [("gaussian", "templates_fit", "same model"), ("gaussian", "gaussian_fit", "no learned appearance")],
+)
+def test_reusing_appearance_needs_a_learned_look_of_the_same_model(request, small_scene, model, source, message):
     image, _ = small_scene
-    with pytest.raises(FitError, match="same model"):
+    source_fit = request.getfixturevalue(source)
+    with pytest.raises(FitError, match=message):
         run_fit(
             image,
-            FitSettings(model="gaussian", steps=50, downscale=1, appearance_from=templates_fit.fit_id),
+            FitSettings(model=model, steps=50, downscale=1, appearance_from=source_fit.fit_id),
             image_sha256="a" * 64,
-            appearance_source=templates_fit,
-        )
-    with pytest.raises(FitError, match="no learned appearance"):
-        run_fit(
-            image,
-            FitSettings(model="gaussian", steps=50, downscale=1, appearance_from=gaussian_fit.fit_id),
-            image_sha256="a" * 64,
-            appearance_source=gaussian_fit,
+            appearance_source=source_fit,
         )
 
 
