@@ -52,6 +52,7 @@ PAGE_SPECS = (
     ("pages/results.py", "Results", ":material/bubble_chart:", "results"),
     ("pages/gallery.py", "Mask gallery", ":material/grid_view:", "gallery"),
     ("pages/compare.py", "Compare", ":material/compare:", "compare"),
+    ("pages/batch.py", "Batch", ":material/stacks:", "batch"),
 )
 PAGE_FILES = {url: script for script, _, _, url in PAGE_SPECS}
 _ROUTED_KEY = "_droplet_routed"

@@ -19,11 +19,16 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from droplet_core.results import to_png_bytes
+from droplet_core.uncertainty import interval_half_width
 
 # Colours of droplet types (dominant composition) on overlays; repeats after 10 types.
 TYPE_COLOURS = px.colors.qualitative.Plotly
 DEFAULT_RING = "#ff2d55"
 CIRCLE_POINTS = 20
+BAND_COLOUR = "#0a84ff"
+UNSURE_COLOUR = "#ffd60a"
+# Droplets below this probability of existing are drawn apart in the uncertainty view.
+UNSURE_P_EXISTS = 0.5
 # Images wider or taller than this are shown at a reduced size (block mean) so the page
 # does not ship tens of megabytes of PNG; overlays stay in uploaded-pixel coordinates.
 MAX_DISPLAY_SIDE = 1600
@@ -187,15 +192,22 @@ def _hover(droplets: pd.DataFrame) -> tuple[np.ndarray, str]:
     fields: list[tuple[str, str]] = [("x", "x %{customdata[1]:.1f}"), ("y", "y %{customdata[2]:.1f}"),
                                      ("radius", "radius %{customdata[3]:.2f} px")]
     extra = []
-    if {"sd_x", "sd_y"} <= set(droplets.columns):
-        extra += [("sd_x", "± x %{customdata[%d]:.2f}"), ("sd_y", "± y %{customdata[%d]:.2f}")]
+    # Hover shows 90 % half-widths (sd columns scaled), as the overlay's bands do.
+    for column, label in (("sd_x", "x"), ("sd_y", "y"), ("sd_radius", "radius")):
+        if column in droplets.columns:
+            extra.append((f"{column}_90", f"± {label} %{{customdata[%d]:.2f}} (90 %)"))
+    if "p_exists" in droplets.columns:
+        extra.append(("p_exists", "P(exists) %{customdata[%d]:.3f}"))
     if "amplitude" in droplets.columns:
         extra.append(("amplitude", "amplitude %{customdata[%d]:.3f}"))
     for col in composition_columns(droplets):
         extra.append((col, f"type {col[12:]} " + "%{customdata[%d]:.2f}"))
     columns = [name for name, _ in fields] + [name for name, _ in extra]
+    table = droplets.assign(
+        **{f"{c}_90": interval_half_width(droplets[c].to_numpy(float)) for c in droplets.columns if c.startswith("sd_")}
+    )
     data = np.column_stack([np.arange(len(droplets), dtype=np.float64)] +
-                           [droplets[c].to_numpy(dtype=np.float64) for c in columns])
+                           [table[c].to_numpy(dtype=np.float64) for c in columns])
     lines = [fmt for _, fmt in fields]
     for offset, (_, fmt) in enumerate(extra, start=4):
         lines.append(fmt.replace("%d", str(offset)))
@@ -247,6 +259,40 @@ def droplet_traces(
     return traces
 
 
+def uncertainty_traces(droplets: pd.DataFrame) -> list:
+    """90 % position ellipses and radius bands (inner and outer circle) of every droplet.
+
+    Droplets less likely than ``UNSURE_P_EXISTS`` to exist are drawn in ``UNSURE_COLOUR``.
+    Empty when the table has no uncertainty columns.
+    """
+    if droplets.empty or not {"sd_x", "sd_y", "sd_radius"} <= set(droplets.columns):
+        return []
+    x, y, r = (droplets[c].to_numpy(float) for c in ("x", "y", "radius"))
+    hx, hy, hr = (interval_half_width(droplets[c].to_numpy(float)) for c in ("sd_x", "sd_y", "sd_radius"))
+    angles = np.linspace(0.0, 2.0 * np.pi, CIRCLE_POINTS + 1)
+    unsure = droplets["p_exists"].to_numpy(float) < UNSURE_P_EXISTS if "p_exists" in droplets else np.zeros(len(x), bool)
+    traces = []
+    for label, colour, members in (("90 % bands", BAND_COLOUR, ~unsure), ("unsure droplets", UNSURE_COLOUR, unsure)):
+        if not members.any():
+            continue
+        ex = x[members, None] + hx[members, None] * np.cos(angles)
+        ey = y[members, None] + hy[members, None] * np.sin(angles)
+        inner = circle_outlines(x[members], y[members], np.maximum(r - hr, 0.0)[members])
+        outer = circle_outlines(x[members], y[members], (r + hr)[members])
+        gap = np.full((int(members.sum()), 1), np.nan)
+        ellipses = [
+            [None if v != v else round(float(v), 2) for v in np.hstack([e, gap]).reshape(-1)] for e in (ex, ey)
+        ]
+        traces.append(
+            go.Scatter(
+                x=inner[0] + [None] + outer[0] + [None] + ellipses[0],
+                y=inner[1] + [None] + outer[1] + [None] + ellipses[1],
+                mode="lines", line=dict(color=colour, width=1.0, dash="dot"), name=label, hoverinfo="skip",
+            )
+        )
+    return traces
+
+
 def overlay_figure(
     image: np.ndarray,
     droplets: pd.DataFrame,
@@ -255,14 +301,19 @@ def overlay_figure(
     crop: tuple[int, int, int, int] | None = None,
     title: str | None = None,
     height: int = 620,
+    show_uncertainty: bool = False,
 ) -> go.Figure:
     """Detected droplets drawn over ``image`` (the uploaded image, or any placed image).
 
     The droplet centre markers are the last trace (for selections); an optional crop box
-    is outlined.
+    is outlined. ``show_uncertainty`` adds each droplet's 90 % position ellipse and radius
+    band (see ``uncertainty_traces``).
     """
     fig = go.Figure()
     fig.add_trace(_image_trace(image, placement, "image"))
+    if show_uncertainty:
+        for trace in uncertainty_traces(droplets):
+            fig.add_trace(trace)
     for trace in droplet_traces(droplets, colour_by_type=colour_by_type):
         fig.add_trace(trace)
     if crop is not None:

@@ -31,7 +31,7 @@ from skimage.feature import blob_log
 from skimage.util import img_as_float
 
 from droplet_core.matching import match_droplets, match_pairs
-from droplet_core.scenes import make_scene
+from droplet_core.scenes import SceneSettings, make_scene
 
 TUNING_SEED = 100
 CONTRASTS = ("grey_inverted", "saturation", "rgb_deviation")
@@ -198,14 +198,16 @@ TUNERS = {"blob_log": tune_blob_log, "trackpy": tune_trackpy}
 
 
 @functools.cache
-def tuned_parameters(method: str, seed: int = TUNING_SEED) -> tuple[dict, float, int]:
-    """Parameters of ``method`` (a key of ``TUNERS``) tuned on scene ``seed``.
+def tuned_parameters(
+    method: str, seed: int = TUNING_SEED, scene: SceneSettings = SceneSettings()
+) -> tuple[dict, float, int]:
+    """Parameters of ``method`` (a key of ``TUNERS``) tuned on scene ``seed`` made with ``scene``.
 
     Returns
     -------
     parameters, tuning-scene F1, evaluations; computed once per process.
     """
-    rgb, truth = make_scene(seed)
+    rgb, truth = make_scene(seed, scene)
     return TUNERS[method](rgb, truth)
 
 

@@ -2,4 +2,6 @@ import sys
 
 from droplet_core.cli import main
 
-sys.exit(main())
+# Guarded: Dask and multiprocessing workers import this module again when they start.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Command line: ``python -m droplet_core fit IMAGE ...`` and ``python -m droplet_core scene ...``.
+"""Command line: ``fit IMAGE ...``, ``batch IMAGES ...``, ``scene ...``, ``detect IMAGE ...`` and ``train-encoder ...``.
 
 Bad input ends with exit status 2 and one line on stderr saying what is wrong.
 """
@@ -6,12 +6,14 @@ Bad input ends with exit status 2 and one line on stderr saying what is wrong.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import sys
 from pathlib import Path
 
 from droplet_core.channels import CHANNELS
 from droplet_core.images import ImageError
-from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
+from droplet_core.settings import INITIALIZERS, MODEL_NAMES, FitSettings, default_channel
 
 EXIT_BAD_INPUT = 2
 
@@ -40,34 +42,67 @@ def _whole_or_auto(what: str):
     return parse
 
 
+def _add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """The fit settings options shared by ``fit`` and ``batch``."""
+    defaults = FitSettings()
+    parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
+    parser.add_argument("--channel", choices=CHANNELS, help="default: grey (rgb for neural)")
+    parser.add_argument("--downscale", type=_whole_or_auto("downscale"), default=defaults.downscale, help="integer factor or 'auto'")
+    parser.add_argument("--droplets", type=_whole_or_auto("the droplet count"), default=defaults.droplets, help="maximum count or 'auto'")
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--mask-types", type=int, default=defaults.mask_types)
+    parser.add_argument("--mask-size", type=int, default=defaults.mask_size)
+    parser.add_argument("--crop", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
+    parser.add_argument("--initializer", choices=INITIALIZERS, default=defaults.initializer,
+                        help="where droplets start: the trained encoder (default) or LoG candidates")
+    parser.add_argument(
+        "--appearance-from",
+        metavar="FIT_ID_OR_DIR",
+        help="hold the learned appearance of an earlier fit fixed (its id, or a folder with its fit.json)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m droplet_core", description="Probabilistic droplet fitting.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fit = commands.add_parser("fit", help="fit a model to an image and write droplets.csv, reconstruction.png, fit.json")
-    defaults = FitSettings()
     fit.add_argument("image", type=Path)
-    fit.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
-    fit.add_argument("--channel", choices=CHANNELS, help="default: grey (rgb for neural)")
     fit.add_argument("--out", type=Path, required=True, help="output folder")
-    fit.add_argument("--downscale", type=_whole_or_auto("downscale"), default=defaults.downscale, help="integer factor or 'auto'")
-    fit.add_argument("--droplets", type=_whole_or_auto("the droplet count"), default=defaults.droplets, help="maximum count or 'auto'")
-    fit.add_argument("--steps", type=int, default=defaults.steps)
-    fit.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    fit.add_argument("--seed", type=int, default=defaults.seed)
-    fit.add_argument("--mask-types", type=int, default=defaults.mask_types)
-    fit.add_argument("--mask-size", type=int, default=defaults.mask_size)
-    fit.add_argument("--crop", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
-    fit.add_argument(
-        "--appearance-from",
-        metavar="FIT_ID_OR_DIR",
-        help="hold the learned appearance of an earlier fit fixed (its id, or a folder with its fit.json)",
-    )
+    _add_fit_options(fit)
     fit.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    batch = commands.add_parser(
+        "batch", help="fit many images with the same settings on Dask; write combined tables and each image's outputs"
+    )
+    batch.add_argument("images", nargs="+", metavar="IMAGES", help="files or glob patterns (quote them: 'dir/*.tif')")
+    batch.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_fit_options(batch)
+    batch.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler; default: a local cluster")
+    batch.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default 2)")
+    batch.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     scene = commands.add_parser("scene", help="write a synthetic scene.png and its truth.csv")
     scene.add_argument("--seed", type=int, default=0)
     scene.add_argument("--out", type=Path, required=True)
+
+    detect = commands.add_parser(
+        "detect", help="instant detection by the trained encoder: droplets.csv, overlay.png, fit.json"
+    )
+    detect.add_argument("image", type=Path)
+    detect.add_argument("--out", type=Path, required=True, help="output folder")
+    detect.add_argument("--channel", choices=CHANNELS, default="rgb", help="default: rgb")
+    detect.add_argument("--downscale", type=_whole_or_auto("downscale"), default=0, help="integer factor or 'auto'")
+    detect.add_argument("--threshold", type=float, default=0.5, help="presence probability a droplet needs")
+    detect.add_argument("--min-radius", type=float, default=0.0, help="smallest radius kept, px of the image")
+
+    train = commands.add_parser("train-encoder", help="train the detection encoder on synthetic scenes")
+    train.add_argument("--out", type=Path, required=True, help="folder for the weights, training.json, curve")
+    train.add_argument("--minutes", type=float, default=12.0, help="training time budget (default 12)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=int, default=0, help="stop after this many steps (default: time only)")
     return parser
 
 
@@ -83,15 +118,9 @@ def _stored_fit(reference: str, store):
     return store.load(reference)
 
 
-def _fit(args) -> int:
-    from droplet_core.fit import run_fit
-    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
-    from droplet_core.results import write_outputs
-    from droplet_core.store import FitStore, fit_key
-
-    store = FitStore()
-    source = _stored_fit(args.appearance_from, store) if args.appearance_from else None
-    settings = FitSettings(
+def _settings_from_args(args, appearance_source) -> FitSettings:
+    """The ``FitSettings`` of the fit options, reusing ``appearance_source``'s look if given."""
+    return FitSettings(
         model=args.model,
         channel=args.channel or default_channel(args.model),
         downscale=args.downscale,
@@ -102,8 +131,20 @@ def _fit(args) -> int:
         mask_types=args.mask_types,
         mask_size=args.mask_size,
         crop=tuple(args.crop) if args.crop else None,
-        appearance_from=source.fit_id if source is not None else None,
+        appearance_from=appearance_source.fit_id if appearance_source is not None else None,
+        initializer=args.initializer,
     )
+
+
+def _fit(args) -> int:
+    from droplet_core.fit import run_fit
+    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.results import write_outputs
+    from droplet_core.store import FitStore, fit_key
+
+    store = FitStore()
+    source = _stored_fit(args.appearance_from, store) if args.appearance_from else None
+    settings = _settings_from_args(args, source)
     data = read_image_bytes(args.image)
     image = load_image(data)
     image_sha256 = sha256_bytes(data)
@@ -138,6 +179,36 @@ def _fit(args) -> int:
     return 0
 
 
+def _batch(args) -> int:
+    from droplet_core.batch import FAILED, dask_executor, find_images, run_batch, write_batch_outputs
+    from droplet_core.store import FitStore
+
+    images = find_images(args.images)
+    if not images:
+        raise ImageError(f"no files match {' '.join(args.images)}")
+    if args.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    store = FitStore()
+    source = _stored_fit(args.appearance_from, store) if args.appearance_from else None
+    settings = _settings_from_args(args, source)
+
+    def report(outcome, finished, total):
+        if outcome.status == FAILED:
+            what = f"failed: {outcome.error}"
+        else:
+            what = f"{outcome.status}, {outcome.droplet_count} droplets, {outcome.seconds:.1f} s"
+        print(f"[{finished}/{total}] {outcome.image}: {what}", file=sys.stderr)
+
+    with dask_executor(args.scheduler, args.workers) as executor:
+        outcomes = run_batch(images, settings, executor, store.root, on_outcome=None if args.quiet else report)
+    write_batch_outputs(outcomes, store, args.out)
+    fitted = sum(outcome.succeeded for outcome in outcomes)
+    if not fitted:
+        raise ImageError(f"none of the {len(outcomes)} images could be fitted; reasons in {args.out / 'summary.csv'}")
+    print(f"batch: {fitted} of {len(outcomes)} images fitted -> {args.out}")
+    return 0
+
+
 def _scene(args) -> int:
     from droplet_core.scenes import write_scene
 
@@ -146,13 +217,79 @@ def _scene(args) -> int:
     return 0
 
 
+def _detect(args) -> int:
+    # Lean imports: no numpyro or fit engine on this path (the whole command takes seconds).
+    import json
+    import time
+
+    from droplet_core import encoder
+    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+
+    started = time.perf_counter()
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError("--threshold must be a probability in [0, 1]")
+    data = read_image_bytes(args.image)
+    image = load_image(data)
+    loaded = time.perf_counter()
+    channel, factor = encoder.prepare_image(image, args.channel, args.downscale)
+    prepared = time.perf_counter()
+    encoder.warm_up(channel.shape)  # weights and jit compilation: once per process and image size
+    compiled = time.perf_counter()
+    found = encoder.detect(channel, args.threshold, args.min_radius / factor)
+    droplets = encoder.to_image_px(found, factor).sort_values(["y", "x"], kind="stable")
+    computed = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    droplets.to_csv(args.out / "droplets.csv", index=False, float_format="%.6g")
+    encoder.overlay_png(image, droplets).save(args.out / "overlay.png")
+    architecture, _ = encoder.load_weights()
+    info = {
+        "method": "encoder",
+        "image_sha256": sha256_bytes(data),
+        "image_shape": list(image.shape),
+        "settings": {"channel": args.channel, "downscale": factor, "threshold": args.threshold,
+                     "min_radius_px": args.min_radius},
+        "architecture": dataclasses.asdict(architecture),
+        "weights": str(encoder.WEIGHTS_DIR / encoder.WEIGHTS_FILE),
+        "droplet_count": len(droplets),
+        "reconstruction": None,
+        "note": "the encoder detects droplets but renders no reconstruction; overlay.png shows the detections",
+        "device": encoder.device_description(),
+        "versions": encoder.library_versions(),
+        "timings": {"load_s": round(loaded - started, 4), "prepare_s": round(prepared - loaded, 4),
+                    "weights_and_compile_s": round(compiled - prepared, 4),
+                    "compute_s": round(computed - compiled + prepared - loaded, 4),
+                    "total_s": round(time.perf_counter() - started, 4)},
+        "timings_note": "compute_s = prepare_s (downscale, channel) + network and decoding; "
+                        "weights_and_compile_s is paid once per process and image size",
+    }
+    (args.out / "fit.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    print(f"detect: {len(droplets)} droplets, {info['timings']['compute_s']:.2f} s compute -> {args.out}")
+    return 0
+
+
+def _train_encoder(args) -> int:
+    from droplet_core import encoder
+
+    if args.minutes <= 0 or args.steps < 0:
+        raise ValueError("--minutes must be positive and --steps not negative")
+    settings = encoder.TrainSettings(minutes=args.minutes, seed=args.seed, max_steps=args.steps)
+    params, record = encoder.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    encoder.save_weights(params, record, args.out)
+    last = record["curve"][-1] if record["curve"] else {}
+    print(f"train-encoder: {record['steps']} steps, validation F1 {last.get('validation_f1_default', float('nan')):.3f} -> {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from droplet_core.fit import FitError
-
+    # A malformed TIFF becomes one ImageError line (or loads); tifffile logs its complaints about it
+    # (as warnings and errors), which would add lines.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    commands = {"fit": _fit, "batch": _batch, "scene": _scene, "detect": _detect, "train-encoder": _train_encoder}
     try:
-        return _fit(args) if args.command == "fit" else _scene(args)
-    except (ImageError, FitError, ValueError, OSError, LookupError) as error:
+        return commands[args.command](args)
+    # FitError is a ValueError; importing it here would load the fit engine for every command.
+    except (ImageError, ValueError, OSError, LookupError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -62,10 +62,27 @@ def find_candidates(
     if blobs.size == 0:
         return pd.DataFrame({"x": [], "y": [], "radius": [], "contrast": []})
     rows, cols, sigmas = blobs[:, 0], blobs[:, 1], blobs[:, 2]
-    smoothed = ndimage.gaussian_filter(signed.mean(axis=2), 1.0)
-    contrast = smoothed[rows.astype(int), cols.astype(int)]
+    contrast = centre_contrast(signed, cols, rows)
     table = pd.DataFrame({"x": cols, "y": rows, "radius": SQRT2 * sigmas, "contrast": contrast})
     table = table.iloc[np.argsort(-np.abs(table["contrast"].to_numpy()), kind="stable")]
     if max_count is not None:
         table = table.head(max_count)
     return table.reset_index(drop=True)
+
+
+def centre_contrast(signed: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Signed deviation from the background at droplet centres ``(n,)``.
+
+    Parameters
+    ----------
+    signed : ``(h, w, c)`` deviation from the background (``contrast_image``'s second output).
+    x, y : ``(n,)`` centres, column and row in pixels (rounded down to a pixel).
+
+    Returns
+    -------
+    ``(n,)`` deviation averaged over channels and smoothed by a 1 px Gaussian.
+    """
+    smoothed = ndimage.gaussian_filter(signed.mean(axis=2), 1.0)
+    rows = np.clip(np.asarray(y).astype(int), 0, smoothed.shape[0] - 1)
+    cols = np.clip(np.asarray(x).astype(int), 0, smoothed.shape[1] - 1)
+    return smoothed[rows, cols]

@@ -16,6 +16,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 from functools import partial
 
 import flax
@@ -36,14 +37,20 @@ from numpyro.optim import optax_to_numpyro
 from scipy.spatial import cKDTree
 
 import droplet_core
-from droplet_core import images
+from droplet_core import encoder, images
 from droplet_core.channels import extract_channel
-from droplet_core.detect import find_candidates
+from droplet_core.detect import centre_contrast, contrast_image, find_candidates
 from droplet_core.models import VARIANTS
 from droplet_core.models.common import ModelSpec, make_layout
 from droplet_core.results import FitResult, rmse_per_channel
 from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitProgress, FitSettings
 from droplet_core.store import fit_key
+from droplet_core.uncertainty import (
+    count_interval,
+    droplet_uncertainty,
+    model_discrepancy,
+    with_model_discrepancy,
+)
 
 CHUNK_STEPS = 50
 # Fractions of the run after which negligible droplets are pruned and duplicates merged.
@@ -71,6 +78,7 @@ FINAL_RATE_FRACTION = 0.05
 MIN_RADIUS_PX = 1.0
 MAX_RADIUS_PX = 12.0
 INTERNAL_PARAMS = ("_anchors", "_active", "_polarity")
+DROPLET_PLATE = "droplets"
 
 
 class FitError(ValueError):
@@ -112,17 +120,40 @@ def prepare_channel(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarra
     return extract_channel(small, settings.channel).astype(np.float32), factor, origin
 
 
-def _candidates(observed: np.ndarray, settings: FitSettings) -> np.ndarray:
-    """``(n, 4)`` detector candidates x, y, radius, contrast in fit pixels (strongest first)."""
-    table = find_candidates(
-        observed,
-        min_radius_px=MIN_RADIUS_PX,
-        max_radius_px=MAX_RADIUS_PX,
-        max_count=settings.droplets or None,
-    )
+def _candidates(observed: np.ndarray, image: np.ndarray, factor: int, settings: FitSettings) -> np.ndarray:
+    """``(n, 4)`` detector candidates x, y, radius, contrast in fit pixels (strongest first).
+
+    ``settings.initializer`` picks the detector: the trained encoder (most probable first),
+    which looks at the RGB of the uploaded ``(H, W, 3)`` ``image`` cropped and downscaled
+    by ``factor`` as the fit channel is (it was trained on RGB and grey, not on hue or
+    saturation), or Laplacian-of-Gaussian candidates in the fit channel (largest contrast
+    first). The contrast (sign: droplets darker or lighter) is read from the fit channel.
+    """
+    if settings.initializer == "encoder":
+        region = images.crop(image, settings.crop) if settings.crop is not None else image
+        rgb, _ = encoder.prepare_image(region, "rgb", factor)
+        table = encoder.detect(rgb).head(settings.droplets or None)
+        table["radius"] = table["radius"].clip(MIN_RADIUS_PX, MAX_RADIUS_PX)
+        table["contrast"] = centre_contrast(contrast_image(observed)[1], table["x"], table["y"])
+    else:
+        table = find_candidates(
+            observed,
+            min_radius_px=MIN_RADIUS_PX,
+            max_radius_px=MAX_RADIUS_PX,
+            max_count=settings.droplets or None,
+        )
     if table.empty:
         raise FitError("no droplet candidates found in this channel; try another channel or a smaller downscale")
     return table[["x", "y", "radius", "contrast"]].to_numpy(np.float32)
+
+
+class LatentSite(NamedTuple):
+    """A latent site's support, its number of event dimensions, and whether it is one of
+    the per-droplet sites (in the model's ``"droplets"`` plate)."""
+
+    support: constraints.Constraint
+    event_dim: int
+    per_droplet: bool
 
 
 class MeanFieldGuide:
@@ -136,8 +167,8 @@ class MeanFieldGuide:
 
     def __init__(self, init_values: dict, sites: dict, init_scale: float):
         self.init_values = init_values
-        self.transforms = {name: biject_to(support) for name, (support, _) in sites.items()}
-        self.event_dims = {name: event_dim for name, (_, event_dim) in sites.items()}
+        self.transforms = {name: biject_to(site.support) for name, site in sites.items()}
+        self.event_dims = {name: site.event_dim for name, site in sites.items()}
         self.init_scale = init_scale
 
     def __call__(self, *args, **kwargs):
@@ -173,14 +204,18 @@ class MeanFieldGuide:
 
 
 def latent_sites(model, *args) -> dict:
-    """``{name: (support, event_dim)}`` of every latent site of ``model(*args)``, traced abstractly."""
+    """``{name: LatentSite}`` of every latent site of ``model(*args)``, traced abstractly."""
     supports = {}
 
     def record(*args):
         sites = trace(seed(model, 0)).get_trace(*args)
         supports.update(
             {
-                name: (site["fn"].support, len(site["fn"].event_shape))
+                name: LatentSite(
+                    site["fn"].support,
+                    len(site["fn"].event_shape),
+                    any(frame.name == DROPLET_PLATE for frame in site["cond_indep_stack"]),
+                )
                 for name, site in sites.items()
                 if site["type"] == "sample" and not site["is_observed"]
             }
@@ -197,8 +232,9 @@ def _optimizer(settings: FitSettings, warm: bool):
     final_rate = settings.learning_rate * FINAL_RATE_FRACTION
     if warm:
         return optax_to_numpyro(optax.adam(final_rate))
+    warmup = max(settings.steps // 20, 1)
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, settings.learning_rate, max(settings.steps // 20, 1), settings.steps, end_value=final_rate
+        0.0, settings.learning_rate, warmup, max(settings.steps, warmup + 1), end_value=final_rate
     )
     return optax_to_numpyro(optax.adam(schedule))
 
@@ -277,7 +313,7 @@ def run_fit(
         polarity = float(warm_start.params["_polarity"])
         init_params = {k: jnp.asarray(v) for k, v in warm_start.params.items() if k not in INTERNAL_PARAMS}
     else:
-        found = _candidates(observed, settings)
+        found = _candidates(observed, image, factor, settings)
         polarity = 1.0 if np.median(found[:, 3]) >= 0 else -1.0
         candidates = found if settings.droplets else _with_spare_slots(found)
         anchors = candidates[:, :3].copy()
@@ -298,7 +334,7 @@ def run_fit(
     if init_params is None:
         init_values = variant.initial_values(observed, np.asarray(candidates), spec, init_key)
     else:
-        init_values = {name: biject_to(support)(init_params[f"{name}_auto_loc"]) for name, (support, _) in sites.items()}
+        init_values = {name: biject_to(site.support)(init_params[f"{name}_auto_loc"]) for name, site in sites.items()}
     guide = MeanFieldGuide(init_values, sites, GUIDE_INIT_SCALE)
     svi = SVI(model, guide, _optimizer(settings, warm_start is not None), Trace_ELBO())
     state = jax.jit(svi.init)(svi_key, observed_j, anchors_j, jnp.asarray(active), init_params=init_params)
@@ -320,8 +356,13 @@ def run_fit(
     @jax.jit
     def evaluate(params, observed, anchors, active):
         values = guide.median(params)
-        sites = trace(substitute(seed(model, 0), data=values)).get_trace(observed, anchors, active)
-        return values, sites["reconstruction"]["value"], sites["strength"]["value"]
+        traced = trace(substitute(seed(model, 0), data=values)).get_trace(observed, anchors, active)
+        log_prior = sum(
+            _droplet_log_prior(traced[name], guide.transforms[name], params[f"{name}_auto_loc"])
+            for name, site in sites.items()
+            if site.per_droplet
+        )
+        return values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior
 
     checkpoints = {int(np.ceil(f * settings.steps / CHUNK_STEPS)) * CHUNK_STEPS for f in HOUSEKEEPING_AT}
     losses: list[np.ndarray] = []
@@ -345,7 +386,7 @@ def run_fit(
                 f"the fit diverged (loss became NaN/inf at step {done}); try a smaller learning rate or another seed"
             )
         if done in checkpoints and done < settings.steps:
-            values, reconstruction, strength = evaluate(
+            values, reconstruction, strength, _ = evaluate(
                 _guide_params(svi, state), observed_j, anchors_j, jnp.asarray(active)
             )
             values = {k: np.asarray(v) for k, v in values.items()}
@@ -361,13 +402,27 @@ def run_fit(
     fitted = time.perf_counter()
 
     params = {k: np.asarray(v) for k, v in _guide_params(svi, state).items()}
-    values, reconstruction, _ = evaluate(params, observed_j, anchors_j, jnp.asarray(active))
+    values, reconstruction, _, _ = evaluate(params, observed_j, anchors_j, jnp.asarray(active))
+
+    def evaluate_at(locs, active):
+        moved = {**params, **{f"{name}_auto_loc": loc for name, loc in locs.items()}}
+        _, image, _, log_prior = evaluate(moved, observed_j, anchors_j, jnp.asarray(active))
+        return image, log_prior
+
+    locs = {name: params[f"{name}_auto_loc"] for name, site in sites.items() if site.per_droplet}
+    sds, p_exists = droplet_uncertainty(
+        evaluate_at, locs, observed, active, layout, float(values["noise"]), _radius_px(values)
+    )
+    uncertainty = {f"sd_{name}": _constrained_sd(guide.transforms[name], locs[name], sd) for name, sd in sds.items()}
+    uncertainty["p_exists"] = p_exists
     values = {k: np.asarray(v) for k, v in {**fixed, **values}.items()}
     reconstruction = np.asarray(reconstruction, np.float32)
-    scales = {
-        name[: -len("_auto_scale")]: value for name, value in params.items() if name.endswith("_auto_scale")
-    }
-    droplets = _droplet_table(variant.droplet_columns(values, scales, spec), active, factor, origin)
+    discrepancy, count_discrepancy = model_discrepancy(settings.model)
+    droplets = with_model_discrepancy(
+        _droplet_table(variant.droplet_columns(values, uncertainty, spec), active, factor, origin), discrepancy
+    )
+    count_low, count_high = count_interval(droplets["p_exists"].to_numpy(), count_discrepancy)
+    uncertain = time.perf_counter()
     all_losses = np.concatenate(losses) if losses else np.zeros(0, np.float32)
     if warm_start is not None:
         all_losses = np.concatenate([warm_start.losses, all_losses])
@@ -395,9 +450,16 @@ def run_fit(
             "detect_s": round(detected - started, 3),
             "compile_s": round(compile_s, 3),
             "fit_s": round(fitted - detected, 3),
+            "uncertainty_s": round(uncertain - fitted, 3),
             "total_s": round(finished - started, 3),
         },
         "droplet_count": int(len(droplets)),
+        "droplet_count_interval_90": [count_low, count_high],
+        "uncertainty": {
+            "method": "laplace",
+            "discrepancy_per_radius": discrepancy,
+            "count_discrepancy": count_discrepancy,
+        },
         "candidate_count": int(len(anchors)),
         "downscale": factor,
         "crop_origin": list(origin),
@@ -428,8 +490,8 @@ def _fixed_appearance(variant, settings: FitSettings, source: FitResult | None, 
     if (before.model, before.mask_types, before.mask_size) != (settings.model, settings.mask_types, settings.mask_size):
         raise FitError("can only reuse the appearance of a fit with the same model, droplet types and mask size")
     fixed = {
-        name: biject_to(support)(jnp.asarray(source.params[f"{name}_auto_loc"]))
-        for name, (support, _) in sites.items()
+        name: biject_to(site.support)(jnp.asarray(source.params[f"{name}_auto_loc"]))
+        for name, site in sites.items()
         if variant.is_appearance_site(name) and f"{name}_auto_loc" in source.params
     }
     if not fixed:
@@ -506,7 +568,7 @@ def _add_droplets(state, peaks, anchors, active, layout, sites, values, observed
         if name not in sites or f"{name}_auto_loc" not in params:
             continue
         loc = np.array(params[f"{name}_auto_loc"])
-        loc[slots] = np.asarray(biject_to(sites[name][0]).inv(value))
+        loc[slots] = np.asarray(biject_to(sites[name].support).inv(value))
         params[f"{name}_auto_loc"] = jnp.asarray(loc)
     anchors = anchors.copy()
     anchors[slots, :2] = rows[:, :2]
@@ -518,6 +580,24 @@ def _add_droplets(state, peaks, anchors, active, layout, sites, values, observed
 def _guide_params(svi: SVI, state) -> dict:
     """The guide's array parameters (flax's nested ``$params`` bookkeeping entry is rebuilt on init)."""
     return {name: value for name, value in svi.get_params(state).items() if not isinstance(value, dict)}
+
+
+def _droplet_log_prior(site: dict, transform, loc) -> jax.Array:
+    """``(n,)`` log prior density of each droplet's value of a per-droplet ``site`` in its
+    guide's unconstrained space ``loc`` (the Jacobian of the transform included)."""
+    event_dim = len(site["fn"].event_shape)
+    log_prob = sum_rightmost(site["fn"].log_prob(site["value"]), event_dim)
+    log_jacobian = sum_rightmost(
+        transform.log_abs_det_jacobian(loc, site["value"]), event_dim - transform.domain.event_dim
+    )
+    return log_prob + log_jacobian
+
+
+def _constrained_sd(transform, loc: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Posterior sd in a site's own units from its unconstrained ``sd`` (delta method)."""
+    step = 1e-3
+    slope = (np.asarray(transform(loc + step)) - np.asarray(transform(loc - step))) / (2.0 * step)
+    return np.abs(slope) * sd
 
 
 def _check_warm_start(warm_start: FitResult, settings: FitSettings, shape: tuple) -> None:
@@ -538,7 +618,7 @@ def _droplet_table(columns: dict, active: np.ndarray, factor: int, origin: tuple
     table = pd.DataFrame({name: np.asarray(value)[keep] for name, value in columns.items()})
     table["x"] = images.to_original_px(table["x"].to_numpy(), factor) + origin[0]
     table["y"] = images.to_original_px(table["y"].to_numpy(), factor) + origin[1]
-    for name in ("radius", "sd_x", "sd_y"):
+    for name in ("radius", "sd_x", "sd_y", "sd_radius"):
         if name in table:
             table[name] = table[name] * factor
     return table.sort_values(["y", "x"], kind="stable").reset_index(drop=True)

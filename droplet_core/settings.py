@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 MODEL_NAMES = ("gaussian", "templates", "neural")
+INITIALIZERS = ("encoder", "log")
 
 # Pixel budget the automatic downscale aims for: large enough to resolve 1 px droplets of
 # a typical microscope frame at quarter resolution, small enough for a fit in seconds.
@@ -35,6 +36,8 @@ class FitSettings:
     appearance_from : id of a stored fit of the same model whose learned appearance
         (templates' masks, neural's optics weights) is held fixed; only positions, radii,
         compositions and background are fitted.
+    initializer : where droplets start: ``"encoder"`` (the trained detection network,
+        ``droplet_core.encoder``) or ``"log"`` (Laplacian-of-Gaussian candidates).
     """
 
     model: str = "templates"
@@ -48,6 +51,7 @@ class FitSettings:
     mask_size: int = 15
     crop: tuple[int, int, int, int] | None = None
     appearance_from: str | None = None
+    initializer: str = "encoder"
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
@@ -65,6 +69,8 @@ class FitSettings:
             raise ValueError("learning_rate must be positive")
         if self.appearance_from is not None and not re.fullmatch(r"[0-9a-f]{32}", str(self.appearance_from)):
             raise ValueError("appearance_from must be a fit id (32 lowercase hexadecimal characters)")
+        if self.initializer not in INITIALIZERS:
+            raise ValueError(f"unknown initializer {self.initializer!r}; choose one of {', '.join(INITIALIZERS)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,5 +1,6 @@
 """Fit page: model variant and its settings (in a form), background fit with live progress,
-Stop / Continue, and identical requests served from the store."""
+Stop / Continue, identical requests served from the store, and instant detection by the
+trained encoder with presence-threshold and minimum-radius sliders."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import streamlit as st
 
 import app
 from app_support.figures import loss_figure, overlay_figure
+from droplet_core import encoder, images
 from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
 from droplet_core.store import StoreError, fit_key
 
@@ -89,10 +91,48 @@ with st.form("fit_form", border=True):
             help="Hold the masks / optics model of an earlier fit fixed and fit only positions, radii, "
                  "compositions and background: faster and steadier on new images of the same droplets.",
         )
-    submitted = st.form_submit_button("Fit", type="primary", icon=":material/play_arrow:")
+    f1, f2 = st.columns([1, 5])
+    with f1:
+        submitted = st.form_submit_button("Fit", type="primary", icon=":material/play_arrow:")
+    with f2:
+        detect_clicked = st.form_submit_button(
+            "Detect (instant)", icon=":material/bolt:",
+            help="The trained encoder finds droplets in well under a second; no model is fitted.",
+        )
 
 registry = app.registry()
 store = app.store()
+
+# -- instant detection --------------------------------------------------------------------
+# The encoder's per-cell output is kept in the session; the sliders only filter it again.
+if detect_clicked:
+    try:
+        region = images.crop(image, crop) if crop else image
+        enc_channel, enc_factor = encoder.prepare_image(region, channel, downscale)
+        st.session_state["detect_raw"] = {
+            "sha": sha, "channel": channel, "crop": crop, "factor": enc_factor,
+            "raw": encoder.raw_predictions(enc_channel),
+        }
+    except (OSError, ValueError) as exc:
+        st.error(f"Instant detection failed: {exc}")
+detected = st.session_state.get("detect_raw")
+if detected is not None and detected["sha"] == sha:
+    st.subheader("Instant detection (encoder)")
+    s1, s2, s3 = st.columns([2, 2, 1])
+    threshold = s1.slider("Presence probability at least", 0.05, 0.95, encoder.DEFAULT_THRESHOLD, step=0.05,
+                          key="w_detect_threshold")
+    min_radius = s2.slider("Minimum radius (px)", 0.0, 10.0, 0.0, step=0.5, key="w_detect_min_radius")
+    found = encoder.to_image_px(encoder.decode(detected["raw"], threshold, min_radius / detected["factor"]),
+                                detected["factor"])
+    if detected["crop"]:
+        found["x"] += detected["crop"][0]
+        found["y"] += detected["crop"][1]
+    s3.metric("Detected", len(found))
+    st.plotly_chart(
+        overlay_figure(image, found, crop=detected["crop"], height=520,
+                       title=f"{len(found)} droplets (encoder, {app.channel_label(detected['channel'])})"),
+        key="detect_overlay", width="stretch", config={"scrollZoom": True},
+    )
 
 if submitted:
     try:

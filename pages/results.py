@@ -41,7 +41,12 @@ if result.status == "stopped":
                "it shows what was reached. Continue it from the Fit page.", icon=":material/pause_circle:")
 
 cols = st.columns(5)
-cols[0].metric("Droplets", len(droplets))
+interval = info.get("droplet_count_interval_90")
+cols[0].metric("Droplets", len(droplets),
+               help="Droplets in the fit; below it, the 90 % interval of the count from each droplet's "
+                    "probability of existing (P(exists) in the table)")
+if interval:
+    cols[0].caption(f"90 % interval {interval[0]}–{interval[1]}")
 cols[1].metric("Model", settings.model, help=f"channel {app.channel_label(settings.channel)}")
 rmse = info.get("rmse") or []
 cols[2].metric("RMSE", ", ".join(f"{v:.4f}" for v in rmse) if rmse else "—",
@@ -58,15 +63,22 @@ app.share_box("results", {"fit": result.fit_id})
 
 # -- droplets over the image ----------------------------------------------------------------
 st.subheader("Detected droplets")
-st.caption("Hover a centre for its position, radius, uncertainty and composition. Select droplets with "
+st.caption("Hover a centre for its position, radius, 90 % intervals and composition. Select droplets with "
            "the box or lasso tool (toolbar, top right) to filter the table below; double-click clears.")
+has_uncertainty = "sd_radius" in droplets.columns
+show_uncertainty = st.toggle(
+    "Show 90 % uncertainty", key="show_uncertainty", disabled=not has_uncertainty,
+    help="Dotted: each droplet's 90 % position ellipse and radius band (inner and outer circle); "
+         "yellow: droplets less likely than not to exist." if has_uncertainty else
+         "This fit was made before Droplet reported radius uncertainty; refit to see it.")
 image = app.image_for_fit(result)
 placement = fit_placement(info, settings.crop)
 if image is None:  # show the fitted channel in its place
     image, overlay_placement = result.observed, placement
 else:
     overlay_placement = Placement()
-overlay = overlay_figure(image, droplets, placement=overlay_placement, crop=settings.crop, height=720)
+overlay = overlay_figure(image, droplets, placement=overlay_placement, crop=settings.crop, height=720,
+                         show_uncertainty=show_uncertainty)
 event = st.plotly_chart(overlay, key="overlay", on_select="rerun", selection_mode=("points", "box", "lasso"),
                         width="stretch", config={"scrollZoom": True})
 

@@ -167,6 +167,24 @@ def test_short_fit_completes_and_results_match_store(fitted):
     assert centres["type"] == "scattergl" and centres["mode"] == "markers"
 
 
+def test_results_show_count_interval_and_uncertainty_bands(fitted):
+    at = fitted["at"]
+    stored = FitStore().load(fitted["fit_id"])
+    at.switch_page("pages/results.py").run()
+    low, high = stored.info["droplet_count_interval_90"]
+    assert low <= len(stored.droplets) <= high
+    assert f"90 % interval {low}–{high}" in texts(at.caption)
+    names = [trace.get("name") for trace in figure(at, "overlay")["data"]]
+    assert "90 % bands" not in names
+    at.toggle(key="show_uncertainty").set_value(True).run()
+    assert not at.exception
+    bands = [trace for trace in figure(at, "overlay")["data"] if trace.get("name") in ("90 % bands", "unsure droplets")]
+    # Three outlines per droplet (inner and outer radius, position ellipse), separated by gaps.
+    assert sum(trace["x"].count(None) for trace in bands) >= 3 * len(stored.droplets)
+    centres = figure(at, "overlay")["data"][-1]
+    assert "P(exists)" in centres["hovertemplate"] and "(90 %)" in centres["hovertemplate"]
+
+
 def test_identical_settings_load_from_store(fitted):
     at = open_app()
     run_fit_page(at)

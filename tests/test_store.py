@@ -318,6 +318,37 @@ def test_concurrent_saves_in_processes_leave_one_entry(tmp_path):
     assert_same_result(store.load(result.fit_id), result)
 
 
+def _save_until_killed(root: str, writing) -> None:
+    """Save a fit whose arrays.npz is written half and then hangs (until the process is killed)."""
+    import time
+
+    def write_half_then_hang(path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half an archive")
+        writing.set()
+        time.sleep(120)
+
+    store_module.np.savez = write_half_then_hang
+    FitStore(root).save(make_result())
+
+
+def test_process_killed_mid_write_leaves_no_entry(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    writing = context.Event()
+    process = context.Process(target=_save_until_killed, args=(str(tmp_path), writing))
+    process.start()
+    try:
+        assert writing.wait(timeout=60), "the saving process never started writing"
+    finally:
+        process.kill()
+        process.join(timeout=30)
+    store = FitStore(tmp_path)
+    result = make_result()
+    assert entries(store) == [] and not store.has(result.fit_id) and store.list_fits() == []
+    assert len(list((store.root / ".tmp").iterdir())) == 1  # the killed writer's work directory, ignored
+    store.save(result)
+    assert_same_result(store.load(result.fit_id), result)
+
+
 def test_list_fits_newest_first_skipping_unreadable(tmp_path):
     store = FitStore(tmp_path)
     made = {

@@ -182,12 +182,23 @@ def initial_background(observed: np.ndarray) -> dict:
     }
 
 
-def composition_and_uncertainty_columns(values: dict, scales: dict) -> dict:
-    """Table columns ``composition_0..`` and ``sd_x``, ``sd_y`` (posterior sd, fit px)."""
+def composition_and_uncertainty_columns(values: dict, uncertainty: dict) -> dict:
+    """Table columns ``composition_0..``, then ``sd_x``, ``sd_y``, ``sd_radius`` (posterior sd,
+    fit px) and ``p_exists`` from ``droplet_core.uncertainty.droplet_uncertainty``."""
     columns = {f"composition_{t}": values["composition"][:, t] for t in range(values["composition"].shape[1])}
-    columns["sd_x"] = scales["x"]
-    columns["sd_y"] = scales["y"]
-    return columns
+    return {**columns, **uncertainty_columns(uncertainty)}
+
+
+def uncertainty_columns(uncertainty: dict, radius_per_site_unit: float = 1.0) -> dict:
+    """``sd_x``, ``sd_y``, ``sd_radius`` (fit px) and ``p_exists`` of an uncertainty dict whose
+    radius site is ``radius`` or ``sigma`` (``radius = radius_per_site_unit * sigma``)."""
+    sd_radius = uncertainty["sd_radius"] if "sd_radius" in uncertainty else uncertainty["sd_sigma"]
+    return {
+        "sd_x": uncertainty["sd_x"],
+        "sd_y": uncertainty["sd_y"],
+        "sd_radius": radius_per_site_unit * sd_radius,
+        "p_exists": uncertainty["p_exists"],
+    }
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,6 +19,7 @@ from droplet_core.models.common import (
     per_pixel,
     sample_background,
     splat,
+    uncertainty_columns,
 )
 
 EXTENT = 3.0
@@ -66,16 +67,15 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
     }
 
 
-def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
-    """Per-droplet columns in fit px: x, y, radius, amplitude, sd_x, sd_y."""
+def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
+    """Per-droplet columns in fit px: x, y, radius, amplitude, sd_x, sd_y, sd_radius, p_exists."""
     del spec
     return {
         "x": values["x"],
         "y": values["y"],
         "radius": SQRT2 * values["sigma"],
         "amplitude": values["amplitude"],
-        "sd_x": scales["x"],
-        "sd_y": scales["y"],
+        **uncertainty_columns(uncertainty, SQRT2),
     }
 
 

@@ -151,14 +151,14 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
     }
 
 
-def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
-    """Per-droplet columns in fit px: x, y, radius, composition_0.., sd_x, sd_y."""
+def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
+    """Per-droplet columns in fit px: x, y, radius, composition_0.., sd_x, sd_y, sd_radius, p_exists."""
     del spec
     return {
         "x": values["x"],
         "y": values["y"],
         "radius": values["radius"],
-        **composition_and_uncertainty_columns(values, scales),
+        **composition_and_uncertainty_columns(values, uncertainty),
     }
 
 

@@ -108,15 +108,15 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
     }
 
 
-def droplet_columns(values: dict, scales: dict, spec: ModelSpec) -> dict:
-    """Per-droplet columns in fit px: x, y, radius, amplitude, composition_0.., sd_x, sd_y."""
+def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
+    """Per-droplet columns in fit px: x, y, radius, amplitude, composition_0.., sd_x, sd_y, sd_radius, p_exists."""
     masks = np.einsum("nt,tij->nij", values["composition"], values["masks"] * envelope(spec.mask_size))
     return {
         "x": values["x"],
         "y": values["y"],
         "radius": values["radius"],
         "amplitude": np.max(np.abs(masks), axis=(1, 2)),
-        **composition_and_uncertainty_columns(values, scales),
+        **composition_and_uncertainty_columns(values, uncertainty),
     }
 
 

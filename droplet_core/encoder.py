@@ -1,0 +1,598 @@
+"""Amortised droplet detection: a small convolutional network trained on synthetic scenes.
+
+The network (flax linen) maps an image of any size to a grid of cells, ``STRIDE`` pixels
+on a side, and predicts per cell a presence logit (a droplet centre lies in this cell),
+the centre's offset from the cell centre and the log radius, as in CenterNet or the
+amortised source detectors of astronomy. Decoding keeps cells above a presence
+probability threshold and suppresses weaker cells whose centre lies inside a stronger
+detection (non-maximum suppression).
+
+Input normalisation makes one network serve every channel: a ``(h, w, c)`` channel
+(``c`` = 1 or 3) becomes two features, the signed deviation of the channel mean from its
+median and the Euclidean deviation over channels from the per-channel median, both
+divided by the 99th percentile of the latter (robust to background level, colour and
+droplet density).
+
+Training (``train``) draws scenes from ``droplet_core.scenes`` with randomised settings
+(droplet sizes, densities, blur, noise, colours, background level and shading, JPEG
+quality), from scene seeds ``TRAIN_SEED_BASE`` and up (benchmarks and tests use seeds
+below 10 000), and validates on scenes from ``VALIDATION_SEED_BASE`` and up. The weights
+shipped in ``droplet_core/encoder_weights/`` were made by
+``python -m droplet_core train-encoder --out droplet_core/encoder_weights``; its
+``training.json`` records settings, seeds, versions and the training curve.
+
+Coordinates follow the project's contract: ``x`` = column, ``y`` = row, pixel centre at
+its integer index, ``radius`` in pixels of the image given.
+
+This module imports neither numpyro nor streamlit, so ``detect`` starts fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+from PIL import Image, ImageDraw
+from scipy.spatial import cKDTree
+
+import droplet_core
+from droplet_core.channels import extract_channel
+from droplet_core.matching import match_droplets
+from droplet_core.scenes import SceneSettings, make_scene
+
+STRIDE = 2
+WEIGHTS_DIR = Path(__file__).with_name("encoder_weights")
+WEIGHTS_FILE = "encoder.msgpack"
+RECORD_FILE = "training.json"
+CURVE_FILE = "training_curve.png"
+TRAIN_SEED_BASE = 10_000
+VALIDATION_SEED_BASE = 20_000
+DEFAULT_THRESHOLD = 0.5
+# A weaker detection whose centre lies within this fraction of a stronger one's radius
+# (and within MIN_SEPARATION_PX) is the same droplet.
+SUPPRESS_FRACTION_OF_RADIUS = 0.5
+MIN_SEPARATION_PX = 1.0
+# Radius range of the training scenes (px); predictions are clipped to a little beyond.
+RADIUS_RANGE_PX = (1.0, 10.0)
+
+
+@dataclass(frozen=True)
+class EncoderArchitecture:
+    """Shape of the network.
+
+    Attributes
+    ----------
+    stem_features : channels of the full-resolution 3x3 convolution.
+    features : channels of the stride-``STRIDE`` convolution and the residual blocks.
+    dilations : dilation of each residual 3x3 block at cell resolution (receptive field).
+    """
+
+    stem_features: int = 16
+    features: int = 32
+    dilations: tuple[int, ...] = (1, 2, 4, 1)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How ``train`` runs.
+
+    Attributes
+    ----------
+    seed : PRNG seed of weights, batches and augmentation (scene seeds are fixed).
+    minutes : wall-clock budget of the optimisation (scene generation not included).
+    max_steps : stop after this many steps even if time is left (0: no limit).
+    pool_scenes : training scenes generated up front (seeds ``TRAIN_SEED_BASE + i``).
+    scene_px : side of each training scene.
+    crop_px : side of the random crops a batch is made of (a multiple of ``STRIDE``).
+    batch : crops per step.
+    learning_rate : peak Adam learning rate (cosine decay over ``minutes``).
+    validate_every : steps between validation F1 evaluations.
+    validation_scenes : validation scenes (half default-looking, half randomised).
+    """
+
+    seed: int = 0
+    minutes: float = 12.0
+    max_steps: int = 0
+    pool_scenes: int = 800
+    scene_px: int = 160
+    crop_px: int = 96
+    batch: int = 12
+    learning_rate: float = 3e-3
+    validate_every: int = 250
+    validation_scenes: int = 4
+
+
+class Encoder(nn.Module):
+    """Per-cell droplet predictions of a normalised image.
+
+    ``__call__`` takes ``(b, h, w, 2)`` features (``normalise``) and returns
+    ``(b, ceil(h / STRIDE), ceil(w / STRIDE), 4)``: presence logit, offset of the centre
+    from the cell centre in cells (x, y), log radius in pixels.
+    """
+
+    architecture: EncoderArchitecture = EncoderArchitecture()
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray) -> jnp.ndarray:
+        a = self.architecture
+        h = nn.relu(nn.Conv(a.stem_features, (3, 3))(features))
+        h = nn.relu(nn.Conv(a.features, (3, 3), strides=STRIDE)(h))
+        for dilation in a.dilations:
+            h = h + nn.relu(nn.Conv(a.features, (3, 3), kernel_dilation=dilation)(h))
+        return nn.Conv(4, (1, 1))(h)
+
+
+def normalise(channel: np.ndarray) -> np.ndarray:
+    """Network input ``(h, w, 2)`` float32 of a ``(h, w, c)`` channel in [0, 1] (``c`` = 1 or 3).
+
+    Feature 0 is the signed deviation of the channel mean from its median, feature 1 the
+    Euclidean deviation over channels from the per-channel median divided by ``sqrt(c)``;
+    both are divided by the 99th percentile of feature 1 (the background of a droplet
+    image is its most common value; the percentile measures droplet contrast).
+    """
+    channel = np.asarray(channel, dtype=np.float32)
+    if channel.ndim != 3 or channel.shape[2] not in (1, 3):
+        raise ValueError(f"the encoder takes an (h, w, 1) or (h, w, 3) channel, not shape {channel.shape}")
+    signed = channel - np.median(channel, axis=(0, 1), keepdims=True)
+    magnitude = np.sqrt(np.mean(signed**2, axis=2))
+    mean = signed.mean(axis=2)
+    scale = float(np.percentile(magnitude, 99.0)) + 1e-3
+    return np.stack([mean / scale, magnitude / scale], axis=2).astype(np.float32)
+
+
+def random_scene_settings(rng: np.random.Generator, size_px: int) -> SceneSettings:
+    """Randomised scene settings of a ``size_px`` square scene (training and validation).
+
+    Radii 1-10 px with medians 1.3-5 px, sparse to fully crowded, random substrate and
+    droplet colours (darker or lighter than the substrate), rims, shading, caustics,
+    uneven illumination, blur, noise and JPEG quality.
+    """
+    median = float(np.exp(rng.uniform(np.log(1.3), np.log(5.0))))
+    log_sd = float(rng.uniform(0.25, 0.7))
+    mean_area = np.pi * median**2 * np.exp(2 * log_sd**2)
+    coverage = float(rng.uniform(0.05, 0.6))
+    n = int(max(5, coverage * size_px**2 / mean_area))
+    background = rng.uniform(0.25, 0.9) * (1.0 + rng.uniform(-0.15, 0.15, 3))
+    n_colours = int(rng.integers(1, 4))
+    darker = rng.uniform() < 0.8
+    palette = []
+    for _ in range(n_colours):
+        if darker:
+            palette.append(np.clip(background * rng.uniform(0.3, 0.9) + rng.uniform(-0.15, 0.15, 3), 0.02, 0.98))
+        else:
+            palette.append(np.clip(background + rng.uniform(0.1, 0.4) + rng.uniform(-0.1, 0.1, 3), 0.02, 0.98))
+    caustic = np.clip(rng.uniform(0.7, 1.0, 3) - rng.uniform(0.0, 0.5) * np.eye(3)[rng.integers(3)], 0.0, 1.0)
+    return SceneSettings(
+        width_px=size_px,
+        height_px=size_px,
+        n_droplets=n,
+        radius_min_px=RADIUS_RANGE_PX[0],
+        radius_max_px=RADIUS_RANGE_PX[1],
+        radius_median_px=median,
+        radius_log_sd=log_sd,
+        min_distance_fraction=float(rng.uniform(0.85, 1.3)),
+        background_rgb=tuple(float(v) for v in np.clip(background, 0.05, 0.95)),
+        background_variation=float(rng.uniform(0.0, 0.12)),
+        palette_rgb=tuple(tuple(float(v) for v in c) for c in palette),
+        composition_concentration=tuple(float(v) for v in rng.uniform(0.2, 1.0, n_colours)),
+        rim_darkness=float(rng.uniform(0.0, 0.6)),
+        rim_width=float(rng.uniform(0.15, 0.45)),
+        shading=float(rng.uniform(0.0, 0.4)),
+        caustic_rgb=tuple(float(v) for v in caustic),
+        caustic_strength=float(rng.uniform(0.0, 1.0)),
+        caustic_offset=float(rng.uniform(0.3, 0.8)),
+        caustic_size=float(rng.uniform(0.2, 0.5)),
+        caustic_spill=float(rng.uniform(0.0, 0.8)),
+        caustic_onset_radius_px=float(rng.uniform(1.0, 3.0)),
+        blur_sigma_px=float(rng.uniform(0.3, 1.2)),
+        noise_sd=float(np.exp(rng.uniform(np.log(0.003), np.log(0.04)))),
+        jpeg_quality=None if rng.uniform() < 0.2 else int(rng.integers(50, 100)),
+    )
+
+
+def targets(truth: pd.DataFrame, height: int, width: int) -> np.ndarray:
+    """Training targets ``(ceil(h / STRIDE), ceil(w / STRIDE), 4)`` of a truth table.
+
+    Per cell: presence (0/1), centre offset from the cell centre in cells (x, y), log
+    radius (px). Cell ``(i, j)`` covers pixels ``STRIDE * i .. STRIDE * i + STRIDE - 1``;
+    where two centres share a cell the smaller droplet (later in ``truth``, which is
+    placed largest first) is the target.
+    """
+    grid = np.zeros((-(-height // STRIDE), -(-width // STRIDE), 4), dtype=np.float32)
+    x, y, radius = (truth[c].to_numpy(np.float64) for c in ("x", "y", "radius"))
+    col = np.clip(np.floor((x + 0.5) / STRIDE).astype(int), 0, grid.shape[1] - 1)
+    row = np.clip(np.floor((y + 0.5) / STRIDE).astype(int), 0, grid.shape[0] - 1)
+    centre = (STRIDE - 1) / 2.0
+    grid[row, col, 0] = 1.0
+    grid[row, col, 1] = (x - (STRIDE * col + centre)) / STRIDE
+    grid[row, col, 2] = (y - (STRIDE * row + centre)) / STRIDE
+    grid[row, col, 3] = np.log(radius)
+    return grid
+
+
+def loss_terms(params, architecture: EncoderArchitecture, features: jnp.ndarray, target: jnp.ndarray):
+    """Presence BCE over all cells plus L1 offset and log-radius errors over droplet cells.
+
+    Returns the total loss and ``(bce, offset, radius)`` terms, all scalars.
+    """
+    out = Encoder(architecture).apply({"params": params}, features)
+    presence = target[..., 0]
+    bce = optax.sigmoid_binary_cross_entropy(out[..., 0], presence).mean()
+    count = presence.sum() + 1.0
+    offset = (jnp.abs(out[..., 1:3] - target[..., 1:3]).sum(-1) * presence).sum() / count
+    radius = (jnp.abs(out[..., 3] - target[..., 3]) * presence).sum() / count
+    return 20.0 * bce + offset + radius, (bce, offset, radius)
+
+
+def _raw_from_output(out: np.ndarray) -> dict:
+    """Per-cell detections (flattened arrays, px) from the network output ``(hc, wc, 4)``."""
+    rows, cols = np.meshgrid(np.arange(out.shape[0]), np.arange(out.shape[1]), indexing="ij")
+    centre = (STRIDE - 1) / 2.0
+    logits = out[..., 0].astype(np.float64)
+    return {
+        "p_exists": (1.0 / (1.0 + np.exp(-logits))).ravel(),
+        "x": (STRIDE * cols + centre + STRIDE * out[..., 1]).ravel(),
+        "y": (STRIDE * rows + centre + STRIDE * out[..., 2]).ravel(),
+        "radius": np.exp(np.clip(out[..., 3], np.log(0.5), np.log(2 * RADIUS_RANGE_PX[1]))).ravel(),
+    }
+
+
+def decode(raw: dict, threshold: float = DEFAULT_THRESHOLD, min_radius_px: float = 0.0) -> pd.DataFrame:
+    """Droplets from per-cell predictions: threshold, minimum radius, then suppression.
+
+    Parameters
+    ----------
+    raw : per-cell ``p_exists``, ``x``, ``y``, ``radius`` (``(n,)`` arrays, px), as
+        ``raw_predictions`` returns; cheap to filter again with other thresholds.
+    threshold : presence probability a detection needs.
+    min_radius_px : smallest radius kept (px of the image given).
+
+    Returns
+    -------
+    DataFrame ``x`` (column), ``y`` (row), ``radius`` (px), ``p_exists``, most probable
+    first. A detection whose centre lies within ``max(1 px, radius / 2)`` of a more
+    probable one's is dropped.
+    """
+    keep = (raw["p_exists"] >= threshold) & (raw["radius"] >= min_radius_px)
+    table = {k: np.asarray(raw[k])[keep] for k in ("x", "y", "radius", "p_exists")}
+    order = np.argsort(-table["p_exists"], kind="stable")
+    table = {k: v[order] for k, v in table.items()}
+    xy = np.stack([table["x"], table["y"]], axis=1)
+    if len(xy):
+        reach = np.maximum(SUPPRESS_FRACTION_OF_RADIUS * table["radius"], MIN_SEPARATION_PX)
+        neighbours = cKDTree(xy).query_ball_point(xy, reach)
+        suppressed = np.zeros(len(xy), dtype=bool)
+        for index, near in enumerate(neighbours):
+            if not suppressed[index]:
+                suppressed[[j for j in near if j > index]] = True
+        table = {k: v[~suppressed] for k, v in table.items()}
+    return pd.DataFrame({k: table[k].astype(np.float64) for k in ("x", "y", "radius", "p_exists")})
+
+
+@functools.cache
+def load_weights(weights_dir: str | None = None) -> tuple[EncoderArchitecture, dict]:
+    """The architecture and parameters saved in ``weights_dir`` (default: the shipped ones).
+
+    Cached per process. Raises ``FileNotFoundError`` or ``ValueError`` for a missing or
+    unreadable weights folder.
+    """
+    folder = Path(weights_dir) if weights_dir else WEIGHTS_DIR
+    record = json.loads((folder / RECORD_FILE).read_text())
+    architecture = architecture_from_dict(record["architecture"])
+    # The shapes a fresh network would have, without running it (initialising costs seconds).
+    template = jax.eval_shape(functools.partial(init_params, architecture), jax.random.PRNGKey(0))
+    params = flax.serialization.msgpack_restore((folder / WEIGHTS_FILE).read_bytes())
+    shapes = jax.tree_util.tree_map(np.shape, params)
+    if shapes != jax.tree_util.tree_map(lambda leaf: leaf.shape, template):
+        raise ValueError(f"the encoder weights in {folder} do not fit the architecture in {RECORD_FILE}")
+    return architecture, jax.tree_util.tree_map(jnp.asarray, params)
+
+
+def architecture_from_dict(values: dict) -> EncoderArchitecture:
+    return EncoderArchitecture(
+        stem_features=int(values["stem_features"]),
+        features=int(values["features"]),
+        dilations=tuple(int(d) for d in values["dilations"]),
+    )
+
+
+def init_params(architecture: EncoderArchitecture, key: jax.Array) -> dict:
+    """Fresh parameters (a pytree of small arrays) of ``Encoder(architecture)``."""
+    return Encoder(architecture).init(key, jnp.zeros((1, 16, 16, 2), jnp.float32))["params"]
+
+
+@functools.cache
+def _apply(architecture: EncoderArchitecture):
+    return jax.jit(lambda params, features: Encoder(architecture).apply({"params": params}, features))
+
+
+def warm_up(shape: tuple[int, ...], weights_dir: str | None = None) -> None:
+    """Load the weights and compile the network for ``(h, w, c)`` channels of this size.
+
+    ``raw_predictions`` does both on first use; calling this first lets a caller time
+    the one-off costs apart from the detection itself.
+    """
+    architecture, params = load_weights(weights_dir)
+    zeros = jnp.zeros((1, shape[0], shape[1], 2), jnp.float32)
+    _apply(architecture)(params, zeros).block_until_ready()
+
+
+def raw_predictions(channel: np.ndarray, weights_dir: str | None = None) -> dict:
+    """Per-cell predictions of the encoder on a ``(h, w, c)`` channel in [0, 1].
+
+    Returns
+    -------
+    dict of flattened ``(n_cells,)`` arrays ``p_exists``, ``x``, ``y``, ``radius`` (px of
+    ``channel``); ``decode`` turns them into droplets.
+    """
+    architecture, params = load_weights(weights_dir)
+    features = normalise(channel)[None]
+    out = np.asarray(_apply(architecture)(params, jnp.asarray(features)))[0]
+    return _raw_from_output(out)
+
+
+def detect(
+    channel: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_radius_px: float = 0.0,
+    weights_dir: str | None = None,
+) -> pd.DataFrame:
+    """Droplets in a ``(h, w, c)`` channel (c = 1 or 3, values in [0, 1]); see ``decode``."""
+    return decode(raw_predictions(channel, weights_dir), threshold, min_radius_px)
+
+
+# --- training -------------------------------------------------------------------------
+
+
+def _scene_example(seed: int, size_px: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Features, targets and truth of training/validation scene ``seed`` (randomised settings).
+
+    The channel fed to the network is RGB or grey at random (the fits' default channel
+    is grey); horizontal flips happen at batch time.
+    """
+    rng = np.random.default_rng(seed)
+    rgb, truth = make_scene(seed, random_scene_settings(rng, size_px))
+    channel = extract_channel(rgb.astype(np.float32) / 255.0, "rgb" if rng.uniform() < 0.5 else "grey")
+    return normalise(channel), targets(truth, size_px, size_px), truth
+
+
+def _default_validation_scene(seed: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """A default-looking scene (the benchmark kind) at 250x200 px, grey or RGB by seed parity."""
+    rgb, truth = make_scene(seed, SceneSettings(width_px=250, height_px=200, n_droplets=375))
+    return extract_channel(rgb.astype(np.float32) / 255.0, "grey" if seed % 2 else "rgb"), truth
+
+
+def train(settings: TrainSettings, architecture: EncoderArchitecture = EncoderArchitecture(), log=print) -> tuple[dict, dict]:
+    """Train the encoder on synthetic scenes.
+
+    Parameters
+    ----------
+    settings : budget, data and optimiser settings.
+    architecture : network shape.
+    log : called with one line of progress text now and then.
+
+    Returns
+    -------
+    params : the trained parameters.
+    record : what ``training.json`` stores (settings, seeds, versions, curve, timings).
+    """
+    if settings.crop_px % STRIDE or settings.crop_px > settings.scene_px:
+        raise ValueError("crop_px must be a multiple of the stride and at most scene_px")
+    started = time.perf_counter()
+    pool = [_scene_example(TRAIN_SEED_BASE + i, settings.scene_px) for i in range(settings.pool_scenes)]
+    features_pool = np.stack([p[0] for p in pool])
+    targets_pool = np.stack([p[1] for p in pool])
+    n_val = settings.validation_scenes
+    validation = [_default_validation_scene(VALIDATION_SEED_BASE + i) for i in range(n_val - n_val // 2)]
+    validation += [
+        (None, p[2], p[0]) for p in (_scene_example(VALIDATION_SEED_BASE + 100 + i, 200) for i in range(n_val // 2))
+    ]
+    generated = time.perf_counter()
+    log(f"{settings.pool_scenes} training scenes in {generated - started:.0f} s")
+
+    key = jax.random.PRNGKey(settings.seed)
+    init_key, key = jax.random.split(key)
+    params = init_params(architecture, init_key)
+    optimiser = optax.inject_hyperparams(optax.adam)(learning_rate=settings.learning_rate)
+    opt_state = optimiser.init(params)
+    budget_s = 60.0 * settings.minutes
+
+    @jax.jit
+    def step(params, opt_state, features, target, learning_rate):
+        (loss, terms), grads = jax.value_and_grad(loss_terms, has_aux=True)(params, architecture, features, target)
+        opt_state.hyperparams["learning_rate"] = learning_rate
+        updates, opt_state = optimiser.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, terms
+
+    apply = jax.jit(lambda params, features: Encoder(architecture).apply({"params": params}, features))
+
+    def validate(params) -> tuple[float, float]:
+        scores = []
+        for channel, truth, *features in validation:
+            x = features[0] if features else normalise(channel)
+            found = decode(_raw_from_output(np.asarray(apply(params, jnp.asarray(x[None])))[0]))
+            scores.append(match_droplets(truth, found))
+        default = [s.f1 for s in scores[: n_val - n_val // 2]]
+        varied = [s.f1 for s in scores[n_val - n_val // 2 :]]
+        return tuple(float(np.mean(f1)) if f1 else float("nan") for f1 in (default, varied))
+
+    rng = np.random.default_rng(settings.seed)
+    cells = settings.crop_px // STRIDE
+    curve: list[dict] = []
+    losses: list[float] = []
+    train_start = time.perf_counter()
+    n_steps = 0
+    while True:
+        elapsed = time.perf_counter() - train_start
+        if elapsed >= budget_s or (settings.max_steps and n_steps >= settings.max_steps):
+            break
+        fraction = min(elapsed / budget_s, 1.0)
+        warmup = min(1.0, (n_steps + 1) / 100.0)
+        learning_rate = settings.learning_rate * warmup * 0.5 * (1.0 + np.cos(np.pi * fraction))
+        index = rng.integers(0, len(pool), settings.batch)
+        top = rng.integers(0, (settings.scene_px - settings.crop_px) // STRIDE + 1, settings.batch)
+        left = rng.integers(0, (settings.scene_px - settings.crop_px) // STRIDE + 1, settings.batch)
+        flip = rng.uniform(size=settings.batch) < 0.5
+        features = np.stack([
+            features_pool[i, STRIDE * t : STRIDE * (t + cells), STRIDE * l : STRIDE * (l + cells)]
+            for i, t, l in zip(index, top, left)
+        ])
+        target = np.stack([targets_pool[i, t : t + cells, l : l + cells] for i, t, l in zip(index, top, left)])
+        # A horizontal flip mirrors columns; cells of width STRIDE stay aligned and the
+        # x offset changes sign.
+        features[flip] = features[flip, :, ::-1]
+        target[flip] = target[flip, :, ::-1]
+        target[flip, ..., 1] *= -1.0
+        params, opt_state, loss, terms = step(
+            params, opt_state, jnp.asarray(features), jnp.asarray(target), jnp.float32(learning_rate)
+        )
+        n_steps += 1
+        losses.append(float(loss))
+        if n_steps % settings.validate_every == 0 or n_steps == settings.max_steps:
+            f1_default, f1_varied = validate(params)
+            point = {
+                "step": n_steps,
+                "seconds": round(time.perf_counter() - train_start, 1),
+                "loss": float(np.mean(losses[-settings.validate_every :])),
+                "validation_f1_default": round(f1_default, 4),
+                "validation_f1_varied": round(f1_varied, 4),
+                "bce": float(terms[0]),
+                "offset": float(terms[1]),
+                "log_radius": float(terms[2]),
+            }
+            curve.append(point)
+            log(
+                f"step {n_steps}  loss {point['loss']:.3f}  val F1 default {f1_default:.3f} "
+                f"varied {f1_varied:.3f}  {point['seconds']:.0f} s"
+            )
+    record = {
+        "command": "python -m droplet_core train-encoder --out DIR "
+        f"--minutes {settings.minutes:g} --seed {settings.seed}"
+        + (f" --steps {settings.max_steps}" if settings.max_steps else ""),
+        "architecture": dataclasses.asdict(architecture),
+        "stride_px": STRIDE,
+        "train_settings": dataclasses.asdict(settings),
+        "training_scene_seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + settings.pool_scenes - 1],
+        "validation_scene_seeds": {
+            "default_looking": [VALIDATION_SEED_BASE + i for i in range(n_val - n_val // 2)],
+            "randomised": [VALIDATION_SEED_BASE + 100 + i for i in range(n_val // 2)],
+        },
+        "steps": n_steps,
+        "loss_by_step": [round(v, 4) for v in losses],
+        "curve": curve,
+        "timings": {"scenes_s": round(generated - started, 1), "train_s": round(time.perf_counter() - train_start, 1)},
+        "versions": library_versions(),
+        "device": device_description(),
+        "parameter_count": int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params))),
+    }
+    return params, record
+
+
+def save_weights(params: dict, record: dict, out_dir: str | Path) -> Path:
+    """Write the weights, ``training.json`` and the training-curve PNG into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / WEIGHTS_FILE).write_bytes(flax.serialization.to_bytes(jax.device_get(params)))
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=1))
+    curve_png(record).save(out / CURVE_FILE)
+    return out
+
+
+def curve_png(record: dict, size: tuple[int, int] = (640, 320)) -> Image.Image:
+    """Training curve: loss (blue, per 50-step mean, left) and validation F1 (orange/green, right, 0-1)."""
+    width, height = size
+    margin = 40
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([margin, 10, width - margin, height - margin], outline="black")
+    losses = np.asarray(record["loss_by_step"], dtype=float)
+    n = max(len(losses), 1)
+    sx = lambda step: margin + (width - 2 * margin) * step / n  # noqa: E731
+    if len(losses) >= 50:
+        smooth = losses[: len(losses) // 50 * 50].reshape(-1, 50).mean(axis=1)
+        top, bottom = float(smooth.max()), float(smooth.min())
+        sy = lambda v: 10 + (height - margin - 10) * (top - v) / max(top - bottom, 1e-9)  # noqa: E731
+        draw.line([(sx(50 * i + 25), sy(v)) for i, v in enumerate(smooth)], fill=(31, 119, 180), width=2)
+        draw.text((margin + 4, 12), f"loss {top:.2f} .. {bottom:.2f}", fill=(31, 119, 180))
+    fy = lambda v: 10 + (height - margin - 10) * (1.0 - v)  # noqa: E731
+    for name, colour in (("validation_f1_default", (255, 127, 14)), ("validation_f1_varied", (44, 160, 44))):
+        points = [(sx(p["step"]), fy(p[name])) for p in record["curve"] if np.isfinite(p[name])]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        if points:
+            draw.text((width - margin - 200, 12 + 12 * (colour[0] < 100)), f"{name} {record['curve'][-1][name]:.3f}", fill=colour)
+    draw.text((margin, height - margin + 8), f"step 0 .. {len(losses)}", fill="black")
+    return image
+
+
+def device_description() -> str:
+    """The device the encoder runs on, e.g. ``"cpu:0 (cpu)"``."""
+    device = jax.devices()[0]
+    return f"{device.platform}:{device.id} ({device.device_kind})"
+
+
+def library_versions() -> dict:
+    return {
+        "droplet_core": droplet_core.__version__,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# --- images as uploaded ---------------------------------------------------------------
+
+
+def prepare_image(image: np.ndarray, channel: str = "rgb", downscale: int = 0) -> tuple[np.ndarray, int]:
+    """The ``(h, w, c)`` channel the encoder looks at, and the downscale factor used.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` float RGB in [0, 1], as uploaded.
+    channel : a name from ``droplet_core.channels.CHANNELS`` with 1 or 3 channels.
+    downscale : integer block-mean factor, or 0 for the fits' automatic choice (about
+        ``AUTO_DOWNSCALE_PIXELS`` pixels).
+    """
+    from droplet_core import images
+    from droplet_core.settings import AUTO_DOWNSCALE_PIXELS
+
+    height, width = image.shape[:2]
+    factor = downscale or images.auto_downscale_factor(height, width, AUTO_DOWNSCALE_PIXELS)
+    return extract_channel(images.downscale(image, factor), channel), factor
+
+
+def to_image_px(table: pd.DataFrame, factor: int) -> pd.DataFrame:
+    """Detections ``x, y, radius`` in pixels of a ``factor``-downscaled image, in pixels of the image as given."""
+    from droplet_core import images
+
+    out = table.copy()
+    out["x"] = images.to_original_px(out["x"].to_numpy(), factor)
+    out["y"] = images.to_original_px(out["y"].to_numpy(), factor)
+    out["radius"] = out["radius"] * factor
+    return out
+
+
+def overlay_png(image: np.ndarray, droplets: pd.DataFrame, colour: tuple[int, int, int] = (255, 40, 40)) -> Image.Image:
+    """``image`` ``(H, W, 3)`` (float in [0, 1] or uint8) with a circle drawn per droplet (px of ``image``)."""
+    pixels = np.asarray(image)
+    if pixels.dtype != np.uint8:
+        pixels = np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    picture = Image.fromarray(pixels).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    for x, y, r in droplets[["x", "y", "radius"]].to_numpy(float):
+        draw.ellipse([x - r, y - r, x + r, y + r], outline=colour)
+    return picture

@@ -1,0 +1,196 @@
+"""Per-droplet posterior uncertainty by a Laplace approximation at the fitted optimum.
+
+Mean-field SVI is over-confident: its guide ignores how a droplet's position, radius and
+look trade off against each other. At the optimum, the Gauss-Newton approximation of the
+log posterior's curvature in the unconstrained space is ``J^T J / noise^2`` plus the
+prior's, where ``J`` is the derivative of the rendered image with respect to one
+droplet's own parameters. Every pixel is given to the droplet nearest to it (distance in
+that droplet's radii, among the droplets whose patch covers it): moving one parameter of
+all droplets at once then gives, on each droplet's own pixels, the derivative with
+respect to that droplet's parameter, up to the faint tails of its neighbours. The
+derivatives are central differences of the fit's own compiled renderer, so a droplet's
+block of the curvature costs two renders per parameter for the whole image and no new
+compilation. Couplings between neighbouring droplets are left out (a block-diagonal
+Laplace).
+
+Each droplet's evidence comes from the same pixels: the log-likelihood lost when its
+contribution (reconstruction minus background) is taken away, plus the Laplace estimate
+of its parameters' log prior volume (the Occam factor), turned into a probability that
+the droplet exists at even prior odds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+from scipy.stats import norm
+
+from droplet_core.models.common import Layout, capped_radius, patch_geometry
+
+INTERVAL = 0.90
+# Written by ``python -m bench.calibration --calibrate``: per model, the model-discrepancy
+# sd per px of radius for x, y and radius, and the count's relative sd.
+CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+# Central-difference step in each unconstrained parameter (px for positions, log units
+# for radii): small against a droplet, large against float32 rounding of the image.
+DIFFERENCE_STEP = 1e-2
+# Relative ridge on each block's diagonal: keeps blocks with parameters that change
+# neither the image nor the prior invertible.
+RIDGE = 1e-6
+
+
+def droplet_uncertainty(
+    evaluate: Callable[[dict, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    locs: dict,
+    observed: np.ndarray,
+    active: np.ndarray,
+    layout: Layout,
+    noise_sd: float,
+    radius_px: np.ndarray,
+) -> tuple[dict, np.ndarray]:
+    """Laplace standard deviations and existence probabilities of every droplet.
+
+    Parameters
+    ----------
+    evaluate : ``evaluate(locs, active)`` -> the ``(h, w, c)`` reconstruction and the ``(n,)``
+        log prior density of each droplet's parameters (unconstrained space), with the
+        per-droplet parameters set to ``locs`` and everything else at the optimum.
+    locs : site name -> ``(n,)`` or ``(n, k)`` unconstrained per-droplet values at the optimum.
+    observed : (h, w, c) the fitted channel.
+    active : (n,) 1 for droplets in the fit, 0 for unused slots.
+    layout : the fit's patch layout.
+    noise_sd : the likelihood's noise standard deviation (channel units).
+    radius_px : (n,) droplet radii in fit px (the unit of "nearest").
+
+    Returns
+    -------
+    sds : site name -> ``(n,)`` or ``(n, k)`` posterior sd in unconstrained units.
+    p_exists : (n,) probability that each droplet exists (0 for unused slots).
+    """
+    names = [(name, k) for name, value in locs.items() for k in range(int(np.prod(value.shape[1:]) or 1))]
+    n, d = layout.n_droplets, len(names)
+    active = np.asarray(active, np.float32)
+    fitted, log_prior = (np.asarray(a, np.float64) for a in evaluate(locs, active))
+    fitted = fitted.reshape(layout.n_pixels, -1)
+    background, _ = evaluate(locs, np.zeros_like(active))
+    background = np.asarray(background, np.float64).reshape(layout.n_pixels, -1)
+
+    flat, dx, dy, inside = (np.asarray(a) for a in patch_geometry(layout, locs["x"], locs["y"]))
+    distance = np.hypot(dx, dy) / np.asarray(capped_radius(layout, radius_px))
+    owner = layout.droplet
+    distance = np.where(inside & (active[owner] > 0), distance, np.inf)
+    nearest = np.full(layout.n_pixels, np.inf)
+    np.minimum.at(nearest, flat, distance)
+    own = np.isfinite(distance) & (distance <= nearest[flat])
+    rows, pixels = np.flatnonzero(own), flat[own]
+    starts = np.searchsorted(owner[rows], np.arange(n))
+
+    jacobian = np.zeros((d, rows.size, fitted.shape[1]))
+    prior_curvature = np.zeros((n, d))
+    for j, (name, k) in enumerate(names):
+        images, priors = [], []
+        for sign in (1.0, -1.0):
+            moved = dict(locs)
+            shift = np.zeros(locs[name].shape, np.float32).reshape(n, -1)
+            shift[:, k] = sign * DIFFERENCE_STEP * active
+            moved[name] = locs[name] + shift.reshape(locs[name].shape)
+            image, prior = evaluate(moved, active)
+            images.append(np.asarray(image, np.float64).reshape(layout.n_pixels, -1)[pixels])
+            priors.append(np.asarray(prior, np.float64))
+        jacobian[j] = (images[0] - images[1]) / (2.0 * DIFFERENCE_STEP)
+        prior_curvature[:, j] = -(priors[0] + priors[1] - 2.0 * log_prior) / DIFFERENCE_STEP**2
+
+    curvature = _sum_by_droplet(np.einsum("irc,jrc->rij", jacobian, jacobian), starts, rows.size) / noise_sd**2
+    diagonal = np.einsum("nii->ni", curvature)
+    curvature[:, np.arange(d), np.arange(d)] += np.maximum(prior_curvature, 0.0) + RIDGE * (
+        diagonal.mean(axis=1, keepdims=True) + 1e-12
+    )
+    covariance = np.linalg.inv(curvature)
+
+    data = observed.reshape(layout.n_pixels, -1)[pixels]
+    gain = ((data - background[pixels]) ** 2 - (data - fitted[pixels]) ** 2).sum(axis=1) / (2.0 * noise_sd**2)
+    log_likelihood_gain = _sum_by_droplet(gain, starts, rows.size)
+    _, log_det = np.linalg.slogdet(covariance)
+    occam = 0.5 * d * np.log(2.0 * np.pi) + 0.5 * log_det + log_prior
+    p_exists = np.where(active > 0, expit(log_likelihood_gain + occam), 0.0)
+
+    sd = np.sqrt(np.einsum("nii->ni", covariance))
+    sds, column = {}, 0
+    for name, value in locs.items():
+        width = int(np.prod(value.shape[1:]) or 1)
+        sds[name] = sd[:, column : column + width].reshape(value.shape)
+        column += width
+    return sds, p_exists
+
+
+def _sum_by_droplet(per_row: np.ndarray, starts: np.ndarray, total: int) -> np.ndarray:
+    """Sum ``per_row`` ``(R, ...)`` (rows sorted by droplet) into ``(n, ...)`` given each droplet's first row."""
+    sums = np.add.reduceat(np.concatenate([per_row, np.zeros((1, *per_row.shape[1:]))]), np.minimum(starts, total), axis=0)
+    empty = np.diff(np.append(starts, total)) == 0
+    sums[empty] = 0.0
+    return sums
+
+
+def count_interval(p_exists: np.ndarray, relative_discrepancy: float = 0.0, level: float = INTERVAL) -> tuple[int, int]:
+    """Central ``level`` interval of the droplet count.
+
+    The count of independent droplets that exist with probabilities ``p_exists`` is
+    Poisson-binomial; droplets the fit never proposed (or proposed twice) add an error of
+    sd ``relative_discrepancy`` times the expected count, independent of it.
+    """
+    pmf = np.ones(1)
+    for q in p_exists:
+        pmf = np.append(pmf * (1.0 - q), 0.0) + np.insert(pmf * q, 0, 0.0)
+    spread = relative_discrepancy * float(np.sum(p_exists))
+    if spread > 0:
+        reach = int(np.ceil(5.0 * spread))
+        kernel = norm.pdf(np.arange(-reach, reach + 1), scale=spread)
+        pmf = np.convolve(pmf, kernel / kernel.sum())
+    else:
+        reach = 0
+    cdf = np.cumsum(pmf)
+    tail = (1.0 - level) / 2.0
+    low, high = np.searchsorted(cdf, tail) - reach, np.searchsorted(cdf, 1.0 - tail) - reach
+    return max(int(low), 0), int(high)
+
+
+def interval_half_width(sd, level: float = INTERVAL):
+    """Half width of the central ``level`` interval of a normal with standard deviation ``sd``."""
+    return norm.ppf(0.5 + level / 2.0) * sd
+
+
+def model_discrepancy(model: str) -> tuple[dict[str, float], float]:
+    """Calibrated model discrepancy of ``model``: sd per px of radius for ``x``, ``y`` and
+    ``radius``, and the count's relative sd (empty and 0 when it was not calibrated)."""
+    if not CALIBRATION_FILE.exists():
+        return {}, 0.0
+    record = json.loads(CALIBRATION_FILE.read_text())
+    return record["discrepancy_per_radius"].get(model, {}), record["count_discrepancy"].get(model, 0.0)
+
+
+def with_model_discrepancy(droplets: pd.DataFrame, per_radius: dict[str, float]) -> pd.DataFrame:
+    """``droplets`` with ``sd_x``, ``sd_y``, ``sd_radius`` widened by the model's discrepancy.
+
+    The Laplace sd says how well the data pin a droplet down *within* the model; where the
+    model cannot draw the droplet exactly (blur, highlights the masks only approximate),
+    its estimate is off by more than that. That error grows with the droplet, so it is
+    modelled as an independent normal of sd ``per_radius[c] * radius``, added in quadrature.
+    """
+    widened = droplets.copy()
+    for coordinate, factor in per_radius.items():
+        column = f"sd_{coordinate}"
+        if column in widened:
+            widened[column] = np.hypot(widened[column], factor * widened["radius"])
+    return widened
+
+
+def laplace_sd(droplets: pd.DataFrame, coordinate: str, per_radius: dict[str, float]) -> np.ndarray:
+    """``(n,)`` the Laplace part of ``sd_<coordinate>`` (``with_model_discrepancy`` undone)."""
+    sd = droplets[f"sd_{coordinate}"].to_numpy(float)
+    discrepancy = per_radius.get(coordinate, 0.0) * droplets["radius"].to_numpy(float)
+    return np.sqrt(np.maximum(sd**2 - discrepancy**2, 0.0))

@@ -1,0 +1,208 @@
+"""Batch page: fit several uploaded images (or zip archives of them) with the same settings in
+the background, watch progress, see counts and radius distributions per image, download all.
+
+A batch's files live in the store folder under ``batches/<batch id>/`` (``images/`` as
+uploaded, ``out/`` as ``python -m droplet_core batch`` writes it), so ``?batch=<id>``
+shows a finished batch again, also after a restart. Identical requests (same files, same
+settings) share one batch; every fit goes through the fit store, so images fitted before
+are not recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import app
+from app_support.batch_figures import droplet_count_figure, radius_distribution_figure
+from droplet_core.batch import (
+    FAILED,
+    IMAGE_SUFFIXES,
+    SubmittedBatch,
+    submit_batch,
+    summary_table,
+    unpack_uploads,
+    write_batch_outputs,
+    write_images,
+    zip_folder,
+)
+from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
+from droplet_core.store import is_valid_fit_id
+
+app.page_start("batch")
+st.title("Batch")
+st.caption("Fit many images of the same kind with the same settings. Each image's fit is stored (and shareable) "
+           "like a single fit; images fitted before with the same settings are not recomputed.")
+
+STEP_OPTIONS = [50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000]
+DEFAULTS = FitSettings()
+
+
+@st.cache_resource(show_spinner=False)
+def batch_executor() -> ThreadPoolExecutor:
+    """One image at a time for all sessions (a fit already uses every core)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="droplet-batch")
+    # The pool's thread is joined at interpreter exit: drop the queued images first, so that
+    # stopping the server waits for one fit, not for the rest of a batch (see jobs.py).
+    threading._register_atexit(executor.shutdown, wait=False, cancel_futures=True)
+    return executor
+
+
+@st.cache_resource(show_spinner=False)
+def running_batches(root: str) -> tuple[dict[str, SubmittedBatch], threading.Lock]:
+    """Batches submitted by this server process, by batch id, and a lock for them."""
+    return {}, threading.Lock()
+
+
+def batch_folder(batch_id: str) -> Path:
+    return Path(app.store_root()) / "batches" / batch_id
+
+
+def batch_id_of(files: list[tuple[str, bytes]], settings: FitSettings) -> str:
+    """32 hex characters naming this exact request: the files' names and bytes, and the settings."""
+    payload = {"files": [[name, hashlib.sha256(data).hexdigest()] for name, data in files],
+               "settings": settings.to_dict()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@st.cache_data(show_spinner="Packing the download ...", max_entries=4)
+def outputs_zip(out_dir: str, summary_mtime_ns: int) -> bytes:
+    return zip_folder(out_dir)
+
+
+# -- request ------------------------------------------------------------------------------
+fit_model = st.session_state.get("w_model", DEFAULTS.model)
+fit_channel = st.session_state.get("channel", DEFAULTS.channel)
+with st.form("batch_form", border=True):
+    uploads = st.file_uploader(
+        "Images, or zip archives of images", type=[s.lstrip(".") for s in IMAGE_SUFFIXES] + ["zip"],
+        accept_multiple_files=True, key="batch_upload",
+    )
+    st.caption("Settings start from the Fit page's; the channel applies to gaussian and templates "
+               "(neural always fits RGB). No crop: the images may differ in size.")
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        model = st.radio("Model", MODEL_NAMES, index=MODEL_NAMES.index(fit_model), horizontal=True, key="b_model")
+        channel = st.selectbox("Channel", app.SINGLE_CHANNELS, format_func=app.channel_label, key="b_channel",
+                               index=app.SINGLE_CHANNELS.index(fit_channel) if fit_channel in app.SINGLE_CHANNELS else 0)
+    with c2:
+        fit_steps = st.session_state.get("w_steps", DEFAULTS.steps)
+        steps = st.select_slider("Steps", STEP_OPTIONS, key="b_steps",
+                                 value=fit_steps if fit_steps in STEP_OPTIONS else DEFAULTS.steps)
+        droplets = st.number_input("Maximum droplets (0 = automatic)", 0, 20000,
+                                   int(st.session_state.get("w_droplets", DEFAULTS.droplets)), step=50, key="b_droplets")
+    with c3:
+        downscale = st.number_input("Downscale (0 = automatic)", 0, 16,
+                                    int(st.session_state.get("downscale", DEFAULTS.downscale)), key="b_downscale")
+        seed = st.number_input("Random seed", 0, 2**31 - 1, int(st.session_state.get("w_seed", DEFAULTS.seed)),
+                               key="b_seed")
+    sources = [info for info in app.store().list_fits()
+               if info.get("settings", {}).get("model") in ("templates", "neural") and not info.get("appearance_from")]
+    labels = {info["fit_id"]: app.fit_label(info) for info in sources}
+    appearance_from = st.selectbox(
+        "Reuse the droplet appearance of", [None, *labels], key="b_appearance_from",
+        format_func=lambda fit_id: "— learn a new appearance per image —" if fit_id is None else labels[fit_id],
+        help="Hold the masks / optics model of an earlier fit (same model) fixed for every image.",
+    )
+    submitted = st.form_submit_button("Run batch", type="primary", icon=":material/play_arrow:")
+
+batches, batches_lock = running_batches(app.store_root())
+
+if submitted:
+    try:
+        files = unpack_uploads([(f.name, f.getvalue()) for f in uploads or []])
+        if not files:
+            raise ValueError("upload at least one image (or a zip archive holding images)")
+        source = next((info["settings"] for info in sources if info["fit_id"] == appearance_from), None)
+        if source is not None and source["model"] != model:
+            raise ValueError(f"the appearance of a {source['model']} fit can only be reused by the {source['model']} model")
+        look = source or {"mask_types": st.session_state.get("w_mask_types", DEFAULTS.mask_types),
+                          "mask_size": st.session_state.get("w_mask_size", DEFAULTS.mask_size)}
+        settings = FitSettings(
+            model=model, channel=default_channel(model) if model == "neural" else channel, downscale=int(downscale),
+            droplets=int(droplets), steps=int(steps), seed=int(seed),
+            learning_rate=float(st.session_state.get("w_lr", DEFAULTS.learning_rate)),
+            mask_types=int(look["mask_types"]), mask_size=int(look["mask_size"]), appearance_from=appearance_from,
+        )
+    except ValueError as exc:
+        st.error(f"This batch cannot be run: {' '.join(str(exc).split())}", icon=":material/error:")
+    else:
+        batch_id = batch_id_of(files, settings)
+        with batches_lock:
+            if batch_id not in batches and not (batch_folder(batch_id) / "out" / "summary.csv").is_file():
+                images = write_images(files, batch_folder(batch_id) / "images")
+                batches[batch_id] = submit_batch(images, settings, batch_executor(), app.store_root())
+        st.query_params["batch"] = batch_id
+
+# -- the batch in the URL -------------------------------------------------------------------
+batch_id = st.query_params.get("batch")
+if batch_id is None:
+    st.info("Upload images and press **Run batch**.", icon=":material/upload_file:")
+    st.stop()
+if not is_valid_fit_id(batch_id):
+    st.error("This link's batch id is not valid: a batch id is 32 lowercase hexadecimal characters.")
+    st.stop()
+out = batch_folder(batch_id) / "out"
+batch = batches.get(batch_id)
+
+if batch is not None and not (out / "summary.csv").is_file():
+    if not batch.done():
+
+        @st.fragment(run_every=1.0)
+        def progress_panel() -> None:
+            outcomes = batch.finished_outcomes()
+            failed = sum(o.status == FAILED for o in outcomes)
+            st.progress(len(outcomes) / len(batch.images),
+                        text=f"Batch: {len(outcomes)} of {len(batch.images)} images finished · {failed} failed")
+            if outcomes:
+                st.dataframe(summary_table(outcomes), hide_index=True, key="batch_progress_table")
+            if batch.done():
+                st.rerun()  # redraw the whole page with the results
+
+        progress_panel()
+        st.stop()
+    with batches_lock:
+        if not (out / "summary.csv").is_file():
+            write_batch_outputs(batch.finished_outcomes(), app.store(), out)
+
+if not (out / "summary.csv").is_file():
+    st.error(f"No batch with id `{batch_id}` on this server. Upload the images and run it again.")
+    st.stop()
+
+# -- results ------------------------------------------------------------------------------
+summary = pd.read_csv(out / "summary.csv", dtype={"fit_id": str, "error": str})
+combined = pd.read_csv(out / "droplets.csv")
+fitted = summary[summary["status"] != FAILED]
+a, b, c = st.columns(3)
+a.metric("Images fitted", f"{len(fitted)} of {len(summary)}")
+b.metric("Droplets", int(fitted["droplet_count"].sum()))
+c.metric("Failed", int((summary["status"] == FAILED).sum()))
+for row in summary[summary["status"] == FAILED].itertuples():
+    st.warning(f"**{row.image}** was not fitted: {row.error}", icon=":material/error:")
+st.dataframe(
+    summary, hide_index=True, key="batch_summary",
+    column_config={"fit_id": st.column_config.TextColumn("fit id"),
+                   "droplet_count": st.column_config.NumberColumn("droplets"),
+                   "mean_radius": st.column_config.NumberColumn("mean radius (px)", format="%.2f"),
+                   "rmse": st.column_config.NumberColumn("RMSE", format="%.4f"),
+                   "seconds": st.column_config.NumberColumn("seconds", format="%.1f")},
+)
+if not fitted.empty:
+    left, right = st.columns(2)
+    left.plotly_chart(droplet_count_figure(summary), key="batch_counts", width="stretch")
+    right.plotly_chart(radius_distribution_figure(combined), key="batch_radii", width="stretch")
+    st.markdown("Open one image's fit: " + " · ".join(
+        f"[{row.image}]({app.share_url('results', {'fit': row.fit_id})})" for row in fitted.itertuples()))
+st.download_button(
+    "Download everything (zip)", outputs_zip(str(out), (out / "summary.csv").stat().st_mtime_ns),
+    file_name=f"droplet-batch-{batch_id[:8]}.zip", mime="application/zip", icon=":material/download:",
+    key="batch_download",
+)
+st.caption("Share link: opens this batch's results")
+st.code(app.share_url("batch", {"batch": batch_id}), language=None)

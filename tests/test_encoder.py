@@ -1,0 +1,165 @@
+"""The amortised encoder: detection against synthetic truth, shipped weights, ``detect`` CLI,
+a training smoke run, and the Fit page's instant detection (AppTest).
+
+Scene seeds here are below ``encoder.TRAIN_SEED_BASE``: never seen in training.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from droplet_core import encoder
+from droplet_core.matching import match_droplets
+from droplet_core.scenes import SceneSettings, make_scene, write_scene
+from droplet_core.settings import FitSettings
+
+REPO = Path(__file__).resolve().parents[1]
+SCENE_SEED = 7
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[np.ndarray, pd.DataFrame]:
+    rgb, truth = make_scene(SCENE_SEED)
+    return rgb.astype(np.float32) / 255.0, truth
+
+
+@pytest.mark.parametrize("channel", ["rgb", "grey"])
+def test_encoder_finds_droplets_of_an_unseen_scene(scene, channel):
+    image, truth = scene
+    found = encoder.detect(encoder.prepare_image(image, channel)[0])
+    assert list(found.columns) == ["x", "y", "radius", "p_exists"]
+    score = match_droplets(truth, found)
+    # Tuned blob_log scores about 0.82 on such scenes (bench.detection).
+    assert score.f1 > 0.88, score
+    assert score.median_radius_error < 0.15, score
+    assert found["p_exists"].between(encoder.DEFAULT_THRESHOLD, 1.0).all()
+
+
+def test_positions_are_in_pixels_of_the_image_as_given(scene):
+    """A scene upscaled 2x and detected at downscale 2 gives the truth in upscaled pixels."""
+    image, truth = scene
+    crop, crop_truth = image[:200, :250], truth[(truth.x < 249) & (truth.y < 199)]
+    big = np.repeat(np.repeat(crop, 2, axis=0), 2, axis=1)
+    channel, factor = encoder.prepare_image(big, "rgb", downscale=2)
+    assert factor == 2
+    found = encoder.to_image_px(encoder.detect(channel), factor)
+    scaled = crop_truth.assign(x=2 * crop_truth.x + 0.5, y=2 * crop_truth.y + 0.5, radius=2 * crop_truth.radius)
+    assert match_droplets(scaled, found).f1 > 0.85
+
+
+def test_thresholds_filter_the_cached_output(scene):
+    image, _ = scene
+    raw = encoder.raw_predictions(encoder.prepare_image(image, "grey")[0])
+    counts = [len(encoder.decode(raw, threshold)) for threshold in (0.2, 0.5, 0.9)]
+    assert counts[0] > counts[1] > counts[2] > 0
+    big = encoder.decode(raw, 0.5, min_radius_px=3.0)
+    assert 0 < len(big) < counts[1] and (big["radius"] >= 3.0).all()
+
+
+def test_shipped_weights_match_their_training_record():
+    record = json.loads((encoder.WEIGHTS_DIR / encoder.RECORD_FILE).read_text())
+    architecture, params = encoder.load_weights()
+    assert encoder.load_weights() is encoder.load_weights()  # cached per process
+    assert architecture == encoder.architecture_from_dict(record["architecture"])
+    assert record["stride_px"] == encoder.STRIDE
+    count = sum(np.size(p) for p in jax.tree_util.tree_leaves(params))
+    assert count == record["parameter_count"]
+    assert (encoder.WEIGHTS_DIR / encoder.WEIGHTS_FILE).stat().st_size < 3_000_000
+    assert record["training_scene_seeds"][0] >= encoder.TRAIN_SEED_BASE > SCENE_SEED
+    assert record["curve"][-1]["validation_f1_default"] > 0.9
+    assert len(record["loss_by_step"]) == record["steps"]
+
+
+def test_unknown_initializer_is_refused():
+    assert FitSettings().initializer == "encoder"
+    with pytest.raises(ValueError, match="initializer"):
+        FitSettings(initializer="random")
+
+
+def test_training_smoke_run_lowers_the_loss():
+    settings = encoder.TrainSettings(
+        pool_scenes=4, scene_px=64, crop_px=48, batch=4, max_steps=40, validate_every=40,
+        validation_scenes=0, learning_rate=1e-2, minutes=5,
+    )
+    _, record = encoder.train(settings, log=lambda line: None)
+    losses = record["loss_by_step"]
+    assert record["steps"] == 40
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
+
+
+# -- detect command -------------------------------------------------------------------------
+
+
+def droplet_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "droplet_core", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_detect_writes_droplets_overlay_and_record(tmp_path):
+    write_scene(SCENE_SEED + 1, tmp_path / "scene", SceneSettings(width_px=200, height_px=160, n_droplets=240))
+    out = tmp_path / "out"
+    done = droplet_cli("detect", str(tmp_path / "scene" / "scene.png"), "--out", str(out), "--threshold", "0.6")
+    assert done.returncode == 0, done.stderr
+    droplets = pd.read_csv(out / "droplets.csv")
+    assert list(droplets.columns) == ["x", "y", "radius", "p_exists"]
+    assert (droplets["p_exists"] >= 0.6).all()
+    assert match_droplets(pd.read_csv(tmp_path / "scene" / "truth.csv"), droplets).f1 > 0.8
+    info = json.loads((out / "fit.json").read_text())
+    assert info["reconstruction"] is None and info["droplet_count"] == len(droplets)
+    assert info["settings"]["threshold"] == 0.6 and info["timings"]["compute_s"] > 0
+    assert (out / "overlay.png").stat().st_size > 0 and not (out / "reconstruction.png").exists()
+
+
+def test_detect_does_not_load_the_fit_engine(tmp_path):
+    write_scene(SCENE_SEED + 2, tmp_path, SceneSettings(width_px=64, height_px=64, n_droplets=30))
+    code = ("import sys; from droplet_core.cli import main; "
+            f"assert main(['detect', {str(tmp_path / 'scene.png')!r}, '--out', {str(tmp_path / 'o')!r}]) == 0; "
+            "assert 'numpyro' not in sys.modules and 'streamlit' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("args", [["--threshold", "1.5"], []])
+def test_detect_refuses_bad_input_with_one_line(tmp_path, args):
+    image = tmp_path / "broken.png"
+    image.write_bytes(b"not a png at all")
+    if args:  # a readable image, a bad option
+        write_scene(1, tmp_path, SceneSettings(width_px=32, height_px=32, n_droplets=5))
+        image = tmp_path / "scene.png"
+    done = droplet_cli("detect", str(image), "--out", str(tmp_path / "out"), *args)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "out" / "droplets.csv").exists()
+
+
+# -- app ------------------------------------------------------------------------------------
+
+
+def test_instant_detection_on_the_fit_page_follows_the_sliders():
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.run()
+    at.run()
+    at.switch_page("pages/fit.py").run()
+    next(b for b in at.button if b.label == "Detect (instant)").click().run()
+    assert not at.exception and not at.error, at.error
+
+    def shown() -> int:
+        return int(next(m for m in at.metric if m.label == "Detected").value)
+
+    default = shown()
+    assert 1200 < default < 1800  # the demo scene has about 1500 droplets
+    at.slider(key="w_detect_threshold").set_value(0.9).run()
+    assert shown() < default
+    at.slider(key="w_detect_threshold").set_value(0.5)
+    at.slider(key="w_detect_min_radius").set_value(4.0).run()
+    assert 0 < shown() < default / 5
+    assert not at.exception
