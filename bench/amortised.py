@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench.amortised                   # everything (about 10 minutes on 2 CPU cores)
+    python -m bench.amortised                   # everything (10-15 minutes on 2 CPU cores)
     python -m bench.amortised --skip-fits       # encoder and blob_log on synthetic scenes only
 
 Prints:

@@ -91,8 +91,10 @@ class TrainSettings:
     Attributes
     ----------
     seed : PRNG seed of weights, batches and augmentation (scene seeds are fixed).
-    minutes : wall-clock budget of the optimisation (scene generation not included).
-    max_steps : stop after this many steps even if time is left (0: no limit).
+    minutes : wall-clock budget of the optimisation (scene generation not included); the
+        learning rate decays over it, so the step count depends on the machine.
+    max_steps : stop after this many steps even if time is left (0: no limit); the
+        learning rate then decays over the steps, which makes a run reproducible.
     pool_scenes : training scenes generated up front (seeds ``TRAIN_SEED_BASE + i``).
     scene_px : side of each training scene.
     crop_px : side of the random crops a batch is made of (a multiple of ``STRIDE``).
@@ -438,7 +440,9 @@ def train(settings: TrainSettings, architecture: EncoderArchitecture = EncoderAr
         elapsed = time.perf_counter() - train_start
         if elapsed >= budget_s or (settings.max_steps and n_steps >= settings.max_steps):
             break
-        fraction = min(elapsed / budget_s, 1.0)
+        # The learning rate decays over the run: over its steps when they are capped (then
+        # the run is a function of the settings alone), otherwise over its time.
+        fraction = n_steps / settings.max_steps if settings.max_steps else min(elapsed / budget_s, 1.0)
         warmup = min(1.0, (n_steps + 1) / 100.0)
         learning_rate = settings.learning_rate * warmup * 0.5 * (1.0 + np.cos(np.pi * fraction))
         index = rng.integers(0, len(pool), settings.batch)

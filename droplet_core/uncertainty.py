@@ -90,7 +90,7 @@ def droplet_uncertainty(
     rows, pixels = np.flatnonzero(own), flat[own]
     starts = np.searchsorted(owner[rows], np.arange(n))
 
-    jacobian = np.zeros((d, rows.size, fitted.shape[1]))
+    jacobian = np.zeros((d, rows.size, fitted.shape[1]), np.float32)
     prior_curvature = np.zeros((n, d))
     for j, (name, k) in enumerate(names):
         images, priors = [], []
@@ -105,7 +105,13 @@ def droplet_uncertainty(
         jacobian[j] = (images[0] - images[1]) / (2.0 * DIFFERENCE_STEP)
         prior_curvature[:, j] = -(priors[0] + priors[1] - 2.0 * log_prior) / DIFFERENCE_STEP**2
 
-    curvature = _sum_by_droplet(np.einsum("irc,jrc->rij", jacobian, jacobian), starts, rows.size) / noise_sd**2
+    # One parameter pair at a time: the (rows, d, d) products would not fit in memory at full resolution.
+    curvature = np.zeros((n, d, d))
+    for i in range(d):
+        for j in range(i, d):
+            pair = np.einsum("rc,rc->r", jacobian[i], jacobian[j], dtype=np.float64)
+            curvature[:, i, j] = curvature[:, j, i] = _sum_by_droplet(pair, starts, rows.size)
+    curvature /= noise_sd**2
     diagonal = np.einsum("nii->ni", curvature)
     curvature[:, np.arange(d), np.arange(d)] += np.maximum(prior_curvature, 0.0) + RIDGE * (
         diagonal.mean(axis=1, keepdims=True) + 1e-12
