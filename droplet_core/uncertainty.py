@@ -22,15 +22,18 @@ the droplet exists at even prior odds.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy.special import expit
 from scipy.stats import norm
 
-from droplet_core.models.common import Layout, capped_radius, patch_geometry
+from droplet_core.models.common import Layout, capped_radius, patch_geometry, per_pixel
 
 INTERVAL = 0.90
 # Written by ``python -m bench.calibration --calibrate``: per model, the model-discrepancy
@@ -80,13 +83,8 @@ def droplet_uncertainty(
     background, _ = evaluate(locs, np.zeros_like(active))
     background = np.asarray(background, np.float64).reshape(layout.n_pixels, -1)
 
-    flat, dx, dy, inside = (np.asarray(a) for a in patch_geometry(layout, locs["x"], locs["y"]))
-    distance = np.hypot(dx, dy) / np.asarray(capped_radius(layout, radius_px))
+    flat, own = (np.asarray(a) for a in _own_pixels(layout, locs["x"], locs["y"], radius_px, active))
     owner = layout.droplet
-    distance = np.where(inside & (active[owner] > 0), distance, np.inf)
-    nearest = np.full(layout.n_pixels, np.inf)
-    np.minimum.at(nearest, flat, distance)
-    own = np.isfinite(distance) & (distance <= nearest[flat])
     rows, pixels = np.flatnonzero(own), flat[own]
     starts = np.searchsorted(owner[rows], np.arange(n))
 
@@ -100,7 +98,7 @@ def droplet_uncertainty(
             shift[:, k] = sign * DIFFERENCE_STEP * active
             moved[name] = locs[name] + shift.reshape(locs[name].shape)
             image, prior = evaluate(moved, active)
-            images.append(np.asarray(image, np.float64).reshape(layout.n_pixels, -1)[pixels])
+            images.append(np.asarray(image).reshape(layout.n_pixels, -1)[pixels])
             priors.append(np.asarray(prior, np.float64))
         jacobian[j] = (images[0] - images[1]) / (2.0 * DIFFERENCE_STEP)
         prior_curvature[:, j] = -(priors[0] + priors[1] - 2.0 * log_prior) / DIFFERENCE_STEP**2
@@ -132,6 +130,18 @@ def droplet_uncertainty(
         sds[name] = sd[:, column : column + width].reshape(value.shape)
         column += width
     return sds, p_exists
+
+
+@partial(jax.jit, static_argnums=0)
+def _own_pixels(layout: Layout, x_px, y_px, radius_px, active):
+    """Each patch pixel's flat image index ``(L,)`` and whether it is its droplet's own
+    ``(L,)``: in the image, of an active droplet, and nearer to it (in its radii) than to any
+    other droplet whose patch covers it. Jitted, so the ``(L,)`` intermediates are fused away."""
+    flat, dx, dy, inside = patch_geometry(layout, x_px, y_px)
+    distance = jnp.hypot(dx, dy) / capped_radius(layout, radius_px)
+    distance = jnp.where(inside & (per_pixel(layout, active) > 0), distance, jnp.inf)
+    nearest = jnp.full(layout.n_pixels, jnp.inf).at[flat].min(distance)
+    return flat, jnp.isfinite(distance) & (distance <= nearest[flat])
 
 
 def _sum_by_droplet(per_row: np.ndarray, starts: np.ndarray, total: int) -> np.ndarray:

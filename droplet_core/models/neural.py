@@ -34,6 +34,8 @@ POSITION_PRIOR_SD_PX = 3.0
 HIDDEN_DIMS = (32, 16, 8)
 GALLERY_RADII_PX = (2.0, 4.0, 8.0)
 GALLERY_SIZE_PX = 25
+# Pixels the optics MLP renders at once (see apply_in_chunks).
+PIXELS_PER_CHUNK = 65536
 
 
 class DropletOptics(nn.Module):
@@ -56,6 +58,19 @@ class DropletOptics(nn.Module):
         delta = nn.Dense(self.channels, name="output")(h)
         # logit(background) makes delta = 0 the identity, unlike the seed's sigmoid(bg + delta).
         return jax.nn.sigmoid(jax.scipy.special.logit(jnp.clip(background, 1e-4, 1 - 1e-4)) + delta)
+
+
+def apply_in_chunks(optics, features):
+    """``optics`` on ``(p, f)`` per-pixel features, ``PIXELS_PER_CHUNK`` pixels at a time.
+
+    Each chunk is recomputed in the backward pass instead of stored: the MLP's activations
+    are held for one chunk, not for every pixel (gigabytes at full resolution).
+    """
+    count = features.shape[0]
+    chunks = -(-count // PIXELS_PER_CHUNK)
+    padded = jnp.pad(features, ((0, chunks * PIXELS_PER_CHUNK - count), (0, 0)))
+    rendered = jax.lax.map(jax.checkpoint(optics), padded.reshape(chunks, PIXELS_PER_CHUNK, -1))
+    return rendered.reshape(chunks * PIXELS_PER_CHUNK, -1)[:count]
 
 
 def feature_count(spec: ModelSpec) -> int:
@@ -103,7 +118,7 @@ def model(observed, anchors, active, spec: ModelSpec):
     )
     features, covered = nearest_droplet_features(x, y, radius, composition, active, spec)
     background = background_image.reshape(-1, c)
-    rendered = optics(jnp.concatenate([background, features], axis=-1))
+    rendered = apply_in_chunks(optics, jnp.concatenate([background, features], axis=-1))
     image = jnp.where(covered[:, None] > 0, rendered, background).reshape(layout.height, layout.width, c)
     numpyro.deterministic("reconstruction", image)
     numpyro.deterministic("strength", droplet_strength(optics, bg, radius, composition))
