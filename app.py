@@ -129,7 +129,7 @@ def registry():
 def device_description() -> str:
     """The device fits run on (imports the fit engine, hence JAX, once)."""
     try:
-        from droplet_core.fit import jax_device_description
+        from droplet_core.provenance import jax_device_description
 
         return jax_device_description()
     except Exception as exc:  # the engine missing or JAX failing must not break the app

@@ -18,7 +18,7 @@ Prints:
    step counts; the first that reaches the first fit's RMSE gives the time ratio.
 3. SVI fits initialised by the encoder and by LoG candidates, at a ladder of step
    counts, on the example and on synthetic scene 1: the first step count (and its
-   time) at which each reaches the RMSE that both reach at the default 300 steps, and
+   time) at which each reaches the RMSE that both reach at the default step count, and
    on the scene the F1 against truth.
 4. On the example: the encoder's detections against two templates fits as truth, a long
    one (1000 steps, LoG-initialised so it owes nothing to the encoder) and section 2's
@@ -45,6 +45,7 @@ from droplet_core.settings import FitSettings
 
 EXAMPLE = Path("../shared/data/example.jpg")
 LADDER = (50, 100, 150, 200, 300)
+DEFAULT_STEPS = FitSettings().steps
 SCREENSHOT = Path("docs/encoder_example.png")
 # Region of the example drawn in the screenshot (x0, y0, x1, y1, px of the full image).
 SCREENSHOT_BOX = (600, 500, 1240, 980)
@@ -149,18 +150,18 @@ def initialisers(image: np.ndarray, sha: str, name: str, downscale: int, truth: 
     }
     target = max(r["rmse"] for r in finals.values())
     print(f"\n3. SVI initialised by the encoder vs by LoG: {name} (templates, grey, downscale {downscale})")
-    print(f"   target: RMSE {target:.4f}, the worse of the two 300-step fits")
+    print(f"   target: RMSE {target:.4f}, the worse of the two {DEFAULT_STEPS}-step fits")
     for init, final in finals.items():
         runs = first_reaching(image, sha, lambda steps: FitSettings(downscale=downscale, steps=steps, initializer=init),
                               target)
         reached = runs[-1]["rmse"] <= target
         reach_text = (f"reaches it at {runs[-1]['steps']} steps, {runs[-1]['seconds']:.1f} s" if reached
-                      else "does not reach it below 300 steps")
+                      else f"does not reach it below {DEFAULT_STEPS} steps")
         quality = ""
         if truth is not None:
             score = match_droplets(truth, final["result"].droplets)
-            quality = f"; 300 steps F1 {score.f1:.3f}, radius err {score.median_radius_error:.3f}"
-        print(f"   {init:<8} 300 steps: RMSE {final['rmse']:.4f}, {final['seconds']:.1f} s, {final['droplets']} "
+            quality = f"; {DEFAULT_STEPS} steps F1 {score.f1:.3f}, radius err {score.median_radius_error:.3f}"
+        print(f"   {init:<8} {DEFAULT_STEPS} steps: RMSE {final['rmse']:.4f}, {final['seconds']:.1f} s, {final['droplets']} "
               f"droplets{quality}; {reach_text}")
         print(f"            ladder: {_ladder_text(runs)}")
 
@@ -175,7 +176,7 @@ def encoder_vs_fit(image: np.ndarray, sha: str, default_fit: dict) -> None:
     print(f"\n4. Encoder (RGB, downscale 4): {len(found)} droplets in {seconds:.2f} s, against templates fits of the "
           "example as truth")
     references = {"1000 steps, LoG start (owes nothing to the encoder)": long_fit,
-                  "300 steps, encoder start (section 2's first fit)": default_fit}
+                  f"{DEFAULT_STEPS} steps, encoder start (section 2's first fit)": default_fit}
     for name, reference in references.items():
         score = match_droplets(reference["result"].droplets, found)
         print(f"   {name}: {reference['droplets']} droplets, RMSE {reference['rmse']:.4f}, {reference['seconds']:.1f} s")

@@ -18,7 +18,7 @@ References, all measured in this run on this machine:
   RMSE against steps and marked so.
 
 Droplet runs as a user runs it (``run_fit`` with ``FitSettings(model, channel,
-downscale=4)``, default 300 steps), timed by its own ``total_s`` (detection, compilation
+downscale=4)``, default step count), timed by its own ``total_s`` (detection, compilation
 and fitting), and again at fewer steps (``--ladder``) to find the first step count whose
 fit reaches the reference RMSE. RMSE is per channel, averaged over channels for RGB.
 The templates reference resizes with Pillow as the seed does, Droplet block-averages:
@@ -143,7 +143,7 @@ def print_trajectory(name: str, trajectory: dict) -> None:
 
 
 def print_summary(rows: list[tuple[str, dict, dict, list[dict]]]) -> None:
-    print("\nDroplet (default 300 steps) against the reference; ratio = reference seconds / Droplet seconds")
+    print(f"\nDroplet (default {FitSettings().steps} steps) against the reference; ratio = reference seconds / Droplet seconds")
     header = (f"{'model':<10} {'reference':<36} {'time is':<13} {'ref s':>8} {'ref RMSE':>8} "
               f"{'Droplet s':>9} {'RMSE':>7} {'ratio':>7} {'target':>7} {'met':>4}")
     print(header)
@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--neural-steps", type=int, default=DEFAULT_STEPS["neural"], help="seed-style neural budget")
     parser.add_argument("--chunk", type=int, default=250, help="reference steps per jitted call and RMSE checkpoint")
     parser.add_argument("--ladder", type=int, nargs="+", default=[50, 100],
-                        help="Droplet step counts tried besides the default 300")
+                        help="Droplet step counts tried besides the default")
     args = parser.parse_args()
 
     data = read_image_bytes(args.image)

@@ -224,6 +224,7 @@ def _detect(args) -> int:
 
     from droplet_core import encoder
     from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.provenance import jax_device_description, library_versions
 
     started = time.perf_counter()
     if not 0.0 <= args.threshold <= 1.0:
@@ -253,8 +254,8 @@ def _detect(args) -> int:
         "droplet_count": len(droplets),
         "reconstruction": None,
         "note": "the encoder detects droplets but renders no reconstruction; overlay.png shows the detections",
-        "device": encoder.device_description(),
-        "versions": encoder.library_versions(),
+        "device": jax_device_description(),
+        "versions": library_versions(),
         "timings": {"load_s": round(loaded - started, 4), "prepare_s": round(prepared - loaded, 4),
                     "weights_and_compile_s": round(compiled - prepared, 4),
                     "compute_s": round(computed - compiled + prepared - loaded, 4),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +46,9 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from scipy.spatial import cKDTree
 
-import droplet_core
 from droplet_core.channels import extract_channel
 from droplet_core.matching import match_droplets
+from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.scenes import SceneSettings, make_scene
 
 STRIDE = 2
@@ -498,7 +497,7 @@ def train(settings: TrainSettings, architecture: EncoderArchitecture = EncoderAr
         "curve": curve,
         "timings": {"scenes_s": round(generated - started, 1), "train_s": round(time.perf_counter() - train_start, 1)},
         "versions": library_versions(),
-        "device": device_description(),
+        "device": jax_device_description(),
         "parameter_count": int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params))),
     }
     return params, record
@@ -539,26 +538,6 @@ def curve_png(record: dict, size: tuple[int, int] = (640, 320)) -> Image.Image:
             draw.text((width - margin - 200, 12 + 12 * (colour[0] < 100)), f"{name} {record['curve'][-1][name]:.3f}", fill=colour)
     draw.text((margin, height - margin + 8), f"step 0 .. {len(losses)}", fill="black")
     return image
-
-
-def device_description() -> str:
-    """The device the encoder runs on, e.g. ``"cpu:0 (cpu)"``."""
-    device = jax.devices()[0]
-    return f"{device.platform}:{device.id} ({device.device_kind})"
-
-
-def library_versions() -> dict:
-    return {
-        "droplet_core": droplet_core.__version__,
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-    }
-
-
-# --- images as uploaded ---------------------------------------------------------------
 
 
 def prepare_image(image: np.ndarray, channel: str = "rgb", downscale: int = 0) -> tuple[np.ndarray, int]:

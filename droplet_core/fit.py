@@ -12,17 +12,14 @@ droplets are switched on and off through an ``active`` mask).
 from __future__ import annotations
 
 import datetime as dt
-import platform
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 from functools import partial
+from typing import NamedTuple
 
-import flax
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -36,12 +33,12 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
 from scipy.spatial import cKDTree
 
-import droplet_core
 from droplet_core import encoder, images
 from droplet_core.channels import extract_channel
 from droplet_core.detect import centre_contrast, contrast_image, find_candidates
 from droplet_core.models import VARIANTS
 from droplet_core.models.common import ModelSpec, make_layout
+from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.results import FitResult, rmse_per_channel
 from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitProgress, FitSettings
 from droplet_core.store import fit_key
@@ -83,25 +80,6 @@ DROPLET_PLATE = "droplets"
 
 class FitError(ValueError):
     """A fit that cannot run or did not converge; the message is one line for the user."""
-
-
-def jax_device_description() -> str:
-    """The device fits run on, e.g. ``"cpu:0 (cpu)"`` or ``"gpu:0 (NVIDIA H100)"``."""
-    device = jax.devices()[0]
-    return f"{device.platform}:{device.id} ({device.device_kind})"
-
-
-def library_versions() -> dict:
-    return {
-        "droplet_core": droplet_core.__version__,
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "numpyro": numpyro.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def prepare_channel(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, int, tuple[int, int]]:

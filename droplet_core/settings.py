@@ -44,7 +44,7 @@ class FitSettings:
     channel: str = "grey"
     downscale: int = 0
     droplets: int = 0
-    steps: int = 300
+    steps: int = 150
     learning_rate: float = 0.02
     seed: int = 0
     mask_types: int = 6
