@@ -31,6 +31,16 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+@pytest.fixture(autouse=True, scope="module")
+def own_store(tmp_path_factory):
+    """A store of this module's own: other test files fit the same small scenes, and a fit
+    they stored would show here as ``stored`` instead of ``fitted``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DROPLET_STORE", str(tmp_path_factory.mktemp("batch-store")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
