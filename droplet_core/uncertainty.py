@@ -75,7 +75,7 @@ def droplet_uncertainty(
     sds : site name -> ``(n,)`` or ``(n, k)`` posterior sd in unconstrained units.
     p_exists : (n,) probability that each droplet exists (0 for unused slots).
     """
-    names = [(name, k) for name, value in locs.items() for k in range(int(np.prod(value.shape[1:]) or 1))]
+    names = [(name, k) for name, value in locs.items() for k in range(int(np.prod(value.shape[1:])))]
     n, d = layout.n_droplets, len(names)
     active = np.asarray(active, np.float32)
     fitted, log_prior = (np.asarray(a, np.float64) for a in evaluate(locs, active))
@@ -126,7 +126,7 @@ def droplet_uncertainty(
     sd = np.sqrt(np.einsum("nii->ni", covariance))
     sds, column = {}, 0
     for name, value in locs.items():
-        width = int(np.prod(value.shape[1:]) or 1)
+        width = int(np.prod(value.shape[1:]))
         sds[name] = sd[:, column : column + width].reshape(value.shape)
         column += width
     return sds, p_exists
