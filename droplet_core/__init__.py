@@ -1,6 +1,9 @@
 """Droplet core: probabilistic fitting of droplet microscopy images (no Streamlit here)."""
 
 import os
+from pathlib import Path
+
+import jax
 
 __version__ = "0.1.0"
 
@@ -11,3 +14,18 @@ __version__ = "0.1.0"
 _COMPILE_FLAG = "--xla_backend_optimization_level"
 if _COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_COMPILE_FLAG}=1".strip()
+
+# Compiled fit programs are kept on disk and reused by every later process: a refit, another
+# image of a similar size or the next CLI call skips compilation (bench/compile_cache.py).
+# DROPLET_COMPILATION_CACHE picks the folder ("" turns the cache off); a cache the user set
+# for JAX itself is kept.
+COMPILATION_CACHE_MAX_BYTES = 1 << 30
+if jax.config.jax_compilation_cache_dir is None:
+    _cache = os.environ.get(
+        "DROPLET_COMPILATION_CACHE",
+        str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "droplet" / "jax"),
+    )
+    if _cache:
+        jax.config.update("jax_compilation_cache_dir", _cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)

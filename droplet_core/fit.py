@@ -28,14 +28,15 @@ import pandas as pd
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.distributions.util import sum_rightmost
-from numpyro.handlers import condition, seed, substitute, trace
+from numpyro.handlers import condition, replay, seed, substitute, trace
 from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 from scipy.spatial import cKDTree
 
 from droplet_core import encoder, images
 from droplet_core.channels import extract_channel
-from droplet_core.detect import centre_contrast, contrast_image, find_candidates
+from droplet_core.detect import centre_contrast, contrast_image, find_candidates, strong_peaks
 from droplet_core.models import VARIANTS
 from droplet_core.models.common import ModelSpec, make_layout
 from droplet_core.provenance import jax_device_description, library_versions
@@ -66,10 +67,8 @@ MERGE_FRACTION_OF_RADIUS = 1.0
 # Spare droplet slots (inactive until the residual shows a droplet the candidates missed).
 SPARE_SLOTS_FRACTION = 0.2
 SPARE_SLOTS_MIN = 16
+# A missed droplet stands far above the residual's noise.
 RESIDUAL_PEAK_NOISE_SDS = 6.0
-# A missed droplet stands far above the residual's noise; a low LoG threshold would only
-# find thousands of noise blobs (and blob_log's pairwise pruning of them is slow).
-RESIDUAL_PEAK_THRESHOLD_SD = 12.0
 GUIDE_INIT_SCALE = 0.01
 FINAL_RATE_FRACTION = 0.05
 MIN_RADIUS_PX = 1.0
@@ -179,6 +178,22 @@ class MeanFieldGuide:
     def median(self, params: dict) -> dict:
         """Each latent's posterior median, in its own (constrained) space."""
         return {name: t(params[f"{name}_auto_loc"]) for name, t in self.transforms.items()}
+
+
+class OrderedTraceELBO(Trace_ELBO):
+    """``Trace_ELBO`` with one particle, its ``log p - log q`` terms summed in trace order.
+
+    ``Trace_ELBO`` sums over a Python set of site names, whose order follows the process's
+    string-hash seed: the compiled program, and the rounding of the loss, then differ from
+    one process to the next, so a fit is not bit-reproducible across processes and no
+    process can reuse another's compiled program from the compilation cache.
+    """
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        model_key, guide_key = jax.random.split(rng_key)
+        log_q, guide_trace = log_density(seed(guide, guide_key), args, kwargs, param_map)
+        log_p, _ = log_density(replay(seed(model, model_key), guide_trace), args, kwargs, param_map)
+        return {"loss": log_q - log_p, "mutable_state": None}
 
 
 def latent_sites(model, *args) -> dict:
@@ -314,7 +329,7 @@ def run_fit(
     else:
         init_values = {name: biject_to(site.support)(init_params[f"{name}_auto_loc"]) for name, site in sites.items()}
     guide = MeanFieldGuide(init_values, sites, GUIDE_INIT_SCALE)
-    svi = SVI(model, guide, _optimizer(settings, warm_start is not None), Trace_ELBO())
+    svi = SVI(model, guide, _optimizer(settings, warm_start is not None), OrderedTraceELBO())
     state = jax.jit(svi.init)(svi_key, observed_j, anchors_j, jnp.asarray(active), init_params=init_params)
 
     # Image and anchors are arguments, not closed-over constants: XLA compiles large
@@ -491,13 +506,12 @@ def _with_spare_slots(candidates: np.ndarray) -> np.ndarray:
 def _residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray) -> np.ndarray:
     """``(k, 4)`` droplets the fit misses: strong blobs of the ``(h, w, c)`` residual that do not
     lie inside an active droplet (those are imperfections of that droplet), strongest first."""
-    peaks = find_candidates(
-        residual, min_radius_px=MIN_RADIUS_PX, max_radius_px=MAX_RADIUS_PX, threshold_sd=RESIDUAL_PEAK_THRESHOLD_SD
-    )
     # The residual's own robust spread, not the model's noise estimate: while droplets are
     # missing, the model explains them as noise and its noise estimate is inflated.
     spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
-    peaks = peaks[np.abs(peaks["contrast"]) > RESIDUAL_PEAK_NOISE_SDS * spread]
+    peaks = strong_peaks(
+        residual, RESIDUAL_PEAK_NOISE_SDS * spread, min_radius_px=MIN_RADIUS_PX, max_radius_px=MAX_RADIUS_PX
+    )
     index = np.flatnonzero(active > 0)
     if peaks.empty or index.size == 0:
         return peaks.to_numpy(np.float32).reshape(-1, 4)
