@@ -15,7 +15,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache
 from typing import NamedTuple
 
 import jax
@@ -28,7 +28,7 @@ import pandas as pd
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.distributions.util import sum_rightmost
-from numpyro.handlers import condition, replay, seed, substitute, trace
+from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
@@ -38,7 +38,7 @@ from droplet_core import encoder, images
 from droplet_core.channels import extract_channel
 from droplet_core.detect import centre_contrast, contrast_image, find_candidates, strong_peaks
 from droplet_core.models import VARIANTS
-from droplet_core.models.common import ModelSpec, make_layout
+from droplet_core.models.common import ModelSpec, bucket_size, make_layout
 from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.results import FitResult, rmse_per_channel
 from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitProgress, FitSettings
@@ -70,6 +70,8 @@ SPARE_SLOTS_MIN = 16
 # A missed droplet stands far above the residual's noise.
 RESIDUAL_PEAK_NOISE_SDS = 6.0
 GUIDE_INIT_SCALE = 0.01
+# Guide scale of a reused (frozen) appearance: its samples are its location.
+FROZEN_SCALE = 1e-6
 FINAL_RATE_FRACTION = 0.05
 MIN_RADIUS_PX = 1.0
 MAX_RADIUS_PX = 12.0
@@ -125,12 +127,13 @@ def _candidates(observed: np.ndarray, image: np.ndarray, factor: int, settings: 
 
 
 class LatentSite(NamedTuple):
-    """A latent site's support, its number of event dimensions, and whether it is one of
-    the per-droplet sites (in the model's ``"droplets"`` plate)."""
+    """A latent site's support, its number of event dimensions, whether it is one of the
+    per-droplet sites (in the model's ``"droplets"`` plate), and its shape."""
 
     support: constraints.Constraint
     event_dim: int
     per_droplet: bool
+    shape: tuple[int, ...]
 
 
 class MeanFieldGuide:
@@ -139,24 +142,31 @@ class MeanFieldGuide:
     Written out instead of ``AutoNormal`` because AutoNormal discovers the model by running
     it eagerly, op by op, which costs seconds of XLA compilation for every new image size;
     this guide is a pure function, so ``svi.init`` is jitted like the updates. Parameters are
-    named ``<site>_auto_loc`` / ``<site>_auto_scale`` like AutoNormal's.
+    named ``<site>_auto_loc`` / ``<site>_auto_scale`` like AutoNormal's; their starting values
+    come from ``initial_params`` through ``svi.init(..., init_params=...)``, so that no
+    image's values are compiled into the programs.
     """
 
-    def __init__(self, init_values: dict, sites: dict, init_scale: float):
-        self.init_values = init_values
+    def __init__(self, sites: dict):
         self.transforms = {name: biject_to(site.support) for name, site in sites.items()}
         self.event_dims = {name: site.event_dim for name, site in sites.items()}
-        self.init_scale = init_scale
+        self.shapes = {name: self.transforms[name].inverse_shape(site.shape) for name, site in sites.items()}
+
+    def initial_params(self, values: dict, scales: dict[str, float]) -> dict:
+        """Guide parameters centred on ``values`` (constrained, per site) with the given scales."""
+        params = {}
+        for name, transform in self.transforms.items():
+            loc = np.asarray(transform.inv(jnp.asarray(values[name], jnp.float32)))
+            params[f"{name}_auto_loc"] = loc
+            params[f"{name}_auto_scale"] = np.full(loc.shape, scales[name], np.float32)
+        return params
 
     def __call__(self, *args, **kwargs):
         locs, scales = {}, {}
-        for name, transform in self.transforms.items():
-            init_loc = transform.inv(jnp.asarray(self.init_values[name]))
-            locs[name] = numpyro.param(f"{name}_auto_loc", init_loc)
+        for name, shape in self.shapes.items():
+            locs[name] = numpyro.param(f"{name}_auto_loc", jnp.zeros(shape))
             scales[name] = numpyro.param(
-                f"{name}_auto_scale",
-                jnp.full(jnp.shape(init_loc), self.init_scale),
-                constraint=constraints.softplus_positive,
+                f"{name}_auto_scale", jnp.ones(shape), constraint=constraints.softplus_positive
             )
         # One normal draw for all sites, handed out in slices: XLA compiles every
         # random.normal call on its own, and per-site draws were most of a fit's compile time.
@@ -208,6 +218,7 @@ def latent_sites(model, *args) -> dict:
                     site["fn"].support,
                     len(site["fn"].event_shape),
                     any(frame.name == DROPLET_PLATE for frame in site["cond_indep_stack"]),
+                    tuple(site["value"].shape),
                 )
                 for name, site in sites.items()
                 if site["type"] == "sample" and not site["is_observed"]
@@ -219,17 +230,98 @@ def latent_sites(model, *args) -> dict:
     return supports
 
 
-def _optimizer(settings: FitSettings, warm: bool):
-    """Adam with a warm-up and cosine decay; a continued fit goes on at the final, small rate
-    (fresh Adam moments make large first steps, which would undo what was reached)."""
+def learning_rates(settings: FitSettings, warm: bool) -> np.ndarray:
+    """``(steps,)`` Adam learning rate of every step: a warm-up and cosine decay, or for a
+    continued fit the final, small rate (fresh Adam moments make large first steps, which
+    would undo what was reached). Rates are inputs of the compiled update, not constants in
+    it, so fits of any length and rate share one program."""
     final_rate = settings.learning_rate * FINAL_RATE_FRACTION
     if warm:
-        return optax_to_numpyro(optax.adam(final_rate))
+        return np.full(settings.steps, final_rate, np.float32)
     warmup = max(settings.steps // 20, 1)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, settings.learning_rate, warmup, max(settings.steps, warmup + 1), end_value=final_rate
     )
-    return optax_to_numpyro(optax.adam(schedule))
+    return np.asarray(schedule(np.arange(settings.steps)), np.float32)
+
+
+class Programs(NamedTuple):
+    """One variant's compiled programs for one shape of problem (see ``_programs``)."""
+
+    sites: dict
+    guide: MeanFieldGuide
+    svi: SVI
+    init: Callable
+    run_chunk: Callable
+    evaluate: Callable
+
+
+@lru_cache(maxsize=4)
+def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
+    """The jitted programs of ``model_name`` for a spec of this pytree structure and shapes.
+
+    They take the image, anchors, active mask, spec, learning rates and whether the
+    appearance is frozen as arguments, so every fit of the same shape (the layout is padded
+    to coarse sizes) reuses them, in this process and through JAX's compilation cache.
+    """
+    variant = VARIANTS[model_name]
+    spec = jax.tree.unflatten(spec_tree, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaf_shapes])
+    layout = spec.layout
+    abstract = (
+        jax.ShapeDtypeStruct((layout.height, layout.width, layout.channels), jnp.float32),
+        jax.ShapeDtypeStruct((layout.n_droplets, 3), jnp.float32),
+        jax.ShapeDtypeStruct((layout.n_droplets,), jnp.float32),
+        spec,
+    )
+    sites = latent_sites(variant.model, *abstract)
+    guide = MeanFieldGuide(sites)
+    optimizer = optax_to_numpyro(optax.inject_hyperparams(optax.adam)(learning_rate=0.0))
+    svi = SVI(variant.model, guide, optimizer, OrderedTraceELBO())
+    appearance = [name for name in sites if variant.is_appearance_site(name)]
+
+    def update(state, rate, freeze_appearance, *args):
+        step, (params, optax_state) = state.optim_state
+        hyperparams = {**optax_state.hyperparams, "learning_rate": rate}
+        state = state._replace(optim_state=(step, (params, optax_state._replace(hyperparams=hyperparams))))
+        new_state, loss = svi.update(state, *args)
+        step, (new_params, optax_state) = new_state.optim_state
+        new_params = dict(new_params)
+        for name in appearance:
+            for param in (f"{name}_auto_loc", f"{name}_auto_scale"):
+                new_params[param] = jnp.where(freeze_appearance, params[param], new_params[param])
+        return new_state._replace(optim_state=(step, (new_params, optax_state))), loss
+
+    @jax.jit
+    def run_chunk(state, rates, freeze_appearance, n_steps, *args):
+        def body(state, step):
+            i, rate = step
+            return jax.lax.cond(
+                i < n_steps,
+                lambda s: update(s, rate, freeze_appearance, *args),
+                lambda s: (s, jnp.float32(jnp.nan)),
+                state,
+            )
+
+        return jax.lax.scan(body, state, (jnp.arange(CHUNK_STEPS), rates))
+
+    @jax.jit
+    def evaluate(params, observed, anchors, active, spec):
+        values = guide.median(params)
+        traced = trace(substitute(seed(variant.model, 0), data=values)).get_trace(observed, anchors, active, spec)
+        log_prior = sum(
+            _droplet_log_prior(traced[name], guide.transforms[name], params[f"{name}_auto_loc"])
+            for name, site in sites.items()
+            if site.per_droplet
+        )
+        return values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior
+
+    return Programs(sites, guide, svi, jax.jit(svi.init), run_chunk, evaluate)
+
+
+def programs_for(model_name: str, spec: ModelSpec) -> Programs:
+    """``_programs`` of ``model_name`` for ``spec``'s structure and array shapes."""
+    leaves, tree = jax.tree.flatten(spec)
+    return _programs(model_name, tree, tuple((np.shape(leaf), np.asarray(leaf).dtype) for leaf in leaves))
 
 
 def _radius_px(values: dict) -> np.ndarray:
@@ -304,58 +396,34 @@ def run_fit(
         anchors = warm_start.params["_anchors"]
         active = warm_start.params["_active"].astype(np.float32)
         polarity = float(warm_start.params["_polarity"])
-        init_params = {k: jnp.asarray(v) for k, v in warm_start.params.items() if k not in INTERNAL_PARAMS}
     else:
         found = _candidates(observed, image, factor, settings)
         polarity = 1.0 if np.median(found[:, 3]) >= 0 else -1.0
-        candidates = found if settings.droplets else _with_spare_slots(found)
+        candidates = _with_spare_slots(found, spare=settings.droplets == 0)
         anchors = candidates[:, :3].copy()
         active = (np.arange(len(candidates)) < len(found)).astype(np.float32)
-        init_params = None
     detected = time.perf_counter()
 
     layout = make_layout(observed.shape, anchors[:, 2], variant.EXTENT)
     spec = ModelSpec(layout, polarity, settings.mask_types, settings.mask_size)
-    model = partial(variant.model, spec=spec)
+    programs = programs_for(settings.model, spec)
+    sites, guide = programs.sites, programs.guide
+    if warm_start is not None:
+        init_params = {k: v for k, v in warm_start.params.items() if k not in INTERNAL_PARAMS}
+    else:
+        init_values = variant.initial_values(observed, candidates, spec, init_key)
+        init_params = guide.initial_params(init_values, {name: GUIDE_INIT_SCALE for name in sites})
+    fixed = _fixed_appearance(variant, settings, appearance_source, sites)
+    init_params.update(fixed)
+    freeze_appearance = jnp.asarray(bool(fixed))
     observed_j = jnp.asarray(observed)
     anchors_j = jnp.asarray(anchors)
-    sites = latent_sites(model, observed_j, anchors_j, jnp.asarray(active))
-    fixed = _fixed_appearance(variant, settings, appearance_source, sites)
-    if fixed:
-        model = condition(model, data=fixed)
-        sites = {name: site for name, site in sites.items() if name not in fixed}
-    if init_params is None:
-        init_values = variant.initial_values(observed, np.asarray(candidates), spec, init_key)
-    else:
-        init_values = {name: biject_to(site.support)(init_params[f"{name}_auto_loc"]) for name, site in sites.items()}
-    guide = MeanFieldGuide(init_values, sites, GUIDE_INIT_SCALE)
-    svi = SVI(model, guide, _optimizer(settings, warm_start is not None), OrderedTraceELBO())
-    state = jax.jit(svi.init)(svi_key, observed_j, anchors_j, jnp.asarray(active), init_params=init_params)
-
-    # Image and anchors are arguments, not closed-over constants: XLA compiles large
-    # constants slowly.
-    @jax.jit
-    def run_chunk(state, observed, anchors, active, n_steps):
-        def body(state, i):
-            return jax.lax.cond(
-                i < n_steps,
-                lambda s: svi.update(s, observed, anchors, active),
-                lambda s: (s, jnp.float32(jnp.nan)),
-                state,
-            )
-
-        return jax.lax.scan(body, state, jnp.arange(CHUNK_STEPS))
-
-    @jax.jit
-    def evaluate(params, observed, anchors, active):
-        values = guide.median(params)
-        traced = trace(substitute(seed(model, 0), data=values)).get_trace(observed, anchors, active)
-        log_prior = sum(
-            _droplet_log_prior(traced[name], guide.transforms[name], params[f"{name}_auto_loc"])
-            for name, site in sites.items()
-            if site.per_droplet
-        )
-        return values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior
+    state = programs.init(
+        svi_key, observed_j, anchors_j, jnp.asarray(active), spec,
+        init_params={k: jnp.asarray(v) for k, v in init_params.items()},
+    )
+    rates = learning_rates(settings, warm_start is not None)
+    rates = np.pad(rates, (0, -len(rates) % CHUNK_STEPS))
 
     checkpoints = {int(np.ceil(f * settings.steps / CHUNK_STEPS)) * CHUNK_STEPS for f in HOUSEKEEPING_AT}
     losses: list[np.ndarray] = []
@@ -368,7 +436,10 @@ def run_fit(
             break
         n_steps = min(CHUNK_STEPS, settings.steps - done)
         chunk_started = time.perf_counter()
-        state, chunk_losses = run_chunk(state, observed_j, anchors_j, jnp.asarray(active), n_steps)
+        state, chunk_losses = programs.run_chunk(
+            state, rates[done : done + CHUNK_STEPS], freeze_appearance, n_steps,
+            observed_j, anchors_j, jnp.asarray(active), spec,
+        )
         chunk_losses = np.asarray(chunk_losses)[:n_steps]
         if done == 0:
             compile_s = time.perf_counter() - chunk_started
@@ -379,8 +450,8 @@ def run_fit(
                 f"the fit diverged (loss became NaN/inf at step {done}); try a smaller learning rate or another seed"
             )
         if done in checkpoints and done < settings.steps:
-            values, reconstruction, strength, _ = evaluate(
-                _guide_params(svi, state), observed_j, anchors_j, jnp.asarray(active)
+            values, reconstruction, strength, _ = programs.evaluate(
+                _guide_params(programs.svi, state), observed_j, anchors_j, jnp.asarray(active), spec
             )
             values = {k: np.asarray(v) for k, v in values.items()}
             active = _prune_and_merge(values, np.asarray(strength), active)
@@ -394,12 +465,12 @@ def run_fit(
             )
     fitted = time.perf_counter()
 
-    params = {k: np.asarray(v) for k, v in _guide_params(svi, state).items()}
-    values, reconstruction, _, _ = evaluate(params, observed_j, anchors_j, jnp.asarray(active))
+    params = {k: np.asarray(v) for k, v in _guide_params(programs.svi, state).items()}
+    values, reconstruction, _, _ = programs.evaluate(params, observed_j, anchors_j, jnp.asarray(active), spec)
 
     def evaluate_at(locs, active):
         moved = {**params, **{f"{name}_auto_loc": loc for name, loc in locs.items()}}
-        _, image, _, log_prior = evaluate(moved, observed_j, anchors_j, jnp.asarray(active))
+        _, image, _, log_prior = programs.evaluate(moved, observed_j, anchors_j, jnp.asarray(active), spec)
         return image, log_prior
 
     locs = {name: params[f"{name}_auto_loc"] for name, site in sites.items() if site.per_droplet}
@@ -408,7 +479,7 @@ def run_fit(
     )
     uncertainty = {f"sd_{name}": _constrained_sd(guide.transforms[name], locs[name], sd) for name, sd in sds.items()}
     uncertainty["p_exists"] = p_exists
-    values = {k: np.asarray(v) for k, v in {**fixed, **values}.items()}
+    values = {k: np.asarray(v) for k, v in values.items()}
     reconstruction = np.asarray(reconstruction, np.float32)
     discrepancy, count_discrepancy = model_discrepancy(settings.model)
     droplets = with_model_discrepancy(
@@ -474,7 +545,8 @@ def run_fit(
 
 
 def _fixed_appearance(variant, settings: FitSettings, source: FitResult | None, sites: dict) -> dict:
-    """``{site: value}`` of the reused appearance, or ``{}`` when ``settings`` reuses none."""
+    """Guide parameters of the reused appearance (the source's locations, a negligible
+    scale), or ``{}`` when ``settings`` reuses none. The fit holds them fixed."""
     if settings.appearance_from is None:
         return {}
     if source is None or source.fit_id != settings.appearance_from:
@@ -482,25 +554,28 @@ def _fixed_appearance(variant, settings: FitSettings, source: FitResult | None, 
     before = source.settings
     if (before.model, before.mask_types, before.mask_size) != (settings.model, settings.mask_types, settings.mask_size):
         raise FitError("can only reuse the appearance of a fit with the same model, droplet types and mask size")
-    fixed = {
-        name: biject_to(site.support)(jnp.asarray(source.params[f"{name}_auto_loc"]))
-        for name, site in sites.items()
-        if variant.is_appearance_site(name) and f"{name}_auto_loc" in source.params
-    }
+    fixed = {}
+    for name in sites:
+        if variant.is_appearance_site(name) and f"{name}_auto_loc" in source.params:
+            loc = np.asarray(source.params[f"{name}_auto_loc"], np.float32)
+            fixed[f"{name}_auto_loc"] = loc
+            fixed[f"{name}_auto_scale"] = np.full(loc.shape, FROZEN_SCALE, np.float32)
     if not fixed:
         raise FitError(f"the {settings.model} model has no learned appearance to reuse")
     return fixed
 
 
-def _with_spare_slots(candidates: np.ndarray) -> np.ndarray:
-    """``candidates`` ``(n, 4)`` plus inactive slots for droplets found later in the residual.
+def _with_spare_slots(candidates: np.ndarray, spare: bool) -> np.ndarray:
+    """``candidates`` ``(n, 4)`` plus inactive slots, up to a ``bucket_size``: for droplets found
+    later in the residual when ``spare``, and so that images with similar droplet counts
+    share compiled programs.
 
     Spare slots are sized like the larger candidates so their patches can draw most droplets.
     """
-    count = max(SPARE_SLOTS_MIN, int(np.ceil(SPARE_SLOTS_FRACTION * len(candidates))))
-    spare = np.tile(np.median(candidates, axis=0), (count, 1))
-    spare[:, 2] = np.percentile(candidates[:, 2], 90)
-    return np.concatenate([candidates, spare.astype(np.float32)])
+    count = len(candidates) + (max(SPARE_SLOTS_MIN, int(np.ceil(SPARE_SLOTS_FRACTION * len(candidates)))) if spare else 0)
+    slots = np.tile(np.median(candidates, axis=0), (bucket_size(count) - len(candidates), 1))
+    slots[:, 2] = np.percentile(candidates[:, 2], 90)
+    return np.concatenate([candidates, slots.astype(np.float32)])
 
 
 def _residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray) -> np.ndarray:

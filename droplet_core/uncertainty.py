@@ -132,7 +132,7 @@ def droplet_uncertainty(
     return sds, p_exists
 
 
-@partial(jax.jit, static_argnums=0)
+@jax.jit
 def _own_pixels(layout: Layout, x_px, y_px, radius_px, active):
     """Each patch pixel's flat image index ``(L,)`` and whether it is its droplet's own
     ``(L,)``: in the image, of an active droplet, and nearer to it (in its radii) than to any

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -24,14 +25,27 @@ RADIUS_CAPS_PX = (1.0, 1.5, 2.0, 2.5, 3.25, 4.0, 5.0, 6.5, 8.0, 10.0, 13.0, 16.0
 GROWTH_ROOM = 1.25
 
 
+def bucket_size(count: int, steps_per_octave: int = 8) -> int:
+    """The smallest of a coarse ladder of sizes (``steps_per_octave`` per doubling) that holds
+    ``count``: arrays padded to it give the same compiled program for most images of a
+    similar size and crowding, at most ``1 / steps_per_octave`` larger than needed."""
+    if count <= steps_per_octave:
+        return max(count, 1)
+    step = 2 ** (int(np.log2(count)) - int(np.log2(steps_per_octave)))
+    return int(-(-count // step) * step)
+
+
+@jax.tree_util.register_pytree_node_class
 @dataclass(frozen=True, eq=False)
 class Layout:
-    """Static geometry a variant's model is compiled for.
+    """Geometry of one fit's droplet patches: its arrays are arguments of the compiled
+    programs (a JAX pytree), its sizes are static.
 
     ``height``, ``width`` and ``channels`` describe the fitted image ``(h, w, c)``. The ``L``
     patch pixels of all droplets are listed in ``droplet`` ``(L,)`` (which droplet) and
     ``offset_x``, ``offset_y`` ``(L,)`` (pixel offset from the droplet's rounded centre).
-    ``radius_cap_px`` ``(n,)`` is the largest radius each droplet's patch can draw.
+    ``radius_cap_px`` ``(n,)`` is the largest radius each droplet's patch can draw. ``L`` is
+    padded (see ``bucket_size``) with pixels far outside the image, which draw nothing.
     """
 
     height: int
@@ -46,6 +60,22 @@ class Layout:
     @property
     def n_pixels(self) -> int:
         return self.height * self.width
+
+    def tree_flatten(self):
+        return (self.droplet, self.offset_x, self.offset_y, self.radius_cap_px), (
+            self.height,
+            self.width,
+            self.channels,
+            self.n_droplets,
+        )
+
+    @classmethod
+    def tree_unflatten(cls, sizes, arrays):
+        return cls(*sizes, *arrays)
+
+
+# Offset of padding patch pixels: far outside any image, so they are never drawn.
+PADDING_OFFSET_PX = -1e6
 
 
 def make_layout(shape: tuple[int, int, int], radius_px: np.ndarray, extent: float) -> Layout:
@@ -67,15 +97,19 @@ def make_layout(shape: tuple[int, int, int], radius_px: np.ndarray, extent: floa
         offset_x.append(np.tile(ox.ravel(), members.size))
         offset_y.append(np.tile(oy.ravel(), members.size))
     droplet = np.concatenate(droplet) if droplet else np.zeros(0, np.int64)
+    offset_x = np.concatenate(offset_x) if offset_x else np.zeros(0)
+    offset_y = np.concatenate(offset_y) if offset_y else np.zeros(0)
     order = np.argsort(droplet, kind="stable")
+    # Padding belongs to the last droplet, which keeps the droplet indices sorted.
+    padding = bucket_size(order.size) - order.size
     return Layout(
         height,
         width,
         channels,
         int(radius_px.size),
-        droplet[order].astype(np.int32),
-        np.concatenate(offset_x)[order].astype(np.float32) if order.size else np.zeros(0, np.float32),
-        np.concatenate(offset_y)[order].astype(np.float32) if order.size else np.zeros(0, np.float32),
+        np.concatenate([droplet[order], np.full(padding, max(radius_px.size - 1, 0))]).astype(np.int32),
+        np.concatenate([offset_x[order], np.full(padding, PADDING_OFFSET_PX)]).astype(np.float32),
+        np.concatenate([offset_y[order], np.full(padding, PADDING_OFFSET_PX)]).astype(np.float32),
         caps[cap_index].astype(np.float32),
     )
 
@@ -201,9 +235,11 @@ def uncertainty_columns(uncertainty: dict, radius_per_site_unit: float = 1.0) ->
     }
 
 
+@jax.tree_util.register_pytree_node_class
 @dataclass(frozen=True, eq=False)
 class ModelSpec:
-    """Static description of one fit's model, closed over by the jitted functions.
+    """Description of one fit's model, passed to the compiled programs as an argument (a JAX
+    pytree: the layout's arrays are traced, everything else is static).
 
     ``polarity`` is +1 when droplets are brighter than the background in the fitted channel
     and -1 when darker (single-channel variants start their droplets with that sign).
@@ -214,3 +250,10 @@ class ModelSpec:
     polarity: float
     mask_types: int
     mask_size: int
+
+    def tree_flatten(self):
+        return (self.layout,), (self.polarity, self.mask_types, self.mask_size)
+
+    @classmethod
+    def tree_unflatten(cls, static, children):
+        return cls(*children, *static)
