@@ -2,11 +2,12 @@
 
 Run from the repository root::
 
-    python -m bench.scaling                          # every model, 300 steps
+    python -m bench.scaling                          # every model, default steps
     python -m bench.scaling --models templates --steps 100
 
-Each configuration runs ``run_fit`` in a fresh subprocess so that compilation caches and
-memory high-water marks do not carry over; peak memory is the child's maximum resident
+Each configuration runs ``run_fit`` in a fresh subprocess with the compilation cache off,
+so that compiled programs and memory high-water marks do not carry over (every row is a
+first, cold fit); peak memory is the child's maximum resident
 set size (``os.wait4``), which includes the Python/JAX runtime. Two sweeps over the
 example image: downscale 1 (full resolution), 2, 3 and 4 with automatic droplet count,
 then droplet caps (``FitSettings(droplets=N)``) at downscale 4. "Step us/px" is the time
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from droplet_core.settings import FitSettings
+
 CHANNELS = {"templates": "h", "gaussian": "h", "neural": "rgb"}
 MEMORY_TARGET_MB = 2000.0
 RESULT_PREFIX = "RESULT "
@@ -36,7 +39,6 @@ def fit_once(image_path: Path, model: str, downscale: int, droplets: int, steps:
     """Run one fit in this process; the measurements of ``run_fit``'s result."""
     from droplet_core.fit import CHUNK_STEPS, run_fit
     from droplet_core.images import load_image, read_image_bytes, sha256_bytes
-    from droplet_core.settings import FitSettings
 
     data = read_image_bytes(image_path)
     settings = FitSettings(model=model, channel=CHANNELS[model], downscale=downscale, droplets=droplets, steps=steps)
@@ -61,7 +63,13 @@ def fit_once(image_path: Path, model: str, downscale: int, droplets: int, steps:
 def measure(image_path: Path, model: str, downscale: int, droplets: int, steps: int, timeout_s: float) -> dict:
     """``fit_once`` in a fresh subprocess, with its peak RSS in MB; ``{"error": ...}`` when it fails."""
     command = [sys.executable, "-m", "bench.scaling", "--child", json.dumps([str(image_path), model, downscale, droplets, steps])]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "DROPLET_COMPILATION_CACHE": ""},
+    )
     timer = threading.Timer(timeout_s, process.kill)
     timer.start()
     output = process.stdout.read()
@@ -135,7 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path, default=Path("../shared/data/example.jpg"))
     parser.add_argument("--models", nargs="+", choices=list(CHANNELS), default=list(CHANNELS))
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=FitSettings().steps)
     parser.add_argument("--downscales", type=int, nargs="+", default=[4, 3, 2, 1])
     parser.add_argument("--droplets", type=int, nargs="+", default=[250, 500, 1000, 2000],
                         help="droplet caps tried at downscale 4")

@@ -15,17 +15,25 @@ _COMPILE_FLAG = "--xla_backend_optimization_level"
 if _COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_COMPILE_FLAG}=1".strip()
 
-# Compiled fit programs are kept on disk and reused by every later process: a refit, another
-# image of a similar size or the next CLI call skips compilation (bench/compile_cache.py).
+COMPILATION_CACHE_MAX_BYTES = 1 << 30
+
+
+def use_compilation_cache(folder: str | os.PathLike) -> None:
+    """Keep compiled programs in ``folder`` (at most ``COMPILATION_CACHE_MAX_BYTES``), for
+    every later process: a refit, another image of a similar size or the next CLI call then
+    skips compilation. Takes effect only before this process's first compilation."""
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    # Small programs too: a fit also runs dozens of eager operations, each compiled on first use.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
+
+
 # DROPLET_COMPILATION_CACHE picks the folder ("" turns the cache off); a cache the user set
 # for JAX itself is kept.
-COMPILATION_CACHE_MAX_BYTES = 1 << 30
 if jax.config.jax_compilation_cache_dir is None:
-    _cache = os.environ.get(
+    _folder = os.environ.get(
         "DROPLET_COMPILATION_CACHE",
         str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "droplet" / "jax"),
     )
-    if _cache:
-        jax.config.update("jax_compilation_cache_dir", _cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
+    if _folder:
+        use_compilation_cache(_folder)

@@ -494,6 +494,7 @@ def run_fit(
 
     parent = warm_start.fit_id if warm_start is not None else None
     fit_id = fit_key(image_sha256, settings, parent, None if status == "done" else done)
+    appearance = variant.appearance(values, spec)
     finished = time.perf_counter()
     info = {
         "fit_id": fit_id,
@@ -539,7 +540,7 @@ def run_fit(
         reconstruction=reconstruction,
         losses=all_losses.astype(np.float32),
         params=params,
-        appearance=variant.appearance(values, spec),
+        appearance=appearance,
         info=info,
     )
 

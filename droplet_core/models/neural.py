@@ -82,24 +82,29 @@ def nearest_droplet_features(x, y, radius, composition, active, spec: ModelSpec)
 
     Returns ``(h * w, 3 + types)`` features (dx/r, dy/r, r, composition) and ``(h * w,)``
     coverage (1 where some droplet is within ``EXTENT`` radii, else 0).
+
+    The patches only decide which droplet owns each pixel (no gradient flows through that
+    choice); the features are then computed per pixel from the owner's parameters, so
+    nothing of patch size ``(L, ...)`` is kept for the backward pass (at full resolution
+    ``L`` is tens of millions). Equidistant droplets: the higher index owns the pixel.
     """
     layout = spec.layout
     flat, dx, dy, inside = patch_geometry(layout, x, y)
     r = capped_radius(layout, radius)
-    u, v = dx / r, dy / r
-    distance = jnp.hypot(u, v)
+    distance = jnp.hypot(dx, dy) / r
     usable = inside & (distance < EXTENT) & (per_pixel(layout, active) > 0)
-    distance = jnp.where(usable, distance, jnp.inf)
-    nearest = jnp.full((layout.n_pixels,), jnp.inf).at[flat].min(jax.lax.stop_gradient(distance))
+    distance = jax.lax.stop_gradient(jnp.where(usable, distance, jnp.inf))
+    nearest = jnp.full((layout.n_pixels,), jnp.inf).at[flat].min(distance)
     chosen = usable & (distance <= nearest[flat])
-    values = jnp.concatenate(
-        [u[:, None], v[:, None], r[:, None], per_pixel(layout, composition), jnp.ones_like(u)[:, None]], axis=1
-    )
-    summed = splat(layout, values, flat, chosen)
-    count = summed[:, -1]
-    # Exact ties (equidistant droplets) are averaged.
-    features = summed[:, :-1] / jnp.maximum(count, 1.0)[:, None]
-    return features, jnp.minimum(count, 1.0)
+    owner = jnp.full((layout.n_pixels,), -1, jnp.int32).at[flat].max(jnp.where(chosen, jnp.asarray(layout.droplet), -1))
+    covered = owner >= 0
+    owner = jnp.maximum(owner, 0)
+    row, column = jnp.divmod(jnp.arange(layout.n_pixels), layout.width)
+    owner_radius = jnp.minimum(radius, jnp.asarray(layout.radius_cap_px))[owner]
+    u = (column - x[owner]) / owner_radius
+    v = (row - y[owner]) / owner_radius
+    features = jnp.concatenate([u[:, None], v[:, None], owner_radius[:, None], composition[owner]], axis=1)
+    return jnp.where(covered[:, None], features, 0.0), covered.astype(features.dtype)
 
 
 def model(observed, anchors, active, spec: ModelSpec):
@@ -205,30 +210,33 @@ def appearance(values: dict, spec: ModelSpec) -> dict:
     offsets = np.arange(-half, half + 1, dtype=np.float32)
     dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
     optics = DropletOptics(channels=c)
-    params = optics_params(values)
     bg = np.asarray(values["bg"], np.float32)
-    tiles = []
+    features, covered = [], []
     for t in range(types):
         composition = np.zeros(types, np.float32)
         composition[t] = 1.0
         for r in GALLERY_RADII_PX:
             u, v = dx / r, dy / r
-            features = np.concatenate(
-                [
-                    np.broadcast_to(bg, dx.shape + (c,)),
-                    u[..., None],
-                    v[..., None],
-                    np.full(dx.shape + (1,), r, np.float32),
-                    np.broadcast_to(composition, dx.shape + (types,)),
-                ],
-                axis=-1,
-            ).reshape(-1, feature_count(spec))
-            tile = np.asarray(optics.apply(params, jnp.asarray(features))).reshape(dx.shape + (c,))
-            covered = (np.hypot(u, v) < EXTENT)[..., None]
-            tiles.append(np.where(covered, tile, bg))
+            features.append(
+                np.concatenate(
+                    [
+                        np.broadcast_to(bg, dx.shape + (c,)),
+                        u[..., None],
+                        v[..., None],
+                        np.full(dx.shape + (1,), r, np.float32),
+                        np.broadcast_to(composition, dx.shape + (types,)),
+                    ],
+                    axis=-1,
+                )
+            )
+            covered.append((np.hypot(u, v) < EXTENT)[..., None])
+    # One call for every tile: each eager call of the network costs its own dispatches.
+    features = np.stack(features)
+    tiles = np.asarray(optics.apply(optics_params(values), jnp.asarray(features.reshape(-1, feature_count(spec)))))
+    tiles = np.where(np.stack(covered), tiles.reshape(features.shape[:3] + (c,)), bg)
     weights = {name: np.asarray(v) for name, v in values.items() if name.startswith("optics/")}
     return {
-        "gallery": np.stack(tiles).astype(np.float32),
+        "gallery": tiles.astype(np.float32),
         "gallery_type": np.repeat(np.arange(types), len(GALLERY_RADII_PX)),
         "gallery_radius_px": np.tile(np.asarray(GALLERY_RADII_PX, np.float32), types),
         **weights,
