@@ -22,7 +22,6 @@ the droplet exists at even prior odds.
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -78,17 +77,19 @@ def droplet_uncertainty(
     names = [(name, k) for name, value in locs.items() for k in range(int(np.prod(value.shape[1:])))]
     n, d = layout.n_droplets, len(names)
     active = np.asarray(active, np.float32)
-    fitted, log_prior = (np.asarray(a, np.float64) for a in evaluate(locs, active))
-    fitted = fitted.reshape(layout.n_pixels, -1)
+    fitted, log_prior = evaluate(locs, active)
+    fitted, log_prior = np.asarray(fitted).reshape(layout.n_pixels, -1), np.asarray(log_prior, np.float64)
     background, _ = evaluate(locs, np.zeros_like(active))
-    background = np.asarray(background, np.float64).reshape(layout.n_pixels, -1)
+    background = np.asarray(background).reshape(layout.n_pixels, -1)
 
     flat, own = (np.asarray(a) for a in _own_pixels(layout, locs["x"], locs["y"], radius_px, active))
     owner = layout.droplet
     rows, pixels = np.flatnonzero(own), flat[own]
     starts = np.searchsorted(owner[rows], np.arange(n))
 
-    jacobian = np.zeros((d, rows.size, fitted.shape[1]), np.float32)
+    # Three significant digits are plenty for a curvature, and in float32 this array alone
+    # would be a third of a GB for a full-resolution RGB image.
+    jacobian = np.zeros((d, rows.size, fitted.shape[1]), np.float16)
     prior_curvature = np.zeros((n, d))
     for j, (name, k) in enumerate(names):
         images, priors = [], []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -9,6 +12,7 @@ import pandas as pd
 import pytest
 from skimage.feature import blob_log
 
+import droplet_core.fit as engine
 from droplet_core.channels import extract_channel
 from droplet_core.fit import CHUNK_STEPS, FitError, run_fit
 from droplet_core.matching import match_droplets
@@ -100,6 +104,43 @@ def test_fit_is_deterministic_given_the_seed(small_scene):
     np.testing.assert_array_equal(first.losses, second.losses)
 
 
+FIT_IN_A_FRESH_PROCESS = """
+import sys, numpy as np
+from droplet_core.fit import run_fit
+from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.settings import FitSettings
+image, _ = make_scene(7, SceneSettings(width_px=96, height_px=80, n_droplets=40))
+result = run_fit(image.astype(np.float32) / 255.0, FitSettings(steps=20, downscale=1, seed=3), image_sha256="a" * 64)
+np.save(sys.argv[1], result.losses)
+"""
+
+
+def test_fit_is_bit_identical_across_processes(tmp_path):
+    """Python's string hashing differs between processes; the compiled fit must not."""
+    losses = []
+    for hash_seed in ("1", "2"):
+        path = tmp_path / f"losses_{hash_seed}.npy"
+        environment = {**os.environ, "PYTHONHASHSEED": hash_seed, "DROPLET_COMPILATION_CACHE": ""}
+        subprocess.run([sys.executable, "-c", FIT_IN_A_FRESH_PROCESS, str(path)], check=True, env=environment)
+        losses.append(np.load(path))
+    np.testing.assert_array_equal(losses[0], losses[1])
+
+
+def test_refits_reuse_the_compiled_programs(small_scene, templates_fit):
+    """Step count, learning rate, seed and a frozen appearance are inputs of the programs."""
+    image, _ = small_scene
+    before = engine._programs.cache_info()
+    settings = [
+        FitSettings(steps=60, downscale=1, learning_rate=0.03, seed=5),
+        FitSettings(steps=50, downscale=1, appearance_from=templates_fit.fit_id),
+    ]
+    for setting in settings:
+        run_fit(image, setting, image_sha256="a" * 64, appearance_source=templates_fit)
+    after = engine._programs.cache_info()
+    assert after.misses == before.misses
+    assert after.hits == before.hits + len(settings)
+
+
 def test_positions_are_in_pixels_of_the_uploaded_image_under_downscale(small_scene, gaussian_fit):
     image, _ = small_scene
     factor = 2
@@ -178,6 +219,12 @@ def test_reused_appearance_is_held_fixed(templates_fit):
     assert result.info["appearance_from"] == templates_fit.fit_id
     score = match_droplets(truth, result.droplets)
     assert score.f1 >= 0.8, score
+    # A fit that reused an appearance passes it on unchanged.
+    again = run_fit(
+        image, FitSettings(steps=50, downscale=1, appearance_from=result.fit_id), image_sha256="e" * 64,
+        appearance_source=result,
+    )
+    np.testing.assert_array_equal(again.params["masks_auto_loc"], templates_fit.params["masks_auto_loc"])
 
 
 @pytest.mark.parametrize(
@@ -197,8 +244,6 @@ def test_reusing_appearance_needs_a_learned_look_of_the_same_model(request, smal
 
 
 def test_auto_count_adds_droplets_the_detector_missed(monkeypatch, small_scene):
-    import droplet_core.fit as engine
-
     image, truth = small_scene
     detected = engine._candidates
 

@@ -26,7 +26,6 @@ from droplet_core.models.common import (
     patch_geometry,
     per_pixel,
     sample_background,
-    splat,
 )
 
 EXTENT = 1.5
@@ -34,7 +33,7 @@ POSITION_PRIOR_SD_PX = 3.0
 HIDDEN_DIMS = (32, 16, 8)
 GALLERY_RADII_PX = (2.0, 4.0, 8.0)
 GALLERY_SIZE_PX = 25
-# Pixels the optics MLP renders at once (see apply_in_chunks).
+# Pixels the optics MLP renders at once (see map_pixel_chunks).
 PIXELS_PER_CHUNK = 65536
 
 
@@ -60,16 +59,21 @@ class DropletOptics(nn.Module):
         return jax.nn.sigmoid(jax.scipy.special.logit(jnp.clip(background, 1e-4, 1 - 1e-4)) + delta)
 
 
-def apply_in_chunks(optics, features):
-    """``optics`` on ``(p, f)`` per-pixel features, ``PIXELS_PER_CHUNK`` pixels at a time.
+def map_pixel_chunks(render, *per_pixel_arrays):
+    """``render`` on ``PIXELS_PER_CHUNK`` pixels at a time of ``(p, ...)`` arrays; ``(p, c)`` out.
 
-    Each chunk is recomputed in the backward pass instead of stored: the MLP's activations
-    are held for one chunk, not for every pixel (gigabytes at full resolution).
+    Each chunk is recomputed in the backward pass instead of stored: the features and the
+    MLP's activations are held for one chunk, not for every pixel (gigabytes at full
+    resolution).
     """
-    count = features.shape[0]
+    count = per_pixel_arrays[0].shape[0]
     chunks = -(-count // PIXELS_PER_CHUNK)
-    padded = jnp.pad(features, ((0, chunks * PIXELS_PER_CHUNK - count), (0, 0)))
-    rendered = jax.lax.map(jax.checkpoint(optics), padded.reshape(chunks, PIXELS_PER_CHUNK, -1))
+
+    def split(array):
+        padding = [(0, chunks * PIXELS_PER_CHUNK - count)] + [(0, 0)] * (array.ndim - 1)
+        return jnp.pad(array, padding).reshape(chunks, PIXELS_PER_CHUNK, *array.shape[1:])
+
+    rendered = jax.lax.map(lambda args: jax.checkpoint(render)(*args), tuple(split(a) for a in per_pixel_arrays))
     return rendered.reshape(chunks * PIXELS_PER_CHUNK, -1)[:count]
 
 
@@ -77,33 +81,42 @@ def feature_count(spec: ModelSpec) -> int:
     return spec.layout.channels + 3 + spec.mask_types
 
 
-def nearest_droplet_features(x, y, radius, composition, active, spec: ModelSpec):
-    """Per-pixel features of the nearest active droplet.
+def nearest_owner(x, y, radius, active, spec: ModelSpec):
+    """Which active droplet is nearest to each pixel (distance in its radii, within ``EXTENT``).
 
-    Returns ``(h * w, 3 + types)`` features (dx/r, dy/r, r, composition) and ``(h * w,)``
-    coverage (1 where some droplet is within ``EXTENT`` radii, else 0).
-
-    The patches only decide which droplet owns each pixel (no gradient flows through that
-    choice); the features are then computed per pixel from the owner's parameters, so
-    nothing of patch size ``(L, ...)`` is kept for the backward pass (at full resolution
-    ``L`` is tens of millions). Equidistant droplets: the higher index owns the pixel.
+    Returns the owner ``(h * w,)`` int32 (0 where none) and coverage ``(h * w,)`` bool. The
+    choice carries no gradient. Equidistant droplets: the higher index owns the pixel.
     """
     layout = spec.layout
     flat, dx, dy, inside = patch_geometry(layout, x, y)
-    r = capped_radius(layout, radius)
-    distance = jnp.hypot(dx, dy) / r
+    distance = jnp.hypot(dx, dy) / capped_radius(layout, radius)
     usable = inside & (distance < EXTENT) & (per_pixel(layout, active) > 0)
     distance = jax.lax.stop_gradient(jnp.where(usable, distance, jnp.inf))
     nearest = jnp.full((layout.n_pixels,), jnp.inf).at[flat].min(distance)
     chosen = usable & (distance <= nearest[flat])
     owner = jnp.full((layout.n_pixels,), -1, jnp.int32).at[flat].max(jnp.where(chosen, jnp.asarray(layout.droplet), -1))
-    covered = owner >= 0
-    owner = jnp.maximum(owner, 0)
-    row, column = jnp.divmod(jnp.arange(layout.n_pixels), layout.width)
+    return jnp.maximum(owner, 0), owner >= 0
+
+
+def owner_features(pixels, owner, x, y, radius, composition, spec: ModelSpec):
+    """``(k, 3 + types)`` features (dx/r, dy/r, r, composition) of flat pixel indices ``pixels``
+    ``(k,)`` from their ``owner`` droplets ``(k,)``."""
+    layout = spec.layout
+    row, column = jnp.divmod(pixels, layout.width)
     owner_radius = jnp.minimum(radius, jnp.asarray(layout.radius_cap_px))[owner]
     u = (column - x[owner]) / owner_radius
     v = (row - y[owner]) / owner_radius
-    features = jnp.concatenate([u[:, None], v[:, None], owner_radius[:, None], composition[owner]], axis=1)
+    return jnp.concatenate([u[:, None], v[:, None], owner_radius[:, None], composition[owner]], axis=1)
+
+
+def nearest_droplet_features(x, y, radius, composition, active, spec: ModelSpec):
+    """Per-pixel features of the nearest active droplet, for every pixel at once.
+
+    Returns ``(h * w, 3 + types)`` features (0 where no droplet is near) and ``(h * w,)``
+    coverage (1 where some droplet is within ``EXTENT`` radii, else 0).
+    """
+    owner, covered = nearest_owner(x, y, radius, active, spec)
+    features = owner_features(jnp.arange(spec.layout.n_pixels), owner, x, y, radius, composition, spec)
     return jnp.where(covered[:, None], features, 0.0), covered.astype(features.dtype)
 
 
@@ -121,10 +134,18 @@ def model(observed, anchors, active, spec: ModelSpec):
     optics = random_flax_module(
         "optics", DropletOptics(channels=c), dist.Normal(0.0, 1.0), input_shape=(1, feature_count(spec))
     )
-    features, covered = nearest_droplet_features(x, y, radius, composition, active, spec)
+    owner, covered = nearest_owner(x, y, radius, active, spec)
+
+    # Pixel features are built chunk by chunk from each pixel's owner, so that no
+    # (pixels, features) array is stored for the backward pass.
+    def render(pixels, background, owner, covered):
+        features = owner_features(pixels, owner, x, y, radius, composition, spec)
+        rendered = optics(jnp.concatenate([background, features], axis=-1))
+        return jnp.where(covered[:, None], rendered, background)
+
     background = background_image.reshape(-1, c)
-    rendered = apply_in_chunks(optics, jnp.concatenate([background, features], axis=-1))
-    image = jnp.where(covered[:, None] > 0, rendered, background).reshape(layout.height, layout.width, c)
+    image = map_pixel_chunks(render, jnp.arange(layout.n_pixels), background, owner, covered)
+    image = image.reshape(layout.height, layout.width, c)
     numpyro.deterministic("reconstruction", image)
     numpyro.deterministic("strength", droplet_strength(optics, bg, radius, composition))
     numpyro.sample("obs", dist.Normal(image, noise).to_event(3), obs=observed)
