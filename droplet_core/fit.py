@@ -7,6 +7,11 @@ and at fixed fractions of the run prunes droplets whose learned contribution is
 negligible, merges near-duplicates and switches spare slots on where the residual shows a
 missed droplet (this is how the model decides the droplet count without recompiling:
 droplets are switched on and off through an ``active`` mask).
+
+The jitted programs are built once per variant and padded problem shape (``_programs``):
+image, layout, learning rates and a frozen appearance are their inputs, so refits and fits
+of similar images reuse them, and JAX's compilation cache (``droplet_core/__init__.py``)
+keeps them for later processes.
 """
 
 from __future__ import annotations
