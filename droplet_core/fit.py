@@ -157,13 +157,13 @@ class MeanFieldGuide:
         self.event_dims = {name: site.event_dim for name, site in sites.items()}
         self.shapes = {name: self.transforms[name].inverse_shape(site.shape) for name, site in sites.items()}
 
-    def initial_params(self, values: dict, scales: dict[str, float]) -> dict:
-        """Guide parameters centred on ``values`` (constrained, per site) with the given scales."""
+    def initial_params(self, values: dict, scale: float) -> dict:
+        """Guide parameters of the sites in ``values`` (constrained), centred on them with ``scale``."""
         params = {}
-        for name, transform in self.transforms.items():
-            loc = np.asarray(transform.inv(jnp.asarray(values[name], jnp.float32)))
+        for name, value in values.items():
+            loc = np.asarray(self.transforms[name].inv(jnp.asarray(value, jnp.float32)))
             params[f"{name}_auto_loc"] = loc
-            params[f"{name}_auto_scale"] = np.full(loc.shape, scales[name], np.float32)
+            params[f"{name}_auto_scale"] = np.full(loc.shape, scale, np.float32)
         return params
 
     def __call__(self, *args, **kwargs):
@@ -413,13 +413,13 @@ def run_fit(
     spec = ModelSpec(layout, polarity, settings.mask_types, settings.mask_size)
     programs = programs_for(settings.model, spec)
     sites, guide = programs.sites, programs.guide
+    fixed = _fixed_appearance(variant, settings, appearance_source, sites, guide)
     if warm_start is not None:
         init_params = {k: v for k, v in warm_start.params.items() if k not in INTERNAL_PARAMS}
     else:
-        init_values = variant.initial_values(observed, candidates, spec, init_key)
-        init_params = guide.initial_params(init_values, {name: GUIDE_INIT_SCALE for name in sites})
-    fixed = _fixed_appearance(variant, settings, appearance_source, sites)
-    init_params.update(fixed)
+        init_values = variant.initial_values(observed, candidates, spec, init_key, fixed or None)
+        init_params = guide.initial_params(init_values, GUIDE_INIT_SCALE)
+    init_params.update(guide.initial_params(fixed, FROZEN_SCALE))
     freeze_appearance = jnp.asarray(bool(fixed))
     observed_j = jnp.asarray(observed)
     anchors_j = jnp.asarray(anchors)
@@ -550,9 +550,9 @@ def run_fit(
     )
 
 
-def _fixed_appearance(variant, settings: FitSettings, source: FitResult | None, sites: dict) -> dict:
-    """Guide parameters of the reused appearance (the source's locations, a negligible
-    scale), or ``{}`` when ``settings`` reuses none. The fit holds them fixed."""
+def _fixed_appearance(variant, settings: FitSettings, source: FitResult | None, sites: dict, guide) -> dict:
+    """``{site: value}`` of the reused appearance (the source's guide medians), or ``{}`` when
+    ``settings`` reuses none. The fit holds them fixed."""
     if settings.appearance_from is None:
         return {}
     if source is None or source.fit_id != settings.appearance_from:
@@ -560,12 +560,11 @@ def _fixed_appearance(variant, settings: FitSettings, source: FitResult | None, 
     before = source.settings
     if (before.model, before.mask_types, before.mask_size) != (settings.model, settings.mask_types, settings.mask_size):
         raise FitError("can only reuse the appearance of a fit with the same model, droplet types and mask size")
-    fixed = {}
-    for name in sites:
-        if variant.is_appearance_site(name) and f"{name}_auto_loc" in source.params:
-            loc = np.asarray(source.params[f"{name}_auto_loc"], np.float32)
-            fixed[f"{name}_auto_loc"] = loc
-            fixed[f"{name}_auto_scale"] = np.full(loc.shape, FROZEN_SCALE, np.float32)
+    fixed = {
+        name: np.asarray(guide.transforms[name](jnp.asarray(source.params[f"{name}_auto_loc"])))
+        for name in sites
+        if variant.is_appearance_site(name) and f"{name}_auto_loc" in source.params
+    }
     if not fixed:
         raise FitError(f"the {settings.model} model has no learned appearance to reuse")
     return fixed

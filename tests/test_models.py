@@ -34,3 +34,24 @@ def test_layout_padding_draws_nothing():
     ]
     np.testing.assert_array_equal(images[0], images[1])
     assert np.abs(images[0] - 0.5).max() > 0.05
+
+
+def test_least_squares_compositions_start_near_the_truth():
+    rng = np.random.default_rng(1)
+    types, size, n = 3, 15, 30
+    columns, rows = np.meshgrid(np.arange(6), np.arange(5))
+    x = (12.0 + 20.0 * columns.ravel()).astype(np.float32)
+    y = (12.0 + 20.0 * rows.ravel()).astype(np.float32)
+    radius = rng.uniform(3.0, 6.0, n).astype(np.float32)
+    masks = rng.normal(0.0, 0.3, (types, size, size)).astype(np.float32)
+    truth = rng.uniform(0.1, 0.9, (n, types)).astype(np.float32)
+    spec = ModelSpec(make_layout((100, 120, 1), radius, templates.EXTENT), 1.0, types, size)
+    droplet_masks = np.einsum("nt,tij->nij", truth, masks * templates.envelope(size))
+    background = np.full((100, 120, 1), 0.5, np.float32)
+    observed = np.asarray(jax.jit(templates.render)(background, x, y, radius, droplet_masks, spec))
+    observed = observed + rng.normal(0.0, 0.01, observed.shape).astype(np.float32)
+    candidates = np.stack([x, y, radius, np.zeros(n, np.float32)], axis=1)
+
+    start = templates.least_squares_composition(observed, candidates, masks, spec)
+    assert start.shape == (n, types)
+    assert np.median(np.abs(start - truth)) < 0.5 * np.median(np.abs(0.5 - truth))

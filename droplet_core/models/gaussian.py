@@ -54,9 +54,11 @@ def render(background, x, y, sigma, amplitude, spec: ModelSpec):
     return jnp.clip(background + spec.polarity * droplets, 0.0, 1.0)
 
 
-def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
-    """Start at the detector's candidates ``(n, 4)``: x, y, radius, contrast (fit px, channel units)."""
-    del key
+def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
+    """Start at the detector's candidates ``(n, 4)``: x, y, radius, contrast (fit px, channel units).
+
+    Blobs have no learned appearance, so there is none to reuse."""
+    del key, appearance
     return {
         **initial_background(observed),
         "noise": np.float32(0.05),

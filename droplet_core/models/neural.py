@@ -168,8 +168,9 @@ def droplet_strength(optics, bg, radius, composition):
     return jnp.max(jnp.abs(values - bg), axis=(1, 2))
 
 
-def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
-    """Start at the detector's candidates ``(n, 4)`` (x, y, radius, contrast); optics weights from the prior."""
+def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
+    """Start at the detector's candidates ``(n, 4)`` (x, y, radius, contrast); optics weights from
+    the prior, or those of a reused ``appearance`` (``{"optics/...": weights}``)."""
     n, types = candidates.shape[0], spec.mask_types
     comp_key, optics_key = jax.random.split(key)
     composition = np.asarray(jax.random.uniform(comp_key, (n, types), minval=0.3, maxval=0.7))
@@ -181,6 +182,7 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
     }
     # A small output layer starts the optics model close to "droplets change nothing".
     flat_weights["optics/output.kernel"] = flat_weights["optics/output.kernel"] * 0.1
+    flat_weights.update(appearance or {})
     return {
         **flat_weights,
         **initial_background(observed),

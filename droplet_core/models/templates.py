@@ -84,19 +84,25 @@ def disk_profile(size: int) -> np.ndarray:
     return np.clip(1.5 - distance, 0.0, 1.0)
 
 
-def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
+def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
     """Start at the detector's candidates ``(n, 4)`` (x, y, radius, contrast) with disk-like masks.
 
-    The masks start as slightly different disks so the types can specialise.
+    The masks start as slightly different disks so the types can specialise. With a reused
+    ``appearance`` (``{"masks": (types, m, m)}``) the compositions start at their least-squares
+    values for those masks instead (see ``least_squares_composition``).
     """
     n, types = candidates.shape[0], spec.mask_types
     contrast = float(np.median(np.abs(candidates[:, 3]))) if n else 0.1
     mask_key, comp_key = jax.random.split(key)
     jitter = 1.0 + 0.3 * np.asarray(jax.random.normal(mask_key, (types, spec.mask_size, spec.mask_size)))
     masks = spec.polarity * contrast * disk_profile(spec.mask_size)[None] * jitter
-    composition = 0.5 + 0.2 * np.asarray(jax.random.uniform(comp_key, (n, types), minval=-1.0, maxval=1.0))
-    scale = np.abs(candidates[:, 3]) / max(contrast, 1e-6)
-    composition = np.clip(composition * scale[:, None] / types * 2.0, 0.02, 0.98)
+    if appearance is None:
+        composition = 0.5 + 0.2 * np.asarray(jax.random.uniform(comp_key, (n, types), minval=-1.0, maxval=1.0))
+        scale = np.abs(candidates[:, 3]) / max(contrast, 1e-6)
+        composition = np.clip(composition * scale[:, None] / types * 2.0, 0.02, 0.98)
+    else:
+        masks = np.asarray(appearance["masks"])
+        composition = least_squares_composition(observed, candidates, masks, spec)
     return {
         **initial_background(observed),
         "noise": np.float32(0.05),
@@ -106,6 +112,61 @@ def initial_values(observed, candidates, spec: ModelSpec, key) -> dict:
         "radius": np.maximum(candidates[:, 2], 0.5).astype(np.float32),
         "composition": composition.astype(np.float32),
     }
+
+
+# Ridge on each droplet's normal equations, relative to their mean diagonal: droplets whose
+# patch barely sees some mask type stay solvable.
+COMPOSITION_RIDGE = 0.3
+COMPOSITION_PRIOR_CENTRE = 0.5
+
+
+def least_squares_composition(observed, candidates, masks, spec: ModelSpec) -> np.ndarray:
+    """``(n, types)`` compositions that best draw each droplet with fixed ``masks``.
+
+    The image is linear in the compositions once the masks and the droplets' places are
+    known, so each droplet's composition solves a small least-squares problem over its
+    patch: the observed ``(h, w, 1)`` channel less its median (the background), against the
+    masks drawn at the candidate's x, y and radius (``candidates`` ``(n, 4)``). Neighbours
+    that overlap a patch are ignored; the fit corrects that. Clipped to the prior's
+    support.
+    """
+    layout = spec.layout
+    n, types = candidates.shape[0], masks.shape[0]
+    shaped = np.asarray(masks, np.float32) * envelope(spec.mask_size)
+    drawn, flat, inside = (
+        np.asarray(a)
+        for a in _drawn_types(candidates[:, 0], candidates[:, 1], np.maximum(candidates[:, 2], 0.5), shaped, spec)
+    )
+    drawn = drawn * inside[:, None]
+    target = (observed[..., 0] - np.median(observed)).ravel()[flat] * inside
+    starts = np.searchsorted(layout.droplet, np.arange(n))
+    normal = np.zeros((n, types, types))
+    for t in range(types):
+        for u in range(t, types):
+            normal[:, t, u] = normal[:, u, t] = np.add.reduceat(drawn[:, t] * drawn[:, u], starts, dtype=np.float64)
+    right = np.stack([np.add.reduceat(drawn[:, t] * target, starts, dtype=np.float64) for t in range(types)], axis=1)
+    ridge = COMPOSITION_RIDGE * (np.einsum("nii->n", normal)[:, None] / types + 1e-12)
+    right = right + ridge * COMPOSITION_PRIOR_CENTRE
+    solved = np.linalg.solve(normal + ridge[:, :, None] * np.eye(types), right[..., None])[..., 0]
+    return np.clip(solved, 0.02, 0.98)
+
+
+@jax.jit
+def _drawn_types(x, y, radius, shaped_masks, spec: ModelSpec):
+    """Each mask type ``(types, m, m)`` drawn at every patch pixel: ``(L, types)`` values, the
+    ``(L,)`` flat pixel index and whether it is in the image."""
+    layout = spec.layout
+    cells_per_radius = (spec.mask_size - 1) / (2.0 * EXTENT)
+    centre_cell = (spec.mask_size - 1) / 2.0
+    flat, dx, dy, inside = patch_geometry(layout, x, y)
+    r = capped_radius(layout, radius)
+    u = centre_cell + dx / r * cells_per_radius
+    v = centre_cell + dy / r * cells_per_radius
+    n = layout.n_droplets
+    drawn = [
+        bilinear_sample(layout, jnp.broadcast_to(mask, (n, *mask.shape)), u, v) for mask in shaped_masks
+    ]
+    return jnp.stack(drawn, axis=1), flat, inside
 
 
 def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
