@@ -54,16 +54,20 @@ def render(background, x, y, radius, droplet_masks, spec: ModelSpec):
     """``(h, w, 1)`` image on ``background`` ``(h, w, 1)``; ``droplet_masks`` ``(n, m, m)`` each
     droplet's composed mask."""
     layout = spec.layout
-    cells_per_radius = (spec.mask_size - 1) / (2.0 * EXTENT)
-    centre_cell = (spec.mask_size - 1) / 2.0
-
-    flat, dx, dy, inside = patch_geometry(layout, x, y)
-    r = capped_radius(layout, radius)
-    u = centre_cell + dx / r * cells_per_radius
-    v = centre_cell + dy / r * cells_per_radius
+    flat, u, v, inside = _mask_cells(x, y, radius, spec)
     values = bilinear_sample(layout, droplet_masks, u, v)
     droplets = splat(layout, values[:, None], flat, inside).reshape(layout.height, layout.width, layout.channels)
     return jnp.clip(background + droplets, 0.0, 1.0)
+
+
+def _mask_cells(x, y, radius, spec: ModelSpec):
+    """Where every patch pixel falls on its droplet's mask grid: the ``(L,)`` flat pixel
+    index, column and row in mask cells ``(L,)`` each, and whether it is in the image."""
+    cells_per_radius = (spec.mask_size - 1) / (2.0 * EXTENT)
+    centre_cell = (spec.mask_size - 1) / 2.0
+    flat, dx, dy, inside = patch_geometry(spec.layout, x, y)
+    r = capped_radius(spec.layout, radius)
+    return flat, centre_cell + dx / r * cells_per_radius, centre_cell + dy / r * cells_per_radius, inside
 
 
 def envelope(size: int) -> np.ndarray:
@@ -114,8 +118,10 @@ def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict 
     }
 
 
-# Ridge on each droplet's normal equations, relative to their mean diagonal: droplets whose
-# patch barely sees some mask type stay solvable.
+# Ridge towards the prior's centre on each droplet's normal equations, relative to their mean
+# diagonal: the mask types look alike, so the plain least-squares solution is ill-conditioned
+# (on the example a ridge of 1e-3 started the fit worse than random compositions; 0.1-1 as
+# well as the source fit's own compositions).
 COMPOSITION_RIDGE = 0.3
 COMPOSITION_PRIOR_CENTRE = 0.5
 
@@ -156,17 +162,9 @@ def _drawn_types(x, y, radius, shaped_masks, spec: ModelSpec):
     """Each mask type ``(types, m, m)`` drawn at every patch pixel: ``(L, types)`` values, the
     ``(L,)`` flat pixel index and whether it is in the image."""
     layout = spec.layout
-    cells_per_radius = (spec.mask_size - 1) / (2.0 * EXTENT)
-    centre_cell = (spec.mask_size - 1) / 2.0
-    flat, dx, dy, inside = patch_geometry(layout, x, y)
-    r = capped_radius(layout, radius)
-    u = centre_cell + dx / r * cells_per_radius
-    v = centre_cell + dy / r * cells_per_radius
-    n = layout.n_droplets
-    drawn = [
-        bilinear_sample(layout, jnp.broadcast_to(mask, (n, *mask.shape)), u, v) for mask in shaped_masks
-    ]
-    return jnp.stack(drawn, axis=1), flat, inside
+    flat, u, v, inside = _mask_cells(x, y, radius, spec)
+    grids = (jnp.broadcast_to(mask, (layout.n_droplets, *mask.shape)) for mask in shaped_masks)
+    return jnp.stack([bilinear_sample(layout, grid, u, v) for grid in grids], axis=1), flat, inside
 
 
 def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
