@@ -71,6 +71,11 @@ def droplet_fit(image: np.ndarray, sha: str, model: str, steps: int) -> dict:
     }
 
 
+def first_reaching(ladder: list[dict], reference: dict) -> dict:
+    """The ladder's fit with the fewest steps that reaches the reference RMSE, else the last."""
+    return next((fit for fit in ladder if fit["rmse"] <= reference["rmse"]), ladder[-1])
+
+
 def droplet_fit_cold(path: Path, model: str, steps: int) -> dict:
     """``droplet_fit`` in a fresh process with an empty compilation cache."""
     with tempfile.TemporaryDirectory(prefix="droplet-bench-cold-") as cache:
@@ -173,7 +178,7 @@ def print_summary(rows: list[tuple[str, dict, dict, list[dict]]]) -> None:
               f"{'fit':<5} {'steps':>5} {'Droplet s':>9} {'RMSE':>7} {'ratio':>7} {'target':>7} {'met':>4}")
     print(header)
     for model, reference, cold, ladder in rows:
-        warm = next((f for f in ladder if f["rmse"] <= reference["rmse"]), ladder[-1])
+        warm = first_reaching(ladder, reference)
         for kind, fit in (("cold", cold), ("warm", warm)):
             ratio = reference["seconds"] / fit["seconds"]
             met = fit["rmse"] <= reference["rmse"] and ratio >= TARGET_RATIO[model]
@@ -230,8 +235,7 @@ def main() -> None:
         steps_ladder = sorted({*args.ladder, FitSettings.steps})
         droplet_fit(image, sha, model, steps_ladder[0])
         ladder = [droplet_fit(image, sha, model, steps) for steps in steps_ladder]
-        first = next((f for f in ladder if f["rmse"] <= reference["rmse"]), ladder[-1])
-        cold = droplet_fit_cold(args.image, model, first["steps"])
+        cold = droplet_fit_cold(args.image, model, first_reaching(ladder, reference)["steps"])
         rows.append((model, reference, cold, ladder))
     for model, reference, _, _ in rows:
         if model != "templates":
