@@ -88,10 +88,10 @@ class FitError(ValueError):
     """A fit that cannot run or did not converge; the message is one line for the user."""
 
 
-def prepare_channel(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """Crop, downscale and convert an uploaded ``(H, W, 3)`` image for fitting.
+def prepare_region(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """Crop and downscale an uploaded ``(H, W, 3)`` image for fitting.
 
-    Returns the ``(h, w, c)`` channel, the downscale factor used, and the crop origin
+    Returns the ``(h, w, 3)`` RGB region, the downscale factor used, and the crop origin
     ``(x0, y0)`` in pixels of the uploaded image.
     """
     origin = (0, 0)
@@ -100,23 +100,26 @@ def prepare_channel(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarra
         origin = (settings.crop[0], settings.crop[1])
     height, width = image.shape[:2]
     factor = settings.downscale or images.auto_downscale_factor(height, width, AUTO_DOWNSCALE_PIXELS)
-    small = images.downscale(image, factor)
-    return extract_channel(small, settings.channel).astype(np.float32), factor, origin
+    return images.downscale(image, factor), factor, origin
 
 
-def _candidates(observed: np.ndarray, image: np.ndarray, factor: int, settings: FitSettings) -> np.ndarray:
+def prepare_channel(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """``prepare_region``, with the region converted to the ``(h, w, c)`` fit channel."""
+    region, factor, origin = prepare_region(image, settings)
+    return extract_channel(region, settings.channel).astype(np.float32), factor, origin
+
+
+def _candidates(observed: np.ndarray, region: np.ndarray, settings: FitSettings) -> np.ndarray:
     """``(n, 4)`` detector candidates x, y, radius, contrast in fit pixels (strongest first).
 
     ``settings.initializer`` picks the detector: the trained encoder (most probable first),
-    which looks at the RGB of the uploaded ``(H, W, 3)`` ``image`` cropped and downscaled
-    by ``factor`` as the fit channel is (it was trained on RGB and grey, not on hue or
-    saturation), or Laplacian-of-Gaussian candidates in the fit channel (largest contrast
-    first). The contrast (sign: droplets darker or lighter) is read from the fit channel.
+    which looks at the ``(h, w, 3)`` RGB ``region`` the fit channel was made from (it was
+    trained on RGB and grey, not on hue or saturation), or Laplacian-of-Gaussian candidates
+    in the fit channel (largest contrast first). The contrast (sign: droplets darker or
+    lighter) is read from the fit channel.
     """
     if settings.initializer == "encoder":
-        region = images.crop(image, settings.crop) if settings.crop is not None else image
-        rgb, _ = encoder.prepare_image(region, "rgb", factor)
-        table = encoder.detect(rgb).head(settings.droplets or None)
+        table = encoder.detect(extract_channel(region, "rgb")).head(settings.droplets or None)
         table["radius"] = table["radius"].clip(MIN_RADIUS_PX, MAX_RADIUS_PX)
         table["contrast"] = centre_contrast(contrast_image(observed)[1], table["x"], table["y"])
     else:
@@ -313,12 +316,14 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
     def evaluate(params, observed, anchors, active, spec):
         values = guide.median(params)
         traced = trace(substitute(seed(variant.model, 0), data=values)).get_trace(observed, anchors, active, spec)
+        per_droplet = [name for name, site in sites.items() if site.per_droplet]
         log_prior = sum(
-            _droplet_log_prior(traced[name], guide.transforms[name], params[f"{name}_auto_loc"])
-            for name, site in sites.items()
-            if site.per_droplet
+            _droplet_log_prior(traced[name], guide.transforms[name], params[f"{name}_auto_loc"]) for name in per_droplet
         )
-        return values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior
+        prior_curvature = {
+            name: _prior_curvature(traced[name], guide.transforms[name], params[f"{name}_auto_loc"]) for name in per_droplet
+        }
+        return values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior, prior_curvature
 
     return Programs(sites, guide, svi, jax.jit(svi.init), run_chunk, evaluate)
 
@@ -392,7 +397,8 @@ def run_fit(
     """
     started = time.perf_counter()
     variant = VARIANTS[settings.model]
-    observed, factor, origin = prepare_channel(image, settings)
+    region, factor, origin = prepare_region(image, settings)
+    observed = extract_channel(region, settings.channel).astype(np.float32)
     key = jax.random.PRNGKey(settings.seed)
     init_key, svi_key = jax.random.split(key)
 
@@ -402,7 +408,7 @@ def run_fit(
         active = warm_start.params["_active"].astype(np.float32)
         polarity = float(warm_start.params["_polarity"])
     else:
-        found = _candidates(observed, image, factor, settings)
+        found = _candidates(observed, region, settings)
         polarity = 1.0 if np.median(found[:, 3]) >= 0 else -1.0
         candidates = _with_spare_slots(found, spare=settings.droplets == 0)
         anchors = candidates[:, :3].copy()
@@ -455,7 +461,7 @@ def run_fit(
                 f"the fit diverged (loss became NaN/inf at step {done}); try a smaller learning rate or another seed"
             )
         if done in checkpoints and done < settings.steps:
-            values, reconstruction, strength, _ = programs.evaluate(
+            values, reconstruction, strength, _, _ = programs.evaluate(
                 _guide_params(programs.svi, state), observed_j, anchors_j, jnp.asarray(active), spec
             )
             values = {k: np.asarray(v) for k, v in values.items()}
@@ -471,16 +477,23 @@ def run_fit(
     fitted = time.perf_counter()
 
     params = {k: np.asarray(v) for k, v in _guide_params(programs.svi, state).items()}
-    values, reconstruction, _, _ = programs.evaluate(params, observed_j, anchors_j, jnp.asarray(active), spec)
+    values, reconstruction, _, _, prior_curvature = programs.evaluate(params, observed_j, anchors_j, jnp.asarray(active), spec)
 
     def evaluate_at(locs, active):
         moved = {**params, **{f"{name}_auto_loc": loc for name, loc in locs.items()}}
-        _, image, _, log_prior = programs.evaluate(moved, observed_j, anchors_j, jnp.asarray(active), spec)
+        _, image, _, log_prior, _ = programs.evaluate(moved, observed_j, anchors_j, jnp.asarray(active), spec)
         return image, log_prior
 
     locs = {name: params[f"{name}_auto_loc"] for name, site in sites.items() if site.per_droplet}
     sds, p_exists = droplet_uncertainty(
-        evaluate_at, locs, observed, active, layout, float(values["noise"]), _radius_px(values)
+        evaluate_at,
+        locs,
+        {name: np.asarray(curvature) for name, curvature in prior_curvature.items()},
+        observed,
+        active,
+        layout,
+        float(values["noise"]),
+        _radius_px(values),
     )
     uncertainty = {f"sd_{name}": _constrained_sd(guide.transforms[name], locs[name], sd) for name, sd in sds.items()}
     uncertainty["p_exists"] = p_exists
@@ -663,6 +676,19 @@ def _droplet_log_prior(site: dict, transform, loc) -> jax.Array:
         transform.log_abs_det_jacobian(loc, site["value"]), event_dim - transform.domain.event_dim
     )
     return log_prob + log_jacobian
+
+
+def _prior_curvature(site: dict, transform, loc) -> jax.Array:
+    """Minus the second derivative of a per-droplet ``site``'s log prior density in its
+    unconstrained space, for every element of ``loc`` (``(n,)`` or ``(n, k)``). Every model
+    gives each element its own prior and an elementwise transform, so the Hessian is
+    diagonal and one Hessian-vector product with a vector of ones is that diagonal."""
+
+    def log_density(u):
+        value = transform(u)
+        return jnp.sum(site["fn"].log_prob(value) + transform.log_abs_det_jacobian(u, value))
+
+    return -jax.jvp(jax.grad(log_density), (loc,), (jnp.ones_like(loc),))[1]
 
 
 def _constrained_sd(transform, loc: np.ndarray, sd: np.ndarray) -> np.ndarray:

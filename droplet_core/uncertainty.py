@@ -8,9 +8,10 @@ droplet's own parameters. Every pixel is given to the droplet nearest to it (dis
 that droplet's radii, among the droplets whose patch covers it): moving one parameter of
 all droplets at once then gives, on each droplet's own pixels, the derivative with
 respect to that droplet's parameter, up to the faint tails of its neighbours. The
-derivatives are central differences of the fit's own compiled renderer, so a droplet's
-block of the curvature costs two renders per parameter for the whole image and no new
-compilation. Couplings between neighbouring droplets are left out (a block-diagonal
+derivatives are forward differences of the fit's own compiled renderer, so a droplet's
+block of the curvature costs one render per parameter for the whole image and no new
+compilation; the prior's curvature is exact (every parameter has a prior of its own).
+Couplings between neighbouring droplets are left out (a block-diagonal
 Laplace).
 
 Each droplet's evidence comes from the same pixels: the log-likelihood lost when its
@@ -38,8 +39,9 @@ INTERVAL = 0.90
 # Written by ``python -m bench.calibration --calibrate``: per model, the model-discrepancy
 # sd per px of radius for x, y and radius, and the count's relative sd.
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
-# Central-difference step in each unconstrained parameter (px for positions, log units
-# for radii): small against a droplet, large against float32 rounding of the image.
+# Forward-difference step in each unconstrained parameter (px for positions, log units
+# for radii): small against a droplet (the derivative's error is about step / radius),
+# large against float32 rounding of the image.
 DIFFERENCE_STEP = 1e-2
 # Relative ridge on each block's diagonal: keeps blocks with parameters that change
 # neither the image nor the prior invertible.
@@ -49,6 +51,7 @@ RIDGE = 1e-6
 def droplet_uncertainty(
     evaluate: Callable[[dict, np.ndarray], tuple[np.ndarray, np.ndarray]],
     locs: dict,
+    prior_curvature: dict,
     observed: np.ndarray,
     active: np.ndarray,
     layout: Layout,
@@ -63,6 +66,8 @@ def droplet_uncertainty(
         log prior density of each droplet's parameters (unconstrained space), with the
         per-droplet parameters set to ``locs`` and everything else at the optimum.
     locs : site name -> ``(n,)`` or ``(n, k)`` unconstrained per-droplet values at the optimum.
+    prior_curvature : site name -> minus the second derivative of the log prior density at
+        ``locs``, elementwise (same shapes).
     observed : (h, w, c) the fitted channel.
     active : (n,) 1 for droplets in the fit, 0 for unused slots.
     layout : the fit's patch layout.
@@ -90,19 +95,15 @@ def droplet_uncertainty(
     # Three significant digits are plenty for a curvature, and in float32 this array alone
     # would be a third of a GB for a full-resolution RGB image.
     jacobian = np.zeros((d, rows.size, fitted.shape[1]), np.float16)
-    prior_curvature = np.zeros((n, d))
+    at_optimum = fitted[pixels]
     for j, (name, k) in enumerate(names):
-        images, priors = [], []
-        for sign in (1.0, -1.0):
-            moved = dict(locs)
-            shift = np.zeros(locs[name].shape, np.float32).reshape(n, -1)
-            shift[:, k] = sign * DIFFERENCE_STEP * active
-            moved[name] = locs[name] + shift.reshape(locs[name].shape)
-            image, prior = evaluate(moved, active)
-            images.append(np.asarray(image).reshape(layout.n_pixels, -1)[pixels])
-            priors.append(np.asarray(prior, np.float64))
-        jacobian[j] = (images[0] - images[1]) / (2.0 * DIFFERENCE_STEP)
-        prior_curvature[:, j] = -(priors[0] + priors[1] - 2.0 * log_prior) / DIFFERENCE_STEP**2
+        moved = dict(locs)
+        shift = np.zeros(locs[name].shape, np.float32).reshape(n, -1)
+        shift[:, k] = DIFFERENCE_STEP * active
+        moved[name] = locs[name] + shift.reshape(locs[name].shape)
+        image, _ = evaluate(moved, active)
+        jacobian[j] = (np.asarray(image).reshape(layout.n_pixels, -1)[pixels] - at_optimum) / DIFFERENCE_STEP
+    prior_curvature = np.concatenate([np.reshape(prior_curvature[name], (n, -1)) for name in locs], axis=1)
 
     # One parameter pair at a time: the (rows, d, d) products would not fit in memory at full resolution.
     curvature = np.zeros((n, d, d))

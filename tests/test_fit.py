@@ -247,13 +247,13 @@ def test_auto_count_adds_droplets_the_detector_missed(monkeypatch, small_scene):
     image, truth = small_scene
     detected = engine._candidates
 
-    def starved(observed, image, factor, settings):
-        return detected(observed, image, factor, settings)[::3]  # two candidates in three go missing
+    def starved(observed, region, settings):
+        return detected(observed, region, settings)[::3]  # two candidates in three go missing
 
     monkeypatch.setattr(engine, "_candidates", starved)
     settings = FitSettings(steps=400, downscale=1)
-    observed, factor, _ = engine.prepare_channel(image, settings)
-    start = starved(observed, image, factor, settings)
+    region, _, _ = engine.prepare_region(image, settings)
+    start = starved(extract_channel(region, settings.channel).astype(np.float32), region, settings)
     before = match_droplets(truth, pd.DataFrame(start[:, :3], columns=["x", "y", "radius"]))
     assert before.recall < 0.35, before
     result = run_fit(image, settings, image_sha256="f" * 64)
