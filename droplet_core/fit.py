@@ -159,13 +159,24 @@ class MeanFieldGuide:
         self.transforms = {name: biject_to(site.support) for name, site in sites.items()}
         self.event_dims = {name: site.event_dim for name, site in sites.items()}
         self.shapes = {name: self.transforms[name].inverse_shape(site.shape) for name, site in sites.items()}
+        # One program for all sites: op by op, every transform's ops would compile on their own.
+        self.constrained = jax.jit(self._constrained)
+        self.unconstrained = jax.jit(self._unconstrained)
+
+    def _constrained(self, locs: dict) -> dict:
+        """The values of some sites at unconstrained locations ``locs``."""
+        return {name: self.transforms[name](loc) for name, loc in locs.items()}
+
+    def _unconstrained(self, values: dict) -> dict:
+        """The unconstrained locations of the (constrained) ``values`` of some sites."""
+        return {name: self.transforms[name].inv(value) for name, value in values.items()}
 
     def initial_params(self, values: dict, scale: float) -> dict:
         """Guide parameters of the sites in ``values`` (constrained), centred on them with ``scale``."""
+        locs = self.unconstrained({name: np.asarray(value, np.float32) for name, value in values.items()})
         params = {}
-        for name, value in values.items():
-            loc = np.asarray(self.transforms[name].inv(jnp.asarray(value, jnp.float32)))
-            params[f"{name}_auto_loc"] = loc
+        for name, loc in locs.items():
+            params[f"{name}_auto_loc"] = np.asarray(loc)
             params[f"{name}_auto_scale"] = np.full(loc.shape, scale, np.float32)
         return params
 
@@ -195,7 +206,7 @@ class MeanFieldGuide:
 
     def median(self, params: dict) -> dict:
         """Each latent's posterior median, in its own (constrained) space."""
-        return {name: t(params[f"{name}_auto_loc"]) for name, t in self.transforms.items()}
+        return self._constrained({name: params[f"{name}_auto_loc"] for name in self.transforms})
 
 
 class OrderedTraceELBO(Trace_ELBO):
@@ -250,7 +261,8 @@ def learning_rates(settings: FitSettings, warm: bool) -> np.ndarray:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, settings.learning_rate, warmup, max(settings.steps, warmup + 1), end_value=final_rate
     )
-    return np.asarray(schedule(np.arange(settings.steps)), np.float32)
+    # Jitted: run eagerly, each of the schedule's dozen ops would compile on its own.
+    return np.asarray(jax.jit(schedule)(np.arange(settings.steps)), np.float32)
 
 
 class Programs(NamedTuple):
@@ -262,6 +274,7 @@ class Programs(NamedTuple):
     init: Callable
     run_chunk: Callable
     evaluate: Callable
+    guide_params: Callable
 
 
 @lru_cache(maxsize=4)
@@ -325,7 +338,12 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
         }
         return values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior, prior_curvature
 
-    return Programs(sites, guide, svi, jax.jit(svi.init), run_chunk, evaluate)
+    @jax.jit
+    def guide_params(state):
+        # flax's nested ``$params`` bookkeeping entry is rebuilt on init.
+        return {name: value for name, value in svi.get_params(state).items() if not isinstance(value, dict)}
+
+    return Programs(sites, guide, svi, jax.jit(svi.init), run_chunk, evaluate, guide_params)
 
 
 def programs_for(model_name: str, spec: ModelSpec) -> Programs:
@@ -462,13 +480,13 @@ def run_fit(
             )
         if done in checkpoints and done < settings.steps:
             values, reconstruction, strength, _, _ = programs.evaluate(
-                _guide_params(programs.svi, state), observed_j, anchors_j, jnp.asarray(active), spec
+                programs.guide_params(state), observed_j, anchors_j, jnp.asarray(active), spec
             )
             values = {k: np.asarray(v) for k, v in values.items()}
             active = _prune_and_merge(values, np.asarray(strength), active)
             if settings.droplets == 0:
                 peaks = _residual_peaks(observed - np.asarray(reconstruction), values, active)
-                state, anchors, active = _add_droplets(state, peaks, anchors, active, layout, sites, values, observed.shape)
+                state, anchors, active = _add_droplets(state, peaks, anchors, active, layout, guide, values)
                 anchors_j = jnp.asarray(anchors)
         if progress is not None:
             progress(
@@ -476,8 +494,9 @@ def run_fit(
             )
     fitted = time.perf_counter()
 
-    params = {k: np.asarray(v) for k, v in _guide_params(programs.svi, state).items()}
+    params = {k: np.asarray(v) for k, v in programs.guide_params(state).items()}
     values, reconstruction, _, _, prior_curvature = programs.evaluate(params, observed_j, anchors_j, jnp.asarray(active), spec)
+    values = {k: np.asarray(v) for k, v in values.items()}
 
     def evaluate_at(locs, active):
         moved = {**params, **{f"{name}_auto_loc": loc for name, loc in locs.items()}}
@@ -495,9 +514,8 @@ def run_fit(
         float(values["noise"]),
         _radius_px(values),
     )
-    uncertainty = {f"sd_{name}": _constrained_sd(guide.transforms[name], locs[name], sd) for name, sd in sds.items()}
+    uncertainty = _constrained_sds(guide, locs, sds)
     uncertainty["p_exists"] = p_exists
-    values = {k: np.asarray(v) for k, v in values.items()}
     reconstruction = np.asarray(reconstruction, np.float32)
     discrepancy, count_discrepancy = model_discrepancy(settings.model)
     droplets = with_model_discrepancy(
@@ -615,14 +633,15 @@ def _residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray) -> n
     return peaks[distance > radius[nearest]].to_numpy(np.float32)
 
 
-def _add_droplets(state, peaks, anchors, active, layout, sites, values, observed_shape):
+def _add_droplets(state, peaks, anchors, active, layout, guide: MeanFieldGuide, values: dict):
     """Switch free slots on at ``peaks`` ``(k, 4)`` (x, y, radius, contrast in fit px).
 
     A peak takes a free slot whose patch can draw its radius; the new droplet starts with
     the typical composition of the active ones. Its guide locations are written into the
     optimiser state in place (numpyro's optax wrapper keeps ``(step, (params, optax_state))``),
     so Adam's moments and the learning-rate schedule of every other parameter carry on.
-    Host-side numpy throughout: eager JAX ops on new shapes would each compile.
+    Host-side numpy, and the guide's one compiled unconstraining of whole ``(n, ...)``
+    arrays: eager JAX ops on the ever-new number of peaks would each compile.
     """
     free = np.flatnonzero(active == 0)
     slots, rows = [], []
@@ -649,22 +668,18 @@ def _add_droplets(state, peaks, anchors, active, layout, sites, values, observed
         start["composition"] = np.tile(np.median(values["composition"][on], axis=0), (len(slots), 1))
     step, (params, optax_state) = state.optim_state
     params = dict(params)
-    for name, value in start.items():
-        if name not in sites or f"{name}_auto_loc" not in params:
-            continue
-        loc = np.array(params[f"{name}_auto_loc"])
-        loc[slots] = np.asarray(biject_to(sites[name].support).inv(value))
-        params[f"{name}_auto_loc"] = jnp.asarray(loc)
+    moved = {name: np.array(values[name]) for name in start if name in guide.transforms}
+    for name, value in moved.items():
+        value[slots] = start[name]
+    for name, loc in guide.unconstrained(moved).items():
+        updated = np.array(params[f"{name}_auto_loc"])
+        updated[slots] = np.asarray(loc)[slots]
+        params[f"{name}_auto_loc"] = jnp.asarray(updated)
     anchors = anchors.copy()
     anchors[slots, :2] = rows[:, :2]
     active = active.copy()
     active[slots] = 1.0
     return state._replace(optim_state=(step, (params, optax_state))), anchors, active
-
-
-def _guide_params(svi: SVI, state) -> dict:
-    """The guide's array parameters (flax's nested ``$params`` bookkeeping entry is rebuilt on init)."""
-    return {name: value for name, value in svi.get_params(state).items() if not isinstance(value, dict)}
 
 
 def _droplet_log_prior(site: dict, transform, loc) -> jax.Array:
@@ -691,11 +706,16 @@ def _prior_curvature(site: dict, transform, loc) -> jax.Array:
     return -jax.jvp(jax.grad(log_density), (loc,), (jnp.ones_like(loc),))[1]
 
 
-def _constrained_sd(transform, loc: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """Posterior sd in a site's own units from its unconstrained ``sd`` (delta method)."""
+def _constrained_sds(guide: MeanFieldGuide, locs: dict, sds: dict) -> dict:
+    """``sd_<site>``: posterior sds in the sites' own units from their unconstrained ``sds``
+    at ``locs`` (delta method)."""
     step = 1e-3
-    slope = (np.asarray(transform(loc + step)) - np.asarray(transform(loc - step))) / (2.0 * step)
-    return np.abs(slope) * sd
+    above = guide.constrained({name: locs[name] + step for name in sds})
+    below = guide.constrained({name: locs[name] - step for name in sds})
+    return {
+        f"sd_{name}": np.abs(np.asarray(above[name]) - np.asarray(below[name])) / (2.0 * step) * sd
+        for name, sd in sds.items()
+    }
 
 
 def _check_warm_start(warm_start: FitResult, settings: FitSettings, shape: tuple) -> None:
