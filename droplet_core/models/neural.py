@@ -9,6 +9,8 @@ new pixel value through a residual connection and a sigmoid; its weights are lat
 
 from __future__ import annotations
 
+from functools import partial
+
 import flax
 import flax.linen as nn
 import jax
@@ -171,11 +173,7 @@ def droplet_strength(optics, bg, radius, composition):
 def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
     """Start at the detector's candidates ``(n, 4)`` (x, y, radius, contrast); optics weights from
     the prior, or those of a reused ``appearance`` (``{"optics/...": weights}``)."""
-    n, types = candidates.shape[0], spec.mask_types
-    comp_key, optics_key = jax.random.split(key)
-    composition = np.asarray(jax.random.uniform(comp_key, (n, types), minval=0.3, maxval=0.7))
-    optics = DropletOptics(channels=spec.layout.channels)
-    weights = optics.init(optics_key, jnp.zeros((1, feature_count(spec))))["params"]
+    composition, weights = _random_start(key, candidates.shape[0], spec.mask_types, spec.layout.channels, feature_count(spec))
     flat_weights = {
         "optics/" + ".".join(path): np.asarray(value)
         for path, value in flax.traverse_util.flatten_dict(weights).items()
@@ -190,8 +188,18 @@ def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict 
         "x": candidates[:, 0].astype(np.float32),
         "y": candidates[:, 1].astype(np.float32),
         "radius": np.maximum(candidates[:, 2], 0.5).astype(np.float32),
-        "composition": composition.astype(np.float32),
+        "composition": np.asarray(composition, np.float32),
     }
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _random_start(key, n: int, types: int, channels: int, features: int):
+    """``(n, types)`` random compositions and the optics model's weights drawn from its
+    initialiser. Jitted: run eagerly, each of flax's initialiser ops compiles on its own."""
+    composition_key, optics_key = jax.random.split(key)
+    composition = jax.random.uniform(composition_key, (n, types), minval=0.3, maxval=0.7)
+    weights = DropletOptics(channels=channels).init(optics_key, jnp.zeros((1, features)))["params"]
+    return composition, weights
 
 
 def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
@@ -232,7 +240,6 @@ def appearance(values: dict, spec: ModelSpec) -> dict:
     half = GALLERY_SIZE_PX // 2
     offsets = np.arange(-half, half + 1, dtype=np.float32)
     dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
-    optics = DropletOptics(channels=c)
     bg = np.asarray(values["bg"], np.float32)
     features, covered = [], []
     for t in range(types):
@@ -253,9 +260,8 @@ def appearance(values: dict, spec: ModelSpec) -> dict:
                 )
             )
             covered.append((np.hypot(u, v) < EXTENT)[..., None])
-    # One call for every tile: each eager call of the network costs its own dispatches.
     features = np.stack(features)
-    tiles = np.asarray(optics.apply(optics_params(values), jnp.asarray(features.reshape(-1, feature_count(spec)))))
+    tiles = np.asarray(_draw(optics_params(values), features.reshape(-1, feature_count(spec)), c))
     tiles = np.where(np.stack(covered), tiles.reshape(features.shape[:3] + (c,)), bg)
     weights = {name: np.asarray(v) for name, v in values.items() if name.startswith("optics/")}
     return {
@@ -264,3 +270,10 @@ def appearance(values: dict, spec: ModelSpec) -> dict:
         "gallery_radius_px": np.tile(np.asarray(GALLERY_RADII_PX, np.float32), types),
         **weights,
     }
+
+
+@partial(jax.jit, static_argnums=2)
+def _draw(params: dict, features, channels: int):
+    """``(m, channels)`` the optics model at ``(m, features)`` pixel features, all tiles in one
+    compiled call (eagerly, every layer's ops would compile on their own)."""
+    return DropletOptics(channels=channels).apply(params, features)
