@@ -47,7 +47,7 @@ from droplet_core.scenes import encode_png, make_scene
 from droplet_core.settings import FitSettings
 
 EXAMPLE = Path("../shared/data/example.jpg")
-LADDER = (50, 100, 150, 200, 300)
+LADDER = (50, 75, 100, 150, 200, 300)
 DEFAULT_STEPS = FitSettings().steps
 SCREENSHOT = Path("docs/encoder_example.png")
 # Region of the example drawn in the screenshot (x0, y0, x1, y1, px of the full image).

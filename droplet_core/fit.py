@@ -6,7 +6,8 @@ starts every droplet at a detector candidate, then loops over jitted chunks of
 and at fixed fractions of the run prunes droplets whose learned contribution is
 negligible, merges near-duplicates and switches spare slots on where the residual shows a
 missed droplet (this is how the model decides the droplet count without recompiling:
-droplets are switched on and off through an ``active`` mask).
+droplets are switched on and off through an ``active`` mask). A fit with a reused
+appearance also looks for missed droplets before its first step.
 
 The jitted programs are built once per variant and padded problem shape (``_programs``):
 image, layout, learning rates and a frozen appearance are their inputs, so refits and fits
@@ -463,6 +464,15 @@ def run_fit(
         if stop is not None and stop.is_set():
             status = "stopped"
             break
+        if done in checkpoints:
+            state, anchors, active = _housekeeping(programs, state, observed, anchors, active, spec, settings.droplets == 0)
+            anchors_j = jnp.asarray(anchors)
+        elif done == 0 and fixed and settings.droplets == 0:
+            # The reused appearance draws the detector's droplets well from the start, so the
+            # first residual already shows the droplets the detector missed: add them now
+            # rather than after a quarter of the steps.
+            state, anchors, active = _housekeeping(programs, state, observed, anchors, active, spec, True, prune=False)
+            anchors_j = jnp.asarray(anchors)
         n_steps = min(CHUNK_STEPS, settings.steps - done)
         chunk_started = time.perf_counter()
         state, chunk_losses = programs.run_chunk(
@@ -478,16 +488,6 @@ def run_fit(
             raise FitError(
                 f"the fit diverged (loss became NaN/inf at step {done}); try a smaller learning rate or another seed"
             )
-        if done in checkpoints and done < settings.steps:
-            values, reconstruction, strength, _, _ = programs.evaluate(
-                programs.guide_params(state), observed_j, anchors_j, jnp.asarray(active), spec
-            )
-            values = {k: np.asarray(v) for k, v in values.items()}
-            active = _prune_and_merge(values, np.asarray(strength), active)
-            if settings.droplets == 0:
-                peaks = _residual_peaks(observed - np.asarray(reconstruction), values, active)
-                state, anchors, active = _add_droplets(state, peaks, anchors, active, layout, guide, values)
-                anchors_j = jnp.asarray(anchors)
         if progress is not None:
             progress(
                 FitProgress(done, settings.steps, float(np.mean(chunk_losses)), time.perf_counter() - started, int(active.sum()))
@@ -612,6 +612,22 @@ def _with_spare_slots(candidates: np.ndarray, spare: bool) -> np.ndarray:
     slots = np.tile(np.median(candidates, axis=0), (bucket_size(count) - len(candidates), 1))
     slots[:, 2] = np.percentile(candidates[:, 2], 90)
     return np.concatenate([candidates, slots.astype(np.float32)])
+
+
+def _housekeeping(programs: Programs, state, observed, anchors, active, spec: ModelSpec, add: bool, prune: bool = True):
+    """``(state, anchors, active)`` after switching off droplets of negligible strength and
+    duplicates (``prune``) and switching on droplets at strong peaks of the residual
+    (``add``), at the fit's current medians."""
+    values, reconstruction, strength, _, _ = programs.evaluate(
+        programs.guide_params(state), jnp.asarray(observed), jnp.asarray(anchors), jnp.asarray(active), spec
+    )
+    values = {k: np.asarray(v) for k, v in values.items()}
+    if prune:
+        active = _prune_and_merge(values, np.asarray(strength), active)
+    if add:
+        peaks = _residual_peaks(observed - np.asarray(reconstruction), values, active)
+        state, anchors, active = _add_droplets(state, peaks, anchors, active, spec.layout, programs.guide, values)
+    return state, anchors, active
 
 
 def _residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray) -> np.ndarray:

@@ -262,3 +262,25 @@ def test_auto_count_adds_droplets_the_detector_missed(monkeypatch, small_scene):
     assert result.params["_active"][len(start) :].sum() >= 8
     assert score.recall >= before.recall + 0.08, (before, score)
     assert score.precision >= 0.85, score
+
+
+def test_a_reused_appearance_adds_missed_droplets_before_the_first_step(monkeypatch, templates_fit):
+    image, truth = scene_image(8, SMALL_SCENE)
+    detected = engine._candidates
+
+    def starved(observed, region, settings):
+        return detected(observed, region, settings)[::3]
+
+    monkeypatch.setattr(engine, "_candidates", starved)
+    one_chunk = {"steps": CHUNK_STEPS, "downscale": 1}  # too short for the fit's own checkpoints
+    plain = run_fit(image, FitSettings(**one_chunk), image_sha256="e" * 64)
+    reused = run_fit(
+        image, FitSettings(**one_chunk, appearance_from=templates_fit.fit_id), image_sha256="e" * 64,
+        appearance_source=templates_fit,
+    )
+    started = int(plain.params["_active"].sum())
+    # The spare slots (16 here) bound what can be added.
+    assert int(np.count_nonzero(reused.params["_active"])) >= started + 8
+    before, after = match_droplets(truth, plain.droplets), match_droplets(truth, reused.droplets)
+    assert after.recall >= before.recall + 0.05, (before, after)
+    assert after.precision >= 0.85, after
