@@ -622,12 +622,13 @@ def _housekeeping(programs: Programs, state, observed, anchors, active, spec: Mo
         programs.guide_params(state), jnp.asarray(observed), jnp.asarray(anchors), jnp.asarray(active), spec
     )
     values = {k: np.asarray(v) for k, v in values.items()}
-    if prune:
-        active = _prune_and_merge(values, np.asarray(strength), active)
+    kept = _prune_and_merge(values, np.asarray(strength), active) if prune else active
     if add:
+        # Peaks are looked for outside the droplets active before pruning: a peak inside a
+        # droplet just switched off is what that droplet failed to explain, not a new droplet.
         peaks = _residual_peaks(observed - np.asarray(reconstruction), values, active)
-        state, anchors, active = _add_droplets(state, peaks, anchors, active, spec.layout, programs.guide, values)
-    return state, anchors, active
+        return _add_droplets(state, peaks, anchors, kept, spec.layout, programs.guide, values)
+    return state, anchors, kept
 
 
 def _residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray) -> np.ndarray:

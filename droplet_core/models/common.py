@@ -189,22 +189,21 @@ def bilinear_sample(layout: Layout, grids, u, v):
     )
 
 
-# Quadratic shading terms of the background (u, v, u^2, uv, v^2 over [-1, 1]^2): microscope
-# illumination is uneven (vignetting), and a flat background would leave it in the residual.
-SHADING_TERMS = 5
+# Microscope illumination is uneven (vignetting, a tilted lamp) on scales far larger than a
+# droplet: a coarse grid of shading values (rows, columns), interpolated bicubically over
+# the image, follows it; its cells (a sixth of the image) are too coarse to draw droplets.
+SHADING_GRID = (6, 6)
 
 
 def sample_background(layout: Layout):
-    """Background of every variant: a level per channel plus smooth quadratic shading.
+    """Background of every variant: a level per channel plus smooth shading.
 
     Returns the level ``(c,)`` and the background image ``(h, w, c)``.
     """
     c = layout.channels
     level = numpyro.sample("bg", dist.Uniform(0.0, 1.0).expand([c]).to_event(1))
-    shading = numpyro.sample("bg_shading", dist.Normal(0.0, 0.1).expand([SHADING_TERMS, c]).to_event(2))
-    v, u = jnp.meshgrid(jnp.linspace(-1.0, 1.0, layout.height), jnp.linspace(-1.0, 1.0, layout.width), indexing="ij")
-    basis = jnp.stack([u, v, u * u, u * v, v * v], axis=-1)
-    return level, level + jnp.einsum("hwk,kc->hwc", basis, shading)
+    shading = numpyro.sample("bg_shading", dist.Normal(0.0, 0.1).expand([*SHADING_GRID, c]).to_event(3))
+    return level, level + jax.image.resize(shading, (layout.height, layout.width, c), "cubic")
 
 
 def initial_background(observed: np.ndarray) -> dict:
@@ -212,7 +211,7 @@ def initial_background(observed: np.ndarray) -> dict:
     channels = observed.shape[2]
     return {
         "bg": np.median(observed, axis=(0, 1)).astype(np.float32),
-        "bg_shading": np.zeros((SHADING_TERMS, channels), np.float32),
+        "bg_shading": np.zeros((*SHADING_GRID, channels), np.float32),
     }
 
 
