@@ -22,13 +22,14 @@ downscale=4)``), timed by its own ``total_s`` (detection, compilation and fittin
 
 - warm: after one untimed fit that compiles the model's programs, at every step count of
   the ladder (``--ladder`` and the default), each a separate fit that reuses them, as
-  every later fit of a similar image does (a refit, the next image, the next process:
-  the cache is on disk); the first step count whose fit reaches the reference RMSE gives
-  the warm ratio;
+  every later fit of a similar image in the same process does (a refit, the next image);
+  the first step count whose fit reaches the reference RMSE gives the warm ratio;
 - cold: that step count again in a fresh process with an empty compilation cache, as a
   user's very first fit on a new machine;
 - restart: then once more in another fresh process, which loads the compiled programs from
-  that cache but traces the model again, as the first fit after restarting the app. RMSE is per channel, averaged over channels for RGB.
+  that cache but traces the model again, as the first fit after restarting the app.
+
+RMSE is per channel, averaged over channels for RGB.
 The templates reference resizes with Pillow as the seed does, Droplet block-averages:
 the two RMSEs are of slightly different images of the same scene.
 """

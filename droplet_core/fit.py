@@ -465,13 +465,17 @@ def run_fit(
             status = "stopped"
             break
         if done in checkpoints:
-            state, anchors, active = _housekeeping(programs, state, observed, anchors, active, spec, settings.droplets == 0)
+            state, anchors, active = _housekeeping(
+                programs, state, observed, anchors, active, spec, add=settings.droplets == 0
+            )
             anchors_j = jnp.asarray(anchors)
         elif done == 0 and fixed and settings.droplets == 0:
             # The reused appearance draws the detector's droplets well from the start, so the
             # first residual already shows the droplets the detector missed: add them now
             # rather than after a quarter of the steps.
-            state, anchors, active = _housekeeping(programs, state, observed, anchors, active, spec, True, prune=False)
+            state, anchors, active = _housekeeping(
+                programs, state, observed, anchors, active, spec, add=True, prune=False
+            )
             anchors_j = jnp.asarray(anchors)
         n_steps = min(CHUNK_STEPS, settings.steps - done)
         chunk_started = time.perf_counter()
@@ -495,7 +499,9 @@ def run_fit(
     fitted = time.perf_counter()
 
     params = {k: np.asarray(v) for k, v in programs.guide_params(state).items()}
-    values, reconstruction, _, _, prior_curvature = programs.evaluate(params, observed_j, anchors_j, jnp.asarray(active), spec)
+    values, reconstruction, _, _, prior_curvature = programs.evaluate(
+        params, observed_j, anchors_j, jnp.asarray(active), spec
+    )
     values = {k: np.asarray(v) for k, v in values.items()}
 
     def evaluate_at(locs, active):

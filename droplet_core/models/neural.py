@@ -173,7 +173,9 @@ def droplet_strength(optics, bg, radius, composition):
 def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
     """Start at the detector's candidates ``(n, 4)`` (x, y, radius, contrast); optics weights from
     the prior, or those of a reused ``appearance`` (``{"optics/...": weights}``)."""
-    composition, weights = _random_start(key, candidates.shape[0], spec.mask_types, spec.layout.channels, feature_count(spec))
+    composition, weights = _random_start(
+        key, candidates.shape[0], spec.mask_types, spec.layout.channels, feature_count(spec)
+    )
     flat_weights = {
         "optics/" + ".".join(path): np.asarray(value)
         for path, value in flax.traverse_util.flatten_dict(weights).items()
