@@ -49,7 +49,8 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel", choices=CHANNELS, help="default: grey (rgb for neural)")
     parser.add_argument("--downscale", type=_whole_or_auto("downscale"), default=defaults.downscale, help="integer factor or 'auto'")
     parser.add_argument("--droplets", type=_whole_or_auto("the droplet count"), default=defaults.droplets, help="maximum count or 'auto'")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--steps", type=int, default=defaults.steps,
+                        help="SVI steps; with --appearance-from, the most Levenberg-Marquardt iterations")
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--mask-types", type=int, default=defaults.mask_types)
@@ -149,9 +150,12 @@ def _fit(args) -> int:
     image = load_image(data)
     image_sha256 = sha256_bytes(data)
 
+    # A fit with a reused appearance runs Levenberg-Marquardt iterations and stops once converged.
+    unit = "iteration" if settings.appearance_from else "step"
+
     def report(progress):
         print(
-            f"step {progress.step}/{progress.total_steps}  loss {progress.loss:.1f}  "
+            f"{unit} {progress.step}/{progress.total_steps}  loss {progress.loss:.1f}  "
             f"droplets {progress.droplets}  {progress.elapsed_s:.1f} s",
             file=sys.stderr,
         )

@@ -104,10 +104,36 @@ def strong_peaks(
     )
     rows, cols = peaks[:, 0], peaks[:, 1]
     sigmas = np.linspace(max(min_radius_px / SQRT2, 0.5), max_radius_px / SQRT2, 10)
-    response = np.stack([-(s**2) * ndimage.gaussian_laplace(magnitude, s)[rows, cols] for s in sigmas])
+    response = -(sigmas[:, None] ** 2) * laplacian_of_gaussian_at(magnitude, rows, cols, sigmas)
     radius = SQRT2 * sigmas[np.argmax(response, axis=0)] if rows.size else np.zeros(0)
     table = pd.DataFrame({"x": cols.astype(float), "y": rows.astype(float), "radius": radius, "contrast": contrast[rows, cols]})
     return table.iloc[np.argsort(-np.abs(table["contrast"].to_numpy()), kind="stable")].reset_index(drop=True)
+
+
+# Peaks whose neighbourhoods are read at once (bounds the memory of the patches).
+PEAKS_PER_BATCH = 512
+
+
+def laplacian_of_gaussian_at(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """``(len(sigmas), k)`` what ``ndimage.gaussian_laplace(image, sigma)`` gives at the ``k``
+    pixels ``rows``, ``cols`` of an ``(h, w)`` image, for every sigma (px).
+
+    For a few peaks, filtering the whole image at every scale is almost all wasted: each
+    response is the image's neighbourhood of the pixel weighted by the filter's impulse
+    response (the filter is symmetric), with the image's border reflected as ndimage does.
+    """
+    reach = int(4.0 * float(np.max(sigmas)) + 0.5) + 1
+    impulse = np.zeros((2 * reach + 1, 2 * reach + 1))
+    impulse[reach, reach] = 1.0
+    kernels = np.stack([ndimage.gaussian_laplace(impulse, sigma, mode="constant") for sigma in sigmas])
+    padded = np.pad(np.asarray(image, np.float64), reach, mode="symmetric")
+    window = np.arange(2 * reach + 1)
+    responses = []
+    for start in range(0, len(rows), PEAKS_PER_BATCH):
+        r, c = rows[start : start + PEAKS_PER_BATCH], cols[start : start + PEAKS_PER_BATCH]
+        patches = padded[r[:, None, None] + window[:, None], c[:, None, None] + window[None, :]]
+        responses.append(kernels.reshape(len(sigmas), -1) @ patches.reshape(len(r), -1).T)
+    return np.concatenate(responses, axis=1) if responses else np.zeros((len(sigmas), 0))
 
 
 def centre_contrast(signed: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -5,14 +5,16 @@ starts every droplet at a detector candidate, then loops over jitted chunks of
 ``CHUNK_STEPS`` SVI updates. Between chunks it reports progress, honours a stop request,
 and at fixed fractions of the run prunes droplets whose learned contribution is
 negligible, merges near-duplicates and switches spare slots on where the residual shows a
-missed droplet (this is how the model decides the droplet count without recompiling:
-droplets are switched on and off through an ``active`` mask). A fit with a reused
-appearance also looks for missed droplets before its first step.
+missed droplet (``droplet_core.housekeeping``: this is how the model decides the droplet
+count without recompiling, droplets are switched on and off through an ``active`` mask).
+A fit with a reused appearance has far fewer and almost independent unknowns; it runs
+Levenberg-Marquardt (``droplet_core.refine``) instead of SVI, on the same programs.
 
 The jitted programs are built once per variant and padded problem shape (``_programs``):
-image, layout, learning rates and a frozen appearance are their inputs, so refits and fits
-of similar images reuse them, and JAX's compilation cache (``droplet_core/__init__.py``)
-keeps them for later processes.
+image, layout and learning rates are their inputs, so refits and fits of similar images
+reuse them, and JAX's compilation cache (``droplet_core/__init__.py``) keeps them for
+later processes. Every fit ends with the Laplace uncertainty of each droplet
+(``droplet_core.uncertainty``).
 """
 
 from __future__ import annotations
@@ -38,18 +40,20 @@ from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
-from scipy.spatial import cKDTree
 
 from droplet_core import encoder, images
 from droplet_core.channels import extract_channel
-from droplet_core.detect import centre_contrast, contrast_image, find_candidates, strong_peaks
+from droplet_core.detect import centre_contrast, contrast_image, find_candidates
+from droplet_core.housekeeping import MAX_RADIUS_PX, MIN_RADIUS_PX, radius_px, tidy
 from droplet_core.models import VARIANTS
 from droplet_core.models.common import ModelSpec, bucket_size, make_layout
 from droplet_core.provenance import jax_device_description, library_versions
-from droplet_core.results import FitResult, rmse_per_channel
+from droplet_core.refine import refine_droplets
+from droplet_core.results import FitResult, OptimiserRun, rmse_per_channel
 from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitProgress, FitSettings
 from droplet_core.store import fit_key
 from droplet_core.uncertainty import (
+    at_locs,
     count_interval,
     droplet_uncertainty,
     model_discrepancy,
@@ -59,28 +63,13 @@ from droplet_core.uncertainty import (
 CHUNK_STEPS = 50
 # Fractions of the run after which negligible droplets are pruned and duplicates merged.
 HOUSEKEEPING_AT = (0.25, 0.5, 0.75)
-# A droplet is negligible when its strongest effect on the image is below this fraction of
-# the median droplet's, or below this many noise standard deviations. One whose effect is
-# far above the median is a point-like spike fitting a highlight or an edge, not a droplet.
-PRUNE_FRACTION_OF_MEDIAN = 0.2
-PRUNE_NOISE_SDS = 1.0
-PRUNE_MULTIPLE_OF_MEDIAN = 3.0
-# A droplet that shrinks below a pixel of the fitted image is a spike fitting a highlight or
-# noise: nothing smaller can be resolved.
-PRUNE_BELOW_RADIUS_PX = 1.0
-# Droplets do not nest: a centre inside a larger droplet is a highlight or rim of that one.
-MERGE_FRACTION_OF_RADIUS = 1.0
 # Spare droplet slots (inactive until the residual shows a droplet the candidates missed).
 SPARE_SLOTS_FRACTION = 0.2
 SPARE_SLOTS_MIN = 16
-# A missed droplet stands far above the residual's noise.
-RESIDUAL_PEAK_NOISE_SDS = 6.0
 GUIDE_INIT_SCALE = 0.01
-# Guide scale of a reused (frozen) appearance: its samples are its location.
+# Guide scale of a reused (fixed) appearance: its samples are its location.
 FROZEN_SCALE = 1e-6
 FINAL_RATE_FRACTION = 0.05
-MIN_RADIUS_PX = 1.0
-MAX_RADIUS_PX = 12.0
 INTERNAL_PARAMS = ("_anchors", "_active", "_polarity")
 DROPLET_PLATE = "droplets"
 
@@ -282,9 +271,9 @@ class Programs(NamedTuple):
 def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
     """The jitted programs of ``model_name`` for a spec of this pytree structure and shapes.
 
-    They take the image, anchors, active mask, spec, learning rates and whether the
-    appearance is frozen as arguments, so every fit of the same shape (the layout is padded
-    to coarse sizes) reuses them, in this process and through JAX's compilation cache.
+    They take the image, anchors, active mask, spec and learning rates as arguments, so
+    every fit of the same shape (the layout is padded to coarse sizes) reuses them, in this
+    process and through JAX's compilation cache.
     """
     variant = VARIANTS[model_name]
     spec = jax.tree.unflatten(spec_tree, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaf_shapes])
@@ -299,27 +288,20 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
     guide = MeanFieldGuide(sites)
     optimizer = optax_to_numpyro(optax.inject_hyperparams(optax.adam)(learning_rate=0.0))
     svi = SVI(variant.model, guide, optimizer, OrderedTraceELBO())
-    appearance = [name for name in sites if variant.is_appearance_site(name)]
 
-    def update(state, rate, freeze_appearance, *args):
+    def update(state, rate, *args):
         step, (params, optax_state) = state.optim_state
         hyperparams = {**optax_state.hyperparams, "learning_rate": rate}
         state = state._replace(optim_state=(step, (params, optax_state._replace(hyperparams=hyperparams))))
-        new_state, loss = svi.update(state, *args)
-        step, (new_params, optax_state) = new_state.optim_state
-        new_params = dict(new_params)
-        for name in appearance:
-            for param in (f"{name}_auto_loc", f"{name}_auto_scale"):
-                new_params[param] = jnp.where(freeze_appearance, params[param], new_params[param])
-        return new_state._replace(optim_state=(step, (new_params, optax_state))), loss
+        return svi.update(state, *args)
 
     @jax.jit
-    def run_chunk(state, rates, freeze_appearance, n_steps, *args):
+    def run_chunk(state, rates, n_steps, *args):
         def body(state, step):
             i, rate = step
             return jax.lax.cond(
                 i < n_steps,
-                lambda s: update(s, rate, freeze_appearance, *args),
+                lambda s: update(s, rate, *args),
                 lambda s: (s, jnp.float32(jnp.nan)),
                 state,
             )
@@ -351,40 +333,6 @@ def programs_for(model_name: str, spec: ModelSpec) -> Programs:
     """``_programs`` of ``model_name`` for ``spec``'s structure and array shapes."""
     leaves, tree = jax.tree.flatten(spec)
     return _programs(model_name, tree, tuple((np.shape(leaf), np.asarray(leaf).dtype) for leaf in leaves))
-
-
-def _radius_px(values: dict) -> np.ndarray:
-    """``(n,)`` droplet radii in fit px (gaussian's blobs have ``radius = sqrt(2) sigma``)."""
-    return values["radius"] if "radius" in values else np.sqrt(2.0) * values["sigma"]
-
-
-def _prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> np.ndarray:
-    """New ``(n,)`` active mask: drop negligible droplets, keep the stronger of near-duplicates."""
-    active = active.copy()
-    on = active > 0
-    if not on.any():
-        return active
-    typical = float(np.median(strength[on]))
-    floor = max(PRUNE_FRACTION_OF_MEDIAN * typical, PRUNE_NOISE_SDS * float(values["noise"]))
-    radius = _radius_px(values)
-    negligible = (strength < floor) | (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical) | (radius < PRUNE_BELOW_RADIUS_PX)
-    active[on & negligible] = 0.0
-    index = np.flatnonzero(active > 0)
-    if index.size < 2:
-        return active
-    xy = np.stack([values["x"][index], values["y"][index]], axis=1)
-    radius = radius[index]
-    tree = cKDTree(xy)
-    pairs = tree.query_pairs(r=MERGE_FRACTION_OF_RADIUS * float(radius.max()), output_type="ndarray")
-    # Largest droplets first, so a droplet absorbs what is nested in it before that is compared.
-    pairs = pairs[np.argsort(-np.maximum(radius[pairs[:, 0]], radius[pairs[:, 1]]))]
-    for a, b in pairs:
-        i, j = index[a], index[b]
-        if active[i] == 0 or active[j] == 0:
-            continue
-        if np.hypot(*(xy[a] - xy[b])) < MERGE_FRACTION_OF_RADIUS * max(radius[a], radius[b]):
-            active[j if strength[i] >= strength[j] else i] = 0.0
-    return active
 
 
 def run_fit(
@@ -445,81 +393,39 @@ def run_fit(
         init_values = variant.initial_values(observed, candidates, spec, init_key, fixed or None)
         init_params = guide.initial_params(init_values, GUIDE_INIT_SCALE)
     init_params.update(guide.initial_params(fixed, FROZEN_SCALE))
-    freeze_appearance = jnp.asarray(bool(fixed))
-    observed_j = jnp.asarray(observed)
-    anchors_j = jnp.asarray(anchors)
-    state = programs.init(
-        svi_key, observed_j, anchors_j, jnp.asarray(active), spec,
-        init_params={k: jnp.asarray(v) for k, v in init_params.items()},
-    )
-    rates = learning_rates(settings, warm_start is not None)
-    rates = np.pad(rates, (0, -len(rates) % CHUNK_STEPS))
-
-    checkpoints = {int(np.ceil(f * settings.steps / CHUNK_STEPS)) * CHUNK_STEPS for f in HOUSEKEEPING_AT}
-    losses: list[np.ndarray] = []
-    done = 0
-    status = "done"
-    compile_s = 0.0
-    while done < settings.steps:
-        if stop is not None and stop.is_set():
-            status = "stopped"
-            break
-        if done in checkpoints:
-            state, anchors, active = _housekeeping(
-                programs, state, observed, anchors, active, spec, add=settings.droplets == 0
-            )
-            anchors_j = jnp.asarray(anchors)
-        elif done == 0 and fixed and settings.droplets == 0:
-            # The reused appearance draws the detector's droplets well from the start, so the
-            # first residual already shows the droplets the detector missed: add them now
-            # rather than after a quarter of the steps.
-            state, anchors, active = _housekeeping(
-                programs, state, observed, anchors, active, spec, add=True, prune=False
-            )
-            anchors_j = jnp.asarray(anchors)
-        n_steps = min(CHUNK_STEPS, settings.steps - done)
-        chunk_started = time.perf_counter()
-        state, chunk_losses = programs.run_chunk(
-            state, rates[done : done + CHUNK_STEPS], freeze_appearance, n_steps,
-            observed_j, anchors_j, jnp.asarray(active), spec,
+    per_droplet = [name for name, site in sites.items() if site.per_droplet]
+    if fixed:
+        run = refine_droplets(
+            programs.evaluate, init_params, per_droplet, observed, anchors, active, spec, guide,
+            max_iterations=settings.steps, add=settings.droplets == 0, progress=progress, stop=stop, started=started,
         )
-        chunk_losses = np.asarray(chunk_losses)[:n_steps]
-        if done == 0:
-            compile_s = time.perf_counter() - chunk_started
-        done += n_steps
-        losses.append(chunk_losses)
-        if not np.all(np.isfinite(chunk_losses)):
-            raise FitError(
-                f"the fit diverged (loss became NaN/inf at step {done}); try a smaller learning rate or another seed"
-            )
-        if progress is not None:
-            progress(
-                FitProgress(done, settings.steps, float(np.mean(chunk_losses)), time.perf_counter() - started, int(active.sum()))
-            )
+    else:
+        run = _run_svi(
+            programs, settings, init_params, observed, anchors, active, spec, svi_key,
+            warm=warm_start is not None, progress=progress, stop=stop, started=started,
+        )
+    params, anchors, active, status, done = run.params, run.anchors, run.active, run.status, run.steps_done
     fitted = time.perf_counter()
 
-    params = {k: np.asarray(v) for k, v in programs.guide_params(state).items()}
+    observed_j, anchors_j = jnp.asarray(observed), jnp.asarray(anchors)
     values, reconstruction, _, _, prior_curvature = programs.evaluate(
         params, observed_j, anchors_j, jnp.asarray(active), spec
     )
     values = {k: np.asarray(v) for k, v in values.items()}
-
-    def evaluate_at(locs, active):
-        moved = {**params, **{f"{name}_auto_loc": loc for name, loc in locs.items()}}
-        _, image, _, log_prior, _ = programs.evaluate(moved, observed_j, anchors_j, jnp.asarray(active), spec)
-        return image, log_prior
-
-    locs = {name: params[f"{name}_auto_loc"] for name, site in sites.items() if site.per_droplet}
+    locs = {name: params[f"{name}_auto_loc"] for name in per_droplet}
     sds, p_exists = droplet_uncertainty(
-        evaluate_at,
+        at_locs(programs.evaluate, params, observed_j, anchors_j, spec),
         locs,
         {name: np.asarray(curvature) for name, curvature in prior_curvature.items()},
         observed,
         active,
         layout,
         float(values["noise"]),
-        _radius_px(values),
+        radius_px(values),
     )
+    if fixed:
+        # Levenberg-Marquardt found the mode; the posterior's spread is the Laplace one.
+        params.update({f"{name}_auto_scale": sd.astype(np.float32) for name, sd in sds.items()})
     uncertainty = _constrained_sds(guide, locs, sds)
     uncertainty["p_exists"] = p_exists
     reconstruction = np.asarray(reconstruction, np.float32)
@@ -529,7 +435,7 @@ def run_fit(
     )
     count_low, count_high = count_interval(droplets["p_exists"].to_numpy(), count_discrepancy)
     uncertain = time.perf_counter()
-    all_losses = np.concatenate(losses) if losses else np.zeros(0, np.float32)
+    all_losses = run.losses
     if warm_start is not None:
         all_losses = np.concatenate([warm_start.losses, all_losses])
     params.update({"_anchors": np.asarray(anchors), "_active": active, "_polarity": np.float32(polarity)})
@@ -548,14 +454,14 @@ def run_fit(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "steps_done": done,
         "total_steps_done": len(all_losses),
-        "final_loss": float(np.mean(losses[-1])) if losses else None,
+        "final_loss": run.final_loss,
         "rmse": rmse_per_channel(observed, reconstruction),
         "channel": settings.channel,
         "device": jax_device_description(),
         "versions": library_versions(),
         "timings": {
             "detect_s": round(detected - started, 3),
-            "compile_s": round(compile_s, 3),
+            "compile_s": round(run.first_chunk_s, 3),
             "fit_s": round(fitted - detected, 3),
             "uncertainty_s": round(uncertain - fitted, 3),
             "total_s": round(finished - started, 3),
@@ -584,6 +490,54 @@ def run_fit(
         params=params,
         appearance=appearance,
         info=info,
+    )
+
+
+def _run_svi(
+    programs: Programs, settings: FitSettings, init_params: dict, observed: np.ndarray, anchors: np.ndarray,
+    active: np.ndarray, spec: ModelSpec, key, *, warm: bool, progress, stop, started: float,
+) -> OptimiserRun:
+    """SVI from ``init_params`` in jitted chunks of ``CHUNK_STEPS`` steps, with housekeeping
+    at ``HOUSEKEEPING_AT`` fractions of the run (``run_fit``'s arguments)."""
+    observed_j, anchors_j = jnp.asarray(observed), jnp.asarray(anchors)
+    state = programs.init(
+        key, observed_j, anchors_j, jnp.asarray(active), spec,
+        init_params={k: jnp.asarray(v) for k, v in init_params.items()},
+    )
+    rates = learning_rates(settings, warm)
+    rates = np.pad(rates, (0, -len(rates) % CHUNK_STEPS))
+    checkpoints = {int(np.ceil(f * settings.steps / CHUNK_STEPS)) * CHUNK_STEPS for f in HOUSEKEEPING_AT}
+    losses: list[np.ndarray] = []
+    done, status, first_chunk_s = 0, "done", 0.0
+    while done < settings.steps:
+        if stop is not None and stop.is_set():
+            status = "stopped"
+            break
+        if done in checkpoints:
+            state, anchors, active = _housekeeping(programs, state, observed, anchors, active, spec, settings.droplets == 0)
+            anchors_j = jnp.asarray(anchors)
+        n_steps = min(CHUNK_STEPS, settings.steps - done)
+        chunk_started = time.perf_counter()
+        state, chunk_losses = programs.run_chunk(
+            state, rates[done : done + CHUNK_STEPS], n_steps, observed_j, anchors_j, jnp.asarray(active), spec
+        )
+        chunk_losses = np.asarray(chunk_losses)[:n_steps]
+        if done == 0:
+            first_chunk_s = time.perf_counter() - chunk_started
+        done += n_steps
+        losses.append(chunk_losses)
+        if not np.all(np.isfinite(chunk_losses)):
+            raise FitError(
+                f"the fit diverged (loss became NaN/inf at step {done}); try a smaller learning rate or another seed"
+            )
+        if progress is not None:
+            progress(
+                FitProgress(done, settings.steps, float(np.mean(chunk_losses)), time.perf_counter() - started, int(active.sum()))
+            )
+    params = {k: np.asarray(v) for k, v in programs.guide_params(state).items()}
+    return OptimiserRun(
+        params, anchors, active, np.concatenate(losses) if losses else np.zeros(0, np.float32), done, status,
+        first_chunk_s, float(np.mean(losses[-1])) if losses else None,
     )
 
 
@@ -620,88 +574,16 @@ def _with_spare_slots(candidates: np.ndarray, spare: bool) -> np.ndarray:
     return np.concatenate([candidates, slots.astype(np.float32)])
 
 
-def _housekeeping(programs: Programs, state, observed, anchors, active, spec: ModelSpec, add: bool, prune: bool = True):
-    """``(state, anchors, active)`` after switching off droplets of negligible strength and
-    duplicates (``prune``) and switching on droplets at strong peaks of the residual
-    (``add``), at the fit's current medians."""
-    values, reconstruction, strength, _, _ = programs.evaluate(
+def _housekeeping(programs: Programs, state, observed, anchors, active, spec: ModelSpec, add: bool):
+    """``housekeeping.tidy`` of an SVI ``state``: the new droplets' guide locations are written
+    into the optimiser state in place (numpyro's optax wrapper keeps ``(step, (params,
+    optax_state))``), so Adam's moments and the learning-rate schedule of every other
+    parameter carry on."""
+    evaluated = programs.evaluate(
         programs.guide_params(state), jnp.asarray(observed), jnp.asarray(anchors), jnp.asarray(active), spec
-    )
-    values = {k: np.asarray(v) for k, v in values.items()}
-    kept = _prune_and_merge(values, np.asarray(strength), active) if prune else active
-    if add:
-        # Peaks are looked for outside the droplets active before pruning: a peak inside a
-        # droplet just switched off is what that droplet failed to explain, not a new droplet.
-        peaks = _residual_peaks(observed - np.asarray(reconstruction), values, active)
-        return _add_droplets(state, peaks, anchors, kept, spec.layout, programs.guide, values)
-    return state, anchors, kept
-
-
-def _residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray) -> np.ndarray:
-    """``(k, 4)`` droplets the fit misses: strong blobs of the ``(h, w, c)`` residual that do not
-    lie inside an active droplet (those are imperfections of that droplet), strongest first."""
-    # The residual's own robust spread, not the model's noise estimate: while droplets are
-    # missing, the model explains them as noise and its noise estimate is inflated.
-    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
-    peaks = strong_peaks(
-        residual, RESIDUAL_PEAK_NOISE_SDS * spread, min_radius_px=MIN_RADIUS_PX, max_radius_px=MAX_RADIUS_PX
-    )
-    index = np.flatnonzero(active > 0)
-    if peaks.empty or index.size == 0:
-        return peaks.to_numpy(np.float32).reshape(-1, 4)
-    radius = _radius_px(values)[index]
-    distance, nearest = cKDTree(np.stack([values["x"][index], values["y"][index]], axis=1)).query(
-        peaks[["x", "y"]].to_numpy()
-    )
-    return peaks[distance > radius[nearest]].to_numpy(np.float32)
-
-
-def _add_droplets(state, peaks, anchors, active, layout, guide: MeanFieldGuide, values: dict):
-    """Switch free slots on at ``peaks`` ``(k, 4)`` (x, y, radius, contrast in fit px).
-
-    A peak takes a free slot whose patch can draw its radius; the new droplet starts with
-    the typical composition of the active ones. Its guide locations are written into the
-    optimiser state in place (numpyro's optax wrapper keeps ``(step, (params, optax_state))``),
-    so Adam's moments and the learning-rate schedule of every other parameter carry on.
-    Host-side numpy, and the guide's one compiled unconstraining of whole ``(n, ...)``
-    arrays: eager JAX ops on the ever-new number of peaks would each compile.
-    """
-    free = np.flatnonzero(active == 0)
-    slots, rows = [], []
-    for row in peaks:
-        fits = free[np.asarray(layout.radius_cap_px)[free] >= row[2]]
-        if fits.size == 0:
-            continue
-        slots.append(fits[0])
-        rows.append(row)
-        free = free[free != fits[0]]
-    if not slots:
-        return state, anchors, active
-    slots = np.asarray(slots)
-    rows = np.asarray(rows, np.float32)
-    on = active > 0
-    start = {
-        "x": rows[:, 0],
-        "y": rows[:, 1],
-        "radius": np.maximum(rows[:, 2], 0.5),
-        "sigma": rows[:, 2] / np.sqrt(2.0),
-        "amplitude": np.maximum(np.abs(rows[:, 3]), 1e-3),
-    }
-    if "composition" in values:
-        start["composition"] = np.tile(np.median(values["composition"][on], axis=0), (len(slots), 1))
+    )[:3]
     step, (params, optax_state) = state.optim_state
-    params = dict(params)
-    moved = {name: np.array(values[name]) for name in start if name in guide.transforms}
-    for name, value in moved.items():
-        value[slots] = start[name]
-    for name, loc in guide.unconstrained(moved).items():
-        updated = np.array(params[f"{name}_auto_loc"])
-        updated[slots] = np.asarray(loc)[slots]
-        params[f"{name}_auto_loc"] = jnp.asarray(updated)
-    anchors = anchors.copy()
-    anchors[slots, :2] = rows[:, :2]
-    active = active.copy()
-    active[slots] = 1.0
+    params, anchors, active = tidy(evaluated, params, observed, anchors, active, spec, programs.guide, add, prune=True)
     return state._replace(optim_state=(step, (params, optax_state))), anchors, active
 
 

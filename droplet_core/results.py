@@ -7,6 +7,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,27 @@ from PIL import Image
 from droplet_core.settings import FitSettings
 
 BASE_COLUMNS = ("x", "y", "radius")
+
+
+class OptimiserRun(NamedTuple):
+    """What a fit's optimiser (SVI, or Levenberg-Marquardt for a reused appearance) reached.
+
+    ``params`` are the guide parameters (numpy); ``anchors`` ``(n, 3)`` and ``active``
+    ``(n,)`` the droplet slots as the run left them; ``losses`` one value per step or
+    iteration run; ``status`` ``"done"`` or ``"stopped"``; ``first_chunk_s`` the time of
+    the first chunk of steps (compilation included, where there was any); ``final_loss``
+    the loss where the run ended (SVI: the mean of its last chunk, whose single steps are
+    noisy), or None when no step ran.
+    """
+
+    params: dict
+    anchors: np.ndarray
+    active: np.ndarray
+    losses: np.ndarray
+    steps_done: int
+    status: str
+    first_chunk_s: float
+    final_loss: float | None
 
 
 @dataclass(frozen=True, eq=False)

@@ -26,7 +26,8 @@ class FitSettings:
         ``AUTO_DOWNSCALE_PIXELS`` pixels are fitted).
     droplets : maximum droplet count, or 0 for automatic (the detector's candidates,
         pruned by the fit).
-    steps : SVI steps.
+    steps : SVI steps; for a fit with a reused appearance, the most Levenberg-Marquardt
+        iterations (``droplet_core.refine``; it stops once converged, usually within a dozen).
     learning_rate : peak Adam learning rate.
     seed : PRNG seed; the fit is deterministic given it.
     mask_types : number of learned droplet types (templates, neural composition length).
@@ -35,7 +36,8 @@ class FitSettings:
         given (x = column, y = row, end exclusive), applied before downscaling.
     appearance_from : id of a stored fit of the same model whose learned appearance
         (templates' masks, neural's optics weights) is held fixed; only positions, radii,
-        compositions and background are fitted.
+        compositions and background are fitted, by Levenberg-Marquardt rather than SVI
+        (``learning_rate`` and ``seed`` then play no part).
     initializer : where droplets start: ``"encoder"`` (the trained detection network,
         ``droplet_core.encoder``) or ``"log"`` (Laplacian-of-Gaussian candidates).
     """

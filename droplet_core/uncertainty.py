@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,127 @@ DIFFERENCE_STEP = 1e-2
 # Relative ridge on each block's diagonal: keeps blocks with parameters that change
 # neither the image nor the prior invertible.
 RIDGE = 1e-6
+# Largest Jacobian kept in float32 (bytes); a larger one is kept in float16.
+JACOBIAN_FLOAT32_BYTES = 128 * 2**20
+
+
+class DropletJacobian(NamedTuple):
+    """The image's derivatives with respect to each droplet's own parameters, on its own pixels.
+
+    ``R`` rows are the own pixels of all active droplets, grouped by droplet; ``d`` is the
+    number of per-droplet parameters (every element of every per-droplet site, in the order
+    of ``locs``).
+    """
+
+    pixels: np.ndarray  # (R,) flat image index of each row
+    starts: np.ndarray  # (n,) each droplet's first row
+    fitted: np.ndarray  # (h * w, c) the reconstruction at ``locs``
+    log_prior: np.ndarray  # (n,) each droplet's log prior density at ``locs``
+    jacobian: np.ndarray  # (d, R, c) derivative of the image at each row (float32, or float16 when large)
+    prior_gradient: np.ndarray  # (n, d) derivative of each droplet's log prior density
+
+    def per_droplet(self, per_row: np.ndarray) -> np.ndarray:
+        """Sum ``per_row`` ``(R, ...)`` into ``(n, ...)``, droplet by droplet."""
+        return _sum_by_droplet(per_row, self.starts, self.pixels.size)
+
+    def gram(self) -> np.ndarray:
+        """``(n, d, d)`` each droplet's ``J^T J``."""
+        d = len(self.jacobian)
+        # One parameter pair at a time: the (R, d, d) products would not fit in memory at full resolution.
+        gram = np.zeros((len(self.starts), d, d))
+        for i in range(d):
+            left = self.jacobian[i].astype(np.float32)
+            for j in range(i, d):
+                gram[:, i, j] = gram[:, j, i] = self.per_droplet((left * self.jacobian[j]).sum(axis=1))
+        return gram
+
+    def project(self, residual: np.ndarray) -> np.ndarray:
+        """``(n, d)`` each droplet's ``J^T r`` for a residual ``(R, c)`` on the rows."""
+        residual = residual.astype(np.float32)
+        return np.stack([self.per_droplet((column * residual).sum(axis=1)) for column in self.jacobian], axis=1)
+
+
+def droplet_jacobian(
+    evaluate: Callable[[dict, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    locs: dict,
+    active: np.ndarray,
+    layout: Layout,
+    radius_px: np.ndarray,
+) -> DropletJacobian:
+    """Forward differences of ``evaluate`` in every per-droplet parameter, all droplets at once.
+
+    Parameters
+    ----------
+    evaluate : ``evaluate(locs, active)`` -> the ``(h, w, c)`` reconstruction and the ``(n,)``
+        log prior density of each droplet's parameters (unconstrained space), with the
+        per-droplet parameters set to ``locs`` and everything else held.
+    locs : site name -> ``(n,)`` or ``(n, k)`` unconstrained per-droplet values.
+    active : (n,) 1 for droplets in the fit, 0 for unused slots.
+    layout : the fit's patch layout.
+    radius_px : (n,) droplet radii in fit px (the unit of "nearest").
+    """
+    n = layout.n_droplets
+    names = [(name, k) for name, value in locs.items() for k in range(int(np.prod(value.shape[1:])))]
+    active = np.asarray(active, np.float32)
+    fitted, log_prior = evaluate(locs, active)
+    fitted, log_prior = np.asarray(fitted).reshape(layout.n_pixels, -1), np.asarray(log_prior, np.float64)
+    flat, own = (np.asarray(a) for a in _own_pixels(layout, locs["x"], locs["y"], radius_px, active))
+    rows, pixels = np.flatnonzero(own), flat[own]
+    starts = np.searchsorted(layout.droplet[rows], np.arange(n))
+
+    # Three significant digits are plenty for a curvature: above a budget (a full-resolution
+    # RGB image, where this array alone would be a third of a GB) it is kept in float16,
+    # below it in float32, whose products are faster.
+    shape = (len(names), rows.size, fitted.shape[1])
+    jacobian = np.zeros(shape, np.float32 if 4 * np.prod(shape) <= JACOBIAN_FLOAT32_BYTES else np.float16)
+    prior_gradient = np.zeros((n, len(names)))
+    at_optimum = fitted[pixels]
+
+    def launch(name, k):
+        moved = dict(locs)
+        shift = np.zeros(locs[name].shape, np.float32).reshape(n, -1)
+        shift[:, k] = DIFFERENCE_STEP * active
+        moved[name] = locs[name] + shift.reshape(locs[name].shape)
+        return evaluate(moved, active)
+
+    # JAX runs each render asynchronously: the next one is launched before this one is
+    # read, so the device renders while the host differences (one ahead: each holds an image).
+    pending = launch(*names[0])
+    for j in range(len(names)):
+        image, moved_log_prior = pending
+        if j + 1 < len(names):
+            pending = launch(*names[j + 1])
+        jacobian[j] = (np.asarray(image).reshape(layout.n_pixels, -1)[pixels] - at_optimum) / DIFFERENCE_STEP
+        prior_gradient[:, j] = (np.asarray(moved_log_prior, np.float64) - log_prior) / DIFFERENCE_STEP
+    return DropletJacobian(pixels, starts, fitted, log_prior, jacobian, prior_gradient)
+
+
+def at_locs(evaluate: Callable, params: dict, observed, anchors, spec) -> Callable:
+    """``evaluate_at(locs, active)`` as ``droplet_jacobian`` wants it, from a fit's compiled
+    ``evaluate(params, observed, anchors, active, spec)``: the reconstruction and each
+    droplet's log prior density with the per-droplet guide locations set to ``locs``."""
+
+    def evaluate_at(locs: dict, active: np.ndarray):
+        moved = {**params, **{f"{name}_auto_loc": loc for name, loc in locs.items()}}
+        _, image, _, log_prior, _ = evaluate(moved, observed, anchors, jnp.asarray(active), spec)
+        return image, log_prior
+
+    return evaluate_at
+
+
+def by_site(columns: np.ndarray, locs: dict) -> dict:
+    """Split ``(n, d)`` per-parameter columns into ``{site: array shaped like locs[site]}``."""
+    split, column = {}, 0
+    for name, value in locs.items():
+        width = int(np.prod(value.shape[1:]))
+        split[name] = columns[:, column : column + width].reshape(value.shape)
+        column += width
+    return split
+
+
+def stacked_prior_curvature(prior_curvature: dict, locs: dict) -> np.ndarray:
+    """``(n, d)`` the per-site prior curvatures side by side, in the order of ``locs``."""
+    return np.concatenate([np.reshape(prior_curvature[name], (len(locs["x"]), -1)) for name in locs], axis=1)
 
 
 def droplet_uncertainty(
@@ -79,59 +200,27 @@ def droplet_uncertainty(
     sds : site name -> ``(n,)`` or ``(n, k)`` posterior sd in unconstrained units.
     p_exists : (n,) probability that each droplet exists (0 for unused slots).
     """
-    names = [(name, k) for name, value in locs.items() for k in range(int(np.prod(value.shape[1:])))]
-    n, d = layout.n_droplets, len(names)
     active = np.asarray(active, np.float32)
-    fitted, log_prior = evaluate(locs, active)
-    fitted, log_prior = np.asarray(fitted).reshape(layout.n_pixels, -1), np.asarray(log_prior, np.float64)
+    blocks = droplet_jacobian(evaluate, locs, active, layout, radius_px)
     background, _ = evaluate(locs, np.zeros_like(active))
     background = np.asarray(background).reshape(layout.n_pixels, -1)
+    d = len(blocks.jacobian)
 
-    flat, own = (np.asarray(a) for a in _own_pixels(layout, locs["x"], locs["y"], radius_px, active))
-    owner = layout.droplet
-    rows, pixels = np.flatnonzero(own), flat[own]
-    starts = np.searchsorted(owner[rows], np.arange(n))
-
-    # Three significant digits are plenty for a curvature, and in float32 this array alone
-    # would be a third of a GB for a full-resolution RGB image.
-    jacobian = np.zeros((d, rows.size, fitted.shape[1]), np.float16)
-    at_optimum = fitted[pixels]
-    for j, (name, k) in enumerate(names):
-        moved = dict(locs)
-        shift = np.zeros(locs[name].shape, np.float32).reshape(n, -1)
-        shift[:, k] = DIFFERENCE_STEP * active
-        moved[name] = locs[name] + shift.reshape(locs[name].shape)
-        image, _ = evaluate(moved, active)
-        jacobian[j] = (np.asarray(image).reshape(layout.n_pixels, -1)[pixels] - at_optimum) / DIFFERENCE_STEP
-    prior_curvature = np.concatenate([np.reshape(prior_curvature[name], (n, -1)) for name in locs], axis=1)
-
-    # One parameter pair at a time: the (rows, d, d) products would not fit in memory at full resolution.
-    curvature = np.zeros((n, d, d))
-    for i in range(d):
-        for j in range(i, d):
-            pair = np.einsum("rc,rc->r", jacobian[i], jacobian[j], dtype=np.float64)
-            curvature[:, i, j] = curvature[:, j, i] = _sum_by_droplet(pair, starts, rows.size)
-    curvature /= noise_sd**2
+    curvature = blocks.gram() / noise_sd**2
     diagonal = np.einsum("nii->ni", curvature)
-    curvature[:, np.arange(d), np.arange(d)] += np.maximum(prior_curvature, 0.0) + RIDGE * (
+    curvature[:, np.arange(d), np.arange(d)] += np.maximum(stacked_prior_curvature(prior_curvature, locs), 0.0) + RIDGE * (
         diagonal.mean(axis=1, keepdims=True) + 1e-12
     )
     covariance = np.linalg.inv(curvature)
 
+    pixels = blocks.pixels
     data = observed.reshape(layout.n_pixels, -1)[pixels]
-    gain = ((data - background[pixels]) ** 2 - (data - fitted[pixels]) ** 2).sum(axis=1) / (2.0 * noise_sd**2)
-    log_likelihood_gain = _sum_by_droplet(gain, starts, rows.size)
+    gain = ((data - background[pixels]) ** 2 - (data - blocks.fitted[pixels]) ** 2).sum(axis=1) / (2.0 * noise_sd**2)
+    log_likelihood_gain = blocks.per_droplet(gain)
     _, log_det = np.linalg.slogdet(covariance)
-    occam = 0.5 * d * np.log(2.0 * np.pi) + 0.5 * log_det + log_prior
+    occam = 0.5 * d * np.log(2.0 * np.pi) + 0.5 * log_det + blocks.log_prior
     p_exists = np.where(active > 0, expit(log_likelihood_gain + occam), 0.0)
-
-    sd = np.sqrt(np.einsum("nii->ni", covariance))
-    sds, column = {}, 0
-    for name, value in locs.items():
-        width = int(np.prod(value.shape[1:]))
-        sds[name] = sd[:, column : column + width].reshape(value.shape)
-        column += width
-    return sds, p_exists
+    return by_site(np.sqrt(np.einsum("nii->ni", covariance)), locs), p_exists
 
 
 @jax.jit
@@ -161,9 +250,11 @@ def count_interval(p_exists: np.ndarray, relative_discrepancy: float = 0.0, leve
     Poisson-binomial; droplets the fit never proposed (or proposed twice) add an error of
     sd ``relative_discrepancy`` times the expected count, independent of it.
     """
-    pmf = np.ones(1)
-    for q in p_exists:
-        pmf = np.append(pmf * (1.0 - q), 0.0) + np.insert(pmf * q, 0, 0.0)
+    pmf = np.zeros(len(p_exists) + 1)
+    pmf[0] = 1.0
+    for k, q in enumerate(p_exists):
+        pmf[1 : k + 2] = pmf[1 : k + 2] * (1.0 - q) + pmf[: k + 1] * q
+        pmf[0] *= 1.0 - q
     spread = relative_discrepancy * float(np.sum(p_exists))
     if spread > 0:
         reach = int(np.ceil(5.0 * spread))

@@ -61,7 +61,9 @@ with st.form("fit_form", border=True):
             persist_state="session", help="0 lets the detector and the fit decide how many droplets there are.",
         )
         steps = st.select_slider("Steps", STEP_OPTIONS, value=DEFAULTS.steps, key="w_steps", persist_state="session",
-                                 help="SVI optimisation steps. More steps: better fit, longer wait.")
+                                 help="SVI optimisation steps. More steps: better fit, longer wait. A fit that reuses an "
+                                      "appearance runs at most this many Levenberg-Marquardt iterations and stops "
+                                      "once converged (usually within a dozen).")
         learning_rate = st.select_slider("Learning rate", LR_OPTIONS, value=DEFAULTS.learning_rate, key="w_lr",
                                          persist_state="session")
     with c2:
@@ -89,7 +91,8 @@ with st.form("fit_form", border=True):
             "Reuse the droplet appearance of", [None, *labels], key="w_appearance_from",
             format_func=lambda fit_id: "— learn a new appearance —" if fit_id is None else labels[fit_id],
             help="Hold the masks / optics model of an earlier fit fixed and fit only positions, radii, "
-                 "compositions and background: faster and steadier on new images of the same droplets.",
+                 "compositions and background, droplet by droplet (Levenberg-Marquardt): a few seconds "
+                 "at most on new images of the same droplets.",
         )
     f1, f2 = st.columns([1, 5])
     with f1:
@@ -171,8 +174,10 @@ if job is not None:
         if snap.status == "running":
             fraction = min(1.0, snap.step / max(1, snap.total_steps))
             loss = "…" if snap.loss is None else f"{snap.loss:.4g}"
-            text = (f"Fitting: step {snap.step} of {snap.total_steps} · loss {loss} · "
-                    f"{snap.droplets} droplets · {snap.elapsed_s:.1f} s")
+            # A fit with a reused appearance runs Levenberg-Marquardt iterations and stops once converged.
+            count = (f"iteration {snap.step} of at most {snap.total_steps}" if job.settings.appearance_from
+                     else f"step {snap.step} of {snap.total_steps}")
+            text = f"Fitting: {count} · loss {loss} · {snap.droplets} droplets · {snap.elapsed_s:.1f} s"
             st.progress(fraction, text=text if snap.step else "Starting the fit (compiling the model) …")
             if snap.losses:
                 n = len(snap.losses)
@@ -204,7 +209,8 @@ if job is not None:
                 st.success(f"Fit done: {len(result.droplets)} droplets{took_text}.", icon=":material/check_circle:")
         elif snap.status == "stopped":
             if result is not None:
-                st.warning(f"Stopped at step {snap.step} of {snap.total_steps}. The fit reached so far is kept "
+                unit = "iteration" if job.settings.appearance_from else "step"
+                st.warning(f"Stopped at {unit} {snap.step} of {snap.total_steps}. The fit reached so far is kept "
                            f"({len(result.droplets)} droplets); press Continue to refine it.",
                            icon=":material/pause_circle:")
             else:
@@ -229,7 +235,8 @@ if current is not None and not busy:
     a, b, c, d = st.columns(4)
     a.metric("Droplets", len(current.droplets))
     b.metric("Model", current.settings.model, help=f"channel {app.channel_label(current.settings.channel)}")
-    c.metric("Steps", info.get("total_steps_done", info.get("steps_done", current.settings.steps)))
+    c.metric("Iterations" if current.settings.appearance_from else "Steps",
+             info.get("total_steps_done", info.get("steps_done", current.settings.steps)))
     total = info.get("timings", {}).get("total_s")
     d.metric("Fit time", f"{total:.1f} s" if isinstance(total, (int, float)) else "—")
     b1, b2 = st.columns([1, 4])

@@ -37,7 +37,8 @@ droplets = result.droplets
 settings = result.settings
 
 if result.status == "stopped":
-    st.warning(f"This fit was stopped early at step {info.get('steps_done', '?')} of {settings.steps}; "
+    unit = "iteration" if settings.appearance_from else "step"
+    st.warning(f"This fit was stopped early at {unit} {info.get('steps_done', '?')} of {settings.steps}; "
                "it shows what was reached. Continue it from the Fit page.", icon=":material/pause_circle:")
 
 cols = st.columns(5)

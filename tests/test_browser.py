@@ -2,7 +2,7 @@
 
 Starts ``streamlit run app.py`` on a free port with a temporary store, then, as a user
 would: opens the app (demo scene), runs a short fit on the Fit page, sees the overlay,
-visits every page, runs a two-image batch on the Batch page, and opens the share link in a fresh browser context (a new session)
+visits every page, refits reusing the first fit's masks, runs a two-image batch on the Batch page, and opens the share link in a fresh browser context (a new session)
 as the FIRST request of a second, freshly started server process, where it must show
 the same droplet count without refitting. Screenshots of each page go to docs/.
 """
@@ -187,6 +187,24 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 page.wait_for_selector(".st-key-compare_overlays .js-plotly-plot", timeout=60_000)
                 assert_no_exception(page, "compare page")
                 shot(page, "compare")
+
+                # The first fit's masks reused on the same image: Levenberg-Marquardt iterations,
+                # and the gallery says where the masks came from.
+                go(page, "Fit")
+                page.locator(".st-key-w_model").get_by_text("templates", exact=True).click()
+                settle(page)
+                page.locator(".st-key-w_appearance_from input").click()
+                page.get_by_role("option").filter(has_text=match.group(1)[:8]).first.click()
+                settle(page)
+                page.get_by_role("button", name="Fit", exact=True).click()
+                page.wait_for_selector("[data-testid='stMetric']:has-text('Iterations')", timeout=150_000)
+                settle(page)
+                assert_no_exception(page, "reuse fit")
+                assert 1 <= int(metric_value(page, "Iterations")) < 150  # stopped once converged
+                shot(page, "reuse")
+                go(page, "Mask gallery")
+                page.wait_for_selector(".st-key-gallery_fig .js-plotly-plot", timeout=60_000)
+                assert f"learned by fit {match.group(1)[:12]}" in page.locator("[data-testid='stAlert']").first.inner_text()
 
                 # A small batch: two uploaded scenes, the quick gaussian model, 50 steps.
                 go(page, "Batch")

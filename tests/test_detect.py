@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
-from droplet_core.detect import strong_peaks
+from droplet_core.detect import laplacian_of_gaussian_at, strong_peaks
 
 
 def planted_blobs(rng, shape, blobs, noise_sd):
@@ -36,3 +37,15 @@ def test_strong_peaks_finds_the_strong_blobs_and_sizes_them():
 def test_strong_peaks_of_pure_noise_is_empty():
     residual = np.random.default_rng(1).normal(0.0, 0.01, (64, 64, 1)).astype(np.float32)
     assert strong_peaks(residual, min_contrast=0.06).empty
+
+
+def test_laplacian_of_gaussian_at_peaks_is_the_whole_image_filter_read_there():
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(70, 90))
+    # Corners and edges too: the border is reflected as ndimage does.
+    rows = np.array([0, 69, 0, 35, 3, 66, 20])
+    cols = np.array([0, 89, 89, 0, 45, 2, 60])
+    sigmas = np.linspace(0.7, 8.5, 5)
+    whole = np.stack([ndimage.gaussian_laplace(image, sigma)[rows, cols] for sigma in sigmas])
+    np.testing.assert_allclose(laplacian_of_gaussian_at(image, rows, cols, sigmas), whole, atol=1e-12)
+    assert laplacian_of_gaussian_at(image, rows[:0], cols[:0], sigmas).shape == (5, 0)

@@ -264,7 +264,7 @@ def test_auto_count_adds_droplets_the_detector_missed(monkeypatch, small_scene):
     assert score.precision >= 0.85, score
 
 
-def test_a_reused_appearance_adds_missed_droplets_before_the_first_step(monkeypatch, templates_fit):
+def test_a_reused_appearance_adds_missed_droplets_within_its_first_iterations(monkeypatch, templates_fit):
     image, truth = scene_image(8, SMALL_SCENE)
     detected = engine._candidates
 
@@ -272,10 +272,11 @@ def test_a_reused_appearance_adds_missed_droplets_before_the_first_step(monkeypa
         return detected(observed, region, settings)[::3]
 
     monkeypatch.setattr(engine, "_candidates", starved)
-    one_chunk = {"steps": CHUNK_STEPS, "downscale": 1}  # too short for the fit's own checkpoints
-    plain = run_fit(image, FitSettings(**one_chunk), image_sha256="e" * 64)
+    # One chunk of SVI is too short for the fit's own checkpoints; the reuse fit's first
+    # housekeeping comes after its first iteration.
+    plain = run_fit(image, FitSettings(steps=CHUNK_STEPS, downscale=1), image_sha256="e" * 64)
     reused = run_fit(
-        image, FitSettings(**one_chunk, appearance_from=templates_fit.fit_id), image_sha256="e" * 64,
+        image, FitSettings(steps=3, downscale=1, appearance_from=templates_fit.fit_id), image_sha256="e" * 64,
         appearance_source=templates_fit,
     )
     started = int(plain.params["_active"].sum())

@@ -11,6 +11,7 @@ a single scatter, whatever the mix of sizes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -204,6 +205,23 @@ def sample_background(layout: Layout):
     level = numpyro.sample("bg", dist.Uniform(0.0, 1.0).expand([c]).to_event(1))
     shading = numpyro.sample("bg_shading", dist.Normal(0.0, 0.1).expand([*SHADING_GRID, c]).to_event(3))
     return level, level + jax.image.resize(shading, (layout.height, layout.width, c), "cubic")
+
+
+@lru_cache(maxsize=8)
+def shading_basis(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolation weights of the shading grid: ``(h, rows)`` and ``(w, columns)``.
+
+    The bicubic resize is linear and separable, so the shading image of one channel's grid
+    ``S`` ``(rows, columns)`` is ``rows_weights @ S @ columns_weights.T``: a least-squares
+    problem in ``S`` for any fixed droplets (``droplet_core.refine``).
+    """
+    rows, columns = SHADING_GRID
+    # Resizing an identity along one axis (the other keeps its size, which the resize leaves
+    # exactly as it is) gives that axis's weights.
+    return (
+        np.asarray(jax.image.resize(jnp.eye(rows), (height, rows), "cubic"), np.float64),
+        np.asarray(jax.image.resize(jnp.eye(columns), (width, columns), "cubic"), np.float64),
+    )
 
 
 def initial_background(observed: np.ndarray) -> dict:

@@ -1,0 +1,179 @@
+"""How a fit decides the droplet count: switch droplets off and on between optimisation steps.
+
+Every fit has a fixed number of droplet slots (so its programs compile once); an ``active``
+mask ``(n,)`` says which are in the model. Between steps the fit engine switches off
+droplets whose learned contribution is negligible and the weaker of near-duplicates
+(``prune_and_merge``), and switches spare slots on where the residual shows a droplet the
+detector missed (``residual_peaks``, ``add_droplets``). The SVI fits (``droplet_core.fit``)
+and the Levenberg-Marquardt fits of a reused appearance (``droplet_core.refine``) share it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import jax.numpy as jnp
+import numpy as np
+from scipy.spatial import cKDTree
+
+from droplet_core.detect import strong_peaks
+from droplet_core.models.common import Layout, ModelSpec
+
+if TYPE_CHECKING:
+    from droplet_core.fit import MeanFieldGuide
+
+# Radius range of detector candidates and residual peaks, in fit px.
+MIN_RADIUS_PX = 1.0
+MAX_RADIUS_PX = 12.0
+# A droplet is negligible when its strongest effect on the image is below this fraction of
+# the median droplet's, or below this many noise standard deviations. One whose effect is
+# far above the median is a point-like spike fitting a highlight or an edge, not a droplet.
+PRUNE_FRACTION_OF_MEDIAN = 0.2
+PRUNE_NOISE_SDS = 1.0
+PRUNE_MULTIPLE_OF_MEDIAN = 3.0
+# A droplet that shrinks below a pixel of the fitted image is a spike fitting a highlight or
+# noise: nothing smaller can be resolved.
+PRUNE_BELOW_RADIUS_PX = 1.0
+# Droplets do not nest: a centre inside a larger droplet is a highlight or rim of that one.
+MERGE_FRACTION_OF_RADIUS = 1.0
+# A missed droplet stands far above the residual's noise.
+RESIDUAL_PEAK_NOISE_SDS = 6.0
+
+
+def radius_px(values: dict) -> np.ndarray:
+    """``(n,)`` droplet radii in fit px (gaussian's blobs have ``radius = sqrt(2) sigma``)."""
+    return values["radius"] if "radius" in values else np.sqrt(2.0) * values["sigma"]
+
+
+def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """New ``(n,)`` active mask: drop negligible droplets, keep the stronger of near-duplicates.
+
+    ``values`` are the fit's current per-droplet values (fit px), ``strength`` ``(n,)`` each
+    droplet's strongest effect on the image (channel units).
+    """
+    active = active.copy()
+    on = active > 0
+    if not on.any():
+        return active
+    typical = float(np.median(strength[on]))
+    floor = max(PRUNE_FRACTION_OF_MEDIAN * typical, PRUNE_NOISE_SDS * float(values["noise"]))
+    radius = radius_px(values)
+    negligible = (strength < floor) | (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical) | (radius < PRUNE_BELOW_RADIUS_PX)
+    active[on & negligible] = 0.0
+    index = np.flatnonzero(active > 0)
+    if index.size < 2:
+        return active
+    xy = np.stack([values["x"][index], values["y"][index]], axis=1)
+    radius = radius[index]
+    tree = cKDTree(xy)
+    pairs = tree.query_pairs(r=MERGE_FRACTION_OF_RADIUS * float(radius.max()), output_type="ndarray")
+    # Largest droplets first, so a droplet absorbs what is nested in it before that is compared.
+    pairs = pairs[np.argsort(-np.maximum(radius[pairs[:, 0]], radius[pairs[:, 1]]))]
+    for a, b in pairs:
+        i, j = index[a], index[b]
+        if active[i] == 0 or active[j] == 0:
+            continue
+        if np.hypot(*(xy[a] - xy[b])) < MERGE_FRACTION_OF_RADIUS * max(radius[a], radius[b]):
+            active[j if strength[i] >= strength[j] else i] = 0.0
+    return active
+
+
+def residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, polarity: float) -> np.ndarray:
+    """``(k, 4)`` droplets the fit misses (x, y, radius, contrast in fit px): strong blobs of
+    the ``(h, w, c)`` residual with the droplets' ``polarity`` (+1 brighter than the
+    background, -1 darker) that do not lie inside an active droplet (those are
+    imperfections of that droplet), strongest first.
+
+    Blobs of the other sign are what the droplets drawn do not explain: on synthetic scenes
+    none of them lies at a missed droplet, and added as droplets they were most of a
+    reused neural appearance's false detections.
+    """
+    # The residual's own robust spread, not the model's noise estimate: while droplets are
+    # missing, the model explains them as noise and its noise estimate is inflated.
+    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    peaks = strong_peaks(
+        residual, RESIDUAL_PEAK_NOISE_SDS * spread, min_radius_px=MIN_RADIUS_PX, max_radius_px=MAX_RADIUS_PX
+    )
+    peaks = peaks[peaks["contrast"] * polarity > 0]
+    index = np.flatnonzero(active > 0)
+    if peaks.empty or index.size == 0:
+        return peaks.to_numpy(np.float32).reshape(-1, 4)
+    radius = radius_px(values)[index]
+    distance, nearest = cKDTree(np.stack([values["x"][index], values["y"][index]], axis=1)).query(
+        peaks[["x", "y"]].to_numpy()
+    )
+    return peaks[distance > radius[nearest]].to_numpy(np.float32)
+
+
+def add_droplets(
+    params: dict, peaks: np.ndarray, anchors: np.ndarray, active: np.ndarray, layout: Layout,
+    guide: MeanFieldGuide, values: dict,
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Switch free slots on at ``peaks`` ``(k, 4)`` (x, y, radius, contrast in fit px).
+
+    A peak takes a free slot whose patch can draw its radius; the new droplet starts with
+    the typical composition of the active ones. Returns ``params`` with the new droplets'
+    guide locations (``<site>_auto_loc``) written in, and the new ``anchors`` ``(n, 3)`` and
+    ``active`` ``(n,)``. ``values`` are the fit's current per-droplet values. Host-side numpy,
+    and the guide's one compiled unconstraining of whole ``(n, ...)`` arrays: eager JAX ops
+    on the ever-new number of peaks would each compile.
+    """
+    free = np.flatnonzero(active == 0)
+    slots, rows = [], []
+    for row in peaks:
+        fits = free[np.asarray(layout.radius_cap_px)[free] >= row[2]]
+        if fits.size == 0:
+            continue
+        slots.append(fits[0])
+        rows.append(row)
+        free = free[free != fits[0]]
+    if not slots:
+        return params, anchors, active
+    slots = np.asarray(slots)
+    rows = np.asarray(rows, np.float32)
+    on = active > 0
+    start = {
+        "x": rows[:, 0],
+        "y": rows[:, 1],
+        "radius": np.maximum(rows[:, 2], 0.5),
+        "sigma": rows[:, 2] / np.sqrt(2.0),
+        "amplitude": np.maximum(np.abs(rows[:, 3]), 1e-3),
+    }
+    if "composition" in values:
+        start["composition"] = np.tile(np.median(values["composition"][on], axis=0), (len(slots), 1))
+    params = dict(params)
+    moved = {name: np.array(values[name]) for name in start if name in guide.transforms}
+    for name, value in moved.items():
+        value[slots] = start[name]
+    for name, loc in guide.unconstrained(moved).items():
+        updated = np.array(params[f"{name}_auto_loc"])
+        updated[slots] = np.asarray(loc)[slots]
+        params[f"{name}_auto_loc"] = jnp.asarray(updated)
+    anchors = anchors.copy()
+    anchors[slots, :2] = rows[:, :2]
+    active = active.copy()
+    active[slots] = 1.0
+    return params, anchors, active
+
+
+def tidy(
+    evaluated: tuple, params: dict, observed: np.ndarray, anchors: np.ndarray, active: np.ndarray, spec: ModelSpec,
+    guide: MeanFieldGuide, add: bool, prune: bool,
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``(params, anchors, active)`` after switching off droplets of negligible strength and
+    duplicates (``prune``) and switching on droplets at strong peaks of the residual
+    (``add``).
+
+    ``evaluated`` is the fit at the guide medians in ``params``: the values of every site,
+    the ``(h, w, c)`` reconstruction and each droplet's strength ``(n,)``. ``observed`` is
+    the ``(h, w, c)`` fitted channel.
+    """
+    values, reconstruction, strength = evaluated
+    values = {k: np.asarray(v) for k, v in values.items()}
+    kept = prune_and_merge(values, np.asarray(strength), active) if prune else active
+    if not add:
+        return params, anchors, kept
+    # Peaks are looked for outside the droplets active before pruning: a peak inside a
+    # droplet just switched off is what that droplet failed to explain, not a new droplet.
+    peaks = residual_peaks(observed - np.asarray(reconstruction), values, active, spec.polarity)
+    return add_droplets(params, peaks, anchors, kept, spec.layout, guide, values)

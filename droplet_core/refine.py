@@ -1,0 +1,215 @@
+"""Fits with a reused appearance: Levenberg-Marquardt, droplet by droplet.
+
+With the appearance held fixed, what is left to fit splits into small problems. Each
+droplet's x, y, radius and composition change only the pixels near it, so they are a
+nonlinear least-squares problem of a few parameters on the pixels the droplet owns; the
+background shading is linear in its grid values, a least-squares problem of its own. Each
+iteration solves the background for the current droplets, then takes one damped
+Gauss-Newton (Levenberg-Marquardt) step for every droplet at once, with the block-diagonal
+curvature the Laplace uncertainty uses (``droplet_core.uncertainty.droplet_jacobian``), and
+keeps each droplet's step only where it lowers that droplet's own objective (its damping
+grows where it does not). From the detector's candidates this converges in about ten
+iterations, where SVI needs hundreds of steps, and to a lower RMSE: on the example image it
+reaches the RMSE of the 150-step SVI fit whose masks it reuses (0.0185) after 4 iterations
+and ends at 0.0165 after 11 (``bench/amortised.py``).
+
+Every iteration costs a render per droplet parameter (forward differences) and two for the
+trial steps, all run by the fit's compiled ``evaluate``, which the fit that learned the
+appearance compiled: a reuse fit compiles no large program. The droplet count is decided as in SVI (``droplet_core.housekeeping``):
+missed droplets are switched on after the first iterations and every few iterations after,
+and negligible ones and duplicates switched off. The result is the posterior mode; the
+guide's scales are set afterwards from the Laplace approximation at it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import jax.numpy as jnp
+import numpy as np
+
+from droplet_core.housekeeping import radius_px, tidy
+from droplet_core.models.common import ModelSpec, shading_basis
+from droplet_core.results import OptimiserRun
+from droplet_core.settings import FitProgress
+from droplet_core.uncertainty import at_locs, by_site, droplet_jacobian, stacked_prior_curvature
+
+if TYPE_CHECKING:
+    from droplet_core.fit import MeanFieldGuide
+
+# Housekeeping before iteration TIDY_FIRST (the first that looks at a residual drawn by
+# roughly placed droplets) and every TIDY_EVERY iterations after.
+TIDY_FIRST = 1
+TIDY_EVERY = 2
+# Converged: an iteration without housekeeping lowered the RMSE by less than this fraction.
+CONVERGED_RMSE_FRACTION = 0.01
+# Levenberg-Marquardt damping, relative to each block's diagonal: where it starts, and how
+# it shrinks after a step that helped and grows after one that did not.
+INITIAL_DAMPING = 0.1
+DAMPING_DOWN, DAMPING_UP = 1.0 / 3.0, 10.0
+DAMPING_RANGE = (1e-4, 1e4)
+# Steps tried per iteration: a droplet whose first step did not help tries a more damped one.
+TRIES = 2
+
+
+def refine_droplets(
+    evaluate: Callable,
+    params: dict,
+    per_droplet: list[str],
+    observed: np.ndarray,
+    anchors: np.ndarray,
+    active: np.ndarray,
+    spec: ModelSpec,
+    guide: MeanFieldGuide,
+    *,
+    max_iterations: int,
+    add: bool,
+    progress: Callable[[FitProgress], None] | None = None,
+    stop: threading.Event | None = None,
+    started: float | None = None,
+) -> OptimiserRun:
+    """Fit droplets and background with the appearance in ``params`` held fixed.
+
+    Parameters
+    ----------
+    evaluate : the fit's compiled ``evaluate(params, observed, anchors, active, spec)`` ->
+        values of every site, ``(h, w, c)`` reconstruction, ``(n,)`` strength, ``(n,)`` log
+        prior and the prior's curvature of each per-droplet site.
+    params : starting guide parameters (``<site>_auto_loc`` / ``_auto_scale``, numpy).
+    per_droplet : names of the per-droplet sites (their locations are refined).
+    observed : (h, w, c) the fitted channel.
+    anchors : (n, 3) detector x, y, radius (fit px); active : (n,) which slots are droplets.
+    spec : the fit's model spec; guide : its ``MeanFieldGuide``.
+    max_iterations : most iterations; the fit stops earlier once converged.
+    add : whether droplets may be switched on (the automatic droplet count).
+    progress, stop : as for ``run_fit``, per iteration.
+    started : ``time.perf_counter()`` at the start of the fit, for progress reports.
+
+    Returns
+    -------
+    OptimiserRun whose ``losses`` are the negative log posterior density after every iteration.
+    """
+    started = time.perf_counter() if started is None else started
+    layout = spec.layout
+    height, width, channels = observed.shape
+    observed_j = jnp.asarray(observed)
+    flat_observed = observed.reshape(layout.n_pixels, channels).astype(np.float64)
+    params = dict(params)
+    damping = np.full(layout.n_droplets, INITIAL_DAMPING)
+    losses, status, first_iteration_s, previous_rmse = [], "done", 0.0, np.inf
+
+    def evaluated(params, anchors, active):
+        return evaluate(params, observed_j, jnp.asarray(anchors), jnp.asarray(active), spec)
+
+    for iteration in range(max_iterations):
+        if stop is not None and stop.is_set():
+            status = "stopped"
+            break
+        iteration_started = time.perf_counter()
+        tidied = iteration >= TIDY_FIRST and (iteration - TIDY_FIRST) % TIDY_EVERY == 0
+        evaluation = evaluated(params, anchors, active)
+        if tidied:
+            params, anchors, active, evaluation = _tidied(
+                evaluated, evaluation, params, observed, anchors, active, spec, guide, add, prune=iteration > TIDY_FIRST
+            )
+        values, fitted, _, log_prior, prior_curvature = evaluation
+        values = {k: np.asarray(v) for k, v in values.items()}
+        residual = flat_observed - np.asarray(fitted, np.float64).reshape(layout.n_pixels, channels)
+        rmse = float(np.sqrt(np.mean(residual**2)))
+        losses.append(_negative_log_posterior(rmse, residual.size, np.asarray(log_prior), active))
+        if progress is not None:
+            progress(FitProgress(iteration + 1, max_iterations, losses[-1], time.perf_counter() - started, int(active.sum())))
+        if not tidied and rmse > (1.0 - CONVERGED_RMSE_FRACTION) * previous_rmse:
+            break
+        previous_rmse = rmse
+        params["bg_shading_auto_loc"] = _solved_shading(residual, values, height, width)
+        locs = {name: np.asarray(params[f"{name}_auto_loc"]) for name in per_droplet}
+        evaluate_at = at_locs(evaluate, params, observed_j, jnp.asarray(anchors), spec)
+        blocks = droplet_jacobian(evaluate_at, locs, active, layout, radius_px(values))
+        noise_sd = max(float(np.sqrt(np.mean((flat_observed - blocks.fitted) ** 2))), 1e-6)
+        step, damping = _damped_step(
+            blocks, evaluate_at, locs, stacked_prior_curvature(prior_curvature, locs), flat_observed, active,
+            noise_sd, damping,
+        )
+        for name, change in by_site(step, locs).items():
+            params[f"{name}_auto_loc"] = (locs[name] + change).astype(np.float32)
+        if iteration == 0:
+            first_iteration_s = time.perf_counter() - iteration_started
+    params, anchors, active, evaluation = _tidied(
+        evaluated, evaluated(params, anchors, active), params, observed, anchors, active, spec, guide, False, prune=True
+    )
+    rmse = float(np.sqrt(np.mean((flat_observed - np.asarray(evaluation[1]).reshape(layout.n_pixels, channels)) ** 2)))
+    params["noise_auto_loc"] = guide.unconstrained({"noise": np.float32(max(rmse, 1e-6))})["noise"]
+    params = {name: np.asarray(value) for name, value in params.items()}
+    return OptimiserRun(
+        params, anchors, active, np.asarray(losses, np.float32), len(losses), status, first_iteration_s,
+        losses[-1] if losses else None,
+    )
+
+
+def _tidied(evaluated, evaluation, params, observed, anchors, active, spec, guide, add: bool, prune: bool):
+    """``housekeeping.tidy`` at ``evaluation`` (``evaluated(params, anchors, active)``):
+    ``(params, anchors, active, evaluation)``, evaluated again where droplets changed."""
+    params, anchors, tidied_active = tidy(evaluation[:3], params, observed, anchors, active, spec, guide, add, prune)
+    if np.any(tidied_active != active):
+        return params, anchors, tidied_active, evaluated(params, anchors, tidied_active)
+    return params, anchors, active, evaluation
+
+
+def _damped_step(blocks, evaluate_at, locs, prior_curvature, flat_observed, active, noise_sd, damping):
+    """One Levenberg-Marquardt step of every droplet: ``(n, d)`` the change of its
+    unconstrained parameters (0 where the step did not lower its objective), and the new
+    ``(n,)`` damping."""
+    d = len(blocks.jacobian)
+    on = active > 0
+    data = flat_observed[blocks.pixels]
+    curvature = blocks.gram() / noise_sd**2
+    diagonal = np.einsum("nii->ni", curvature).copy()
+    curvature[:, np.arange(d), np.arange(d)] += np.maximum(prior_curvature, 0.0) + 1e-12
+    gradient = blocks.project(data - blocks.fitted[blocks.pixels]) / noise_sd**2 + blocks.prior_gradient
+
+    def objective(image, log_prior):
+        drawn = np.asarray(image).reshape(len(flat_observed), -1)[blocks.pixels]
+        return blocks.per_droplet(((data - drawn) ** 2).sum(axis=1)) / (2.0 * noise_sd**2) - np.asarray(log_prior, np.float64)
+
+    before = objective(blocks.fitted, blocks.log_prior)
+    step = np.zeros((len(on), d))
+    pending = on.copy()
+    # A droplet whose step did not help tries again at once with more damping (one render
+    # for all of them); droplets that already improved keep their step meanwhile.
+    for _ in range(TRIES):
+        damped = curvature + (damping[:, None] * diagonal)[:, :, None] * np.eye(d)
+        trial = np.where(pending[:, None], np.linalg.solve(damped, gradient[..., None])[..., 0], step)
+        trial = np.where(np.isfinite(trial), trial, 0.0)
+        moved = {name: locs[name] + change for name, change in by_site(trial.astype(np.float32), locs).items()}
+        helped = (objective(*evaluate_at(moved, active)) < before) & pending
+        step[helped] = trial[helped]
+        damping = np.clip(np.where(helped, damping * DAMPING_DOWN, np.where(pending, damping * DAMPING_UP, damping)), *DAMPING_RANGE)
+        pending &= ~helped
+        if not pending.any():
+            break
+    return step.astype(np.float32), damping
+
+
+def _solved_shading(residual: np.ndarray, values: dict, height: int, width: int) -> np.ndarray:
+    """``(rows, columns, c)`` shading grid that best explains the image less its droplets.
+
+    ``residual`` ``(h * w, c)`` is observed minus reconstruction; adding back the current
+    shading gives the background's share to fit (the clip to [0, 1] is ignored).
+    """
+    rows_weights, columns_weights = shading_basis(height, width)
+    shading = np.moveaxis(np.asarray(values["bg_shading"], np.float64), 2, 0)  # (c, rows, columns)
+    target = np.moveaxis(residual.reshape(height, width, -1), 2, 0) + rows_weights @ shading @ columns_weights.T
+    projected = rows_weights.T @ target @ columns_weights
+    solved = np.linalg.solve(rows_weights.T @ rows_weights, projected)
+    solved = np.linalg.solve(columns_weights.T @ columns_weights, np.swapaxes(solved, 1, 2))  # (c, columns, rows)
+    return np.transpose(solved, (2, 1, 0)).astype(np.float32)
+
+
+def _negative_log_posterior(rmse: float, n_values: int, log_prior: np.ndarray, active: np.ndarray) -> float:
+    """The negative log density of the data (Gaussian noise of sd ``rmse``) and of the active
+    droplets' parameters under their priors, up to the background's prior."""
+    return float(0.5 * n_values * (np.log(2.0 * np.pi * rmse**2) + 1.0) - np.sum(log_prior[active > 0]))

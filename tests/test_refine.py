@@ -1,0 +1,88 @@
+"""Fits with a reused appearance (Levenberg-Marquardt), checked against synthetic truth."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from droplet_core.fit import run_fit
+from droplet_core.housekeeping import residual_peaks
+from droplet_core.matching import match_droplets
+from droplet_core.models.common import SHADING_GRID, shading_basis
+from droplet_core.refine import _solved_shading
+from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.settings import FitSettings
+
+SCENE = SceneSettings(width_px=160, height_px=128, n_droplets=150, radius_min_px=1.5, radius_max_px=6.0)
+
+
+def scene_image(seed: int):
+    image, truth = make_scene(seed, SCENE)
+    return image.astype(np.float32) / 255.0, truth
+
+
+@pytest.fixture(scope="module")
+def source_fit():
+    """A templates fit that learned its masks on one scene."""
+    image, _ = scene_image(7)
+    return run_fit(image, FitSettings(steps=300, downscale=1), image_sha256="a" * 64)
+
+
+def test_shading_is_solved_exactly_for_fixed_droplets():
+    rng = np.random.default_rng(0)
+    height, width = 50, 70
+    rows, columns = shading_basis(height, width)
+    truth, start = (rng.normal(0.0, 0.1, (*SHADING_GRID, 2)) for _ in range(2))
+    draw = lambda grid: np.einsum("hi,ijc,wj->hwc", rows, grid, columns)  # noqa: E731
+    residual = (draw(truth) - draw(start)).reshape(height * width, 2)
+    solved = _solved_shading(residual, {"bg_shading": start}, height, width)
+    np.testing.assert_allclose(solved, truth, atol=1e-5)
+
+
+def test_residual_peaks_keep_only_the_droplets_polarity():
+    rows, cols = np.mgrid[:64, :64]
+    residual = np.zeros((64, 64, 1), np.float32)
+    for x, y, contrast in ((16, 16, -0.5), (48, 40, 0.5)):
+        residual[..., 0] += contrast * np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / 8.0)
+    residual += np.random.default_rng(1).normal(0.0, 0.005, residual.shape).astype(np.float32)
+    none_active = {"x": np.zeros(1), "y": np.zeros(1), "radius": np.ones(1)}
+    dark = residual_peaks(residual, none_active, np.zeros(1), polarity=-1.0)
+    bright = residual_peaks(residual, none_active, np.zeros(1), polarity=1.0)
+    assert [tuple(p[:2]) for p in dark] == [(16.0, 16.0)]
+    assert [tuple(p[:2]) for p in bright] == [(48.0, 40.0)]
+
+
+def test_a_reused_appearance_converges_in_a_few_iterations_and_beats_a_new_fit(source_fit):
+    image, truth = scene_image(8)
+    new = run_fit(image, FitSettings(downscale=1), image_sha256="e" * 64)
+    reused = run_fit(
+        image, FitSettings(downscale=1, appearance_from=source_fit.fit_id), image_sha256="e" * 64,
+        appearance_source=source_fit,
+    )
+    # At most the default 150 iterations; it stops once an iteration gains under 1 % RMSE.
+    assert reused.info["steps_done"] <= 20
+    assert len(reused.losses) == reused.info["steps_done"]
+    assert np.mean(reused.info["rmse"]) < np.mean(new.info["rmse"])
+    score = match_droplets(truth, reused.droplets)
+    assert score.f1 >= max(0.9, match_droplets(truth, new.droplets).f1 - 0.02), score
+    # The guide's scales are the Laplace sds (positive, per droplet), not the starting 0.01.
+    assert np.all(reused.params["x_auto_scale"][reused.params["_active"] > 0] > 0)
+    assert not np.allclose(reused.params["x_auto_scale"], 0.01)
+
+
+def test_a_reuse_fit_is_deterministic_and_stops_on_request(source_fit):
+    image, _ = scene_image(8)
+    settings = FitSettings(steps=6, downscale=1, appearance_from=source_fit.fit_id)
+    one, two = (run_fit(image, settings, image_sha256="e" * 64, appearance_source=source_fit) for _ in range(2))
+    pd.testing.assert_frame_equal(one.droplets, two.droplets)
+    stop = threading.Event()
+    stopped = run_fit(
+        image, settings, image_sha256="e" * 64, appearance_source=source_fit,
+        progress=lambda progress: stop.set(), stop=stop,
+    )
+    assert stopped.status == "stopped"
+    assert stopped.info["steps_done"] == 1
+    assert len(stopped.droplets) > 0
