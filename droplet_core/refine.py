@@ -15,10 +15,12 @@ and ends at 0.0165 after 11 (``bench/amortised.py``).
 
 Every iteration costs a render per droplet parameter (forward differences) and two for the
 trial steps, all run by the fit's compiled ``evaluate``, which the fit that learned the
-appearance compiled: a reuse fit compiles no large program. The droplet count is decided as in SVI (``droplet_core.housekeeping``):
-missed droplets are switched on after the first iterations and every few iterations after,
-and negligible ones and duplicates switched off. The result is the posterior mode; the
-guide's scales are set afterwards from the Laplace approximation at it.
+appearance compiled: a reuse fit compiles no large program. The algebra runs on the host in
+numpy, so on a GPU, where SVI steps are cheap, a reuse fit gains little (``bench/device.py``).
+The droplet count is decided as in SVI (``droplet_core.housekeeping``): missed droplets are
+switched on after the first iteration and every other iteration after, and negligible ones
+and duplicates switched off. The result is the posterior mode; the guide's scales are set
+afterwards from the Laplace approximation at it.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def refine_droplets(
 
     Returns
     -------
-    OptimiserRun whose ``losses`` are the negative log posterior density after every iteration.
+    OptimiserRun whose ``losses`` are the negative log posterior density where each iteration started.
     """
     started = time.perf_counter() if started is None else started
     layout = spec.layout
@@ -121,7 +123,8 @@ def refine_droplets(
         rmse = float(np.sqrt(np.mean(residual**2)))
         losses.append(_negative_log_posterior(rmse, residual.size, np.asarray(log_prior), active))
         if progress is not None:
-            progress(FitProgress(iteration + 1, max_iterations, losses[-1], time.perf_counter() - started, int(active.sum())))
+            elapsed_s = time.perf_counter() - started
+            progress(FitProgress(iteration + 1, max_iterations, losses[-1], elapsed_s, int(active.sum())))
         if not tidied and rmse > (1.0 - CONVERGED_RMSE_FRACTION) * previous_rmse:
             break
         previous_rmse = rmse
@@ -173,7 +176,8 @@ def _damped_step(blocks, evaluate_at, locs, prior_curvature, flat_observed, acti
 
     def objective(image, log_prior):
         drawn = np.asarray(image).reshape(len(flat_observed), -1)[blocks.pixels]
-        return blocks.per_droplet(((data - drawn) ** 2).sum(axis=1)) / (2.0 * noise_sd**2) - np.asarray(log_prior, np.float64)
+        misfit = blocks.per_droplet(((data - drawn) ** 2).sum(axis=1)) / (2.0 * noise_sd**2)
+        return misfit - np.asarray(log_prior, np.float64)
 
     before = objective(blocks.fitted, blocks.log_prior)
     step = np.zeros((len(on), d))
@@ -187,7 +191,8 @@ def _damped_step(blocks, evaluate_at, locs, prior_curvature, flat_observed, acti
         moved = {name: locs[name] + change for name, change in by_site(trial.astype(np.float32), locs).items()}
         helped = (objective(*evaluate_at(moved, active)) < before) & pending
         step[helped] = trial[helped]
-        damping = np.clip(np.where(helped, damping * DAMPING_DOWN, np.where(pending, damping * DAMPING_UP, damping)), *DAMPING_RANGE)
+        damping = np.where(helped, damping * DAMPING_DOWN, np.where(pending, damping * DAMPING_UP, damping))
+        damping = np.clip(damping, *DAMPING_RANGE)
         pending &= ~helped
         if not pending.any():
             break

@@ -208,9 +208,8 @@ def droplet_uncertainty(
 
     curvature = blocks.gram() / noise_sd**2
     diagonal = np.einsum("nii->ni", curvature)
-    curvature[:, np.arange(d), np.arange(d)] += np.maximum(stacked_prior_curvature(prior_curvature, locs), 0.0) + RIDGE * (
-        diagonal.mean(axis=1, keepdims=True) + 1e-12
-    )
+    prior = np.maximum(stacked_prior_curvature(prior_curvature, locs), 0.0)
+    curvature[:, np.arange(d), np.arange(d)] += prior + RIDGE * (diagonal.mean(axis=1, keepdims=True) + 1e-12)
     covariance = np.linalg.inv(curvature)
 
     pixels = blocks.pixels
