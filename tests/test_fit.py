@@ -127,7 +127,7 @@ def test_fit_is_bit_identical_across_processes(tmp_path):
 
 
 def test_refits_reuse_the_compiled_programs(small_scene, templates_fit):
-    """Step count, learning rate, seed and a frozen appearance are inputs of the programs."""
+    """Step count, learning rate and seed are inputs of the programs; a reused appearance runs them too."""
     image, _ = small_scene
     before = engine._programs.cache_info()
     settings = [
