@@ -190,21 +190,26 @@ def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
     }
 
 
-# Cells per mask cell side when reading an outline: the outline of a 15-cell mask is read
-# to a fraction of a cell.
-OUTLINE_UPSAMPLING = 4
-# A mask cell belongs to the droplet where its |value| reaches this fraction of the
-# droplet's strong values (the 90th percentile of |value| over the drawn disk).
+# The outline's edge is where, coming in from outside, |mask| first reaches this fraction
+# of the droplet's typical |value| (the median over its unit disk): the outer edge of the
+# rim or body, whatever highlights or holes lie inside.
 OUTLINE_LEVEL = 0.5
+OUTLINE_ANGLES = 64
+# Radial step (radii) of the search for the edge.
+OUTLINE_STEP = 0.02
+# Edge points further than this many median deviations from the fitted circle (a notch
+# where a highlight cancels the body at the edge) are left out of the second fit.
+OUTLINE_OUTLIER_MADS = 3.0
 
 
 def outline(droplet_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre and edge radius of each droplet's drawn look, in units of the model's radius.
 
-    The droplet is the filled region where ``|mask|`` reaches ``OUTLINE_LEVEL`` of its strong
-    values: the rim, the body and highlights inside it, without the holes a bright centre
-    on the background level leaves. Its centroid is the centre of the outline (a highlight
-    shifted to one side does not move it) and ``sqrt(area / pi)`` its edge radius.
+    Along ``OUTLINE_ANGLES`` rays from the grid's centre, the edge is the outermost point
+    where ``|mask|`` reaches ``OUTLINE_LEVEL`` of the droplet's typical value; a circle
+    fitted to those points by least squares (twice, the second time without outlying
+    points) gives the centre of the outline and its radius. A highlight or an inclusion
+    inside the droplet does not move either.
 
     Parameters
     ----------
@@ -215,25 +220,48 @@ def outline(droplet_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     centre_x, centre_y, edge : (n,) each, in radii of the model's ``radius``.
     """
     n, size, _ = droplet_masks.shape
-    fine = size * OUTLINE_UPSAMPLING
-    axis = np.linspace(-EXTENT, EXTENT, fine)
-    cell = axis[1] - axis[0]
-    upsampled = np.abs(ndimage.zoom(np.asarray(droplet_masks, np.float64), (1, fine / size, fine / size), order=1))
-    within_disk = np.hypot(axis[None, :], axis[:, None]) <= 1.0
-    strong = np.quantile(upsampled[:, within_disk], 0.9, axis=1)
-    region = upsampled >= OUTLINE_LEVEL * strong[:, None, None]
-    filled = np.stack([ndimage.binary_fill_holes(r) for r in region])
-    area = filled.sum(axis=(1, 2))
-    safe = np.maximum(area, 1)
-    centre_x = np.where(area > 0, (filled * axis[None, None, :]).sum(axis=(1, 2)) / safe, 0.0)
-    centre_y = np.where(area > 0, (filled * axis[None, :, None]).sum(axis=(1, 2)) / safe, 0.0)
-    edge = np.where(area > 0, np.sqrt(area * cell**2 / np.pi), 1.0)
-    return centre_x.astype(np.float32), centre_y.astype(np.float32), edge.astype(np.float32)
+    magnitude = np.abs(np.asarray(droplet_masks, np.float64))
+    axis = np.linspace(-EXTENT, EXTENT, size)
+    typical = np.median(magnitude[:, np.hypot(axis[None, :], axis[:, None]) <= 1.0], axis=1)
+    angle = np.linspace(0.0, 2.0 * np.pi, OUTLINE_ANGLES, endpoint=False)
+    rho = np.arange(EXTENT, 0.2, -OUTLINE_STEP)
+    cells_per_radius = (size - 1) / (2.0 * EXTENT)
+    u = (size - 1) / 2.0 + np.cos(angle)[:, None] * rho[None, :] * cells_per_radius
+    v = (size - 1) / 2.0 + np.sin(angle)[:, None] * rho[None, :] * cells_per_radius
+    index = np.broadcast_to(np.arange(n)[:, None, None], (n, *u.shape))
+    coords = np.stack([index, np.broadcast_to(v, index.shape), np.broadcast_to(u, index.shape)])
+    profile = ndimage.map_coordinates(magnitude, coords.reshape(3, -1), order=1).reshape(index.shape)
+    level = (OUTLINE_LEVEL * typical)[:, None, None]
+    reached = profile >= level
+    found = reached.any(axis=2) & (typical[:, None] > 0)
+    first = np.maximum(np.argmax(reached, axis=2), 1)
+    outer = np.take_along_axis(profile, (first - 1)[..., None], axis=2)[..., 0]
+    inner = np.take_along_axis(profile, first[..., None], axis=2)[..., 0]
+    fraction = np.clip((level[..., 0] - outer) / np.maximum(inner - outer, 1e-12), 0.0, 1.0)
+    edge = rho[first - 1] - OUTLINE_STEP * fraction
+    px, py = np.cos(angle) * edge, np.sin(angle) * edge
+    centre_x, centre_y, radius = _fit_circles(px, py, found)
+    distance = np.abs(np.hypot(px - centre_x[:, None], py - centre_y[:, None]) - radius[:, None])
+    spread = np.nanmedian(np.where(found, distance, np.nan), axis=1)
+    inliers = found & (distance <= OUTLINE_OUTLIER_MADS * np.maximum(spread, OUTLINE_STEP)[:, None])
+    centre_x, centre_y, radius = _fit_circles(px, py, inliers)
+    usable = inliers.sum(axis=1) >= 3
+    return (
+        np.where(usable, centre_x, 0.0).astype(np.float32),
+        np.where(usable, centre_y, 0.0).astype(np.float32),
+        np.where(usable, radius, 1.0).astype(np.float32),
+    )
 
 
-def is_appearance_site(name: str) -> bool:
-    """Whether a latent site describes the droplet look (held fixed when it is reused)."""
-    return name == "masks"
+def _fit_circles(px: np.ndarray, py: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares (Kasa) circles through the points ``(n, k)`` where ``use``: centres and radii ``(n,)``."""
+    w = use.astype(np.float64)
+    design = np.stack([px, py, np.ones_like(px)], axis=2) * w[..., None]
+    target = (px**2 + py**2) * w
+    normal = np.einsum("nki,nkj->nij", design, design) + 1e-9 * np.eye(3)
+    solved = np.linalg.solve(normal, np.einsum("nki,nk->ni", design, target)[..., None])[..., 0]
+    centre_x, centre_y = solved[:, 0] / 2.0, solved[:, 1] / 2.0
+    return centre_x, centre_y, np.sqrt(np.maximum(solved[:, 2] + centre_x**2 + centre_y**2, 1e-12))
 
 
 def appearance(values: dict, spec: ModelSpec) -> dict:
