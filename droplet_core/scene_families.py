@@ -67,7 +67,7 @@ class FluorescenceLook:
     defocus_blur_range: tuple[float, float] = (0.15, 0.5)
     defocus_dimming_range: tuple[float, float] = (0.15, 0.5)
     haze: float = 0.04
-    photons_full_scale: float = 60.0
+    photons_full_scale: float = 30.0
     read_noise_photons: float = 0.7
     full_scale_counts: float = 8000.0
     offset_counts: float = 100.0
@@ -230,7 +230,8 @@ def _brightfield_shader(look: BrightfieldLook, radius, rim_width, rim_transmissi
         facing = np.cos(np.arctan2(v, u) - shadow)  # 1 on the shadow side
         width = rim_width[members, None, None] * (1.0 + look.rim_asymmetry * facing)
         darkness = (1.0 - rim_transmission[members, None, None]) * np.clip(1.0 + 0.5 * look.rim_asymmetry * facing, 0.0, None)
-        t = np.clip(depth / np.maximum(width, 1e-3), 0.0, 1.0)
+        # Dark across the outer half of the rim, then a quick rise to the body.
+        t = np.clip(2.0 * depth / np.maximum(width, 1e-3) - 1.0, 0.0, 1.0)
         rim = 1.0 - np.clip(darkness, 0.0, 1.0) * (1.0 - t * t * (3.0 - 2.0 * t))
         cu, cv = u - look.centre_offset * toward_light[0], v - look.centre_offset * toward_light[1]
         centre = centre_gain[members, None, None] * np.exp(-(cu**2 + cv**2) / (2.0 * look.centre_size**2))

@@ -19,6 +19,9 @@ PLACEMENT_TRIES = 64
 # the smaller radius of a pair) at which it counts as settled.
 _PACKING_ITERATIONS = 1000
 _PACKING_TOLERANCE = 0.01
+_MOMENTUM = 0.8
+# Packing starts with the droplets at this fraction of their radii.
+_START_SIZE = 0.6
 
 
 def draw_radii(
@@ -124,26 +127,37 @@ def pack(
     y = rng.uniform(0.0, height_px - 1.0, n)
     skin = 0.5 * float(np.median(radius)) if n else 0.0
     pairs = np.zeros((0, 2), dtype=np.intp)
+    velocity_x, velocity_y = np.zeros(n), np.zeros(n)
     for iteration in range(_PACKING_ITERATIONS):
+        # The droplets grow to their size over the first half, so the crowd spreads gently
+        # instead of bursting apart from random overlaps into the image's borders.
+        grown = radius * min(1.0, _START_SIZE + (1.0 - _START_SIZE) * iteration / (0.5 * _PACKING_ITERATIONS))
         if iteration % 8 == 0:  # droplets move less than the skin between rebuilds
-            pairs = close_pairs(x, y, radius, skin)
+            pairs = close_pairs(x, y, grown, skin)
         i, j = pairs[:, 0], pairs[:, 1]
         dx, dy = x[j] - x[i], y[j] - y[i]
         distance = np.maximum(np.hypot(dx, dy), 1e-6)
-        overlap = radius[i] + radius[j] - distance
+        overlap = grown[i] + grown[j] - distance
         pushing = overlap > 0
-        if not pushing.any() or (overlap / np.minimum(radius[i], radius[j])).max() < _PACKING_TOLERANCE:
+        settled = not pushing.any() or (overlap / np.minimum(grown[i], grown[j])).max() < _PACKING_TOLERANCE
+        if settled and grown[0] == radius[0]:
             break
         i, j, dx, dy, distance, overlap = (a[pushing] for a in (i, j, dx, dy, distance, overlap))
         # Half the overlap is removed per step, shared inversely to the droplets' areas.
-        share_j = radius[i] ** 2 / (radius[i] ** 2 + radius[j] ** 2)
+        share_j = grown[i] ** 2 / (grown[i] ** 2 + grown[j] ** 2)
         step = 0.5 * overlap / distance
         move_x = np.bincount(j, step * share_j * dx, n) - np.bincount(i, step * (1.0 - share_j) * dx, n)
         move_y = np.bincount(j, step * share_j * dy, n) - np.bincount(i, step * (1.0 - share_j) * dy, n)
+        # Momentum (as in FIRE) carries droplets across the slow, flat directions of a jam;
+        # it is dropped when it runs against the push.
+        if velocity_x @ move_x + velocity_y @ move_y < 0.0:
+            velocity_x[:], velocity_y[:] = 0.0, 0.0
+        velocity_x = _MOMENTUM * velocity_x + move_x
+        velocity_y = _MOMENTUM * velocity_y + move_y
         # A droplet pushed by many neighbours at once would overshoot.
         limit = 0.25 * radius
-        x = np.clip(x + np.clip(move_x, -limit, limit), 0.0, width_px - 1.0)
-        y = np.clip(y + np.clip(move_y, -limit, limit), 0.0, height_px - 1.0)
+        x = np.clip(x + np.clip(velocity_x, -limit, limit), 0.0, width_px - 1.0)
+        y = np.clip(y + np.clip(velocity_y, -limit, limit), 0.0, height_px - 1.0)
     return x, y, radius * (1.0 + flattening)
 
 
@@ -251,9 +265,11 @@ def paint(
     if not len(x):
         return canvas
     half = np.ceil(radius * extent + margin_px).astype(int)
-    pad = int(half.max())
-    padded = np.pad(canvas, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
     col, row = np.rint(x).astype(int), np.rint(y).astype(int)
+    # Centres may lie outside the image (particles inside a droplet cut by the border).
+    outside = max(0, -col.min(), -row.min(), col.max() - canvas.shape[1] + 1, row.max() - canvas.shape[0] + 1)
+    pad = int(half.max()) + int(outside)
+    padded = np.pad(canvas, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
     for size in np.unique(half)[::-1]:
         members = np.flatnonzero(half == size)
         cut = (contacts[0][members], contacts[1][members]) if contacts is not None else (None, None)

@@ -97,7 +97,9 @@ class SceneSettings:
     placement : ``"random"`` (sparse to crowded, by ``n_droplets`` and
         ``min_distance_fraction``) or ``"packed"`` (every droplet pressed against its
         neighbours; not for the seed family).
-    packed_area_fraction : packed placement: the droplets' summed disk area over the image's.
+    packed_area_fraction : packed placement: the droplets' summed disk area over the area
+        their centres may take (the image grown by a mean radius on each side, as droplets
+        on the border hang over it); about 0.85 is jammed, above it droplets press harder.
     packing_flattening : packed placement: droplets settled touching are grown by this
         fraction of their radius and cut flat where they meet.
     fluorescence, brightfield, phase : the looks of those families.
@@ -134,7 +136,7 @@ class SceneSettings:
     family: str = "seed"
     placement: str = "random"
     packed_area_fraction: float = 0.88
-    packing_flattening: float = 0.04
+    packing_flattening: float = 0.03
     fluorescence: FluorescenceLook = field(default_factory=FluorescenceLook)
     brightfield: BrightfieldLook = field(default_factory=BrightfieldLook)
     phase: PhaseLook = field(default_factory=PhaseLook)
@@ -160,6 +162,165 @@ class SceneSettings:
             raise ValueError("the seed family has no packed placement; use the packed family")
         if not 0.0 < self.packed_area_fraction <= 1.2:
             raise ValueError("packed_area_fraction must be in (0, 1.2]")
+
+
+# Each family's preset: a typical image of that kind of microscopy, 500x400 px.
+_FAMILY_PRESETS = {
+    "seed": {},
+    "fluorescence": dict(
+        n_droplets=110, radius_min_px=4.0, radius_max_px=45.0, radius_median_px=14.0, radius_log_sd=0.5,
+        min_distance_fraction=0.8, background_variation=0.15, blur_sigma_px=1.2, jpeg_quality=None,
+    ),
+    "brightfield": dict(
+        n_droplets=160, radius_min_px=3.0, radius_max_px=70.0, radius_median_px=9.0, radius_log_sd=0.9,
+        min_distance_fraction=1.1, background_rgb=(0.80, 0.79, 0.74), background_variation=0.08,
+        blur_sigma_px=0.8, noise_sd=0.012, jpeg_quality=92,
+    ),
+    "phase": dict(
+        n_droplets=160, radius_min_px=3.0, radius_max_px=40.0, radius_median_px=9.0, radius_log_sd=0.6,
+        min_distance_fraction=1.1, background_rgb=(0.50, 0.50, 0.50), background_variation=0.08,
+        blur_sigma_px=0.7, noise_sd=0.012, jpeg_quality=92,
+    ),
+    "packed": dict(
+        n_droplets=20_000, radius_min_px=8.0, radius_max_px=35.0, radius_median_px=15.0, radius_log_sd=0.3,
+        placement="packed", background_rgb=(0.42, 0.42, 0.40), background_variation=0.08, blur_sigma_px=0.8,
+        noise_sd=0.012, jpeg_quality=92,
+        brightfield=BrightfieldLook(
+            body_transmission=1.55, rim_width=0.14, rim_transmission=0.45, rim_asymmetry=0.3, centre_gain=0.25,
+            centre_size=0.45, centre_offset=0.1, specular_gain=0.7, specular_size=0.07, halo_gain=0.0,
+            bubble_fraction=0.0, inclusions_per_droplet=0.0, contact_gap_px=1.0,
+        ),
+    ),
+}
+
+
+def family_settings(family: str, **overrides) -> SceneSettings:
+    """Settings of a ``family``'s preset scene, with ``overrides``.
+
+    Each override names a ``SceneSettings`` field or a field of the family's look
+    (``FluorescenceLook`` for fluorescence, ``BrightfieldLook`` for brightfield and packed,
+    ``PhaseLook`` for phase), e.g. ``family_settings("fluorescence", n_droplets=300,
+    photons_full_scale=20)``.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
+    values = {"family": family, **_FAMILY_PRESETS[family]}
+    look_name = _LOOK_OF_FAMILY.get(family)
+    look = values.get(look_name, getattr(SceneSettings(), look_name)) if look_name else None
+    scene_fields = {f.name for f in dataclasses.fields(SceneSettings)}
+    look_fields = {f.name for f in dataclasses.fields(look)} if look is not None else set()
+    look_overrides = {}
+    for name, value in overrides.items():
+        if name in scene_fields:
+            values[name] = value
+        elif name in look_fields:
+            look_overrides[name] = value
+        else:
+            raise ValueError(f"{name!r} is no setting of a {family} scene")
+    if look_overrides:
+        values[look_name] = dataclasses.replace(values.get(look_name, look), **look_overrides)
+    return SceneSettings(**values)
+
+
+def random_family_settings(
+    rng: np.random.Generator,
+    size_px: int,
+    radius_range_px: tuple[float, float] = (1.0, 150.0),
+    families: tuple[str, ...] = FAMILIES,
+) -> SceneSettings:
+    """Varied settings of a ``size_px`` square scene, for training and validating detectors.
+
+    Draws a family (uniformly from ``families``), a radius range inside ``radius_range_px``
+    and no larger than a quarter of the scene (from monodisperse to 1:50), a density
+    (sparse, crowded, or packed: a fifth of non-seed scenes, and every ``packed`` one), and
+    the family's look: levels, colours, rims, noise, blur, illumination and JPEG quality.
+    """
+    family = str(rng.choice(families))
+    lo_bound = radius_range_px[0]
+    hi_bound = max(lo_bound, min(radius_range_px[1], size_px / 4.0))
+    r_min = float(np.exp(rng.uniform(np.log(lo_bound), np.log(max(lo_bound, hi_bound / 2.0)))))
+    ratio = float(np.exp(rng.uniform(np.log(1.5), np.log(50.0))))
+    r_max = min(hi_bound, r_min * ratio)
+    median = float(np.exp(rng.uniform(np.log(r_min), np.log(np.sqrt(r_min * r_max)) + 1e-9)))
+    log_sd = float(rng.uniform(0.2, 1.0))
+    packed = family == "packed" or (family != "seed" and rng.uniform() < 0.2)
+    # Expected disk area of the truncated lognormal, by sampling it.
+    sample = draw_radii(np.random.default_rng(0), 256, median, log_sd, r_min, r_max)
+    coverage = float(rng.choice([rng.uniform(0.02, 0.15), rng.uniform(0.2, 0.55)]))
+    common = dict(
+        width_px=size_px, height_px=size_px, radius_min_px=r_min, radius_max_px=r_max, radius_median_px=median,
+        radius_log_sd=log_sd, n_droplets=int(max(3, coverage * size_px**2 / np.mean(np.pi * sample**2))),
+        min_distance_fraction=float(rng.uniform(0.85, 1.4)), background_variation=float(rng.uniform(0.0, 0.2)),
+        blur_sigma_px=float(rng.uniform(0.3, 1.5)), noise_sd=float(rng.uniform(0.003, 0.03)),
+        jpeg_quality=None if rng.uniform() < 0.4 else int(rng.integers(70, 98)),
+    )
+    if packed:
+        common.update(placement="packed", n_droplets=20_000, packed_area_fraction=float(rng.uniform(0.82, 0.95)),
+                      packing_flattening=float(rng.uniform(0.01, 0.08)))
+    if family == "seed":
+        return SceneSettings(**common, **_random_seed_look(rng))
+    if family == "fluorescence":
+        grey = rng.uniform() < 0.6
+        emission = (1.0, 1.0, 1.0) if grey else tuple(float(v) for v in np.clip(rng.uniform(0.0, 1.0, 3) + rng.uniform(0.0, 0.4), 0.0, 1.0))
+        look = FluorescenceLook(
+            emission_rgb=emission, background_level=float(rng.uniform(0.0, 0.15)),
+            droplet_level=float(rng.uniform(0.25, 0.9)), brightness_log_sd=float(rng.uniform(0.0, 0.35)),
+            edge_brightening=float(rng.uniform(0.0, 0.8)), dome=float(rng.uniform(0.0, 1.0) ** 2),
+            out_of_focus_fraction=float(rng.uniform(0.0, 0.3)), haze=float(rng.uniform(0.0, 0.1)),
+            photons_full_scale=float(np.exp(rng.uniform(np.log(8.0), np.log(2000.0)))),
+            read_noise_photons=float(rng.uniform(0.0, 2.0)), contact_gap_px=float(rng.uniform(0.0, 2.5)),
+        )
+        return SceneSettings(**{**common, "jpeg_quality": None}, family=family, fluorescence=look)
+    if family == "phase":
+        look = PhaseLook(
+            mode="dic" if rng.uniform() < 0.4 else "phase", phase_per_radius_px=float(rng.uniform(0.05, 0.3)),
+            phase_saturation=float(rng.uniform(0.8, 2.0)), index_sign=float(rng.choice([1.0, -1.0], p=[0.75, 0.25])),
+            contrast=float(rng.uniform(0.25, 0.7)), halo_sigma_px=float(rng.uniform(2.0, 15.0)),
+            shear_angle_deg=float(rng.uniform(0.0, 360.0)), shear_px=float(rng.uniform(0.7, 2.0)),
+        )
+        grey = float(rng.uniform(0.3, 0.7))
+        tint = tuple(float(v) for v in np.clip(grey * (1.0 + rng.uniform(-0.08, 0.08, 3)), 0.0, 1.0))
+        return SceneSettings(**common, family=family, background_rgb=tint, phase=look)
+    base = _FAMILY_PRESETS["packed"]["brightfield"] if family == "packed" else BrightfieldLook()
+    look = dataclasses.replace(
+        base, body_transmission=float(base.body_transmission * rng.uniform(0.9, 1.15)),
+        rim_width=float(rng.uniform(0.08, 0.35)), rim_transmission=float(rng.uniform(0.05, 0.7)),
+        rim_asymmetry=float(rng.uniform(0.0, 0.8)), light_angle_deg=float(rng.uniform(0.0, 360.0)),
+        centre_gain=float(rng.uniform(0.0, 0.6)), centre_size=float(rng.uniform(0.15, 0.5)),
+        specular_gain=float(rng.uniform(0.0, 0.8)) if rng.uniform() < 0.5 else 0.0,
+        halo_gain=float(rng.uniform(0.0, 0.25)),
+        bubble_fraction=float(rng.uniform(0.0, 0.4)) if family == "brightfield" else 0.0,
+        bubble_radius_range_px=(r_min, max(r_min, min(r_max, 4.0 * r_min))),
+        inclusion_min_radius_px=float(max(8.0, 3.0 * r_min)), inclusions_per_droplet=float(rng.uniform(0.0, 3.0)),
+        contact_gap_px=float(rng.uniform(0.0, 2.0)),
+    )
+    level = float(rng.uniform(0.3, 0.55)) if family == "packed" else float(rng.uniform(0.55, 0.9))
+    field_rgb = tuple(float(v) for v in np.clip(level * (1.0 + rng.uniform(-0.1, 0.1, 3)), 0.0, 1.0))
+    return SceneSettings(**common, family=family, background_rgb=field_rgb, brightfield=look)
+
+
+def _random_seed_look(rng: np.random.Generator) -> dict:
+    """Random seed-family look: substrate and droplet colours (darker or lighter), rims, shading, caustics."""
+    background = rng.uniform(0.25, 0.9) * (1.0 + rng.uniform(-0.15, 0.15, 3))
+    n_colours = int(rng.integers(1, 4))
+    darker = rng.uniform() < 0.8
+    palette = []
+    for _ in range(n_colours):
+        if darker:
+            palette.append(np.clip(background * rng.uniform(0.3, 0.9) + rng.uniform(-0.15, 0.15, 3), 0.02, 0.98))
+        else:
+            palette.append(np.clip(background + rng.uniform(0.1, 0.4) + rng.uniform(-0.1, 0.1, 3), 0.02, 0.98))
+    caustic = np.clip(rng.uniform(0.7, 1.0, 3) - rng.uniform(0.0, 0.5) * np.eye(3)[rng.integers(3)], 0.0, 1.0)
+    return dict(
+        background_rgb=tuple(float(v) for v in np.clip(background, 0.05, 0.95)),
+        palette_rgb=tuple(tuple(float(v) for v in c) for c in palette),
+        composition_concentration=tuple(float(v) for v in rng.uniform(0.2, 1.0, n_colours)),
+        rim_darkness=float(rng.uniform(0.0, 0.6)), rim_width=float(rng.uniform(0.15, 0.45)),
+        shading=float(rng.uniform(0.0, 0.4)), caustic_rgb=tuple(float(v) for v in caustic),
+        caustic_strength=float(rng.uniform(0.0, 1.0)), caustic_offset=float(rng.uniform(0.3, 0.8)),
+        caustic_size=float(rng.uniform(0.2, 0.5)), caustic_spill=float(rng.uniform(0.0, 0.8)),
+        caustic_onset_radius_px=float(rng.uniform(1.0, 3.0)),
+    )
 
 
 def make_scene(seed: int, settings: SceneSettings = SceneSettings()) -> tuple[np.ndarray, pd.DataFrame]:
@@ -262,12 +423,15 @@ def _layout(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.ndarr
     def draw(n):
         radii = draw_radii(rng, n, s.radius_median_px, s.radius_log_sd, s.radius_min_px, s.radius_max_px)
         bubble = rng.uniform(size=n) < bubble_fraction
-        radii[bubble] = rng.uniform(*s.brightfield.bubble_radius_range_px, int(bubble.sum()))
+        bubble_radii = rng.uniform(*s.brightfield.bubble_radius_range_px, int(bubble.sum()))
+        radii[bubble] = np.clip(bubble_radii, s.radius_min_px, s.radius_max_px)
         return radii, bubble
 
     if s.placement == "packed":
-        target = s.packed_area_fraction * s.width_px * s.height_px
-        radii, bubble = np.zeros(0), np.zeros(0, dtype=bool)
+        radii, bubble = draw(min(256, s.n_droplets))
+        # Centres stay in the image, so droplets on the border hang over it by about a radius.
+        reach = float(np.mean(radii)) if len(radii) else 0.0
+        target = s.packed_area_fraction * (s.width_px + 2.0 * reach) * (s.height_px + 2.0 * reach)
         while np.pi * np.sum(radii**2) < target and len(radii) < s.n_droplets:
             more, more_bubble = draw(min(256, s.n_droplets - len(radii)))
             radii, bubble = np.concatenate([radii, more]), np.concatenate([bubble, more_bubble])
