@@ -135,7 +135,7 @@ class SceneSettings:
     jpeg_quality: int | None = 90
     family: str = "seed"
     placement: str = "random"
-    packed_area_fraction: float = 0.88
+    packed_area_fraction: float = 0.92
     packing_flattening: float = 0.03
     fluorescence: FluorescenceLook = field(default_factory=FluorescenceLook)
     brightfield: BrightfieldLook = field(default_factory=BrightfieldLook)
@@ -197,9 +197,9 @@ _FAMILY_PRESETS = {
 def family_settings(family: str, **overrides) -> SceneSettings:
     """Settings of a ``family``'s preset scene, with ``overrides``.
 
-    Each override names a ``SceneSettings`` field or a field of the family's look
-    (``FluorescenceLook`` for fluorescence, ``BrightfieldLook`` for brightfield and packed,
-    ``PhaseLook`` for phase), e.g. ``family_settings("fluorescence", n_droplets=300,
+    Each override names a field of the family's look (``FluorescenceLook`` for fluorescence,
+    ``BrightfieldLook`` for brightfield and packed, ``PhaseLook`` for phase) or else a
+    ``SceneSettings`` field, e.g. ``family_settings("fluorescence", n_droplets=300,
     photons_full_scale=20)``.
     """
     if family not in FAMILIES:
@@ -211,10 +211,10 @@ def family_settings(family: str, **overrides) -> SceneSettings:
     look_fields = {f.name for f in dataclasses.fields(look)} if look is not None else set()
     look_overrides = {}
     for name, value in overrides.items():
-        if name in scene_fields:
-            values[name] = value
-        elif name in look_fields:
+        if name in look_fields:  # first: the family's own rim_width, not the seed look's
             look_overrides[name] = value
+        elif name in scene_fields:
+            values[name] = value
         else:
             raise ValueError(f"{name!r} is no setting of a {family} scene")
     if look_overrides:
@@ -438,7 +438,10 @@ def _layout(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.ndarr
         count = max(1, int(np.searchsorted(np.cumsum(np.pi * radii**2), target)) + 1)
         radii, bubble = radii[:count], bubble[:count]
         order = np.argsort(-radii, kind="stable")
-        x, y, radius = pack(rng, radii[order], s.width_px, s.height_px, s.packing_flattening)
+        # Packed at slightly smaller radii, so the droplets grown back by the flattening have the drawn ones.
+        shrink = 1.0 + s.packing_flattening
+        x, y, radius = pack(rng, radii[order] / shrink, s.width_px, s.height_px, s.packing_flattening)
+        radius = radii[order]  # the same values, without round-off
         return x, y, radius, bubble[order]
     radii, bubble = draw(s.n_droplets)
     order = np.argsort(-radii, kind="stable")
@@ -543,13 +546,34 @@ def demo_truth() -> pd.DataFrame:
     return _demo_scene()[1].copy()
 
 
-def write_scene(seed: int, out_dir: str | os.PathLike, settings: SceneSettings = SceneSettings()) -> None:
-    """Write ``scene.png`` and ``truth.csv`` of ``make_scene(seed, settings)`` into ``out_dir`` (created)."""
+def encode_tiff(image: np.ndarray) -> bytes:
+    """TIFF bytes (tifffile) of a ``(h, w)`` or ``(h, w, 3)`` image, e.g. the uint16 of ``make_scene_uint16``."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.asarray(image), photometric="rgb" if np.ndim(image) == 3 else "minisblack")
+    return buffer.getvalue()
+
+
+def write_scene(
+    seed: int, out_dir: str | os.PathLike, settings: SceneSettings = SceneSettings(), bit_depth: int = 8
+) -> str:
+    """Write the scene and ``truth.csv`` into ``out_dir`` (created); return the image's file name.
+
+    ``bit_depth`` 8 writes ``scene.png`` (``make_scene``), 16 writes ``scene.tif``
+    (``make_scene_uint16``).
+    """
+    if bit_depth not in (8, 16):
+        raise ValueError("bit depth must be 8 or 16")
     os.makedirs(out_dir, exist_ok=True)
-    image, truth = make_scene(seed, settings)
-    with open(os.path.join(out_dir, "scene.png"), "wb") as handle:
-        handle.write(encode_png(image))
+    if bit_depth == 8:
+        image, truth = make_scene(seed, settings)
+        name, data = "scene.png", encode_png(image)
+    else:
+        image, truth = make_scene_uint16(seed, settings)
+        name, data = "scene.tif", encode_tiff(image)
+    with open(os.path.join(out_dir, name), "wb") as handle:
+        handle.write(data)
     truth.to_csv(os.path.join(out_dir, "truth.csv"), index=False, float_format="%.4f")
+    return name
 
 
 def gaussian_blob_scene(
