@@ -233,7 +233,8 @@ def _brightfield_shader(look: BrightfieldLook, radius, rim_width, rim_transmissi
         depth = np.clip(edge / scale, 0.0, 1.0)  # 0 at the outline, about 1 at the centre
         facing = np.cos(np.arctan2(v, u) - shadow)  # 1 on the shadow side
         width = rim_width[members, None, None] * (1.0 + look.rim_asymmetry * facing)
-        darkness = (1.0 - rim_transmission[members, None, None]) * np.clip(1.0 + 0.5 * look.rim_asymmetry * facing, 0.0, None)
+        darker_in_shadow = np.clip(1.0 + 0.5 * look.rim_asymmetry * facing, 0.0, None)
+        darkness = (1.0 - rim_transmission[members, None, None]) * darker_in_shadow
         # Dark across the outer half of the rim, then a quick rise to the body.
         t = np.clip(2.0 * depth / np.maximum(width, 1e-3) - 1.0, 0.0, 1.0)
         rim = 1.0 - np.clip(darkness, 0.0, 1.0) * (1.0 - t * t * (3.0 - 2.0 * t))

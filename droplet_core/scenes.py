@@ -261,7 +261,8 @@ def random_family_settings(
         return SceneSettings(**common, **_random_seed_look(rng))
     if family == "fluorescence":
         grey = rng.uniform() < 0.6
-        emission = (1.0, 1.0, 1.0) if grey else tuple(float(v) for v in np.clip(rng.uniform(0.0, 1.0, 3) + rng.uniform(0.0, 0.4), 0.0, 1.0))
+        colour = np.clip(rng.uniform(0.0, 1.0, 3) + rng.uniform(0.0, 0.4), 0.0, 1.0)
+        emission = (1.0, 1.0, 1.0) if grey else tuple(float(v) for v in colour)
         look = FluorescenceLook(
             emission_rgb=emission, background_level=float(rng.uniform(0.0, 0.15)),
             droplet_level=float(rng.uniform(0.25, 0.9)), brightness_log_sd=float(rng.uniform(0.0, 0.35)),

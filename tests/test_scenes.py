@@ -1,17 +1,36 @@
-"""Synthetic scenes: determinism, truth consistency, visibility, and classical-detector realism."""
+"""Synthetic scenes of every family: determinism, truth against pixels, looks, 16-bit output, realism."""
 
+import hashlib
+import io
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from skimage.color import rgb2gray
 from skimage.feature import blob_log
 
 from droplet_core.images import load_image
-from droplet_core.scenes import SceneSettings, demo_image_bytes, demo_truth, encode_png, make_scene, write_scene
+from droplet_core.scene_geometry import close_pairs
+from droplet_core.scenes import (
+    FAMILIES,
+    SceneSettings,
+    demo_image_bytes,
+    demo_truth,
+    encode_png,
+    encode_tiff,
+    family_settings,
+    make_scene,
+    make_scene_uint16,
+    random_family_settings,
+    write_scene,
+)
 
 SMALL = SceneSettings(width_px=120, height_px=90, n_droplets=150)
 
@@ -143,23 +162,6 @@ def test_write_scene(tmp_path):
 
 # --- families ------------------------------------------------------------------------------------
 
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import tifffile  # noqa: E402
-
-from droplet_core.scene_geometry import close_pairs  # noqa: E402
-from droplet_core.scenes import (  # noqa: E402
-    FAMILIES,
-    encode_tiff,
-    family_settings,
-    make_scene_uint16,
-    random_family_settings,
-)
-
 # sha256 of make_scene(0) and of the SMALL scene 3 (image bytes; truth rounded to 1e-6),
 # computed at commit a5e296e, before the other families were added: the demo image, the
 # encoder's training scenes and the benchmarks depend on these pixels.
@@ -269,7 +271,8 @@ def test_packed_emulsion_fills_the_image_and_droplets_press_on_each_other():
     assert (truth.contacts >= 2).mean() > 0.95  # every droplet touches its neighbours
     x, y, r = truth.x.to_numpy(), truth.y.to_numpy(), truth.radius.to_numpy()
     pairs = close_pairs(x, y, r, 0.0)
-    overlap = r[pairs].sum(axis=1) - np.hypot(*(np.column_stack([x, y])[pairs[:, 0]] - np.column_stack([x, y])[pairs[:, 1]]).T)
+    i, j = pairs.T
+    overlap = r[i] + r[j] - np.hypot(x[i] - x[j], y[i] - y[j])
     assert len(pairs) > 2 * len(truth) and np.median(overlap / r[pairs].min(axis=1)) < 0.15  # flattened a little
     grey = image.mean(axis=2) / 255.0
     bodies, borders = grey[disk_mask(truth, grey.shape, scale=0.6)], grey[~covered]
@@ -287,7 +290,8 @@ def test_polydisperse_one_to_fifty_in_one_image():
     grey = image.mean(axis=2) / 255.0
     field = np.median(grey[~disk_mask(truth, grey.shape, margin=3.0)])
     for _, big in truth[truth.radius > 40].iterrows():
-        rim = disk_mask(pd.DataFrame([big]), grey.shape, scale=0.97) & ~disk_mask(pd.DataFrame([big]), grey.shape, scale=0.9)
+        one = pd.DataFrame([big])
+        rim = disk_mask(one, grey.shape, scale=0.97) & ~disk_mask(one, grey.shape, scale=0.9)
         assert grey[rim].mean() < field - 0.2, "a big droplet's dark rim is drawn whole"
         assert big.inclusions >= 0
 
