@@ -246,7 +246,7 @@ def _brightfield_shader(look: BrightfieldLook, radius, rim_width, rim_transmissi
         outside = 1.0 + look.halo_gain * np.exp(np.minimum(edge, 0.0) / look.halo_width_px)
         cover = _coverage(edge)[..., None]
         transmission = cover * inside + (1.0 - cover) * outside[..., None]
-        return 1.0 - transmission, np.zeros_like(transmission)
+        return 1.0 - transmission, None
 
     return shade
 

@@ -83,23 +83,30 @@ def place_random(
 def close_pairs(x: np.ndarray, y: np.ndarray, radius: np.ndarray, margin_px: float = 0.0) -> np.ndarray:
     """Index pairs ``(m, 2)`` of droplets whose disks come within ``margin_px`` of each other.
 
-    Each pair is found from its larger droplet (the other centre lies within twice its
-    radius plus the margin), so the search costs about the droplets' total area, whatever
-    the spread of sizes.
+    Droplets are sorted into size classes (radii within a factor of 2) and each pair of
+    classes is searched with a k-d tree within the sum of their largest radii, so the search
+    costs about the droplets' total area, whatever the spread of sizes.
     """
     if len(x) < 2:
         return np.zeros((0, 2), dtype=np.intp)
     centres = np.column_stack([x, y])
-    tree = cKDTree(centres)
-    found = tree.query_ball_point(centres, 2.0 * radius + margin_px, return_sorted=False)
-    counts = np.fromiter((len(f) for f in found), dtype=np.intp, count=len(found))
-    first = np.repeat(np.arange(len(x)), counts)
-    second = np.fromiter((j for f in found for j in f), dtype=np.intp, count=int(counts.sum()))
-    larger = (radius[first] > radius[second]) | ((radius[first] == radius[second]) & (first < second))
-    first, second = first[larger], second[larger]
-    gap = np.hypot(x[first] - x[second], y[first] - y[second]) - radius[first] - radius[second]
-    keep = gap < margin_px
-    return np.column_stack([first[keep], second[keep]])
+    size_class = np.floor(np.log2(radius / radius.min())).astype(int)
+    members = [np.flatnonzero(size_class == c) for c in np.unique(size_class)]
+    trees = [cKDTree(centres[m]) for m in members]
+    first, second = [], []
+    for a, (members_a, tree_a) in enumerate(zip(members, trees)):
+        for members_b, tree_b in zip(members[a:], trees[a:]):
+            reach = radius[members_a].max() + radius[members_b].max() + margin_px
+            if members_b is members_a:
+                pairs = tree_a.query_pairs(reach, output_type="ndarray")
+                i, j = members_a[pairs[:, 0]], members_a[pairs[:, 1]]
+            else:
+                near = tree_a.sparse_distance_matrix(tree_b, reach, output_type="ndarray")
+                i, j = members_a[near["i"]], members_b[near["j"]]
+            gap = np.hypot(x[i] - x[j], y[i] - y[j]) - radius[i] - radius[j]
+            first.append(i[gap < margin_px])
+            second.append(j[gap < margin_px])
+    return np.column_stack([np.concatenate(first), np.concatenate(second)]).astype(np.intp)
 
 
 def contact_counts(x: np.ndarray, y: np.ndarray, radius: np.ndarray, margin_px: float = 0.5) -> np.ndarray:
@@ -257,8 +264,9 @@ def paint(
     nearest pixel. Droplets with the same patch size are shaded together: ``shade(members,
     u, v, edge_px)`` gets their indices ``(m,)`` and the ``(m, p, p)`` fields of
     ``edge_fields`` and returns opacity ``(m, p, p, 1)`` and premultiplied value ``(m, p, p,
-    c)``; the patch becomes ``patch * (1 - opacity) + premultiplied`` (an opacity above 1 or
-    below 0 with a zero premultiplied value multiplies what is under it: transmitted light).
+    c)``; the patch becomes ``patch * (1 - opacity) + premultiplied``. A premultiplied value
+    of ``None`` (zero) with any opacity multiplies what is under the droplet by ``1 -
+    opacity``: transmitted light.
     Larger droplets go first, so small ones stay on top. ``contacts`` (``contacts_of``) cuts
     overlapping droplets along their radical lines.
     """
@@ -279,5 +287,6 @@ def paint(
             top, left = row[member] + pad - size, col[member] + pad - size
             patch = padded[top : top + 2 * size + 1, left : left + 2 * size + 1]
             patch *= 1.0 - alpha[index]
-            patch += premultiplied[index]
+            if premultiplied is not None:
+                patch += premultiplied[index]
     return padded[pad : pad + canvas.shape[0], pad : pad + canvas.shape[1]]
