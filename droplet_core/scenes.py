@@ -97,9 +97,10 @@ class SceneSettings:
     placement : ``"random"`` (sparse to crowded, by ``n_droplets`` and
         ``min_distance_fraction``) or ``"packed"`` (every droplet pressed against its
         neighbours; not for the seed family).
-    packed_area_fraction : packed placement: the droplets' summed disk area over the area
-        their centres may take (the image grown by a mean radius on each side, as droplets
-        on the border hang over it); about 0.85 is jammed, above it droplets press harder.
+    packed_area_fraction : packed placement: the droplets' summed disk area, before the
+        flattening, over the area their centres may take (the image grown by a mean radius
+        on each side, as droplets on the border hang over it); about 0.85 is jammed, above it
+        droplets press harder, below it gaps open.
     packing_flattening : packed placement: droplets settled touching are grown by this
         fraction of their radius and cut flat where they meet.
     fluorescence, brightfield, phase : the looks of those families.
@@ -135,7 +136,7 @@ class SceneSettings:
     jpeg_quality: int | None = 90
     family: str = "seed"
     placement: str = "random"
-    packed_area_fraction: float = 0.92
+    packed_area_fraction: float = 0.88
     packing_flattening: float = 0.03
     fluorescence: FluorescenceLook = field(default_factory=FluorescenceLook)
     brightfield: BrightfieldLook = field(default_factory=BrightfieldLook)
@@ -231,14 +232,14 @@ def random_family_settings(
     """Varied settings of a ``size_px`` square scene, for training and validating detectors.
 
     Draws a family (uniformly from ``families``), a radius range inside ``radius_range_px``
-    and no larger than a quarter of the scene (from monodisperse to 1:50), a density
+    and no larger than a fifth of the scene (from nearly monodisperse to 1:50), a density
     (sparse, crowded, or packed: a fifth of non-seed scenes, and every ``packed`` one), and
     the family's look: levels, colours, rims, noise, blur, illumination and JPEG quality.
     """
     family = str(rng.choice(families))
     lo_bound = radius_range_px[0]
-    hi_bound = max(lo_bound, min(radius_range_px[1], size_px / 4.0))
-    r_min = float(np.exp(rng.uniform(np.log(lo_bound), np.log(max(lo_bound, hi_bound / 2.0)))))
+    hi_bound = max(lo_bound, min(radius_range_px[1], size_px / 5.0))
+    r_min = float(np.exp(rng.uniform(np.log(lo_bound), np.log(max(lo_bound, hi_bound / 4.0)))))
     ratio = float(np.exp(rng.uniform(np.log(1.5), np.log(50.0))))
     r_max = min(hi_bound, r_min * ratio)
     median = float(np.exp(rng.uniform(np.log(r_min), np.log(np.sqrt(r_min * r_max)) + 1e-9)))
@@ -255,7 +256,7 @@ def random_family_settings(
         jpeg_quality=None if rng.uniform() < 0.4 else int(rng.integers(70, 98)),
     )
     if packed:
-        common.update(placement="packed", n_droplets=20_000, packed_area_fraction=float(rng.uniform(0.82, 0.95)),
+        common.update(placement="packed", n_droplets=20_000, packed_area_fraction=float(rng.uniform(0.85, 0.92)),
                       packing_flattening=float(rng.uniform(0.01, 0.08)))
     if family == "seed":
         return SceneSettings(**common, **_random_seed_look(rng))
@@ -432,7 +433,8 @@ def _layout(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.ndarr
         radii, bubble = draw(min(256, s.n_droplets))
         # Centres stay in the image, so droplets on the border hang over it by about a radius.
         reach = float(np.mean(radii)) if len(radii) else 0.0
-        target = s.packed_area_fraction * (s.width_px + 2.0 * reach) * (s.height_px + 2.0 * reach)
+        grown = (1.0 + s.packing_flattening) ** 2
+        target = grown * s.packed_area_fraction * (s.width_px + 2.0 * reach) * (s.height_px + 2.0 * reach)
         while np.pi * np.sum(radii**2) < target and len(radii) < s.n_droplets:
             more, more_bubble = draw(min(256, s.n_droplets - len(radii)))
             radii, bubble = np.concatenate([radii, more]), np.concatenate([bubble, more_bubble])

@@ -363,7 +363,7 @@ def test_random_family_settings_cover_families_sizes_and_densities():
     assert drawn[3] == random_family_settings(np.random.default_rng(3), 96)
     assert {s.family for s in drawn} == set(FAMILIES)
     assert {s.placement for s in drawn} == {"random", "packed"}
-    assert all(s.radius_max_px <= 96 / 4 and s.radius_min_px >= 1.0 for s in drawn)
+    assert all(s.radius_max_px <= 96 / 5 and s.radius_min_px >= 1.0 for s in drawn)
     assert max(s.radius_max_px / s.radius_min_px for s in drawn) > 8
     for seed, settings in enumerate(drawn[:12]):
         image, truth = make_scene(seed, settings)
