@@ -122,8 +122,10 @@ def pack(
 
     The droplets start at random centres in the image and are relaxed as soft disks
     (each overlapping pair pushed apart along its line of centres, the smaller one
-    further) until no pair overlaps by more than ``_PACKING_TOLERANCE`` of its smaller
-    radius; centres stay inside the image (droplets on the border are cut by it). Every
+    further, small droplets being stiffer) until no pair overlaps by more than
+    ``_PACKING_TOLERANCE`` of its smaller radius or ``_PACKING_ITERATIONS`` have run (a
+    jammed emulsion keeps small overlaps: its flattened contacts); centres stay inside the
+    image (droplets on the border are cut by it). Every
     radius is then grown by the factor ``1 + flattening``, so droplets that settled
     touching overlap a little: drawn with their contacts clipped along the radical line
     (``edge_fields``), they look pressed flat against each other.
@@ -132,7 +134,8 @@ def pack(
     radius = np.asarray(radii, dtype=np.float64)
     x = rng.uniform(0.0, width_px - 1.0, n)
     y = rng.uniform(0.0, height_px - 1.0, n)
-    skin = 0.5 * float(np.median(radius)) if n else 0.0
+    typical = float(np.median(radius)) if n else 0.0
+    skin = 0.5 * typical
     pairs = np.zeros((0, 2), dtype=np.intp)
     velocity_x, velocity_y = np.zeros(n), np.zeros(n)
     for iteration in range(_PACKING_ITERATIONS):
@@ -150,21 +153,27 @@ def pack(
         if settled and grown[0] == radius[0]:
             break
         i, j, dx, dy, distance, overlap = (a[pushing] for a in (i, j, dx, dy, distance, overlap))
-        # Half the overlap is removed per step, shared inversely to the droplets' areas.
+        # About half the overlap is removed per step, shared inversely to the droplets' areas.
         share_j = grown[i] ** 2 / (grown[i] ** 2 + grown[j] ** 2)
-        step = 0.5 * overlap / distance
+        # Small droplets are stiffer (Laplace pressure grows as 1 / r), so a contact
+        # pushes back by how much it deforms its smaller droplet, not by its overlap in px.
+        stiffness = np.clip(typical / np.minimum(grown[i], grown[j]), 0.5, 2.0)
+        step = 0.5 * stiffness * overlap / distance
         move_x = np.bincount(j, step * share_j * dx, n) - np.bincount(i, step * (1.0 - share_j) * dx, n)
         move_y = np.bincount(j, step * share_j * dy, n) - np.bincount(i, step * (1.0 - share_j) * dy, n)
         # Momentum (as in FIRE) carries droplets across the slow, flat directions of a jam;
-        # it is dropped when it runs against the push.
-        if velocity_x @ move_x + velocity_y @ move_y < 0.0:
-            velocity_x[:], velocity_y[:] = 0.0, 0.0
-        velocity_x = _MOMENTUM * velocity_x + move_x
-        velocity_y = _MOMENTUM * velocity_y + move_y
+        # a droplet drops it when it runs against the push.
+        against = velocity_x * move_x + velocity_y * move_y < 0.0
+        velocity_x[against], velocity_y[against] = 0.0, 0.0
         # A droplet pushed by many neighbours at once would overshoot.
         limit = 0.25 * radius
-        x = np.clip(x + np.clip(velocity_x, -limit, limit), 0.0, width_px - 1.0)
-        y = np.clip(y + np.clip(velocity_y, -limit, limit), 0.0, height_px - 1.0)
+        velocity_x = np.clip(_MOMENTUM * velocity_x + move_x, -limit, limit)
+        velocity_y = np.clip(_MOMENTUM * velocity_y + move_y, -limit, limit)
+        x, y = x + velocity_x, y + velocity_y
+        # The border stops a droplet's centre, and its momentum across the border.
+        velocity_x[(x < 0.0) | (x > width_px - 1.0)] = 0.0
+        velocity_y[(y < 0.0) | (y > height_px - 1.0)] = 0.0
+        x, y = np.clip(x, 0.0, width_px - 1.0), np.clip(y, 0.0, height_px - 1.0)
     return x, y, radius * (1.0 + flattening)
 
 
