@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 PLACEMENT_TRIES = 64
 # Relaxation of a packed emulsion: iterations at most, and the largest overlap (fraction of
 # the smaller radius of a pair) at which it counts as settled.
-_PACKING_ITERATIONS = 1000
+_PACKING_ITERATIONS = 500
 _PACKING_TOLERANCE = 0.01
 _MOMENTUM = 0.8
 # Packing starts with the droplets at this fraction of their radii.
