@@ -71,7 +71,7 @@ class FluorescenceLook:
     defocus_blur_range: tuple[float, float] = (0.15, 0.5)
     defocus_dimming_range: tuple[float, float] = (0.15, 0.5)
     haze: float = 0.04
-    photons_full_scale: float = 30.0
+    photons_full_scale: float = 20.0
     read_noise_photons: float = 0.7
     full_scale_counts: float = 8000.0
     offset_counts: float = 100.0

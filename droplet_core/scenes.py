@@ -170,7 +170,7 @@ _FAMILY_PRESETS = {
     "seed": {},
     "fluorescence": dict(
         n_droplets=110, radius_min_px=4.0, radius_max_px=45.0, radius_median_px=14.0, radius_log_sd=0.5,
-        min_distance_fraction=0.8, background_variation=0.15, blur_sigma_px=1.2, jpeg_quality=None,
+        min_distance_fraction=0.8, background_variation=0.15, blur_sigma_px=1.8, jpeg_quality=None,
     ),
     "brightfield": dict(
         n_droplets=160, radius_min_px=3.0, radius_max_px=70.0, radius_median_px=9.0, radius_log_sd=0.9,

@@ -212,9 +212,14 @@ def isolated(truth, gap_px):
 
 
 def test_fluorescence_disks_match_truth_in_area_and_centre():
-    """Above half of its plateau, an isolated in-focus disk covers pi r^2 and is centred on (x, y)."""
+    """Above half of its plateau, an isolated in-focus disk covers pi r^2 and is centred on (x, y).
+
+    (Blur draws the half-maximum contour of a disk in by about ``sigma**2 / (2 r)``, its area
+    by ``(sigma / r)**2``, so this runs with a light blur.)
+    """
     settings = family_settings(
         "fluorescence", width_px=300, height_px=240, n_droplets=25, radius_min_px=4.0, radius_max_px=30.0,
+        blur_sigma_px=1.0,
         min_distance_fraction=1.5, out_of_focus_fraction=0.0, edge_brightening=0.0, brightness_log_sd=0.0,
         haze=0.0, background_variation=0.0, photons_full_scale=20_000.0,
     )
