@@ -138,7 +138,7 @@ def pack(
     skin = 0.5 * typical
     pairs = np.zeros((0, 2), dtype=np.intp)
     velocity_x, velocity_y = np.zeros(n), np.zeros(n)
-    for iteration in range(_PACKING_ITERATIONS):
+    for iteration in range(_PACKING_ITERATIONS if n else 0):
         # The droplets grow to their size over the first half, so the crowd spreads gently
         # instead of bursting apart from random overlaps into the image's borders.
         grown = radius * min(1.0, _START_SIZE + (1.0 - _START_SIZE) * iteration / (0.5 * _PACKING_ITERATIONS))

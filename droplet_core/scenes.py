@@ -438,7 +438,7 @@ def _layout(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.ndarr
         while np.pi * np.sum(radii**2) < target and len(radii) < s.n_droplets:
             more, more_bubble = draw(min(256, s.n_droplets - len(radii)))
             radii, bubble = np.concatenate([radii, more]), np.concatenate([bubble, more_bubble])
-        count = max(1, int(np.searchsorted(np.cumsum(np.pi * radii**2), target)) + 1)
+        count = int(np.searchsorted(np.cumsum(np.pi * radii**2), target)) + 1
         radii, bubble = radii[:count], bubble[:count]
         order = np.argsort(-radii, kind="stable")
         # Packed at slightly smaller radii, so the droplets grown back by the flattening have the drawn ones.

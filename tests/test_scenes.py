@@ -203,6 +203,15 @@ def test_every_family_is_deterministic_by_seed(family):
     assert truth_a.radius.between(settings.radius_min_px, settings.radius_max_px).all()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_scene_without_droplets_is_an_empty_field(family):
+    settings = replace(SMALL_OF_FAMILY[family], n_droplets=0)
+    image, truth = make_scene(1, settings)
+    _, with_droplets = make_scene(1, SMALL_OF_FAMILY[family])
+    assert len(truth) == 0 and list(truth.columns) == list(with_droplets.columns)
+    assert image.shape == (settings.height_px, settings.width_px, 3)
+
+
 def isolated(truth, gap_px):
     """Boolean ``(n,)``: droplets whose disks are more than ``gap_px`` from every other droplet's."""
     pairs = close_pairs(truth.x.to_numpy(), truth.y.to_numpy(), truth.radius.to_numpy(), gap_px)
