@@ -26,12 +26,16 @@ The looks follow what the microscopes show:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 from skimage.transform import resize
 
-from droplet_core.scene_geometry import contacts_of, paint
+from droplet_core.scene_geometry import Shader, contacts_of, paint
+
+if TYPE_CHECKING:
+    from droplet_core.scenes import SceneSettings
 
 # A droplet's phase changes over a shear length by less than its high-pass does over the halo;
 # this factor gives DIC about the contrast of phase contrast at the same ``contrast``.
@@ -96,7 +100,7 @@ class BrightfieldLook:
     droplet_tint_rgb : colour the droplets' contents multiply the light by.
     size_jitter : per-droplet relative spread of rim width, darkness and centre gain.
     bubble_fraction : share of objects that are air bubbles (truth ``bubble``).
-    bubble_radius_range_px : bubbles' radii, uniform in the range.
+    bubble_radius_range_px : bubbles' radii, uniform in the range (clipped to the scene's).
     bubble_rim_width, bubble_rim_transmission : bubbles' thick black rim.
     inclusion_min_radius_px : droplets at least this large may carry inclusions.
     inclusions_per_droplet : mean count (Poisson) of inclusions in such a droplet (truth
@@ -168,15 +172,19 @@ def illumination(rng: np.random.Generator, height_px: int, width_px: int, variat
     return (1.0 + variation * shading) * (1.0 + variation * vignette - variation)
 
 
-def _contacts(settings, x, y, radius, gap_px):
+def _contacts(settings: SceneSettings, x, y, radius, gap_px: float):
+    """Radical-line cuts (``contacts_of``) where droplets are pressed together (packed placement), else None."""
     return contacts_of(x, y, radius, gap_px) if settings.placement == "packed" else None
 
 
 def _coverage(edge_px: np.ndarray) -> np.ndarray:
+    """Share of each pixel inside the outline, from the signed distance to it (antialiased edge)."""
     return np.clip(edge_px + 0.5, 0.0, 1.0)
 
 
-def render_fluorescence(rng, settings, x, y, radius) -> tuple[np.ndarray, dict]:
+def render_fluorescence(
+    rng: np.random.Generator, settings: SceneSettings, x: np.ndarray, y: np.ndarray, radius: np.ndarray
+) -> tuple[np.ndarray, dict]:
     """Fluorescence: noisy signal ``(h, w)`` (signal 1 = full scale, before the offset) and truth columns.
 
     Truth column ``in_focus`` (bool): out-of-focus droplets are drawn dim and blurred.
@@ -221,17 +229,24 @@ def render_fluorescence(rng, settings, x, y, radius) -> tuple[np.ndarray, dict]:
     return noisy, {"in_focus": in_focus}
 
 
-def _brightfield_shader(look: BrightfieldLook, radius, rim_width, rim_transmission, centre_gain, specular_gain):
-    """Transmission shader for ``paint`` of droplets with radii, rim widths, rim transmissions, centre and
-    specular gains ``(n,)``."""
-    shadow = np.deg2rad(look.light_angle_deg) + np.pi
-    toward_light = np.array([np.cos(shadow + np.pi), np.sin(shadow + np.pi)])
+def _brightfield_shader(
+    look: BrightfieldLook,
+    radius: np.ndarray,
+    rim_width: np.ndarray,
+    rim_transmission: np.ndarray,
+    centre_gain: np.ndarray,
+    specular_gain: np.ndarray,
+) -> Shader:
+    """Transmission shader for ``paint``; per droplet ``(n,)``: radius, rim width and transmission,
+    centre and specular gains."""
+    light = np.deg2rad(look.light_angle_deg)
+    toward_light = np.array([np.cos(light), np.sin(light)])
     tint = np.asarray(look.droplet_tint_rgb, dtype=np.float32)
 
     def shade(members, u, v, edge):
         scale = radius[members, None, None].astype(np.float32)
         depth = np.clip(edge / scale, 0.0, 1.0)  # 0 at the outline, about 1 at the centre
-        facing = np.cos(np.arctan2(v, u) - shadow)  # 1 on the shadow side
+        facing = -np.cos(np.arctan2(v, u) - light)  # 1 on the side away from the light
         width = rim_width[members, None, None] * (1.0 + look.rim_asymmetry * facing)
         darker_in_shadow = np.clip(1.0 + 0.5 * look.rim_asymmetry * facing, 0.0, None)
         darkness = (1.0 - rim_transmission[members, None, None]) * darker_in_shadow
@@ -251,7 +266,14 @@ def _brightfield_shader(look: BrightfieldLook, radius, rim_width, rim_transmissi
     return shade
 
 
-def render_brightfield(rng, settings, x, y, radius, bubble) -> tuple[np.ndarray, dict]:
+def render_brightfield(
+    rng: np.random.Generator,
+    settings: SceneSettings,
+    x: np.ndarray,
+    y: np.ndarray,
+    radius: np.ndarray,
+    bubble: np.ndarray,
+) -> tuple[np.ndarray, dict]:
     """Transmitted light: image ``(h, w, 3)`` in [0, 1] before noise and truth columns.
 
     Truth columns ``bubble`` (bool, given) and ``inclusions`` (int: small particles drawn
@@ -259,7 +281,10 @@ def render_brightfield(rng, settings, x, y, radius, bubble) -> tuple[np.ndarray,
     """
     look: BrightfieldLook = settings.brightfield
     n, height, width = len(x), settings.height_px, settings.width_px
-    jitter = lambda: 1.0 + look.size_jitter * rng.uniform(-1.0, 1.0, n)  # noqa: E731
+
+    def jitter():
+        return 1.0 + look.size_jitter * rng.uniform(-1.0, 1.0, n)
+
     rim_width = np.where(bubble, look.bubble_rim_width, look.rim_width) * jitter()
     rim_transmission = np.clip(np.where(bubble, look.bubble_rim_transmission, look.rim_transmission) * jitter(), 0, 1)
     centre_gain = look.centre_gain * jitter()
@@ -283,14 +308,16 @@ def render_brightfield(rng, settings, x, y, radius, bubble) -> tuple[np.ndarray,
         ix, iy = x[owner] + where * np.cos(angle), y[owner] + where * np.sin(angle)
         ones = np.ones(len(owner))
         particle = replace(look, rim_asymmetry=0.2, halo_gain=0.05)
-        shader = _brightfield_shader(particle, small, 0.55 * ones, 0.45 * ones, 0.15 * ones, 0.0 * ones)
+        shader = _brightfield_shader(particle, small, 0.55 * ones, 0.45 * ones, 0.15 * ones, np.zeros(len(owner)))
         canvas = paint(canvas, ix, iy, small, shader, margin_px=margin)
     if settings.blur_sigma_px > 0:
         canvas = ndimage.gaussian_filter(canvas, sigma=(settings.blur_sigma_px, settings.blur_sigma_px, 0))
     return canvas, {"bubble": bubble, "inclusions": counts}
 
 
-def render_phase(rng, settings, x, y, radius) -> tuple[np.ndarray, dict]:
+def render_phase(
+    rng: np.random.Generator, settings: SceneSettings, x: np.ndarray, y: np.ndarray, radius: np.ndarray
+) -> tuple[np.ndarray, dict]:
     """Phase contrast or DIC: image ``(h, w, 3)`` in [0, 1] before noise, no extra truth columns."""
     look: PhaseLook = settings.phase
     n, height, width = len(x), settings.height_px, settings.width_px
