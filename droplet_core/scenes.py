@@ -393,6 +393,7 @@ def _render(seed: int, settings: SceneSettings) -> tuple[np.ndarray, pd.DataFram
 
 
 def _render_seed(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.ndarray, pd.DataFrame]:
+    """The seed family: image ``(h, w, 3)`` float with noise, and truth; the same draws in the same order as ever."""
     radii = np.sort(
         draw_radii(rng, settings.n_droplets, settings.radius_median_px, settings.radius_log_sd,
                    settings.radius_min_px, settings.radius_max_px)
@@ -417,7 +418,7 @@ def _layout(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.ndarr
 
     Bubbles (brightfield and packed families) take ``bubble_fraction`` of the objects, with
     their own radius range. Packed placement draws droplets until their summed area reaches
-    ``packed_area_fraction`` of the image (at most ``n_droplets``).
+    what ``packed_area_fraction`` asks for (at most ``n_droplets``).
     """
     s = settings
     bubble_fraction = s.brightfield.bubble_fraction if s.family in ("brightfield", "packed") else 0.0
@@ -443,9 +444,8 @@ def _layout(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.ndarr
         order = np.argsort(-radii, kind="stable")
         # Packed at slightly smaller radii, so the droplets grown back by the flattening have the drawn ones.
         shrink = 1.0 + s.packing_flattening
-        x, y, radius = pack(rng, radii[order] / shrink, s.width_px, s.height_px, s.packing_flattening)
-        radius = radii[order]  # the same values, without round-off
-        return x, y, radius, bubble[order]
+        x, y, _ = pack(rng, radii[order] / shrink, s.width_px, s.height_px, s.packing_flattening)
+        return x, y, radii[order], bubble[order]  # the radii pack returns, without its round-off
     radii, bubble = draw(s.n_droplets)
     order = np.argsort(-radii, kind="stable")
     x, y, radius, kept = place_random(rng, radii[order], s.width_px, s.height_px, s.min_distance_fraction)
