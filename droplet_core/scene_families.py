@@ -66,10 +66,10 @@ class FluorescenceLook:
     """
 
     emission_rgb: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    background_level: float = 0.05
+    background_level: float = 0.04
     droplet_level: float = 0.4
     brightness_log_sd: float = 0.15
-    edge_brightening: float = 0.45
+    edge_brightening: float = 0.2
     dome: float = 0.0
     out_of_focus_fraction: float = 0.15
     defocus_blur_range: tuple[float, float] = (0.15, 0.5)
@@ -206,7 +206,8 @@ def render_fluorescence(
     def defocused(members, u, v, edge):
         _, glow = emission(members, u, v, edge)
         for index, member in enumerate(members):
-            glow[index, ..., 0] = ndimage.gaussian_filter(glow[index, ..., 0], defocus_sd_px[member])
+            # Truncated at the 3 sd the patch reaches.
+            glow[index, ..., 0] = ndimage.gaussian_filter(glow[index, ..., 0], defocus_sd_px[member], truncate=3.0)
         return np.zeros_like(glow), glow  # emission from another plane adds to what is in focus
 
     canvas = np.zeros((height, width, 1), dtype=np.float32)
