@@ -356,9 +356,10 @@ def make_scene_uint16(seed: int, settings: SceneSettings = SceneSettings()) -> t
 
     Returns
     -------
-    image : uint16: fluorescence with a grey emission colour ``(h, w)`` counts, the
-        camera offset plus the signal times ``full_scale_counts`` (dim, as real 16-bit
-        fluorescence is); otherwise ``(h, w, 3)``, [0, 1] scaled to 0-65535.
+    image : uint16. Fluorescence: counts, the camera offset plus the signal times
+        ``full_scale_counts`` (dim, as real 16-bit fluorescence is), ``(h, w)`` for a grey
+        emission colour and ``(h, w, 3)`` for another; other families: ``(h, w, 3)``,
+        [0, 1] scaled to 0-65535.
     truth : as ``make_scene``.
     """
     image, truth = _render(seed, settings)
