@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     scene = commands.add_parser("scene", help="write a synthetic scene.png and its truth.csv")
     scene.add_argument("--seed", type=int, default=0)
     scene.add_argument("--out", type=Path, required=True)
+    scene.add_argument("--family", default="seed", help="seed, fluorescence, brightfield, phase or packed")
+    scene.add_argument("--width", type=int, help="pixels (default: the family's preset)")
+    scene.add_argument("--height", type=int, help="pixels (default: the family's preset)")
+    scene.add_argument("--droplets", type=int, help="droplets requested (default: the family's preset)")
+    scene.add_argument("--bit-depth", type=int, default=8, choices=(8, 16), help="16 writes scene.tif")
 
     detect = commands.add_parser(
         "detect", help="instant detection by the trained encoder: droplets.csv, overlay.png, fit.json"
@@ -214,10 +219,12 @@ def _batch(args) -> int:
 
 
 def _scene(args) -> int:
-    from droplet_core.scenes import write_scene
+    from droplet_core.scenes import family_settings, write_scene
 
-    write_scene(args.seed, args.out)
-    print(f"scene {args.seed} -> {args.out}")
+    given = {"width_px": args.width, "height_px": args.height, "n_droplets": args.droplets}
+    settings = family_settings(args.family, **{name: value for name, value in given.items() if value is not None})
+    name = write_scene(args.seed, args.out, settings, args.bit_depth)
+    print(f"scene {args.seed} ({args.family}) -> {args.out / name}")
     return 0
 
 
