@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train-encoder", help="train the detection encoder on synthetic scenes")
     train.add_argument("--out", type=Path, required=True, help="folder for the weights, training.json, curve")
-    train.add_argument("--minutes", type=float, default=12.0, help="training time budget (default 12)")
+    train.add_argument("--minutes", type=float, default=25.0, help="training time budget (default 25)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--steps", type=int, default=0, help="stop after this many steps (default: time only)")
     return parser

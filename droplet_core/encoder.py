@@ -49,7 +49,7 @@ from scipy.spatial import cKDTree
 from droplet_core.channels import extract_channel
 from droplet_core.matching import match_droplets
 from droplet_core.provenance import jax_device_description, library_versions
-from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.scenes import FAMILIES, SceneSettings, make_scene, random_family_settings
 
 STRIDE = 2
 WEIGHTS_DIR = Path(__file__).with_name("encoder_weights")
@@ -63,8 +63,16 @@ DEFAULT_THRESHOLD = 0.5
 # (and within MIN_SEPARATION_PX) is the same droplet.
 SUPPRESS_FRACTION_OF_RADIUS = 0.5
 MIN_SEPARATION_PX = 1.0
-# Radius range of the training scenes (px); predictions are clipped to a little beyond.
+# Radius range of the seed-kind training scenes (px).
 RADIUS_RANGE_PX = (1.0, 10.0)
+# Radius range of the other families' training scenes (px): the pyramid detector
+# (``droplet_core.scale``) trusts a level with radii of 2-8 px, and larger droplets in the
+# training scenes teach the network not to take their rims for small droplets.
+FAMILY_RADIUS_RANGE_PX = (1.5, 24.0)
+# Share of training scenes of the seed's kind; the rest are drawn from the other families.
+SEED_KIND_SHARE = 0.4
+# Predicted radii are clipped to this (px).
+MAX_PREDICTED_RADIUS_PX = 2 * FAMILY_RADIUS_RANGE_PX[1]
 
 
 @dataclass(frozen=True)
@@ -104,15 +112,15 @@ class TrainSettings:
     """
 
     seed: int = 0
-    minutes: float = 12.0
+    minutes: float = 25.0
     max_steps: int = 0
-    pool_scenes: int = 800
-    scene_px: int = 160
+    pool_scenes: int = 1200
+    scene_px: int = 192
     crop_px: int = 96
     batch: int = 12
     learning_rate: float = 3e-3
     validate_every: int = 250
-    validation_scenes: int = 4
+    validation_scenes: int = 6
 
 
 class Encoder(nn.Module):
@@ -246,7 +254,7 @@ def _raw_from_output(out: np.ndarray) -> dict:
         "p_exists": (1.0 / (1.0 + np.exp(-logits))).ravel(),
         "x": (STRIDE * cols + centre + STRIDE * out[..., 1]).ravel(),
         "y": (STRIDE * rows + centre + STRIDE * out[..., 2]).ravel(),
-        "radius": np.exp(np.clip(out[..., 3], np.log(0.5), np.log(2 * RADIUS_RANGE_PX[1]))).ravel(),
+        "radius": np.exp(np.clip(out[..., 3], np.log(0.5), np.log(MAX_PREDICTED_RADIUS_PX))).ravel(),
     }
 
 
@@ -360,11 +368,18 @@ def detect(
 def _scene_example(seed: int, size_px: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Features, targets and truth of training/validation scene ``seed`` (randomised settings).
 
-    The channel fed to the network is RGB or grey at random (the fits' default channel
-    is grey); horizontal flips happen at batch time.
+    A share ``SEED_KIND_SHARE`` of the scenes is of the seed's kind (``random_scene_settings``),
+    the rest of the other families (fluorescence, brightfield, phase contrast, packed
+    emulsions; ``scenes.random_family_settings``). The channel fed to the network is RGB or
+    grey at random (the fits' default channel is grey); horizontal flips happen at batch time.
     """
     rng = np.random.default_rng(seed)
-    rgb, truth = make_scene(seed, random_scene_settings(rng, size_px))
+    if rng.uniform() < SEED_KIND_SHARE:
+        settings = random_scene_settings(rng, size_px)
+    else:
+        others = tuple(family for family in FAMILIES if family != "seed")
+        settings = random_family_settings(rng, size_px, FAMILY_RADIUS_RANGE_PX, others)
+    rgb, truth = make_scene(seed, settings)
     channel = extract_channel(rgb.astype(np.float32) / 255.0, "rgb" if rng.uniform() < 0.5 else "grey")
     return normalise(channel), targets(truth, size_px, size_px), truth
 

@@ -33,6 +33,9 @@ PYRAMID_MIN_SIDE_PX = 64
 PYRAMID_MAX_PIXELS = 4_500_000
 # The smallest radius (fit px) the fit must resolve for the image's small droplets.
 MIN_FIT_RADIUS_PX = 1.5
+# The typical droplet spans at least this radius (fit px): enough pixels on its edge for a
+# radius to within a few percent.
+MEDIAN_FIT_RADIUS_PX = 4.0
 # The largest radius (fit px) a droplet patch can draw comfortably (see models.common).
 MAX_FIT_RADIUS_PX = 38.0
 # Fits larger than this many pixels take minutes on a laptop: the downscale grows until below.
@@ -161,13 +164,13 @@ def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> Scale
             np.nan, np.nan, np.nan, int(radii.size),
         )
     small, median, large = np.quantile(radii, [SMALL_RADIUS_QUANTILE, 0.5, 0.9])
-    by_small = max(1, int(np.floor(small / MIN_FIT_RADIUS_PX)))
+    by_small = max(1, min(int(np.floor(small / MIN_FIT_RADIUS_PX)), int(np.floor(median / MEDIAN_FIT_RADIUS_PX))))
     by_large = max(1, int(np.ceil(radii.max() / MAX_FIT_RADIUS_PX)))
     by_pixels = images.auto_downscale_factor(height, width, MAX_FIT_PIXELS)
     factor = max(by_small, by_large, by_pixels)
     sizes = f"droplet radii {small:.3g}-{large:.3g} px (10th-90th percentile, median {median:.3g} px)"
     if factor == by_small:
-        reason = f"{sizes}: at {factor}x the small droplets still span {small / factor:.1f} px"
+        reason = f"{sizes}: at {factor}x the small droplets still span {small / factor:.1f} px, the median {median / factor:.1f} px"
     elif factor == by_large:
         reason = f"{sizes}: {factor}x brings the largest droplet ({radii.max():.0f} px) within what a fit draws"
     else:

@@ -10,12 +10,13 @@ positions; the image is clipped to [0, 1].
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from scipy import ndimage
 
 from droplet_core.models.common import (
     ModelSpec,
@@ -190,26 +191,27 @@ def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
     }
 
 
-# The outline's edge is where, coming in from outside, |mask| first reaches this fraction
-# of the droplet's typical |value| (the median over its unit disk): the outer edge of the
-# rim or body, whatever highlights or holes lie inside.
-OUTLINE_LEVEL = 0.5
-OUTLINE_ANGLES = 64
+# Along each ray the droplet's edge is the outermost local maximum of the look's radial
+# gradient that reaches this fraction of the droplet's typical (median over rays) largest
+# gradient: the outer edge of the rim or body, however bright or dark each side is drawn
+# (a side shaded to the background level still has its edge).
+OUTLINE_GRADIENT_FRACTION = 0.5
+OUTLINE_ANGLES = 48
 # Radial step (radii) of the search for the edge.
-OUTLINE_STEP = 0.02
-# Edge points further than this many median deviations from the fitted circle (a notch
-# where a highlight cancels the body at the edge) are left out of the second fit.
+OUTLINE_STEP = 0.03
+# Edge points further than this many median deviations from the fitted circle (an inner
+# feature taken for the edge) are left out of the second fit.
 OUTLINE_OUTLIER_MADS = 3.0
 
 
 def outline(droplet_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre and edge radius of each droplet's drawn look, in units of the model's radius.
 
-    Along ``OUTLINE_ANGLES`` rays from the grid's centre, the edge is the outermost point
-    where ``|mask|`` reaches ``OUTLINE_LEVEL`` of the droplet's typical value; a circle
-    fitted to those points by least squares (twice, the second time without outlying
-    points) gives the centre of the outline and its radius. A highlight or an inclusion
-    inside the droplet does not move either.
+    Along ``OUTLINE_ANGLES`` rays from the grid's centre, the edge is the outermost strong
+    step of the look (``OUTLINE_GRADIENT_FRACTION``); a circle fitted to those points by
+    least squares (twice, the second time without outlying points) gives the centre of
+    the outline and its radius. A highlight or an inclusion inside the droplet moves
+    neither.
 
     Parameters
     ----------
@@ -220,30 +222,20 @@ def outline(droplet_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     centre_x, centre_y, edge : (n,) each, in radii of the model's ``radius``.
     """
     n, size, _ = droplet_masks.shape
-    magnitude = np.abs(np.asarray(droplet_masks, np.float64))
-    axis = np.linspace(-EXTENT, EXTENT, size)
-    typical = np.median(magnitude[:, np.hypot(axis[None, :], axis[:, None]) <= 1.0], axis=1)
-    angle = np.linspace(0.0, 2.0 * np.pi, OUTLINE_ANGLES, endpoint=False)
-    rho = np.arange(EXTENT, 0.2, -OUTLINE_STEP)
-    cells_per_radius = (size - 1) / (2.0 * EXTENT)
-    u = (size - 1) / 2.0 + np.cos(angle)[:, None] * rho[None, :] * cells_per_radius
-    v = (size - 1) / 2.0 + np.sin(angle)[:, None] * rho[None, :] * cells_per_radius
-    index = np.broadcast_to(np.arange(n)[:, None, None], (n, *u.shape))
-    coords = np.stack([index, np.broadcast_to(v, index.shape), np.broadcast_to(u, index.shape)])
-    profile = ndimage.map_coordinates(magnitude, coords.reshape(3, -1), order=1).reshape(index.shape)
-    level = (OUTLINE_LEVEL * typical)[:, None, None]
-    reached = profile >= level
-    found = reached.any(axis=2) & (typical[:, None] > 0)
-    first = np.maximum(np.argmax(reached, axis=2), 1)
-    outer = np.take_along_axis(profile, (first - 1)[..., None], axis=2)[..., 0]
-    inner = np.take_along_axis(profile, first[..., None], axis=2)[..., 0]
-    fraction = np.clip((level[..., 0] - outer) / np.maximum(inner - outer, 1e-12), 0.0, 1.0)
-    edge = rho[first - 1] - OUTLINE_STEP * fraction
+    angle, rho, weights = _ray_sampling(size)
+    profile = np.asarray(droplet_masks, np.float32).reshape(n, -1) @ weights.T.astype(np.float32)
+    step = np.abs(np.gradient(profile.reshape(n, angle.size, rho.size), axis=2))
+    typical = np.median(step.max(axis=2), axis=1)
+    peak = np.zeros(step.shape, dtype=bool)
+    peak[..., 1:-1] = (step[..., 1:-1] >= step[..., :-2]) & (step[..., 1:-1] >= step[..., 2:])
+    edge_found = peak & (step >= OUTLINE_GRADIENT_FRACTION * typical[:, None, None]) & (typical[:, None, None] > 0)
+    found = edge_found.any(axis=2)
+    edge = rho[np.argmax(edge_found, axis=2)]
     px, py = np.cos(angle) * edge, np.sin(angle) * edge
     centre_x, centre_y, radius = _fit_circles(px, py, found)
     distance = np.abs(np.hypot(px - centre_x[:, None], py - centre_y[:, None]) - radius[:, None])
     spread = np.nanmedian(np.where(found, distance, np.nan), axis=1)
-    inliers = found & (distance <= OUTLINE_OUTLIER_MADS * np.maximum(spread, OUTLINE_STEP)[:, None])
+    inliers = found & (distance <= OUTLINE_OUTLIER_MADS * np.maximum(np.nan_to_num(spread), OUTLINE_STEP)[:, None])
     centre_x, centre_y, radius = _fit_circles(px, py, inliers)
     usable = inliers.sum(axis=1) >= 3
     return (
@@ -251,6 +243,27 @@ def outline(droplet_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
         np.where(usable, centre_y, 0.0).astype(np.float32),
         np.where(usable, radius, 1.0).astype(np.float32),
     )
+
+
+@lru_cache(maxsize=4)
+def _ray_sampling(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rays of ``outline`` on a ``size`` mask grid: angles ``(a,)``, radii ``(s,)`` (from
+    ``EXTENT`` inwards) and the ``(a * s, size * size)`` bilinear weights that sample a
+    flattened mask at every ray point (the same points for every droplet)."""
+    angle = np.linspace(0.0, 2.0 * np.pi, OUTLINE_ANGLES, endpoint=False)
+    rho = np.arange(EXTENT, 0.1, -OUTLINE_STEP)
+    cells_per_radius = (size - 1) / (2.0 * EXTENT)
+    u = ((size - 1) / 2.0 + np.cos(angle)[:, None] * rho[None, :] * cells_per_radius).ravel()
+    v = ((size - 1) / 2.0 + np.sin(angle)[:, None] * rho[None, :] * cells_per_radius).ravel()
+    u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
+    weights = np.zeros((u.size, size * size))
+    rows = np.arange(u.size)
+    for du, dv in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        cu, cv = u0 + du, v0 + dv
+        w = (1.0 - np.abs(u - cu)) * (1.0 - np.abs(v - cv))
+        inside = (cu >= 0) & (cu < size) & (cv >= 0) & (cv < size)
+        np.add.at(weights, (rows[inside], (cv * size + cu)[inside]), w[inside])
+    return angle, rho, weights
 
 
 def _fit_circles(px: np.ndarray, py: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

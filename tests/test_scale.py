@@ -1,0 +1,125 @@
+"""Droplets of every size: the pyramid detector, the automatic downscale and the outline read-out.
+
+Checked against known truth: planted detection tables, drawn masks, and scenes of both
+renderers (``droplet_core.scenes`` and the independent ``tests/second_renderer.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from droplet_core import scale
+from droplet_core.fit import run_fit
+from droplet_core.matching import match_pairs
+from droplet_core.models.templates import EXTENT, outline
+from droplet_core.scenes import family_settings, make_scene
+from droplet_core.settings import FitSettings
+from tests import second_renderer
+
+
+def detections(radii_px, p_exists=0.9):
+    radii = np.asarray(radii_px, float)
+    return pd.DataFrame({"x": np.arange(radii.size) * 10.0, "y": 0.0, "radius": radii, "p_exists": p_exists})
+
+
+def test_pyramid_levels_halve_down_to_the_smallest_useful_side():
+    assert scale.pyramid_factors(400, 500) == [1, 2, 4]
+    assert scale.pyramid_factors(1024, 1024) == [1, 2, 4, 8, 16]
+    # A huge image starts coarser, so the detector never sees more than PYRAMID_MAX_PIXELS.
+    first = scale.pyramid_factors(4096, 4096)[0]
+    assert first == 2 and (4096 // first) ** 2 <= scale.PYRAMID_MAX_PIXELS
+
+
+def test_downscale_keeps_the_small_droplets_resolvable():
+    rng = np.random.default_rng(0)
+    radii = rng.uniform(12.0, 45.0, 200)
+    choice = scale.choose_downscale(detections(radii), 1024, 1024)
+    small = np.quantile(radii, scale.SMALL_RADIUS_QUANTILE)
+    median = np.median(radii)
+    assert choice.factor == min(int(small // scale.MIN_FIT_RADIUS_PX), int(median // scale.MEDIAN_FIT_RADIUS_PX))
+    assert small / choice.factor >= scale.MIN_FIT_RADIUS_PX
+    assert median / choice.factor >= scale.MEDIAN_FIT_RADIUS_PX
+    assert "small droplets" in choice.reason and choice.detections == 200
+
+
+def test_faint_small_detections_do_not_decide_the_downscale():
+    confident = detections(np.full(100, 30.0), p_exists=0.95)
+    noise = detections(np.full(30, 1.5), p_exists=0.55)
+    choice = scale.choose_downscale(pd.concat([confident, noise]), 1024, 1024)
+    assert choice.factor == int(30.0 // scale.MEDIAN_FIT_RADIUS_PX)
+
+
+def test_small_droplets_in_a_large_image_are_fitted_under_the_pixel_limit():
+    choice = scale.choose_downscale(detections(np.full(50, 2.0)), 3000, 3000)
+    assert (3000 // choice.factor) ** 2 <= scale.MAX_FIT_PIXELS
+    assert "under" in choice.reason
+
+
+def test_a_huge_droplet_brings_the_downscale_up_to_what_a_fit_draws():
+    choice = scale.choose_downscale(detections([2.0] * 20 + [300.0]), 800, 800)
+    assert 300.0 / choice.factor <= scale.MAX_FIT_RADIUS_PX
+    assert "largest" in choice.reason
+
+
+def test_without_droplets_the_pixel_budget_decides():
+    choice = scale.choose_downscale(detections([]), 2000, 2000)
+    assert choice.factor == 4 and np.isnan(choice.radius_median_px)
+    assert "too few" in choice.reason
+
+
+def drawn_disk(size, centre_x, centre_y, edge, highlight=None):
+    """``(1, size, size)`` mask: a dark disk (radii units) with a dark rim and an optional
+    bright highlight ``(x, y, sd)``, on the templates' grid spanning -EXTENT..EXTENT."""
+    axis = np.linspace(-EXTENT, EXTENT, size)
+    x, y = np.meshgrid(axis, axis)
+    distance = np.hypot(x - centre_x, y - centre_y)
+    mask = -0.3 * np.clip((edge - distance) / 0.08 + 0.5, 0.0, 1.0)
+    mask -= 0.2 * ((distance > 0.8 * edge) & (distance < edge))
+    if highlight is not None:
+        hx, hy, sd = highlight
+        mask += 0.6 * np.exp(-((x - hx) ** 2 + (y - hy) ** 2) / (2 * sd**2)) * (distance < edge)
+    return mask[None]
+
+
+@pytest.mark.parametrize("centre, edge", [((0.0, 0.0), 1.0), ((0.12, -0.08), 0.9), ((-0.1, 0.15), 1.1)])
+def test_outline_reads_the_edge_not_the_highlight(centre, edge):
+    mask = drawn_disk(61, *centre, edge, highlight=(centre[0], centre[1] + 0.5 * edge, 0.2))
+    centre_x, centre_y, radius = outline(mask)
+    assert centre_x[0] == pytest.approx(centre[0], abs=0.03)
+    assert centre_y[0] == pytest.approx(centre[1], abs=0.03)
+    assert radius[0] == pytest.approx(edge, rel=0.04)
+
+
+def scored(truth, found):
+    """F1, median relative radius error and mean position bias over radius of ``found``."""
+    found = found[found["p_exists"] >= 0.5].reset_index(drop=True)
+    true_index, found_index = match_pairs(truth, found)
+    precision, recall = len(true_index) / max(len(found), 1), len(true_index) / len(truth)
+    r = truth["radius"].to_numpy()[true_index]
+    error = {c: (found[c].to_numpy()[found_index] - truth[c].to_numpy()[true_index]) / r for c in ("x", "y", "radius")}
+    return {
+        "f1": 2 * precision * recall / max(precision + recall, 1e-9),
+        "radius_error": float(np.median(np.abs(error["radius"]))),
+        "dx_r": float(np.mean(error["x"])),
+        "dy_r": float(np.mean(error["y"])),
+    }
+
+
+def test_large_fluorescent_droplets_are_fitted_at_their_own_scale():
+    rgb, truth = make_scene(3, family_settings("fluorescence", width_px=512, height_px=512, n_droplets=90))
+    truth = truth[truth["in_focus"]].reset_index(drop=True)
+    result = run_fit(rgb.astype(np.float32) / 255.0, FitSettings(), image_sha256="1" * 64)
+    assert result.info["downscale"] > 1, result.info["downscale_choice"]
+    score = scored(truth, result.droplets)
+    assert score["f1"] >= 0.9, score
+    assert score["radius_error"] <= 0.08, score
+
+
+def test_an_independent_renderers_packed_emulsion_is_not_split_into_fragments():
+    image, truth = second_renderer.render("packed", 7, width_px=384, height_px=384)
+    result = run_fit(image, FitSettings(), image_sha256="2" * 64)
+    score = scored(truth, result.droplets)
+    assert score["f1"] >= 0.85, score
+    assert abs(score["dx_r"]) <= 0.05 and abs(score["dy_r"]) <= 0.05, score
