@@ -185,12 +185,21 @@ b.metric("Droplets", int(fitted["droplet_count"].sum()))
 c.metric("Failed", int((summary["status"] == FAILED).sum()))
 for row in summary[summary["status"] == FAILED].itertuples():
     st.warning(f"**{row.image}** was not fitted: {row.error}", icon=":material/error:")
+for row in summary[summary["fit_quality"] == "failed"].itertuples():
+    st.warning(f"The fit of **{row.image}** did not explain the image: {row.fit_problems} Open it below and try "
+               "another channel, model or downscale.", icon=":material/report:")
 st.dataframe(
     summary, hide_index=True, key="batch_summary",
     column_config={"fit_id": st.column_config.TextColumn("fit id"),
-                   "droplet_count": st.column_config.NumberColumn("droplets"),
-                   "mean_radius": st.column_config.NumberColumn("mean radius (px)", format="%.2f"),
+                   "droplet_count": st.column_config.NumberColumn(
+                       "droplets", help="Expected number of droplets (each weighed by its probability of existing)"),
+                   "count_low_90": st.column_config.NumberColumn("count, 90 % low"),
+                   "count_high_90": st.column_config.NumberColumn("count, 90 % high"),
+                   "median_radius": st.column_config.NumberColumn("median radius (px)", format="%.2f"),
                    "rmse": st.column_config.NumberColumn("RMSE", format="%.4f"),
+                   "fit_quality": st.column_config.TextColumn(
+                       "fit quality", help="good / partial / failed: how much of the image the fit explains"),
+                   "fit_problems": st.column_config.TextColumn("problems found", width="large"),
                    "seconds": st.column_config.NumberColumn("seconds", format="%.1f")},
 )
 if not fitted.empty:
