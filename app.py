@@ -437,7 +437,7 @@ def sidebar(url_path: str) -> None:
             "Display contrast (percentiles)", 0.0, 100.0, DEFAULT_PERCENTILES, step=0.5, key="w_display_percentiles",
             help="Images are shown stretched so that these percentiles of their brightness become black and "
                  "white, so dim and 16-bit images are visible. Only the display changes: fits always use the "
-                 "image's raw values. 0–100 shows the image as it is.",
+                 "image's raw values. 0–100 spans the image's whole range.",
         )
         with st.expander("About this server"):
             st.markdown(f"Fits run on: `{device_description()}`  \nFit store: `{store_root()}`  \n"

@@ -219,6 +219,7 @@ if job is not None:
         if result is not None and first_time:
             app.set_current_fit(result.fit_id)
             st.session_state["job_handled"] = snap.fit_id
+            st.rerun()  # so that the sidebar, drawn before this, names the new fit
         if snap.status == "done" and result is not None:
             if st.session_state.get("job_notice") == "store":
                 st.success("Loaded from store: identical settings on this image were fitted before; nothing "

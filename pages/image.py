@@ -24,31 +24,40 @@ with next_step:
         st.switch_page("pages/fit.py")
 
 # -- choose the image -------------------------------------------------------------------
+# Callbacks, not code below the widgets: they run before the script, so the sidebar and
+# everything else drawn in this run already show the new image.
+
+
+def take_upload() -> None:
+    uploaded = st.session_state.get("upload")
+    if uploaded is None:
+        return
+    data = uploaded.getvalue()  # bytes; the UploadedFile object is not kept
+    try:
+        load_image(data, max_pixels=max_pixels_limit())  # validate before keeping it
+    except ImageError as exc:
+        st.session_state["upload_error"] = f"**{uploaded.name}** cannot be used: {exc}"
+    else:
+        app.set_current_image(app.store().save_image(data), uploaded.name)
+        st.session_state["upload_error"] = None
+
+
+def take_demo() -> None:
+    app.set_current_image(app.demo_sha(), app.DEMO_NAME)
+    st.session_state["upload_error"] = None
+
+
 left, right = st.columns([3, 1], vertical_alignment="bottom")
 with left:
-    uploaded = st.file_uploader(
+    st.file_uploader(
         "Upload a microscopy image (PNG, JPEG or TIFF, 8 or 16 bit)",
         type=["png", "jpg", "jpeg", "tif", "tiff"],
         key="upload",
+        on_change=take_upload,
         help="The image is kept on this server so that share links can show it later.",
     )
 with right:
-    if st.button("Use the demo scene", icon=":material/science:", width="stretch"):
-        app.set_current_image(app.demo_sha(), app.DEMO_NAME)
-        st.session_state["upload_error"] = None
-
-if uploaded is not None:
-    data = uploaded.getvalue()  # bytes; the UploadedFile object is not kept
-    digest = sha256_bytes(data)
-    if st.session_state.get("last_upload_sha") != digest:
-        st.session_state["last_upload_sha"] = digest
-        try:
-            load_image(data, max_pixels=max_pixels_limit())  # validate before keeping it
-        except ImageError as exc:
-            st.session_state["upload_error"] = f"**{uploaded.name}** cannot be used: {exc}"
-        else:
-            app.set_current_image(app.store().save_image(data), uploaded.name)
-            st.session_state["upload_error"] = None
+    st.button("Use the demo scene", icon=":material/science:", width="stretch", on_click=take_demo)
 
 if st.session_state.get("upload_error"):
     st.error(st.session_state["upload_error"] + "  \nYou keep working on the current image.", icon=":material/error:")
