@@ -463,14 +463,13 @@ def show_verdict(info: dict) -> None:
                 "the image.", icon=":material/info:")
         return
     verdict = FitVerdict.from_dict(record)
-    detail = (f"Explained: {verdict.explained_fraction:.0%} of the image's structure at droplet size · "
-              f"error {verdict.relative_rmse:.0%} of the image's contrast")
+    detail = (f"The model explains {verdict.explained_fraction:.0%} of the image's structure at droplet size; "
+              f"what remains is {verdict.relative_rmse:.0%} of the image's contrast.")
     if verdict.quality == "good":
-        st.success(f"**Good fit.** {verdict.headline}  \n{detail}", icon=":material/verified:")
+        st.success(f"**Good fit.** {detail}", icon=":material/verified:")
         return
     problems = "".join(f"\n- {p[0].upper()}{p[1:]}" for p in verdict.problems)
-    advice = " ".join(verdict.advice)
-    body = f"{problems}\n\n**What to try:** {advice}  \n{detail}"
+    body = f"{problems}\n\n**What to try:** {' '.join(verdict.advice)}  \n{detail}"
     if verdict.quality == "partial":
         st.warning(f"**The fit explains this image only in part.**{body}", icon=":material/report:")
     else:

@@ -153,7 +153,8 @@ def _image_layout(fig: go.Figure, height: int) -> None:
         modebar=dict(orientation="v"),
         dragmode="zoom",
         uirevision="keep",
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),
+        # Right-aligned above the plot: the title stays readable at the left.
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
     )
 
 
@@ -435,6 +436,7 @@ def compare_radius_figure(tables: dict[str, pd.DataFrame], height: int = 320) ->
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"radius": [], "fit": []})
     fig = px.histogram(data, x="radius", color="fit", barmode="overlay", nbins=40, opacity=0.55,
                        title="Radius distributions", color_discrete_sequence=TYPE_COLOURS)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, title=None))
     fig.update_layout(height=height, margin=dict(l=10, r=40, t=40, b=10), modebar=dict(orientation="v"),
                       xaxis_title="radius (px)",
                       yaxis_title="droplets")

@@ -69,13 +69,13 @@ for r in results:
         "90 % interval": f"{low}–{high}" if low is not None else "—",
         "median radius (px)": float(likely["radius"].median()) if len(likely) else None,
         "fit quality": (r.info.get("verdict") or {}).get("quality", "—"),
-        "error (of contrast)": (r.info.get("verdict") or {}).get("relative_rmse"),
+        "error vs. contrast": (r.info.get("verdict") or {}).get("relative_rmse"),
         "channel": r.settings.channel,
         "fit time (s)": timings.get("total_s"),
     })
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
              column_config={"median radius (px)": st.column_config.NumberColumn(format="%.2f"),
-                            "error (of contrast)": st.column_config.NumberColumn(format="percent"),
+                            "error vs. contrast": st.column_config.NumberColumn(format="percent"),
                             "fit time (s)": st.column_config.NumberColumn(format="%.1f")})
 st.caption("Share link: opens these fits side by side")
 st.code(app.share_url("compare", {"fits": ",".join(chosen)}), language=None)
@@ -98,5 +98,5 @@ if panels:
 
 # -- sizes (further size statistics go in this section) ----------------------------------------
 st.subheader("Sizes")
-st.plotly_chart(compare_radius_figure({labels[r.fit_id]: r.droplets for r in results}),
+st.plotly_chart(compare_radius_figure({app.fit_short_label(r.info): r.droplets for r in results}, height=380),
                 key="compare_radius", width="stretch")

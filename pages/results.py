@@ -59,7 +59,7 @@ cols[1].metric("Median radius", f"{likely_table['radius'].median():.2f} px" if l
                help="Median radius of the likely droplets, in pixels of the image as uploaded.")
 verdict = info.get("verdict") or {}
 relative = verdict.get("relative_rmse")
-cols[2].metric("Reconstruction error", f"{relative:.0%} of contrast" if relative is not None else "—",
+cols[2].metric("Error vs. contrast", f"{relative:.0%}" if relative is not None else "—",
                help="Root-mean-square difference between the image and the model's drawing of it, relative to "
                     "the image's own contrast at droplet size. Small: the model draws the image closely.")
 total = info.get("timings", {}).get("total_s")

@@ -131,7 +131,7 @@ def test_results_show_the_verdict_and_one_count():
     count = count_of_table(result.droplets)
     assert metric(at, "Droplets") == str(result.info["droplet_count"]) == str(count.count)
     assert count.low <= count.count <= count.high
-    assert "of contrast" in metric(at, "Reconstruction error")
+    assert metric(at, "Error vs. contrast") == f"{result.info['verdict']['relative_rmse']:.0%}"
     table = at.dataframe[0].value
     assert len(table) == len(result.droplets)
     assert list(table["likely"]) == list(result.droplets["p_exists"] >= 0.5)
