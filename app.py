@@ -58,6 +58,8 @@ PAGE_SPECS = (
     ("pages/batch.py", "Batch", ":material/stacks:", "batch"),
 )
 PAGE_FILES = {url: script for script, _, _, url in PAGE_SPECS}
+# Pages that show the fit named by ``?fit=`` (share links).
+FIT_LINK_PAGES = ("results", "gallery")
 _ROUTED_KEY = "_droplet_routed"
 _STARTED_KEY = "_droplet_session_started"
 
@@ -96,6 +98,10 @@ def page_start(url_path: str) -> None:
         # Later runs can still arrive here under AppTest, which resets Streamlit's
         # pages-directory flag before every run; they render normally.
     collect_background_jobs()
+    requested = st.query_params.get("fit")
+    if (url_path in FIT_LINK_PAGES and is_valid_fit_id(requested) and requested != st.session_state.get("fit_id")
+            and fit_info(requested) is not None):
+        set_current_fit(requested)  # before the sidebar, so that it names the linked fit and its image
     sidebar(url_path)
 
 

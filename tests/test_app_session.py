@@ -113,6 +113,13 @@ def test_fits_are_private_to_a_session_until_a_link_is_opened():
     assert fit_id in chosen and len(chosen) == 2
     assert any(SCENE_NAME in o for o in other.multiselect(key="w_compare").options)
 
+    # A results link in a new session: the sidebar names the linked fit's image at once.
+    linked = new_app()
+    linked.query_params["fit"] = fit_id
+    linked.switch_page("pages/results.py").run()
+    assert not linked.exception and not linked.error, texts(linked.error)
+    assert SCENE_NAME in sidebar_text(linked) and "200 × 160 px" in sidebar_text(linked)
+
     # Unknown ids in a link: an error, and nobody else's fits instead.
     stranger = new_app()
     stranger.query_params["fits"] = "0123456789abcdef0123456789abcdef"

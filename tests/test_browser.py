@@ -296,6 +296,7 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 assert metric_value(fresh, "Droplets") == count
                 assert fresh.locator("[data-testid='stSidebarNav'] a").count() == 6
                 assert fresh.locator("[data-testid='stProgress']").count() == 0
+                assert "demo scene" in sidebar_text(fresh) and f"{count} droplets" in sidebar_text(fresh)
                 assert_no_exception(fresh, "share link")
                 # That session lists the fit it opened and nobody else's.
                 go(fresh, "Compare")
