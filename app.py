@@ -36,9 +36,12 @@ import numpy as np
 import streamlit as st
 
 from droplet_core.channels import CHANNEL_LABELS, CHANNELS, all_channels
+from droplet_core.counting import count_of_table
+from droplet_core.display import DEFAULT_PERCENTILES, stretch_contrast
 from droplet_core.images import ImageError, load_image, max_pixels_limit
 from droplet_core.results import FitResult
 from droplet_core.store import FitStore, StoreError, default_store_root, is_valid_fit_id
+from droplet_core.verdict import FitVerdict
 
 APP_DIR = Path(__file__).resolve().parent
 # Bump when cached values computed here change meaning (cache keys cover only the source
@@ -55,6 +58,8 @@ PAGE_SPECS = (
     ("pages/batch.py", "Batch", ":material/stacks:", "batch"),
 )
 PAGE_FILES = {url: script for script, _, _, url in PAGE_SPECS}
+# Pages that show the fit named by ``?fit=`` (share links).
+FIT_LINK_PAGES = ("results", "gallery")
 _ROUTED_KEY = "_droplet_routed"
 _STARTED_KEY = "_droplet_session_started"
 
@@ -92,6 +97,11 @@ def page_start(url_path: str) -> None:
             st.rerun()
         # Later runs can still arrive here under AppTest, which resets Streamlit's
         # pages-directory flag before every run; they render normally.
+    collect_background_jobs()
+    requested = st.query_params.get("fit")
+    if (url_path in FIT_LINK_PAGES and is_valid_fit_id(requested) and requested != st.session_state.get("fit_id")
+            and fit_info(requested) is not None):
+        set_current_fit(requested)  # before the sidebar, so that it names the linked fit and its image
     sidebar(url_path)
 
 
@@ -186,6 +196,15 @@ def load_fit(fit_id: str) -> FitResult:
 
 
 # -- session state ------------------------------------------------------------------------
+# One source of truth per session: ``image_sha`` / ``image_name`` (the current image),
+# ``fit_id`` (the current fit: always a fit of the current image, or None) and
+# ``fit_history`` (this session's fits, newest first: its own and those it opened by
+# link; no page lists any other fit of the store).
+
+DEMO_NAME = "demo scene (built in)"
+# Session keys that belong to one image: cleared when another image becomes current.
+PER_IMAGE_KEYS = ("crop", "w_crop_on", "w_crop_x", "w_crop_y", "w_downscale", "downscale", "detect_raw",
+                  "job_id", "job_image_sha", "job_notice", "job_handled")
 
 
 def current_image_sha() -> str:
@@ -194,18 +213,37 @@ def current_image_sha() -> str:
     if not sha:
         sha = demo_sha()
         st.session_state["image_sha"] = sha
-        st.session_state["image_name"] = "demo scene (built in)"
+        st.session_state["image_name"] = DEMO_NAME
     return sha
 
 
+def current_image_name() -> str:
+    current_image_sha()
+    return st.session_state.get("image_name") or "image"
+
+
 def set_current_image(sha: str, name: str) -> None:
-    if st.session_state.get("image_sha") != sha:
-        st.session_state["image_sha"] = sha
-        st.session_state["image_name"] = name
-        st.session_state["crop"] = None
-        st.session_state.pop("w_crop_on", None)
-        st.session_state.pop("w_crop_x", None)
-        st.session_state.pop("w_crop_y", None)
+    """Make ``sha`` the current image. What belonged to the previous image (crop,
+    downscale, detections, the running job's display, the current fit) is cleared; the
+    session's fits stay listed, and the newest of them of this image becomes current."""
+    if st.session_state.get("image_sha") == sha:
+        return
+    st.session_state["image_sha"] = sha
+    st.session_state["image_name"] = name
+    if name != DEMO_NAME:
+        try:
+            store().name_image(sha, name)
+        except StoreError:
+            pass
+    if st.session_state.get("job_id"):
+        # A fit of the previous image may still run: it joins this session's list when done.
+        st.session_state["background_jobs"] = [*st.session_state.get("background_jobs", []),
+                                               st.session_state["job_id"]]
+    for key in PER_IMAGE_KEYS:
+        st.session_state.pop(key, None)
+    st.session_state["fit_id"] = next(
+        (f for f in session_fit_ids() if (fit_info(f) or {}).get("image_sha256") == sha), None
+    )
 
 
 def current_fit_id() -> str | None:
@@ -213,16 +251,100 @@ def current_fit_id() -> str | None:
     return fit_id if is_valid_fit_id(fit_id) else None
 
 
+def session_fit_ids() -> list[str]:
+    """This session's fits, newest first: made here or opened by a link."""
+    return [f for f in st.session_state.get("fit_history", []) if is_valid_fit_id(f)]
+
+
+def collect_background_jobs() -> None:
+    """Fits started on an earlier image that have finished since: into this session's list."""
+    waiting = st.session_state.get("background_jobs")
+    if not waiting:
+        return
+    still = []
+    for job_id in waiting:
+        job = registry().get(job_id)
+        if job is None:
+            continue
+        if job.snapshot().status == "running":
+            still.append(job_id)
+        elif job.result() is not None:
+            remember_fit(job.result().fit_id)
+    st.session_state["background_jobs"] = still
+
+
+def remember_fit(fit_id: str) -> None:
+    """Add a fit to this session's list (made here, or opened by a link)."""
+    history = [f for f in session_fit_ids() if f != fit_id]
+    st.session_state["fit_history"] = [fit_id] + history[:49]
+
+
 def set_current_fit(fit_id: str) -> None:
+    """Make ``fit_id`` the current fit, and its image the current image."""
+    remember_fit(fit_id)
+    info = fit_info(fit_id) or {}
+    sha = info.get("image_sha256")
+    if sha and sha != st.session_state.get("image_sha"):
+        name = DEMO_NAME if sha == demo_sha() else (store().image_name(sha) or f"image {sha[:8]}")
+        set_current_image(sha, name)
     st.session_state["fit_id"] = fit_id
-    history = [f for f in st.session_state.get("fit_history", []) if f != fit_id]
-    st.session_state["fit_history"] = [fit_id] + history[:19]
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _fit_info(fit_id: str, root: str) -> dict:
+    return _store(root).fit_info(fit_id)
+
+
+def fit_info(fit_id: str) -> dict | None:
+    """A stored fit's fit.json record, or None when it is not stored."""
+    try:
+        return _fit_info(fit_id, store_root())
+    except StoreError:
+        return None
+
+
+def image_label(sha: str) -> str:
+    """What an image is called: the demo, its file name, or its short hash."""
+    if sha == demo_sha():
+        return DEMO_NAME
+    if sha == st.session_state.get("image_sha"):
+        return st.session_state.get("image_name") or f"image {sha[:8]}"
+    return store().image_name(sha) or f"image {sha[:8]}"
+
+
+def fit_label(info: dict) -> str:
+    """A fit as a chemist names it: image file name, model, time (and its count)."""
+    settings = info.get("settings", {})
+    created = str(info.get("created", ""))[:16].replace("T", " ")
+    count = info.get("droplet_count", "?")
+    status = "" if info.get("status") in ("done", None) else f" ({info.get('status')})"
+    reused = " · look reused" if info.get("appearance_from") else ""
+    return (f"{image_label(str(info.get('image_sha256', '')))} · {settings.get('model', '?')}{reused} · "
+            f"{created} UTC · {count} droplets{status}")
+
+
+def fit_short_label(info: dict) -> str:
+    """A fit in few words (figure titles): short image name, model, time."""
+    name = image_label(str(info.get("image_sha256", "")))
+    name = name if len(name) <= 22 else name[:20] + "…"
+    return f"{name} · {info.get('settings', {}).get('model', '?')} · {str(info.get('created', ''))[11:16]}"
+
+
+DOWNSCALE_OPTIONS = (0, 1, 2, 3, 4, 6, 8)
+
+
+def downscale_label(k: int, auto_k: int | None = None) -> str:
+    """How a downscale choice reads on every page (0 = automatic)."""
+    if k == 0:
+        return "automatic" if auto_k is None else f"automatic ({auto_k}x)"
+    return "none (1x)" if k == 1 else f"{k}x"
 
 
 def fit_from_url_or_session(show_errors: bool = True) -> FitResult | None:
     """The fit a results page shows: ``?fit=<id>`` if present (share links), else the
     session's current fit. Keeps ``?fit=`` in the URL. Invalid ids give an ``st.error``
-    and never touch the disk (validated before any store access)."""
+    and never touch the disk (validated before any store access). A fit opened by link
+    joins this session's list and becomes current, with its image."""
     requested = st.query_params.get("fit")
     if requested is not None:
         if not is_valid_fit_id(requested):
@@ -290,18 +412,6 @@ def image_for_fit(result: FitResult) -> np.ndarray | None:
         return None
 
 
-def fit_label(info: dict) -> str:
-    """Short human label of a stored fit's info dict."""
-    settings = info.get("settings", {})
-    created = str(info.get("created", ""))[:16].replace("T", " ")
-    count = info.get("droplet_count", "?")
-    status = "" if info.get("status") == "done" else f" ({info.get('status')})"
-    return (
-        f"{settings.get('model', '?')} · {settings.get('channel', '?')} · {count} droplets · "
-        f"{settings.get('steps', '?')} steps · {created} · {str(info.get('fit_id', ''))[:8]}{status}"
-    )
-
-
 def channel_label(name: str) -> str:
     return f"{name} — {CHANNEL_LABELS.get(name, name)}"
 
@@ -315,21 +425,77 @@ SINGLE_CHANNELS = tuple(c for c in CHANNELS if c != "rgb")
 def sidebar(url_path: str) -> None:
     with st.sidebar:
         st.markdown("### :material/bubble_chart: Droplet")
-        st.caption("Probabilistic droplet fitting for chemical-microscopy images.")
+        st.caption("Finds and measures droplets in microscopy images by fitting a model of the whole image.")
         try:
             sha = current_image_sha()
             image = decoded_image(sha)
-            st.markdown(
-                f"**Image:** {st.session_state.get('image_name', 'uploaded image')}  \n"
-                f"{image.shape[1]} × {image.shape[0]} px · `{sha[:10]}`"
-            )
+            st.markdown(f"**Image:** {current_image_name()}  \n{image.shape[1]} × {image.shape[0]} px")
         except Exception as exc:  # noqa: BLE001 - never let the sidebar break a page
             st.warning(f"No image: {exc}")
         fit_id = current_fit_id()
-        if fit_id:
-            st.markdown(f"**Current fit:** `{fit_id[:12]}`")
-        st.markdown(f"**JAX device:** `{device_description()}`")
-        st.caption(f"Store: `{store_root()}`")
+        info = fit_info(fit_id) if fit_id else None
+        if info:
+            st.markdown(f"**Current fit:** {info.get('settings', {}).get('model', '?')}, "
+                        f"{str(info.get('created', ''))[11:16]} UTC, {info.get('droplet_count', '?')} droplets")
+        else:
+            st.markdown("**Current fit:** none yet for this image")
+        st.slider(
+            "Display contrast (percentiles)", 0.0, 100.0, DEFAULT_PERCENTILES, step=0.5, key="w_display_percentiles",
+            help="Images are shown stretched so that these percentiles of their brightness become black and "
+                 "white, so dim and 16-bit images are visible. Only the display changes: fits always use the "
+                 "image's raw values. 0–100 spans the image's whole range.",
+        )
+        with st.expander("About this server"):
+            st.markdown(f"Fits run on: `{device_description()}`  \nFit store: `{store_root()}`  \n"
+                        f"Image id (SHA-256): `{st.session_state.get('image_sha', '')[:16]}…`")
+
+
+def display_percentiles() -> tuple[float, float]:
+    """The display contrast the user chose in the sidebar."""
+    low, high = st.session_state.get("w_display_percentiles", DEFAULT_PERCENTILES)
+    return float(low), float(high)
+
+
+def for_display(image: np.ndarray) -> np.ndarray:
+    """``image`` contrast-stretched for display (the sidebar's percentiles); fits never see it."""
+    return stretch_contrast(image, display_percentiles())
+
+
+def show_verdict(info: dict) -> None:
+    """The fit's verdict on itself, plainly, with what to try (top of Fit and Results)."""
+    record = info.get("verdict")
+    if not record:
+        st.info("This fit was made before Droplet judged its own fits; refit it to see how well it explains "
+                "the image.", icon=":material/info:")
+        return
+    verdict = FitVerdict.from_dict(record)
+    detail = (f"The model explains {verdict.explained_fraction:.0%} of the image's structure at droplet size; "
+              f"what remains is {verdict.relative_rmse:.0%} of the image's contrast.")
+    if verdict.quality == "good":
+        st.success(f"**Good fit.** {detail}", icon=":material/verified:")
+        return
+    problems = "".join(f"\n- {p[0].upper()}{p[1:]}" for p in verdict.problems)
+    body = f"{problems}\n\n**What to try:** {' '.join(verdict.advice)}  \n{detail}"
+    if verdict.quality == "partial":
+        st.warning(f"**The fit explains this image only in part.**{body}", icon=":material/report:")
+    else:
+        st.error(f"**This fit did not explain the image: do not trust its droplets.**{body}",
+                 icon=":material/report:")
+
+
+def count_caption(info: dict, droplets) -> str:
+    """The count's 90 % interval and how many candidates are doubtful, in words."""
+    count = count_of_table(droplets)
+    low, high = info.get("droplet_count_interval_90", (count.low, count.high))
+    text = f"90 % interval {low}–{high}"
+    if count.doubtful:
+        text += f" · {count.candidates} candidates, {count.doubtful} of them doubtful (probably not droplets)"
+    return text
+
+
+def headline_count(info: dict, droplets) -> int:
+    """The fit's droplet count (``droplet_core.counting``), for fits of every age."""
+    return int(info.get("droplet_count", count_of_table(droplets).count))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ from droplet_core.batch import FAILED, IMAGE_COLUMN
 
 
 def droplet_count_figure(summary: pd.DataFrame, height: int = 320) -> go.Figure:
-    """One bar per fitted image: its droplet count (hover: mean radius and RMSE)."""
+    """One bar per fitted image: its droplet count (hover: median radius and RMSE)."""
     fitted = summary[summary["status"] != FAILED]
     fig = go.Figure(
         go.Bar(
             x=fitted["image"], y=fitted["droplet_count"], marker_color="#1f77b4",
-            customdata=fitted[["mean_radius", "rmse"]].to_numpy(dtype=float),
-            hovertemplate="%{x}<br>%{y} droplets<br>mean radius %{customdata[0]:.2f} px"
+            customdata=fitted[["median_radius", "rmse"]].to_numpy(dtype=float),
+            hovertemplate="%{x}<br>%{y} droplets<br>median radius %{customdata[0]:.2f} px"
                           "<br>RMSE %{customdata[1]:.4f}<extra></extra>",
         )
     )

@@ -27,6 +27,7 @@ DEFAULT_RING = "#ff2d55"
 CIRCLE_POINTS = 20
 BAND_COLOUR = "#0a84ff"
 UNSURE_COLOUR = "#ffd60a"
+DOUBTFUL_COLOUR = "#b0b0b0"
 # Droplets below this probability of existing are drawn apart in the uncertainty view.
 UNSURE_P_EXISTS = 0.5
 # Images wider or taller than this are shown at a reduced size (block mean) so the page
@@ -145,12 +146,15 @@ def _image_trace(image: np.ndarray, placement: Placement, name: str) -> go.Image
 
 
 def _image_layout(fig: go.Figure, height: int) -> None:
+    # The tool bar stands upright in the right margin, so it never covers a title.
     fig.update_layout(
         height=height,
-        margin=dict(l=10, r=10, t=40, b=10),
+        margin=dict(l=10, r=40, t=40, b=10),
+        modebar=dict(orientation="v"),
         dragmode="zoom",
         uirevision="keep",
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),
+        # Right-aligned above the plot: the title stays readable at the left.
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
     )
 
 
@@ -220,20 +224,29 @@ def droplet_traces(
     ring_colour: str = DEFAULT_RING,
     name: str = "droplets",
     show_legend: bool = True,
+    doubtful_below: float | None = None,
 ) -> list:
     """Circle outlines (one line trace per colour) and a WebGL centre marker trace.
 
     The marker trace is LAST; its point index equals the droplet's row in ``droplets``
     (its customdata[0] holds the row index too), for hover and box/lasso selection.
+    With ``doubtful_below``, droplets whose ``p_exists`` is below it (probably not
+    droplets) are outlined dashed in grey, in a trace of their own.
     """
     traces: list = []
     if droplets.empty:
         return [go.Scattergl(x=[], y=[], mode="markers", name=name, showlegend=False)]
     types = dominant_type(droplets) if colour_by_type else None
-    groups = [(None, np.ones(len(droplets), bool))] if types is None else [
-        (t, types == t) for t in np.unique(types)
-    ]
+    doubtful = (droplets["p_exists"].to_numpy(float) < doubtful_below
+                if doubtful_below is not None and "p_exists" in droplets.columns else np.zeros(len(droplets), bool))
+    groups = [(None, ~doubtful)] if types is None else [(t, (types == t) & ~doubtful) for t in np.unique(types)]
+    if doubtful.any():
+        xs, ys = circle_outlines(droplets["x"][doubtful], droplets["y"][doubtful], droplets["radius"][doubtful])
+        traces.append(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=DOUBTFUL_COLOUR, width=1.0, dash="dash"),
+                                 name="doubtful (probably not droplets)", hoverinfo="skip", showlegend=show_legend))
     for t, mask in groups:
+        if not mask.any():
+            continue
         sub = droplets[mask]
         xs, ys = circle_outlines(sub["x"], sub["y"], sub["radius"])
         colour = ring_colour if t is None else TYPE_COLOURS[int(t) % len(TYPE_COLOURS)]
@@ -244,11 +257,14 @@ def droplet_traces(
             go.Scatter(
                 x=xs, y=ys, mode="lines", line=dict(color=colour, width=1.0),
                 name=name if t is None else f"type {t}", hoverinfo="skip",
-                showlegend=show_legend and t is not None, legendgroup=f"{name}-{t}",
+                showlegend=show_legend and (t is not None or bool(doubtful.any())), legendgroup=f"{name}-{t}",
             )
         )
     data, template = _hover(droplets)
-    marker_colour = ring_colour if types is None else [TYPE_COLOURS[int(t) % len(TYPE_COLOURS)] for t in types]
+    colours = np.full(len(droplets), ring_colour, dtype=object) if types is None else np.array(
+        [TYPE_COLOURS[int(t) % len(TYPE_COLOURS)] for t in types], dtype=object)
+    colours[doubtful] = DOUBTFUL_COLOUR
+    marker_colour = ring_colour if types is None and not doubtful.any() else colours.tolist()
     traces.append(
         go.Scattergl(
             x=droplets["x"], y=droplets["y"], mode="markers", name=f"{name} (centres)",
@@ -302,19 +318,21 @@ def overlay_figure(
     title: str | None = None,
     height: int = 620,
     show_uncertainty: bool = False,
+    doubtful_below: float | None = None,
 ) -> go.Figure:
     """Detected droplets drawn over ``image`` (the uploaded image, or any placed image).
 
     The droplet centre markers are the last trace (for selections); an optional crop box
     is outlined. ``show_uncertainty`` adds each droplet's 90 % position ellipse and radius
-    band (see ``uncertainty_traces``).
+    band (see ``uncertainty_traces``); ``doubtful_below`` draws droplets less likely than
+    that to exist dashed in grey (see ``droplet_traces``).
     """
     fig = go.Figure()
     fig.add_trace(_image_trace(image, placement, "image"))
     if show_uncertainty:
         for trace in uncertainty_traces(droplets):
             fig.add_trace(trace)
-    for trace in droplet_traces(droplets, colour_by_type=colour_by_type):
+    for trace in droplet_traces(droplets, colour_by_type=colour_by_type, doubtful_below=doubtful_below):
         fig.add_trace(trace)
     if crop is not None:
         x0, y0, x1, y1 = crop
@@ -374,7 +392,7 @@ def channels_figure(channels: dict[str, np.ndarray], labels: dict[str, str], wra
     rows = int(np.ceil(len(names) / wrap))
     aspect = stack.shape[1] / stack.shape[2]
     fig.update_layout(height=int(60 + rows * (1100 / wrap) * aspect + rows * 30),
-                      margin=dict(l=5, r=5, t=30, b=5))
+                      margin=dict(l=5, r=40, t=30, b=5), modebar=dict(orientation="v"))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     return fig
@@ -394,7 +412,8 @@ def loss_figure(losses, steps=None, total_steps: int | None = None, height: int 
     steps = np.arange(1, losses.size + 1) if steps is None else np.asarray(steps)
     fig = go.Figure(go.Scatter(x=steps, y=losses, mode="lines", name="loss", line=dict(width=1.5)))
     positive = losses[np.isfinite(losses)]
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step",
+    fig.update_layout(height=height, margin=dict(l=10, r=40, t=30, b=10), modebar=dict(orientation="v"),
+                      xaxis_title="step",
                       yaxis_title="loss", title="Loss", uirevision="loss")
     if positive.size and positive.min() > 0 and positive.max() / positive.min() > 50:
         fig.update_yaxes(type="log")
@@ -404,8 +423,9 @@ def loss_figure(losses, steps=None, total_steps: int | None = None, height: int 
 
 
 def radius_histogram(droplets: pd.DataFrame, height: int = 300) -> go.Figure:
-    fig = px.histogram(droplets, x="radius", nbins=40, title="Radius distribution")
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="radius (px)",
+    fig = px.histogram(droplets, x="radius", nbins=40, title="Radius distribution (px)")
+    fig.update_layout(height=height, margin=dict(l=10, r=40, t=40, b=10), modebar=dict(orientation="v"),
+                      xaxis_title="radius (px)",
                       yaxis_title="droplets", bargap=0.05)
     return fig
 
@@ -416,7 +436,9 @@ def compare_radius_figure(tables: dict[str, pd.DataFrame], height: int = 320) ->
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"radius": [], "fit": []})
     fig = px.histogram(data, x="radius", color="fit", barmode="overlay", nbins=40, opacity=0.55,
                        title="Radius distributions", color_discrete_sequence=TYPE_COLOURS)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="radius (px)",
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, title=None))
+    fig.update_layout(height=height, margin=dict(l=10, r=40, t=40, b=10), modebar=dict(orientation="v"),
+                      xaxis_title="radius (px)",
                       yaxis_title="droplets")
     return fig
 
@@ -467,7 +489,8 @@ def gallery_figure(
         caption = captions[index] if captions is not None else f"type {index}"
         annotation.text = f"<span style='color:{colour}'>■</span> {caption}"
     rows = int(np.ceil(k / wrap))
-    fig.update_layout(height=60 + rows * height_per_row, margin=dict(l=5, r=5, t=30, b=5))
+    fig.update_layout(height=60 + rows * height_per_row, margin=dict(l=5, r=40, t=30, b=5),
+                      modebar=dict(orientation="v"))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     return fig

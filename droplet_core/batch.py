@@ -32,12 +32,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from droplet_core.counting import count_of_table
 from droplet_core.results import write_outputs
 from droplet_core.settings import FitSettings
 from droplet_core.store import FitStore, fit_key
 
 FITTED, STORED, FAILED = "fitted", "stored", "failed"
-SUMMARY_COLUMNS = ("image", "fit_id", "status", "droplet_count", "mean_radius", "rmse", "seconds", "error")
+SUMMARY_COLUMNS = (
+    "image", "fit_id", "status", "droplet_count", "count_low_90", "count_high_90", "median_radius", "rmse",
+    "fit_quality", "fit_problems", "seconds", "error",
+)
 FITS_FOLDER = "fits"
 IMAGE_COLUMN = "image"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -71,10 +75,15 @@ class ImageOutcome:
     fit_id : id of the stored fit; None if the image failed.
     status : ``"fitted"`` (computed now), ``"stored"`` (already in the store, not
         recomputed) or ``"failed"``.
-    droplet_count : droplets found; None if failed.
-    mean_radius : mean droplet radius in pixels of the image as given; None if failed or
-        no droplets.
+    droplet_count : the fit's droplet count (``droplet_core.counting``: the expected
+        number of droplets); None if failed.
+    count_low_90, count_high_90 : the count's 90 % interval; None if failed.
+    median_radius : median droplet radius in pixels of the image as given; None if failed
+        or no droplets.
     rmse : reconstruction RMSE over all fitted channels; None if failed.
+    fit_quality : the fit's verdict on itself (``droplet_core.verdict``): ``good``,
+        ``partial`` or ``failed``; None if the image failed or the fit has no verdict.
+    fit_problems : the verdict's problems in one line; None when there are none.
     seconds : wall time this batch spent on the image.
     error : one-line reason of a failure, else None.
     """
@@ -83,8 +92,12 @@ class ImageOutcome:
     fit_id: str | None
     status: str
     droplet_count: int | None
-    mean_radius: float | None
+    count_low_90: int | None
+    count_high_90: int | None
+    median_radius: float | None
     rmse: float | None
+    fit_quality: str | None
+    fit_problems: str | None
     seconds: float
     error: str | None
 
@@ -102,7 +115,7 @@ def failed_outcome(name: str, error: BaseException, seconds: float = 0.0) -> Ima
     text = " ".join(str(error).split())
     if not (isinstance(error, ValueError | LookupError | OSError) and text):
         text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return ImageOutcome(name, None, FAILED, None, None, None, float(seconds), text)
+    return ImageOutcome(name, None, FAILED, None, None, None, None, None, None, None, float(seconds), text)
 
 
 def find_images(patterns: Sequence[str]) -> list[BatchImage]:
@@ -146,13 +159,20 @@ def fit_image(image: BatchImage, settings: FitSettings, store_root: str) -> Imag
     except (ValueError, LookupError, OSError) as exc:  # ImageError, FitError, StoreError included
         return failed_outcome(image.name, exc, time.perf_counter() - started)
     radii = result.droplets["radius"].to_numpy(dtype=float)
+    count = count_of_table(result.droplets)
+    low, high = result.info.get("droplet_count_interval_90", (count.low, count.high))
+    verdict = result.info.get("verdict") or {}
     return ImageOutcome(
         image=image.name,
         fit_id=result.fit_id,
         status=status,
-        droplet_count=len(result.droplets),
-        mean_radius=float(radii.mean()) if radii.size else None,
+        droplet_count=int(result.info.get("droplet_count", count.count)),
+        count_low_90=int(low),
+        count_high_90=int(high),
+        median_radius=float(np.median(radii)) if radii.size else None,
         rmse=float(np.sqrt(np.mean(np.square(result.info["rmse"])))),
+        fit_quality=verdict.get("quality"),
+        fit_problems=" ".join(verdict.get("problems", [])) or None,
         seconds=time.perf_counter() - started,
         error=None,
     )

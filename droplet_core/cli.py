@@ -14,6 +14,7 @@ from pathlib import Path
 from droplet_core.channels import CHANNELS
 from droplet_core.images import ImageError
 from droplet_core.settings import INITIALIZERS, MODEL_NAMES, FitSettings, default_channel
+from droplet_core.verdict import FitVerdict
 
 EXIT_BAD_INPUT = 2
 
@@ -180,11 +181,16 @@ def _fit(args) -> int:
         store.save(result)
     write_outputs(result, args.out)
     info = result.info
+    low, high = info.get("droplet_count_interval_90", (info["droplet_count"], info["droplet_count"]))
     print(
-        f"fit {result.fit_id}: {info['droplet_count']} droplets, "
+        f"fit {result.fit_id}: {info['droplet_count']} droplets (90 % interval {low}-{high}), "
         f"RMSE {', '.join(f'{v:.4f}' for v in info['rmse'])}, "
         f"{info['timings']['total_s']:.1f} s on {info['device']} -> {args.out}"
     )
+    if info.get("verdict"):
+        verdict = FitVerdict.from_dict(info["verdict"])
+        advice = f" {' '.join(verdict.advice)}" if verdict.advice else ""
+        print(f"fit quality: {verdict.quality}: {verdict.headline}{advice}")
     return 0
 
 

@@ -43,6 +43,7 @@ from numpyro.optim import optax_to_numpyro
 
 from droplet_core import encoder, images
 from droplet_core.channels import extract_channel
+from droplet_core.counting import count_of_table
 from droplet_core.detect import centre_contrast, contrast_image, find_candidates
 from droplet_core.housekeeping import MAX_RADIUS_PX, MIN_RADIUS_PX, radius_px, tidy
 from droplet_core.models import VARIANTS
@@ -55,11 +56,11 @@ from droplet_core.settings import FitProgress, FitSettings
 from droplet_core.store import fit_key
 from droplet_core.uncertainty import (
     at_locs,
-    count_interval,
     droplet_uncertainty,
     model_discrepancy,
     with_model_discrepancy,
 )
+from droplet_core.verdict import judge_fit
 
 CHUNK_STEPS = 50
 # Fractions of the run after which negligible droplets are pruned and duplicates merged.
@@ -470,7 +471,9 @@ def run_fit(
     droplets = with_model_discrepancy(
         _droplet_table(variant.droplet_columns(values, uncertainty, spec), active, factor, origin), discrepancy
     )
-    count_low, count_high = count_interval(droplets["p_exists"].to_numpy(), count_discrepancy)
+    count = count_of_table(droplets, count_discrepancy)
+    verdict = judge_fit(observed, reconstruction, droplets["radius"].to_numpy() / factor,
+                        droplets["p_exists"].to_numpy(), (MIN_RADIUS_PX, MAX_RADIUS_PX))
     uncertain = time.perf_counter()
     all_losses = run.losses
     if warm_start is not None:
@@ -503,8 +506,11 @@ def run_fit(
             "uncertainty_s": round(uncertain - fitted, 3),
             "total_s": round(finished - started, 3),
         },
-        "droplet_count": int(len(droplets)),
-        "droplet_count_interval_90": [count_low, count_high],
+        "droplet_count": count.count,
+        "droplet_count_interval_90": [count.low, count.high],
+        "candidate_droplets": count.candidates,
+        "doubtful_droplets": count.doubtful,
+        "verdict": verdict.to_dict(),
         "uncertainty": {
             "method": "laplace",
             "discrepancy_per_radius": discrepancy,

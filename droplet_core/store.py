@@ -4,6 +4,7 @@ Layout under the store root::
 
     fits/<fit_id>/    droplets.csv, reconstruction.png, fit.json, arrays.npz (one finished entry)
     images/<sha256>   the uploaded image bytes, so a share link can show the original image
+    image-names/<sha256>.txt   the file name the image was first uploaded under
     .tmp/             work area; entries are built here and renamed into place
 
 An entry appears in ``fits/`` only through one ``os.rename`` of a complete directory, so
@@ -44,6 +45,8 @@ DROPLETS_FILE = "droplets.csv"
 # Prefixes of the flat ``params`` / ``appearance`` dicts inside arrays.npz.
 _PARAMS_PREFIX = "params/"
 _APPEARANCE_PREFIX = "appearance/"
+
+MAX_IMAGE_NAME_CHARS = 120
 
 # A save takes seconds; a work directory this old was left by a killed process.
 _STALE_TMP_AGE_S = 3600.0
@@ -134,8 +137,9 @@ class FitStore:
         self.root = Path(root if root is not None else default_store_root()).resolve()
         self._fits = self.root / "fits"
         self._images = self.root / "images"
+        self._image_names = self.root / "image-names"
         self._tmp = self.root / ".tmp"
-        for folder in (self._fits, self._images, self._tmp):
+        for folder in (self._fits, self._images, self._image_names, self._tmp):
             folder.mkdir(parents=True, exist_ok=True)
         self._remove_stale_work_dirs()
 
@@ -264,6 +268,42 @@ class FitStore:
             if os.path.exists(work):
                 os.unlink(work)
         return sha
+
+    def name_image(self, sha256: str, name: str) -> None:
+        """Remember ``name`` (a file name; folders are dropped) for a stored image, unless it
+        has one already: fits are then labelled by the name the image was first given."""
+        if not is_valid_sha256(sha256):
+            raise StoreError("malformed image sha256")
+        name = " ".join(str(name).replace("\\", "/").split("/")[-1].split())[:MAX_IMAGE_NAME_CHARS]
+        target = self._inside(self._image_names, f"{sha256}.txt")
+        if not name or target.is_file():
+            return
+        handle, work = tempfile.mkstemp(prefix=f"{sha256}-", dir=self._tmp)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                file.write(name)
+            os.replace(work, target)
+        finally:
+            if os.path.exists(work):
+                os.unlink(work)
+
+    def image_name(self, sha256: str) -> str | None:
+        """The name a stored image was first given, or None."""
+        if not is_valid_sha256(sha256):
+            return None
+        try:
+            return self._inside(self._image_names, f"{sha256}.txt").read_text(encoding="utf-8") or None
+        except (OSError, StoreError, UnicodeDecodeError):
+            return None
+
+    def fit_info(self, fit_id: str) -> dict:
+        """The fit.json record of a stored fit (without loading its arrays).
+
+        Raises StoreError for a malformed, unknown or unreadable id."""
+        try:
+            return json.loads((self.fit_dir(fit_id) / INFO_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"stored fit {fit_id} is unreadable: {exc}") from exc
 
     def image_bytes(self, sha256: str) -> bytes:
         """The bytes of a stored image. Raises StoreError for a malformed or unknown hash."""

@@ -33,6 +33,7 @@ import pandas as pd
 from scipy.special import expit
 from scipy.stats import norm
 
+from droplet_core.counting import count_interval  # noqa: F401 - part of this module's interface
 from droplet_core.models.common import Layout, capped_radius, patch_geometry, per_pixel
 
 INTERVAL = 0.90
@@ -240,31 +241,6 @@ def _sum_by_droplet(per_row: np.ndarray, starts: np.ndarray, total: int) -> np.n
     empty = np.diff(np.append(starts, total)) == 0
     sums[empty] = 0.0
     return sums
-
-
-def count_interval(p_exists: np.ndarray, relative_discrepancy: float = 0.0, level: float = INTERVAL) -> tuple[int, int]:
-    """Central ``level`` interval of the droplet count.
-
-    The count of independent droplets that exist with probabilities ``p_exists`` is
-    Poisson-binomial; droplets the fit never proposed (or proposed twice) add an error of
-    sd ``relative_discrepancy`` times the expected count, independent of it.
-    """
-    pmf = np.zeros(len(p_exists) + 1)
-    pmf[0] = 1.0
-    for k, q in enumerate(p_exists):
-        pmf[1 : k + 2] = pmf[1 : k + 2] * (1.0 - q) + pmf[: k + 1] * q
-        pmf[0] *= 1.0 - q
-    spread = relative_discrepancy * float(np.sum(p_exists))
-    if spread > 0:
-        reach = int(np.ceil(5.0 * spread))
-        kernel = norm.pdf(np.arange(-reach, reach + 1), scale=spread)
-        pmf = np.convolve(pmf, kernel / kernel.sum())
-    else:
-        reach = 0
-    cdf = np.cumsum(pmf)
-    tail = (1.0 - level) / 2.0
-    low, high = np.searchsorted(cdf, tail) - reach, np.searchsorted(cdf, 1.0 - tail) - reach
-    return max(int(low), 0), int(high)
 
 
 def interval_half_width(sd, level: float = INTERVAL):

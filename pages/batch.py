@@ -93,22 +93,26 @@ with st.form("batch_form", border=True):
                                index=app.SINGLE_CHANNELS.index(fit_channel) if fit_channel in app.SINGLE_CHANNELS else 0)
     with c2:
         fit_steps = st.session_state.get("w_steps", DEFAULTS.steps)
-        steps = st.select_slider("Steps", STEP_OPTIONS, key="b_steps",
+        steps = st.select_slider("Fitting effort (iterations)", STEP_OPTIONS, key="b_steps",
                                  value=fit_steps if fit_steps in STEP_OPTIONS else DEFAULTS.steps)
-        droplets = st.number_input("Maximum droplets (0 = automatic)", 0, 20000,
+        droplets = st.number_input("Number of droplets (0 = let the fit decide)", 0, 20000,
                                    int(st.session_state.get("w_droplets", DEFAULTS.droplets)), step=50, key="b_droplets")
     with c3:
-        downscale = st.number_input("Downscale (0 = automatic)", 0, 16,
-                                    int(st.session_state.get("downscale", DEFAULTS.downscale)), key="b_downscale")
+        fit_downscale = int(st.session_state.get("downscale", DEFAULTS.downscale))
+        downscale = st.selectbox("Downscale", app.DOWNSCALE_OPTIONS, format_func=app.downscale_label, key="b_downscale",
+                                 index=app.DOWNSCALE_OPTIONS.index(fit_downscale)
+                                 if fit_downscale in app.DOWNSCALE_OPTIONS else 0,
+                                 help="Automatic: chosen per image (about 400,000 pixels are fitted).")
         seed = st.number_input("Random seed", 0, 2**31 - 1, int(st.session_state.get("w_seed", DEFAULTS.seed)),
                                key="b_seed")
-    sources = [info for info in app.store().list_fits()
-               if info.get("settings", {}).get("model") in ("templates", "neural") and not info.get("appearance_from")]
+    sources = [info for info in (app.fit_info(f) for f in app.session_fit_ids())
+               if info and info.get("settings", {}).get("model") in ("templates", "neural")
+               and not info.get("appearance_from")]
     labels = {info["fit_id"]: app.fit_label(info) for info in sources}
     appearance_from = st.selectbox(
-        "Reuse the droplet appearance of", [None, *labels], key="b_appearance_from",
-        format_func=lambda fit_id: "— learn a new appearance per image —" if fit_id is None else labels[fit_id],
-        help="Hold the masks / optics model of an earlier fit (same model) fixed for every image.",
+        "Reuse the droplet look learned in", [None, *labels], key="b_appearance_from",
+        format_func=lambda fit_id: "— learn the look from each image —" if fit_id is None else labels[fit_id],
+        help="Keep the droplet look an earlier fit of this session learned (same model) for every image.",
     )
     submitted = st.form_submit_button("Run batch", type="primary", icon=":material/play_arrow:")
 
@@ -185,12 +189,21 @@ b.metric("Droplets", int(fitted["droplet_count"].sum()))
 c.metric("Failed", int((summary["status"] == FAILED).sum()))
 for row in summary[summary["status"] == FAILED].itertuples():
     st.warning(f"**{row.image}** was not fitted: {row.error}", icon=":material/error:")
+for row in summary[summary["fit_quality"] == "failed"].itertuples():
+    st.warning(f"The fit of **{row.image}** did not explain the image: {row.fit_problems} Open it below and try "
+               "another channel, model or downscale.", icon=":material/report:")
 st.dataframe(
     summary, hide_index=True, key="batch_summary",
     column_config={"fit_id": st.column_config.TextColumn("fit id"),
-                   "droplet_count": st.column_config.NumberColumn("droplets"),
-                   "mean_radius": st.column_config.NumberColumn("mean radius (px)", format="%.2f"),
+                   "droplet_count": st.column_config.NumberColumn(
+                       "droplets", help="Expected number of droplets (each weighed by its probability of existing)"),
+                   "count_low_90": st.column_config.NumberColumn("count, 90 % low"),
+                   "count_high_90": st.column_config.NumberColumn("count, 90 % high"),
+                   "median_radius": st.column_config.NumberColumn("median radius (px)", format="%.2f"),
                    "rmse": st.column_config.NumberColumn("RMSE", format="%.4f"),
+                   "fit_quality": st.column_config.TextColumn(
+                       "fit quality", help="good / partial / failed: how much of the image the fit explains"),
+                   "fit_problems": st.column_config.TextColumn("problems found", width="large"),
                    "seconds": st.column_config.NumberColumn("seconds", format="%.1f")},
 )
 if not fitted.empty:

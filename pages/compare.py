@@ -1,4 +1,8 @@
-"""Compare: two or more stored fits side by side (overlays, counts, radii, RMSE, time)."""
+"""Compare: two or more of this session's fits side by side (overlays, counts, radii, quality).
+
+Private by default: the choices are this session's own fits and those it opened by a
+link; a compare link (``?fits=a,b``) adds its fits to the session that opens it.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +11,42 @@ import streamlit as st
 
 import app
 from app_support.figures import compare_overlays_figure, compare_radius_figure
+from droplet_core.counting import doubtful_mask
 from droplet_core.store import StoreError, is_valid_fit_id
 
 app.page_start("compare")
 st.title("Compare fits")
 
-fits = app.store().list_fits()
-labels = {info["fit_id"]: app.fit_label(info) for info in fits}
-
-# Selection from the URL (?fits=a,b) first, then this session's recent fits. Ids are
-# checked against the pattern and the store's own list; nothing else touches the disk.
+# Fits named in the URL (?fits=a,b): checked against the id pattern and the store before
+# anything else touches the disk; the good ones join this session's list.
 requested = [f for f in st.query_params.get("fits", "").split(",") if f]
-bad = [f for f in requested if not is_valid_fit_id(f) or f not in labels]
+found = [f for f in requested if is_valid_fit_id(f) and app.fit_info(f) is not None]
+bad = [f for f in requested if f not in found]
 if bad:
-    st.error(f"{len(bad)} fit id(s) in this link are not valid or not stored and are left out.")
-if not fits:
-    st.info("The store holds no fits yet. Fit an image on the Fit page first.", icon=":material/info:")
+    st.error(f"{len(bad)} fit id(s) in this link are not valid or not stored on this server and are left out.")
+for fit_id in reversed(found):
+    if fit_id not in app.session_fit_ids():
+        app.remember_fit(fit_id)
+
+infos = {f: info for f in app.session_fit_ids() if (info := app.fit_info(f)) is not None}
+labels = {f: app.fit_label(info) for f, info in infos.items()}
+if not labels:
+    st.info("This session has no fits yet. Fit an image on the Fit page, or open a link someone shared; "
+            "fits of other people are not listed.", icon=":material/info:")
     st.stop()
-default = [f for f in requested if f in labels] or \
-    [f for f in st.session_state.get("fit_history", []) if f in labels][:2] or list(labels)[:2]
+default = [f for f in found if f in labels] or list(labels)[:2]
 # Apply the URL only when it changed outside this page (a link); our own writes are skipped.
 if "w_compare" not in st.session_state or (requested and requested != st.session_state.get("_compare_url")):
     st.session_state["w_compare"] = default
+st.session_state["w_compare"] = [f for f in st.session_state["w_compare"] if f in labels]
 chosen = st.multiselect("Fits to compare", list(labels), format_func=labels.get, key="w_compare",
-                        help="Stored fits, newest first. Pick two or more.")
+                        help="This session's fits (and those opened by a link), newest first. Pick two or more.")
 st.query_params["fits"] = ",".join(chosen)
 st.session_state["_compare_url"] = list(chosen)
 if len(chosen) < 2:
     st.info("Pick at least two fits to compare.")
+    if len(labels) > 1:
+        app.share_box("compare", {"fits": ",".join(labels)})
     st.stop()
 
 results = []
@@ -42,41 +54,49 @@ for fit_id in chosen:
     try:
         results.append(app.load_fit(fit_id))
     except StoreError as exc:
-        st.error(f"Fit {fit_id[:12]} cannot be loaded: {exc}")
+        st.error(f"The fit {labels[fit_id]} cannot be loaded: {exc}")
 if not results:
     st.stop()
 
 rows = []
 for r in results:
     timings = r.info.get("timings", {})
-    rmse = r.info.get("rmse") or []
+    likely = r.droplets[~doubtful_mask(r.droplets)]
+    low, high = r.info.get("droplet_count_interval_90", (None, None))
     rows.append({
-        "fit": r.fit_id[:8],
-        "model": r.settings.model,
+        "fit": labels[r.fit_id],
+        "droplets": app.headline_count(r.info, r.droplets),
+        "90 % interval": f"{low}–{high}" if low is not None else "—",
+        "median radius (px)": float(likely["radius"].median()) if len(likely) else None,
+        "fit quality": (r.info.get("verdict") or {}).get("quality", "—"),
+        "error vs. contrast": (r.info.get("verdict") or {}).get("relative_rmse"),
         "channel": r.settings.channel,
-        "droplets": len(r.droplets),
-        "median radius (px)": float(r.droplets["radius"].median()) if len(r.droplets) else None,
-        "RMSE": float(sum(rmse) / len(rmse)) if rmse else None,
         "fit time (s)": timings.get("total_s"),
-        "steps": r.info.get("total_steps_done", r.info.get("steps_done")),
-        "final loss": r.info.get("final_loss"),
-        "status": r.info.get("status"),
-        "device": r.info.get("device"),
     })
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-app.share_box("compare", {"fits": ",".join(chosen)})
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+             column_config={"median radius (px)": st.column_config.NumberColumn(format="%.2f"),
+                            "error vs. contrast": st.column_config.NumberColumn(format="percent"),
+                            "fit time (s)": st.column_config.NumberColumn(format="%.1f")})
+st.caption("Share link: opens these fits side by side")
+st.code(app.share_url("compare", {"fits": ",".join(chosen)}), language=None)
+if len(labels) > len(chosen):
+    with st.expander(f"Share all {len(labels)} fits of this session"):
+        st.code(app.share_url("compare", {"fits": ",".join(labels)}), language=None)
 
 panels = []
 for r in results:
     image = app.image_for_fit(r)
     if image is not None:
-        panels.append((f"{r.fit_id[:8]} · {r.settings.model} · {len(r.droplets)}", image, r.droplets))
+        panels.append((app.fit_short_label(r.info), app.for_display(image), r.droplets))
 if panels:
-    st.plotly_chart(compare_overlays_figure(panels[:4]), key="compare_overlays", width="stretch",
+    st.plotly_chart(compare_overlays_figure(panels[:4], height=560), key="compare_overlays", width="stretch",
                     config={"scrollZoom": True})
     if len(panels) > 4:
-        st.caption("Overlays show the first four fits; the table and histogram include all.")
+        st.caption("Pictures show the first four fits; the table and histogram include all.")
     if len({r.image_sha256 for r in results}) > 1:
         st.caption("These fits are of different images; zoom is linked by pixel position.")
-st.plotly_chart(compare_radius_figure({f"{r.fit_id[:8]} {r.settings.model}": r.droplets for r in results}),
+
+# -- sizes (further size statistics go in this section) ----------------------------------------
+st.subheader("Sizes")
+st.plotly_chart(compare_radius_figure({app.fit_short_label(r.info): r.droplets for r in results}, height=380),
                 key="compare_radius", width="stretch")

@@ -10,16 +10,19 @@ import streamlit as st
 import app
 from app_support.figures import loss_figure, overlay_figure
 from droplet_core import encoder, images
-from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
+from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
+from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, MODEL_NAMES, FitSettings, default_channel
 from droplet_core.store import StoreError, fit_key
 
 app.page_start("fit")
 st.title("Fit")
 
 MODEL_HELP = {
-    "gaussian": "isotropic Gaussian blobs on a flat background — quickest, one channel",
-    "templates": "learned droplet masks (types) mixed per droplet — explains rims and highlights, one channel",
-    "neural": "small neural optics model over all three colour channels — slowest, richest",
+    "gaussian": "Round soft spots. Quickest; for simple bright or dark spots without rims. One channel.",
+    "templates": "Recommended. Learns what your droplets look like (rims, highlights) from the image itself. "
+                 "One channel.",
+    "neural": "Learns how droplets bend light in all three colours at once. Slowest; for colour images where "
+              "droplets differ in colour.",
 }
 STEP_OPTIONS = [50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000]
 LR_OPTIONS = [0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1]
@@ -34,10 +37,13 @@ except Exception as exc:  # noqa: BLE001
 channel = st.session_state.get("channel", DEFAULTS.channel)
 crop = st.session_state.get("crop")
 downscale = int(st.session_state.get("downscale", 0))
-crop_text = f"crop {crop}" if crop else "whole image"
+crop_text = f"region x {crop[0]}–{crop[2]}, y {crop[1]}–{crop[3]}" if crop else "whole image"
+region_h, region_w = (crop[3] - crop[1], crop[2] - crop[0]) if crop else image.shape[:2]
+auto_k = images.auto_downscale_factor(region_h, region_w, AUTO_DOWNSCALE_PIXELS)
+downscale_text = app.downscale_label(downscale, auto_k)
 st.caption(
-    f"Image **{st.session_state.get('image_name', sha[:10])}** ({image.shape[1]} × {image.shape[0]} px), "
-    f"{crop_text}, downscale {'auto' if downscale == 0 else f'{downscale}x'} — change these on the Image page."
+    f"Image **{app.current_image_name()}** ({image.shape[1]} × {image.shape[0]} px), {crop_text}, "
+    f"downscale {downscale_text} — change these on the Image page."
 )
 
 # -- settings -----------------------------------------------------------------------------
@@ -51,56 +57,65 @@ model = st.radio(
     captions=[MODEL_HELP.get(m, "") for m in MODEL_NAMES],
 )
 fit_channel = default_channel(model) if model == "neural" else channel
-st.caption(f"Channel: **{app.channel_label(fit_channel)}**" + (" (the neural model always uses RGB)" if model == "neural" else ""))
+st.caption(f"Channel: **{app.channel_label(fit_channel)}**" +
+           (" (this model always uses all three colour channels)" if model == "neural" else ""))
 
 with st.form("fit_form", border=True):
-    c1, c2 = st.columns(2)
-    with c1:
-        droplets = st.slider(
-            "Maximum droplets (0 = automatic)", 0, 5000, DEFAULTS.droplets, step=50, key="w_droplets",
-            persist_state="session", help="0 lets the detector and the fit decide how many droplets there are.",
-        )
-        steps = st.select_slider("Steps", STEP_OPTIONS, value=DEFAULTS.steps, key="w_steps", persist_state="session",
-                                 help="SVI optimisation steps. More steps: better fit, longer wait. A fit that reuses an "
-                                      "appearance runs at most this many Levenberg-Marquardt iterations and stops "
-                                      "once converged (usually within a dozen).")
-        learning_rate = st.select_slider("Learning rate", LR_OPTIONS, value=DEFAULTS.learning_rate, key="w_lr",
-                                         persist_state="session")
-    with c2:
-        mask_types, mask_size = DEFAULTS.mask_types, DEFAULTS.mask_size
-        if model in ("templates", "neural"):
-            mask_types = st.slider("Droplet types", 1, 12, DEFAULTS.mask_types, key="w_mask_types",
-                                   persist_state="session",
-                                   help="Number of learned droplet looks; each droplet mixes them (composition).")
-        if model == "templates":
-            mask_size = st.slider("Mask size (cells)", 5, 31, DEFAULTS.mask_size, step=2, key="w_mask_size",
-                                  persist_state="session", help="Side of each learned mask, spanning ±1.5 radii.")
-        seed = st.number_input("Random seed", 0, 2**31 - 1, DEFAULTS.seed, step=1, key="w_seed",
-                               persist_state="session")
+    droplets = st.slider(
+        "Number of droplets (0 = let the fit decide)", 0, 5000, DEFAULTS.droplets, step=50, key="w_droplets",
+        persist_state="session",
+        help="0: the fit finds the droplets and decides how many there are. A number: at most that many.",
+    )
+    mask_types, mask_size = DEFAULTS.mask_types, DEFAULTS.mask_size
     appearance_from = None
     if model in ("templates", "neural"):
-        # Fits whose appearance was learned (not itself reused) with the current look settings.
+        # This session's fits whose look was learned (not itself reused) with the current look settings.
         sources = [
-            info for info in app.store().list_fits()
-            if info.get("settings", {}).get("model") == model and not info.get("appearance_from")
-            and info.get("settings", {}).get("mask_types") == mask_types
-            and (model == "neural" or info.get("settings", {}).get("mask_size") == mask_size)
+            info for info in (app.fit_info(f) for f in app.session_fit_ids())
+            if info and info.get("settings", {}).get("model") == model and not info.get("appearance_from")
+            and info.get("settings", {}).get("mask_types") == st.session_state.get("w_mask_types", mask_types)
+            and (model == "neural" or info.get("settings", {}).get("mask_size")
+                 == st.session_state.get("w_mask_size", mask_size))
         ]
         labels = {info["fit_id"]: app.fit_label(info) for info in sources}
         appearance_from = st.selectbox(
-            "Reuse the droplet appearance of", [None, *labels], key="w_appearance_from",
-            format_func=lambda fit_id: "— learn a new appearance —" if fit_id is None else labels[fit_id],
-            help="Hold the masks / optics model of an earlier fit fixed and fit only positions, radii, "
-                 "compositions and background, droplet by droplet (Levenberg-Marquardt): a few seconds "
-                 "at most on new images of the same droplets.",
+            "Reuse the droplet look learned in", [None, *labels], key="w_appearance_from",
+            format_func=lambda fit_id: "— learn the look from this image —" if fit_id is None else labels[fit_id],
+            help="For another image of the same kind of droplets: keep the droplet look an earlier fit learned "
+                 "and fit only positions, sizes and the background. Takes a few seconds.",
         )
+    with st.expander("Advanced: fitting effort and the model's details"):
+        c1, c2 = st.columns(2)
+        with c1:
+            steps = st.select_slider(
+                "Fitting effort (iterations)", STEP_OPTIONS, value=DEFAULTS.steps, key="w_steps",
+                persist_state="session",
+                help="How long the optimiser works. More: a closer fit, a longer wait. A fit that reuses a look "
+                     "stops by itself once converged (usually within a dozen iterations).")
+            learning_rate = st.select_slider(
+                "Step size", LR_OPTIONS, value=DEFAULTS.learning_rate, key="w_lr", persist_state="session",
+                help="How far each iteration moves. Smaller if a fit fails with 'diverged'.")
+            seed = st.number_input("Random seed", 0, 2**31 - 1, DEFAULTS.seed, step=1, key="w_seed",
+                                   persist_state="session", help="Same seed, same settings: the same fit.")
+        with c2:
+            if model in ("templates", "neural"):
+                mask_types = st.slider("Droplet looks to learn", 1, 12, DEFAULTS.mask_types, key="w_mask_types",
+                                       persist_state="session",
+                                       help="How many different droplet appearances the model learns; each "
+                                            "droplet is a mix of them (its 'type' shares in the table).")
+            if model == "templates":
+                mask_size = st.slider("Detail of each learned look (pixels across)", 5, 31, DEFAULTS.mask_size,
+                                      step=2, key="w_mask_size", persist_state="session",
+                                      help="Resolution of each learned look, spanning 1.5 radii either side "
+                                           "of the centre.")
     f1, f2 = st.columns([1, 5])
     with f1:
         submitted = st.form_submit_button("Fit", type="primary", icon=":material/play_arrow:")
     with f2:
         detect_clicked = st.form_submit_button(
             "Detect (instant)", icon=":material/bolt:",
-            help="The trained encoder finds droplets in well under a second; no model is fitted.",
+            help="A trained detector finds droplets in well under a second; nothing is fitted, so there is no "
+                 "reconstruction or residual to check it against.",
         )
 
 registry = app.registry()
@@ -120,10 +135,10 @@ if detect_clicked:
         st.error(f"Instant detection failed: {exc}")
 detected = st.session_state.get("detect_raw")
 if detected is not None and detected["sha"] == sha:
-    st.subheader("Instant detection (encoder)")
+    st.subheader("Instant detection")
     s1, s2, s3 = st.columns([2, 2, 1])
-    threshold = s1.slider("Presence probability at least", 0.05, 0.95, encoder.DEFAULT_THRESHOLD, step=0.05,
-                          key="w_detect_threshold")
+    threshold = s1.slider("Show droplets at least this likely", 0.05, 0.95, encoder.DEFAULT_THRESHOLD, step=0.05,
+                          key="w_detect_threshold", help="The detector's probability that a droplet is there.")
     min_radius = s2.slider("Minimum radius (px)", 0.0, 10.0, 0.0, step=0.5, key="w_detect_min_radius")
     found = encoder.to_image_px(encoder.decode(detected["raw"], threshold, min_radius / detected["factor"]),
                                 detected["factor"])
@@ -132,8 +147,8 @@ if detected is not None and detected["sha"] == sha:
         found["y"] += detected["crop"][1]
     s3.metric("Detected", len(found))
     st.plotly_chart(
-        overlay_figure(image, found, crop=detected["crop"], height=520,
-                       title=f"{len(found)} droplets (encoder, {app.channel_label(detected['channel'])})"),
+        overlay_figure(app.for_display(image), found, crop=detected["crop"], height=720,
+                       title=f"{len(found)} droplets (instant detection)"),
         key="detect_overlay", width="stretch", config={"scrollZoom": True},
     )
 
@@ -156,12 +171,15 @@ if submitted:
             st.error(f"The stored copy of this fit cannot be read: {exc}")
         else:
             st.session_state["job_id"] = job.fit_id
+            st.session_state["job_image_sha"] = sha
             st.session_state["job_notice"] = "store" if from_store else "new"
             st.session_state["job_handled"] = None
 
 # -- the current job ----------------------------------------------------------------------
 job_id = st.session_state.get("job_id")
 job = registry.get(job_id) if job_id else None
+if job is not None and st.session_state.get("job_image_sha") != sha:
+    job = None  # a fit of another image (its result stays in this session's list)
 if job_id and job is None:
     st.session_state["job_id"] = None  # forgotten by the registry (e.g. server restart)
 
@@ -177,13 +195,15 @@ if job is not None:
             # A fit with a reused appearance runs Levenberg-Marquardt iterations and stops once converged.
             count = (f"iteration {snap.step} of at most {snap.total_steps}" if job.settings.appearance_from
                      else f"step {snap.step} of {snap.total_steps}")
-            text = f"Fitting: {count} · loss {loss} · {snap.droplets} droplets · {snap.elapsed_s:.1f} s"
-            st.progress(fraction, text=text if snap.step else "Starting the fit (compiling the model) …")
+            text = f"Fitting: {count} · {snap.droplets} droplets so far · {snap.elapsed_s:.0f} s"
+            st.progress(fraction, text=text if snap.step else "Starting the fit (preparing the model) …")
             if snap.losses:
-                n = len(snap.losses)
-                x = np.linspace(snap.step / n, snap.step, n)
-                st.plotly_chart(loss_figure(snap.losses, steps=x, total_steps=snap.total_steps, height=260),
-                                key="live_loss", width="stretch")
+                with st.expander("Advanced: how the fit converges (loss)"):
+                    n = len(snap.losses)
+                    x = np.linspace(snap.step / n, snap.step, n)
+                    st.caption(f"Loss {loss} (lower is better; its scale has no meaning of its own).")
+                    st.plotly_chart(loss_figure(snap.losses, steps=x, total_steps=snap.total_steps, height=260),
+                                    key="live_loss", width="stretch")
             if st.button("Stop", icon=":material/stop_circle:", key="stop_button"):
                 job.stop()
                 st.info("Stopping after the current chunk of steps; the fit reached so far will be kept.")
@@ -199,28 +219,29 @@ if job is not None:
         if result is not None and first_time:
             app.set_current_fit(result.fit_id)
             st.session_state["job_handled"] = snap.fit_id
+            st.rerun()  # so that the sidebar, drawn before this, names the new fit
         if snap.status == "done" and result is not None:
             if st.session_state.get("job_notice") == "store":
-                st.success(f"Loaded from store: {len(result.droplets)} droplets (identical settings on this "
-                           "image were fitted before; nothing was recomputed).", icon=":material/inventory_2:")
+                st.success("Loaded from store: identical settings on this image were fitted before; nothing "
+                           "was recomputed.", icon=":material/inventory_2:")
             else:
                 took = result.info.get("timings", {}).get("total_s")
                 took_text = f" in {took:.1f} s" if isinstance(took, (int, float)) else ""
-                st.success(f"Fit done: {len(result.droplets)} droplets{took_text}.", icon=":material/check_circle:")
+                st.success(f"Fit done{took_text}.", icon=":material/check_circle:")
         elif snap.status == "stopped":
             if result is not None:
                 unit = "iteration" if job.settings.appearance_from else "step"
-                st.warning(f"Stopped at {unit} {snap.step} of {snap.total_steps}. The fit reached so far is kept "
-                           f"({len(result.droplets)} droplets); press Continue to refine it.",
+                st.warning(f"Stopped at {unit} {snap.step} of {snap.total_steps}. The fit reached so far is kept; "
+                           "press Fit longer to refine it.",
                            icon=":material/pause_circle:")
             else:
                 st.warning("Stopped before the first step; nothing was fitted. Your earlier fits are kept.")
         elif snap.status == "failed":
             st.error(f"The fit failed: {snap.error or 'unknown error'}. Your earlier fits and the current image "
-                     "are kept; try a lower learning rate, fewer droplets or another channel.",
+                     "are kept; try a smaller step size (Advanced), fewer droplets or another channel.",
                      icon=":material/error:")
 
-# -- the current fit ----------------------------------------------------------------------
+# -- the current fit (always one of the current image) ----------------------------------
 fit_id = app.current_fit_id()
 current = None
 if fit_id:
@@ -228,21 +249,25 @@ if fit_id:
         current = app.load_fit(fit_id)
     except StoreError as exc:
         st.error(f"The current fit cannot be loaded: {exc}")
+    if current is not None and current.image_sha256 != sha:
+        current = None
 busy = job is not None and job.snapshot().status == "running"
 if current is not None and not busy:
     st.subheader("Current fit")
     info = current.info
+    app.show_verdict(info)
     a, b, c, d = st.columns(4)
-    a.metric("Droplets", len(current.droplets))
+    a.metric("Droplets", app.headline_count(info, current.droplets),
+             help="Expected number of droplets: each candidate counts with its probability of being a droplet.")
+    a.caption(app.count_caption(info, current.droplets))
     b.metric("Model", current.settings.model, help=f"channel {app.channel_label(current.settings.channel)}")
-    c.metric("Iterations" if current.settings.appearance_from else "Steps",
-             info.get("total_steps_done", info.get("steps_done", current.settings.steps)))
+    c.metric("Iterations", info.get("total_steps_done", info.get("steps_done", current.settings.steps)))
     total = info.get("timings", {}).get("total_s")
     d.metric("Fit time", f"{total:.1f} s" if isinstance(total, (int, float)) else "—")
-    b1, b2 = st.columns([1, 4])
+    b1, b2 = st.columns([1, 3])
     with b1:
-        if st.button("Continue", icon=":material/fast_forward:", key="continue_button",
-                     help=f"Warm-start another {current.settings.steps} steps from this fit."):
+        if st.button("Fit longer", icon=":material/fast_forward:", key="continue_button",
+                     help=f"Continue this fit for another {current.settings.steps} iterations from where it ended."):
             try:
                 base = app.decoded_image(current.image_sha256)
                 job = registry.submit(base, current.image_sha256, current.settings, warm_start=current)
@@ -250,19 +275,23 @@ if current is not None and not busy:
                 st.error(f"Cannot continue this fit: {exc}")
             else:
                 st.session_state["job_id"] = job.fit_id
+                st.session_state["job_image_sha"] = sha
                 st.session_state["job_notice"] = "continue"
                 st.session_state["job_handled"] = None
                 st.rerun()
     with b2:
-        st.page_link("pages/results.py", label="Open the results (reconstruction, residual, droplet table)",
+        st.page_link("pages/results.py", label="Next: the results (count, sizes, droplet table, residual)",
                      icon=":material/arrow_forward:", query_params={"fit": current.fit_id})
     base_image = app.image_for_fit(current)
     if base_image is not None:
+        likely = int((~doubtful_mask(current.droplets)).sum())
         st.plotly_chart(
-            overlay_figure(base_image, current.droplets, crop=current.settings.crop, height=520,
-                           title=f"{len(current.droplets)} droplets detected"),
+            overlay_figure(app.for_display(base_image), current.droplets, crop=current.settings.crop, height=760,
+                           title=f"{likely} likely droplets (solid); doubtful ones dashed grey",
+                           doubtful_below=DOUBTFUL_BELOW),
             key="fit_overlay", width="stretch", config={"scrollZoom": True},
         )
     app.share_box("results", {"fit": current.fit_id})
     if len(current.losses):
-        st.plotly_chart(loss_figure(current.losses, height=240), key="final_loss", width="stretch")
+        with st.expander("Advanced: how the fit converged (loss)"):
+            st.plotly_chart(loss_figure(current.losses, height=240), key="final_loss", width="stretch")

@@ -25,16 +25,17 @@ images = None
 tile_types = captions = None
 if "masks" in appearance:
     images = np.asarray(appearance["masks"])
-    st.caption(f"The {images.shape[0]} learned masks of fit `{result.fit_id[:12]}` ({model}); each droplet's look "
-               "is its composition-weighted mix of them. Colour scale: mask value.")
+    st.caption(f"The {images.shape[0]} droplet looks learned by the fit **{app.fit_label(result.info)}**. Each "
+               "droplet is drawn as a mix of them (its 'type shares' in the droplet table). Colour: brighter (yellow) "
+               "or darker (purple) than the background.")
 elif "gallery" in appearance:
     images = np.asarray(appearance["gallery"])
     tile_types = appearance.get("gallery_type")
     radii = appearance.get("gallery_radius_px")
     if tile_types is not None and radii is not None:
         captions = [f"type {t} · r {r:g} px" for t, r in zip(tile_types, radii)]
-    st.caption(f"Example droplets rendered by the learned optics model of fit `{result.fit_id[:12]}` ({model}): "
-               "each droplet type drawn alone at a few radii (fit pixels).")
+    st.caption(f"Example droplets drawn by the optics learned in the fit **{app.fit_label(result.info)}**: "
+               "each droplet type alone at a few radii (fit pixels).")
 
 if result.settings.appearance_from:
     source = result.settings.appearance_from
@@ -57,6 +58,6 @@ if types is not None:
     st.caption(" · ".join(f"type {i}: {n}" for i, n in enumerate(counts)))
     image = app.image_for_fit(result)
     if image is not None:
-        st.plotly_chart(overlay_figure(image, result.droplets, Placement(), colour_by_type=True,
+        st.plotly_chart(overlay_figure(app.for_display(image), result.droplets, Placement(), colour_by_type=True,
                                        crop=result.settings.crop, height=600),
                         key="type_overlay", width="stretch", config={"scrollZoom": True})

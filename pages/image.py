@@ -13,32 +13,51 @@ from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitSettings
 app.page_start("image")
 st.title("Image")
 
+# -- the three steps, and the next one's button at the top ------------------------------
+guide, next_step = st.columns([4, 1], vertical_alignment="center")
+with guide:
+    st.markdown("**1 · Image** (this page): use the demo or upload yours, pick the channel where droplets "
+                "stand out  →  **2 · Fit**: press Fit  →  **3 · Results**: the count, sizes and droplet table.")
+with next_step:
+    if st.button("Next: fit this image", type="primary", icon=":material/arrow_forward:", key="next_fit",
+                 width="stretch"):
+        st.switch_page("pages/fit.py")
+
 # -- choose the image -------------------------------------------------------------------
+# Callbacks, not code below the widgets: they run before the script, so the sidebar and
+# everything else drawn in this run already show the new image.
+
+
+def take_upload() -> None:
+    uploaded = st.session_state.get("upload")
+    if uploaded is None:
+        return
+    data = uploaded.getvalue()  # bytes; the UploadedFile object is not kept
+    try:
+        load_image(data, max_pixels=max_pixels_limit())  # validate before keeping it
+    except ImageError as exc:
+        st.session_state["upload_error"] = f"**{uploaded.name}** cannot be used: {exc}"
+    else:
+        app.set_current_image(app.store().save_image(data), uploaded.name)
+        st.session_state["upload_error"] = None
+
+
+def take_demo() -> None:
+    app.set_current_image(app.demo_sha(), app.DEMO_NAME)
+    st.session_state["upload_error"] = None
+
+
 left, right = st.columns([3, 1], vertical_alignment="bottom")
 with left:
-    uploaded = st.file_uploader(
+    st.file_uploader(
         "Upload a microscopy image (PNG, JPEG or TIFF, 8 or 16 bit)",
         type=["png", "jpg", "jpeg", "tif", "tiff"],
         key="upload",
-        help="The image is kept in the fit store by its SHA-256, so share links can show it later.",
+        on_change=take_upload,
+        help="The image is kept on this server so that share links can show it later.",
     )
 with right:
-    if st.button("Use the demo scene", icon=":material/science:", width="stretch"):
-        app.set_current_image(app.demo_sha(), "demo scene (built in)")
-        st.session_state["upload_error"] = None
-
-if uploaded is not None:
-    data = uploaded.getvalue()  # bytes; the UploadedFile object is not kept
-    digest = sha256_bytes(data)
-    if st.session_state.get("last_upload_sha") != digest:
-        st.session_state["last_upload_sha"] = digest
-        try:
-            load_image(data, max_pixels=max_pixels_limit())  # validate before keeping it
-        except ImageError as exc:
-            st.session_state["upload_error"] = f"**{uploaded.name}** cannot be used: {exc}"
-        else:
-            app.set_current_image(app.store().save_image(data), uploaded.name)
-            st.session_state["upload_error"] = None
+    st.button("Use the demo scene", icon=":material/science:", width="stretch", on_click=take_demo)
 
 if st.session_state.get("upload_error"):
     st.error(st.session_state["upload_error"] + "  \nYou keep working on the current image.", icon=":material/error:")
@@ -48,7 +67,7 @@ try:
     image = app.decoded_image(sha)
 except Exception as exc:  # noqa: BLE001 - a vanished store entry: fall back to the demo
     st.error(f"The current image cannot be read ({exc}); switching to the demo scene.")
-    app.set_current_image(app.demo_sha(), "demo scene (built in)")
+    app.set_current_image(app.demo_sha(), app.DEMO_NAME)
     sha = app.current_image_sha()
     image = app.decoded_image(sha)
 height, width = image.shape[:2]
@@ -72,43 +91,45 @@ with st.container(border=True):
     fit_w, fit_h = (crop[2] - crop[0], crop[3] - crop[1]) if crop else (width, height)
     auto_k = auto_downscale_factor(fit_h, fit_w, AUTO_DOWNSCALE_PIXELS)
     with c3:
-        options = [0, 1, 2, 3, 4, 6, 8]
         downscale = st.selectbox(
             "Downscale",
-            options,
-            format_func=lambda k: f"auto ({auto_k}x)" if k == 0 else ("none (1x)" if k == 1 else f"{k}x"),
+            app.DOWNSCALE_OPTIONS,
+            format_func=lambda k: app.downscale_label(k, auto_k),
             key="w_downscale",
             persist_state="session",
-            help="Block-average k x k pixels before fitting. Auto fits about "
-            f"{AUTO_DOWNSCALE_PIXELS:,} pixels. Droplet positions are always reported in "
-            "pixels of the uploaded image.",
+            help="Average k x k pixels into one before fitting: faster, and large droplets fit better. "
+            f"Automatic fits about {AUTO_DOWNSCALE_PIXELS:,} pixels. Positions and radii are always "
+            "reported in pixels of the uploaded image.",
         )
     st.session_state["downscale"] = int(downscale)
     k = auto_k if downscale == 0 else int(downscale)
     st.caption(f"The fit will see {fit_w // k} x {fit_h // k} pixels ({fit_w} x {fit_h} region, downscale {k}x).")
 
 # -- the image --------------------------------------------------------------------------
-st.subheader(st.session_state.get("image_name", "image"))
-m1, m2, m3 = st.columns(3)
+st.subheader(app.current_image_name())
+m1, m2 = st.columns(2)
 m1.metric("Size", f"{width} × {height} px", help="width x height of the image as uploaded")
 m2.metric("Pixels", f"{width * height / 1e6:.2f} M")
-m3.metric("Image id", sha[:10], help=f"sha256 {sha}")
-st.plotly_chart(image_figure(image, crop=crop, height=520), key="image_fig", width="stretch",
+low, high = app.display_percentiles()
+st.caption(f"Shown with its contrast stretched ({low:g}–{high:g} percentiles; change it in the sidebar). "
+           "The fit uses the raw values.")
+st.plotly_chart(image_figure(app.for_display(image), crop=crop, height=620), key="image_fig", width="stretch",
                 config={"scrollZoom": True})
 
 # -- channels ---------------------------------------------------------------------------
 st.subheader("Channels")
 st.caption("Every channel side by side: pick the one where droplets stand out best from the background.")
-thumbs = app.channel_thumbnails(sha)
+thumbs = {name: app.for_display(channel) for name, channel in app.channel_thumbnails(sha).items()}
 st.plotly_chart(channels_figure(thumbs, CHANNEL_LABELS), key="channels_fig", width="stretch")
 channel = st.selectbox(
-    "Channel for the single-channel models (gaussian, templates)",
+    "Channel to fit (for the one-channel models)",
     app.SINGLE_CHANNELS,
     index=app.SINGLE_CHANNELS.index(FitSettings().channel),
     format_func=app.channel_label,
     key="w_channel",
     persist_state="session",
-    help="The neural model always fits all three colour channels (RGB) at once.",
+    help="The channel where droplets differ most from the background. The colour-optics model always "
+    "uses all three colour channels at once.",
 )
 st.session_state["channel"] = channel
-st.page_link("pages/fit.py", label="Next: fit the image", icon=":material/arrow_forward:")
+st.page_link("pages/fit.py", label="Next: fit this image", icon=":material/arrow_forward:")

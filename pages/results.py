@@ -1,5 +1,6 @@
-"""Results page: reconstruction / residual / original with linked zoom, droplets over the
-image (hover, box/lasso selection filtering the table), radius histogram, downloads."""
+"""Results page: the fit's verdict on itself, the count, droplets over the image (hover,
+box/lasso selection filtering the table, doubtful candidates dashed or hidden), the image /
+the model's drawing / their difference with linked zoom, the droplet table, sizes, downloads."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import app
 from app_support.figures import (
     Placement,
     fit_placement,
+    loss_figure,
     overlay_figure,
     panels_figure,
     radius_histogram,
     residual_rgb,
 )
+from app_support.tables import droplet_column_config, droplet_table_view
+from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
+from droplet_core.display import apply_stretch, stretch_limits
 from droplet_core.results import zip_outputs
 
 app.page_start("results")
@@ -36,50 +41,59 @@ info = result.info
 droplets = result.droplets
 settings = result.settings
 
+st.caption(f"**{app.fit_label(info)}** · channel {app.channel_label(settings.channel)}")
+app.show_verdict(info)
 if result.status == "stopped":
     unit = "iteration" if settings.appearance_from else "step"
     st.warning(f"This fit was stopped early at {unit} {info.get('steps_done', '?')} of {settings.steps}; "
-               "it shows what was reached. Continue it from the Fit page.", icon=":material/pause_circle:")
+               "it shows what was reached. Fit it longer from the Fit page.", icon=":material/pause_circle:")
 
-cols = st.columns(5)
-interval = info.get("droplet_count_interval_90")
-cols[0].metric("Droplets", len(droplets),
-               help="Droplets in the fit; below it, the 90 % interval of the count from each droplet's "
-                    "probability of existing (P(exists) in the table)")
-if interval:
-    cols[0].caption(f"90 % interval {interval[0]}–{interval[1]}")
-cols[1].metric("Model", settings.model, help=f"channel {app.channel_label(settings.channel)}")
-rmse = info.get("rmse") or []
-cols[2].metric("RMSE", ", ".join(f"{v:.4f}" for v in rmse) if rmse else "—",
-               help="Root-mean-square reconstruction error per fitted channel")
+cols = st.columns(4)
+cols[0].metric("Droplets", app.headline_count(info, droplets),
+               help="The expected number of droplets: each candidate counts with its probability of being a "
+                    "droplet (the table's last column). Below it, the range that holds the true number with "
+                    "90 % probability.")
+cols[0].caption(app.count_caption(info, droplets))
+likely_table = droplets[~doubtful_mask(droplets)]
+cols[1].metric("Median radius", f"{likely_table['radius'].median():.2f} px" if len(likely_table) else "—",
+               help="Median radius of the likely droplets, in pixels of the image as uploaded.")
+verdict = info.get("verdict") or {}
+relative = verdict.get("relative_rmse")
+cols[2].metric("Error vs. contrast", f"{relative:.0%}" if relative is not None else "—",
+               help="Root-mean-square difference between the image and the model's drawing of it, relative to "
+                    "the image's own contrast at droplet size. Small: the model draws the image closely.")
 total = info.get("timings", {}).get("total_s")
 cols[3].metric("Fit time", f"{total:.1f} s" if isinstance(total, (int, float)) else "—",
-               help=f"on {info.get('device', 'unknown device')}")
-cols[4].metric("Steps", info.get("total_steps_done", info.get("steps_done", settings.steps)),
-               help="Optimisation steps in total, including any fits this one continued")
-st.caption(f"Fit `{result.fit_id}` · image `{result.image_sha256[:12]}` · fit resolution "
-           f"{result.observed.shape[1]} × {result.observed.shape[0]} px (downscale {info.get('downscale', '?')}x) · "
-           f"device {info.get('device', '?')} · created {str(info.get('created', ''))[:19]}")
+               help="Detection, fitting and uncertainty together.")
 app.share_box("results", {"fit": result.fit_id})
 
 # -- droplets over the image ----------------------------------------------------------------
-st.subheader("Detected droplets")
-st.caption("Hover a centre for its position, radius, 90 % intervals and composition. Select droplets with "
-           "the box or lasso tool (toolbar, top right) to filter the table below; double-click clears.")
+st.subheader("Droplets over the image")
 has_uncertainty = "sd_radius" in droplets.columns
-show_uncertainty = st.toggle(
-    "Show 90 % uncertainty", key="show_uncertainty", disabled=not has_uncertainty,
-    help="Dotted: each droplet's 90 % position ellipse and radius band (inner and outer circle); "
-         "yellow: droplets less likely than not to exist." if has_uncertainty else
-         "This fit was made before Droplet reported radius uncertainty; refit to see it.")
+o1, o2 = st.columns([2, 1])
+with o1:
+    hide_below = st.slider(
+        "Hide candidates less likely than this to be droplets", 0.0, 1.0, 0.0, step=0.05, key="w_hide_below",
+        disabled="p_exists" not in droplets.columns,
+        help="Every candidate has a probability of being a real droplet. Those below one half are drawn dashed "
+             "in grey and flagged in the table; raise this to hide them from the picture and the table.")
+with o2:
+    show_uncertainty = st.toggle(
+        "Show 90 % uncertainty", key="show_uncertainty", disabled=not has_uncertainty,
+        help="Dotted: each droplet's 90 % position ellipse and radius band (inner and outer circle); "
+             "yellow: droplets less likely than not to exist." if has_uncertainty else
+             "This fit was made before Droplet reported radius uncertainty; refit to see it.")
+shown = droplets[~doubtful_mask(droplets, hide_below)] if hide_below > 0 else droplets
+st.caption("Hover a centre for its position, radius and 90 % intervals. Select droplets with the box or lasso "
+           "tool (tool bar, right) to filter the table below; double-click clears. Scroll to zoom.")
 image = app.image_for_fit(result)
 placement = fit_placement(info, settings.crop)
 if image is None:  # show the fitted channel in its place
     image, overlay_placement = result.observed, placement
 else:
     overlay_placement = Placement()
-overlay = overlay_figure(image, droplets, placement=overlay_placement, crop=settings.crop, height=720,
-                         show_uncertainty=show_uncertainty)
+overlay = overlay_figure(app.for_display(image), shown, placement=overlay_placement, crop=settings.crop, height=760,
+                         show_uncertainty=show_uncertainty, doubtful_below=DOUBTFUL_BELOW)
 event = st.plotly_chart(overlay, key="overlay", on_select="rerun", selection_mode=("points", "box", "lasso"),
                         width="stretch", config={"scrollZoom": True})
 
@@ -93,32 +107,31 @@ try:
                 selected.append(int(index))
 except AttributeError:
     selected = []
-selected = sorted(set(i for i in selected if 0 <= i < len(droplets)))
+selected = sorted(set(i for i in selected if 0 <= i < len(shown)))
 
 # -- reconstruction / residual / original -------------------------------------------------
-st.subheader("Reconstruction and residual")
+st.subheader("How well the model draws the image")
 residual, scale = residual_rgb(result.residual)
 observed = result.observed
-panels = [("Observed (fitted channel)", observed), ("Reconstruction", result.reconstruction),
-          (f"Residual (observed − reconstruction, ±{scale:.3f})", residual)]
-st.plotly_chart(panels_figure(panels, placement, height=430), key="panels", width="stretch",
+limits = stretch_limits(observed, app.display_percentiles())
+panels = [("Image (fitted channel)", apply_stretch(observed, limits)),
+          ("The model's drawing", apply_stretch(result.reconstruction, limits)),
+          (f"Difference (±{scale:.3f})", residual)]
+st.plotly_chart(panels_figure(panels, placement, height=460), key="panels", width="stretch",
                 config={"scrollZoom": True})
-st.caption("Zoom or pan one panel and the others follow. Residual: red = observed brighter than the model, "
-           "blue = darker.")
+st.caption("Zoom or pan one panel and the others follow. Difference = image − drawing: red where the image is "
+           "brighter than the model, blue where darker. A good fit leaves only noise; rings or disks there are "
+           "droplets the model did not draw.")
 
-# -- table and distribution ---------------------------------------------------------------
-left, right = st.columns([3, 2])
-with right:
-    st.plotly_chart(radius_histogram(droplets if not selected else droplets.iloc[selected]),
-                    key="radius_hist", width="stretch")
-with left:
-    if selected:
-        st.markdown(f"**{len(selected)} of {len(droplets)} droplets selected**")
-        table = droplets.iloc[selected]
-    else:
-        st.markdown(f"**All {len(droplets)} droplets** (select on the overlay to filter)")
-        table = droplets
-    st.dataframe(table, height=320, width="stretch")
+# -- the droplet table --------------------------------------------------------------------
+st.subheader("Droplet table")
+table = shown.iloc[selected] if selected else shown
+if selected:
+    st.markdown(f"**{len(selected)} of {len(shown)} droplets selected**")
+else:
+    st.markdown(f"**All {len(shown)} candidates shown** (select on the picture to filter)")
+st.dataframe(droplet_table_view(table), height=360, width="stretch", hide_index=True,
+             column_config=droplet_column_config(table))
 d1, d2 = st.columns(2)
 with d1:
     st.download_button("Download droplets (CSV)" + (" — selection" if selected else ""),
@@ -130,5 +143,17 @@ with d2:
                        _zip_bytes(result.fit_id, app.store_root(), app.CACHE_VERSION),
                        file_name=f"fit-{result.fit_id[:8]}.zip", mime="application/zip",
                        icon=":material/folder_zip:", key="zip_download")
-with st.expander("Fit record (fit.json)"):
+
+# -- sizes (further size statistics go in this section) ----------------------------------------
+st.subheader("Sizes")
+st.plotly_chart(radius_histogram(table), key="radius_hist", width="stretch")
+
+# -- advanced ----------------------------------------------------------------------------------
+with st.expander("Advanced: the fit's full record (fit.json) and loss curve"):
+    st.caption(f"Fit id `{result.fit_id}` · image id `{result.image_sha256[:16]}…` · fit resolution "
+               f"{result.observed.shape[1]} × {result.observed.shape[0]} px (downscale {info.get('downscale', '?')}x)"
+               f" · {info.get('total_steps_done', info.get('steps_done', settings.steps))} iterations · "
+               f"on {info.get('device', '?')}")
+    if len(result.losses):
+        st.plotly_chart(loss_figure(result.losses, height=240), key="results_loss", width="stretch")
     st.json(info, expanded=False)

@@ -46,7 +46,13 @@ def test_fit_writes_the_three_outputs(scene_dir, tmp_path):
     droplets = pd.read_csv(out / "droplets.csv")
     assert list(droplets.columns[:3]) == ["x", "y", "radius"]
     info = json.loads((out / "fit.json").read_text())
-    assert info["droplet_count"] == len(droplets)
+    assert info["candidate_droplets"] == len(droplets)
+    assert info["droplet_count"] == round(droplets["p_exists"].sum())
+    assert info["droplet_count_interval_90"][0] <= info["droplet_count"] <= info["droplet_count_interval_90"][1]
+    assert info["verdict"]["quality"] == "good", info["verdict"]
+    low, high = info["droplet_count_interval_90"]
+    assert f"{info['droplet_count']} droplets (90 % interval {low}-{high})" in done.stdout
+    assert "fit quality: good" in done.stdout
     assert info["settings"]["model"] == "templates" and info["settings"]["steps"] == 200
     assert {"device", "versions", "timings", "final_loss", "rmse"} <= set(info)
     reconstruction = Image.open(out / "reconstruction.png")

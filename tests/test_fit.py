@@ -92,7 +92,8 @@ def test_fit_records_what_made_it(templates_fit):
     assert {"jax", "numpyro", "flax", "droplet_core"} <= set(info["versions"])
     assert info["steps_done"] == 300 and info["status"] == "done"
     assert len(info["rmse"]) == 1 and 0 < info["rmse"][0] < 0.1
-    assert info["droplet_count"] == len(templates_fit.droplets)
+    assert info["candidate_droplets"] == len(templates_fit.droplets)
+    assert info["droplet_count"] == round(templates_fit.droplets["p_exists"].sum())
 
 
 def test_fit_is_deterministic_given_the_seed(small_scene):

@@ -272,7 +272,7 @@ def check_outputs(out: Path, store: FitStore) -> None:
     """``out`` holds a complete fit: droplets.csv, reconstruction.png, fit.json of a stored fit."""
     info = json.loads((out / "fit.json").read_text())
     droplets = pd.read_csv(out / "droplets.csv")
-    assert list(droplets.columns[:3]) == ["x", "y", "radius"] and len(droplets) == info["droplet_count"]
+    assert list(droplets.columns[:3]) == ["x", "y", "radius"] and len(droplets) == info.get("candidate_droplets", info["droplet_count"])
     with Image.open(out / "reconstruction.png") as reconstruction:
         reconstruction.load()
     assert store.has(info["fit_id"])

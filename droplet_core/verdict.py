@@ -1,0 +1,263 @@
+"""A fit's judgement of itself: did the model explain the image, or only part of it?
+
+A fit always ends with droplets, a count and a small RMSE, whether or not it found the
+droplets a person sees. What gives a failed fit away is the residual: where the model did
+not explain the image, the residual keeps the image's own structure (unexplained droplets
+show as rings and disks). So the verdict compares the residual with the image at the
+scale of droplets, relative to the image's noise:
+
+- ``explained_fraction``: 1 minus the residual's band-pass power above the noise over the
+  observed image's band-pass power above the noise (the image's own contrast at droplet
+  scale). Band-pass: a Gaussian high-pass at twice the largest droplet radius the model
+  can draw, so slow uneven illumination does not count as structure.
+- ``residual_spots``: droplet-shaped blobs left in the residual, found as local maxima
+  of the scale-normalised Laplacian of Gaussian over the model's radius range whose
+  response is several times what the noise gives and at least half as strong as a
+  typical droplet of the image itself.
+- the share of droplets at the model's radius limits (the droplets are bigger or smaller
+  than the model can draw) and the share that probably do not exist (``p_exists`` < 0.5).
+
+Everything is computed at fit resolution from arrays; nothing here knows about the app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.feature import peak_local_max
+
+from droplet_core.counting import DOUBTFUL_BELOW
+
+# A fit explains the image when at least this share of the image's droplet-scale
+# structure (above noise) is gone from the residual; below the second figure it failed.
+MIN_EXPLAINED = 0.75
+MIN_EXPLAINED_PARTLY = 0.4
+# An image whose droplet-scale power is below this multiple of its noise power holds no
+# structure for a model to explain (a blank or pure-noise channel).
+MIN_STRUCTURE_TO_NOISE = 0.5
+# Residual blobs: response at least this many noise sds ...
+SPOT_NOISE_SDS = 6.0
+# ... and at least this fraction of the image's typical droplet response.
+SPOT_FRACTION_OF_DROPLET = 0.5
+# Residual spots per fitted droplet (and in absolute number) above which the residual is
+# said to hold droplets the model missed or drew wrongly.
+MAX_SPOTS_PER_DROPLET = 0.25
+MIN_SPOTS_FLAGGED = 5
+# A droplet is "at a radius limit" within this relative distance of it.
+LIMIT_TOLERANCE = 0.05
+MAX_AT_LIMIT_FRACTION = 0.25
+MAX_DOUBTFUL_FRACTION = 0.3
+# Scales of the residual blob search per doubling of the radius.
+SCALES_PER_OCTAVE = 2
+
+
+@dataclass(frozen=True)
+class FitVerdict:
+    """What a fit says about itself (all figures at fit resolution).
+
+    Attributes
+    ----------
+    explained_fraction : share (0..1) of the image's droplet-scale structure above noise
+        that the model explains.
+    structure_to_noise : the image's droplet-scale power over its noise power.
+    residual_spots : droplet-shaped blobs left in the residual.
+    at_radius_limit_fraction : share of droplets at the smallest or largest radius the
+        model can draw.
+    doubtful_fraction : share of droplets with ``p_exists`` below 0.5.
+    relative_rmse : reconstruction RMSE over the image's contrast (sd of the observed
+        channel(s) at droplet scale).
+    quality : ``"good"`` (no problem found), ``"partial"`` (the model draws the droplets
+        but not all of their look, or leaves some out) or ``"failed"`` (the fit did not
+        explain the image: a blank channel, or less than ``MIN_EXPLAINED_PARTLY`` of it).
+    problems : plain sentences, one per problem found; empty for a good fit.
+    advice : what to try, one sentence each.
+    """
+
+    explained_fraction: float
+    structure_to_noise: float
+    residual_spots: int
+    at_radius_limit_fraction: float
+    doubtful_fraction: float
+    relative_rmse: float
+    quality: str
+    problems: tuple[str, ...]
+    advice: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.quality == "good"
+
+    @property
+    def headline(self) -> str:
+        """One sentence for the top of a page."""
+        if self.quality == "good":
+            return (f"The fit explains the image: {self.explained_fraction:.0%} of its droplet-scale "
+                    "structure is accounted for.")
+        if self.quality == "partial":
+            return f"The fit explains the image only in part: {self.problems[0]}"
+        return f"This fit did not explain the image: {self.problems[0]}"
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        record["ok"] = self.ok
+        record["problems"], record["advice"] = list(self.problems), list(self.advice)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict) -> FitVerdict:
+        return cls(
+            explained_fraction=float(record["explained_fraction"]),
+            structure_to_noise=float(record["structure_to_noise"]),
+            residual_spots=int(record["residual_spots"]),
+            at_radius_limit_fraction=float(record["at_radius_limit_fraction"]),
+            doubtful_fraction=float(record["doubtful_fraction"]),
+            relative_rmse=float(record["relative_rmse"]),
+            quality=str(record["quality"]),
+            problems=tuple(record["problems"]),
+            advice=tuple(record["advice"]),
+        )
+
+
+def judge_fit(
+    observed: np.ndarray,
+    reconstruction: np.ndarray,
+    radius_fit_px: np.ndarray,
+    p_exists: np.ndarray | None,
+    radius_limits_px: tuple[float, float],
+) -> FitVerdict:
+    """Judge a fit from its arrays.
+
+    Parameters
+    ----------
+    observed, reconstruction : ``(h, w, c)`` the fitted channel(s) and the model's
+        rendering, at fit resolution.
+    radius_fit_px : ``(n,)`` droplet radii in pixels of the fit resolution.
+    p_exists : ``(n,)`` each droplet's probability of existing, or None when the fit has none.
+    radius_limits_px : smallest and largest radius the model can draw (fit px).
+
+    Returns
+    -------
+    FitVerdict
+    """
+    observed = np.asarray(observed, np.float64)
+    residual = observed - np.asarray(reconstruction, np.float64)
+    min_radius_px, max_radius_px = float(radius_limits_px[0]), float(radius_limits_px[1])
+    high_pass_sigma = 2.0 * max_radius_px
+    noise_sd = noise_sd_estimate(observed)
+    observed_band = _high_pass(observed, high_pass_sigma)
+    residual_band = _high_pass(residual, high_pass_sigma)
+    noise_power = noise_sd**2
+    observed_power = float(np.mean(observed_band**2))
+    residual_power = float(np.mean(residual_band**2))
+    structure_power = observed_power - noise_power
+    structure_to_noise = max(structure_power, 0.0) / noise_power
+    if structure_power > 0:
+        explained = float(np.clip(1.0 - max(residual_power - noise_power, 0.0) / structure_power, 0.0, 1.0))
+    else:
+        explained = 0.0
+    relative_rmse = float(np.sqrt(np.mean(residual**2)) / max(np.sqrt(observed_power), 1e-6))
+
+    spots = _residual_spots(observed_band, residual_band, noise_sd, min_radius_px, max_radius_px)
+    radius = np.asarray(radius_fit_px, np.float64)
+    count = radius.size
+    at_limit = float(np.mean((radius <= min_radius_px * (1 + LIMIT_TOLERANCE))
+                             | (radius >= max_radius_px * (1 - LIMIT_TOLERANCE)))) if count else 0.0
+    doubtful = float(np.mean(np.asarray(p_exists) < DOUBTFUL_BELOW)) if p_exists is not None and count else 0.0
+    at_large_limit = float(np.mean(radius >= max_radius_px * (1 - LIMIT_TOLERANCE))) if count else 0.0
+
+    problems: list[str] = []
+    advice: list[str] = []
+    if structure_to_noise < MIN_STRUCTURE_TO_NOISE:
+        problems.append("this channel shows hardly anything but noise at the size of droplets.")
+        advice.append("Pick a channel where the droplets stand out on the Image page.")
+    else:
+        if explained < MIN_EXPLAINED:
+            problems.append(f"only {explained:.0%} of the image's droplet-scale structure is explained "
+                            "(the residual still shows it).")
+        if spots >= max(MIN_SPOTS_FLAGGED, MAX_SPOTS_PER_DROPLET * count):
+            problems.append(f"the residual holds {spots} droplet-shaped spots the model did not draw.")
+    if count and at_limit > MAX_AT_LIMIT_FRACTION:
+        problems.append(f"{at_limit:.0%} of the droplets sit at the smallest or largest size the model can draw.")
+        if at_large_limit > at_limit / 2:
+            advice.append("The droplets look larger than the model can draw: increase the downscale.")
+        else:
+            advice.append("The droplets look smaller than the model can draw: use a smaller downscale.")
+    if count and doubtful > MAX_DOUBTFUL_FRACTION:
+        problems.append(f"{doubtful:.0%} of the droplets found probably do not exist.")
+    blank = structure_to_noise < MIN_STRUCTURE_TO_NOISE
+    failed = blank or explained < MIN_EXPLAINED_PARTLY or doubtful > 2 * MAX_DOUBTFUL_FRACTION
+    quality = "failed" if failed else ("partial" if problems else "good")
+    if problems and len(advice) < 2:
+        advice.append("Try another channel, another model or another downscale, and compare the residual.")
+    return FitVerdict(
+        explained_fraction=round(explained, 4),
+        structure_to_noise=round(structure_to_noise, 3),
+        residual_spots=int(spots),
+        at_radius_limit_fraction=round(at_limit, 4),
+        doubtful_fraction=round(doubtful, 4),
+        relative_rmse=round(relative_rmse, 4),
+        quality=quality,
+        problems=tuple(problems),
+        advice=tuple(dict.fromkeys(advice)),
+    )
+
+
+# Immerkaer's noise filter: the difference of two Laplacians, which cancels any locally
+# linear image; its L2 norm is 6, so a white-noise image of sd s gives a response of sd 6 s.
+_NOISE_FILTER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+
+
+def noise_sd_estimate(image: np.ndarray) -> float:
+    """Pixel noise sd of an ``(h, w, c)`` image, averaged over channels.
+
+    Immerkaer's filter with a robust (median) spread instead of the mean absolute value,
+    so droplet edges, which the filter does not cancel, barely move the estimate.
+    """
+    sds = []
+    for c in range(image.shape[2]):
+        response = ndimage.convolve(image[:, :, c], _NOISE_FILTER, mode="reflect")[1:-1, 1:-1]
+        sds.append(1.4826 * float(np.median(np.abs(response))) / 6.0)
+    return max(float(np.mean(sds)), 1e-6)
+
+
+def _high_pass(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """``(h, w, c)`` ``image`` minus its Gaussian blur of ``sigma_px`` (per channel)."""
+    return image - ndimage.gaussian_filter(image, sigma=(sigma_px, sigma_px, 0), mode="reflect")
+
+
+def _residual_spots(observed_band: np.ndarray, residual_band: np.ndarray, noise_sd: float,
+                    min_radius_px: float, max_radius_px: float) -> int:
+    """Strong droplet-shaped blobs of the residual (see the module docstring)."""
+    octaves = np.log2(max(max_radius_px / max(min_radius_px, 1.0), 1.0))
+    radii = np.geomspace(max(min_radius_px, 1.0), max_radius_px, max(int(np.ceil(octaves * SCALES_PER_OCTAVE)) + 1, 2))
+    residual_best = np.zeros(residual_band.shape[:2])
+    observed_best = np.zeros(residual_band.shape[:2])
+    for radius in radii:
+        sigma = radius / np.sqrt(2.0)
+        noise_response = noise_sd * _log_kernel_norm(sigma) * np.sqrt(residual_band.shape[2])
+        residual_best = np.maximum(residual_best, _log_magnitude(residual_band, sigma) / noise_response)
+        observed_best = np.maximum(observed_best, _log_magnitude(observed_band, sigma) / noise_response)
+    separation = max(int(min_radius_px), 1)
+    observed_peaks = peak_local_max(observed_best, min_distance=separation, threshold_abs=SPOT_NOISE_SDS,
+                                    exclude_border=False)
+    if len(observed_peaks) == 0:
+        return 0
+    typical = float(np.median(observed_best[tuple(observed_peaks.T)]))
+    threshold = max(SPOT_NOISE_SDS, SPOT_FRACTION_OF_DROPLET * typical)
+    return len(peak_local_max(residual_best, min_distance=separation, threshold_abs=threshold, exclude_border=False))
+
+
+def _log_magnitude(band: np.ndarray, sigma: float) -> np.ndarray:
+    """``(h, w)`` |scale-normalised LoG| of each channel, combined over channels."""
+    responses = [sigma**2 * ndimage.gaussian_laplace(band[:, :, c], sigma) for c in range(band.shape[2])]
+    return np.sqrt(np.sum(np.square(responses), axis=0))
+
+
+def _log_kernel_norm(sigma: float) -> float:
+    """L2 norm of the scale-normalised LoG filter: its response sd to unit white noise."""
+    reach = int(4 * sigma) + 2
+    impulse = np.zeros((2 * reach + 1, 2 * reach + 1))
+    impulse[reach, reach] = 1.0
+    return float(np.sqrt(np.sum((sigma**2 * ndimage.gaussian_laplace(impulse, sigma)) ** 2)))
