@@ -333,10 +333,10 @@ def fit_short_label(info: dict) -> str:
 DOWNSCALE_OPTIONS = (0, 1, 2, 3, 4, 6, 8)
 
 
-def downscale_label(k: int, auto_k: int | None = None) -> str:
-    """How a downscale choice reads on every page (0 = automatic)."""
+def downscale_label(k: int) -> str:
+    """How a downscale choice reads on every page (0 = automatic, from the droplets' size)."""
     if k == 0:
-        return "automatic" if auto_k is None else f"automatic ({auto_k}x)"
+        return "automatic (from the droplets' size)"
     return "none (1x)" if k == 1 else f"{k}x"
 
 
@@ -481,6 +481,15 @@ def show_verdict(info: dict) -> None:
     else:
         st.error(f"**This fit did not explain the image: do not trust its droplets.**{body}",
                  icon=":material/report:")
+
+
+def downscale_caption(info: dict) -> str:
+    """At which downscale the fit ran, and why (an automatic choice follows the droplets' size)."""
+    factor = info.get("downscale", "?")
+    choice = info.get("downscale_choice")
+    if choice:
+        return f"Fitted at downscale {factor}x, chosen from the droplets' size: {choice['reason']}."
+    return f"Fitted at downscale {factor}x, as set on the Image page."
 
 
 def count_caption(info: dict, droplets) -> str:

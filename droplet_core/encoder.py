@@ -562,14 +562,13 @@ def prepare_image(image: np.ndarray, channel: str = "rgb", downscale: int = 0) -
     ----------
     image : ``(H, W, 3)`` float RGB in [0, 1], as uploaded.
     channel : a name from ``droplet_core.channels.CHANNELS`` with 1 or 3 channels.
-    downscale : integer block-mean factor, or 0 for the fits' automatic choice (about
-        ``AUTO_DOWNSCALE_PIXELS`` pixels).
+    downscale : integer block-mean factor, or 0 for about ``scale.FALLBACK_FIT_PIXELS`` pixels.
     """
     from droplet_core import images
-    from droplet_core.settings import AUTO_DOWNSCALE_PIXELS
+    from droplet_core.scale import FALLBACK_FIT_PIXELS
 
     height, width = image.shape[:2]
-    factor = downscale or images.auto_downscale_factor(height, width, AUTO_DOWNSCALE_PIXELS)
+    factor = downscale or images.auto_downscale_factor(height, width, FALLBACK_FIT_PIXELS)
     return extract_channel(images.downscale(image, factor), channel), factor
 
 

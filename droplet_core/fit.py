@@ -51,7 +51,7 @@ from droplet_core.models.common import ModelSpec, bucket_size, make_layout
 from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.refine import refine_droplets
 from droplet_core.results import FitResult, OptimiserRun, rmse_per_channel
-from droplet_core.scale import MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale, detect_multiscale
+from droplet_core.scale import MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale, detect_in_image
 from droplet_core.settings import FitProgress, FitSettings
 from droplet_core.store import fit_key
 from droplet_core.uncertainty import (
@@ -108,15 +108,12 @@ def prepare_region(image: np.ndarray, settings: FitSettings) -> Region:
     if settings.crop is not None:
         image = images.crop(image, settings.crop)
         origin = (settings.crop[0], settings.crop[1])
-    if settings.downscale:
-        factor = settings.downscale
-        rgb = images.downscale(image, factor)
-        # The pyramid starts at the fit's own resolution: nothing finer can be drawn.
-        detections = encoder.to_image_px(detect_multiscale(rgb), factor) if settings.initializer == "encoder" else None
-        return Region(rgb, factor, origin, None, detections)
-    detections = detect_multiscale(image)
-    choice = choose_downscale(detections, *image.shape[:2])
-    return Region(images.downscale(image, choice.factor), choice.factor, origin, choice, detections)
+    detections = None
+    if settings.initializer == "encoder" or not settings.downscale:
+        detections = detect_in_image(image, downscale=settings.downscale or 1)
+    choice = None if settings.downscale else choose_downscale(detections, *image.shape[:2])
+    factor = settings.downscale or choice.factor
+    return Region(images.downscale(image, factor), factor, origin, choice, detections)
 
 
 def prepare_channel(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, int, tuple[int, int]]:

@@ -97,52 +97,56 @@ def pyramid_factors(height: int, width: int) -> list[int]:
     return factors
 
 
-def detect_multiscale(image: np.ndarray, channel: str = "rgb", threshold: float = encoder.DEFAULT_THRESHOLD) -> pd.DataFrame:
-    """Droplets of every size in an ``(H, W, 3)`` RGB image in [0, 1].
+def pyramid_detections(
+    image: np.ndarray, channel: str = "rgb", threshold: float = encoder.DEFAULT_THRESHOLD, downscale: int = 1
+) -> pd.DataFrame:
+    """Every pyramid level's detections in an ``(H, W, 3)`` RGB image, before merging.
 
     Parameters
     ----------
-    image : (H, W, 3) float RGB.
+    image : (H, W, 3) float RGB in [0, 1].
     channel : the channel the detector looks at (``droplet_core.channels``; 1 or 3 channels).
     threshold : presence probability a detection needs.
+    downscale : the pyramid's finest level (a fit at that downscale can draw nothing finer).
 
     Returns
     -------
-    DataFrame ``x`` (column), ``y`` (row), ``radius`` (px of ``image``), ``p_exists``,
-    ``level`` (the downscale factor it was found at), largest first.
+    DataFrame ``x`` (column), ``y`` (row), ``radius`` (px of ``image``), ``p_exists``, ``level``
+    (the downscale factor it was found at); ``outermost_droplets`` merges the levels.
     """
-    height, width = image.shape[:2]
-    factors = pyramid_factors(height, width)
+    region = images.downscale(image, downscale)
+    factors = pyramid_factors(*region.shape[:2])
     found = []
     for factor in factors:
-        level = extract_channel(images.downscale(image, factor), channel)
-        table = encoder.detect(level, threshold)
+        table = encoder.detect(extract_channel(images.downscale(region, factor), channel), threshold)
         low = LEVEL_BAND_PX[0] if factor != factors[0] else 0.0
         high = LEVEL_BAND_PX[1] if factor != factors[-1] else np.inf
-        table = table[(table["radius"] >= low) & (table["radius"] < high)]
-        table = encoder.to_image_px(table, factor)
-        table["level"] = factor
-        found.append(table)
-    merged = pd.concat(found, ignore_index=True)
-    return merged.iloc[_outermost(merged)].reset_index(drop=True)
+        table = encoder.to_image_px(table[(table["radius"] >= low) & (table["radius"] < high)], factor * downscale)
+        found.append(table.assign(level=factor * downscale))
+    return pd.concat(found, ignore_index=True)
 
 
-def _outermost(table: pd.DataFrame) -> np.ndarray:
-    """Row positions of the detections not nested in a larger one, largest first: droplets
-    do not nest, so a centre inside a larger droplet is its rim, highlight or inclusion (or
-    the same droplet seen at a neighbouring level)."""
+def outermost_droplets(table: pd.DataFrame) -> pd.DataFrame:
+    """The detections of ``table`` not nested in a larger one, largest first: droplets do not
+    nest, so a centre inside a larger droplet is its rim, highlight or inclusion (or the
+    same droplet seen at a neighbouring level)."""
     order = np.argsort(-table["radius"].to_numpy(), kind="stable")
     xy = table[["x", "y"]].to_numpy(float)[order]
     radius = table["radius"].to_numpy(float)[order]
-    if len(order) == 0:
-        return order
-    tree = cKDTree(xy)
-    inside = tree.query_ball_point(xy, radius)
     suppressed = np.zeros(len(order), dtype=bool)
-    for i, near in enumerate(inside):
-        if not suppressed[i]:
-            suppressed[[j for j in near if j > i]] = True
-    return order[~suppressed]
+    if len(order):
+        for i, inside in enumerate(cKDTree(xy).query_ball_point(xy, radius)):
+            if not suppressed[i]:
+                suppressed[[j for j in inside if j > i]] = True
+    return table.iloc[order[~suppressed]].reset_index(drop=True)
+
+
+def detect_in_image(
+    image: np.ndarray, channel: str = "rgb", threshold: float = encoder.DEFAULT_THRESHOLD, downscale: int = 1
+) -> pd.DataFrame:
+    """Droplets of every size in an ``(H, W, 3)`` RGB image, in its pixels: the merged
+    ``pyramid_detections`` (same arguments and columns)."""
+    return outermost_droplets(pyramid_detections(image, channel, threshold, downscale))
 
 
 def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> ScaleChoice:

@@ -9,10 +9,6 @@ from dataclasses import dataclass
 MODEL_NAMES = ("gaussian", "templates", "neural")
 INITIALIZERS = ("encoder", "log")
 
-# Pixel budget the automatic downscale aims for: large enough to resolve 1 px droplets of
-# a typical microscope frame at quarter resolution, small enough for a fit in seconds.
-AUTO_DOWNSCALE_PIXELS = 400_000
-
 
 @dataclass(frozen=True)
 class FitSettings:
@@ -22,8 +18,8 @@ class FitSettings:
     ----------
     model : one of ``MODEL_NAMES``.
     channel : a name from ``droplet_core.channels.CHANNELS``; ``neural`` needs ``"rgb"``.
-    downscale : integer block-averaging factor, or 0 for automatic (about
-        ``AUTO_DOWNSCALE_PIXELS`` pixels are fitted).
+    downscale : integer block-averaging factor, or 0 for automatic: chosen from the
+        droplets' size, which the pyramid detector measures (``droplet_core.scale``).
     droplets : maximum droplet count, or 0 for automatic (the detector's candidates,
         pruned by the fit).
     steps : SVI steps; for a fit with a reused appearance, the most Levenberg-Marquardt

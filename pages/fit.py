@@ -9,9 +9,9 @@ import streamlit as st
 
 import app
 from app_support.figures import loss_figure, overlay_figure
-from droplet_core import encoder, images
+from droplet_core import encoder, images, scale
 from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
-from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, MODEL_NAMES, FitSettings, default_channel
+from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
 from droplet_core.store import StoreError, fit_key
 
 app.page_start("fit")
@@ -27,6 +27,8 @@ MODEL_HELP = {
 STEP_OPTIONS = [50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000]
 LR_OPTIONS = [0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1]
 DEFAULTS = FitSettings()
+# Instant detections are kept down to this presence, so the slider can lower the threshold.
+DETECT_FLOOR = 0.05
 
 sha = app.current_image_sha()
 try:
@@ -38,9 +40,7 @@ channel = st.session_state.get("channel", DEFAULTS.channel)
 crop = st.session_state.get("crop")
 downscale = int(st.session_state.get("downscale", 0))
 crop_text = f"region x {crop[0]}–{crop[2]}, y {crop[1]}–{crop[3]}" if crop else "whole image"
-region_h, region_w = (crop[3] - crop[1], crop[2] - crop[0]) if crop else image.shape[:2]
-auto_k = images.auto_downscale_factor(region_h, region_w, AUTO_DOWNSCALE_PIXELS)
-downscale_text = app.downscale_label(downscale, auto_k)
+downscale_text = app.downscale_label(downscale)
 st.caption(
     f"Image **{app.current_image_name()}** ({image.shape[1]} × {image.shape[0]} px), {crop_text}, "
     f"downscale {downscale_text} — change these on the Image page."
@@ -122,14 +122,16 @@ registry = app.registry()
 store = app.store()
 
 # -- instant detection --------------------------------------------------------------------
-# The encoder's per-cell output is kept in the session; the sliders only filter it again.
+# Every pyramid level's detections down to a low presence are kept in the session; the
+# sliders only filter and merge them again.
 if detect_clicked:
     try:
         region = images.crop(image, crop) if crop else image
-        enc_channel, enc_factor = encoder.prepare_image(region, channel, downscale)
+        levels = scale.pyramid_detections(region, channel, DETECT_FLOOR, downscale or 1)
         st.session_state["detect_raw"] = {
-            "sha": sha, "channel": channel, "crop": crop, "factor": enc_factor,
-            "raw": encoder.raw_predictions(enc_channel),
+            "sha": sha, "channel": channel, "crop": crop, "levels": levels,
+            "choice": scale.choose_downscale(scale.outermost_droplets(levels[levels["p_exists"] >= 0.5]),
+                                             *region.shape[:2]) if downscale == 0 else None,
         }
     except (OSError, ValueError) as exc:
         st.error(f"Instant detection failed: {exc}")
@@ -140,12 +142,14 @@ if detected is not None and detected["sha"] == sha:
     threshold = s1.slider("Show droplets at least this likely", 0.05, 0.95, encoder.DEFAULT_THRESHOLD, step=0.05,
                           key="w_detect_threshold", help="The detector's probability that a droplet is there.")
     min_radius = s2.slider("Minimum radius (px)", 0.0, 10.0, 0.0, step=0.5, key="w_detect_min_radius")
-    found = encoder.to_image_px(encoder.decode(detected["raw"], threshold, min_radius / detected["factor"]),
-                                detected["factor"])
+    levels = detected["levels"]
+    found = scale.outermost_droplets(levels[(levels["p_exists"] >= threshold) & (levels["radius"] >= min_radius)])
     if detected["crop"]:
         found["x"] += detected["crop"][0]
         found["y"] += detected["crop"][1]
     s3.metric("Detected", len(found))
+    if detected["choice"] is not None:
+        st.caption(f"A fit would run at downscale {detected['choice'].factor}x: {detected['choice'].reason}.")
     st.plotly_chart(
         overlay_figure(app.for_display(image), found, crop=detected["crop"], height=720,
                        title=f"{len(found)} droplets (instant detection)"),
@@ -256,6 +260,7 @@ if current is not None and not busy:
     st.subheader("Current fit")
     info = current.info
     app.show_verdict(info)
+    st.caption(app.downscale_caption(info))
     a, b, c, d = st.columns(4)
     a.metric("Droplets", app.headline_count(info, current.droplets),
              help="Expected number of droplets: each candidate counts with its probability of being a droplet.")

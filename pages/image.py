@@ -7,8 +7,8 @@ import streamlit as st
 import app
 from app_support.figures import channels_figure, image_figure
 from droplet_core.channels import CHANNEL_LABELS
-from droplet_core.images import ImageError, auto_downscale_factor, load_image, max_pixels_limit, sha256_bytes
-from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitSettings
+from droplet_core.images import ImageError, load_image, max_pixels_limit, sha256_bytes
+from droplet_core.settings import FitSettings
 
 app.page_start("image")
 st.title("Image")
@@ -89,21 +89,25 @@ with st.container(border=True):
             st.warning("The region must be at least 8 x 8 pixels; the whole image is used.")
     st.session_state["crop"] = crop
     fit_w, fit_h = (crop[2] - crop[0], crop[3] - crop[1]) if crop else (width, height)
-    auto_k = auto_downscale_factor(fit_h, fit_w, AUTO_DOWNSCALE_PIXELS)
     with c3:
         downscale = st.selectbox(
             "Downscale",
             app.DOWNSCALE_OPTIONS,
-            format_func=lambda k: app.downscale_label(k, auto_k),
+            format_func=app.downscale_label,
             key="w_downscale",
             persist_state="session",
             help="Average k x k pixels into one before fitting: faster, and large droplets fit better. "
-            f"Automatic fits about {AUTO_DOWNSCALE_PIXELS:,} pixels. Positions and radii are always "
-            "reported in pixels of the uploaded image.",
+            "Automatic measures the droplets' size and fits where the small droplets still span a pixel "
+            "or two and the typical one a few pixels. Positions and radii are always reported in pixels "
+            "of the uploaded image.",
         )
     st.session_state["downscale"] = int(downscale)
-    k = auto_k if downscale == 0 else int(downscale)
-    st.caption(f"The fit will see {fit_w // k} x {fit_h // k} pixels ({fit_w} x {fit_h} region, downscale {k}x).")
+    if downscale == 0:
+        st.caption(f"The fit measures the droplets' size in this {fit_w} x {fit_h} region and picks the "
+                   "downscale; the Fit page says what it chose and why.")
+    else:
+        st.caption(f"The fit will see {fit_w // downscale} x {fit_h // downscale} pixels ({fit_w} x {fit_h} "
+                   f"region, downscale {downscale}x).")
 
 # -- the image --------------------------------------------------------------------------
 st.subheader(app.current_image_name())

@@ -43,6 +43,7 @@ settings = result.settings
 
 st.caption(f"**{app.fit_label(info)}** · channel {app.channel_label(settings.channel)}")
 app.show_verdict(info)
+st.caption(app.downscale_caption(info))
 if result.status == "stopped":
     unit = "iteration" if settings.appearance_from else "step"
     st.warning(f"This fit was stopped early at {unit} {info.get('steps_done', '?')} of {settings.steps}; "
