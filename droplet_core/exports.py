@@ -1,7 +1,7 @@
 """Exports to the tools labs use: a label image (TIFF) and an ImageJ / Fiji ROI set (zip).
 
 Both number droplets by ``label``: label ``k`` is row ``k`` of the droplet table counted
-from 1 (the ``label`` column of the exported ``droplets.csv``), and 0 is background.
+from 1 (the last column, ``label``, of the exported ``droplets.csv``), and 0 is background.
 Coordinates follow the project's convention (pixel centre at its integer index); ImageJ
 puts a pixel's centre at index + 0.5, which the ROIs account for.
 """
@@ -22,11 +22,9 @@ from droplet_core.units import PixelSize
 
 
 def labelled(droplets: pd.DataFrame) -> pd.DataFrame:
-    """``droplets`` with a first column ``label`` = 1, 2, ... (row order)."""
-    table = droplets.reset_index(drop=True)
-    return table.drop(columns="label", errors="ignore").assign(label=np.arange(1, len(table) + 1))[
-        ["label", *[c for c in table.columns if c != "label"]]
-    ]
+    """``droplets`` with a last column ``label`` = 1, 2, ... (row order; ``x, y, radius`` stay first)."""
+    table = droplets.reset_index(drop=True).drop(columns="label", errors="ignore")
+    return table.assign(label=np.arange(1, len(table) + 1))
 
 
 def label_image(droplets: pd.DataFrame, shape_hw: tuple[int, int]) -> np.ndarray:

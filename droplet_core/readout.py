@@ -4,7 +4,7 @@ Everything here is applied to a finished fit (its droplet table and ``fit.json``
 nothing refits, and the fit id never depends on the pixel size. Files a read-out adds to
 a fit's output folder or zip (``readout_files``):
 
-- ``droplets.csv``: the droplet table with a ``label`` column first and, when the pixel
+- ``droplets.csv``: the droplet table with a ``label`` column (last) and, when the pixel
   size is known, ``x_um``, ``y_um``, ``diameter_um`` and their sds;
 - ``statistics.csv``: ``droplet_core.size_statistics`` with 90 % intervals;
 - ``labels.tif``: the label image (``droplet_core.exports``);
@@ -81,7 +81,7 @@ def fit_statistics(
 
 
 def droplet_table(droplets: pd.DataFrame, pixel_size: PixelSize = PixelSize()) -> pd.DataFrame:
-    """The table as exported: ``label`` first, µm columns when the pixel size is known."""
+    """The table as exported: µm columns when the pixel size is known, then ``label``."""
     return exports.labelled(with_units(droplets, pixel_size))
 
 
