@@ -21,6 +21,7 @@ import streamlit as st
 
 import app
 from app_support.batch_figures import droplet_count_figure, radius_distribution_figure
+from app_support.size_figures import batch_statistics_figure
 from droplet_core.batch import (
     FAILED,
     IMAGE_SUFFIXES,
@@ -197,6 +198,10 @@ if not fitted.empty:
     left, right = st.columns(2)
     left.plotly_chart(droplet_count_figure(summary), key="batch_counts", width="stretch")
     right.plotly_chart(radius_distribution_figure(combined), key="batch_radii", width="stretch")
+    if "d50" in summary:
+        st.plotly_chart(batch_statistics_figure(summary), key="batch_statistics", width="stretch")
+        st.download_button("Download the statistics per image (CSV)", summary.to_csv(index=False).encode(),
+                           file_name=f"statistics-{batch_id[:8]}.csv", mime="text/csv", key="batch_statistics_download")
     st.markdown("Open one image's fit: " + " · ".join(
         f"[{row.image}]({app.share_url('results', {'fit': row.fit_id})})" for row in fitted.itertuples()))
 st.download_button(

@@ -7,6 +7,8 @@ import streamlit as st
 
 import app
 from app_support.figures import compare_overlays_figure, compare_radius_figure
+from app_support.pixel_size import pixel_size_for
+from app_support.size_figures import compare_distributions_figure
 from droplet_core.store import StoreError, is_valid_fit_id
 
 app.page_start("compare")
@@ -80,3 +82,11 @@ if panels:
         st.caption("These fits are of different images; zoom is linked by pixel position.")
 st.plotly_chart(compare_radius_figure({f"{r.fit_id[:8]} {r.settings.model}": r.droplets for r in results}),
                 key="compare_radius", width="stretch")
+
+# Diameter distributions, in µm when every fit's image has a pixel size (else all in px).
+sizes = {r.fit_id: pixel_size_for(r.image_sha256) for r in results}
+in_um = all(size.known for size in sizes.values())
+log_axis = st.toggle("Logarithmic diameter axis", key="compare_log_axis")
+st.plotly_chart(compare_distributions_figure(
+    {f"{r.fit_id[:8]} {r.settings.model}": 2 * r.droplets["radius"].to_numpy(float) * (sizes[r.fit_id].length_um if in_um else 1.0)
+     for r in results}, "µm" if in_um else "px", log_axis), key="compare_distributions", width="stretch")

@@ -6,6 +6,7 @@ import streamlit as st
 
 import app
 from app_support.figures import channels_figure, image_figure
+from app_support.pixel_size import pixel_size_field
 from droplet_core.channels import CHANNEL_LABELS
 from droplet_core.images import ImageError, auto_downscale_factor, load_image, max_pixels_limit, sha256_bytes
 from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitSettings
@@ -93,6 +94,7 @@ m1, m2, m3 = st.columns(3)
 m1.metric("Size", f"{width} × {height} px", help="width x height of the image as uploaded")
 m2.metric("Pixels", f"{width * height / 1e6:.2f} M")
 m3.metric("Image id", sha[:10], help=f"sha256 {sha}")
+pixel_size_field(sha)
 st.plotly_chart(image_figure(image, crop=crop, height=520), key="image_fig", width="stretch",
                 config={"scrollZoom": True})
 
