@@ -29,10 +29,11 @@ def _bins(diameters: np.ndarray, log_axis: bool, count: int = 40) -> np.ndarray:
     return np.geomspace(low, high, count + 1) if log_axis else np.linspace(low, high, count + 1)
 
 
-def _cumulative(diameters: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cumulative(diameters: np.ndarray, weights: np.ndarray) -> tuple[list, list]:
+    """Sorted diameters and the cumulative % of ``weights`` up to each (lists: plain JSON in the figure)."""
     order = np.argsort(diameters)
     total = weights.sum()
-    return diameters[order], 100.0 * np.cumsum(weights[order]) / (total if total > 0 else 1.0)
+    return diameters[order].tolist(), (100.0 * np.cumsum(weights[order]) / (total if total > 0 else 1.0)).tolist()
 
 
 def size_distribution_figure(diameters: np.ndarray, statistics: pd.DataFrame, unit: str, log_axis: bool = False,
@@ -48,7 +49,7 @@ def size_distribution_figure(diameters: np.ndarray, statistics: pd.DataFrame, un
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Histogram", "Cumulative distribution"),
                         horizontal_spacing=0.1)
     for name, share, colour in (("number", number_share, NUMBER_COLOUR), ("volume", volume_share, VOLUME_COLOUR)):
-        fig.add_trace(go.Bar(x=centres, y=share, width=np.diff(edges), name=f"{name}-weighted", marker_color=colour,
+        fig.add_trace(go.Bar(x=centres.tolist(), y=share.tolist(), width=np.diff(edges).tolist(), name=f"{name}-weighted", marker_color=colour,
                              opacity=0.55, legendgroup=name,
                              hovertemplate=f"%{{x:.3g}} {unit}: %{{y:.1f}} % of {name}<extra></extra>"), row=1, col=1)
         x, y = _cumulative(diameters, np.ones_like(diameters) if name == "number" else volume)

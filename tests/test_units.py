@@ -127,8 +127,8 @@ def test_miles_lantuejoul_is_unbiased_where_keeping_cut_droplets_is_not():
 
 
 def test_intervals_widen_with_uncertainty_and_hold_the_truth():
-    # Measured diameters = truth + noise of a known sd: the 90 % interval of D[3,2] holds the truth's D[3,2]
-    # in about 90 % of repeats (the per-droplet part of the propagation).
+    # Measured diameters = truth + noise of a known sd: the 90 % interval of D50 holds the truth's D50 in
+    # about 90 % of repeats (the per-droplet part of the propagation; D50 is one that the noise barely biases).
     rng = np.random.default_rng(2)
     hits = 0
     repeats = 60
@@ -140,9 +140,10 @@ def test_intervals_widen_with_uncertainty_and_hold_the_truth():
         table = size_statistics(x, y, measured, (0, 0, 1000, 1000), sd_radius_px=sd,
                                 settings=StatisticsSettings(seed=seed, draws=200)).set_index("statistic")
         truth = size_statistics(x, y, radius, (0, 0, 1000, 1000), settings=StatisticsSettings(draws=2))
-        true_d32 = truth.set_index("statistic").loc["d32", "value"]
-        hits += table.loc["d32", "low_90"] <= true_d32 <= table.loc["d32", "high_90"]
-    assert 0.75 <= hits / repeats <= 1.0
+        true_d50 = truth.set_index("statistic").loc["d50", "value"]
+        hits += table.loc["d50", "low_90"] <= true_d50 <= table.loc["d50", "high_90"]
+        assert table.loc["d50", "high_90"] - table.loc["d50", "low_90"] > 0
+    assert 0.8 <= hits / repeats <= 0.98
 
 
 def test_label_image_and_rois_match_the_table(tmp_path):
