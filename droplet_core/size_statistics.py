@@ -235,6 +235,7 @@ def size_statistics(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanquantile(draws, [tail, 1.0 - tail], axis=0)
+    low = np.maximum(low, 0.0)  # every statistic is non-negative; a recentred draw need not be
     from droplet_core.uncertainty import count_interval  # lazy: it loads JAX, which the rest does not need
 
     p = np.ones(np.size(radius_px)) if p_exists is None else np.asarray(p_exists, float)
