@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench.statistics                  # 20 scored scenes (seeds 200-219), templates
+    python -m bench.statistics                  # 40 scored scenes (seeds 200-239), templates (about 4 min)
     python -m bench.statistics --calibrate      # fit droplet_core/size_calibration.json on seeds 300-339
 
 Each scene is a small crowded synthetic scene (``droplet_core.scenes``, 300x240 px, as
@@ -36,7 +36,7 @@ from droplet_core.settings import FitSettings, default_channel
 from droplet_core.size_statistics import STATISTIC_NAMES, StatisticsSettings, size_statistics, statistic_draws, with_discrepancy
 from droplet_core.uncertainty import count_interval
 
-SCORED_SEEDS = tuple(range(200, 220))
+SCORED_SEEDS = tuple(range(200, 240))
 CALIBRATION_SEEDS = tuple(range(300, 340))
 SCENE = SceneSettings(width_px=300, height_px=240, n_droplets=540)
 HEADLINE = ("count", "d50", "d32")
