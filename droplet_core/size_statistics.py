@@ -124,8 +124,8 @@ def border_weights(x_px, y_px, diameter_px, field: tuple[float, float, float, fl
 
 def _statistics_of(diameter: np.ndarray, weight: np.ndarray, field_area_px: float) -> np.ndarray:
     """All statistics but the count (``STATISTIC_NAMES[1:]``) of one droplet set."""
-    if weight.sum() <= 0:
-        return np.full(len(STATISTICS) - 1, np.nan)
+    if weight.sum() <= 0:  # no droplet to size: no sizes, and nothing of the field covered
+        return np.r_[np.full(len(STATISTICS) - 2, np.nan), 0.0]
     mean = np.average(diameter, weights=weight)
     sd = np.sqrt(np.average((diameter - mean) ** 2, weights=weight))
     d10, d50, d90 = weighted_quantile(diameter, weight, (0.1, 0.5, 0.9))
