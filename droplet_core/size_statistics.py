@@ -86,19 +86,20 @@ class StatisticsSettings:
             raise ValueError("the interval level must be in (0, 1)")
 
 
-def weighted_quantile(values: np.ndarray, weights: np.ndarray, q) -> np.ndarray:
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q, *, order: np.ndarray | None = None) -> np.ndarray:
     """Quantiles ``q`` of ``values`` ``(n,)`` with non-negative ``weights`` ``(n,)``.
 
     The weighted empirical distribution function is interpolated linearly between the
     midpoints of each value's weight (so equal weights give the "Hazen" quantiles).
-    NaN when the weights sum to zero.
+    ``order`` is ``argsort(values)`` when the caller has it. NaN when the weights sum to zero.
     """
     q = np.asarray(q, float)
-    keep = weights > 0
+    order = np.argsort(values) if order is None else order
+    sorted_values, sorted_weights = values[order], weights[order]
+    keep = sorted_weights > 0
     if not keep.any():
         return np.full(q.shape, np.nan)
-    order = np.argsort(values[keep])
-    sorted_values, sorted_weights = values[keep][order], weights[keep][order]
+    sorted_values, sorted_weights = sorted_values[keep], sorted_weights[keep]
     cumulative = (np.cumsum(sorted_weights) - 0.5 * sorted_weights) / sorted_weights.sum()
     return np.interp(q, cumulative, sorted_values)
 
@@ -128,9 +129,10 @@ def _statistics_of(diameter: np.ndarray, weight: np.ndarray, field_area_px: floa
         return np.r_[np.full(len(STATISTICS) - 2, np.nan), 0.0]
     mean = np.average(diameter, weights=weight)
     sd = np.sqrt(np.average((diameter - mean) ** 2, weights=weight))
-    d10, d50, d90 = weighted_quantile(diameter, weight, (0.1, 0.5, 0.9))
+    order = np.argsort(diameter)
+    d10, d50, d90 = weighted_quantile(diameter, weight, (0.1, 0.5, 0.9), order=order)
     volume = weight * diameter**3
-    dv10, dv50, dv90 = weighted_quantile(diameter, volume, (0.1, 0.5, 0.9))
+    dv10, dv50, dv90 = weighted_quantile(diameter, volume, (0.1, 0.5, 0.9), order=order)
     d32 = volume.sum() / (weight * diameter**2).sum()
     d43 = (volume * diameter).sum() / volume.sum()
     area_fraction = (weight * np.pi * diameter**2 / 4.0).sum() / field_area_px
@@ -242,12 +244,21 @@ def size_statistics(
     count_low, count_high = count_interval(p, float(np.hypot(count_discrepancy, discrepancy.get("count", 0.0))),
                                            settings.level)
 
-    length_unit = "µm" if um_per_px else "px"
     rows = [("count", "Count", float(np.size(radius_px)), float(count_low), float(count_high), "")]
     for (name, label, kind), value, lo, hi in zip(STATISTICS[1:], values, low, high):
-        factor = (um_per_px or 1.0) if kind == "length" else 1.0
-        rows.append((name, label, value * factor, lo * factor, hi * factor, length_unit if kind == "length" else ""))
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+        rows.append((name, label, value, lo, hi, "px" if kind == "length" else ""))
+    return in_micrometres(pd.DataFrame(rows, columns=list(COLUMNS)), um_per_px)
+
+
+def in_micrometres(table: pd.DataFrame, um_per_px: float | None) -> pd.DataFrame:
+    """A statistics table in px with its diameters in µm (``um_per_px`` µm per pixel); as it is when None."""
+    if not um_per_px:
+        return table
+    table = table.copy()
+    lengths = table["unit"] == "px"
+    table.loc[lengths, ["value", "low_90", "high_90"]] *= um_per_px
+    table.loc[lengths, "unit"] = "µm"
+    return table
 
 
 def statistics_wide(table: pd.DataFrame) -> dict[str, float]:

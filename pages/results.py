@@ -18,6 +18,7 @@ from app_support.pixel_size import pixel_size_for
 from app_support.size_figures import size_distribution_figure, statistics_display_table, statistics_interval_figure
 from droplet_core.readout import droplet_table, fit_statistics
 from droplet_core.results import zip_outputs
+from droplet_core.size_statistics import in_micrometres
 from droplet_core.units import PixelSize
 
 app.page_start("results")
@@ -36,10 +37,11 @@ def _zip_bytes(fit_id: str, root: str, version: str, pixel_size: PixelSize) -> b
     return zip_outputs(app.load_fit(fit_id), pixel_size)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _statistics(fit_id: str, root: str, version: str, pixel_size: PixelSize):
+@st.cache_data(show_spinner="Size statistics ...", max_entries=16)
+def _statistics_px(fit_id: str, root: str, version: str):
+    """In px: a new pixel size only rescales them (``in_micrometres``)."""
     result = app.load_fit(fit_id)
-    return fit_statistics(result.droplets, result.info, pixel_size)
+    return fit_statistics(result.droplets, result.info)
 
 
 info = result.info
@@ -150,11 +152,13 @@ st.caption(f"Pixel size: {pixel_size.describe()}. " + ("" if pixel_size.known el
            "Set it on the Image page for diameters in µm. ") + "Droplets cut by the image edge are left out of "
            "the size statistics and the others weighted to make up for them (Miles–Lantuéjoul); intervals are 90 % "
            "intervals from each droplet's posterior and the calibrated model error.")
-statistics = _statistics(result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size)
+statistics = in_micrometres(_statistics_px(result.fit_id, app.store_root(), app.CACHE_VERSION), pixel_size.length_um)
 log_axis = st.toggle("Logarithmic diameter axis", key="size_log_axis")
 diameters = 2.0 * droplets["radius"].to_numpy(float) * (pixel_size.length_um or 1.0)
+# The camera button saves SVG (vector, for papers) with Plotly's own export.
 st.plotly_chart(size_distribution_figure(diameters, statistics, unit, log_axis), key="size_distribution",
-                width="stretch")
+                width="stretch", config={"toImageButtonOptions": {"format": "svg",
+                                                                  "filename": f"size-distribution-{result.fit_id[:8]}"}})
 s1, s2 = st.columns([2, 3])
 with s1:
     st.dataframe(statistics_display_table(statistics), hide_index=True, width="stretch", key="size_statistics")
