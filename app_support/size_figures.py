@@ -43,15 +43,17 @@ def size_distribution_figure(diameters: np.ndarray, statistics: pd.DataFrame, un
     diameters = np.asarray(diameters, float)
     volume = diameters**3
     edges = _bins(diameters, log_axis)
-    centres = np.sqrt(edges[:-1] * edges[1:]) if log_axis else 0.5 * (edges[:-1] + edges[1:])
     number_share = np.histogram(diameters, edges)[0] / max(len(diameters), 1) * 100.0
     volume_share = np.histogram(diameters, edges, weights=volume)[0] / max(volume.sum(), 1e-300) * 100.0
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Histogram", "Cumulative distribution"),
                         horizontal_spacing=0.1)
     for name, share, colour in (("number", number_share, NUMBER_COLOUR), ("volume", volume_share, VOLUME_COLOUR)):
-        fig.add_trace(go.Bar(x=centres.tolist(), y=share.tolist(), width=np.diff(edges).tolist(), name=f"{name}-weighted", marker_color=colour,
-                             opacity=0.55, legendgroup=name,
-                             hovertemplate=f"%{{x:.3g}} {unit}: %{{y:.1f}} % of {name}<extra></extra>"), row=1, col=1)
+        # A filled step line rather than bars: Plotly sizes bars in linear units, wrong on a log axis.
+        fig.add_trace(go.Scatter(x=edges.tolist(), y=np.r_[share, share[-1]].tolist(), mode="lines",
+                                 line=dict(color=colour, width=1.5, shape="hv"), fill="tozeroy", opacity=0.55,
+                                 name=f"{name}-weighted", legendgroup=name,
+                                 hovertemplate=f"from %{{x:.3g}} {unit}: %{{y:.1f}} % of {name}<extra></extra>"),
+                      row=1, col=1)
         x, y = _cumulative(diameters, np.ones_like(diameters) if name == "number" else volume)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line=dict(color=colour, width=2, shape="hv"),
                                  name=f"{name}-weighted (cumulative)", legendgroup=name, showlegend=False,
@@ -67,13 +69,13 @@ def size_distribution_figure(diameters: np.ndarray, statistics: pd.DataFrame, un
                           row=1, col=col)
             fig.add_vline(x=row["value"], line=dict(color="black", dash="dash" if name == "d32" else "dot", width=1),
                           row=1, col=col)
-        fig.add_annotation(x=row["value"], y=1.0, yref="y domain", text=label, showarrow=False, yanchor="bottom",
+        fig.add_annotation(x=np.log10(row["value"]) if log_axis else row["value"], y=0.99, yref="y domain", text=label, showarrow=False, yanchor="top", xanchor="left",
                            font=dict(size=11), row=1, col=1)
     axis = dict(type="log" if log_axis else "linear", title_text=f"diameter ({unit})")
     fig.update_xaxes(**axis)
     fig.update_yaxes(title_text="% of droplets / of volume", row=1, col=1)
     fig.update_yaxes(title_text="cumulative %", range=[0, 101], row=1, col=2)
-    fig.update_layout(height=height, barmode="overlay", margin=dict(l=10, r=10, t=40, b=10),
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", y=-0.2))
     return fig
 

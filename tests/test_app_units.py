@@ -93,10 +93,10 @@ def test_results_show_statistics_and_distribution_in_micrometres(tiff_fit):
         expected.loc["D[3,2] (Sauter)", "value"] * UM_PER_PX, rel=1e-2)
     assert float(shown.loc["Count", "value"]) == len(result.droplets)
     distribution = figure(at, "size_distribution")
-    bars = [trace for trace in distribution["data"] if trace["type"] == "bar"]
-    assert {trace["name"] for trace in bars} == {"number-weighted", "volume-weighted"}
-    for trace in bars:
-        assert sum(trace["y"]) == pytest.approx(100.0, rel=1e-6)
+    histograms = [trace for trace in distribution["data"] if trace.get("fill") == "tozeroy"]
+    assert {trace["name"] for trace in histograms} == {"number-weighted", "volume-weighted"}
+    for trace in histograms:  # a step line: one share per bin, the last repeated to close the step
+        assert sum(trace["y"][:-1]) == pytest.approx(100.0, rel=1e-6)
     assert distribution["layout"]["xaxis"]["title"]["text"] == "diameter (µm)"
     assert any("from the file" in c.value for c in at.caption)
     at.toggle(key="size_log_axis").set_value(True).run()
