@@ -422,14 +422,6 @@ def loss_figure(losses, steps=None, total_steps: int | None = None, height: int 
     return fig
 
 
-def radius_histogram(droplets: pd.DataFrame, height: int = 300) -> go.Figure:
-    fig = px.histogram(droplets, x="radius", nbins=40, title="Radius distribution (px)")
-    fig.update_layout(height=height, margin=dict(l=10, r=40, t=40, b=10), modebar=dict(orientation="v"),
-                      xaxis_title="radius (px)",
-                      yaxis_title="droplets", bargap=0.05)
-    return fig
-
-
 def compare_radius_figure(tables: dict[str, pd.DataFrame], height: int = 320) -> go.Figure:
     """Radius distributions of several fits, overlaid."""
     frames = [pd.DataFrame({"radius": t["radius"].to_numpy(), "fit": label}) for label, t in tables.items()]

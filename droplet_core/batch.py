@@ -13,7 +13,12 @@ Outputs of a batch (``write_batch_outputs``)::
 
     droplets.csv          every droplet of every fitted image, with an ``image`` column first
     summary.csv           one row per image (``SUMMARY_COLUMNS``), failures with their reason
-    fits/<image>/         each image's droplets.csv, reconstruction.png and fit.json
+    fits/<image>/         each image's files as ``python -m droplet_core fit`` writes them: droplets.csv
+                          (with label and µm columns), statistics.csv, labels.tif, rois.zip,
+                          reconstruction.png and fit.json
+
+The pixel size is the one given for the whole batch, else each file's own (``droplet_core.units``);
+``summary.csv`` records it and each image's size statistics with their 90 % intervals.
 """
 
 from __future__ import annotations
@@ -26,21 +31,24 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from droplet_core.counting import count_of_table
+from droplet_core.readout import droplet_table, fit_statistics, with_file_pixel_size, write_readouts
 from droplet_core.results import write_outputs
 from droplet_core.settings import FitSettings
+from droplet_core.size_statistics import statistics_wide
 from droplet_core.store import FitStore, fit_key
+from droplet_core.units import UNKNOWN, PixelSize, read_pixel_size, resolve_pixel_size
 
 FITTED, STORED, FAILED = "fitted", "stored", "failed"
 SUMMARY_COLUMNS = (
     "image", "fit_id", "status", "droplet_count", "count_low_90", "count_high_90", "median_radius", "rmse",
-    "fit_quality", "fit_problems", "seconds", "error",
+    "fit_quality", "fit_problems", "seconds", "error", "pixel_size_um", "pixel_size_origin",
 )
 FITS_FOLDER = "fits"
 IMAGE_COLUMN = "image"
@@ -86,6 +94,8 @@ class ImageOutcome:
     fit_problems : the verdict's problems in one line; None when there are none.
     seconds : wall time this batch spent on the image.
     error : one-line reason of a failure, else None.
+    pixel_size_um : micrometres per pixel used for the image's read-out; None in pixels.
+    pixel_size_origin : where that pixel size came from (``droplet_core.units``).
     """
 
     image: str
@@ -100,6 +110,14 @@ class ImageOutcome:
     fit_problems: str | None
     seconds: float
     error: str | None
+    pixel_size_um: float | None = None
+    pixel_size_origin: str = UNKNOWN
+
+    @property
+    def pixel_size(self) -> PixelSize:
+        if self.pixel_size_um is None:
+            return PixelSize()
+        return PixelSize(self.pixel_size_um, self.pixel_size_um, self.pixel_size_origin)
 
     @property
     def succeeded(self) -> bool:
@@ -134,8 +152,10 @@ def find_images(patterns: Sequence[str]) -> list[BatchImage]:
     return [BatchImage(os.path.relpath(path, common).replace(os.sep, "/"), path) for path in paths]
 
 
-def fit_image(image: BatchImage, settings: FitSettings, store_root: str) -> ImageOutcome:
+def fit_image(image: BatchImage, settings: FitSettings, store_root: str, pixel_size_um: float | None = None) -> ImageOutcome:
     """Worker task: the stored fit of ``image`` with ``settings``, computed and saved if missing.
+
+    ``pixel_size_um`` (µm per pixel) overrides the pixel size the file carries.
 
     Errors a user can act on (unreadable or malformed image, settings the image cannot
     take, a missing appearance source) come back as a failed outcome, not an exception.
@@ -154,7 +174,7 @@ def fit_image(image: BatchImage, settings: FitSettings, store_root: str) -> Imag
         else:
             source = store.load(settings.appearance_from) if settings.appearance_from else None
             result = run_fit(load_image(data), settings, image_sha256=image_sha256, appearance_source=source)
-            store.save(result)
+            store.save(replace(result, info=with_file_pixel_size(result.info, data)))
             status = FITTED
     except (ValueError, LookupError, OSError) as exc:  # ImageError, FitError, StoreError included
         return failed_outcome(image.name, exc, time.perf_counter() - started)
@@ -162,6 +182,7 @@ def fit_image(image: BatchImage, settings: FitSettings, store_root: str) -> Imag
     count = count_of_table(result.droplets)
     low, high = result.info.get("droplet_count_interval_90", (count.low, count.high))
     verdict = result.info.get("verdict") or {}
+    pixel_size = resolve_pixel_size(read_pixel_size(data), pixel_size_um)
     return ImageOutcome(
         image=image.name,
         fit_id=result.fit_id,
@@ -175,6 +196,8 @@ def fit_image(image: BatchImage, settings: FitSettings, store_root: str) -> Imag
         fit_problems=" ".join(verdict.get("problems", [])) or None,
         seconds=time.perf_counter() - started,
         error=None,
+        pixel_size_um=pixel_size.length_um,
+        pixel_size_origin=pixel_size.origin,
     )
 
 
@@ -201,7 +224,8 @@ class SubmittedBatch:
 
 
 def submit_batch(
-    images: Sequence[BatchImage], settings: FitSettings, executor: Executor, store_root: str | os.PathLike
+    images: Sequence[BatchImage], settings: FitSettings, executor: Executor, store_root: str | os.PathLike,
+    pixel_size_um: float | None = None,
 ) -> SubmittedBatch:
     """Hand one ``fit_image`` task per image to ``executor`` and return at once.
 
@@ -211,12 +235,13 @@ def submit_batch(
     settings : the same settings for every image.
     executor : where the tasks run (Dask's ``Client.get_executor()``, a thread pool, ...).
     store_root : the fit store folder, as the workers see it.
+    pixel_size_um : µm per pixel for every image; None uses each file's own (or pixels).
     """
     names = [image.name for image in images]
     if len(set(names)) != len(names):
         raise ValueError("image names in a batch must be unique")
     root = str(Path(store_root).resolve())
-    futures = tuple(executor.submit(fit_image, image, settings, root) for image in images)
+    futures = tuple(executor.submit(fit_image, image, settings, root, pixel_size_um) for image in images)
     return SubmittedBatch(tuple(images), futures)
 
 
@@ -226,12 +251,13 @@ def run_batch(
     executor: Executor,
     store_root: str | os.PathLike,
     on_outcome: Callable[[ImageOutcome, int, int], None] | None = None,
+    pixel_size_um: float | None = None,
 ) -> list[ImageOutcome]:
     """Fit every image on ``executor`` (``submit_batch``) and wait for all of them.
 
     Parameters
     ----------
-    images, settings, executor, store_root : as for ``submit_batch``.
+    images, settings, executor, store_root, pixel_size_um : as for ``submit_batch``.
     on_outcome : called as ``on_outcome(outcome, finished, total)`` as each image finishes.
 
     Returns
@@ -239,7 +265,7 @@ def run_batch(
     list of ImageOutcome, in the order of ``images``. A task that raised (a bug, a
     worker that died) is a failed outcome; the other images go on.
     """
-    batch = submit_batch(images, settings, executor, store_root)
+    batch = submit_batch(images, settings, executor, store_root, pixel_size_um)
     image_of = dict(zip(batch.futures, batch.images))
     for finished, future in enumerate(as_completed(batch.futures), start=1):
         if on_outcome is not None:
@@ -264,21 +290,28 @@ def write_batch_outputs(outcomes: Sequence[ImageOutcome], store: FitStore, out_d
     """Write ``droplets.csv``, ``summary.csv`` and ``fits/<image>/`` for a finished batch.
 
     Each image's files are those ``python -m droplet_core fit`` writes for it, read back
-    from the store.
+    from the store; ``summary.csv`` adds each image's size statistics (``<name>``,
+    ``<name>_low_90``, ``<name>_high_90``; diameters in µm where the pixel size is known,
+    else px: see ``pixel_size_um``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tables = []
+    tables, statistics = [], {}
     for outcome in outcomes:
         if not outcome.succeeded:
             continue
         result = store.load(outcome.fit_id)
         write_outputs(result, out / FITS_FOLDER / outcome.image)
-        tables.append(result.droplets.assign(**{IMAGE_COLUMN: outcome.image}))
+        write_readouts(result.droplets, result.info, out / FITS_FOLDER / outcome.image, outcome.pixel_size)
+        statistics[outcome.image] = statistics_wide(fit_statistics(result.droplets, result.info, outcome.pixel_size))
+        tables.append(droplet_table(result.droplets, outcome.pixel_size).assign(**{IMAGE_COLUMN: outcome.image}))
     columns = [IMAGE_COLUMN, *dict.fromkeys(c for t in tables for c in t.columns if c != IMAGE_COLUMN)]
     droplets = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     droplets.reindex(columns=columns).to_csv(out / "droplets.csv", index=False, float_format="%.6g")
-    summary_table(outcomes).to_csv(out / "summary.csv", index=False, float_format="%.6g")
+    summary = summary_table(outcomes)
+    if statistics:
+        summary = summary.join(pd.DataFrame.from_dict(statistics, orient="index"), on=IMAGE_COLUMN)
+    summary.to_csv(out / "summary.csv", index=False, float_format="%.6g")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``fit IMAGE ...``, ``batch IMAGES ...``, ``scene ...``, ``detect IMAGE ...`` and ``train-encoder ...``.
+"""Command line: ``fit IMAGE ...``, ``batch IMAGES ...``, ``stats FIT ...``, ``scene ...``, ``detect IMAGE ...`` and ``train-encoder ...``.
 
 Bad input ends with exit status 2 and one line on stderr saying what is wrong.
 """
@@ -43,6 +43,16 @@ def _whole_or_auto(what: str):
     return parse
 
 
+def _pixel_size(text: str) -> float:
+    """argparse type: a pixel size with a length unit -> micrometres."""
+    from droplet_core.units import parse_pixel_size
+
+    try:
+        return parse_pixel_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     """The fit settings options shared by ``fit`` and ``batch``."""
     defaults = FitSettings()
@@ -59,6 +69,10 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
     parser.add_argument("--initializer", choices=INITIALIZERS, default=defaults.initializer,
                         help="where droplets start: the trained encoder (default) or LoG candidates")
+    parser.add_argument(
+        "--pixel-size", type=_pixel_size, metavar="SIZE",
+        help="pixel size for the µm columns and statistics, e.g. 0.65um or 650nm (default: from the file, else pixels)",
+    )
     parser.add_argument(
         "--appearance-from",
         metavar="FIT_ID_OR_DIR",
@@ -106,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--threshold", type=float, default=0.5, help="presence probability a droplet needs")
     detect.add_argument("--min-radius", type=float, default=0.0, help="smallest radius kept, px of the image")
 
+    stats = commands.add_parser(
+        "stats", help="size statistics with 90 % intervals of a stored fit (no refitting)"
+    )
+    stats.add_argument("fit", metavar="FIT_ID_OR_DIR", help="a fit id in the store, or a fit's output folder")
+    stats.add_argument("--pixel-size", type=_pixel_size, metavar="SIZE", help="e.g. 0.65um (default: as recorded)")
+    # droplet_core.size_statistics.BORDER_HANDLING, spelled out: that module loads pandas, which other commands do not need.
+    stats.add_argument("--border", choices=("miles-lantuejoul", "keep-all"), default="miles-lantuejoul",
+                       help="droplets cut by the image edge: Miles-Lantuéjoul correction (default) or keep all")
+    stats.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+
     train = commands.add_parser("train-encoder", help="train the detection encoder on synthetic scenes")
     train.add_argument("--out", type=Path, required=True, help="folder for the weights, training.json, curve")
     train.add_argument("--minutes", type=float, default=25.0, help="training time budget (default 25)")
@@ -147,8 +171,10 @@ def _settings_from_args(args, appearance_source) -> FitSettings:
 def _fit(args) -> int:
     from droplet_core.fit import run_fit
     from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.readout import stored_pixel_size, with_file_pixel_size, write_readouts
     from droplet_core.results import write_outputs
     from droplet_core.store import FitStore, fit_key
+    from droplet_core.units import resolve_pixel_size
 
     store = FitStore()
     source = _stored_fit(args.appearance_from, store) if args.appearance_from else None
@@ -179,14 +205,17 @@ def _fit(args) -> int:
             progress=None if args.quiet else report,
             appearance_source=source,
         )
+        result = dataclasses.replace(result, info=with_file_pixel_size(result.info, data))
         store.save(result)
+    pixel_size = resolve_pixel_size(stored_pixel_size({}, data), args.pixel_size)
     write_outputs(result, args.out)
+    write_readouts(result.droplets, result.info, args.out, pixel_size)
     info = result.info
     low, high = info.get("droplet_count_interval_90", (info["droplet_count"], info["droplet_count"]))
     print(
         f"fit {result.fit_id}: {info['droplet_count']} droplets (90 % interval {low}-{high}), "
         f"RMSE {', '.join(f'{v:.4f}' for v in info['rmse'])}, "
-        f"{info['timings']['total_s']:.1f} s on {info['device']} -> {args.out}"
+        f"{info['timings']['total_s']:.1f} s on {info['device']}; pixel size {pixel_size.describe()} -> {args.out}"
     )
     if info.get("verdict"):
         verdict = FitVerdict.from_dict(info["verdict"])
@@ -216,12 +245,48 @@ def _batch(args) -> int:
         print(f"[{finished}/{total}] {outcome.image}: {what}", file=sys.stderr)
 
     with dask_executor(args.scheduler, args.workers) as executor:
-        outcomes = run_batch(images, settings, executor, store.root, on_outcome=None if args.quiet else report)
+        outcomes = run_batch(images, settings, executor, store.root, on_outcome=None if args.quiet else report,
+                             pixel_size_um=args.pixel_size)
     write_batch_outputs(outcomes, store, args.out)
     fitted = sum(outcome.succeeded for outcome in outcomes)
     if not fitted:
         raise ImageError(f"none of the {len(outcomes)} images could be fitted; reasons in {args.out / 'summary.csv'}")
     print(f"batch: {fitted} of {len(outcomes)} images fitted -> {args.out}")
+    return 0
+
+
+def _stats(args) -> int:
+    import json
+
+    import pandas as pd
+
+    from droplet_core.readout import fit_statistics, stored_pixel_size
+    from droplet_core.size_statistics import StatisticsSettings
+    from droplet_core.store import FitStore, StoreError, is_valid_fit_id
+    from droplet_core.units import resolve_pixel_size
+
+    store = FitStore()
+    folder = Path(args.fit)
+    if not is_valid_fit_id(args.fit) and (folder / "fit.json").is_file():
+        # An output folder: its own table and record (with the pixel size it was read out with).
+        info = json.loads((folder / "fit.json").read_text())
+        droplets = pd.read_csv(folder / "droplets.csv")
+    elif is_valid_fit_id(args.fit):
+        result = store.load(args.fit)
+        info, droplets = result.info, result.droplets
+    else:
+        raise StoreError(f"{args.fit!r} is neither a fit id nor a folder with a fit.json")
+    try:
+        image_bytes = store.image_bytes(info["image_sha256"])
+    except StoreError:
+        image_bytes = None
+    pixel_size = resolve_pixel_size(stored_pixel_size(info, image_bytes), args.pixel_size)
+    table = fit_statistics(droplets, info, pixel_size, StatisticsSettings(border=args.border))
+    print(f"fit {info.get('fit_id', '?')}: pixel size {pixel_size.describe()}; border: {args.border}")
+    shown = table.assign(interval_90=[f"{low:.4g} - {high:.4g}" for low, high in zip(table["low_90"], table["high_90"])])
+    print(shown[["label", "value", "interval_90", "unit"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.csv:
+        table.to_csv(args.csv, index=False, float_format="%.6g")
     return 0
 
 
@@ -300,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     # A malformed TIFF becomes one ImageError line (or loads); tifffile logs its complaints about it
     # (as warnings and errors), which would add lines.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    commands = {"fit": _fit, "batch": _batch, "scene": _scene, "detect": _detect, "train-encoder": _train_encoder}
+    commands = {"fit": _fit, "batch": _batch, "scene": _scene, "stats": _stats, "detect": _detect, "train-encoder": _train_encoder}
     try:
         return commands[args.command](args)
     # FitError is a ValueError; importing it here would load the fit engine for every command.

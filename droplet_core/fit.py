@@ -41,7 +41,7 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
-from droplet_core import encoder, images
+from droplet_core import images
 from droplet_core.channels import extract_channel
 from droplet_core.counting import count_of_table
 from droplet_core.detect import centre_contrast, contrast_image, find_candidates

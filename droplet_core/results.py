@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from droplet_core.readout import readout_files
 from droplet_core.settings import FitSettings
+from droplet_core.units import PixelSize
 
 BASE_COLUMNS = ("x", "y", "radius")
 
@@ -107,11 +109,13 @@ def write_outputs(result: FitResult, out_dir: str | Path) -> Path:
     return out
 
 
-def zip_outputs(result: FitResult) -> bytes:
-    """The three output files of ``result`` in one zip archive (for downloads)."""
+def zip_outputs(result: FitResult, pixel_size: PixelSize = PixelSize()) -> bytes:
+    """The whole fit in one zip archive (for downloads): ``reconstruction.png`` and the
+    read-out files (``droplet_core.readout``: droplets.csv with label and µm columns,
+    statistics.csv, labels.tif, rois.zip, fit.json with the pixel size)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("droplets.csv", result.droplets.to_csv(index=False, float_format="%.6g"))
         archive.writestr("reconstruction.png", to_png_bytes(result.reconstruction))
-        archive.writestr("fit.json", json.dumps(result.info, indent=2, sort_keys=True))
+        for name, data in readout_files(result.droplets, result.info, pixel_size).items():
+            archive.writestr(name, data)
     return buffer.getvalue()

@@ -33,7 +33,6 @@ import pandas as pd
 from scipy.special import expit
 from scipy.stats import norm
 
-from droplet_core.counting import count_interval  # noqa: F401 - part of this module's interface
 from droplet_core.models.common import Layout, capped_radius, patch_geometry, per_pixel
 
 INTERVAL = 0.90

@@ -21,6 +21,7 @@ import streamlit as st
 
 import app
 from app_support.batch_figures import droplet_count_figure, radius_distribution_figure
+from app_support.size_figures import batch_statistics_figure
 from droplet_core.batch import (
     FAILED,
     IMAGE_SUFFIXES,
@@ -64,10 +65,13 @@ def batch_folder(batch_id: str) -> Path:
     return Path(app.store_root()) / "batches" / batch_id
 
 
-def batch_id_of(files: list[tuple[str, bytes]], settings: FitSettings) -> str:
-    """32 hex characters naming this exact request: the files' names and bytes, and the settings."""
+def batch_id_of(files: list[tuple[str, bytes]], settings: FitSettings, pixel_size_um: float | None = None) -> str:
+    """32 hex characters naming this exact request: the files' names and bytes, the settings and
+    the pixel size given for all images (it changes the read-out, not the fits)."""
     payload = {"files": [[name, hashlib.sha256(data).hexdigest()] for name, data in files],
                "settings": settings.to_dict()}
+    if pixel_size_um:
+        payload["pixel_size_um"] = pixel_size_um
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -105,6 +109,9 @@ with st.form("batch_form", border=True):
                                  help="Automatic: chosen per image (about 400,000 pixels are fitted).")
         seed = st.number_input("Random seed", 0, 2**31 - 1, int(st.session_state.get("w_seed", DEFAULTS.seed)),
                                key="b_seed")
+        pixel_size_um = st.number_input(
+            "Pixel size, all images (µm per pixel)", min_value=0.0, step=0.01, format="%.4f", key="b_pixel_size",
+            help="0 = each file's own (ImageJ / OME-TIFF), else pixels. Sizes in the statistics and tables only.")
     sources = [info for info in (app.fit_info(f) for f in app.session_fit_ids())
                if info and info.get("settings", {}).get("model") in ("templates", "neural")
                and not info.get("appearance_from")]
@@ -137,11 +144,12 @@ if submitted:
     except ValueError as exc:
         st.error(f"This batch cannot be run: {' '.join(str(exc).split())}", icon=":material/error:")
     else:
-        batch_id = batch_id_of(files, settings)
+        batch_id = batch_id_of(files, settings, float(pixel_size_um) or None)
         with batches_lock:
             if batch_id not in batches and not (batch_folder(batch_id) / "out" / "summary.csv").is_file():
                 images = write_images(files, batch_folder(batch_id) / "images")
-                batches[batch_id] = submit_batch(images, settings, batch_executor(), app.store_root())
+                batches[batch_id] = submit_batch(images, settings, batch_executor(), app.store_root(),
+                                                 float(pixel_size_um) or None)
         st.query_params["batch"] = batch_id
 
 # -- the batch in the URL -------------------------------------------------------------------
@@ -210,6 +218,10 @@ if not fitted.empty:
     left, right = st.columns(2)
     left.plotly_chart(droplet_count_figure(summary), key="batch_counts", width="stretch")
     right.plotly_chart(radius_distribution_figure(combined), key="batch_radii", width="stretch")
+    if "d50" in summary:
+        st.plotly_chart(batch_statistics_figure(summary), key="batch_statistics", width="stretch")
+        st.download_button("Download the statistics per image (CSV)", summary.to_csv(index=False).encode(),
+                           file_name=f"statistics-{batch_id[:8]}.csv", mime="text/csv", key="batch_statistics_download")
     st.markdown("Open one image's fit: " + " · ".join(
         f"[{row.image}]({app.share_url('results', {'fit': row.fit_id})})" for row in fitted.itertuples()))
 st.download_button(

@@ -12,6 +12,8 @@ import streamlit as st
 import app
 from app_support.figures import compare_overlays_figure, compare_radius_figure
 from droplet_core.counting import doubtful_mask
+from app_support.pixel_size import pixel_size_for
+from app_support.size_figures import compare_distributions_figure
 from droplet_core.store import StoreError, is_valid_fit_id
 
 app.page_start("compare")
@@ -100,3 +102,12 @@ if panels:
 st.subheader("Sizes")
 st.plotly_chart(compare_radius_figure({app.fit_short_label(r.info): r.droplets for r in results}, height=380),
                 key="compare_radius", width="stretch")
+
+# Diameter distributions, in µm when every fit's image has a pixel size (else all in px).
+sizes = {r.fit_id: pixel_size_for(r.image_sha256) for r in results}
+in_um = all(size.known for size in sizes.values())
+log_axis = st.toggle("Logarithmic diameter axis", key="compare_log_axis")
+st.plotly_chart(compare_distributions_figure(
+    {f"{r.fit_id[:8]} {r.settings.model}": 2 * r.droplets["radius"].to_numpy(float) * (sizes[r.fit_id].length_um if in_um else 1.0)
+     for r in results}, "µm" if in_um else "px", log_axis), key="compare_distributions", width="stretch",
+    config={"toImageButtonOptions": {"format": "svg", "filename": "size-distributions"}})

@@ -6,8 +6,9 @@ import streamlit as st
 
 import app
 from app_support.figures import channels_figure, image_figure
+from app_support.pixel_size import pixel_size_field
 from droplet_core.channels import CHANNEL_LABELS
-from droplet_core.images import ImageError, load_image, max_pixels_limit, sha256_bytes
+from droplet_core.images import ImageError, load_image, max_pixels_limit
 from droplet_core.settings import FitSettings
 
 app.page_start("image")
@@ -117,6 +118,7 @@ m2.metric("Pixels", f"{width * height / 1e6:.2f} M")
 low, high = app.display_percentiles()
 st.caption(f"Shown with its contrast stretched ({low:g}–{high:g} percentiles; change it in the sidebar). "
            "The fit uses the raw values.")
+pixel_size_field(sha)
 st.plotly_chart(image_figure(app.for_display(image), crop=crop, height=620), key="image_fig", width="stretch",
                 config={"scrollZoom": True})
 

@@ -13,13 +13,17 @@ from app_support.figures import (
     loss_figure,
     overlay_figure,
     panels_figure,
-    radius_histogram,
     residual_rgb,
 )
 from app_support.tables import droplet_column_config, droplet_table_view
 from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
 from droplet_core.display import apply_stretch, stretch_limits
+from app_support.pixel_size import pixel_size_for
+from app_support.size_figures import size_distribution_figure, statistics_display_table, statistics_interval_figure
+from droplet_core.readout import droplet_table, fit_statistics
 from droplet_core.results import zip_outputs
+from droplet_core.size_statistics import in_micrometres
+from droplet_core.units import PixelSize
 
 app.page_start("results")
 st.title("Results")
@@ -33,13 +37,21 @@ if result is None:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _zip_bytes(fit_id: str, root: str, version: str) -> bytes:
-    return zip_outputs(app.load_fit(fit_id))
+def _zip_bytes(fit_id: str, root: str, version: str, pixel_size: PixelSize) -> bytes:
+    return zip_outputs(app.load_fit(fit_id), pixel_size)
+
+
+@st.cache_data(show_spinner="Size statistics ...", max_entries=16)
+def _statistics_px(fit_id: str, root: str, version: str):
+    """In px: a new pixel size only rescales them (``in_micrometres``)."""
+    result = app.load_fit(fit_id)
+    return fit_statistics(result.droplets, result.info)
 
 
 info = result.info
 droplets = result.droplets
 settings = result.settings
+pixel_size = pixel_size_for(result.image_sha256)
 
 st.caption(f"**{app.fit_label(info)}** · channel {app.channel_label(settings.channel)}")
 app.show_verdict(info)
@@ -136,18 +148,38 @@ st.dataframe(droplet_table_view(table), height=360, width="stretch", hide_index=
 d1, d2 = st.columns(2)
 with d1:
     st.download_button("Download droplets (CSV)" + (" — selection" if selected else ""),
-                       table.to_csv(index=False, float_format="%.4f").encode(),
+                       droplet_table(droplets, pixel_size).iloc[selected or slice(None)]
+                       .to_csv(index=False, float_format="%.6g").encode(),
                        file_name=f"droplets-{result.fit_id[:8]}.csv", mime="text/csv",
                        icon=":material/download:", key="csv_download")
 with d2:
-    st.download_button("Download the whole fit (zip: droplets.csv, reconstruction.png, fit.json)",
-                       _zip_bytes(result.fit_id, app.store_root(), app.CACHE_VERSION),
+    st.download_button("Download the whole fit (zip: droplets.csv, statistics.csv, labels.tif, Fiji ROI set, "
+                       "reconstruction.png, fit.json)",
+                       _zip_bytes(result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size),
                        file_name=f"fit-{result.fit_id[:8]}.zip", mime="application/zip",
                        icon=":material/folder_zip:", key="zip_download")
-
-# -- sizes (further size statistics go in this section) ----------------------------------------
-st.subheader("Sizes")
-st.plotly_chart(radius_histogram(table), key="radius_hist", width="stretch")
+# -- size distribution and statistics ------------------------------------------------------
+st.subheader("Size distribution")
+unit = "µm" if pixel_size.known else "px"
+st.caption(f"Pixel size: {pixel_size.describe()}. " + ("" if pixel_size.known else
+           "Set it on the Image page for diameters in µm. ") + "Droplets cut by the image edge are left out of "
+           "the size statistics and the others weighted to make up for them (Miles–Lantuéjoul); intervals are 90 % "
+           "intervals from each droplet's posterior and the calibrated model error.")
+statistics = in_micrometres(_statistics_px(result.fit_id, app.store_root(), app.CACHE_VERSION), pixel_size.length_um)
+log_axis = st.toggle("Logarithmic diameter axis", key="size_log_axis")
+diameters = 2.0 * droplets["radius"].to_numpy(float) * (pixel_size.length_um or 1.0)
+# The camera button saves SVG (vector, for papers) with Plotly's own export.
+st.plotly_chart(size_distribution_figure(diameters, statistics, unit, log_axis), key="size_distribution",
+                width="stretch", config={"toImageButtonOptions": {"format": "svg",
+                                                                  "filename": f"size-distribution-{result.fit_id[:8]}"}})
+s1, s2 = st.columns([2, 3])
+with s1:
+    st.dataframe(statistics_display_table(statistics), hide_index=True, width="stretch", key="size_statistics")
+with s2:
+    st.plotly_chart(statistics_interval_figure(statistics), key="size_intervals", width="stretch")
+st.download_button("Download the statistics (CSV)", statistics.to_csv(index=False, float_format="%.6g").encode(),
+                   file_name=f"statistics-{result.fit_id[:8]}.csv", mime="text/csv", icon=":material/download:",
+                   key="statistics_download")
 
 # -- advanced ----------------------------------------------------------------------------------
 with st.expander("Advanced: the fit's full record (fit.json) and loss curve"):

@@ -14,6 +14,7 @@ from droplet_core.batch import FITS_FOLDER, find_images, unpack_uploads
 from droplet_core.cli import main
 from droplet_core.fit import run_fit
 from droplet_core.images import load_image, sha256_bytes
+from droplet_core.readout import write_readouts
 from droplet_core.results import write_outputs
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.settings import FitSettings
@@ -70,6 +71,15 @@ def test_batch_reports_progress_and_a_bad_file(first_batch):
     broken = summary.iloc[0]
     assert "truncated" in broken["error"] and "\n" not in broken["error"]
     assert summary["droplet_count"].iloc[1:].gt(0).all() and summary["rmse"].iloc[1:].gt(0).all()
+    # Size statistics per image, with intervals, in pixels (PNGs carry no pixel size).
+    fitted = summary.iloc[1:]
+    assert (fitted["pixel_size_origin"] == "unknown: pixels").all() and fitted["pixel_size_um"].isna().all()
+    assert (fitted["count"] == fitted["droplet_count"]).all()
+    assert (fitted["d32_low_90"] <= fitted["d32"]).all() and (fitted["d32"] <= fitted["d32_high_90"]).all()
+    for name in SCENE_NAMES:
+        per_image = pd.read_csv(out / FITS_FOLDER / name / "statistics.csv").set_index("statistic")
+        assert per_image.loc["d50", "value"] == pytest.approx(summary.set_index("image").loc[name, "d50"], rel=1e-4)
+        assert (out / FITS_FOLDER / name / "labels.tif").is_file() and (out / FITS_FOLDER / name / "rois.zip").is_file()
     assert [line.split("]")[0] for line in err.splitlines() if line.startswith("[")] == ["[1/4", "[2/4", "[3/4", "[4/4"]
     assert "Traceback" not in err
     assert "3 of 4 images fitted" in stdout
@@ -87,6 +97,7 @@ def test_batch_tables_equal_single_fits(first_batch, images, tmp_path):
         assert summary.loc[name, "droplet_count"] == single.info["droplet_count"]
         assert summary.loc[name, "fit_quality"] == single.info["verdict"]["quality"]
         write_outputs(single, tmp_path / name)
+        write_readouts(single.droplets, single.info, tmp_path / name)
         assert (out / FITS_FOLDER / name / "droplets.csv").read_text() == (tmp_path / name / "droplets.csv").read_text()
         from_batch = combined[combined["image"] == name].drop(columns="image").reset_index(drop=True)
         # Same values; a column that is whole numbers in one image reads back as int on its own.

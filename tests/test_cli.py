@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import roifile
+import tifffile
 from PIL import Image
 
 from droplet_core.matching import match_droplets
@@ -59,6 +61,27 @@ def test_fit_writes_the_three_outputs(scene_dir, tmp_path):
     assert (reconstruction.height, reconstruction.width) == tuple(info["fit_shape"][:2])
     score = match_droplets(pd.read_csv(scene_dir / "truth.csv"), droplets)
     assert score.f1 > 0.8, score
+    # A PNG carries no pixel size: the read-out is in pixels, and says so.
+    assert info["pixel_size"] == {"x_um": None, "y_um": None, "origin": "unknown: pixels"}
+    assert "x_um" not in droplets and list(droplets["label"]) == list(range(1, len(droplets) + 1))
+    statistics = pd.read_csv(out / "statistics.csv").set_index("statistic")
+    assert statistics.loc["d32", "unit"] == "px" and statistics.loc["count", "value"] == len(droplets)
+    labels = tifffile.imread(out / "labels.tif")
+    assert labels.shape == (Image.open(scene_dir / "scene.png").height, Image.open(scene_dir / "scene.png").width)
+    centres = droplets[["y", "x"]].round().astype(int).to_numpy()
+    assert (labels[centres[:, 0], centres[:, 1]] == droplets["label"].to_numpy()).mean() > 0.95
+    assert [roi.name for roi in roifile.roiread(out / "rois.zip")] == [str(k) for k in droplets["label"]]
+
+    # Statistics of the stored fit, in µm, without refitting.
+    stats = droplet_cli("stats", str(out), "--pixel-size", "2um")
+    assert stats.returncode == 0, stats.stderr
+    assert "2 µm per pixel (set by you)" in stats.stdout and "D[3,2] (Sauter)" in stats.stdout
+    d32_line = next(line for line in stats.stdout.splitlines() if "D[3,2]" in line)
+    assert float(d32_line.split()[2]) == pytest.approx(2 * statistics.loc["d32", "value"], rel=1e-3)
+    by_id = droplet_cli("stats", info["fit_id"])
+    assert by_id.returncode == 0 and "unknown: results in pixels" in by_id.stdout
+    bad = droplet_cli("stats", str(out), "--pixel-size", "2 parsecs")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_fit_reuses_the_store_and_an_earlier_appearance(scene_dir, tmp_path):

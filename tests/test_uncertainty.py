@@ -11,7 +11,8 @@ from droplet_core.fit import run_fit
 from droplet_core.matching import match_pairs
 from droplet_core.scenes import gaussian_blob_scene
 from droplet_core.settings import FitSettings
-from droplet_core.uncertainty import count_interval, interval_half_width, laplace_sd, with_model_discrepancy
+from droplet_core.counting import count_interval
+from droplet_core.uncertainty import interval_half_width, laplace_sd, with_model_discrepancy
 
 
 def fit_blobs(image, n: int, seed: int = 0):

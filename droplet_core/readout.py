@@ -1,0 +1,125 @@
+"""Reading a fit out in the units and formats a chemist uses: µm tables, size statistics, exports.
+
+Everything here is applied to a finished fit (its droplet table and ``fit.json`` record);
+nothing refits, and the fit id never depends on the pixel size. Files a read-out adds to
+a fit's output folder or zip (``readout_files``):
+
+- ``droplets.csv``: the droplet table with a ``label`` column (last) and, when the pixel
+  size is known, ``x_um``, ``y_um``, ``diameter_um`` and their sds;
+- ``statistics.csv``: ``droplet_core.size_statistics`` with 90 % intervals;
+- ``labels.tif``: the label image (``droplet_core.exports``);
+- ``rois.zip``: the ImageJ / Fiji ROI set;
+- ``fit.json``: the fit's record plus ``pixel_size`` (sides in µm and where they came from).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from droplet_core import exports
+from droplet_core.size_statistics import StatisticsSettings, size_statistics
+from droplet_core.units import PixelSize, read_pixel_size, with_units
+
+# Written by ``python -m bench.statistics --calibrate``: per model and statistic, the
+# relative error of the statistic beyond what the per-droplet uncertainty explains.
+SIZE_CALIBRATION_FILE = Path(__file__).with_name("size_calibration.json")
+FILE_PIXEL_SIZE_KEY = "pixel_size_in_file"
+
+
+def field_of_view(info: dict) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the pixels of the image as given that the fit saw, ends exclusive.
+
+    The crop's origin plus the fit's shape times its downscale (block averaging drops the
+    remainder rows and columns).
+    """
+    x0, y0 = (int(v) for v in info.get("crop_origin", (0, 0))[:2])
+    factor = int(info.get("downscale", 1))
+    fit_h, fit_w = (int(v) for v in info.get("fit_shape", info["image_shape"])[:2])
+    return x0, y0, x0 + fit_w * factor, y0 + fit_h * factor
+
+
+def statistics_discrepancy(model: str) -> dict[str, float]:
+    """The calibrated relative discrepancy of each size statistic of ``model`` (empty when not calibrated)."""
+    if not SIZE_CALIBRATION_FILE.exists():
+        return {}
+    return dict(json.loads(SIZE_CALIBRATION_FILE.read_text())["discrepancy"].get(model, {}))
+
+
+def fit_statistics(
+    droplets: pd.DataFrame,
+    info: dict,
+    pixel_size: PixelSize = PixelSize(),
+    settings: StatisticsSettings = StatisticsSettings(),
+) -> pd.DataFrame:
+    """``size_statistics`` of a fit's droplet table, with the uncertainty its record holds.
+
+    Parameters
+    ----------
+    droplets : the fit's table (``x``, ``y``, ``radius`` in px; ``sd_radius`` and
+        ``p_exists`` where the fit has them).
+    info : the fit's ``fit.json`` record (field of view, model, count discrepancy).
+    pixel_size : diameters in µm when known, else in px.
+    settings : border handling, draws, level.
+    """
+    model = info.get("settings", {}).get("model", "")
+    return size_statistics(
+        droplets["x"].to_numpy(float),
+        droplets["y"].to_numpy(float),
+        droplets["radius"].to_numpy(float),
+        field_of_view(info),
+        sd_radius_px=droplets["sd_radius"].to_numpy(float) if "sd_radius" in droplets else None,
+        p_exists=droplets["p_exists"].to_numpy(float) if "p_exists" in droplets else None,
+        count_discrepancy=float(info.get("uncertainty", {}).get("count_discrepancy", 0.0)),
+        discrepancy=statistics_discrepancy(model),
+        um_per_px=pixel_size.length_um,
+        settings=settings,
+    )
+
+
+def droplet_table(droplets: pd.DataFrame, pixel_size: PixelSize = PixelSize()) -> pd.DataFrame:
+    """The table as exported: µm columns when the pixel size is known, then ``label``."""
+    return exports.labelled(with_units(droplets, pixel_size))
+
+
+def readout_files(droplets: pd.DataFrame, info: dict, pixel_size: PixelSize = PixelSize()) -> dict[str, bytes]:
+    """File name -> bytes of every read-out file (see the module docstring)."""
+    height, width = (int(v) for v in info["image_shape"][:2])
+    labels = exports.label_image(droplets, (height, width))
+    record = {**info, "pixel_size": pixel_size.to_dict(),
+              "statistics": dataclasses.asdict(StatisticsSettings())}
+    return {
+        "droplets.csv": droplet_table(droplets, pixel_size).to_csv(index=False, float_format="%.6g").encode(),
+        "statistics.csv": fit_statistics(droplets, info, pixel_size).to_csv(index=False, float_format="%.6g").encode(),
+        "labels.tif": exports.label_tiff_bytes(labels, pixel_size),
+        "rois.zip": exports.roi_zip_bytes(droplets),
+        "fit.json": json.dumps(record, indent=2, sort_keys=True).encode(),
+    }
+
+
+def write_readouts(droplets: pd.DataFrame, info: dict, out_dir: str | Path, pixel_size: PixelSize = PixelSize()) -> Path:
+    """Write ``readout_files`` into ``out_dir`` (replacing a plain ``droplets.csv`` and ``fit.json``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in readout_files(droplets, info, pixel_size).items():
+        (out / name).write_bytes(data)
+    return out
+
+
+def with_file_pixel_size(info: dict, image_bytes: bytes) -> dict:
+    """``info`` recording the pixel size the image file carries (a property of the image, so
+    storing it with the fit keeps equal fit ids equal)."""
+    return {**info, FILE_PIXEL_SIZE_KEY: read_pixel_size(image_bytes).to_dict()}
+
+
+def stored_pixel_size(info: dict, image_bytes: bytes | None = None) -> PixelSize:
+    """The pixel size a fit's record holds (a read-out's, else the file's), else the one the
+    image bytes carry, else unknown."""
+    for key in ("pixel_size", FILE_PIXEL_SIZE_KEY):
+        recorded = PixelSize.from_dict(info.get(key))
+        if recorded.known:
+            return recorded
+    return read_pixel_size(image_bytes) if image_bytes is not None else PixelSize()
