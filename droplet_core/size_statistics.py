@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from droplet_core.counting import count_interval
 
 BORDER_MILES_LANTUEJOUL = "miles-lantuejoul"
 BORDER_KEEP_ALL = "keep-all"
@@ -238,8 +239,6 @@ def size_statistics(
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanquantile(draws, [tail, 1.0 - tail], axis=0)
     low = np.maximum(low, 0.0)  # every statistic is non-negative; a recentred draw need not be
-    from droplet_core.counting import count_interval
-
     p = np.ones(np.size(radius_px)) if p_exists is None else np.asarray(p_exists, float)
     count_low, count_high = count_interval(p, float(np.hypot(count_discrepancy, discrepancy.get("count", 0.0))),
                                            settings.level)
