@@ -277,6 +277,11 @@ def _fit_circles(px: np.ndarray, py: np.ndarray, use: np.ndarray) -> tuple[np.nd
     return centre_x, centre_y, np.sqrt(np.maximum(solved[:, 2] + centre_x**2 + centre_y**2, 1e-12))
 
 
+def is_appearance_site(name: str) -> bool:
+    """Whether a latent site describes the droplet look (held fixed when it is reused)."""
+    return name == "masks"
+
+
 def appearance(values: dict, spec: ModelSpec) -> dict:
     """The learned masks ``(types, m, m)`` in channel units (added to the background)."""
     return {"masks": np.asarray(values["masks"] * envelope(spec.mask_size), np.float32)}
