@@ -213,9 +213,9 @@ def render_fluorescence(
     canvas = np.zeros((height, width, 1), dtype=np.float32)
     blurred = np.flatnonzero(~in_focus)
     if len(blurred):
-        reach = float(np.max(3.0 * defocus_sd_px[blurred] / radius[blurred]))
+        reach = 1.0 + 3.0 * defocus_sd_px[blurred] / radius[blurred]
         canvas = paint(canvas, x[blurred], y[blurred], radius[blurred], lambda m, *f: defocused(blurred[m], *f),
-                       extent=1.0 + reach, margin_px=5)
+                       extent=reach, margin_px=2)
     sharp = np.flatnonzero(in_focus)
     contacts = _contacts(settings, x[sharp], y[sharp], radius[sharp], look.contact_gap_px)
     canvas = paint(canvas, x[sharp], y[sharp], radius[sharp], lambda m, *f: emission(sharp[m], *f),

@@ -261,14 +261,14 @@ def paint(
     y: np.ndarray,
     radius: np.ndarray,
     shade: Shader,
-    extent: float = 1.0,
+    extent: float | np.ndarray = 1.0,
     margin_px: int = 2,
     contacts: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``canvas`` ``(h, w, c)`` with droplets ``(n,)`` composited over it, each in its own box.
 
     Each droplet covers a square patch reaching ``extent * radius + margin_px`` around its
-    nearest pixel. Droplets with the same patch size are shaded together: ``shade(members,
+    nearest pixel (``extent`` one number or one per droplet). Droplets with the same patch size are shaded together: ``shade(members,
     u, v, edge_px)`` gets their indices ``(m,)`` and the ``(m, p, p)`` fields of
     ``edge_fields`` and returns opacity ``(m, p, p, 1)`` and premultiplied value ``(m, p, p,
     c)``; the patch becomes ``patch * (1 - opacity) + premultiplied``. A premultiplied value
