@@ -213,9 +213,9 @@ def render_fluorescence(
     canvas = np.zeros((height, width, 1), dtype=np.float32)
     blurred = np.flatnonzero(~in_focus)
     if len(blurred):
-        reach = float(np.max(3.0 * defocus_sd_px[blurred] / radius[blurred]))
+        reach = 1.0 + 3.0 * defocus_sd_px[blurred] / radius[blurred]
         canvas = paint(canvas, x[blurred], y[blurred], radius[blurred], lambda m, *f: defocused(blurred[m], *f),
-                       extent=1.0 + reach, margin_px=5)
+                       extent=reach, margin_px=2)
     sharp = np.flatnonzero(in_focus)
     contacts = _contacts(settings, x[sharp], y[sharp], radius[sharp], look.contact_gap_px)
     canvas = paint(canvas, x[sharp], y[sharp], radius[sharp], lambda m, *f: emission(sharp[m], *f),
@@ -241,28 +241,32 @@ def _brightfield_shader(
     """Transmission shader for ``paint``; per droplet ``(n,)``: radius, rim width and transmission,
     centre and specular gains."""
     light = np.deg2rad(look.light_angle_deg)
-    toward_light = np.array([np.cos(light), np.sin(light)])
+    lx, ly = np.float32(np.cos(light)), np.float32(np.sin(light))
     tint = np.asarray(look.droplet_tint_rgb, dtype=np.float32)
+    # float32 throughout: this runs over every pixel of every droplet's box.
+    radius, rim_width, rim_transmission, centre_gain, specular_gain = (
+        np.asarray(a, dtype=np.float32)[:, None, None]
+        for a in (radius, rim_width, rim_transmission, centre_gain, specular_gain)
+    )
 
     def shade(members, u, v, edge):
-        scale = radius[members, None, None].astype(np.float32)
-        depth = np.clip(edge / scale, 0.0, 1.0)  # 0 at the outline, about 1 at the centre
-        facing = -np.cos(np.arctan2(v, u) - light)  # 1 on the side away from the light
-        width = rim_width[members, None, None] * (1.0 + look.rim_asymmetry * facing)
+        depth = np.clip(edge / radius[members], 0.0, 1.0)  # 0 at the outline, about 1 at the centre
+        facing = -(u * lx + v * ly) / np.maximum(np.hypot(u, v), 1e-6)  # 1 on the side away from the light
+        width = rim_width[members] * (1.0 + look.rim_asymmetry * facing)
         darker_in_shadow = np.clip(1.0 + 0.5 * look.rim_asymmetry * facing, 0.0, None)
-        darkness = (1.0 - rim_transmission[members, None, None]) * darker_in_shadow
+        darkness = np.clip((1.0 - rim_transmission[members]) * darker_in_shadow, 0.0, 1.0)
         # Dark across the outer half of the rim, then a quick rise to the body.
         t = np.clip(2.0 * depth / np.maximum(width, 1e-3) - 1.0, 0.0, 1.0)
-        rim = 1.0 - np.clip(darkness, 0.0, 1.0) * (1.0 - t * t * (3.0 - 2.0 * t))
-        cu, cv = u - look.centre_offset * toward_light[0], v - look.centre_offset * toward_light[1]
-        centre = centre_gain[members, None, None] * np.exp(-(cu**2 + cv**2) / (2.0 * look.centre_size**2))
-        su, sv = u - look.specular_offset * toward_light[0], v - look.specular_offset * toward_light[1]
-        specular = specular_gain[members, None, None] * np.exp(-(su**2 + sv**2) / (2.0 * look.specular_size**2))
-        inside = (look.body_transmission * rim + centre + specular)[..., None] * tint
+        body = look.body_transmission * (1.0 - darkness * (1.0 - t * t * (3.0 - 2.0 * t)))
+        cu, cv = u - look.centre_offset * lx, v - look.centre_offset * ly
+        body += centre_gain[members] * np.exp(-(cu**2 + cv**2) / (2.0 * look.centre_size**2))
+        if look.specular_gain > 0:
+            su, sv = u - look.specular_offset * lx, v - look.specular_offset * ly
+            body += specular_gain[members] * np.exp(-(su**2 + sv**2) / (2.0 * look.specular_size**2))
+        cover = _coverage(edge)
         outside = 1.0 + look.halo_gain * np.exp(np.minimum(edge, 0.0) / look.halo_width_px)
-        cover = _coverage(edge)[..., None]
-        transmission = cover * inside + (1.0 - cover) * outside[..., None]
-        return 1.0 - transmission, None
+        # 1 - transmission, where transmission = cover * body * tint + (1 - cover) * outside.
+        return (1.0 - (1.0 - cover) * outside)[..., None] - (cover * body)[..., None] * tint, None
 
     return shade
 
@@ -292,7 +296,7 @@ def render_brightfield(
     specular_gain = np.where(bubble, 0.5 * look.specular_gain, look.specular_gain) * jitter()
     light = illumination(rng, height, width, settings.background_variation)
     canvas = (light[..., None] * np.asarray(settings.background_rgb, dtype=np.float32)).astype(np.float32)
-    margin = int(np.ceil(4.0 * look.halo_width_px)) + 2
+    margin = int(np.ceil(3.0 * look.halo_width_px)) + 1  # the halo is 5 % of its peak 3 widths out
     shader = _brightfield_shader(look, radius, rim_width, rim_transmission, centre_gain, specular_gain)
     canvas = paint(canvas, x, y, radius, shader, margin_px=margin,
                    contacts=_contacts(settings, x, y, radius, look.contact_gap_px))

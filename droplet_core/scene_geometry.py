@@ -141,23 +141,21 @@ def pack(
     for iteration in range(_PACKING_ITERATIONS if n else 0):
         # The droplets grow to their size over the first half, so the crowd spreads gently
         # instead of bursting apart from random overlaps into the image's borders.
-        grown = radius * min(1.0, _START_SIZE + (1.0 - _START_SIZE) * iteration / (0.5 * _PACKING_ITERATIONS))
+        size = min(1.0, _START_SIZE + (1.0 - _START_SIZE) * iteration / (0.5 * _PACKING_ITERATIONS))
         if iteration % 8 == 0:  # droplets move less than the skin between rebuilds
-            pairs = close_pairs(x, y, grown, skin)
-        i, j = pairs[:, 0], pairs[:, 1]
+            pairs = close_pairs(x, y, size * radius, skin)
+            i, j = pairs[:, 0], pairs[:, 1]
+            smaller = np.minimum(radius[i], radius[j])
+            # About half the overlap is removed per step, shared inversely to the droplets'
+            # areas. Small droplets are stiffer (Laplace pressure grows as 1 / r), so a contact
+            # pushes back by how much it deforms its smaller droplet, not by its overlap in px.
+            share_j = radius[i] ** 2 / (radius[i] ** 2 + radius[j] ** 2)
+            stiffness = np.clip(typical / smaller, 0.5, 2.0)
         dx, dy = x[j] - x[i], y[j] - y[i]
         distance = np.maximum(np.hypot(dx, dy), 1e-6)
-        overlap = grown[i] + grown[j] - distance
-        pushing = overlap > 0
-        settled = not pushing.any() or (overlap / np.minimum(grown[i], grown[j])).max() < _PACKING_TOLERANCE
-        if settled and grown[0] == radius[0]:
+        overlap = np.maximum(size * (radius[i] + radius[j]) - distance, 0.0)
+        if size == 1.0 and iteration % 8 == 0 and (overlap / smaller).max(initial=0.0) < _PACKING_TOLERANCE:
             break
-        i, j, dx, dy, distance, overlap = (a[pushing] for a in (i, j, dx, dy, distance, overlap))
-        # About half the overlap is removed per step, shared inversely to the droplets' areas.
-        share_j = grown[i] ** 2 / (grown[i] ** 2 + grown[j] ** 2)
-        # Small droplets are stiffer (Laplace pressure grows as 1 / r), so a contact
-        # pushes back by how much it deforms its smaller droplet, not by its overlap in px.
-        stiffness = np.clip(typical / np.minimum(grown[i], grown[j]), 0.5, 2.0)
         step = 0.5 * stiffness * overlap / distance
         move_x = np.bincount(j, step * share_j * dx, n) - np.bincount(i, step * (1.0 - share_j) * dx, n)
         move_y = np.bincount(j, step * share_j * dy, n) - np.bincount(i, step * (1.0 - share_j) * dy, n)
@@ -263,14 +261,14 @@ def paint(
     y: np.ndarray,
     radius: np.ndarray,
     shade: Shader,
-    extent: float = 1.0,
+    extent: float | np.ndarray = 1.0,
     margin_px: int = 2,
     contacts: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``canvas`` ``(h, w, c)`` with droplets ``(n,)`` composited over it, each in its own box.
 
     Each droplet covers a square patch reaching ``extent * radius + margin_px`` around its
-    nearest pixel. Droplets with the same patch size are shaded together: ``shade(members,
+    nearest pixel (``extent`` one number or one per droplet). Droplets with the same patch size are shaded together: ``shade(members,
     u, v, edge_px)`` gets their indices ``(m,)`` and the ``(m, p, p)`` fields of
     ``edge_fields`` and returns opacity ``(m, p, p, 1)`` and premultiplied value ``(m, p, p,
     c)``; the patch becomes ``patch * (1 - opacity) + premultiplied``. A premultiplied value

@@ -11,12 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
+from skimage import filters, measure, segmentation
 from skimage.color import rgb2gray
-from skimage.feature import blob_log
+from skimage.feature import blob_log, peak_local_max
 
 from droplet_core.images import load_image
+from droplet_core.matching import match_droplets
 from droplet_core.scene_geometry import close_pairs
 from droplet_core.scenes import (
     FAMILIES,
@@ -252,6 +255,26 @@ def test_fluorescence_disks_match_truth_in_area_and_centre():
     assert checked >= 5
 
 
+def test_otsu_watershed_circles_fluorescence_droplets_as_on_the_real_image():
+    """A ten-line Otsu + distance-transform watershed circles the real fluorescence image's droplets
+    with the right sizes (issue 13); it does the same on a fluorescence scene, against its truth."""
+    settings = family_settings("fluorescence", width_px=512, height_px=512, n_droplets=70, radius_min_px=8.0,
+                               radius_max_px=40.0, radius_median_px=18.0, radius_log_sd=0.4,
+                               min_distance_fraction=1.0, out_of_focus_fraction=0.0)
+    counts, truth = make_scene_uint16(3, settings)
+    smooth = filters.gaussian(counts.astype(float), 2.0, preserve_range=True)
+    droplets = smooth > filters.threshold_otsu(smooth)
+    depth = ndimage.distance_transform_edt(droplets)
+    peaks = peak_local_max(depth, min_distance=6, labels=measure.label(droplets), exclude_border=False)
+    markers = np.zeros(counts.shape, int)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    regions = measure.regionprops(segmentation.watershed(-depth, markers, mask=droplets))
+    found = pd.DataFrame([(r.centroid[1], r.centroid[0], np.sqrt(r.area / np.pi)) for r in regions if r.area > 20],
+                         columns=["x", "y", "radius"])
+    score = match_droplets(truth, found)
+    assert score.f1 > 0.95 and score.median_radius_error < 0.05, score
+
+
 def test_fluorescence_out_of_focus_droplets_are_flagged_dim_and_blurred():
     settings = family_settings("fluorescence", width_px=300, height_px=240, n_droplets=40, out_of_focus_fraction=0.4,
                                min_distance_fraction=1.3, brightness_log_sd=0.0, photons_full_scale=5000.0)
@@ -292,6 +315,20 @@ def test_packed_emulsion_fills_the_image_and_droplets_press_on_each_other():
     bodies, borders = grey[disk_mask(truth, grey.shape, scale=0.6)], grey[~covered]
     assert np.median(bodies) > np.median(borders) + 0.15  # bright droplets, dark Plateau borders between
     assert (grey > 0.5 * (np.median(bodies) + np.median(borders))).mean() > 0.6
+
+
+@pytest.mark.parametrize("family", ["brightfield", "packed"])
+def test_rims_highlights_and_inclusions_fool_a_blob_detector(family):
+    """As issue 13 found on real brightfield and packed emulsions: a LoG detector puts many small
+    circles on rims, highlights and inclusions and finds few droplets whole."""
+    image, truth = make_scene(2, family_settings(family))
+    grey = rgb2gray(image / 255.0)
+    contrast = np.abs(grey - np.median(grey))
+    blobs = blob_log(np.clip(contrast / np.percentile(contrast, 99.5), 0, 1), min_sigma=1, max_sigma=40,
+                     num_sigma=10, threshold=0.1)
+    found = pd.DataFrame({"x": blobs[:, 1], "y": blobs[:, 0], "radius": np.sqrt(2) * blobs[:, 2]})
+    score = match_droplets(truth, found)
+    assert len(found) > 2 * len(truth) and score.precision < 0.3, score
 
 
 def test_polydisperse_one_to_fifty_in_one_image():
