@@ -6,8 +6,9 @@ Run from the repository root::
     python -m bench.calibration --models gaussian neural --seeds 1 2 3
     python -m bench.calibration --calibrate           # refit droplet_core/calibration.json
 
-For every synthetic crowded scene (seeds the code was never tuned on) Droplet fits with its
-default settings for the model; each true droplet matched to a detection (``droplet_core.matching``) is
+For every synthetic scene (seeds the code was never tuned on; the seed kind's crowded scenes
+and each other family of ``droplet_core.scenes``: fluorescence, brightfield, phase contrast,
+packed emulsions) Droplet fits with its default settings for the model; each true droplet matched to a detection (``droplet_core.matching``) is
 checked against the detection's central intervals of x, y and radius (normal, from the
 reported ``sd_x``, ``sd_y``, ``sd_radius``), and the true count against the fit's 90 % count
 interval. The same is done on control scenes that the ``gaussian`` model draws exactly
@@ -19,8 +20,9 @@ A reliability plot (empirical against nominal coverage) is written as a PNG.
 
 The reported sds are the Laplace sd widened by a model-discrepancy term proportional to
 the radius (``droplet_core.uncertainty.with_model_discrepancy``). ``--calibrate`` fits that
-term's factor per model and coordinate on calibration scenes (``CALIBRATION_SEEDS``, never
-the scored ones) so that their pooled 90 % intervals cover 90 % of the truth, and the
+term's factor per model and coordinate on calibration scenes of every family
+(``CALIBRATION_SEEDS``, never the scored ones) so that their pooled 90 % intervals cover 90 %
+of the truth, and the
 count's relative error (root-mean-square over those scenes); it writes
 ``droplet_core/calibration.json``; the scored scenes then test it.
 """
@@ -38,7 +40,7 @@ from PIL import Image, ImageDraw
 from droplet_core.fit import run_fit
 from droplet_core.images import sha256_bytes
 from droplet_core.matching import match_pairs
-from droplet_core.scenes import encode_png, gaussian_blob_scene, make_scene
+from droplet_core.scenes import FAMILIES, SceneSettings, encode_png, family_settings, gaussian_blob_scene, make_scene
 from droplet_core.settings import FitSettings, default_channel
 from droplet_core.uncertainty import CALIBRATION_FILE, interval_half_width, laplace_sd
 
@@ -46,6 +48,8 @@ COORDINATES = ("x", "y", "radius")
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 CONTROL_NOISE_SD = 0.02
 CALIBRATION_SEEDS = (100, 101, 102, 103)
+# Scene kinds: the seed kind's crowded scenes and every other family's preset.
+KINDS = ("crowded", *(family for family in FAMILIES if family != "seed"))
 COLOURS = {"x": (230, 57, 70), "y": (29, 53, 87), "radius": (42, 157, 143)}
 
 
@@ -87,9 +91,15 @@ def discrepancy_factor(errors: pd.DataFrame, coordinate: str, level: float = 0.9
 
 
 def evaluate(kind: str, seed: int, model: str = "templates") -> tuple[dict, pd.DataFrame]:
-    """Fit one scene (``"crowded"`` or ``"control"``); its summary row and matched errors."""
-    if kind == "crowded":
-        rgb, truth = make_scene(seed)
+    """Fit one scene (one of ``KINDS`` or ``"control"``); its summary row and matched errors.
+
+    Out-of-focus droplets of fluorescence scenes are left out of the truth: they have no
+    sharp edge to be measured against.
+    """
+    if kind != "control":
+        rgb, truth = make_scene(seed, SceneSettings() if kind == "crowded" else family_settings(kind))
+        if "in_focus" in truth:
+            truth = truth[truth["in_focus"]].reset_index(drop=True)
         settings = FitSettings(model=model, channel=default_channel(model))
     else:
         image, truth = gaussian_blob_scene(seed, CONTROL_NOISE_SD)
@@ -103,7 +113,7 @@ def evaluate(kind: str, seed: int, model: str = "templates") -> tuple[dict, pd.D
         # The model is exact here: its intervals are the Laplace ones, with no discrepancy.
         errors = errors.assign(**{f"sd_{c}": errors[f"laplace_sd_{c}"] for c in COORDINATES})
     low, high = result.info["droplet_count_interval_90"]
-    row = {"scene": f"{kind} {seed}" if kind == "control" else f"{model} {seed}", "true": len(truth), "found": len(result.droplets), "matched": len(errors),
+    row = {"scene": f"{kind} {seed}" if kind == "control" else f"{model} {kind} {seed}", "true": len(truth), "found": len(result.droplets), "matched": len(errors),
            "count 90%": f"{low}-{high}", "count in": low <= len(truth) <= high}
     for c in COORDINATES:
         row[f"{c} cover"] = coverage(errors, c, 0.9)
@@ -141,11 +151,11 @@ def reliability_png(curves: dict[str, dict[str, list[float]]], path: Path) -> No
     image.save(path)
 
 
-def calibrate(models: list[str], seeds: list[int]) -> None:
-    """Fit the discrepancy factors on ``seeds`` and write them to ``CALIBRATION_FILE``."""
+def calibrate(models: list[str], seeds: list[int], kinds: list[str]) -> None:
+    """Fit the discrepancy factors on ``seeds`` of every kind and write them to ``CALIBRATION_FILE``."""
     factors, count_factors = {}, {}
     for model in models:
-        rows, errors = zip(*(evaluate("crowded", seed, model) for seed in seeds))
+        rows, errors = zip(*(evaluate(kind, seed, model) for kind in kinds for seed in seeds))
         errors = pd.concat(errors)
         factors[model] = {c: discrepancy_factor(errors, c) for c in COORDINATES}
         # The count's relative error, root-mean-square over the scenes.
@@ -153,8 +163,10 @@ def calibrate(models: list[str], seeds: list[int]) -> None:
         count_factors[model] = round(float(np.sqrt(np.mean(np.square(relative)))), 4)
         print(f"{model}: {factors[model]}, count {count_factors[model]} from {len(errors)} droplets", flush=True)
     record = {
-        "command": "python -m bench.calibration --calibrate --models " + " ".join(models),
+        "command": "python -m bench.calibration --calibrate --models " + " ".join(models)
+        + " --seeds " + " ".join(str(seed) for seed in seeds),
         "calibration_scene_seeds": seeds,
+        "calibration_scene_kinds": kinds,
         "level": 0.9,
         "discrepancy_per_radius": factors,
         "count_discrepancy": count_factors,
@@ -167,20 +179,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["templates"], choices=["templates", "gaussian", "neural"])
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="scenes to score (default 1-5), or with --calibrate to calibrate on (default 100 101)")
+                        help="scenes to score (default 1-5), or with --calibrate to calibrate on (default 100-103)")
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
+                        help="scene kinds: the seed kind's crowded scenes and the other families")
     parser.add_argument("--control-seeds", type=int, nargs="*", default=[1, 2, 3])
     parser.add_argument("--plot", type=Path, default=Path("docs/calibration.png"))
     parser.add_argument("--calibrate", action="store_true", help="fit and write the discrepancy factors")
     args = parser.parse_args()
     if args.calibrate:
-        calibrate(args.models, args.seeds or list(CALIBRATION_SEEDS))
+        calibrate(args.models, args.seeds or list(CALIBRATION_SEEDS), args.kinds)
         return
     seeds = args.seeds or [1, 2, 3, 4, 5]
     if set(seeds) & set(CALIBRATION_SEEDS):
         parser.error(f"scenes {CALIBRATION_SEEDS} calibrate the intervals; score on others")
 
     rows, curves = [], {}
-    runs = [(model, "crowded", seeds) for model in args.models] + [("gaussian", "control", args.control_seeds)]
+    runs = [(model, kind, seeds) for model in args.models for kind in args.kinds]
+    runs += [("gaussian", "control", args.control_seeds)]
     for model, kind, run_seeds in runs:
         pooled = []
         for seed in run_seeds:
@@ -190,7 +205,7 @@ def main() -> None:
             print(f"{row['scene']}: done", flush=True)
         if pooled:
             errors = pd.concat(pooled)
-            label = model if kind == "crowded" else "control"
+            label = "control" if kind == "control" else f"{model} {kind}"
             curves[label] = {c: [coverage(errors, c, level) for level in LEVELS] for c in COORDINATES}
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:.3f}".format):
