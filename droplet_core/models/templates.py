@@ -11,6 +11,7 @@ positions; the image is clipped to [0, 1].
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -178,16 +179,19 @@ def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
     where the detector started them.
     """
     masks = np.einsum("nt,tij->nij", values["composition"], values["masks"] * envelope(spec.mask_size))
-    centre_x, centre_y, edge = outline(masks)
+    drawn = outline(masks)
     radius = np.asarray(values["radius"])
     columns = composition_and_uncertainty_columns(values, uncertainty)
-    columns["sd_radius"] = columns["sd_radius"] * edge
+    columns["sd_radius"] = columns["sd_radius"] * drawn.edge
+    edge_width_px = drawn.edge_width * radius
     return {
-        "x": values["x"] + centre_x * radius,
-        "y": values["y"] + centre_y * radius,
-        "radius": edge * radius,
+        "x": values["x"] + drawn.centre_x * radius,
+        "y": values["y"] + drawn.centre_y * radius,
+        "radius": drawn.edge * radius,
         "amplitude": np.max(np.abs(masks), axis=(1, 2)),
         **columns,
+        "edge_width": edge_width_px,
+        "in_focus": edge_width_px <= OUT_OF_FOCUS_EDGE_RATIO * np.median(edge_width_px),
     }
 
 
@@ -204,8 +208,24 @@ OUTLINE_STEP = 0.03
 OUTLINE_OUTLIER_MADS = 3.0
 
 
-def outline(droplet_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre and edge radius of each droplet's drawn look, in units of the model's radius.
+# A droplet whose edge is this many times wider than the image's median droplet edge is out
+# of focus (in focus, every edge is about as wide as the microscope's blur).
+OUT_OF_FOCUS_EDGE_RATIO = 2.0
+
+
+class Outline(NamedTuple):
+    """Each droplet's drawn outline ``(n,)``, in units of the model's radius: the centre's
+    offset from the model's ``x``, ``y``, the edge radius, and the edge's width (the look's
+    contrast over its steepest slope at the edge: about the blur's width)."""
+
+    centre_x: np.ndarray
+    centre_y: np.ndarray
+    edge: np.ndarray
+    edge_width: np.ndarray
+
+
+def outline(droplet_masks: np.ndarray) -> Outline:
+    """Centre, edge radius and edge width of each droplet's drawn look (``Outline``).
 
     Along ``OUTLINE_ANGLES`` rays from the grid's centre, the edge is the outermost strong
     step of the look (``OUTLINE_GRADIENT_FRACTION``); a circle fitted to those points by
@@ -219,7 +239,7 @@ def outline(droplet_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
     Returns
     -------
-    centre_x, centre_y, edge : (n,) each, in radii of the model's ``radius``.
+    Outline of ``(n,)`` arrays, in radii of the model's ``radius``.
     """
     n, size, _ = droplet_masks.shape
     angle, rho, weights = _ray_sampling(size)
@@ -238,10 +258,12 @@ def outline(droplet_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     inliers = found & (distance <= OUTLINE_OUTLIER_MADS * np.maximum(np.nan_to_num(spread), OUTLINE_STEP)[:, None])
     centre_x, centre_y, radius = _fit_circles(px, py, inliers)
     usable = inliers.sum(axis=1) >= 3
-    return (
+    contrast = np.median(np.abs(profile.reshape(step.shape)[..., rho <= 1.0]), axis=(1, 2))
+    return Outline(
         np.where(usable, centre_x, 0.0).astype(np.float32),
         np.where(usable, centre_y, 0.0).astype(np.float32),
         np.where(usable, radius, 1.0).astype(np.float32),
+        (OUTLINE_STEP * contrast / np.maximum(typical, 1e-12)).astype(np.float32),
     )
 
 
