@@ -164,8 +164,7 @@ def _settings_from_args(args, appearance_source) -> FitSettings:
 def _fit(args) -> int:
     from droplet_core.fit import run_fit
     from droplet_core.images import load_image, read_image_bytes, sha256_bytes
-    from droplet_core.readout import stored_pixel_size, with_file_pixel_size, write_readouts
-    from droplet_core.results import write_outputs
+    from droplet_core.readout import stored_pixel_size, with_file_pixel_size, write_fit_outputs
     from droplet_core.store import FitStore, fit_key
     from droplet_core.units import resolve_pixel_size
 
@@ -201,8 +200,7 @@ def _fit(args) -> int:
         result = dataclasses.replace(result, info=with_file_pixel_size(result.info, data))
         store.save(result)
     pixel_size = resolve_pixel_size(stored_pixel_size({}, data), args.pixel_size)
-    write_outputs(result, args.out)
-    write_readouts(result.droplets, result.info, args.out, pixel_size)
+    write_fit_outputs(result, args.out, pixel_size)
     info = result.info
     print(
         f"fit {result.fit_id}: {info['droplet_count']} droplets, "

@@ -14,8 +14,7 @@ from droplet_core.batch import FITS_FOLDER, find_images, unpack_uploads
 from droplet_core.cli import main
 from droplet_core.fit import run_fit
 from droplet_core.images import load_image, sha256_bytes
-from droplet_core.readout import write_readouts
-from droplet_core.results import write_outputs
+from droplet_core.readout import write_fit_outputs
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.settings import FitSettings
 
@@ -95,8 +94,7 @@ def test_batch_tables_equal_single_fits(first_batch, images, tmp_path):
         single = run_fit(load_image(data), SETTINGS, image_sha256=sha256_bytes(data))
         assert summary.loc[name, "fit_id"] == single.fit_id
         assert summary.loc[name, "droplet_count"] == len(single.droplets)
-        write_outputs(single, tmp_path / name)
-        write_readouts(single.droplets, single.info, tmp_path / name)
+        write_fit_outputs(single, tmp_path / name)
         assert (out / FITS_FOLDER / name / "droplets.csv").read_text() == (tmp_path / name / "droplets.csv").read_text()
         from_batch = combined[combined["image"] == name].drop(columns="image").reset_index(drop=True)
         # Same values; a column that is whole numbers in one image reads back as int on its own.
