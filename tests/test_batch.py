@@ -7,6 +7,7 @@ import contextlib
 import io
 import zipfile
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -111,6 +112,20 @@ def test_second_run_skips_stored_fits(first_batch, images, tmp_path, capsys):
     before = pd.read_csv(out / "summary.csv").set_index("image")
     assert list(again["fit_id"]) == list(before.loc[list(SCENE_NAMES), "fit_id"])
     assert (tmp_path / "droplets.csv").read_text() == (out / "droplets.csv").read_text()
+
+
+def test_pixel_size_for_the_whole_batch_changes_the_read_out_not_the_fits(first_batch, images, tmp_path, capsys):
+    _, out, _, _ = first_batch
+    code, _, err = run_cli(capsys, "batch", str(images / "scene0.png"), *BATCH_ARGS, "--workers", "1",
+                           "--pixel-size", "0.5um", "--out", str(tmp_path))
+    assert code == 0, err
+    summary = pd.read_csv(tmp_path / "summary.csv").iloc[0]
+    before = pd.read_csv(out / "summary.csv").set_index("image").loc["scene0.png"]
+    assert summary["status"] == "stored" and summary["fit_id"] == before["fit_id"]
+    assert summary["pixel_size_um"] == 0.5 and summary["pixel_size_origin"] == "set by you"
+    assert summary["d32"] == pytest.approx(0.5 * before["d32"], rel=1e-4)
+    droplets = pd.read_csv(tmp_path / "droplets.csv")
+    np.testing.assert_allclose(droplets["diameter_um"], droplets["radius"], rtol=1e-5)  # 2 r px x 0.5 um/px
 
 
 @pytest.mark.parametrize("pattern", ["nothing/*.png", "broken.png"])
