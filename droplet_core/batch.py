@@ -139,7 +139,9 @@ def find_images(patterns: Sequence[str]) -> list[BatchImage]:
     return [BatchImage(os.path.relpath(path, common).replace(os.sep, "/"), path) for path in paths]
 
 
-def fit_image(image: BatchImage, settings: FitSettings, store_root: str, pixel_size_um: float | None = None) -> ImageOutcome:
+def fit_image(
+    image: BatchImage, settings: FitSettings, store_root: str, pixel_size_um: float | None = None
+) -> ImageOutcome:
     """Worker task: the stored fit of ``image`` with ``settings``, computed and saved if missing.
 
     ``pixel_size_um`` (µm per pixel) overrides the pixel size the file carries.

@@ -1,4 +1,5 @@
-"""Command line: ``fit IMAGE ...``, ``batch IMAGES ...``, ``stats FIT ...``, ``scene ...``, ``detect IMAGE ...`` and ``train-encoder ...``.
+"""Command line: ``fit IMAGE ...``, ``batch IMAGES ...``, ``stats FIT ...``, ``scene ...``, ``detect IMAGE ...``
+and ``train-encoder ...``.
 
 Bad input ends with exit status 2 and one line on stderr saying what is wrong.
 """
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("fit", metavar="FIT_ID_OR_DIR", help="a fit id in the store, or a fit's output folder")
     stats.add_argument("--pixel-size", type=_pixel_size, metavar="SIZE", help="e.g. 0.65um (default: as recorded)")
-    # droplet_core.size_statistics.BORDER_HANDLING, spelled out: that module loads pandas, which other commands do not need.
+    # droplet_core.size_statistics.BORDER_HANDLING, spelled out: that module loads pandas,
+    # which the other commands do not need.
     stats.add_argument("--border", choices=("miles-lantuejoul", "keep-all"), default="miles-lantuejoul",
                        help="droplets cut by the image edge: Miles-Lantuéjoul correction (default) or keep all")
     stats.add_argument("--csv", type=Path, help="also write the table to this CSV file")
@@ -269,7 +271,8 @@ def _stats(args) -> int:
     pixel_size = resolve_pixel_size(stored_pixel_size(info, image_bytes), args.pixel_size)
     table = fit_statistics(droplets, info, pixel_size, StatisticsSettings(border=args.border))
     print(f"fit {info.get('fit_id', '?')}: pixel size {pixel_size.describe()}; border: {args.border}")
-    shown = table.assign(interval_90=[f"{low:.4g} - {high:.4g}" for low, high in zip(table["low_90"], table["high_90"])])
+    shown = table.assign(interval_90=[f"{low:.4g} - {high:.4g}"
+                                      for low, high in zip(table["low_90"], table["high_90"])])
     print(shown[["label", "value", "interval_90", "unit"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.csv:
         table.to_csv(args.csv, index=False, float_format="%.6g")
@@ -353,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     # A malformed TIFF becomes one ImageError line (or loads); tifffile logs its complaints about it
     # (as warnings and errors), which would add lines.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    commands = {"fit": _fit, "batch": _batch, "scene": _scene, "stats": _stats, "detect": _detect, "train-encoder": _train_encoder}
+    commands = {"fit": _fit, "batch": _batch, "scene": _scene, "stats": _stats, "detect": _detect,
+                "train-encoder": _train_encoder}
     try:
         return commands[args.command](args)
     # FitError is a ValueError; importing it here would load the fit engine for every command.
