@@ -69,7 +69,8 @@ def size_distribution_figure(diameters: np.ndarray, statistics: pd.DataFrame, un
                           row=1, col=col)
             fig.add_vline(x=row["value"], line=dict(color="black", dash="dash" if name == "d32" else "dot", width=1),
                           row=1, col=col)
-        fig.add_annotation(x=np.log10(row["value"]) if log_axis else row["value"], y=0.99, yref="y domain", text=label, showarrow=False, yanchor="top", xanchor="left",
+        fig.add_annotation(x=np.log10(row["value"]) if log_axis else row["value"], y=0.99, yref="y domain",
+                           text=label, showarrow=False, yanchor="top", xanchor="left",
                            font=dict(size=11), row=1, col=1)
     axis = dict(type="log" if log_axis else "linear", title_text=f"diameter ({unit})")
     fig.update_xaxes(**axis)
@@ -103,7 +104,8 @@ def statistics_display_table(statistics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "statistic": statistics["label"],
         "value": [number(v) for v in statistics["value"]],
-        "90 % interval": [f"{number(lo)} – {number(hi)}" for lo, hi in zip(statistics["low_90"], statistics["high_90"])],
+        "90 % interval": [f"{number(lo)} – {number(hi)}"
+                          for lo, hi in zip(statistics["low_90"], statistics["high_90"])],
         "unit": statistics["unit"],
     })
 

@@ -33,8 +33,14 @@ from droplet_core.images import sha256_bytes
 from droplet_core.readout import SIZE_CALIBRATION_FILE, field_of_view, fit_statistics
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.settings import FitSettings, default_channel
-from droplet_core.size_statistics import STATISTIC_NAMES, StatisticsSettings, size_statistics, statistic_draws, with_discrepancy
 from droplet_core.counting import count_interval
+from droplet_core.size_statistics import (
+    STATISTIC_NAMES,
+    StatisticsSettings,
+    size_statistics,
+    statistic_draws,
+    with_discrepancy,
+)
 
 SCORED_SEEDS = tuple(range(200, 240))
 CALIBRATION_SEEDS = tuple(range(300, 340))
@@ -130,7 +136,8 @@ def main() -> None:
     rows, covered, relative = [], {n: [] for n in STATISTIC_NAMES}, {n: [] for n in STATISTIC_NAMES}
     for seed in seeds:
         result, truth = fit_scene(seed, args.model)
-        fitted, true = fit_statistics(result.droplets, result.info).set_index("statistic"), true_statistics(truth, result.info)
+        fitted = fit_statistics(result.droplets, result.info).set_index("statistic")
+        true = true_statistics(truth, result.info)
         row = {"scene": seed}
         for name in STATISTIC_NAMES:
             truth, low, high = true.loc[name, "value"], fitted.loc[name, "low_90"], fitted.loc[name, "high_90"]

@@ -38,8 +38,7 @@ import numpy as np
 import pandas as pd
 
 from droplet_core.counting import count_of_table
-from droplet_core.readout import droplet_table, fit_statistics, with_file_pixel_size, write_readouts
-from droplet_core.results import write_outputs
+from droplet_core.readout import droplet_table, fit_statistics, with_file_pixel_size, write_fit_outputs
 from droplet_core.settings import FitSettings
 from droplet_core.size_statistics import statistics_wide
 from droplet_core.store import FitStore, fit_key
@@ -152,7 +151,9 @@ def find_images(patterns: Sequence[str]) -> list[BatchImage]:
     return [BatchImage(os.path.relpath(path, common).replace(os.sep, "/"), path) for path in paths]
 
 
-def fit_image(image: BatchImage, settings: FitSettings, store_root: str, pixel_size_um: float | None = None) -> ImageOutcome:
+def fit_image(
+    image: BatchImage, settings: FitSettings, store_root: str, pixel_size_um: float | None = None
+) -> ImageOutcome:
     """Worker task: the stored fit of ``image`` with ``settings``, computed and saved if missing.
 
     ``pixel_size_um`` (µm per pixel) overrides the pixel size the file carries.
@@ -301,8 +302,7 @@ def write_batch_outputs(outcomes: Sequence[ImageOutcome], store: FitStore, out_d
         if not outcome.succeeded:
             continue
         result = store.load(outcome.fit_id)
-        write_outputs(result, out / FITS_FOLDER / outcome.image)
-        write_readouts(result.droplets, result.info, out / FITS_FOLDER / outcome.image, outcome.pixel_size)
+        write_fit_outputs(result, out / FITS_FOLDER / outcome.image, outcome.pixel_size)
         statistics[outcome.image] = statistics_wide(fit_statistics(result.droplets, result.info, outcome.pixel_size))
         tables.append(droplet_table(result.droplets, outcome.pixel_size).assign(**{IMAGE_COLUMN: outcome.image}))
     columns = [IMAGE_COLUMN, *dict.fromkeys(c for t in tables for c in t.columns if c != IMAGE_COLUMN)]

@@ -1,4 +1,5 @@
-"""Command line: ``fit IMAGE ...``, ``batch IMAGES ...``, ``stats FIT ...``, ``scene ...``, ``detect IMAGE ...`` and ``train-encoder ...``.
+"""Command line: ``fit IMAGE ...``, ``batch IMAGES ...``, ``stats FIT ...``, ``scene ...``, ``detect IMAGE ...``
+and ``train-encoder ...``.
 
 Bad input ends with exit status 2 and one line on stderr saying what is wrong.
 """
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("fit", metavar="FIT_ID_OR_DIR", help="a fit id in the store, or a fit's output folder")
     stats.add_argument("--pixel-size", type=_pixel_size, metavar="SIZE", help="e.g. 0.65um (default: as recorded)")
-    # droplet_core.size_statistics.BORDER_HANDLING, spelled out: that module loads pandas, which other commands do not need.
+    # droplet_core.size_statistics.BORDER_HANDLING, spelled out: that module loads pandas,
+    # which the other commands do not need.
     stats.add_argument("--border", choices=("miles-lantuejoul", "keep-all"), default="miles-lantuejoul",
                        help="droplets cut by the image edge: Miles-Lantuéjoul correction (default) or keep all")
     stats.add_argument("--csv", type=Path, help="also write the table to this CSV file")
@@ -171,8 +173,7 @@ def _settings_from_args(args, appearance_source) -> FitSettings:
 def _fit(args) -> int:
     from droplet_core.fit import run_fit
     from droplet_core.images import load_image, read_image_bytes, sha256_bytes
-    from droplet_core.readout import stored_pixel_size, with_file_pixel_size, write_readouts
-    from droplet_core.results import write_outputs
+    from droplet_core.readout import stored_pixel_size, with_file_pixel_size, write_fit_outputs
     from droplet_core.store import FitStore, fit_key
     from droplet_core.units import resolve_pixel_size
 
@@ -208,8 +209,7 @@ def _fit(args) -> int:
         result = dataclasses.replace(result, info=with_file_pixel_size(result.info, data))
         store.save(result)
     pixel_size = resolve_pixel_size(stored_pixel_size({}, data), args.pixel_size)
-    write_outputs(result, args.out)
-    write_readouts(result.droplets, result.info, args.out, pixel_size)
+    write_fit_outputs(result, args.out, pixel_size)
     info = result.info
     low, high = info.get("droplet_count_interval_90", (info["droplet_count"], info["droplet_count"]))
     print(
@@ -283,7 +283,8 @@ def _stats(args) -> int:
     pixel_size = resolve_pixel_size(stored_pixel_size(info, image_bytes), args.pixel_size)
     table = fit_statistics(droplets, info, pixel_size, StatisticsSettings(border=args.border))
     print(f"fit {info.get('fit_id', '?')}: pixel size {pixel_size.describe()}; border: {args.border}")
-    shown = table.assign(interval_90=[f"{low:.4g} - {high:.4g}" for low, high in zip(table["low_90"], table["high_90"])])
+    shown = table.assign(interval_90=[f"{low:.4g} - {high:.4g}"
+                                      for low, high in zip(table["low_90"], table["high_90"])])
     print(shown[["label", "value", "interval_90", "unit"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.csv:
         table.to_csv(args.csv, index=False, float_format="%.6g")
@@ -365,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     # A malformed TIFF becomes one ImageError line (or loads); tifffile logs its complaints about it
     # (as warnings and errors), which would add lines.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    commands = {"fit": _fit, "batch": _batch, "scene": _scene, "stats": _stats, "detect": _detect, "train-encoder": _train_encoder}
+    commands = {"fit": _fit, "batch": _batch, "scene": _scene, "stats": _stats, "detect": _detect,
+                "train-encoder": _train_encoder}
     try:
         return commands[args.command](args)
     # FitError is a ValueError; importing it here would load the fit engine for every command.

@@ -39,8 +39,9 @@ def label_image(droplets: pd.DataFrame, shape_hw: tuple[int, int]) -> np.ndarray
     labels = np.zeros((height, width), np.uint16 if len(droplets) < 2**16 - 1 else np.uint32)
     nearest = np.full((height, width), np.inf)
     for index in range(len(droplets)):
-        r0, r1 = max(int(np.floor(y[index] - radius[index])), 0), min(int(np.ceil(y[index] + radius[index])) + 1, height)
-        c0, c1 = max(int(np.floor(x[index] - radius[index])), 0), min(int(np.ceil(x[index] + radius[index])) + 1, width)
+        reach = radius[index]
+        r0, r1 = max(int(np.floor(y[index] - reach)), 0), min(int(np.ceil(y[index] + reach)) + 1, height)
+        c0, c1 = max(int(np.floor(x[index] - reach)), 0), min(int(np.ceil(x[index] + reach)) + 1, width)
         if r1 <= r0 or c1 <= c0:
             continue
         distance = np.hypot(np.arange(c0, c1)[None, :] - x[index], np.arange(r0, r1)[:, None] - y[index])

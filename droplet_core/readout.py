@@ -38,8 +38,16 @@ def field_of_view(info: dict) -> tuple[int, int, int, int]:
     """
     x0, y0 = (int(v) for v in info.get("crop_origin", (0, 0))[:2])
     factor = int(info.get("downscale", 1))
-    fit_h, fit_w = (int(v) for v in info.get("fit_shape", info["image_shape"])[:2])
+    fit_h, fit_w = (int(v) for v in (info.get("fit_shape") or info["image_shape"])[:2])
     return x0, y0, x0 + fit_w * factor, y0 + fit_h * factor
+
+
+def image_shape_hw(info: dict) -> tuple[int, int]:
+    """``(h, w)`` of the image as given: recorded by every fit, else the field of view's extent."""
+    if info.get("image_shape"):
+        return int(info["image_shape"][0]), int(info["image_shape"][1])
+    _, _, x1, y1 = field_of_view(info)
+    return y1, x1
 
 
 def statistics_discrepancy(model: str) -> dict[str, float]:
@@ -87,7 +95,7 @@ def droplet_table(droplets: pd.DataFrame, pixel_size: PixelSize = PixelSize()) -
 
 def readout_files(droplets: pd.DataFrame, info: dict, pixel_size: PixelSize = PixelSize()) -> dict[str, bytes]:
     """File name -> bytes of every read-out file (see the module docstring)."""
-    height, width = (int(v) for v in info["image_shape"][:2])
+    height, width = image_shape_hw(info)
     labels = exports.label_image(droplets, (height, width))
     record = {**info, "pixel_size": pixel_size.to_dict(),
               "statistics": dataclasses.asdict(StatisticsSettings())}
@@ -100,11 +108,15 @@ def readout_files(droplets: pd.DataFrame, info: dict, pixel_size: PixelSize = Pi
     }
 
 
-def write_readouts(droplets: pd.DataFrame, info: dict, out_dir: str | Path, pixel_size: PixelSize = PixelSize()) -> Path:
-    """Write ``readout_files`` into ``out_dir`` (replacing a plain ``droplets.csv`` and ``fit.json``)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in readout_files(droplets, info, pixel_size).items():
+def write_fit_outputs(result, out_dir: str | Path, pixel_size: PixelSize = PixelSize()) -> Path:
+    """Write a fit's files (``droplet_core.results.write_outputs``) with its read-out files over
+    them into ``out_dir``. Everything is computed before the first file is written, so a fit
+    that cannot be read out leaves no folder behind."""
+    from droplet_core.results import write_outputs  # here: results imports this module
+
+    files = readout_files(result.droplets, result.info, pixel_size)
+    out = write_outputs(result, out_dir)
+    for name, data in files.items():
         (out / name).write_bytes(data)
     return out
 

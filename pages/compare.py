@@ -107,7 +107,7 @@ st.plotly_chart(compare_radius_figure({app.fit_short_label(r.info): r.droplets f
 sizes = {r.fit_id: pixel_size_for(r.image_sha256) for r in results}
 in_um = all(size.known for size in sizes.values())
 log_axis = st.toggle("Logarithmic diameter axis", key="compare_log_axis")
-st.plotly_chart(compare_distributions_figure(
-    {f"{r.fit_id[:8]} {r.settings.model}": 2 * r.droplets["radius"].to_numpy(float) * (sizes[r.fit_id].length_um if in_um else 1.0)
-     for r in results}, "µm" if in_um else "px", log_axis), key="compare_distributions", width="stretch",
-    config={"toImageButtonOptions": {"format": "svg", "filename": "size-distributions"}})
+diameters = {f"{r.fit_id[:8]} {r.settings.model}":
+             2 * r.droplets["radius"].to_numpy(float) * (sizes[r.fit_id].length_um if in_um else 1.0) for r in results}
+st.plotly_chart(compare_distributions_figure(diameters, "µm" if in_um else "px", log_axis), key="compare_distributions",
+                width="stretch", config={"toImageButtonOptions": {"format": "svg", "filename": "size-distributions"}})

@@ -170,8 +170,8 @@ log_axis = st.toggle("Logarithmic diameter axis", key="size_log_axis")
 diameters = 2.0 * droplets["radius"].to_numpy(float) * (pixel_size.length_um or 1.0)
 # The camera button saves SVG (vector, for papers) with Plotly's own export.
 st.plotly_chart(size_distribution_figure(diameters, statistics, unit, log_axis), key="size_distribution",
-                width="stretch", config={"toImageButtonOptions": {"format": "svg",
-                                                                  "filename": f"size-distribution-{result.fit_id[:8]}"}})
+                width="stretch", config={"toImageButtonOptions": {
+                    "format": "svg", "filename": f"size-distribution-{result.fit_id[:8]}"}})
 s1, s2 = st.columns([2, 3])
 with s1:
     st.dataframe(statistics_display_table(statistics), hide_index=True, width="stretch", key="size_statistics")

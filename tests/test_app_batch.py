@@ -100,7 +100,8 @@ def test_batch_of_uploads_and_a_zip_shows_summary_plots_and_download():
     # Size statistics per image: in the table, and D50 / D[3,2] with their intervals as a plot.
     assert (table["d32_low_90"].iloc[:2] <= table["d32"].iloc[:2]).all()
     sizes = figure(at, "batch_statistics")["data"]
-    assert [trace["name"] for trace in sizes] == ["D50", "D[3,2]"] and list(sizes[0]["x"]) == ["first.png", "second.png"]
+    assert [trace["name"] for trace in sizes] == ["D50", "D[3,2]"]
+    assert list(sizes[0]["x"]) == ["first.png", "second.png"]
     assert keyed(at, "download_button", "batch_statistics_download") is not None
     batch_id = at.query_params["batch"][0] if isinstance(at.query_params["batch"], list) else at.query_params["batch"]
 

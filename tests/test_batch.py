@@ -7,6 +7,7 @@ import contextlib
 import io
 import zipfile
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -14,8 +15,7 @@ from droplet_core.batch import FITS_FOLDER, find_images, unpack_uploads
 from droplet_core.cli import main
 from droplet_core.fit import run_fit
 from droplet_core.images import load_image, sha256_bytes
-from droplet_core.readout import write_readouts
-from droplet_core.results import write_outputs
+from droplet_core.readout import write_fit_outputs
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.settings import FitSettings
 
@@ -96,8 +96,7 @@ def test_batch_tables_equal_single_fits(first_batch, images, tmp_path):
         assert summary.loc[name, "fit_id"] == single.fit_id
         assert summary.loc[name, "droplet_count"] == single.info["droplet_count"]
         assert summary.loc[name, "fit_quality"] == single.info["verdict"]["quality"]
-        write_outputs(single, tmp_path / name)
-        write_readouts(single.droplets, single.info, tmp_path / name)
+        write_fit_outputs(single, tmp_path / name)
         assert (out / FITS_FOLDER / name / "droplets.csv").read_text() == (tmp_path / name / "droplets.csv").read_text()
         from_batch = combined[combined["image"] == name].drop(columns="image").reset_index(drop=True)
         # Same values; a column that is whole numbers in one image reads back as int on its own.
@@ -114,6 +113,20 @@ def test_second_run_skips_stored_fits(first_batch, images, tmp_path, capsys):
     before = pd.read_csv(out / "summary.csv").set_index("image")
     assert list(again["fit_id"]) == list(before.loc[list(SCENE_NAMES), "fit_id"])
     assert (tmp_path / "droplets.csv").read_text() == (out / "droplets.csv").read_text()
+
+
+def test_pixel_size_for_the_whole_batch_changes_the_read_out_not_the_fits(first_batch, images, tmp_path, capsys):
+    _, out, _, _ = first_batch
+    code, _, err = run_cli(capsys, "batch", str(images / "scene0.png"), *BATCH_ARGS, "--workers", "1",
+                           "--pixel-size", "0.5um", "--out", str(tmp_path))
+    assert code == 0, err
+    summary = pd.read_csv(tmp_path / "summary.csv").iloc[0]
+    before = pd.read_csv(out / "summary.csv").set_index("image").loc["scene0.png"]
+    assert summary["status"] == "stored" and summary["fit_id"] == before["fit_id"]
+    assert summary["pixel_size_um"] == 0.5 and summary["pixel_size_origin"] == "set by you"
+    assert summary["d32"] == pytest.approx(0.5 * before["d32"], rel=1e-4)
+    droplets = pd.read_csv(tmp_path / "droplets.csv")
+    np.testing.assert_allclose(droplets["diameter_um"], droplets["radius"], rtol=1e-5)  # 2 r px x 0.5 um/px
 
 
 @pytest.mark.parametrize("pattern", ["nothing/*.png", "broken.png"])

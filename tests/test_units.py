@@ -118,7 +118,8 @@ def test_miles_lantuejoul_is_unbiased_where_keeping_cut_droplets_is_not():
         diameter = np.where(rng.random(n) < 0.8, 4.0, 30.0)
         x, y = rng.uniform(-0.5, 99.5, n), rng.uniform(-0.5, 99.5, n)
         seen = size_statistics(x, y, diameter / 2, (0, 0, 100, 100), settings=StatisticsSettings(draws=2))
-        inside = (x - diameter / 2 >= -0.5) & (x + diameter / 2 <= 99.5) & (y - diameter / 2 >= -0.5) & (y + diameter / 2 <= 99.5)
+        radius = diameter / 2
+        inside = (x - radius >= -0.5) & (x + radius <= 99.5) & (y - radius >= -0.5) & (y + radius <= 99.5)
         corrected.append(seen.set_index("statistic").loc["mean_diameter", "value"])
         kept.append(diameter[inside].mean())
     population = 0.8 * 4.0 + 0.2 * 30.0
@@ -148,7 +149,8 @@ def test_intervals_widen_with_uncertainty_and_hold_the_truth():
 
 def test_label_image_and_rois_match_the_table(tmp_path):
     droplets = pd.DataFrame({"x": [10.0, 17.0, 40.2], "y": [10.0, 10.0, 30.7], "radius": [5.0, 5.0, 3.4]})
-    labels = tifffile.imread(io.BytesIO(readout_files(droplets, {"image_shape": [50, 60, 3], "fit_shape": [50, 60, 3]})["labels.tif"]))
+    files = readout_files(droplets, {"image_shape": [50, 60, 3], "fit_shape": [50, 60, 3]})
+    labels = tifffile.imread(io.BytesIO(files["labels.tif"]))
     assert labels.shape == (50, 60) and labels.dtype == np.uint16
     assert labels[10, 10] == 1 and labels[10, 17] == 2 and labels[31, 40] == 3 and labels[0, 0] == 0
     # Discs 1 and 2 overlap between columns 12 and 15: the nearer centre wins, the border is at x = 13.5.
