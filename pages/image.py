@@ -94,7 +94,9 @@ with st.container(border=True):
         downscale = st.selectbox(
             "Downscale",
             app.DOWNSCALE_OPTIONS,
-            format_func=lambda k: app.downscale_label(k, auto_k),
+            # No chosen factor in the option's label: a keyed widget keeps the labels it was
+            # first drawn with, so it would contradict the caption on another image.
+            format_func=app.downscale_label,
             key="w_downscale",
             persist_state="session",
             help="Average k x k pixels into one before fitting: faster, and large droplets fit better. "
@@ -103,7 +105,9 @@ with st.container(border=True):
         )
     st.session_state["downscale"] = int(downscale)
     k = auto_k if downscale == 0 else int(downscale)
-    st.caption(f"The fit will see {fit_w // k} x {fit_h // k} pixels ({fit_w} x {fit_h} region, downscale {k}x).")
+    chosen = " (chosen automatically)" if downscale == 0 else ""
+    st.caption(f"The fit will see {fit_w // k} × {fit_h // k} pixels ({fit_w} × {fit_h} region, "
+               f"downscale {k}x{chosen}).")
 
 # -- the image --------------------------------------------------------------------------
 st.subheader(app.current_image_name())
