@@ -240,7 +240,9 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 assert "1024 × 1024 px" in metric_value(page, "Size")
                 assert FLUORESCENCE.name in sidebar_text(page) and "none yet" in sidebar_text(page)
                 # The downscale control and its caption agree.
-                assert page.locator(".st-key-w_downscale").inner_text().strip().endswith("automatic")
+                shown_downscale = page.locator(".st-key-w_downscale").evaluate(
+                    "el => el.textContent + ' ' + [...el.querySelectorAll('input')].map(i => i.value).join(' ')")
+                assert "automatic" in shown_downscale and "1x" not in shown_downscale, shown_downscale
                 captions = " ".join(page.locator("[data-testid='stCaptionContainer']").all_inner_texts())
                 assert "downscale 2x (chosen automatically)" in captions, captions
                 assert_no_exception(page, "fluorescence image")
