@@ -7,7 +7,7 @@ import streamlit as st
 import app
 from app_support.figures import channels_figure, image_figure
 from droplet_core.channels import CHANNEL_LABELS
-from droplet_core.images import ImageError, auto_downscale_factor, load_image, max_pixels_limit, sha256_bytes
+from droplet_core.images import ImageError, auto_downscale_factor, load_image, max_pixels_limit
 from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitSettings
 
 app.page_start("image")

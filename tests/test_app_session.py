@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from test_app import figure, metric, new_app, open_app, run_fit_page, texts
 
 from droplet_core.counting import count_of_table
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.store import FitStore
-from test_app import figure, metric, new_app, open_app, run_fit_page, texts
 
 SCENE_NAME = "emulsion-A.png"
 
