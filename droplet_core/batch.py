@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from droplet_core.counting import count_of_table
+from droplet_core.counting import count_of_table, doubtful_mask
 from droplet_core.readout import droplet_table, fit_statistics, with_file_pixel_size, write_fit_outputs
 from droplet_core.settings import FitSettings
 from droplet_core.size_statistics import statistics_wide
@@ -85,8 +85,8 @@ class ImageOutcome:
     droplet_count : the fit's droplet count (``droplet_core.counting``: the expected
         number of droplets); None if failed.
     count_low_90, count_high_90 : the count's 90 % interval; None if failed.
-    median_radius : median droplet radius in pixels of the image as given; None if failed
-        or no droplets.
+    median_radius : median radius of the likely droplets (``p_exists`` >= 0.5) in pixels of
+        the image as given; None if failed or no droplets.
     rmse : reconstruction RMSE over all fitted channels; None if failed.
     fit_quality : the fit's verdict on itself (``droplet_core.verdict``): ``good``,
         ``partial`` or ``failed``; None if the image failed or the fit has no verdict.
@@ -179,7 +179,7 @@ def fit_image(
             status = FITTED
     except (ValueError, LookupError, OSError) as exc:  # ImageError, FitError, StoreError included
         return failed_outcome(image.name, exc, time.perf_counter() - started)
-    radii = result.droplets["radius"].to_numpy(dtype=float)
+    radii = result.droplets["radius"].to_numpy(dtype=float)[~doubtful_mask(result.droplets)]
     count = count_of_table(result.droplets)
     low, high = result.info.get("droplet_count_interval_90", (count.low, count.high))
     verdict = result.info.get("verdict") or {}

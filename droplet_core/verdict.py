@@ -45,6 +45,9 @@ SPOT_FRACTION_OF_DROPLET = 0.5
 # said to hold droplets the model missed or drew wrongly.
 MAX_SPOTS_PER_DROPLET = 0.25
 MIN_SPOTS_FLAGGED = 5
+# Residual spots this large (fraction of the largest radius drawn) mean droplets too big
+# for the model at the fit's resolution.
+LARGE_SPOT_FRACTION = 0.7
 # A droplet is "at a radius limit" within this relative distance of it.
 LIMIT_TOLERANCE = 0.05
 MAX_AT_LIMIT_FRACTION = 0.25
@@ -159,7 +162,7 @@ def judge_fit(
         explained = 0.0
     relative_rmse = float(np.sqrt(np.mean(residual**2)) / max(np.sqrt(observed_power), 1e-6))
 
-    spots = _residual_spots(observed_band, residual_band, noise_sd, min_radius_px, max_radius_px)
+    spots, spot_radius = _residual_spots(observed_band, residual_band, noise_sd, min_radius_px, max_radius_px)
     radius = np.asarray(radius_fit_px, np.float64)
     count = radius.size
     at_limit = float(np.mean((radius <= min_radius_px * (1 + LIMIT_TOLERANCE))
@@ -178,6 +181,9 @@ def judge_fit(
                             "(the residual still shows it).")
         if spots >= max(MIN_SPOTS_FLAGGED, MAX_SPOTS_PER_DROPLET * count):
             problems.append(f"the residual holds {spots} droplet-shaped spots the model did not draw.")
+            if spot_radius >= LARGE_SPOT_FRACTION * max_radius_px:
+                advice.append("What the model missed is as large as the largest droplet it can draw at this "
+                              "resolution: increase the downscale.")
     if count and at_limit > MAX_AT_LIMIT_FRACTION:
         problems.append(f"{at_limit:.0%} of the droplets sit at the smallest or largest size the model can draw.")
         if at_large_limit > at_limit / 2:
@@ -228,25 +234,32 @@ def _high_pass(image: np.ndarray, sigma_px: float) -> np.ndarray:
 
 
 def _residual_spots(observed_band: np.ndarray, residual_band: np.ndarray, noise_sd: float,
-                    min_radius_px: float, max_radius_px: float) -> int:
-    """Strong droplet-shaped blobs of the residual (see the module docstring)."""
+                    min_radius_px: float, max_radius_px: float) -> tuple[int, float]:
+    """Strong droplet-shaped blobs of the residual (see the module docstring): their number
+    and their median radius (fit px, the best LoG scale; 0 when there are none)."""
     octaves = np.log2(max(max_radius_px / max(min_radius_px, 1.0), 1.0))
     radii = np.geomspace(max(min_radius_px, 1.0), max_radius_px, max(int(np.ceil(octaves * SCALES_PER_OCTAVE)) + 1, 2))
     residual_best = np.zeros(residual_band.shape[:2])
+    residual_scale = np.zeros(residual_band.shape[:2], int)
     observed_best = np.zeros(residual_band.shape[:2])
-    for radius in radii:
+    for index, radius in enumerate(radii):
         sigma = radius / np.sqrt(2.0)
         noise_response = noise_sd * _log_kernel_norm(sigma) * np.sqrt(residual_band.shape[2])
-        residual_best = np.maximum(residual_best, _log_magnitude(residual_band, sigma) / noise_response)
+        response = _log_magnitude(residual_band, sigma) / noise_response
+        residual_scale[response > residual_best] = index
+        residual_best = np.maximum(residual_best, response)
         observed_best = np.maximum(observed_best, _log_magnitude(observed_band, sigma) / noise_response)
     separation = max(int(min_radius_px), 1)
     observed_peaks = peak_local_max(observed_best, min_distance=separation, threshold_abs=SPOT_NOISE_SDS,
                                     exclude_border=False)
     if len(observed_peaks) == 0:
-        return 0
+        return 0, 0.0
     typical = float(np.median(observed_best[tuple(observed_peaks.T)]))
     threshold = max(SPOT_NOISE_SDS, SPOT_FRACTION_OF_DROPLET * typical)
-    return len(peak_local_max(residual_best, min_distance=separation, threshold_abs=threshold, exclude_border=False))
+    spots = peak_local_max(residual_best, min_distance=separation, threshold_abs=threshold, exclude_border=False)
+    if len(spots) == 0:
+        return 0, 0.0
+    return len(spots), float(np.median(radii[residual_scale[tuple(spots.T)]]))
 
 
 def _log_magnitude(band: np.ndarray, sigma: float) -> np.ndarray:

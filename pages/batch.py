@@ -100,7 +100,8 @@ with st.form("batch_form", border=True):
         steps = st.select_slider("Fitting effort (iterations)", STEP_OPTIONS, key="b_steps",
                                  value=fit_steps if fit_steps in STEP_OPTIONS else DEFAULTS.steps)
         droplets = st.number_input("Number of droplets (0 = let the fit decide)", 0, 20000,
-                                   int(st.session_state.get("w_droplets", DEFAULTS.droplets)), step=50, key="b_droplets")
+                                   int(st.session_state.get("w_droplets", DEFAULTS.droplets)), step=50,
+                                   key="b_droplets")
     with c3:
         fit_downscale = int(st.session_state.get("downscale", DEFAULTS.downscale))
         downscale = st.selectbox("Downscale", app.DOWNSCALE_OPTIONS, format_func=app.downscale_label, key="b_downscale",

@@ -289,10 +289,12 @@ if current is not None and not busy:
                      icon=":material/arrow_forward:", query_params={"fit": current.fit_id})
     base_image = app.image_for_fit(current)
     if base_image is not None:
-        likely = int((~doubtful_mask(current.droplets)).sum())
+        doubtful = int(doubtful_mask(current.droplets).sum())
+        title = f"{len(current.droplets) - doubtful} likely droplets" + (
+            f" (solid) and {doubtful} doubtful candidates (dashed grey)" if doubtful else "")
         st.plotly_chart(
             overlay_figure(app.for_display(base_image), current.droplets, crop=current.settings.crop, height=760,
-                           title=f"{likely} likely droplets (solid); doubtful ones dashed grey",
+                           title=title,
                            doubtful_below=DOUBTFUL_BELOW),
             key="fit_overlay", width="stretch", config={"scrollZoom": True},
         )

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from test_app import figure, metric, new_app, open_app, run_fit_page, texts
 
 from droplet_core.counting import count_of_table
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.store import FitStore
-from test_app import figure, metric, new_app, open_app, run_fit_page, texts
 
 SCENE_NAME = "emulsion-A.png"
 
@@ -57,6 +57,8 @@ def test_state_follows_the_image_demo_fit_upload_fit_back():
     upload(at, SCENE_NAME, scene_png())
     assert metric(at, "Size") == "200 × 160 px"
     assert SCENE_NAME in sidebar_text(at) and "none yet for this image" in sidebar_text(at)
+    assert at.selectbox(key="w_downscale").value == 0
+    assert "200 × 160 pixels (200 × 160 region, downscale 1x (chosen automatically))" in " ".join(texts(at.caption))
     assert at.session_state["fit_id"] is None and demo_fit in at.session_state["fit_history"]
     at.switch_page("pages/fit.py").run()
     assert not at.exception

@@ -239,6 +239,12 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 page.wait_for_selector(".st-key-image_fig .js-plotly-plot", timeout=60_000)
                 assert "1024 × 1024 px" in metric_value(page, "Size")
                 assert FLUORESCENCE.name in sidebar_text(page) and "none yet" in sidebar_text(page)
+                # The downscale control and its caption agree.
+                shown_downscale = page.locator(".st-key-w_downscale").evaluate(
+                    "el => el.textContent + ' ' + [...el.querySelectorAll('input')].map(i => i.value).join(' ')")
+                assert "automatic" in shown_downscale and "1x" not in shown_downscale, shown_downscale
+                captions = " ".join(page.locator("[data-testid='stCaptionContainer']").all_inner_texts())
+                assert "downscale 2x (chosen automatically)" in captions, captions
                 assert_no_exception(page, "fluorescence image")
                 shot(page, "image_fluorescence")
                 go(page, "Fit")

@@ -69,6 +69,7 @@ def test_droplets_far_outside_the_size_range_are_flagged():
     )
     assert verdict.quality == "failed", verdict
     assert verdict.explained_fraction < 0.4 and verdict.residual_spots > 12
+    assert any("increase the downscale" in a for a in verdict.advice), verdict.advice
 
 
 def test_pure_noise_is_flagged():
