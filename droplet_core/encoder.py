@@ -70,7 +70,7 @@ RADIUS_RANGE_PX = (1.0, 10.0)
 # training scenes teach the network not to take their rims for small droplets.
 FAMILY_RADIUS_RANGE_PX = (1.5, 24.0)
 # Share of training scenes of the seed's kind; the rest are drawn from the other families.
-SEED_KIND_SHARE = 0.4
+SEED_KIND_SHARE = 0.5
 # Predicted radii are clipped to this (px).
 MAX_PREDICTED_RADIUS_PX = 2 * FAMILY_RADIUS_RANGE_PX[1]
 

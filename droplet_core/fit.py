@@ -575,6 +575,10 @@ def _run_svi(
             progress(
                 FitProgress(done, settings.steps, float(np.mean(chunk_losses)), time.perf_counter() - started, int(active.sum()))
             )
+    if status == "done" and settings.droplets == 0:
+        # Droplets added at the last checkpoint had no later pruning: a highlight or rim
+        # piece taken for a droplet is switched off here, with the duplicates.
+        state, anchors, active = _housekeeping(programs, state, observed, anchors, active, spec, False)
     params = {k: np.asarray(v) for k, v in programs.guide_params(state).items()}
     return OptimiserRun(
         params, anchors, active, np.concatenate(losses) if losses else np.zeros(0, np.float32), done, status,

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from droplet_core.detect import strong_peaks
+from droplet_core.models import templates
 from droplet_core.models.common import Layout, ModelSpec
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ MERGE_FRACTION_OF_RADIUS = 1.0
 # Of two such droplets the much larger one stays (the smaller is its highlight, rim or
 # inclusion, however strong); of two of similar size, the stronger.
 NESTED_RADIUS_RATIO = 2.0
+# A missed droplet overlaps a droplet of the fit by at most this fraction of its own radius.
+ADDED_OVERLAP_FRACTION = 0.5
+# The band outside a droplet's edge (fraction of its radius) where residual peaks are its own.
+EDGE_BAND_FRACTION = 0.15
 # A missed droplet stands far above the residual's noise.
 RESIDUAL_PEAK_NOISE_SDS = 6.0
 
@@ -47,6 +52,17 @@ RESIDUAL_PEAK_NOISE_SDS = 6.0
 def radius_px(values: dict) -> np.ndarray:
     """``(n,)`` droplet radii in fit px (gaussian's blobs have ``radius = sqrt(2) sigma``)."""
     return values["radius"] if "radius" in values else np.sqrt(2.0) * values["sigma"]
+
+
+def drawn_radius_px(values: dict) -> np.ndarray:
+    """``(n,)`` radii in fit px of the droplets as drawn: for learned masks, the edge of each
+    droplet's outline (``templates.outline``), which can lie well beyond the model's own
+    ``radius`` (the masks reach 1.4 radii); else ``radius_px``."""
+    if "masks" not in values:
+        return radius_px(values)
+    masks = np.asarray(values["masks"])
+    composed = np.einsum("nt,tij->nij", values["composition"], masks * templates.envelope(masks.shape[-1]))
+    return templates.outline(composed).edge * values["radius"]
 
 
 def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -61,8 +77,10 @@ def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> n
         return active
     typical = float(np.median(strength[on]))
     floor = max(PRUNE_FRACTION_OF_MEDIAN * typical, PRUNE_NOISE_SDS * float(values["noise"]))
-    radius = radius_px(values)
-    negligible = (strength < floor) | (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical) | (radius < PRUNE_BELOW_RADIUS_PX)
+    radius = drawn_radius_px(values)
+    # Only a small droplet can be a spike: a large one may well stand out (a thick dark rim).
+    spike = (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical) & (radius <= np.median(radius[on]))
+    negligible = (strength < floor) | spike | (radius < PRUNE_BELOW_RADIUS_PX)
     active[on & negligible] = 0.0
     index = np.flatnonzero(active > 0)
     if index.size < 2:
@@ -79,7 +97,7 @@ def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> n
             continue
         if np.hypot(*(xy[a] - xy[b])) < MERGE_FRACTION_OF_RADIUS * max(radius[a], radius[b]):
             big, small = (i, j) if radius[a] >= radius[b] else (j, i)
-            if radius_px(values)[big] >= NESTED_RADIUS_RATIO * radius_px(values)[small]:
+            if max(radius[a], radius[b]) >= NESTED_RADIUS_RATIO * min(radius[a], radius[b]):
                 active[small] = 0.0
             else:
                 active[j if strength[i] >= strength[j] else i] = 0.0
@@ -100,7 +118,7 @@ def residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, polar
     # missing, the model explains them as noise and its noise estimate is inflated.
     spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
     index = np.flatnonzero(active > 0)
-    radius = radius_px(values)[index]
+    radius = drawn_radius_px(values)[index]
     # A missed droplet is at most as large as the largest the fit holds (the downscale
     # follows the droplets' size, so that can be far beyond the usual few pixels).
     largest = max(MAX_RADIUS_PX, float(radius.max())) if index.size else MAX_RADIUS_PX
@@ -111,7 +129,11 @@ def residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, polar
     distance, nearest = cKDTree(np.stack([values["x"][index], values["y"][index]], axis=1)).query(
         peaks[["x", "y"]].to_numpy()
     )
-    return peaks[distance > radius[nearest]].to_numpy(np.float32)
+    # Droplets touch but do not overlap much, and a large droplet's edge is seldom drawn
+    # perfectly: a peak on that edge is what the droplet left unexplained, not a droplet.
+    edge = (1.0 + EDGE_BAND_FRACTION) * radius[nearest]
+    apart = distance > edge + ADDED_OVERLAP_FRACTION * peaks["radius"].to_numpy()
+    return peaks[apart].to_numpy(np.float32)
 
 
 def add_droplets(

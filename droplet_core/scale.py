@@ -26,7 +26,7 @@ from droplet_core.channels import extract_channel
 # Radius band (px of a pyramid level) the detector is trusted with at that level: it was
 # trained on droplets of 1-10 px. The finest level keeps everything below the band, the
 # coarsest everything above it.
-LEVEL_BAND_PX = (2.0, 8.0)
+LEVEL_BAND_PX = (3.0, 12.0)
 # A level whose shorter side is below this holds too few droplets for the detector's context.
 PYRAMID_MIN_SIDE_PX = 64
 # The finest level the detector sees has at most this many pixels (memory and time).
