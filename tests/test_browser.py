@@ -196,6 +196,15 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 assert metric_value(page, "Droplets") == count
                 assert f"fit={match.group(1)}" in page.url
                 assert_no_exception(page, "results page")
+                # The size distribution with its statistics and their intervals; a log axis on request.
+                page.wait_for_selector(".st-key-size_distribution .js-plotly-plot", timeout=60_000)
+                page.wait_for_selector(".st-key-size_intervals .js-plotly-plot", timeout=60_000)
+                assert "90 % interval" in page.locator(".st-key-size_statistics").inner_text()
+                page.locator(".st-key-size_log_axis label").click()
+                settle(page)
+                page.wait_for_function("() => document.querySelector('.st-key-size_distribution .js-plotly-plot')"
+                                       "?._fullLayout?.xaxis?.type === 'log'", timeout=30_000)
+                assert_no_exception(page, "log axis")
                 shot(page, "results")
 
                 go(page, "Mask gallery")
@@ -213,6 +222,7 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 settle(page)
                 go(page, "Compare")
                 page.wait_for_selector(".st-key-compare_overlays .js-plotly-plot", timeout=60_000)
+                page.wait_for_selector(".st-key-compare_distributions .js-plotly-plot", timeout=60_000)
                 assert_no_exception(page, "compare page")
                 shot(page, "compare")
 
@@ -244,7 +254,7 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                     "el => el.textContent + ' ' + [...el.querySelectorAll('input')].map(i => i.value).join(' ')")
                 assert "automatic" in shown_downscale and "1x" not in shown_downscale, shown_downscale
                 captions = " ".join(page.locator("[data-testid='stCaptionContainer']").all_inner_texts())
-                assert "downscale 2x (chosen automatically)" in captions, captions
+                assert "measures the droplets' size" in captions, captions
                 assert_no_exception(page, "fluorescence image")
                 shot(page, "image_fluorescence")
                 go(page, "Fit")
@@ -258,8 +268,11 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 page.wait_for_selector(".st-key-fit_overlay .js-plotly-plot", timeout=150_000)
                 settle(page)
                 assert_no_exception(page, "fluorescence fit")
-                verdict = page.locator("[data-testid='stAlert']").filter(has_text="explain").first.inner_text()
-                assert "did not explain" in verdict or "only in part" in verdict, verdict
+                # Fitted at the droplets' own scale: about the 100 droplets a person circles.
+                assert "Good fit." in page.locator("[data-testid='stAlertContentSuccess']").last.inner_text()
+                assert 85 <= int(metric_value(page, "Droplets")) <= 115, metric_value(page, "Droplets")
+                captions = " ".join(page.locator("[data-testid='stCaptionContainer']").all_inner_texts())
+                assert "chosen from the droplets' size" in captions, captions
                 shot(page, "fit_fluorescence")
                 go(page, "Results")
                 page.wait_for_selector(".st-key-overlay .js-plotly-plot", timeout=60_000)

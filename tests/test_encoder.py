@@ -110,12 +110,12 @@ def test_detect_writes_droplets_overlay_and_record(tmp_path):
     done = droplet_cli("detect", str(tmp_path / "scene" / "scene.png"), "--out", str(out), "--threshold", "0.6")
     assert done.returncode == 0, done.stderr
     droplets = pd.read_csv(out / "droplets.csv")
-    assert list(droplets.columns) == ["x", "y", "radius", "p_exists"]
+    assert list(droplets.columns) == ["x", "y", "radius", "p_exists", "level"]
     assert (droplets["p_exists"] >= 0.6).all()
     assert match_droplets(pd.read_csv(tmp_path / "scene" / "truth.csv"), droplets).f1 > 0.8
     info = json.loads((out / "fit.json").read_text())
     assert info["reconstruction"] is None and info["droplet_count"] == len(droplets)
-    assert info["settings"]["threshold"] == 0.6 and info["timings"]["compute_s"] > 0
+    assert info["settings"]["threshold"] == 0.6 and info["timings"]["detect_s"] > 0
     assert (out / "overlay.png").stat().st_size > 0 and not (out / "reconstruction.png").exists()
 
 
