@@ -50,7 +50,8 @@ from droplet_core.models.common import ModelSpec, bucket_size, make_layout
 from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.refine import refine_droplets
 from droplet_core.results import FitResult, OptimiserRun, rmse_per_channel
-from droplet_core.settings import AUTO_DOWNSCALE_PIXELS, FitProgress, FitSettings
+from droplet_core.scale import MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale, detect_multiscale
+from droplet_core.settings import FitProgress, FitSettings
 from droplet_core.store import fit_key
 from droplet_core.uncertainty import (
     at_locs,
@@ -70,6 +71,8 @@ GUIDE_INIT_SCALE = 0.01
 # Guide scale of a reused (fixed) appearance: its samples are its location.
 FROZEN_SCALE = 1e-6
 FINAL_RATE_FRACTION = 0.05
+# Detections smaller than this (fit px) are below what the chosen downscale can draw.
+MIN_DRAWN_RADIUS_PX = 0.5
 INTERNAL_PARAMS = ("_anchors", "_active", "_polarity")
 DROPLET_PLATE = "droplets"
 
@@ -78,45 +81,78 @@ class FitError(ValueError):
     """A fit that cannot run or did not converge; the message is one line for the user."""
 
 
-def prepare_region(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """Crop and downscale an uploaded ``(H, W, 3)`` image for fitting.
+class Region(NamedTuple):
+    """An uploaded image made ready for fitting (``prepare_region``).
 
-    Returns the ``(h, w, 3)`` RGB region, the downscale factor used, and the crop origin
-    ``(x0, y0)`` in pixels of the uploaded image.
+    ``rgb`` is the ``(h, w, 3)`` cropped and downscaled image, ``factor`` the downscale and
+    ``origin`` the crop's ``(x0, y0)`` in pixels of the uploaded image. ``scale`` says why
+    an automatic downscale was chosen (``None`` when the user set it); ``detections`` are
+    the pyramid detector's droplets in pixels of the cropped image (``None`` for LoG starts).
+    """
+
+    rgb: np.ndarray
+    factor: int
+    origin: tuple[int, int]
+    scale: ScaleChoice | None
+    detections: pd.DataFrame | None
+
+
+def prepare_region(image: np.ndarray, settings: FitSettings) -> Region:
+    """Crop, detect and downscale an uploaded ``(H, W, 3)`` image for fitting.
+
+    An automatic downscale follows the droplets' size (``droplet_core.scale``), which the
+    pyramid detector measures; LoG starts without a set downscale use it too.
     """
     origin = (0, 0)
     if settings.crop is not None:
         image = images.crop(image, settings.crop)
         origin = (settings.crop[0], settings.crop[1])
-    height, width = image.shape[:2]
-    factor = settings.downscale or images.auto_downscale_factor(height, width, AUTO_DOWNSCALE_PIXELS)
-    return images.downscale(image, factor), factor, origin
+    if settings.downscale:
+        factor = settings.downscale
+        rgb = images.downscale(image, factor)
+        # The pyramid starts at the fit's own resolution: nothing finer can be drawn.
+        detections = encoder.to_image_px(detect_multiscale(rgb), factor) if settings.initializer == "encoder" else None
+        return Region(rgb, factor, origin, None, detections)
+    detections = detect_multiscale(image)
+    choice = choose_downscale(detections, *image.shape[:2])
+    return Region(images.downscale(image, choice.factor), choice.factor, origin, choice, detections)
 
 
 def prepare_channel(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """``prepare_region``, with the region converted to the ``(h, w, c)`` fit channel."""
-    region, factor, origin = prepare_region(image, settings)
-    return extract_channel(region, settings.channel).astype(np.float32), factor, origin
+    """``prepare_region``'s ``(h, w, c)`` fit channel, downscale factor and crop origin."""
+    region = prepare_region(image, settings)
+    return extract_channel(region.rgb, settings.channel).astype(np.float32), region.factor, region.origin
 
 
-def _candidates(observed: np.ndarray, region: np.ndarray, settings: FitSettings) -> np.ndarray:
+def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> np.ndarray:
     """``(n, 4)`` detector candidates x, y, radius, contrast in fit pixels (strongest first).
 
-    ``settings.initializer`` picks the detector: the trained encoder (most probable first),
-    which looks at the ``(h, w, 3)`` RGB ``region`` the fit channel was made from (it was
-    trained on RGB and grey, not on hue or saturation), or Laplacian-of-Gaussian candidates
-    in the fit channel (largest contrast first). The contrast (sign: droplets darker or
-    lighter) is read from the fit channel.
+    ``settings.initializer`` picks the detector: the trained encoder on every level of an
+    image pyramid (``droplet_core.scale``; most probable first), which looks at the RGB
+    image the fit channel was made from (it was trained on RGB and grey, not on hue or
+    saturation), or Laplacian-of-Gaussian candidates in the fit channel (largest contrast
+    first). The contrast (sign: droplets darker or lighter) is read from the fit channel.
     """
+    factor = region.factor
     if settings.initializer == "encoder":
-        table = encoder.detect(extract_channel(region, "rgb")).head(settings.droplets or None)
-        table["radius"] = table["radius"].clip(MIN_RADIUS_PX, MAX_RADIUS_PX)
+        table = region.detections.sort_values("p_exists", ascending=False, kind="stable")
+        table = pd.DataFrame({
+            "x": images.to_fit_px(table["x"].to_numpy(), factor),
+            "y": images.to_fit_px(table["y"].to_numpy(), factor),
+            "radius": table["radius"].to_numpy() / factor,
+        })
+        # Droplets far below a fit pixel cannot be drawn at this downscale.
+        table = table[table["radius"] >= MIN_DRAWN_RADIUS_PX].head(settings.droplets or None)
+        table["radius"] = table["radius"].clip(MIN_RADIUS_PX, MAX_FIT_RADIUS_PX)
         table["contrast"] = centre_contrast(contrast_image(observed)[1], table["x"], table["y"])
     else:
+        largest = MAX_RADIUS_PX if region.scale is None or not np.isfinite(region.scale.radius_large_px) else float(
+            np.clip(2.0 * region.scale.radius_large_px / factor, MAX_RADIUS_PX, MAX_FIT_RADIUS_PX)
+        )
         table = find_candidates(
             observed,
             min_radius_px=MIN_RADIUS_PX,
-            max_radius_px=MAX_RADIUS_PX,
+            max_radius_px=largest,
             max_count=settings.droplets or None,
         )
     if table.empty:
@@ -364,8 +400,9 @@ def run_fit(
     """
     started = time.perf_counter()
     variant = VARIANTS[settings.model]
-    region, factor, origin = prepare_region(image, settings)
-    observed = extract_channel(region, settings.channel).astype(np.float32)
+    region = prepare_region(image, settings)
+    factor, origin = region.factor, region.origin
+    observed = extract_channel(region.rgb, settings.channel).astype(np.float32)
     key = jax.random.PRNGKey(settings.seed)
     init_key, svi_key = jax.random.split(key)
 
@@ -475,6 +512,7 @@ def run_fit(
         },
         "candidate_count": int(len(anchors)),
         "downscale": factor,
+        "downscale_choice": None if region.scale is None else region.scale.to_dict(),
         "crop_origin": list(origin),
         "fit_shape": list(observed.shape),
         "image_shape": list(image.shape),

@@ -22,7 +22,8 @@ from droplet_core.models.common import Layout, ModelSpec
 if TYPE_CHECKING:
     from droplet_core.fit import MeanFieldGuide
 
-# Radius range of detector candidates and residual peaks, in fit px.
+# Radius range of detector candidates and residual peaks, in fit px: the upper end grows
+# with the largest droplet of the fit.
 MIN_RADIUS_PX = 1.0
 MAX_RADIUS_PX = 12.0
 # A droplet is negligible when its strongest effect on the image is below this fraction of
@@ -36,6 +37,9 @@ PRUNE_MULTIPLE_OF_MEDIAN = 3.0
 PRUNE_BELOW_RADIUS_PX = 1.0
 # Droplets do not nest: a centre inside a larger droplet is a highlight or rim of that one.
 MERGE_FRACTION_OF_RADIUS = 1.0
+# Of two such droplets the much larger one stays (the smaller is its highlight, rim or
+# inclusion, however strong); of two of similar size, the stronger.
+NESTED_RADIUS_RATIO = 2.0
 # A missed droplet stands far above the residual's noise.
 RESIDUAL_PEAK_NOISE_SDS = 6.0
 
@@ -74,7 +78,11 @@ def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> n
         if active[i] == 0 or active[j] == 0:
             continue
         if np.hypot(*(xy[a] - xy[b])) < MERGE_FRACTION_OF_RADIUS * max(radius[a], radius[b]):
-            active[j if strength[i] >= strength[j] else i] = 0.0
+            big, small = (i, j) if radius[a] >= radius[b] else (j, i)
+            if radius_px(values)[big] >= NESTED_RADIUS_RATIO * radius_px(values)[small]:
+                active[small] = 0.0
+            else:
+                active[j if strength[i] >= strength[j] else i] = 0.0
     return active
 
 
@@ -91,14 +99,15 @@ def residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, polar
     # The residual's own robust spread, not the model's noise estimate: while droplets are
     # missing, the model explains them as noise and its noise estimate is inflated.
     spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
-    peaks = strong_peaks(
-        residual, RESIDUAL_PEAK_NOISE_SDS * spread, min_radius_px=MIN_RADIUS_PX, max_radius_px=MAX_RADIUS_PX
-    )
-    peaks = peaks[peaks["contrast"] * polarity > 0]
     index = np.flatnonzero(active > 0)
+    radius = radius_px(values)[index]
+    # A missed droplet is at most as large as the largest the fit holds (the downscale
+    # follows the droplets' size, so that can be far beyond the usual few pixels).
+    largest = max(MAX_RADIUS_PX, float(radius.max())) if index.size else MAX_RADIUS_PX
+    peaks = strong_peaks(residual, RESIDUAL_PEAK_NOISE_SDS * spread, min_radius_px=MIN_RADIUS_PX, max_radius_px=largest)
+    peaks = peaks[peaks["contrast"] * polarity > 0]
     if peaks.empty or index.size == 0:
         return peaks.to_numpy(np.float32).reshape(-1, 4)
-    radius = radius_px(values)[index]
     distance, nearest = cKDTree(np.stack([values["x"][index], values["y"][index]], axis=1)).query(
         peaks[["x", "y"]].to_numpy()
     )

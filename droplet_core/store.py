@@ -31,7 +31,7 @@ from droplet_core.settings import FitSettings
 
 # Part of every fit key: bump it when the model maths or the output format change, so
 # fits made by older code are recomputed instead of served.
-CODE_VERSION = "6"
+CODE_VERSION = "7"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

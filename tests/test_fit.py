@@ -252,8 +252,8 @@ def test_auto_count_adds_droplets_the_detector_missed(monkeypatch, small_scene):
 
     monkeypatch.setattr(engine, "_candidates", starved)
     settings = FitSettings(steps=400, downscale=1)
-    region, _, _ = engine.prepare_region(image, settings)
-    start = starved(extract_channel(region, settings.channel).astype(np.float32), region, settings)
+    region = engine.prepare_region(image, settings)
+    start = starved(extract_channel(region.rgb, settings.channel).astype(np.float32), region, settings)
     before = match_droplets(truth, pd.DataFrame(start[:, :3], columns=["x", "y", "radius"]))
     assert before.recall < 0.35, before
     result = run_fit(image, settings, image_sha256="f" * 64)

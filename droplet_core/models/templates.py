@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from scipy import ndimage
 
 from droplet_core.models.common import (
     ModelSpec,
@@ -168,15 +169,66 @@ def _drawn_types(x, y, radius, shaped_masks, spec: ModelSpec):
 
 
 def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
-    """Per-droplet columns in fit px: x, y, radius, amplitude, composition_0.., sd_x, sd_y, sd_radius, p_exists."""
+    """Per-droplet columns in fit px: x, y, radius, amplitude, composition_0.., sd_x, sd_y, sd_radius, p_exists.
+
+    ``x``, ``y`` and ``radius`` are the centre and edge of each droplet's drawn outline
+    (``outline``), not the model's own ``x``, ``y``, ``radius``: moving (or scaling) all
+    masks and all positions together draws the same image, so those are pinned only by
+    where the detector started them.
+    """
     masks = np.einsum("nt,tij->nij", values["composition"], values["masks"] * envelope(spec.mask_size))
+    centre_x, centre_y, edge = outline(masks)
+    radius = np.asarray(values["radius"])
+    columns = composition_and_uncertainty_columns(values, uncertainty)
+    columns["sd_radius"] = columns["sd_radius"] * edge
     return {
-        "x": values["x"],
-        "y": values["y"],
-        "radius": values["radius"],
+        "x": values["x"] + centre_x * radius,
+        "y": values["y"] + centre_y * radius,
+        "radius": edge * radius,
         "amplitude": np.max(np.abs(masks), axis=(1, 2)),
-        **composition_and_uncertainty_columns(values, uncertainty),
+        **columns,
     }
+
+
+# Cells per mask cell side when reading an outline: the outline of a 15-cell mask is read
+# to a fraction of a cell.
+OUTLINE_UPSAMPLING = 4
+# A mask cell belongs to the droplet where its |value| reaches this fraction of the
+# droplet's strong values (the 90th percentile of |value| over the drawn disk).
+OUTLINE_LEVEL = 0.5
+
+
+def outline(droplet_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre and edge radius of each droplet's drawn look, in units of the model's radius.
+
+    The droplet is the filled region where ``|mask|`` reaches ``OUTLINE_LEVEL`` of its strong
+    values: the rim, the body and highlights inside it, without the holes a bright centre
+    on the background level leaves. Its centroid is the centre of the outline (a highlight
+    shifted to one side does not move it) and ``sqrt(area / pi)`` its edge radius.
+
+    Parameters
+    ----------
+    droplet_masks : (n, m, m) composed masks on the grid spanning -EXTENT..EXTENT radii.
+
+    Returns
+    -------
+    centre_x, centre_y, edge : (n,) each, in radii of the model's ``radius``.
+    """
+    n, size, _ = droplet_masks.shape
+    fine = size * OUTLINE_UPSAMPLING
+    axis = np.linspace(-EXTENT, EXTENT, fine)
+    cell = axis[1] - axis[0]
+    upsampled = np.abs(ndimage.zoom(np.asarray(droplet_masks, np.float64), (1, fine / size, fine / size), order=1))
+    within_disk = np.hypot(axis[None, :], axis[:, None]) <= 1.0
+    strong = np.quantile(upsampled[:, within_disk], 0.9, axis=1)
+    region = upsampled >= OUTLINE_LEVEL * strong[:, None, None]
+    filled = np.stack([ndimage.binary_fill_holes(r) for r in region])
+    area = filled.sum(axis=(1, 2))
+    safe = np.maximum(area, 1)
+    centre_x = np.where(area > 0, (filled * axis[None, None, :]).sum(axis=(1, 2)) / safe, 0.0)
+    centre_y = np.where(area > 0, (filled * axis[None, :, None]).sum(axis=(1, 2)) / safe, 0.0)
+    edge = np.where(area > 0, np.sqrt(area * cell**2 / np.pi), 1.0)
+    return centre_x.astype(np.float32), centre_y.astype(np.float32), edge.astype(np.float32)
 
 
 def is_appearance_site(name: str) -> bool:

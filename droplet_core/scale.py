@@ -1,0 +1,175 @@
+"""Droplet scale: detection over an image pyramid, and the fit resolution it calls for.
+
+The trained detector (``droplet_core.encoder``) sees droplets of a few pixels' radius.
+Chemists' droplets range from 1 px to hundreds of pixels, often 1:50 in one image, so the
+detector runs on every level of a pyramid of block-mean downscales (1, 2, 4, ...), each
+level trusted with the radius band ``LEVEL_BAND_PX`` of its own pixels (the bands of
+neighbouring levels overlap by a factor of two). Detections from all levels are merged in
+pixels of the image given: a smaller detection whose centre lies inside a larger one is
+its rim, highlight or inclusion, not a droplet of its own.
+
+The fit then runs at the coarsest downscale at which the small droplets still span
+``MIN_FIT_RADIUS_PX`` (``choose_downscale``), limited by what a fit can draw and afford.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from droplet_core import encoder, images
+from droplet_core.channels import extract_channel
+
+# Radius band (px of a pyramid level) the detector is trusted with at that level: it was
+# trained on droplets of 1-10 px. The finest level keeps everything below the band, the
+# coarsest everything above it.
+LEVEL_BAND_PX = (2.0, 8.0)
+# A level whose shorter side is below this holds too few droplets for the detector's context.
+PYRAMID_MIN_SIDE_PX = 64
+# The finest level the detector sees has at most this many pixels (memory and time).
+PYRAMID_MAX_PIXELS = 4_500_000
+# The smallest radius (fit px) the fit must resolve for the image's small droplets.
+MIN_FIT_RADIUS_PX = 1.5
+# The largest radius (fit px) a droplet patch can draw comfortably (see models.common).
+MAX_FIT_RADIUS_PX = 38.0
+# Fits larger than this many pixels take minutes on a laptop: the downscale grows until below.
+MAX_FIT_PIXELS = 1_600_000
+# Below this many detections the droplets' size is not measured: the pixel budget decides.
+MIN_DETECTIONS_FOR_SCALE = 5
+# Pixel budget of the downscale when the droplets' size is unknown.
+FALLBACK_FIT_PIXELS = 400_000
+# Only confident detections measure the size: faint noise blobs are small and would ask for
+# a needlessly fine (slow) fit.
+SCALE_MIN_P_EXISTS = 0.7
+# Quantile of the detected radii that the downscale keeps resolvable (the small droplets).
+SMALL_RADIUS_QUANTILE = 0.1
+
+
+@dataclass(frozen=True)
+class ScaleChoice:
+    """The fit's downscale and why.
+
+    Attributes
+    ----------
+    factor : integer block-mean downscale of the fit.
+    reason : one sentence for the user.
+    radius_small_px, radius_median_px, radius_large_px : 10th, 50th and 90th percentile of
+        the detected droplets' radii, px of the image given (NaN when none were measured).
+    detections : number of droplets the pyramid detector found.
+    """
+
+    factor: int
+    reason: str
+    radius_small_px: float
+    radius_median_px: float
+    radius_large_px: float
+    detections: int
+
+    def to_dict(self) -> dict:
+        return {
+            "factor": self.factor,
+            "reason": self.reason,
+            "radius_small_px": _rounded(self.radius_small_px),
+            "radius_median_px": _rounded(self.radius_median_px),
+            "radius_large_px": _rounded(self.radius_large_px),
+            "detections": self.detections,
+        }
+
+
+def _rounded(value: float) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), 2)
+
+
+def pyramid_factors(height: int, width: int) -> list[int]:
+    """Downscale factors (powers of two) of the pyramid levels of an ``height x width`` image."""
+    factor = 1
+    while (height // factor) * (width // factor) > PYRAMID_MAX_PIXELS:
+        factor *= 2
+    factors = [factor]
+    while min(height, width) // (2 * factors[-1]) >= PYRAMID_MIN_SIDE_PX:
+        factors.append(2 * factors[-1])
+    return factors
+
+
+def detect_multiscale(image: np.ndarray, channel: str = "rgb", threshold: float = encoder.DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """Droplets of every size in an ``(H, W, 3)`` RGB image in [0, 1].
+
+    Parameters
+    ----------
+    image : (H, W, 3) float RGB.
+    channel : the channel the detector looks at (``droplet_core.channels``; 1 or 3 channels).
+    threshold : presence probability a detection needs.
+
+    Returns
+    -------
+    DataFrame ``x`` (column), ``y`` (row), ``radius`` (px of ``image``), ``p_exists``,
+    ``level`` (the downscale factor it was found at), largest first.
+    """
+    height, width = image.shape[:2]
+    factors = pyramid_factors(height, width)
+    found = []
+    for factor in factors:
+        level = extract_channel(images.downscale(image, factor), channel)
+        table = encoder.detect(level, threshold)
+        low = LEVEL_BAND_PX[0] if factor != factors[0] else 0.0
+        high = LEVEL_BAND_PX[1] if factor != factors[-1] else np.inf
+        table = table[(table["radius"] >= low) & (table["radius"] < high)]
+        table = encoder.to_image_px(table, factor)
+        table["level"] = factor
+        found.append(table)
+    merged = pd.concat(found, ignore_index=True)
+    return merged.iloc[_outermost(merged)].reset_index(drop=True)
+
+
+def _outermost(table: pd.DataFrame) -> np.ndarray:
+    """Row positions of the detections not nested in a larger one, largest first: droplets
+    do not nest, so a centre inside a larger droplet is its rim, highlight or inclusion (or
+    the same droplet seen at a neighbouring level)."""
+    order = np.argsort(-table["radius"].to_numpy(), kind="stable")
+    xy = table[["x", "y"]].to_numpy(float)[order]
+    radius = table["radius"].to_numpy(float)[order]
+    if len(order) == 0:
+        return order
+    tree = cKDTree(xy)
+    inside = tree.query_ball_point(xy, radius)
+    suppressed = np.zeros(len(order), dtype=bool)
+    for i, near in enumerate(inside):
+        if not suppressed[i]:
+            suppressed[[j for j in near if j > i]] = True
+    return order[~suppressed]
+
+
+def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> ScaleChoice:
+    """The fit's downscale for an ``height x width`` image with ``detections`` (px of that image).
+
+    The coarsest factor at which the small droplets (``SMALL_RADIUS_QUANTILE`` of the
+    radii of the detections with ``p_exists >= SCALE_MIN_P_EXISTS``) keep ``MIN_FIT_RADIUS_PX``, at least the factor that brings the largest droplet
+    within ``MAX_FIT_RADIUS_PX``, and at least the factor that keeps the fit under
+    ``MAX_FIT_PIXELS``.
+    """
+    confident = detections[detections["p_exists"] >= SCALE_MIN_P_EXISTS] if detections is not None else None
+    radii = confident["radius"].to_numpy(float) if confident is not None else np.zeros(0)
+    if radii.size < MIN_DETECTIONS_FOR_SCALE:
+        factor = images.auto_downscale_factor(height, width, FALLBACK_FIT_PIXELS)
+        return ScaleChoice(
+            factor,
+            f"too few droplets were found to measure their size, so {factor}x keeps the fit "
+            f"near {FALLBACK_FIT_PIXELS:,} pixels",
+            np.nan, np.nan, np.nan, int(radii.size),
+        )
+    small, median, large = np.quantile(radii, [SMALL_RADIUS_QUANTILE, 0.5, 0.9])
+    by_small = max(1, int(np.floor(small / MIN_FIT_RADIUS_PX)))
+    by_large = max(1, int(np.ceil(radii.max() / MAX_FIT_RADIUS_PX)))
+    by_pixels = images.auto_downscale_factor(height, width, MAX_FIT_PIXELS)
+    factor = max(by_small, by_large, by_pixels)
+    sizes = f"droplet radii {small:.3g}-{large:.3g} px (10th-90th percentile, median {median:.3g} px)"
+    if factor == by_small:
+        reason = f"{sizes}: at {factor}x the small droplets still span {small / factor:.1f} px"
+    elif factor == by_large:
+        reason = f"{sizes}: {factor}x brings the largest droplet ({radii.max():.0f} px) within what a fit draws"
+    else:
+        reason = f"{sizes}: {factor}x keeps the fit under {MAX_FIT_PIXELS:,} pixels"
+    return ScaleChoice(factor, reason, float(small), float(median), float(large), int(radii.size))
