@@ -56,6 +56,7 @@ from droplet_core import use_compilation_cache
 from droplet_core.cli import main as droplet_cli
 from droplet_core.images import load_image, read_image_bytes
 from droplet_core.matching import match_droplets, match_pairs
+from droplet_core import scenes
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.uncertainty import interval_half_width
 from tests import second_renderer
@@ -108,17 +109,38 @@ def second_variant(family: str, label: str, **options) -> Variant:
                    options.get("radius_max_px", size.radius_max_px))
 
 
+def scenes_settings(family: str, **options) -> SceneSettings:
+    """``droplet_core.scenes`` settings of ``family`` with ``options`` (``SceneSettings`` fields).
+
+    The adapter to the generator's families: its preset (``family_settings``) where it has
+    families, else its one (seed) kind of scene.
+    """
+    if hasattr(scenes, "family_settings"):
+        return scenes.family_settings(family, **options)
+    if family != "seed":
+        raise ValueError(f"droplet_core.scenes has no {family!r} family")
+    return SceneSettings(**options)
+
+
 def scenes_variant(family: str, label: str, **options) -> Variant:
-    settings = SceneSettings(**options)
+    settings = scenes_settings(family, **options)
     return Variant("scenes", family, label, options, settings.radius_min_px, settings.radius_max_px)
+
+
+def scenes_families() -> tuple[str, ...]:
+    """The families ``droplet_core.scenes`` draws."""
+    return tuple(getattr(scenes, "FAMILIES", ("seed",)))
 
 
 def variants(quick: bool) -> list[Variant]:
     """Every family of both renderers at its sizes and densities (one small scene each when ``quick``)."""
+    ours = scenes_families()
     if quick:
         small = {"width_px": 256, "height_px": 256}
+        quarter = {"width_px": 250, "height_px": 200}
         return [
-            scenes_variant("seed", "250x200, 400 droplets", width_px=250, height_px=200, n_droplets=400),
+            *(scenes_variant(family, "250x200, preset / 4", **quarter,
+                             n_droplets=max(1, scenes_settings(family).n_droplets // 4)) for family in ours),
             second_variant("seedlike", "250x200, r 1-9, 500", width_px=250, height_px=200, n_droplets=500),
             second_variant("fluorescence", "256^2, r 5-30, crowded", **small, radius_max_px=30.0),
             second_variant("brightfield", "320x256, r 3-40, sparse", width_px=320, height_px=256, radius_max_px=40.0),
@@ -126,9 +148,11 @@ def variants(quick: bool) -> list[Variant]:
             second_variant("packed", "256^2, r 8-35, packed", **small),
         ]
     return [
-        # droplet_core.scenes: one adapter per family (SceneSettings presets once it has them).
         scenes_variant("seed", "500x400, 1500 droplets"),
         scenes_variant("seed", "500x400, 2500 droplets", n_droplets=2500),
+        *(scenes_variant(family, "500x400, preset") for family in ours if family != "seed"),
+        *(scenes_variant(family, "500x400, preset, sparse", n_droplets=scenes_settings(family).n_droplets // 3)
+          for family in ours if family not in ("seed", "packed")),
         second_variant("seedlike", "500x400, r 1-9, 2000"),
         second_variant("seedlike", "500x400, r 1-9, sparse", n_droplets=None, density="sparse"),
         second_variant("fluorescence", "512^2, r 5-45, crowded"),
@@ -150,9 +174,13 @@ def variants(quick: bool) -> list[Variant]:
 def render_scene(variant: Variant, seed: int) -> Scene:
     """Scene ``seed`` of ``variant``, through file bytes and Droplet's loader."""
     if variant.renderer == "scenes":
-        rgb, truth = make_scene(seed, SceneSettings(**variant.options))
-        data = encode_png(rgb)
-        truth = truth.assign(in_focus=True)
+        settings = scenes_settings(variant.family, **variant.options)
+        if variant.family == "fluorescence":  # 16-bit, as real fluorescence is
+            image, truth = scenes.make_scene_uint16(seed, settings)
+            data = second_renderer.encode(image)
+        else:
+            rgb, truth = make_scene(seed, settings)
+            data = encode_png(rgb)
     else:
         image, truth = second_renderer.render(variant.family, seed, **variant.options)
         data = second_renderer.encode(image)
@@ -305,12 +333,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one small scene per family, one scored seed")
     parser.add_argument("--families", nargs="+", help="only these families (and 'real' for the real image)")
+    parser.add_argument("--seeds", type=int, nargs="+", help=f"scenes to score on (default {list(SCORED_SEEDS)}; "
+                        "quick: the first)")
     parser.add_argument("--skip-droplet", action="store_true", help="score only the classical detectors")
     parser.add_argument("--write-reference", action="store_true", help=f"draw the real image's reference to {REFERENCE_PNG}")
     args = parser.parse_args(argv)
     use_compilation_cache(tempfile.mkdtemp(prefix="droplet-bench-generality-"))
     chosen = [v for v in variants(args.quick) if not args.families or v.family in args.families]
-    seeds = SCORED_SEEDS[:1] if args.quick else SCORED_SEEDS
+    seeds = args.seeds or (SCORED_SEEDS[:1] if args.quick else SCORED_SEEDS)
+    if TUNE_SEED in seeds:
+        parser.error("score on scenes other than the tuning scene")
     print(f"Tuned on scene {TUNE_SEED} of each row's kind, scored on scenes {list(seeds)}; "
           "dx, dy: mean of found - true over matched droplets; cov: 90 % interval coverage.")
     print_header()
