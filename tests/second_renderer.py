@@ -109,13 +109,13 @@ class SeedlikeOptics:
 
     background_rgb: tuple[float, float, float] = (0.92, 0.89, 0.82)
     illumination_variation: float = 0.08
-    contact_angle_range: tuple[float, float] = (0.35, 0.8)
+    contact_angle_range: tuple[float, float] = (0.5, 1.0)
     dye_absorbance_per_px: tuple[tuple[float, float, float], ...] = (
-        (0.45, 0.15, 0.04), (0.05, 0.35, 0.25), (0.03, 0.08, 0.45))
+        (0.7, 0.25, 0.06), (0.08, 0.55, 0.4), (0.05, 0.13, 0.7))
     dye_concentration: tuple[float, ...] = (0.6, 0.6, 0.6)
     refractive_index: float = 1.45
-    condenser_angle: float = 0.2
-    objective_angle: float = 0.4
+    condenser_angle: float = 0.15
+    objective_angle: float = 0.35
     focus_gain: float = 0.35
     blur_sigma_px: float = 0.6
     noise_sd: float = 0.012
