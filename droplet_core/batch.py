@@ -310,7 +310,9 @@ def write_batch_outputs(outcomes: Sequence[ImageOutcome], store: FitStore, out_d
     droplets.reindex(columns=columns).to_csv(out / "droplets.csv", index=False, float_format="%.6g")
     summary = summary_table(outcomes)
     if statistics:
-        summary = summary.join(pd.DataFrame.from_dict(statistics, orient="index"), on=IMAGE_COLUMN)
+        # The count and its interval are the fit's own (``droplet_count``), already in the summary.
+        sizes = pd.DataFrame.from_dict(statistics, orient="index")
+        summary = summary.join(sizes.drop(columns=[c for c in sizes if c.startswith("count")]), on=IMAGE_COLUMN)
     summary.to_csv(out / "summary.csv", index=False, float_format="%.6g")
     return out
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from droplet_core.counting import count_interval
+from droplet_core.counting import droplet_count
 
 BORDER_MILES_LANTUEJOUL = "miles-lantuejoul"
 BORDER_KEEP_ALL = "keep-all"
@@ -239,11 +239,10 @@ def size_statistics(
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanquantile(draws, [tail, 1.0 - tail], axis=0)
     low = np.maximum(low, 0.0)  # every statistic is non-negative; a recentred draw need not be
-    p = np.ones(np.size(radius_px)) if p_exists is None else np.asarray(p_exists, float)
-    count_low, count_high = count_interval(p, float(np.hypot(count_discrepancy, discrepancy.get("count", 0.0))),
-                                           settings.level)
-
-    rows = [("count", "Count", float(np.size(radius_px)), float(count_low), float(count_high), "")]
+    # The fit's one count (``droplet_core.counting``): the expected number, in its interval.
+    count = droplet_count(p_exists, int(np.size(radius_px)),
+                          float(np.hypot(count_discrepancy, discrepancy.get("count", 0.0))))
+    rows = [("count", "Count", float(count.count), float(count.low), float(count.high), "")]
     for (name, label, kind), value, lo, hi in zip(STATISTICS[1:], values, low, high):
         rows.append((name, label, value, lo, hi, "px" if kind == "length" else ""))
     return in_micrometres(pd.DataFrame(rows, columns=list(COLUMNS)), um_per_px)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from scipy import ndimage
 from test_app import figure, metric, new_app, open_app, run_fit_page, texts
 
 from droplet_core.counting import count_of_table
@@ -29,10 +30,13 @@ def scene_png(seed: int = 4) -> bytes:
     return encode_png(make_scene(seed, SceneSettings(width_px=200, height_px=160, n_droplets=250))[0])
 
 
-def noise_png() -> bytes:
+def noise_png(blotch_px: float = 0.0) -> bytes:
+    """Grey noise, smoothed into blotches of about ``blotch_px`` (a texture with no droplets)."""
     rng = np.random.default_rng(0)
+    noise = ndimage.gaussian_filter(rng.normal(0.0, 1.0, (120, 160)), blotch_px)
+    grey = np.clip(128 + 30 * noise / noise.std(), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(128 + rng.normal(0, 25, (120, 160, 3)), 0, 255).astype(np.uint8)).save(buffer, "PNG")
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -58,7 +62,7 @@ def test_state_follows_the_image_demo_fit_upload_fit_back():
     assert metric(at, "Size") == "200 × 160 px"
     assert SCENE_NAME in sidebar_text(at) and "none yet for this image" in sidebar_text(at)
     assert at.selectbox(key="w_downscale").value == 0
-    assert "200 × 160 pixels (200 × 160 region, downscale 1x (chosen automatically))" in " ".join(texts(at.caption))
+    assert "measures the droplets' size in this 200 x 160 region" in " ".join(texts(at.caption))
     assert at.session_state["fit_id"] is None and demo_fit in at.session_state["fit_history"]
     at.switch_page("pages/fit.py").run()
     assert not at.exception
@@ -152,9 +156,21 @@ def points(trace: dict) -> int:
     return len(base64.b64decode(x["bdata"])) // np.dtype(x["dtype"]).itemsize if isinstance(x, dict) else len(x)
 
 
+def test_pure_noise_is_never_a_good_fit_and_loses_nothing():
+    at = open_app()
+    run_fit_page(at)
+    demo_fit = at.session_state["fit_id"]
+    upload(at, "noise.png", noise_png())
+    run_fit_page(at)
+    # Either no candidates at all, or a fit that says it explains nothing: never a success.
+    said = texts(at.error)
+    assert any("no droplet candidates found" in e or "did not explain the image" in e for e in said), said
+    assert not any("Good fit" in s for s in texts(at.success)) and demo_fit in at.session_state["fit_history"]
+
+
 def test_a_failed_fit_says_so_on_fit_and_results_pages():
     at = open_app()
-    upload(at, "noise.png", noise_png())
+    upload(at, "blotches.png", noise_png(blotch_px=1.5))
     run_fit_page(at)
     assert any("did not explain the image" in e for e in texts(at.error)), texts(at.error)
     assert any("channel" in e for e in texts(at.error))
