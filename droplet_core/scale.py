@@ -4,12 +4,13 @@ The trained detector (``droplet_core.encoder``) sees droplets of a few pixels' r
 Chemists' droplets range from 1 px to hundreds of pixels, often 1:50 in one image, so the
 detector runs on every level of a pyramid of block-mean downscales (1, 2, 4, ...), each
 level trusted with the radius band ``LEVEL_BAND_PX`` of its own pixels (the bands of
-neighbouring levels overlap by a factor of two). Detections from all levels are merged in
+neighbouring levels overlap). Detections from all levels are merged in
 pixels of the image given: a smaller detection whose centre lies inside a larger one is
 its rim, highlight or inclusion, not a droplet of its own.
 
 The fit then runs at the coarsest downscale at which the small droplets still span
-``MIN_FIT_RADIUS_PX`` (``choose_downscale``), limited by what a fit can draw and afford.
+``MIN_FIT_RADIUS_PX`` and the median droplet ``MEDIAN_FIT_RADIUS_PX`` (``choose_downscale``),
+limited by what a fit can draw and afford.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from droplet_core import encoder, images
 from droplet_core.channels import extract_channel
 
 # Radius band (px of a pyramid level) the detector is trusted with at that level: it was
-# trained on droplets of 1-10 px. The finest level keeps everything below the band, the
+# trained on droplets of 1-24 px, and sizes the larger ones short. Neighbouring levels'
+# bands overlap by a factor of two. The finest level keeps everything below the band, the
 # coarsest everything above it.
 LEVEL_BAND_PX = (3.0, 12.0)
 # A level whose shorter side is below this holds too few droplets for the detector's context.
