@@ -470,7 +470,7 @@ def run_fit(
     )
     count = count_of_table(droplets, count_discrepancy)
     verdict = judge_fit(observed, reconstruction, droplets["radius"].to_numpy() / factor,
-                        droplets["p_exists"].to_numpy(), (MIN_RADIUS_PX, MAX_RADIUS_PX))
+                        droplets["p_exists"].to_numpy(), (MIN_RADIUS_PX, MAX_FIT_RADIUS_PX))
     uncertain = time.perf_counter()
     all_losses = run.losses
     if warm_start is not None:

@@ -60,9 +60,7 @@ def drawn_radius_px(values: dict) -> np.ndarray:
     ``radius`` (the masks reach 1.4 radii); else ``radius_px``."""
     if "masks" not in values:
         return radius_px(values)
-    masks = np.asarray(values["masks"])
-    composed = np.einsum("nt,tij->nij", values["composition"], masks * templates.envelope(masks.shape[-1]))
-    return templates.outline(composed).edge * values["radius"]
+    return templates.outline(templates.composed_masks(values)).edge * values["radius"]
 
 
 def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> np.ndarray:

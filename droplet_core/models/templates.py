@@ -170,6 +170,12 @@ def _drawn_types(x, y, radius, shaped_masks, spec: ModelSpec):
     return jnp.stack([bilinear_sample(layout, grid, u, v) for grid in grids], axis=1), flat, inside
 
 
+def composed_masks(values: dict) -> np.ndarray:
+    """``(n, m, m)`` each droplet's look: its composition of the enveloped masks (numpy)."""
+    masks = np.asarray(values["masks"])
+    return np.einsum("nt,tij->nij", values["composition"], masks * envelope(masks.shape[-1]))
+
+
 def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
     """Per-droplet columns in fit px: x, y, radius, amplitude, composition_0.., sd_x, sd_y, sd_radius, p_exists.
 
@@ -178,7 +184,7 @@ def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
     masks and all positions together draws the same image, so those are pinned only by
     where the detector started them.
     """
-    masks = np.einsum("nt,tij->nij", values["composition"], values["masks"] * envelope(spec.mask_size))
+    masks = composed_masks(values)
     drawn = outline(masks)
     radius = np.asarray(values["radius"])
     columns = composition_and_uncertainty_columns(values, uncertainty)
