@@ -24,7 +24,8 @@ Scores (``droplet_core.matching``: a true droplet is found by at most one detect
 max(1.5 px, r/2) of its centre), averaged over the scored scenes: F1, precision, recall,
 median relative radius error, mean position bias dx, dy (found - true, px) and as a
 fraction of the true radius, coverage of the 90 % intervals of x, y and radius (Droplet's
-``sd_x``, ``sd_y``, ``sd_radius``), seconds per image. Out-of-focus droplets (truth
+``sd_x``, ``sd_y``, ``sd_radius``), seconds per image. Droplet's table is scored as the app
+shows it, without its doubtful candidates (``p_exists`` < 0.5). Out-of-focus droplets (truth
 ``in_focus`` False) count neither way: a detection of one is dropped, missing one costs
 nothing. Bubbles count as droplets.
 
@@ -56,6 +57,7 @@ from skimage import filters
 from bench import circle_detectors
 from droplet_core import scenes, use_compilation_cache
 from droplet_core.cli import main as droplet_cli
+from droplet_core.counting import doubtful_mask
 from droplet_core.images import load_image, read_image_bytes
 from droplet_core.matching import match_droplets, match_pairs
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
@@ -194,11 +196,13 @@ def render_scene(variant: Variant, seed: int) -> Scene:
 def score(truth: pd.DataFrame, found: pd.DataFrame) -> dict[str, float]:
     """Detection scores of ``found`` against ``truth`` (columns ``x``, ``y``, ``radius``, px).
 
-    Truth rows with ``in_focus`` False count neither way: detections matched to them are
-    dropped before scoring. Bias and coverage are over matched pairs; coverage needs the
-    ``sd_x``, ``sd_y``, ``sd_radius`` columns (NaN without them).
+    Droplet's table is scored as the app shows it: its doubtful candidates (``p_exists``
+    below one half, unticked as "probably not droplets") are left out. Truth rows with
+    ``in_focus`` False count neither way: detections matched to them are dropped before
+    scoring. Bias and coverage are over matched pairs; coverage needs the ``sd_x``,
+    ``sd_y``, ``sd_radius`` columns (NaN without them).
     """
-    found = found.reset_index(drop=True)
+    found = found[~doubtful_mask(found)].reset_index(drop=True)
     if "in_focus" in truth.columns and not truth["in_focus"].all():
         true_index, found_index = match_pairs(truth, found)
         ignored = found_index[~truth["in_focus"].to_numpy()[true_index]]

@@ -95,16 +95,21 @@ def strong_peaks(
     Returns
     -------
     DataFrame with columns ``x``, ``y``, ``radius`` (px, sqrt(2) sigma of the strongest
-    scale-normalised LoG response) and ``contrast`` (signed), strongest first.
+    scale-normalised LoG response of the peak's own sign) and ``contrast`` (signed),
+    strongest first.
     """
-    magnitude, signed = contrast_image(channel)
-    contrast = ndimage.gaussian_filter(signed.mean(axis=2), 1.0)
+    _, signed = contrast_image(channel)
+    mean = signed.mean(axis=2)
+    contrast = ndimage.gaussian_filter(mean, 1.0)
     peaks = peak_local_max(
         np.abs(contrast), min_distance=min_separation_px, threshold_abs=min_contrast, exclude_border=False
     )
     rows, cols = peaks[:, 0], peaks[:, 1]
     sigmas = np.linspace(max(min_radius_px / SQRT2, 0.5), max_radius_px / SQRT2, 10)
-    response = -(sigmas[:, None] ** 2) * laplacian_of_gaussian_at(magnitude, rows, cols, sigmas)
+    # The signed response, not that of the magnitude: inside a large blob the magnitude's
+    # noise is all positive and its fine scales would outweigh the blob's own.
+    sign = np.sign(contrast[rows, cols])
+    response = -(sigmas[:, None] ** 2) * laplacian_of_gaussian_at(mean, rows, cols, sigmas) * sign
     radius = SQRT2 * sigmas[np.argmax(response, axis=0)] if rows.size else np.zeros(0)
     table = pd.DataFrame({"x": cols.astype(float), "y": rows.astype(float), "radius": radius, "contrast": contrast[rows, cols]})
     return table.iloc[np.argsort(-np.abs(table["contrast"].to_numpy()), kind="stable")].reset_index(drop=True)

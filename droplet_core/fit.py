@@ -51,7 +51,7 @@ from droplet_core.models.common import ModelSpec, bucket_size, make_layout
 from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.refine import refine_droplets
 from droplet_core.results import FitResult, OptimiserRun, rmse_per_channel
-from droplet_core.scale import MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale, detect_in_image
+from droplet_core.scale import CANDIDATE_THRESHOLD, MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale, detect_in_image
 from droplet_core.settings import FitProgress, FitSettings
 from droplet_core.store import fit_key
 from droplet_core.uncertainty import (
@@ -110,7 +110,7 @@ def prepare_region(image: np.ndarray, settings: FitSettings) -> Region:
         origin = (settings.crop[0], settings.crop[1])
     detections = None
     if settings.initializer == "encoder" or not settings.downscale:
-        detections = detect_in_image(image, downscale=settings.downscale or 1)
+        detections = detect_in_image(image, threshold=CANDIDATE_THRESHOLD, downscale=settings.downscale or 1)
     choice = None if settings.downscale else choose_downscale(detections, *image.shape[:2])
     factor = settings.downscale or choice.factor
     return Region(images.downscale(image, factor), factor, origin, choice, detections)

@@ -17,8 +17,10 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from droplet_core.detect import strong_peaks
+from droplet_core.scale import outermost_droplets
 from droplet_core.models import templates
 from droplet_core.models.common import Layout, ModelSpec
+from droplet_core.models.outline import outline
 
 if TYPE_CHECKING:
     from droplet_core.fit import MeanFieldGuide
@@ -56,11 +58,11 @@ def radius_px(values: dict) -> np.ndarray:
 
 def drawn_radius_px(values: dict) -> np.ndarray:
     """``(n,)`` radii in fit px of the droplets as drawn: for learned masks, the edge of each
-    droplet's outline (``templates.outline``), which can lie well beyond the model's own
+    droplet's outline (``outline.outline``), which can lie well beyond the model's own
     ``radius`` (the masks reach 1.4 radii); else ``radius_px``."""
     if "masks" not in values:
         return radius_px(values)
-    return templates.outline(templates.composed_masks(values)).edge * values["radius"]
+    return outline(templates.composed_masks(values), templates.EXTENT).edge * values["radius"]
 
 
 def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -122,6 +124,9 @@ def residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, polar
     largest = max(MAX_RADIUS_PX, float(radius.max())) if index.size else MAX_RADIUS_PX
     peaks = strong_peaks(residual, RESIDUAL_PEAK_NOISE_SDS * spread, min_radius_px=MIN_RADIUS_PX, max_radius_px=largest)
     peaks = peaks[peaks["contrast"] * polarity > 0]
+    # A blob far larger than a few pixels has many local maxima inside it; they are one blob.
+    peaks = outermost_droplets(peaks)
+    peaks = peaks.iloc[np.argsort(-np.abs(peaks["contrast"].to_numpy()), kind="stable")]
     if peaks.empty or index.size == 0:
         return peaks.to_numpy(np.float32).reshape(-1, 4)
     distance, nearest = cKDTree(np.stack([values["x"][index], values["y"][index]], axis=1)).query(

@@ -49,6 +49,11 @@ FALLBACK_FIT_PIXELS = 400_000
 # Only confident detections measure the size: faint noise blobs are small and would ask for
 # a needlessly fine (slow) fit.
 SCALE_MIN_P_EXISTS = 0.7
+# Presence probability a detection needs to start a fit: lower than the detector's own
+# threshold, since the fit weighs every candidate's evidence (``p_exists``) and switches
+# off those the image does not support; the detector is shy of droplets unlike its
+# training scenes.
+CANDIDATE_THRESHOLD = 0.35
 # Quantile of the detected radii that the downscale keeps resolvable (the small droplets).
 SMALL_RADIUS_QUANTILE = 0.1
 

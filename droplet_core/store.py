@@ -32,7 +32,7 @@ from droplet_core.settings import FitSettings
 
 # Part of every fit key: bump it when the model maths or the output format change, so
 # fits made by older code are recomputed instead of served.
-CODE_VERSION = "7"  # 7: downscale from the droplets' size, outlines; the expected count; the verdict
+CODE_VERSION = "8"  # 8: candidates from 0.35, neural outlines, large residual blobs whole
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

@@ -29,12 +29,17 @@ from droplet_core.models.common import (
     per_pixel,
     sample_background,
 )
+from droplet_core.models.outline import outline_columns
 
 EXTENT = 1.5
 POSITION_PRIOR_SD_PX = 3.0
 HIDDEN_DIMS = (32, 16, 8)
 GALLERY_RADII_PX = (2.0, 4.0, 8.0)
 GALLERY_SIZE_PX = 25
+# Cells across the grid on which each droplet's outline is read (``droplet_looks``).
+OUTLINE_GRID_CELLS = 41
+# Droplets whose looks are drawn in one compiled call.
+LOOKS_PER_CALL = 128
 # Pixels the optics MLP renders at once (see map_pixel_chunks).
 PIXELS_PER_CHUNK = 65536
 
@@ -205,14 +210,52 @@ def _random_start(key, n: int, types: int, channels: int, features: int):
 
 
 def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
-    """Per-droplet columns in fit px: x, y, radius, composition_0.., sd_x, sd_y, sd_radius, p_exists."""
-    del spec
-    return {
-        "x": values["x"],
-        "y": values["y"],
-        "radius": values["radius"],
-        **composition_and_uncertainty_columns(values, uncertainty),
-    }
+    """Per-droplet columns in fit px: x, y, radius, composition_0.., sd_x, sd_y, sd_radius,
+    p_exists, edge_width, in_focus.
+
+    ``x``, ``y`` and ``radius`` are the centre and edge of each droplet's drawn outline
+    (``outline.outline_columns`` of ``droplet_looks``): the optics model draws at
+    ``dx / r``, so it can scale its look and every radius together, and the model's own
+    ``radius`` is pinned only by where the detector started it.
+    """
+    radius = np.minimum(np.asarray(values["radius"]), np.asarray(spec.layout.radius_cap_px))
+    return outline_columns(droplet_looks(values, spec), EXTENT, values["x"], values["y"], radius,
+                           composition_and_uncertainty_columns(values, uncertainty))
+
+
+def droplet_looks(values: dict, spec: ModelSpec) -> np.ndarray:
+    """``(n, m, m)`` each droplet drawn by the optics model minus the background, on a grid of
+    ``OUTLINE_GRID_CELLS`` cells spanning ``-EXTENT..EXTENT`` of its radius, projected on the
+    colour direction along which the looks vary most (one signed value per cell)."""
+    c, types = spec.layout.channels, spec.mask_types
+    axis = np.linspace(-EXTENT, EXTENT, OUTLINE_GRID_CELLS, dtype=np.float32)
+    v, u = np.meshgrid(axis, axis, indexing="ij")
+    bg = np.asarray(values["bg"], np.float32)
+    radius = np.minimum(np.asarray(values["radius"], np.float32), np.asarray(spec.layout.radius_cap_px, np.float32))
+    composition = np.asarray(values["composition"], np.float32)
+    params = optics_params(values)
+    cells = u.size
+    looks = []
+    # A fixed number of droplets per call: one compiled program whatever the droplet count.
+    for start in range(0, len(radius), LOOKS_PER_CALL):
+        r = np.zeros(LOOKS_PER_CALL, np.float32)
+        mix = np.zeros((LOOKS_PER_CALL, types), np.float32)
+        count = min(LOOKS_PER_CALL, len(radius) - start)
+        r[:count], mix[:count] = radius[start : start + count], composition[start : start + count]
+        features = np.concatenate([
+            np.broadcast_to(bg, (LOOKS_PER_CALL, cells, c)),
+            np.broadcast_to(u.ravel()[None, :, None], (LOOKS_PER_CALL, cells, 1)),
+            np.broadcast_to(v.ravel()[None, :, None], (LOOKS_PER_CALL, cells, 1)),
+            np.broadcast_to(r[:, None, None], (LOOKS_PER_CALL, cells, 1)),
+            np.broadcast_to(mix[:, None, :], (LOOKS_PER_CALL, cells, types)),
+        ], axis=2)
+        drawn = np.asarray(_draw(params, features.reshape(-1, feature_count(spec)), c))
+        looks.append(drawn.reshape(LOOKS_PER_CALL, cells, c)[:count] - bg)
+    looks = np.concatenate(looks) if looks else np.zeros((0, cells, c), np.float32)
+    looks = np.where((np.hypot(u, v) < EXTENT).ravel()[None, :, None], looks, 0.0)
+    flat = looks.reshape(-1, c)
+    direction = np.linalg.svd(flat, full_matrices=False)[2][0] if flat.size else np.ones(c)
+    return (looks @ direction).reshape(len(looks), *u.shape)
 
 
 def optics_params(values: dict) -> dict:

@@ -1,0 +1,141 @@
+"""Where a droplet's drawn look has its edge: the outline every variant's table reports.
+
+A model that draws droplets from a learned look (the templates' masks, the neural optics
+model) can move or scale the look and every droplet's position or radius together and draw
+the same image: its own ``x``, ``y``, ``radius`` are pinned only by where the detector
+started them. What a chemist means by a droplet's centre and radius is its outline, so the
+tables report the outline of each droplet's look, read here from the look itself.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+
+# Along each ray the droplet's edge is the outermost local maximum of the look's radial
+# gradient that reaches this fraction of the droplet's typical (median over rays) largest
+# gradient: the outer edge of the rim or body, however bright or dark each side is drawn
+# (a side shaded to the background level still has its edge).
+OUTLINE_GRADIENT_FRACTION = 0.5
+OUTLINE_ANGLES = 48
+# Radial step (radii) of the search for the edge.
+OUTLINE_STEP = 0.03
+# Edge points further than this many median deviations from the fitted circle (an inner
+# feature taken for the edge) are left out of the second fit.
+OUTLINE_OUTLIER_MADS = 3.0
+
+
+# A droplet whose edge is this many times wider than the image's median droplet edge is out
+# of focus (in focus, every edge is about as wide as the microscope's blur).
+OUT_OF_FOCUS_EDGE_RATIO = 2.0
+
+
+class Outline(NamedTuple):
+    """Each droplet's drawn outline ``(n,)``, in units of the model's radius: the centre's
+    offset from the model's ``x``, ``y``, the edge radius, and the edge's width (the look's
+    contrast over its steepest slope at the edge: about the blur's width)."""
+
+    centre_x: np.ndarray
+    centre_y: np.ndarray
+    edge: np.ndarray
+    edge_width: np.ndarray
+
+
+def outline(droplet_masks: np.ndarray, extent: float) -> Outline:
+    """Centre, edge radius and edge width of each droplet's drawn look (``Outline``).
+
+    Along ``OUTLINE_ANGLES`` rays from the grid's centre, the edge is the outermost strong
+    step of the look (``OUTLINE_GRADIENT_FRACTION``); a circle fitted to those points by
+    least squares (twice, the second time without outlying points) gives the centre of
+    the outline and its radius. A highlight or an inclusion inside the droplet moves
+    neither.
+
+    Parameters
+    ----------
+    droplet_masks : (n, m, m) each droplet's look (minus the background) on a grid spanning
+        ``-extent..extent`` radii of the model's radius.
+    extent : half the grid's side, radii.
+
+    Returns
+    -------
+    Outline of ``(n,)`` arrays, in radii of the model's ``radius``.
+    """
+    n, size, _ = droplet_masks.shape
+    angle, rho, weights = _ray_sampling(size, extent)
+    profile = np.asarray(droplet_masks, np.float32).reshape(n, -1) @ weights.T.astype(np.float32)
+    step = np.abs(np.gradient(profile.reshape(n, angle.size, rho.size), axis=2))
+    typical = np.median(step.max(axis=2), axis=1)
+    peak = np.zeros(step.shape, dtype=bool)
+    peak[..., 1:-1] = (step[..., 1:-1] >= step[..., :-2]) & (step[..., 1:-1] >= step[..., 2:])
+    edge_found = peak & (step >= OUTLINE_GRADIENT_FRACTION * typical[:, None, None]) & (typical[:, None, None] > 0)
+    found = edge_found.any(axis=2)
+    edge = rho[np.argmax(edge_found, axis=2)]
+    px, py = np.cos(angle) * edge, np.sin(angle) * edge
+    centre_x, centre_y, radius = _fit_circles(px, py, found)
+    distance = np.abs(np.hypot(px - centre_x[:, None], py - centre_y[:, None]) - radius[:, None])
+    spread = np.nanmedian(np.where(found, distance, np.nan), axis=1)
+    inliers = found & (distance <= OUTLINE_OUTLIER_MADS * np.maximum(np.nan_to_num(spread), OUTLINE_STEP)[:, None])
+    centre_x, centre_y, radius = _fit_circles(px, py, inliers)
+    usable = inliers.sum(axis=1) >= 3
+    contrast = np.median(np.abs(profile.reshape(step.shape)[..., rho <= 1.0]), axis=(1, 2))
+    return Outline(
+        np.where(usable, centre_x, 0.0).astype(np.float32),
+        np.where(usable, centre_y, 0.0).astype(np.float32),
+        np.where(usable, radius, 1.0).astype(np.float32),
+        (OUTLINE_STEP * contrast / np.maximum(typical, 1e-12)).astype(np.float32),
+    )
+
+
+@lru_cache(maxsize=4)
+def _ray_sampling(size: int, extent: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rays of ``outline`` on a ``size`` grid spanning ``-extent..extent``: angles ``(a,)``, radii ``(s,)`` (from
+    ``extent`` inwards) and the ``(a * s, size * size)`` bilinear weights that sample a
+    flattened mask at every ray point (the same points for every droplet)."""
+    angle = np.linspace(0.0, 2.0 * np.pi, OUTLINE_ANGLES, endpoint=False)
+    rho = np.arange(extent, 0.1, -OUTLINE_STEP)
+    cells_per_radius = (size - 1) / (2.0 * extent)
+    u = ((size - 1) / 2.0 + np.cos(angle)[:, None] * rho[None, :] * cells_per_radius).ravel()
+    v = ((size - 1) / 2.0 + np.sin(angle)[:, None] * rho[None, :] * cells_per_radius).ravel()
+    u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
+    weights = np.zeros((u.size, size * size))
+    rows = np.arange(u.size)
+    for du, dv in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        cu, cv = u0 + du, v0 + dv
+        w = (1.0 - np.abs(u - cu)) * (1.0 - np.abs(v - cv))
+        inside = (cu >= 0) & (cu < size) & (cv >= 0) & (cv < size)
+        np.add.at(weights, (rows[inside], (cv * size + cu)[inside]), w[inside])
+    return angle, rho, weights
+
+
+def _fit_circles(px: np.ndarray, py: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares (Kasa) circles through the points ``(n, k)`` where ``use``: centres and radii ``(n,)``."""
+    w = use.astype(np.float64)
+    design = np.stack([px, py, np.ones_like(px)], axis=2) * w[..., None]
+    target = (px**2 + py**2) * w
+    normal = np.einsum("nki,nkj->nij", design, design) + 1e-9 * np.eye(3)
+    solved = np.linalg.solve(normal, np.einsum("nki,nk->ni", design, target)[..., None])[..., 0]
+    centre_x, centre_y = solved[:, 0] / 2.0, solved[:, 1] / 2.0
+    return centre_x, centre_y, np.sqrt(np.maximum(solved[:, 2] + centre_x**2 + centre_y**2, 1e-12))
+
+
+def outline_columns(looks: np.ndarray, extent: float, x: np.ndarray, y: np.ndarray, radius: np.ndarray,
+                    columns: dict) -> dict:
+    """The outline's ``x``, ``y``, ``radius``, ``edge_width`` and ``in_focus`` (fit px) of droplets
+    whose looks ``(n, m, m)`` (minus the background, on a grid of ``-extent..extent`` of their
+    model ``radius`` ``(n,)``) are drawn at ``x``, ``y`` ``(n,)``; ``columns`` (the variant's
+    other columns) come along with ``sd_radius`` scaled to the outline."""
+    drawn = outline(looks, extent)
+    edge_width_px = drawn.edge_width * radius
+    columns = dict(columns)
+    if "sd_radius" in columns:
+        columns["sd_radius"] = columns["sd_radius"] * drawn.edge
+    return {
+        "x": np.asarray(x) + drawn.centre_x * radius,
+        "y": np.asarray(y) + drawn.centre_y * radius,
+        "radius": drawn.edge * radius,
+        **columns,
+        "edge_width": edge_width_px,
+        "in_focus": edge_width_px <= OUT_OF_FOCUS_EDGE_RATIO * np.median(edge_width_px),
+    }
