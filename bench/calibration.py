@@ -22,7 +22,7 @@ The reported sds are the Laplace sd widened by a model-discrepancy term proporti
 the radius (``droplet_core.uncertainty.with_model_discrepancy``). ``--calibrate`` fits that
 term's factor per model and coordinate on calibration scenes of every family
 (``CALIBRATION_SEEDS``, never the scored ones) so that their pooled 90 % intervals cover 90 %
-of the truth, and the
+of the truth (every family weighing the same), and the
 count's relative error (root-mean-square over those scenes); it writes
 ``droplet_core/calibration.json``; the scored scenes then test it.
 """
@@ -79,13 +79,15 @@ def coverage(errors: pd.DataFrame, coordinate: str, level: float) -> float:
 
 
 def discrepancy_factor(errors: pd.DataFrame, coordinate: str, level: float = 0.9) -> float:
-    """The discrepancy sd per px of radius whose widened intervals cover ``level`` of ``errors``."""
+    """The discrepancy sd per px of radius whose widened intervals cover ``level`` of ``errors``
+    (weighted by its ``weight`` column when it has one)."""
     error = np.abs(errors[f"err_{coordinate}"].to_numpy())
     laplace, radius = errors[f"laplace_sd_{coordinate}"].to_numpy(), errors["radius"].to_numpy()
+    weight = errors["weight"].to_numpy() if "weight" in errors else np.ones(len(errors))
     low, high = 0.0, 2.0
     for _ in range(50):
         factor = 0.5 * (low + high)
-        covered = np.mean(error <= interval_half_width(np.hypot(laplace, factor * radius), level))
+        covered = np.average(error <= interval_half_width(np.hypot(laplace, factor * radius), level), weights=weight)
         low, high = (factor, high) if covered < level else (low, factor)
     return round(high, 4)
 
@@ -155,8 +157,12 @@ def calibrate(models: list[str], seeds: list[int], kinds: list[str]) -> None:
     """Fit the discrepancy factors on ``seeds`` of every kind and write them to ``CALIBRATION_FILE``."""
     factors, count_factors = {}, {}
     for model in models:
-        rows, errors = zip(*(evaluate(kind, seed, model) for kind in kinds for seed in seeds))
-        errors = pd.concat(errors)
+        by_kind = {kind: [evaluate(kind, seed, model) for seed in seeds] for kind in kinds}
+        rows = [row for runs in by_kind.values() for row, _ in runs]
+        # Every kind weighs the same: the seed kind's crowded scenes hold ten times the
+        # droplets of a fluorescence scene, and would otherwise set the factor alone.
+        pooled = [pd.concat([e for _, e in runs]) for runs in by_kind.values()]
+        errors = pd.concat([kind_errors.assign(weight=1.0 / len(kind_errors)) for kind_errors in pooled])
         factors[model] = {c: discrepancy_factor(errors, c) for c in COORDINATES}
         # The count's relative error, root-mean-square over the scenes.
         relative = [(row["found"] - row["true"]) / row["found"] for row in rows]

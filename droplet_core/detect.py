@@ -100,7 +100,7 @@ def strong_peaks(
     """
     _, signed = contrast_image(channel)
     mean = signed.mean(axis=2)
-    contrast = ndimage.gaussian_filter(mean, 1.0)
+    contrast = smoothed_contrast(signed)
     peaks = peak_local_max(
         np.abs(contrast), min_distance=min_separation_px, threshold_abs=min_contrast, exclude_border=False
     )
@@ -141,6 +141,12 @@ def laplacian_of_gaussian_at(image: np.ndarray, rows: np.ndarray, cols: np.ndarr
     return np.concatenate(responses, axis=1) if responses else np.zeros((len(sigmas), 0))
 
 
+def smoothed_contrast(signed: np.ndarray) -> np.ndarray:
+    """``(h, w)`` deviation from the background (``contrast_image``'s signed ``(h, w, c)``)
+    averaged over channels and smoothed by a 1 px Gaussian: what peaks are found in."""
+    return ndimage.gaussian_filter(signed.mean(axis=2), 1.0)
+
+
 def centre_contrast(signed: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Signed deviation from the background at droplet centres ``(n,)``.
 
@@ -153,7 +159,7 @@ def centre_contrast(signed: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
     -------
     ``(n,)`` deviation averaged over channels and smoothed by a 1 px Gaussian.
     """
-    smoothed = ndimage.gaussian_filter(signed.mean(axis=2), 1.0)
+    smoothed = smoothed_contrast(signed)
     rows = np.clip(np.asarray(y).astype(int), 0, smoothed.shape[0] - 1)
     cols = np.clip(np.asarray(x).astype(int), 0, smoothed.shape[1] - 1)
     return smoothed[rows, cols]

@@ -23,6 +23,7 @@ from scipy.spatial import cKDTree
 
 from droplet_core import encoder, images
 from droplet_core.channels import extract_channel
+from droplet_core.models.common import GROWTH_ROOM, RADIUS_CAPS_PX
 
 # Radius band (px of a pyramid level) the detector is trusted with at that level: it was
 # trained on droplets of 1-24 px, and sizes the larger ones short. Neighbouring levels'
@@ -30,7 +31,7 @@ from droplet_core.channels import extract_channel
 # coarsest everything above it.
 LEVEL_BAND_PX = (3.0, 12.0)
 # A level whose shorter side is below this holds too few droplets for the detector's context.
-PYRAMID_MIN_SIDE_PX = 64
+PYRAMID_MIN_SIDE_PX = 48
 # The finest level the detector sees has at most this many pixels (memory and time).
 PYRAMID_MAX_PIXELS = 4_500_000
 # The smallest radius (fit px) the fit must resolve for the image's small droplets.
@@ -38,8 +39,10 @@ MIN_FIT_RADIUS_PX = 1.5
 # The typical droplet spans at least this radius (fit px): enough pixels on its edge for a
 # radius to within a few percent.
 MEDIAN_FIT_RADIUS_PX = 4.0
-# The largest radius (fit px) a droplet patch can draw comfortably (see models.common).
-MAX_FIT_RADIUS_PX = 38.0
+# The largest radius (fit px) a droplet patch can draw with room to grow (the largest of
+# ``models.common.RADIUS_CAPS_PX`` over its ``GROWTH_ROOM``): a coarser fit would lose
+# the small droplets of a polydisperse image sooner than a few large patches cost.
+MAX_FIT_RADIUS_PX = RADIUS_CAPS_PX[-1] / GROWTH_ROOM
 # Fits larger than this many pixels take minutes on a laptop: the downscale grows until below.
 MAX_FIT_PIXELS = 1_600_000
 # Below this many detections the droplets' size is not measured: the pixel budget decides.

@@ -22,7 +22,7 @@ import numpyro.distributions as dist
 # Radius caps (fit pixels): a droplet gets the smallest cap that leaves it room to grow by
 # GROWTH_ROOM during the fit, and a patch reaching ``extent * cap``; its radius is clipped
 # to the cap while rendering.
-RADIUS_CAPS_PX = (1.0, 1.5, 2.0, 2.5, 3.25, 4.0, 5.0, 6.5, 8.0, 10.0, 13.0, 16.0, 24.0, 32.0, 48.0)
+RADIUS_CAPS_PX = (1.0, 1.5, 2.0, 2.5, 3.25, 4.0, 5.0, 6.5, 8.0, 10.0, 13.0, 16.0, 24.0, 32.0, 48.0, 64.0)
 GROWTH_ROOM = 1.25
 
 
