@@ -398,7 +398,7 @@ def compute_fit(
 
 
 def fit_on_worker(
-    image: np.ndarray,
+    image: np.ndarray | None,
     image_sha256: str,
     settings: FitSettings,
     parent_fit_id: str | None,
@@ -408,14 +408,18 @@ def fit_on_worker(
 ) -> FitOutcome:
     """Cluster task: one fit, stored by the worker; progress and stop through ``JobFiles``.
 
-    Returns only the outcome (the result stays in the shared store), so nothing large
-    travels back to the app.
+    ``image`` None: decode the stored upload ``image_sha256`` as the app does. Returns only
+    the outcome (the result stays in the shared store), so nothing large travels back.
     """
     store = FitStore(store_root)
     files = JobFiles(store.root, token)
     try:
+        if image is None:
+            from droplet_core.images import load_image, max_pixels_limit
+
+            image = load_image(store.image_bytes(image_sha256), max_pixels=max_pixels_limit())
         warm_start = store.load(parent_fit_id) if parent_fit_id else None
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:  # ImageError is a ValueError
         return FitOutcome(FAILED, None, _one_line(str(exc)))
     if files.is_set():
         return FitOutcome(STOPPED, None, None)
@@ -757,9 +761,10 @@ class JobRegistry:
                 self._started(work)
             if isinstance(work, FitJob):
                 image, image_sha256, warm_start = work._request
-                image_ref = client.scatter(image, hash=False)
+                # An uploaded image is in the store, which the workers read: the task then
+                # stays small, and a retry on another worker finds its input there too.
                 future = client.submit(
-                    fit_on_worker, image_ref, image_sha256, work.settings,
+                    fit_on_worker, None if self.store.has_image(image_sha256) else image, image_sha256, work.settings,
                     warm_start.fit_id if warm_start is not None else None, str(self.store.root), work.token,
                     self._fit_fn, key=f"droplet-fit-{work.fit_id}-{work.token[:8]}", pure=False,
                 )
