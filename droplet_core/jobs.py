@@ -557,8 +557,8 @@ class JobRegistry:
             isinstance(work, FitJob) and work.lane == session for work in self._running)
         limit = self.queue_settings.session_limit
         if held >= limit:
-            raise QueueFull(f"you have {held} fits queued or running, the most one session may have at once "
-                            f"({limit}); wait for one to finish or stop it")
+            raise QueueFull(f"you have {held} fit{'s' if held != 1 else ''} queued or running, the most one "
+                            f"session may have at once ({limit}); wait for one to finish or stop it")
 
     def _enqueue(self, work: FitJob | _Task) -> None:
         """Queue ``work`` (lock held) and make sure the workers run."""
