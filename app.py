@@ -37,6 +37,7 @@ import numpy as np
 import streamlit as st
 
 from app_support import access
+from app_support.run_times import timed_run
 from droplet_core.channels import CHANNEL_LABELS, CHANNELS, all_channels
 from droplet_core.counting import count_of_table
 from droplet_core.display import DEFAULT_PERCENTILES, stretch_contrast
@@ -87,7 +88,8 @@ def main() -> None:
         st.rerun()
     access.require_access()
     st.session_state[_ROUTED_KEY] = True
-    page.run()
+    with timed_run(page.title):
+        page.run()
 
 
 def page_start(url_path: str) -> None:

@@ -20,35 +20,36 @@ the store is served from it without computing. Workers never call Streamlit.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from droplet_core.fair_queue import FairQueue, estimated_seconds
+from droplet_core.fit_tasks import (
+    DONE,
+    FAILED,
+    RUNNING,
+    STOPPED,
+    FitFunction,
+    FitOutcome,
+    JobFiles,
+    compute_fit,
+    fit_on_worker,
+    one_line,
+)
 from droplet_core.results import FitResult
 from droplet_core.settings import FitProgress, FitSettings
 from droplet_core.store import FitStore, StoreError, fit_key
 
-logger = logging.getLogger(__name__)
-
 SCHEDULER_ENV_VAR = "DROPLET_SCHEDULER"
 SESSION_LIMIT_ENV_VAR = "DROPLET_SESSION_LIMIT"
 DEFAULT_SESSION_LIMIT = 3
-# Progress and stop files of fits running on a cluster, under the store root.
-JOBS_FOLDER = "jobs"
-PROGRESS_FILE = "progress.json"
-STOP_FILE = "stop"
 
 # Finished jobs stay reachable through ``JobRegistry.get`` for a while; each holds a whole
 # FitResult (images and parameters), so only the most recent ones are kept in memory.
@@ -58,10 +59,9 @@ FINISHED_JOBS_KEPT = 16
 _CLUSTER_POLL_S = 0.25
 # How long the cluster's worker count is trusted before it is asked again.
 _CAPACITY_REFRESH_S = 2.0
+# How long closing waits for the fits on the cluster to stop and store what they have.
+_CLOSE_WAIT_S = 30.0
 
-RUNNING, DONE, STOPPED, FAILED = "running", "done", "stopped", "failed"
-
-FitFunction = Callable[..., FitResult]
 
 
 class QueueFull(ValueError):
@@ -150,22 +150,6 @@ class JobSnapshot:
     @property
     def queued(self) -> bool:
         return self.fits_ahead is not None
-
-
-@dataclass(frozen=True)
-class FitOutcome:
-    """How a computed (or looked-up) fit ended; what a cluster worker sends back.
-
-    Attributes
-    ----------
-    status : ``"done"``, ``"stopped"`` or ``"failed"``.
-    fit_id : id of the stored result; None without one (failed, or stopped before a step).
-    error : one-line message of a failure, else None.
-    """
-
-    status: str
-    fit_id: str | None
-    error: str | None
 
 
 class FitJob:
@@ -308,124 +292,6 @@ class _QueueExecutor(Executor):
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         return self._registry._submit_task(_Task(self._lane, self._cost_s, fn, args, kwargs))
-
-
-class JobFiles:
-    """The progress and stop files of one fit run on a cluster: ``<store>/jobs/<token>/``."""
-
-    def __init__(self, store_root: str | os.PathLike, token: str) -> None:
-        self.folder = Path(store_root) / JOBS_FOLDER / token
-        self._losses: list[float] = []
-
-    def write_progress(self, progress: FitProgress) -> None:
-        """Replace ``progress.json`` (atomically: readers never see half a file)."""
-        self._losses.append(float(progress.loss))
-        record = {"step": int(progress.step), "loss": float(progress.loss), "elapsed_s": float(progress.elapsed_s),
-                  "droplets": int(progress.droplets), "losses": self._losses}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle, work = tempfile.mkstemp(prefix=".progress-", dir=self.folder)
-        with os.fdopen(handle, "w") as file:
-            json.dump(record, file)
-        os.replace(work, self.folder / PROGRESS_FILE)
-
-    def read_progress(self) -> dict | None:
-        """The last progress record, or None before the first (or if unreadable)."""
-        try:
-            return json.loads((self.folder / PROGRESS_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def request_stop(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / STOP_FILE).touch()
-
-    def is_set(self) -> bool:
-        """Whether a stop was requested (``run_fit``'s ``stop`` only calls ``is_set``)."""
-        return (self.folder / STOP_FILE).exists()
-
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def compute_fit(
-    image: np.ndarray,
-    image_sha256: str,
-    settings: FitSettings,
-    store: FitStore,
-    fit_fn: FitFunction | None,
-    *,
-    progress: Callable[[FitProgress], None],
-    stop,
-    warm_start: FitResult | None = None,
-) -> tuple[FitOutcome, FitResult | None]:
-    """Compute and store one fit (or take it from the store); failures become outcomes.
-
-    Parameters
-    ----------
-    image : float32 ``(H, W, 3)`` in [0, 1], as uploaded.
-    image_sha256, settings, warm_start : the request.
-    store : where the result is looked up first and saved.
-    fit_fn : the fit function (``droplet_core.fit.run_fit`` when None).
-    progress, stop : handed to the fit function (``stop`` needs only ``is_set()``).
-
-    Returns
-    -------
-    The outcome, and the result when there is one.
-    """
-    key = fit_key(image_sha256, settings, warm_start.fit_id if warm_start is not None else None)
-    try:
-        if store.has(key):
-            # Another session or process stored this fit while the request was queued.
-            result = store.load(key)
-            return FitOutcome(result.status, result.fit_id, None), result
-        fit_fn = fit_fn or _default_fit_fn()
-        try:
-            reused = {}
-            if settings.appearance_from is not None:
-                reused["appearance_source"] = store.load(settings.appearance_from)
-            result = fit_fn(image, settings, image_sha256=image_sha256, progress=progress, stop=stop,
-                            warm_start=warm_start, **reused)
-        except (ValueError, StoreError) as exc:  # FitError, bad settings, a missing source: a message for the user
-            return FitOutcome(FAILED, None, _one_line(str(exc)) or type(exc).__name__), None
-        if result.status == DONE and result.fit_id != key:
-            # The store would file it where no later request looks: a key bug, not a fit.
-            raise RuntimeError(f"fit returned id {result.fit_id}, expected {key}")
-        store.save(result)
-        return FitOutcome(result.status, result.fit_id, None), result
-    except Exception as exc:
-        logger.exception("fit %s failed", key)
-        return FitOutcome(FAILED, None, _one_line(f"fit failed: {type(exc).__name__}: {exc}")), None
-
-
-def fit_on_worker(
-    image: np.ndarray | None,
-    image_sha256: str,
-    settings: FitSettings,
-    parent_fit_id: str | None,
-    store_root: str,
-    token: str,
-    fit_fn: FitFunction | None = None,
-) -> FitOutcome:
-    """Cluster task: one fit, stored by the worker; progress and stop through ``JobFiles``.
-
-    ``image`` None: decode the stored upload ``image_sha256`` as the app does. Returns only
-    the outcome (the result stays in the shared store), so nothing large travels back.
-    """
-    store = FitStore(store_root)
-    files = JobFiles(store.root, token)
-    try:
-        if image is None:
-            from droplet_core.images import load_image, max_pixels_limit
-
-            image = load_image(store.image_bytes(image_sha256), max_pixels=max_pixels_limit())
-        warm_start = store.load(parent_fit_id) if parent_fit_id else None
-    except (StoreError, ValueError) as exc:  # ImageError is a ValueError
-        return FitOutcome(FAILED, None, _one_line(str(exc)))
-    if files.is_set():
-        return FitOutcome(STOPPED, None, None)
-    outcome, _ = compute_fit(image, image_sha256, settings, store, fit_fn, progress=files.write_progress,
-                             stop=files, warm_start=warm_start)
-    return outcome
 
 
 class JobRegistry:
@@ -704,11 +570,16 @@ class JobRegistry:
             job._finish_without_result(outcome.status, outcome.error)
 
     def _cluster_loop(self) -> None:
+        closed_at = None
         try:
             while True:
                 with self._cond:
-                    if self._closed and not self._remote:
-                        return
+                    if self._closed:
+                        # Stopped fits store what they reached within a chunk or two; a lost
+                        # cluster never answers, so wait for them only so long.
+                        closed_at = closed_at or time.monotonic()
+                        if not self._remote or time.monotonic() - closed_at > _CLOSE_WAIT_S:
+                            return
                 self._follow_cluster_work()
                 self._start_on_cluster()
                 with self._cond:
@@ -728,7 +599,7 @@ class JobRegistry:
         try:
             self._client = Client(address, timeout="10s", set_as_default=False)
         except (OSError, TimeoutError) as exc:
-            message = _one_line(f"cannot reach the Dask scheduler at {address}: {exc}")
+            message = one_line(f"cannot reach the Dask scheduler at {address}: {exc}")
             with self._cond:
                 failed = []
                 while (work := self._queue.pop()) is not None:
@@ -812,7 +683,7 @@ class JobRegistry:
             try:
                 job._finish_with(self.store.load(outcome.fit_id))
             except StoreError as exc:
-                job._finish_without_result(FAILED, _one_line(f"the worker stored this fit but it cannot be read: {exc}"))
+                job._finish_without_result(FAILED, one_line(f"the worker stored this fit but it cannot be read: {exc}"))
 
 
 def _cluster_failure(error: BaseException) -> str:
@@ -822,7 +693,7 @@ def _cluster_failure(error: BaseException) -> str:
     if isinstance(error, KilledWorker):
         return ("the Dask worker computing this fit died (out of memory, or shut down) on every try; nothing of it "
                 "was stored: press Fit to try again")
-    return _one_line(f"the Dask cluster could not run this fit: {type(error).__name__}: {error}")
+    return one_line(f"the Dask cluster could not run this fit: {type(error).__name__}: {error}")
 
 
 def _reusable(job: FitJob) -> bool:
@@ -831,13 +702,3 @@ def _reusable(job: FitJob) -> bool:
         # A job being stopped will end partial; the new request wants the whole fit.
         return not job.stop_requested
     return job.snapshot().status == DONE
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _default_fit_fn() -> FitFunction:
-    from droplet_core.fit import run_fit  # lazy: the fit engine loads JAX
-
-    return run_fit

@@ -162,7 +162,7 @@ def test_a_batch_shares_the_queue_as_one_lane(registry):
     fake.release(1000)
     for future in futures:
         future.result(timeout=WAIT_S)
-    assert later.wait(WAIT_S)
+    assert running.wait(WAIT_S) and later.wait(WAIT_S)
     assert order == ["image 0", "image 1", "image 2"]
 
 

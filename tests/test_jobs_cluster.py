@@ -35,7 +35,8 @@ def queue(cluster, tmp_path):
     local, pids = cluster
     pids.write_text("")
     local.scheduler.allowed_failures = 3
-    registry = JobRegistry(FitStore(tmp_path), fit_fn=slow_fit, queue=QueueSettings(local.scheduler_address, session_limit=10))
+    settings = QueueSettings(local.scheduler_address, session_limit=10)
+    registry = JobRegistry(FitStore(tmp_path), fit_fn=slow_fit, queue=settings)
     yield registry
     registry.close()
 
