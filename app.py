@@ -140,7 +140,11 @@ def store() -> FitStore:
 def registry():
     """The process-wide ``JobRegistry`` (thread-safe; shared by all sessions): every fit the
     app starts waits in its queue, in this process or on the Dask cluster of ``DROPLET_SCHEDULER``."""
-    return _registry(store_root())
+    try:
+        return _registry(store_root())
+    except ValueError as exc:  # a malformed DROPLET_SESSION_LIMIT
+        st.error(f"This server's fit queue is misconfigured: {exc}.", icon=":material/error:")
+        st.stop()
 
 
 def session_lane() -> str:

@@ -81,3 +81,13 @@ def test_a_session_over_its_limit_is_told_and_keeps_its_fits(gated_queue, monkey
         "Not started: you have 1 fit queued or running, the most one session may have at once (1); wait for one "
         "to finish or stop it."]
     assert at.session_state["job_id"] == running
+
+
+def test_a_malformed_session_limit_is_one_line_on_the_fit_page(monkeypatch, tmp_path):
+    # A store folder of its own: the registry of this server process is made anew for it.
+    monkeypatch.setenv("DROPLET_STORE", str(tmp_path))
+    monkeypatch.setenv("DROPLET_SESSION_LIMIT", "lots")
+    at = fit_page_session()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "This server's fit queue is misconfigured: DROPLET_SESSION_LIMIT must be a whole number, not 'lots'."]
