@@ -466,7 +466,9 @@ def sidebar(url_path: str) -> None:
         )
         access.account_box()
         with st.expander("About this server"):
-            st.markdown(f"Fits run on: `{device_description()}`  \nFit store: `{store_root()}`  \n"
+            scheduler = registry().queue_settings.scheduler
+            where = f"the Dask cluster at `{scheduler}`" if scheduler else f"`{device_description()}`"
+            st.markdown(f"Fits run on: {where}  \nFit store: `{store_root()}`  \n"
                         f"Image id (SHA-256): `{st.session_state.get('image_sha', '')[:16]}…`")
 
 

@@ -91,3 +91,11 @@ def test_a_malformed_session_limit_is_one_line_on_the_fit_page(monkeypatch, tmp_
     assert not at.exception
     assert [e.value for e in at.error] == [
         "This server's fit queue is misconfigured: DROPLET_SESSION_LIMIT must be a whole number, not 'lots'."]
+
+
+def test_the_sidebar_names_the_cluster_the_fits_run_on(monkeypatch, tmp_path):
+    monkeypatch.setenv("DROPLET_STORE", str(tmp_path))
+    monkeypatch.setenv("DROPLET_SCHEDULER", "tcp://lab-gpu:8786")
+    at = fit_page_session()
+    assert not at.exception
+    assert any(m.value.startswith("Fits run on: the Dask cluster at `tcp://lab-gpu:8786`") for m in at.sidebar.markdown)
