@@ -126,3 +126,11 @@ def test_an_unreachable_scheduler_fails_the_fit_with_a_message(tmp_path):
         assert job.snapshot().error.startswith("cannot reach the Dask scheduler at tcp://127.0.0.1:9")
     finally:
         registry.close()
+
+
+def test_batch_images_run_on_the_cluster_in_the_same_queue(queue):
+    executor = queue.executor("batch 1", FitSettings())
+    futures = [executor.submit(os.getpid) for _ in range(3)]
+    pids = {future.result(timeout=TIMEOUT_S) for future in futures}
+    assert os.getpid() not in pids
+    assert len(pids) <= 2  # the cluster's two worker processes
