@@ -108,13 +108,12 @@ def start_cluster(env: dict, log: Path, workers: int = 2) -> tuple[list[subproce
     """A Dask scheduler and ``workers`` workers (one thread each) that count their fits."""
     address = f"tcp://127.0.0.1:{free_port()}"
     env = dict(env, PYTHONPATH=str(ROOT))
+    scheduler = ["scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"]
+    worker = ["worker", address, "--nthreads", "1", "--no-dashboard", "--preload", "bench.load"]
     with open(log, "w") as out:
-        procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
-                                   address.rsplit(":", 1)[1], "--no-dashboard"], cwd=ROOT, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)]
-        procs += [subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
-                                    "--preload", "bench.load"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-                  for _ in range(workers)]
+        procs = [subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+                 for args in [scheduler] + [worker] * workers]
     return procs, address
 
 

@@ -178,7 +178,7 @@ class FitJob:
         self._error: str | None = None
         self._result: FitResult | None = None
         self._result_fit_id: str | None = None
-        # Set by the registry: the request (dropped once started) and queue callbacks.
+        # Set by the registry: the request (dropped once finished) and queue callbacks.
         self._request: tuple[np.ndarray, str, FitResult | None] | None = None
         self._place: Callable[[FitJob], tuple[int, float] | None] = lambda job: None
         self._on_stop: Callable[[FitJob], None] = lambda job: None
