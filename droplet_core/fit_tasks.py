@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 JOBS_FOLDER = "jobs"
 PROGRESS_FILE = "progress.json"
 STOP_FILE = "stop"
+
+# A running fit rewrites its progress file after every chunk; a job folder untouched this
+# long belongs to a fit whose app went away (its worker finished, nobody removed the files).
+STALE_JOB_FILES_S = 3600.0
 
 RUNNING, DONE, STOPPED, FAILED = "running", "done", "stopped", "failed"
 
@@ -87,6 +92,21 @@ class JobFiles:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def remove_stale_job_files(store_root: str | os.PathLike, max_age_s: float = STALE_JOB_FILES_S) -> int:
+    """Remove the ``jobs/<token>/`` folders not written to for ``max_age_s``; how many went."""
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for folder in (Path(store_root) / JOBS_FOLDER).glob("*"):
+        try:
+            stale = folder.is_dir() and not folder.is_symlink() and folder.stat().st_mtime < cutoff
+        except OSError:
+            continue  # removed meanwhile by another app process
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def compute_fit(

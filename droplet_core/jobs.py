@@ -42,6 +42,7 @@ from droplet_core.fit_tasks import (
     compute_fit,
     fit_on_worker,
     one_line,
+    remove_stale_job_files,
 )
 from droplet_core.results import FitResult
 from droplet_core.settings import FitProgress, FitSettings
@@ -326,6 +327,8 @@ class JobRegistry:
         self._client = None
         self._capacity = (0, -float("inf"))  # cluster threads, and when they were counted
         self._remote: dict[FitJob | _Task, object] = {}  # cluster futures of what runs there
+        if self.queue_settings.scheduler:
+            remove_stale_job_files(store.root)
 
     # -- requests ---------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from cluster_fits import slow_fit
+from droplet_core.fit_tasks import JobFiles
 from droplet_core.jobs import JobRegistry, QueueSettings
 from droplet_core.settings import FitSettings
 from droplet_core.store import FitStore, fit_key
@@ -134,3 +135,14 @@ def test_batch_images_run_on_the_cluster_in_the_same_queue(queue):
     pids = {future.result(timeout=TIMEOUT_S) for future in futures}
     assert os.getpid() not in pids
     assert len(pids) <= 2  # the cluster's two worker processes
+
+
+def test_job_files_left_by_a_vanished_app_are_removed_by_the_next(tmp_path):
+    store = FitStore(tmp_path)
+    old, current = JobFiles(store.root, "old"), JobFiles(store.root, "current")
+    for files in (old, current):
+        files.request_stop()
+    hour_ago = time.time() - 2 * 3600
+    os.utime(old.folder, (hour_ago, hour_ago))
+    JobRegistry(store, queue=QueueSettings("tcp://127.0.0.1:9")).close()
+    assert not old.folder.exists() and current.folder.exists()
