@@ -29,12 +29,15 @@ No model maths here: everything numeric comes from ``droplet_core``; figures are
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import streamlit as st
 
+from app_support import access
+from app_support.run_times import timed_run
 from droplet_core.channels import CHANNEL_LABELS, CHANNELS, all_channels
 from droplet_core.counting import count_of_table
 from droplet_core.display import DEFAULT_PERCENTILES, stretch_contrast
@@ -72,7 +75,8 @@ def navigation():
         st.Page(script, title=title, icon=icon, url_path=url, default=(i == 0))
         for i, (script, title, icon, url) in enumerate(PAGE_SPECS)
     ]
-    return st.navigation(pages, position="sidebar")
+    # Before the login (when one is asked for) not even the pages' names are shown.
+    return st.navigation(pages, position="sidebar" if access.has_access() else "hidden")
 
 
 def main() -> None:
@@ -82,8 +86,10 @@ def main() -> None:
         # First run of a session (may have come through the legacy router): start clean.
         st.session_state[_STARTED_KEY] = True
         st.rerun()
+    access.require_access()
     st.session_state[_ROUTED_KEY] = True
-    page.run()
+    with timed_run(page.title):
+        page.run()
 
 
 def page_start(url_path: str) -> None:
@@ -97,6 +103,7 @@ def page_start(url_path: str) -> None:
             st.rerun()
         # Later runs can still arrive here under AppTest, which resets Streamlit's
         # pages-directory flag before every run; they render normally.
+    access.require_access()
     collect_background_jobs()
     requested = st.query_params.get("fit")
     if (url_path in FIT_LINK_PAGES and is_valid_fit_id(requested) and requested != st.session_state.get("fit_id")
@@ -121,9 +128,9 @@ def _store(root: str) -> FitStore:
 
 @st.cache_resource(show_spinner=False)
 def _registry(root: str):
-    from droplet_core.jobs import JobRegistry
+    from droplet_core.jobs import JobRegistry, QueueSettings
 
-    return JobRegistry(_store(root))
+    return JobRegistry(_store(root), queue=QueueSettings.from_env())
 
 
 def store() -> FitStore:
@@ -131,8 +138,20 @@ def store() -> FitStore:
 
 
 def registry():
-    """The process-wide ``JobRegistry`` (thread-safe; shared by all sessions)."""
-    return _registry(store_root())
+    """The process-wide ``JobRegistry`` (thread-safe; shared by all sessions): every fit the
+    app starts waits in its queue, in this process or on the Dask cluster of ``DROPLET_SCHEDULER``."""
+    try:
+        return _registry(store_root())
+    except ValueError as exc:  # a malformed DROPLET_SESSION_LIMIT
+        st.error(f"This server's fit queue is misconfigured: {exc}.", icon=":material/error:")
+        st.stop()
+
+
+def session_lane() -> str:
+    """This session's lane in the fit queue (fits are started round-robin across lanes)."""
+    if "_droplet_lane" not in st.session_state:
+        st.session_state["_droplet_lane"] = uuid.uuid4().hex
+    return st.session_state["_droplet_lane"]
 
 
 @st.cache_resource(show_spinner="Starting JAX ...")
@@ -445,8 +464,11 @@ def sidebar(url_path: str) -> None:
                  "white, so dim and 16-bit images are visible. Only the display changes: fits always use the "
                  "image's raw values. 0–100 spans the image's whole range.",
         )
+        access.account_box()
         with st.expander("About this server"):
-            st.markdown(f"Fits run on: `{device_description()}`  \nFit store: `{store_root()}`  \n"
+            scheduler = registry().queue_settings.scheduler
+            where = f"the Dask cluster at `{scheduler}`" if scheduler else f"`{device_description()}`"
+            st.markdown(f"Fits run on: {where}  \nFit store: `{store_root()}`  \n"
                         f"Image id (SHA-256): `{st.session_state.get('image_sha', '')[:16]}…`")
 
 

@@ -2,20 +2,26 @@
 
 Run from the repository root (needs Debian's ``chromium`` and Playwright)::
 
-    python -m bench.load --sessions 8
+    python -m bench.load --sessions 8          # fits in the app's process
+    python -m bench.load --sessions 8 --lab    # fits on a local Dask cluster (scheduler + 2 workers)
 
 Starts ``streamlit run app.py`` on a free port with a temporary store, in a process that
 counts the fits the engine computes (each ``run_fit`` call appends its fit key to a log
-file). Then N browser sessions (Playwright contexts in one headless Chromium) at once:
+file; with ``--lab`` the workers count, through a Dask preload of this module), and that
+logs the server-side time of every script run (``DROPLET_RUN_TIMES``). Then N browser
+sessions (Playwright contexts in one headless Chromium) at once:
 
 1. open the app (the built-in demo image) and go to the Fit page;
 2. all press **Fit** with the same settings at the same moment (identical requests);
 3. wait for the result, read its share link, and open the link in a new tab.
 
 It prints the sessions that completed with no error (no exception on any page, the same
-fit id and droplet count as every other session), the page response times (median /
-max: opening the app, opening the Fit page, opening the share link, and the wait for the
-fit), and asserts that the identical concurrent requests were computed once.
+fit id and droplet count as every other session), the browsers' wall times (median / max:
+opening the app, opening the Fit page, opening the share link, and the wait for the fit),
+the server's own time per script run by page (median / 95th percentile), the server
+process's peak memory, and asserts that the identical concurrent requests were computed once.
+Browsers and server share this machine's cores, so the browsers' times include the
+browsers' own cost; the server-side times do not.
 """
 
 from __future__ import annotations
@@ -63,10 +69,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve(port: int) -> None:
-    """Server process: count ``run_fit`` calls, then run Streamlit in this process."""
-    from streamlit.web import cli
-
+def count_fits() -> None:
+    """Make ``droplet_core.fit.run_fit`` log the key of every fit it computes."""
     import droplet_core.fit
     from droplet_core.store import fit_key
 
@@ -78,8 +82,20 @@ def serve(port: int) -> None:
             log.write(key + "\n")
         return real_run_fit(image, settings, image_sha256=image_sha256, warm_start=warm_start, **options)
 
-    # The job registry looks the engine up at call time, so it finds the counting one.
+    # The job queue looks the engine up at call time, so it finds the counting one.
     droplet_core.fit.run_fit = counting_run_fit
+
+
+def dask_setup(worker) -> None:
+    """Dask preload hook (``dask worker --preload bench.load``): count the worker's fits."""
+    count_fits()
+
+
+def serve(port: int) -> None:
+    """Server process: count ``run_fit`` calls, then run Streamlit in this process."""
+    from streamlit.web import cli
+
+    count_fits()
     sys.argv = [
         "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true", "--server.port", str(port),
         "--global.developmentMode", "false", "--server.fileWatcherType", "none",
@@ -88,9 +104,22 @@ def serve(port: int) -> None:
     cli.main()
 
 
-def start_server(store: Path, fit_log: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_cluster(env: dict, log: Path, workers: int = 2) -> tuple[list[subprocess.Popen], str]:
+    """A Dask scheduler and ``workers`` workers (one thread each) that count their fits."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = dict(env, PYTHONPATH=str(ROOT))
+    scheduler = ["scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"]
+    worker = ["worker", address, "--nthreads", "1", "--no-dashboard", "--preload", "bench.load"]
+    with open(log, "w") as out:
+        procs = [subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+                 for args in [scheduler] + [worker] * workers]
+    return procs, address
+
+
+def start_server(store: Path, fit_log: Path, log: Path, extra_env: dict | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = dict(os.environ, DROPLET_STORE=str(store), **{FIT_LOG_ENV: str(fit_log)})
+    env = dict(os.environ, DROPLET_STORE=str(store), **{FIT_LOG_ENV: str(fit_log)}, **(extra_env or {}))
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "bench.load", "--serve", str(port)], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
@@ -194,6 +223,39 @@ async def drive(base: str, sessions: int, timeout_s: float) -> list[SessionRecor
     return records
 
 
+def percentile_95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
+
+
+def report_server_times(run_times: str, peak_rss_mb: float | None) -> None:
+    """Server-side seconds per script run, by page, and the server's peak memory."""
+    by_page: dict[str, list[float]] = {}
+    for line in run_times.splitlines():
+        page, seconds = line.split("\t")
+        by_page.setdefault(page, []).append(float(seconds))
+    print(f"server time per script run{'':<2}{'runs':>6}{'median s':>10}{'p95 s':>8}{'max s':>8}")
+    for page, values in sorted(by_page.items()):
+        print(f"  {page:<26}{len(values):>6}{statistics.median(values):>10.3f}{percentile_95(values):>8.3f}"
+              f"{max(values):>8.3f}")
+    others = [v for page, values in by_page.items() if page != "Fit" for v in values]
+    if others:
+        print(f"  {'all pages but Fit':<26}{len(others):>6}{statistics.median(others):>10.3f}"
+              f"{percentile_95(others):>8.3f}{max(others):>8.3f}")
+    if peak_rss_mb is not None:
+        print(f"app server peak memory (VmHWM): {peak_rss_mb:.0f} MB")
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The peak resident memory of process ``pid`` (Linux), in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def report(records: list[SessionRecord], fit_keys: list[str], server_log: str, wall_s: float) -> bool:
     """Print the figures; True if every check passed."""
     good = [r for r in records if r.error is None]
@@ -221,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=8, help="simultaneous browser sessions (default 8)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds any one page may take (default 300)")
+    parser.add_argument("--lab", action="store_true",
+                        help="run the fits on a local Dask cluster (a scheduler and two workers), as scripts/lab.sh")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the server process
     args = parser.parse_args(argv)
     if args.serve:
@@ -231,21 +295,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="droplet-load-") as work:
         work = Path(work)
-        fit_log, server_log = work / "fits.log", work / "server.log"
+        fit_log, server_log, run_times = work / "fits.log", work / "server.log", work / "run-times.tsv"
         fit_log.touch()
-        proc, base = start_server(work / "store", fit_log, server_log)
+        run_times.touch()
+        env = {"DROPLET_RUN_TIMES": str(run_times)}
+        cluster = []
+        if args.lab:
+            cluster, address = start_cluster(dict(os.environ, **{FIT_LOG_ENV: str(fit_log)}), work / "cluster.log")
+            env["DROPLET_SCHEDULER"] = address
+        print(f"fits run {'on a local Dask cluster (2 workers)' if args.lab else 'in the app server process'}")
+        proc, base = start_server(work / "store", fit_log, server_log, env)
         try:
             started = time.perf_counter()
             records = asyncio.run(drive(base, args.sessions, args.timeout))
             wall_s = time.perf_counter() - started
+            peak = peak_rss_mb(proc.pid)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            for each in [proc, *reversed(cluster)]:
+                each.terminate()
+                try:
+                    each.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    each.kill()
+                    each.wait()
         passed = report(records, fit_log.read_text().split(), server_log.read_text(), wall_s)
+        report_server_times(run_times.read_text(), peak)
     assert passed, "load check failed (see above)"
     print("ok: every session completed, and the identical concurrent fit requests were computed once")
     return 0

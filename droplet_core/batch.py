@@ -1,9 +1,10 @@
 """Fit many images with the same settings, on any ``concurrent.futures`` executor.
 
 The command line runs batches on Dask distributed (``dask_executor``: a ``LocalCluster``
-of worker processes, or an existing scheduler); the app runs them on a thread pool. Each
-image is one task, ``fit_image``, which goes through the fit store: a fit already stored
-is read back instead of recomputed (so an interrupted batch resumes where it stopped),
+of worker processes, or an existing scheduler); the app runs them in its fit queue
+(``droplet_core.jobs``, one lane per batch). Each image is one task, ``fit_image``, which
+goes through the fit store: a fit already stored is read back instead of recomputed (so
+an interrupted batch resumes where it stopped),
 and a new fit is saved. Workers and the caller must therefore see the same store folder
 and the image files (one machine, or a shared file system). A fit's id and droplets
 depend only on the image bytes and the settings, never on the worker or scheduler that
@@ -234,7 +235,7 @@ def submit_batch(
     ----------
     images : the batch; names must be unique.
     settings : the same settings for every image.
-    executor : where the tasks run (Dask's ``Client.get_executor()``, a thread pool, ...).
+    executor : where the tasks run (Dask's ``Client.get_executor()``, ``JobRegistry.executor``, ...).
     store_root : the fit store folder, as the workers see it.
     pixel_size_um : µm per pixel for every image; None uses each file's own (or pixels).
     """

@@ -1,36 +1,109 @@
-"""Background fits shared by all app sessions: one registry, one worker pool, one job per fit key.
+"""Every fit the app starts, in one fair queue, run in this process or on a Dask cluster.
 
-The app keeps a single ``JobRegistry`` (in ``st.cache_resource``). Sessions submit fits
-and poll ``FitJob.snapshot()``; two sessions asking for the same fit (same image,
-settings and warm start) share one job and one computation, and a fit already in the
-store is served from it without computing. Workers never call Streamlit.
+The app keeps a single ``JobRegistry`` (in ``st.cache_resource``). Single fits, continued
+fits, appearance-reuse fits and the images of batches all wait in its ``FairQueue``
+(round-robin across sessions; a batch is one more lane), and start when a worker is free:
+
+- **in-process** (the default, nothing to set up): ``max_workers`` threads of this process;
+- **on a Dask cluster** (``QueueSettings.scheduler``, from ``DROPLET_SCHEDULER``): each
+  fit is a task on the cluster's workers, which may have GPUs. Workers and app must see
+  the same store folder (one machine or a shared file system). A running fit reports its
+  progress, and learns that it should stop, through two small files under
+  ``<store>/jobs/<token>/`` (``progress.json``, ``stop``). The worker stores the result
+  itself (atomically, ``droplet_core.store``), so a worker that dies mid-fit leaves nothing
+  half-written; Dask then runs the fit again on another worker, and after
+  ``distributed.scheduler.allowed-failures`` deaths the job fails with a message.
+
+Identical requests (same image, settings and warm start) share one job; a fit already in
+the store is served from it without computing. Workers never call Streamlit.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import threading
-import weakref
+import time
+import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
 
+from droplet_core.fair_queue import FairQueue, estimated_seconds
+from droplet_core.fit_tasks import (
+    DONE,
+    FAILED,
+    RUNNING,
+    STOPPED,
+    FitFunction,
+    FitOutcome,
+    JobFiles,
+    compute_fit,
+    fit_on_worker,
+    one_line,
+    remove_stale_job_files,
+)
 from droplet_core.results import FitResult
 from droplet_core.settings import FitProgress, FitSettings
 from droplet_core.store import FitStore, StoreError, fit_key
 
-logger = logging.getLogger(__name__)
+SCHEDULER_ENV_VAR = "DROPLET_SCHEDULER"
+SESSION_LIMIT_ENV_VAR = "DROPLET_SESSION_LIMIT"
+DEFAULT_SESSION_LIMIT = 3
 
 # Finished jobs stay reachable through ``JobRegistry.get`` for a while; each holds a whole
 # FitResult (images and parameters), so only the most recent ones are kept in memory.
 # Stored fits remain available from the FitStore.
 FINISHED_JOBS_KEPT = 16
+# How often the cluster loop reads progress files and looks for finished or free workers.
+_CLUSTER_POLL_S = 0.25
+# How long the cluster's worker count is trusted before it is asked again.
+_CAPACITY_REFRESH_S = 2.0
+# How long closing waits for the fits on the cluster to stop and store what they have.
+_CLOSE_WAIT_S = 30.0
 
-RUNNING, DONE, STOPPED, FAILED = "running", "done", "stopped", "failed"
 
-FitFunction = Callable[..., FitResult]
+
+class QueueFull(ValueError):
+    """A session asked for more fits than its share of the queue (``session_limit``)."""
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """Where the app's fits run and how much of the queue one session may hold.
+
+    Attributes
+    ----------
+    scheduler : address of a Dask scheduler (``tcp://host:8786``); None runs fits in
+        threads of the app's process.
+    session_limit : fits one session may have queued or running at once.
+    """
+
+    scheduler: str | None = None
+    session_limit: int = DEFAULT_SESSION_LIMIT
+
+    def __post_init__(self) -> None:
+        if self.session_limit < 1:
+            raise ValueError("the per-session limit of fits must be at least 1")
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None) -> QueueSettings:
+        """From ``DROPLET_SCHEDULER`` and ``DROPLET_SESSION_LIMIT`` (unset or empty: defaults).
+
+        Raises
+        ------
+        ValueError
+            ``DROPLET_SESSION_LIMIT`` is not a positive integer.
+        """
+        environ = os.environ if environ is None else environ
+        scheduler = (environ.get(SCHEDULER_ENV_VAR) or "").strip() or None
+        text = (environ.get(SESSION_LIMIT_ENV_VAR) or "").strip()
+        try:
+            limit = int(text) if text else DEFAULT_SESSION_LIMIT
+        except ValueError:
+            raise ValueError(f"{SESSION_LIMIT_ENV_VAR} must be a whole number, not {text!r}") from None
+        return cls(scheduler=scheduler, session_limit=limit)
 
 
 @dataclass(frozen=True)
@@ -54,6 +127,9 @@ class JobSnapshot:
         this registry; empty for a fit served from the store. The per-step curve of a
         finished fit is ``FitJob.result().losses``.
     error : one-line message of a failed job, else None.
+    fits_ahead : while queued, the fits that start or run before this one (running ones
+        included); None once it has started or finished.
+    wait_s : while queued, the estimated seconds until it starts; else None.
     """
 
     fit_id: str
@@ -65,22 +141,32 @@ class JobSnapshot:
     droplets: int
     losses: tuple[float, ...]
     error: str | None
+    fits_ahead: int | None = None
+    wait_s: float | None = None
 
     @property
     def finished(self) -> bool:
         return self.status != RUNNING
 
+    @property
+    def queued(self) -> bool:
+        return self.fits_ahead is not None
+
 
 class FitJob:
     """One fit, queued, running or finished; created by ``JobRegistry``.
 
-    Its state is written by the worker thread (through the progress callback) and read by
-    any number of session threads; a lock keeps each snapshot consistent.
+    Its state is written by the thread that runs or watches the fit and read by any number
+    of session threads; a lock keeps each snapshot consistent.
     """
 
-    def __init__(self, fit_id: str, settings: FitSettings) -> None:
+    def __init__(self, fit_id: str, settings: FitSettings, lane: str = "") -> None:
         self.fit_id = fit_id
         self.settings = settings
+        self.lane = lane
+        # Names this run's progress and stop files on a cluster (a new request for the same
+        # fit while this one is stopping gets files of its own).
+        self.token = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._finished = threading.Event()
@@ -93,6 +179,10 @@ class FitJob:
         self._error: str | None = None
         self._result: FitResult | None = None
         self._result_fit_id: str | None = None
+        # Set by the registry: the request (dropped once finished) and queue callbacks.
+        self._request: tuple[np.ndarray, str, FitResult | None] | None = None
+        self._place: Callable[[FitJob], tuple[int, float] | None] = lambda job: None
+        self._on_stop: Callable[[FitJob], None] = lambda job: None
 
     @classmethod
     def from_result(cls, result: FitResult) -> FitJob:
@@ -102,8 +192,11 @@ class FitJob:
         return job
 
     def stop(self) -> None:
-        """Ask the fit to stop after its current chunk; it then finishes as ``"stopped"``."""
+        """Ask the fit to stop after its current chunk; it then finishes as ``"stopped"``.
+
+        A job still queued finishes at once, without a result."""
         self._stop.set()
+        self._on_stop(self)
 
     @property
     def stop_requested(self) -> bool:
@@ -123,6 +216,7 @@ class FitJob:
             return self._result
 
     def snapshot(self) -> JobSnapshot:
+        place = None if self.done() else self._place(self)
         with self._lock:
             return JobSnapshot(
                 fit_id=self._result_fit_id or self.fit_id,
@@ -134,9 +228,11 @@ class FitJob:
                 droplets=self._droplets,
                 losses=tuple(self._losses),
                 error=self._error,
+                fits_ahead=place[0] if place else None,
+                wait_s=place[1] if place else None,
             )
 
-    # -- called by the worker ---------------------------------------------------------
+    # -- called by the thread that runs or watches the fit -----------------------------
 
     def _report(self, progress: FitProgress) -> None:
         """Progress callback handed to the fit function."""
@@ -147,6 +243,15 @@ class FitJob:
             self._elapsed_s = float(progress.elapsed_s)
             self._droplets = int(progress.droplets)
             self._losses.append(loss)
+
+    def _take_progress_record(self, record: dict) -> None:
+        """Progress as a cluster worker wrote it (``JobFiles.read_progress``)."""
+        with self._lock:
+            self._step = int(record["step"])
+            self._loss = float(record["loss"])
+            self._elapsed_s = float(record["elapsed_s"])
+            self._droplets = int(record["droplets"])
+            self._losses = [float(v) for v in record["losses"]]
 
     def _finish_with(self, result: FitResult) -> None:
         # Step and loss come from info, not ``result.losses``: a warm-started fit's losses
@@ -159,39 +264,73 @@ class FitJob:
             self._step = int(result.info["steps_done"])
             self._loss = float(final_loss) if final_loss is not None else self._loss
             self._droplets = len(result.droplets)
+            self._request = None
         self._finished.set()
 
     def _finish_without_result(self, status: str, error: str | None) -> None:
         with self._lock:
             self._status = status
             self._error = error
+            self._request = None
         self._finished.set()
 
 
+class _Task:
+    """A plain function call in the queue (one image of a batch), with its ``Future``."""
+
+    def __init__(self, lane: str, cost_s: float, fn: Callable, args: tuple, kwargs: dict) -> None:
+        self.lane = lane
+        self.cost_s = cost_s
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.future: Future = Future()
+
+
+class _QueueExecutor(Executor):
+    """``concurrent.futures.Executor`` face of the registry's queue, for one lane."""
+
+    def __init__(self, registry: JobRegistry, lane: str, cost_s: float) -> None:
+        self._registry, self._lane, self._cost_s = registry, lane, cost_s
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        return self._registry._submit_task(_Task(self._lane, self._cost_s, fn, args, kwargs))
+
+
 class JobRegistry:
-    """Runs fits in background threads; identical requests share one job.
+    """The app's queue of fits; identical requests share one job.
 
     Parameters
     ----------
     store : where finished fits are looked up and saved.
     fit_fn : the fit function, called as ``fit_fn(image, settings, image_sha256=...,
         progress=..., stop=..., warm_start=...)``; ``droplet_core.fit.run_fit`` when None
-        (imported on first use, so importing this module does not load JAX).
-    max_workers : fits computed at once; more wait in a queue. One suits a CPU machine,
-        where a single fit already uses every core.
+        (imported on first use, so importing this module does not load JAX). On a cluster
+        it must be importable by the workers.
+    max_workers : in-process fits computed at once; more wait in the queue. One suits a
+        CPU machine, where a single fit already uses every core. On a cluster, the
+        workers' threads decide.
+    queue : scheduler address and per-session limit; in-process, default limit when None.
     """
 
-    def __init__(self, store: FitStore, fit_fn: FitFunction | None = None, max_workers: int = 1) -> None:
+    def __init__(self, store: FitStore, fit_fn: FitFunction | None = None, max_workers: int = 1,
+                 queue: QueueSettings | None = None) -> None:
         self.store = store
+        self.queue_settings = queue or QueueSettings()
         self._fit_fn = fit_fn
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="droplet-fit")
-        self._lock = threading.Lock()
+        self._max_workers = max_workers
+        self._cond = threading.Condition()
         self._jobs: dict[str, FitJob] = {}
-        # The pool's threads are joined at interpreter exit, before ``atexit`` handlers run,
-        # so a long fit would hold up shutting the app down: stop the fits first (they end
-        # after their current chunk and store what they have). Same hook concurrent.futures
-        # uses; ours is registered later, so it runs before the pool joins its threads.
-        threading._register_atexit(_stop_jobs_at_exit, weakref.ref(self))
+        self._queue = FairQueue()
+        self._running: dict[FitJob | _Task, float] = {}  # what runs, and since when (monotonic)
+        self._seconds_per_step: dict[str, float] = {}
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._client = None
+        self._capacity = (0, -float("inf"))  # cluster threads, and when they were counted
+        self._remote: dict[FitJob | _Task, object] = {}  # cluster futures of what runs there
+        if self.queue_settings.scheduler:
+            remove_stale_job_files(store.root)
+
+    # -- requests ---------------------------------------------------------------------
 
     def submit(
         self,
@@ -199,15 +338,18 @@ class JobRegistry:
         image_sha256: str,
         settings: FitSettings,
         warm_start: FitResult | None = None,
+        session: str | None = None,
     ) -> FitJob:
-        """The job for this fit: stored, already in progress, or newly started.
+        """The job for this fit: stored, already queued or running, or newly queued.
 
         Parameters
         ----------
         image : float32 ``(H, W, 3)`` in [0, 1], as uploaded.
         image_sha256 : sha256 hex of the uploaded bytes.
         settings : the fit settings.
-        warm_start : an earlier fit to continue from.
+        warm_start : an earlier (stored) fit to continue from.
+        session : the asking session's lane in the queue; None for callers outside the
+            app (no per-session limit).
 
         Returns
         -------
@@ -219,92 +361,342 @@ class JobRegistry:
         ------
         StoreError
             The store holds this fit but its files cannot be read.
+        QueueFull
+            ``session`` already has ``session_limit`` fits queued or running.
         """
         parent_fit_id = warm_start.fit_id if warm_start is not None else None
         key = fit_key(image_sha256, settings, parent_fit_id)
-        with self._lock:
+        with self._cond:
             existing = self._jobs.get(key)
             if existing is not None and _reusable(existing):
                 return existing
             if self.store.has(key):
                 job = FitJob.from_result(self.store.load(key))
             else:
-                job = FitJob(key, settings)
-                self._executor.submit(self._run, job, image, image_sha256, warm_start)
+                if session is not None:
+                    self._check_session_limit(session)
+                job = FitJob(key, settings, lane=session or "")
+                job._request = (image, image_sha256, warm_start)
+                job._place = self._place_of
+                job._on_stop = self._stop_requested
+                self._enqueue(job)
             self._jobs[key] = job
             self._forget_old_finished_jobs()
             return job
 
+    def executor(self, lane: str, settings: FitSettings) -> Executor:
+        """An ``Executor`` whose calls wait in this queue as ``lane`` (a batch: one lane for
+        all its images), each estimated to take as long as a fit with ``settings``."""
+        return _QueueExecutor(self, lane, estimated_seconds(settings, self._seconds_per_step))
+
     def get(self, fit_id: str) -> FitJob | None:
         """The job known under ``fit_id`` (its requested key, or its result's id), if any."""
-        with self._lock:
+        with self._cond:
             job = self._jobs.get(fit_id)
             if job is not None:
                 return job
-            for job in self._jobs.values():
-                if job.snapshot().fit_id == fit_id:
-                    return job
-            return None
+            jobs = list(self._jobs.values())
+        return next((job for job in jobs if job.snapshot().fit_id == fit_id), None)
 
     def jobs(self) -> list[FitJob]:
         """The jobs this registry knows, oldest first."""
-        with self._lock:
+        with self._cond:
             return list(self._jobs.values())
 
     def close(self, wait: bool = True) -> None:
-        """Stop every unfinished job and shut the worker pool down.
+        """Stop every unfinished job, drop the queue and let the workers end.
 
-        Running fits end after their current chunk, queued ones without starting.
+        Running fits end after their current chunk (storing what they reached), queued ones
+        without starting; queued batch images are cancelled.
         """
+        with self._cond:
+            self._closed = True
+            threads = list(self._threads)
+            self._cond.notify_all()
         self._stop_all()
-        self._executor.shutdown(wait=wait)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+    # -- the queue ----------------------------------------------------------------------
+
+    def _check_session_limit(self, session: str) -> None:
+        held = self._queue.queued(session) + sum(
+            isinstance(work, FitJob) and work.lane == session for work in self._running)
+        limit = self.queue_settings.session_limit
+        if held >= limit:
+            raise QueueFull(f"you have {held} fit{'s' if held != 1 else ''} queued or running, the most one "
+                            f"session may have at once ({limit}); wait for one to finish or stop it")
+
+    def _enqueue(self, work: FitJob | _Task) -> None:
+        """Queue ``work`` (lock held) and make sure the workers run."""
+        if self._closed:
+            raise RuntimeError("the fit queue has been closed")
+        self._queue.push(work.lane, work)
+        self._start_threads()
+        self._cond.notify_all()
+
+    def _submit_task(self, task: _Task) -> Future:
+        with self._cond:
+            self._enqueue(task)
+        return task.future
+
+    def _cost_s(self, work: FitJob | _Task) -> float:
+        if isinstance(work, _Task):
+            return work.cost_s
+        return estimated_seconds(work.settings, self._seconds_per_step)
+
+    def _place_of(self, job: FitJob) -> tuple[int, float] | None:
+        """(fits ahead, estimated seconds until it starts) of a queued job; None if not queued."""
+        with self._cond:
+            if job not in self._queue:
+                return None
+            remaining = 0.0
+            for work, started in self._running.items():
+                cost = self._cost_s(work)
+                if isinstance(work, FitJob):
+                    snap = work.snapshot()
+                    remaining += cost * max(0.0, 1.0 - snap.step / max(1, snap.total_steps))
+                else:
+                    remaining += max(0.0, cost - (time.monotonic() - started))
+            ahead = len(self._running)
+            for work in self._queue.order():
+                if work is job:
+                    break
+                ahead += 1
+                remaining += self._cost_s(work)
+            return ahead, remaining / max(1, self._slots())
+
+    def _slots(self) -> int:
+        return self._capacity[0] if self.queue_settings.scheduler else self._max_workers
+
+    def _stop_requested(self, job: FitJob) -> None:
+        with self._cond:
+            if self._queue.remove(job):
+                job._finish_without_result(STOPPED, None)
+                return
+            remote = job in self._remote
+        if remote:
+            JobFiles(self.store.root, job.token).request_stop()
 
     def _stop_all(self) -> None:
-        with self._lock:
-            for job in self._jobs.values():
-                job.stop()
+        with self._cond:
+            jobs = list(self._jobs.values())
+            tasks = []
+            while (work := self._queue.pop()) is not None:
+                (tasks if isinstance(work, _Task) else jobs).append(work)
+        for job in jobs:
+            job.stop()
+            if not job.done() and job not in self._running:
+                job._finish_without_result(STOPPED, None)
+        for task in tasks:
+            task.future.cancel()
 
     def _forget_old_finished_jobs(self) -> None:
         finished = [key for key, job in self._jobs.items() if job.done()]
         for key in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
             del self._jobs[key]
 
-    def _run(self, job: FitJob, image: np.ndarray, image_sha256: str, warm_start: FitResult | None) -> None:
-        """Worker body: compute, store and record the fit; any exception finishes the job as failed."""
-        try:
-            if job.stop_requested:
-                # Stopped while queued: a zero-step fit is not worth computing or storing.
-                job._finish_without_result(STOPPED, None)
-                return
-            if self.store.has(job.fit_id):
-                # Another process stored this fit while the job was queued.
-                job._finish_with(self.store.load(job.fit_id))
-                return
-            fit_fn = self._fit_fn or _default_fit_fn()
+    def _started(self, work: FitJob | _Task) -> None:
+        self._running[work] = time.monotonic()
+
+    def _ended(self, work: FitJob | _Task) -> None:
+        """Forget a finished ``work`` (lock held); learn how long a step of its model takes."""
+        started = self._running.pop(work, None)
+        self._remote.pop(work, None)
+        if started is None or not isinstance(work, FitJob) or work.settings.appearance_from is not None:
+            return
+        snap = work.snapshot()
+        if snap.status == DONE and snap.step > 0:
+            measured = (time.monotonic() - started) / snap.step
+            previous = self._seconds_per_step.get(work.settings.model, measured)
+            self._seconds_per_step[work.settings.model] = 0.5 * previous + 0.5 * measured
+        self._cond.notify_all()
+
+    # -- workers --------------------------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        """Start the workers on first use (lock held), and the watcher that stops the fits
+        when the program ends."""
+        if self._threads:
+            return
+        if self.queue_settings.scheduler:
+            targets = [self._cluster_loop]
+        else:
+            targets = [self._local_loop] * self._max_workers
+        self._threads = [threading.Thread(target=target, name="droplet-fit", daemon=False) for target in targets]
+        self._threads.append(threading.Thread(target=self._watch_main_thread, name="droplet-fit-watch"))
+        for thread in self._threads:
+            thread.start()
+
+    def _watch_main_thread(self) -> None:
+        # The workers are ordinary threads, joined when the program ends, before any
+        # ``atexit`` handler (JAX's among them) runs: once the main thread has finished,
+        # stop the fits, so that they end after their current chunk and store what they have.
+        main = threading.main_thread()
+        while main.is_alive():
+            main.join(timeout=0.5)
+            with self._cond:
+                if self._closed:
+                    return
+        self.close(wait=False)
+
+    def _local_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not len(self._queue):
+                    self._cond.wait()
+                work = self._queue.pop()
+                if work is None:
+                    return
+                self._started(work)
             try:
-                reused = {}
-                if job.settings.appearance_from is not None:
-                    reused["appearance_source"] = self.store.load(job.settings.appearance_from)
-                result = fit_fn(
-                    image,
-                    job.settings,
-                    image_sha256=image_sha256,
-                    progress=job._report,
-                    stop=job._stop,
-                    warm_start=warm_start,
-                    **reused,
-                )
-            except (ValueError, StoreError) as exc:  # FitError, bad settings, a missing source: a message for the user
-                job._finish_without_result(FAILED, _one_line(str(exc)) or type(exc).__name__)
-                return
-            if result.status == DONE and result.fit_id != job.fit_id:
-                # The store would file it where no later request looks: a key bug, not a fit.
-                raise RuntimeError(f"fit returned id {result.fit_id}, expected {job.fit_id}")
-            self.store.save(result)
+                if isinstance(work, FitJob):
+                    self._run_here(work)
+                elif work.future.set_running_or_notify_cancel():
+                    try:
+                        work.future.set_result(work.fn(*work.args, **work.kwargs))
+                    except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                        work.future.set_exception(exc)
+            finally:
+                with self._cond:
+                    self._ended(work)
+
+    def _run_here(self, job: FitJob) -> None:
+        image, image_sha256, warm_start = job._request
+        outcome, result = compute_fit(image, image_sha256, job.settings, self.store, self._fit_fn,
+                                      progress=job._report, stop=job._stop, warm_start=warm_start)
+        if result is not None:
             job._finish_with(result)
-        except Exception as exc:
-            logger.exception("fit %s failed", job.fit_id)
-            job._finish_without_result(FAILED, _one_line(f"fit failed: {type(exc).__name__}: {exc}"))
+        else:
+            job._finish_without_result(outcome.status, outcome.error)
+
+    def _cluster_loop(self) -> None:
+        closed_at = None
+        try:
+            while True:
+                with self._cond:
+                    if self._closed:
+                        # Stopped fits store what they reached within a chunk or two; a lost
+                        # cluster never answers, so wait for them only so long.
+                        closed_at = closed_at or time.monotonic()
+                        if not self._remote or time.monotonic() - closed_at > _CLOSE_WAIT_S:
+                            return
+                self._follow_cluster_work()
+                self._start_on_cluster()
+                with self._cond:
+                    self._cond.wait(_CLUSTER_POLL_S)
+        finally:
+            if self._client is not None:
+                self._client.close()
+
+    def _connect(self):
+        """The Dask client (connected on first use); None, with the queue's fits failed with
+        a message, when the scheduler cannot be reached."""
+        if self._client is not None:
+            return self._client
+        from distributed import Client  # lazy: only a lab server needs Dask
+
+        address = self.queue_settings.scheduler
+        try:
+            self._client = Client(address, timeout="10s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            message = one_line(f"cannot reach the Dask scheduler at {address}: {exc}")
+            with self._cond:
+                failed = []
+                while (work := self._queue.pop()) is not None:
+                    failed.append(work)
+            for work in failed:
+                if isinstance(work, FitJob):
+                    work._finish_without_result(FAILED, message)
+                else:
+                    work.future.set_exception(RuntimeError(message))
+            return None
+        return self._client
+
+    def _start_on_cluster(self) -> None:
+        with self._cond:
+            if self._closed or not len(self._queue):
+                return
+        client = self._connect()
+        if client is None:
+            return
+        now = time.monotonic()
+        if now - self._capacity[1] > _CAPACITY_REFRESH_S:
+            self._capacity = (sum(client.nthreads().values()), now)
+        while True:
+            with self._cond:
+                if self._closed or len(self._running) >= self._capacity[0]:
+                    return
+                work = self._queue.pop()
+                if work is None:
+                    return
+                self._started(work)
+            if isinstance(work, FitJob):
+                image, image_sha256, warm_start = work._request
+                # An uploaded image is in the store, which the workers read: the task then
+                # stays small, and a retry on another worker finds its input there too.
+                future = client.submit(
+                    fit_on_worker, None if self.store.has_image(image_sha256) else image, image_sha256, work.settings,
+                    warm_start.fit_id if warm_start is not None else None, str(self.store.root), work.token,
+                    self._fit_fn, key=f"droplet-fit-{work.fit_id}-{work.token[:8]}", pure=False,
+                )
+            elif work.future.set_running_or_notify_cancel():
+                future = client.submit(work.fn, *work.args, pure=False, **work.kwargs)
+            else:
+                with self._cond:
+                    self._ended(work)
+                continue
+            with self._cond:
+                self._remote[work] = future
+
+    def _follow_cluster_work(self) -> None:
+        """Progress of the fits on the cluster, and the end of those that finished."""
+        with self._cond:
+            remote = list(self._remote.items())
+        for work, future in remote:
+            if isinstance(work, FitJob):
+                record = JobFiles(self.store.root, work.token).read_progress()
+                if record is not None:
+                    work._take_progress_record(record)
+            if not future.done():
+                continue
+            try:
+                value, error = future.result(), None
+            except Exception as exc:  # noqa: BLE001 - a worker's death or a lost cluster, for the user
+                value, error = None, exc
+            if isinstance(work, FitJob):
+                self._finish_cluster_fit(work, value, error)
+            elif error is None:
+                work.future.set_result(value)
+            else:
+                work.future.set_exception(RuntimeError(_cluster_failure(error)))
+            future.release()
+            with self._cond:
+                self._ended(work)
+
+    def _finish_cluster_fit(self, job: FitJob, outcome: FitOutcome | None, error: BaseException | None) -> None:
+        JobFiles(self.store.root, job.token).remove()
+        if error is not None:
+            job._finish_without_result(FAILED, _cluster_failure(error))
+        elif outcome.fit_id is None:
+            job._finish_without_result(outcome.status, outcome.error)
+        else:
+            try:
+                job._finish_with(self.store.load(outcome.fit_id))
+            except StoreError as exc:
+                job._finish_without_result(FAILED, one_line(f"the worker stored this fit but it cannot be read: {exc}"))
+
+
+def _cluster_failure(error: BaseException) -> str:
+    """One line for the user about a fit the cluster could not finish."""
+    from distributed import KilledWorker
+
+    if isinstance(error, KilledWorker):
+        return ("the Dask worker computing this fit died (out of memory, or shut down) on every try; nothing of it "
+                "was stored: press Fit to try again")
+    return one_line(f"the Dask cluster could not run this fit: {type(error).__name__}: {error}")
 
 
 def _reusable(job: FitJob) -> bool:
@@ -313,19 +705,3 @@ def _reusable(job: FitJob) -> bool:
         # A job being stopped will end partial; the new request wants the whole fit.
         return not job.stop_requested
     return job.snapshot().status == DONE
-
-
-def _stop_jobs_at_exit(registry_ref: weakref.ref) -> None:
-    registry = registry_ref()
-    if registry is not None:
-        registry._stop_all()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _default_fit_fn() -> FitFunction:
-    from droplet_core.fit import run_fit  # lazy: the fit engine loads JAX
-
-    return run_fit

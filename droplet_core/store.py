@@ -305,6 +305,10 @@ class FitStore:
         except (OSError, ValueError) as exc:
             raise StoreError(f"stored fit {fit_id} is unreadable: {exc}") from exc
 
+    def has_image(self, sha256: str) -> bool:
+        """Whether the image ``sha256`` is stored (False for a malformed hash)."""
+        return is_valid_sha256(sha256) and (self._images / sha256).is_file()
+
     def image_bytes(self, sha256: str) -> bytes:
         """The bytes of a stored image. Raises StoreError for a malformed or unknown hash."""
         if not is_valid_sha256(sha256):

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 import app
+from app_support import access
 from app_support.batch_figures import droplet_count_figure, radius_distribution_figure
 from app_support.size_figures import batch_statistics_figure
 from droplet_core.batch import (
@@ -43,16 +43,6 @@ st.caption("Fit many images of the same kind with the same settings. Each image'
 
 STEP_OPTIONS = [50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000]
 DEFAULTS = FitSettings()
-
-
-@st.cache_resource(show_spinner=False)
-def batch_executor() -> ThreadPoolExecutor:
-    """One image at a time for all sessions (a fit already uses every core)."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="droplet-batch")
-    # The pool's thread is joined at interpreter exit: drop the queued images first, so that
-    # stopping the server waits for one fit, not for the rest of a batch (see jobs.py).
-    threading._register_atexit(executor.shutdown, wait=False, cancel_futures=True)
-    return executor
 
 
 @st.cache_resource(show_spinner=False)
@@ -88,6 +78,7 @@ with st.form("batch_form", border=True):
         "Images, or zip archives of images", type=[s.lstrip(".") for s in IMAGE_SUFFIXES] + ["zip"],
         accept_multiple_files=True, key="batch_upload",
     )
+    st.caption(access.upload_limits_text())
     st.caption("Settings start from the Fit page's; the channel applies to gaussian and templates "
                "(neural always fits RGB). No crop: the images may differ in size.")
     c1, c2, c3 = st.columns(3)
@@ -149,7 +140,9 @@ if submitted:
         with batches_lock:
             if batch_id not in batches and not (batch_folder(batch_id) / "out" / "summary.csv").is_file():
                 images = write_images(files, batch_folder(batch_id) / "images")
-                batches[batch_id] = submit_batch(images, settings, batch_executor(), app.store_root(),
+                # The images wait in the app's fit queue, as one more lane beside the sessions.
+                executor = app.registry().executor(f"batch {batch_id}", settings)
+                batches[batch_id] = submit_batch(images, settings, executor, app.store_root(),
                                                  float(pixel_size_um) or None)
         st.query_params["batch"] = batch_id
 

@@ -11,6 +11,7 @@ import app
 from app_support.figures import loss_figure, overlay_figure
 from droplet_core import encoder, images, scale
 from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
+from droplet_core.jobs import QueueFull
 from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
 from droplet_core.store import StoreError, fit_key
 
@@ -170,9 +171,11 @@ if submitted:
         key = fit_key(sha, settings)
         try:
             from_store = store.has(key)
-            job = registry.submit(image, sha, settings)
+            job = registry.submit(image, sha, settings, session=app.session_lane())
         except StoreError as exc:
             st.error(f"The stored copy of this fit cannot be read: {exc}")
+        except QueueFull as exc:
+            st.warning(f"Not started: {exc}.", icon=":material/hourglass_top:")
         else:
             st.session_state["job_id"] = job.fit_id
             st.session_state["job_image_sha"] = sha
@@ -180,6 +183,15 @@ if submitted:
             st.session_state["job_handled"] = None
 
 # -- the current job ----------------------------------------------------------------------
+
+
+def queue_text(snap) -> str:
+    """Where a queued fit stands: "Queued: 2 fits ahead of yours · about 40 s to wait"."""
+    ahead = f"{snap.fits_ahead} fit{'s' if snap.fits_ahead != 1 else ''} ahead of yours"
+    wait = f"about {snap.wait_s:.0f} s" if snap.wait_s < 90 else f"about {snap.wait_s / 60:.0f} min"
+    return f"Queued: {ahead} · {wait} to wait (fits start in turn across everyone using this server)"
+
+
 job_id = st.session_state.get("job_id")
 job = registry.get(job_id) if job_id else None
 if job is not None and st.session_state.get("job_image_sha") != sha:
@@ -193,7 +205,11 @@ if job is not None:
     @st.fragment(run_every=1.0 if running else None)
     def progress_panel() -> None:
         snap = job.snapshot()
-        if snap.status == "running":
+        if snap.queued:
+            st.progress(0.0, text=queue_text(snap))
+            if st.button("Stop", icon=":material/stop_circle:", key="stop_button"):
+                job.stop()
+        elif snap.status == "running":
             fraction = min(1.0, snap.step / max(1, snap.total_steps))
             loss = "…" if snap.loss is None else f"{snap.loss:.4g}"
             # A fit with a reused appearance runs Levenberg-Marquardt iterations and stops once converged.
@@ -275,7 +291,8 @@ if current is not None and not busy:
                      help=f"Continue this fit for another {current.settings.steps} iterations from where it ended."):
             try:
                 base = app.decoded_image(current.image_sha256)
-                job = registry.submit(base, current.image_sha256, current.settings, warm_start=current)
+                job = registry.submit(base, current.image_sha256, current.settings, warm_start=current,
+                                      session=app.session_lane())
             except Exception as exc:  # noqa: BLE001
                 st.error(f"Cannot continue this fit: {exc}")
             else:

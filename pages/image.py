@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import app
+from app_support import access
 from app_support.figures import channels_figure, image_figure
 from app_support.pixel_size import pixel_size_field
 from droplet_core.channels import CHANNEL_LABELS
@@ -57,6 +58,7 @@ with left:
         on_change=take_upload,
         help="The image is kept on this server so that share links can show it later.",
     )
+    st.caption(access.upload_limits_text())
 with right:
     st.button("Use the demo scene", icon=":material/science:", width="stretch", on_click=take_demo)
 
