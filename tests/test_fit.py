@@ -59,7 +59,8 @@ def test_neural_recovers_droplets(small_scene):
     result = run_fit(image, FitSettings(model="neural", channel="rgb", steps=300, downscale=1), image_sha256="a" * 64)
     score = match_droplets(truth, result.droplets)
     assert score.f1 >= 0.7, score
-    assert score.median_radius_error <= 0.3, score
+    # Its radius is its drawn outline, as for templates (before, the model radius: 30 % short).
+    assert score.median_radius_error <= 0.15, score
     assert result.reconstruction.shape == result.observed.shape == image.shape
     assert result.appearance["gallery"].shape[-1] == 3
 

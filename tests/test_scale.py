@@ -13,7 +13,8 @@ import pytest
 from droplet_core import scale
 from droplet_core.fit import run_fit
 from droplet_core.matching import match_pairs
-from droplet_core.models.templates import EXTENT, outline
+from droplet_core.models.outline import outline
+from droplet_core.models.templates import EXTENT
 from droplet_core.scenes import family_settings, make_scene
 from droplet_core.settings import FitSettings
 from tests import second_renderer
@@ -25,7 +26,7 @@ def detections(radii_px, p_exists=0.9):
 
 
 def test_pyramid_levels_halve_down_to_the_smallest_useful_side():
-    assert scale.pyramid_factors(400, 500) == [1, 2, 4]
+    assert scale.pyramid_factors(400, 500) == [1, 2, 4, 8]
     assert scale.pyramid_factors(1024, 1024) == [1, 2, 4, 8, 16]
     # A huge image starts coarser, so the detector never sees more than PYRAMID_MAX_PIXELS.
     first = scale.pyramid_factors(4096, 4096)[0]
@@ -86,7 +87,7 @@ def drawn_disk(size, centre_x, centre_y, edge, highlight=None):
 @pytest.mark.parametrize("centre, edge", [((0.0, 0.0), 1.0), ((0.12, -0.08), 0.9), ((-0.1, 0.15), 1.1)])
 def test_outline_reads_the_edge_not_the_highlight(centre, edge):
     mask = drawn_disk(61, *centre, edge, highlight=(centre[0], centre[1] + 0.5 * edge, 0.2))
-    centre_x, centre_y, radius, _ = outline(mask)
+    centre_x, centre_y, radius, _ = outline(mask, EXTENT)
     assert centre_x[0] == pytest.approx(centre[0], abs=0.03)
     assert centre_y[0] == pytest.approx(centre[1], abs=0.03)
     assert radius[0] == pytest.approx(edge, rel=0.04)
@@ -97,8 +98,8 @@ def test_a_blurred_edge_reads_wider():
     axis = np.linspace(-EXTENT, EXTENT, 61)
     distance = np.hypot(*np.meshgrid(axis, axis))
     blurred = -0.3 / (1.0 + np.exp((distance - 1.0) / 0.12))[None]
-    assert outline(blurred).edge_width[0] > 2.0 * outline(sharp).edge_width[0]
-    assert outline(blurred).edge[0] == pytest.approx(1.0, rel=0.05)
+    assert outline(blurred, EXTENT).edge_width[0] > 2.0 * outline(sharp, EXTENT).edge_width[0]
+    assert outline(blurred, EXTENT).edge[0] == pytest.approx(1.0, rel=0.05)
 
 
 def scored(truth, found):
