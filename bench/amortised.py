@@ -38,6 +38,7 @@ import argparse
 import dataclasses
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +104,9 @@ def fit(image: np.ndarray, sha: str, settings: FitSettings, source=None) -> dict
     return {
         "result": result,
         "steps": settings.steps,
-        "seconds": float(result.info["timings"]["total_s"]),
-        "rmse": float(np.mean(result.info["rmse"])),
-        "droplets": int(result.info["droplet_count"]),
+        "seconds": float(result.report.timings.total_s),
+        "rmse": float(np.mean(result.report.rmse)),
+        "droplets": int(result.report.count.count),
     }
 
 
@@ -121,7 +122,7 @@ def first_reaching(image, sha, make_settings, target: float, source=None, ladder
 
 def _parts(run: dict) -> str:
     """Where a fit's time went (its ``fit.json`` timings)."""
-    timings = run["result"].info["timings"]
+    timings = asdict(run["result"].report.timings)
     return ", ".join(f"{name[:-2]} {timings[name]:.1f}" for name in timings if name not in ("total_s",))
 
 
@@ -156,7 +157,7 @@ def appearance_reuse(image: np.ndarray, sha: str) -> dict:
     else:
         print(f"does not reach RMSE {first['rmse']:.4f} within {REUSE_LADDER[-1]} iterations")
     converged = fit(image, sha, FitSettings(downscale=4, appearance_from=source.fit_id), source)
-    print(f"run to convergence (default settings): {converged['result'].info['steps_done']} iterations, "
+    print(f"run to convergence (default settings): {converged['result'].report.steps_done} iterations, "
           f"{converged['seconds']:.2f} s, RMSE {converged['rmse']:.4f}, {converged['droplets']} droplets")
     return first
 
@@ -176,7 +177,7 @@ def reuse_on_a_new_scene(learn_seed: int, fit_seed: int) -> None:
             score = match_droplets(truth, run["result"].droplets)
             print(f"   {model:<9} {name:<32} F1 {score.f1:.3f}, radius err {score.median_radius_error:.3f}, "
                   f"RMSE {run['rmse']:.4f}, {run['seconds']:.1f} s, {run['droplets']} droplets "
-                  f"(truth {len(truth)}), {run['result'].info['steps_done']} steps or iterations")
+                  f"(truth {len(truth)}), {run['result'].report.steps_done} steps or iterations")
 
 
 def initialisers(image: np.ndarray, sha: str, name: str, downscale: int, truth: pd.DataFrame | None) -> None:

@@ -108,11 +108,11 @@ def evaluate(kind: str, seed: int, model: str = "templates") -> tuple[dict, pd.D
         settings = FitSettings(model="gaussian", channel="r", downscale=1, steps=600, droplets=len(truth),
                                initializer="log")
     result = fit_scene(rgb, settings)
-    errors = scene_errors(truth, result.droplets, result.info["uncertainty"]["discrepancy_per_radius"])
+    errors = scene_errors(truth, result.droplets, result.report.uncertainty.discrepancy_per_radius)
     if kind == "control":
         # The model is exact here: its intervals are the Laplace ones, with no discrepancy.
         errors = errors.assign(**{f"sd_{c}": errors[f"laplace_sd_{c}"] for c in COORDINATES})
-    low, high = result.info["droplet_count_interval_90"]
+    low, high = (result.report.count.low, result.report.count.high)
     row = {"scene": f"{kind} {seed}" if kind == "control" else f"{model} {kind} {seed}", "true": len(truth), "found": len(result.droplets), "matched": len(errors),
            "count 90%": f"{low}-{high}", "count in": low <= len(truth) <= high}
     for c in COORDINATES:

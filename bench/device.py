@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
+from dataclasses import asdict
 
 import numpy as np
 
@@ -68,10 +69,10 @@ def main() -> None:
             "masks reused, again": run_fit(image, reuse, image_sha256=sha, appearance_source=first),
         }
         for name, result in runs.items():
-            timings = result.info["timings"]
+            timings = asdict(result.report.timings)
             parts = f"{timings['detect_s']:.2f}/{timings['fit_s']:.2f}/{timings['uncertainty_s']:.2f}"
-            print(f"{size:<10} {len(truth):>8} {name:<28} {result.info['device']:<30} {timings['total_s']:>6.2f} "
-                  f"{parts:>16} {np.mean(result.info['rmse']):>7.4f} {match_droplets(truth, result.droplets).f1:>6.3f}")
+            print(f"{size:<10} {len(truth):>8} {name:<28} {result.report.device:<30} {timings['total_s']:>6.2f} "
+                  f"{parts:>16} {np.mean(result.report.rmse):>7.4f} {match_droplets(truth, result.droplets).f1:>6.3f}")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def serve(port: int) -> None:
     from streamlit.web import cli
 
     import droplet_core.fit
-    from droplet_core.store import fit_key
+    from droplet_core.fit_ids import fit_key
 
     real_run_fit = droplet_core.fit.run_fit
 

@@ -41,8 +41,8 @@ def fit_droplet(path: Path) -> dict:
     result = run_fit(load_image(data), settings, image_sha256=sha256_bytes(data))
     return {
         "steps": len(result.losses),
-        "seconds": float(result.info["timings"]["total_s"]),
-        "rmse": float(result.info["rmse"][0]),
+        "seconds": float(result.report.timings.total_s),
+        "rmse": float(result.report.rmse[0]),
     }
 
 

@@ -67,10 +67,10 @@ def droplet_fit(image: np.ndarray, sha: str, model: str, steps: int) -> dict:
     result = run_fit(image, settings, image_sha256=sha)
     return {
         "steps": steps,
-        "seconds": float(result.info["timings"]["total_s"]),
-        "compile_s": float(result.info["timings"]["compile_s"]),
-        "rmse": float(np.mean(result.info["rmse"])),
-        "droplets": int(result.info["droplet_count"]),
+        "seconds": float(result.report.timings.total_s),
+        "compile_s": float(result.report.timings.compile_s),
+        "rmse": float(np.mean(result.report.rmse)),
+        "droplets": int(result.report.count.count),
     }
 
 

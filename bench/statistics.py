@@ -28,12 +28,12 @@ import time
 import numpy as np
 import pandas as pd
 
+from droplet_core.counting import count_interval
 from droplet_core.fit import run_fit
 from droplet_core.images import sha256_bytes
 from droplet_core.readout import SIZE_CALIBRATION_FILE, field_of_view, fit_statistics
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.settings import FitSettings, default_channel
-from droplet_core.counting import count_interval
 from droplet_core.size_statistics import (
     STATISTIC_NAMES,
     StatisticsSettings,
@@ -83,11 +83,11 @@ def calibrate(model: str, seeds: tuple[int, ...]) -> None:
     for seed in seeds:
         result, truth = fit_scene(seed, model)
         droplets = result.droplets
-        values, draws = statistic_draws(droplets["x"], droplets["y"], droplets["radius"], field_of_view(result.info),
+        values, draws = statistic_draws(droplets["x"], droplets["y"], droplets["radius"], field_of_view(result.report),
                                         sd_radius_px=droplets["sd_radius"], p_exists=droplets["p_exists"],
                                         settings=settings)
         scenes.append((true_statistics(truth, result.info), draws, droplets["p_exists"].to_numpy(),
-                       result.info["uncertainty"]["count_discrepancy"]))
+                       result.report.uncertainty.count_discrepancy))
         true = scenes[-1][0]
         errors = "  ".join(f"{name} {values[STATISTIC_NAMES.index(name) - 1] / true.loc[name, 'value'] - 1:+.3f}"
                            for name in HEADLINE[1:])
@@ -136,7 +136,7 @@ def main() -> None:
     rows, covered, relative = [], {n: [] for n in STATISTIC_NAMES}, {n: [] for n in STATISTIC_NAMES}
     for seed in seeds:
         result, truth = fit_scene(seed, args.model)
-        fitted = fit_statistics(result.droplets, result.info).set_index("statistic")
+        fitted = fit_statistics(result.droplets, result.report).set_index("statistic")
         true = true_statistics(truth, result.info)
         row = {"scene": seed}
         for name in STATISTIC_NAMES:

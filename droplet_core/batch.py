@@ -31,17 +31,18 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from droplet_core.counting import count_of_table, doubtful_mask
-from droplet_core.readout import droplet_table, fit_statistics, with_file_pixel_size, write_fit_outputs
+from droplet_core.readout import droplet_table, fit_statistics, write_fit_outputs
+from droplet_core.requests import load_or_fit
 from droplet_core.settings import FitSettings
 from droplet_core.size_statistics import statistics_wide
-from droplet_core.store import FitStore, fit_key
+from droplet_core.store import FitStore
 from droplet_core.units import UNKNOWN, PixelSize, read_pixel_size, resolve_pixel_size
 
 FITTED, STORED, FAILED = "fitted", "stored", "failed"
@@ -161,40 +162,31 @@ def fit_image(
     Errors a user can act on (unreadable or malformed image, settings the image cannot
     take, a missing appearance source) come back as a failed outcome, not an exception.
     """
-    from droplet_core.fit import run_fit  # lazy: the fit engine loads JAX
     from droplet_core.images import load_image, read_image_bytes, sha256_bytes
 
     started = time.perf_counter()
     try:
         store = FitStore(store_root)
         data = read_image_bytes(image.path)
-        image_sha256 = sha256_bytes(data)
-        key = fit_key(image_sha256, settings)
-        if store.has(key):
-            result, status = store.load(key), STORED
-        else:
-            source = store.load(settings.appearance_from) if settings.appearance_from else None
-            result = run_fit(load_image(data), settings, image_sha256=image_sha256, appearance_source=source)
-            store.save(replace(result, info=with_file_pixel_size(result.info, data)))
-            status = FITTED
+        result, from_store = load_or_fit(load_image(data), sha256_bytes(data), settings, store, image_bytes=data)
+        status = STORED if from_store else FITTED
     except (ValueError, LookupError, OSError) as exc:  # ImageError, FitError, StoreError included
         return failed_outcome(image.name, exc, time.perf_counter() - started)
     radii = result.droplets["radius"].to_numpy(dtype=float)[~doubtful_mask(result.droplets)]
-    count = count_of_table(result.droplets)
-    low, high = result.info.get("droplet_count_interval_90", (count.low, count.high))
-    verdict = result.info.get("verdict") or {}
+    count = result.report.count or count_of_table(result.droplets)
+    verdict = result.report.verdict
     pixel_size = resolve_pixel_size(read_pixel_size(data), pixel_size_um)
     return ImageOutcome(
         image=image.name,
         fit_id=result.fit_id,
         status=status,
-        droplet_count=int(result.info.get("droplet_count", count.count)),
-        count_low_90=int(low),
-        count_high_90=int(high),
+        droplet_count=count.count,
+        count_low_90=count.low,
+        count_high_90=count.high,
         median_radius=float(np.median(radii)) if radii.size else None,
-        rmse=float(np.sqrt(np.mean(np.square(result.info["rmse"])))),
-        fit_quality=verdict.get("quality"),
-        fit_problems=" ".join(verdict.get("problems", [])) or None,
+        rmse=float(np.sqrt(np.mean(np.square(result.report.rmse)))),
+        fit_quality=verdict.quality if verdict is not None else None,
+        fit_problems=(" ".join(verdict.problems) or None) if verdict is not None else None,
         seconds=time.perf_counter() - started,
         error=None,
         pixel_size_um=pixel_size.length_um,
@@ -303,7 +295,7 @@ def write_batch_outputs(outcomes: Sequence[ImageOutcome], store: FitStore, out_d
             continue
         result = store.load(outcome.fit_id)
         write_fit_outputs(result, out / FITS_FOLDER / outcome.image, outcome.pixel_size)
-        statistics[outcome.image] = statistics_wide(fit_statistics(result.droplets, result.info, outcome.pixel_size))
+        statistics[outcome.image] = statistics_wide(fit_statistics(result.droplets, result.report, outcome.pixel_size))
         tables.append(droplet_table(result.droplets, outcome.pixel_size).assign(**{IMAGE_COLUMN: outcome.image}))
     columns = [IMAGE_COLUMN, *dict.fromkeys(c for t in tables for c in t.columns if c != IMAGE_COLUMN)]
     droplets = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

@@ -15,7 +15,6 @@ from pathlib import Path
 from droplet_core.channels import CHANNELS
 from droplet_core.images import ImageError
 from droplet_core.settings import INITIALIZERS, MODEL_NAMES, FitSettings, default_channel
-from droplet_core.verdict import FitVerdict
 
 EXIT_BAD_INPUT = 2
 
@@ -144,7 +143,7 @@ def _stored_fit(reference: str, store):
     """The stored fit named by an id, or by a folder holding its ``fit.json``."""
     import json
 
-    from droplet_core.store import is_valid_fit_id
+    from droplet_core.fit_ids import is_valid_fit_id
 
     folder = Path(reference)
     if not is_valid_fit_id(reference) and (folder / "fit.json").is_file():
@@ -171,10 +170,10 @@ def _settings_from_args(args, appearance_source) -> FitSettings:
 
 
 def _fit(args) -> int:
-    from droplet_core.fit import run_fit
     from droplet_core.images import load_image, read_image_bytes, sha256_bytes
-    from droplet_core.readout import stored_pixel_size, with_file_pixel_size, write_fit_outputs
-    from droplet_core.store import FitStore, fit_key
+    from droplet_core.readout import stored_pixel_size, write_fit_outputs
+    from droplet_core.requests import load_or_fit
+    from droplet_core.store import FitStore
     from droplet_core.units import resolve_pixel_size
 
     store = FitStore()
@@ -182,7 +181,6 @@ def _fit(args) -> int:
     settings = _settings_from_args(args, source)
     data = read_image_bytes(args.image)
     image = load_image(data)
-    image_sha256 = sha256_bytes(data)
 
     # A fit with a reused appearance runs Levenberg-Marquardt iterations and stops once converged.
     unit = "iteration" if settings.appearance_from else "step"
@@ -194,33 +192,24 @@ def _fit(args) -> int:
             file=sys.stderr,
         )
 
-    key = fit_key(image_sha256, settings)
-    if store.has(key):
-        result = store.load(key)
+    result, from_store = load_or_fit(
+        image, sha256_bytes(data), settings, store, image_bytes=data, appearance_source=source,
+        progress=None if args.quiet else report,
+    )
+    if from_store:
         print(f"identical fit found in the store ({store.root}); not refitting", file=sys.stderr)
-    else:
-        result = run_fit(
-            image,
-            settings,
-            image_sha256=image_sha256,
-            progress=None if args.quiet else report,
-            appearance_source=source,
-        )
-        result = dataclasses.replace(result, info=with_file_pixel_size(result.info, data))
-        store.save(result)
     pixel_size = resolve_pixel_size(stored_pixel_size({}, data), args.pixel_size)
     write_fit_outputs(result, args.out, pixel_size)
-    info = result.info
-    low, high = info.get("droplet_count_interval_90", (info["droplet_count"], info["droplet_count"]))
+    fit = result.report
+    low, high = (fit.count.low, fit.count.high) if fit.count else ("?", "?")
     print(
-        f"fit {result.fit_id}: {info['droplet_count']} droplets (90 % interval {low}-{high}), "
-        f"RMSE {', '.join(f'{v:.4f}' for v in info['rmse'])}, "
-        f"{info['timings']['total_s']:.1f} s on {info['device']}; pixel size {pixel_size.describe()} -> {args.out}"
+        f"fit {result.fit_id}: {fit.count.count if fit.count else '?'} droplets (90 % interval {low}-{high}), "
+        f"RMSE {', '.join(f'{v:.4f}' for v in fit.rmse)}, "
+        f"{fit.timings.total_s:.1f} s on {fit.device}; pixel size {pixel_size.describe()} -> {args.out}"
     )
-    if info.get("verdict"):
-        verdict = FitVerdict.from_dict(info["verdict"])
-        advice = f" {' '.join(verdict.advice)}" if verdict.advice else ""
-        print(f"fit quality: {verdict.quality}: {verdict.headline}{advice}")
+    if fit.verdict is not None:
+        advice = f" {' '.join(fit.verdict.advice)}" if fit.verdict.advice else ""
+        print(f"fit quality: {fit.verdict.quality}: {fit.verdict.headline}{advice}")
     return 0
 
 
@@ -260,29 +249,32 @@ def _stats(args) -> int:
 
     import pandas as pd
 
+    from droplet_core.fit_ids import is_valid_fit_id
     from droplet_core.readout import fit_statistics, stored_pixel_size
+    from droplet_core.results import FitReport
     from droplet_core.size_statistics import StatisticsSettings
-    from droplet_core.store import FitStore, StoreError, is_valid_fit_id
+    from droplet_core.store import FitStore, StoreError
     from droplet_core.units import resolve_pixel_size
 
     store = FitStore()
     folder = Path(args.fit)
     if not is_valid_fit_id(args.fit) and (folder / "fit.json").is_file():
         # An output folder: its own table and record (with the pixel size it was read out with).
-        info = json.loads((folder / "fit.json").read_text())
+        record = json.loads((folder / "fit.json").read_text())
         droplets = pd.read_csv(folder / "droplets.csv")
     elif is_valid_fit_id(args.fit):
         result = store.load(args.fit)
-        info, droplets = result.info, result.droplets
+        record, droplets = result.report.to_dict(), result.droplets
     else:
         raise StoreError(f"{args.fit!r} is neither a fit id nor a folder with a fit.json")
     try:
-        image_bytes = store.image_bytes(info["image_sha256"])
+        image_bytes = store.image_bytes(record["image_sha256"])
     except StoreError:
         image_bytes = None
-    pixel_size = resolve_pixel_size(stored_pixel_size(info, image_bytes), args.pixel_size)
-    table = fit_statistics(droplets, info, pixel_size, StatisticsSettings(border=args.border))
-    print(f"fit {info.get('fit_id', '?')}: pixel size {pixel_size.describe()}; border: {args.border}")
+    pixel_size = resolve_pixel_size(stored_pixel_size(record, image_bytes), args.pixel_size)
+    report = FitReport.from_dict(record)
+    table = fit_statistics(droplets, report, pixel_size, StatisticsSettings(border=args.border))
+    print(f"fit {report.fit_id}: pixel size {pixel_size.describe()}; border: {args.border}")
     shown = table.assign(interval_90=[f"{low:.4g} - {high:.4g}"
                                       for low, high in zip(table["low_90"], table["high_90"])])
     print(shown[["label", "value", "interval_90", "unit"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -306,8 +298,9 @@ def _detect(args) -> int:
     import json
     import time
 
-    from droplet_core import encoder, scale
+    from droplet_core import encoder
     from droplet_core.display import stretch_contrast
+    from droplet_core.image_detection import detect_droplets
     from droplet_core.images import load_image, read_image_bytes, sha256_bytes
     from droplet_core.provenance import jax_device_description, library_versions
 
@@ -318,7 +311,7 @@ def _detect(args) -> int:
     image = load_image(data)
     loaded = time.perf_counter()
     factor = args.downscale or 1
-    found = scale.detect_in_image(image, args.channel, args.threshold, factor)
+    found = detect_droplets(image, args.channel, args.threshold, factor)
     droplets = found[found["radius"] >= args.min_radius].sort_values(["y", "x"], kind="stable")
     computed = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

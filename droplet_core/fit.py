@@ -50,10 +50,11 @@ from droplet_core.models import VARIANTS
 from droplet_core.models.common import ModelSpec, bucket_size, make_layout
 from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.refine import refine_droplets
-from droplet_core.results import FitResult, OptimiserRun, rmse_per_channel
-from droplet_core.scale import MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale, detect_in_image
+from droplet_core.fit_ids import fit_key
+from droplet_core.results import FitReport, FitResult, OptimiserRun, Timings, UncertaintyMethod, WarmStartState, rmse_per_channel
+from droplet_core.image_detection import detect_droplets
+from droplet_core.scale import MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.store import fit_key
 from droplet_core.uncertainty import (
     at_locs,
     droplet_uncertainty,
@@ -74,7 +75,6 @@ FROZEN_SCALE = 1e-6
 FINAL_RATE_FRACTION = 0.05
 # Detections smaller than this (fit px) are below what the chosen downscale can draw.
 MIN_DRAWN_RADIUS_PX = 0.5
-INTERNAL_PARAMS = ("_anchors", "_active", "_polarity")
 DROPLET_PLATE = "droplets"
 
 
@@ -88,7 +88,7 @@ class Region(NamedTuple):
     ``rgb`` is the ``(h, w, 3)`` cropped and downscaled image, ``factor`` the downscale and
     ``origin`` the crop's ``(x0, y0)`` in pixels of the uploaded image. ``scale`` says why
     an automatic downscale was chosen (``None`` when the user set it); ``detections`` are
-    the pyramid detector's droplets in pixels of the cropped image (``None`` for LoG starts).
+    the pyramid detector's droplets in pixels of the uploaded image (``None`` for LoG starts).
     """
 
     rgb: np.ndarray
@@ -104,13 +104,13 @@ def prepare_region(image: np.ndarray, settings: FitSettings) -> Region:
     An automatic downscale follows the droplets' size (``droplet_core.scale``), which the
     pyramid detector measures; LoG starts without a set downscale use it too.
     """
+    detections = None
+    if settings.initializer == "encoder" or not settings.downscale:
+        detections = detect_droplets(image, downscale=settings.downscale or 1, crop=settings.crop)
     origin = (0, 0)
     if settings.crop is not None:
         image = images.crop(image, settings.crop)
-        origin = (settings.crop[0], settings.crop[1])
-    detections = None
-    if settings.initializer == "encoder" or not settings.downscale:
-        detections = detect_in_image(image, downscale=settings.downscale or 1)
+        origin = images.crop_origin(settings.crop)
     choice = None if settings.downscale else choose_downscale(detections, *image.shape[:2])
     factor = settings.downscale or choice.factor
     return Region(images.downscale(image, factor), factor, origin, choice, detections)
@@ -131,12 +131,12 @@ def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> 
     saturation), or Laplacian-of-Gaussian candidates in the fit channel (largest contrast
     first). The contrast (sign: droplets darker or lighter) is read from the fit channel.
     """
-    factor = region.factor
+    factor, (x0, y0) = region.factor, region.origin
     if settings.initializer == "encoder":
         table = region.detections.sort_values("p_exists", ascending=False, kind="stable")
         table = pd.DataFrame({
-            "x": images.to_fit_px(table["x"].to_numpy(), factor),
-            "y": images.to_fit_px(table["y"].to_numpy(), factor),
+            "x": images.to_fit_px(table["x"].to_numpy() - x0, factor),
+            "y": images.to_fit_px(table["y"].to_numpy() - y0, factor),
             "radius": table["radius"].to_numpy() / factor,
         })
         # Droplets far below a fit pixel cannot be drawn at this downscale.
@@ -289,6 +289,42 @@ def learning_rates(settings: FitSettings, warm: bool) -> np.ndarray:
     return np.asarray(jax.jit(schedule)(np.arange(settings.steps)), np.float32)
 
 
+class Evaluation(NamedTuple):
+    """A fit evaluated at its guide medians (``Programs.evaluate``).
+
+    ``values`` ``{site: value}`` of every latent site (constrained); ``reconstruction`` the
+    ``(h, w, c)`` rendering; ``strength`` ``(n,)`` each droplet's strongest effect on the
+    image (channel units); ``log_prior`` ``(n,)`` each droplet's log prior density in its
+    guide's unconstrained space; ``prior_curvature`` ``{site: (n, ...)}`` minus the second
+    derivative of that log prior in each unconstrained coordinate.
+    """
+
+    values: dict
+    reconstruction: jax.Array
+    strength: jax.Array
+    log_prior: jax.Array
+    prior_curvature: dict
+
+
+def optimiser_params(state) -> dict:
+    """The guide parameters (unconstrained, as the optimiser holds them) of an SVI ``state``.
+
+    This and ``with_optimiser_state`` are the only readers of the optimiser state's layout:
+    numpyro's optax wrapper keeps ``(step, (params, optax_state))``.
+    """
+    _, (params, _) = state.optim_state
+    return params
+
+
+def with_optimiser_state(state, params: dict | None = None, learning_rate=None):
+    """SVI ``state`` with the optimiser's ``params`` and/or learning rate replaced; Adam's
+    moments and step count carry on."""
+    step, (old_params, optax_state) = state.optim_state
+    if learning_rate is not None:
+        optax_state = optax_state._replace(hyperparams={**optax_state.hyperparams, "learning_rate": learning_rate})
+    return state._replace(optim_state=(step, (old_params if params is None else params, optax_state)))
+
+
 class Programs(NamedTuple):
     """One variant's compiled programs for one shape of problem (see ``_programs``)."""
 
@@ -324,10 +360,7 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
     svi = SVI(variant.model, guide, optimizer, OrderedTraceELBO())
 
     def update(state, rate, *args):
-        step, (params, optax_state) = state.optim_state
-        hyperparams = {**optax_state.hyperparams, "learning_rate": rate}
-        state = state._replace(optim_state=(step, (params, optax_state._replace(hyperparams=hyperparams))))
-        return svi.update(state, *args)
+        return svi.update(with_optimiser_state(state, learning_rate=rate), *args)
 
     @jax.jit
     def run_chunk(state, rates, n_steps, *args):
@@ -353,7 +386,7 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
         prior_curvature = {
             name: _prior_curvature(traced[name], guide.transforms[name], params[f"{name}_auto_loc"]) for name in per_droplet
         }
-        return values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior, prior_curvature
+        return Evaluation(values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior, prior_curvature)
 
     @jax.jit
     def guide_params(state):
@@ -378,6 +411,7 @@ def run_fit(
     stop: threading.Event | None = None,
     warm_start: FitResult | None = None,
     appearance_source: FitResult | None = None,
+    fit_id: str | None = None,
 ) -> FitResult:
     """Fit ``settings.model`` to an uploaded ``(H, W, 3)`` float image in [0, 1].
 
@@ -391,6 +425,8 @@ def run_fit(
     warm_start : an earlier result of the same image, model and channel to continue from.
     appearance_source : the stored fit named by ``settings.appearance_from``, whose learned
         appearance is held fixed.
+    fit_id : the key of this request (``fit_ids.fit_key``) when the caller has computed it
+        already; a fit stopped early gets its own key.
 
     Returns
     -------
@@ -406,9 +442,9 @@ def run_fit(
 
     if warm_start is not None:
         _check_warm_start(warm_start, settings, observed.shape)
-        anchors = warm_start.params["_anchors"]
-        active = warm_start.params["_active"].astype(np.float32)
-        polarity = float(warm_start.params["_polarity"])
+        anchors = warm_start.warm_start.anchors
+        active = warm_start.warm_start.active.astype(np.float32)
+        polarity = warm_start.warm_start.polarity
     else:
         found = _candidates(observed, region, settings)
         polarity = 1.0 if np.median(found[:, 3]) >= 0 else -1.0
@@ -423,7 +459,7 @@ def run_fit(
     sites, guide = programs.sites, programs.guide
     fixed = _fixed_appearance(variant, settings, appearance_source, sites, guide)
     if warm_start is not None:
-        init_params = {k: v for k, v in warm_start.params.items() if k not in INTERNAL_PARAMS}
+        init_params = dict(warm_start.params)
     else:
         init_values = variant.initial_values(observed, candidates, spec, init_key, fixed or None)
         init_params = guide.initial_params(init_values, GUIDE_INIT_SCALE)
@@ -443,15 +479,13 @@ def run_fit(
     fitted = time.perf_counter()
 
     observed_j, anchors_j = jnp.asarray(observed), jnp.asarray(anchors)
-    values, reconstruction, _, _, prior_curvature = programs.evaluate(
-        params, observed_j, anchors_j, jnp.asarray(active), spec
-    )
-    values = {k: np.asarray(v) for k, v in values.items()}
+    evaluation = programs.evaluate(params, observed_j, anchors_j, jnp.asarray(active), spec)
+    values = {k: np.asarray(v) for k, v in evaluation.values.items()}
     locs = {name: params[f"{name}_auto_loc"] for name in per_droplet}
     sds, p_exists = droplet_uncertainty(
         at_locs(programs.evaluate, params, observed_j, anchors_j, spec),
         locs,
-        {name: np.asarray(curvature) for name, curvature in prior_curvature.items()},
+        {name: np.asarray(curvature) for name, curvature in evaluation.prior_curvature.items()},
         observed,
         active,
         layout,
@@ -463,7 +497,7 @@ def run_fit(
         params.update({f"{name}_auto_scale": sd.astype(np.float32) for name, sd in sds.items()})
     uncertainty = _constrained_sds(guide, locs, sds)
     uncertainty["p_exists"] = p_exists
-    reconstruction = np.asarray(reconstruction, np.float32)
+    reconstruction = np.asarray(evaluation.reconstruction, np.float32)
     discrepancy, count_discrepancy = model_discrepancy(settings.model)
     droplets = with_model_discrepancy(
         _droplet_table(variant.droplet_columns(values, uncertainty, spec), active, factor, origin), discrepancy
@@ -475,62 +509,50 @@ def run_fit(
     all_losses = run.losses
     if warm_start is not None:
         all_losses = np.concatenate([warm_start.losses, all_losses])
-    params.update({"_anchors": np.asarray(anchors), "_active": active, "_polarity": np.float32(polarity)})
-
     parent = warm_start.fit_id if warm_start is not None else None
-    fit_id = fit_key(image_sha256, settings, parent, None if status == "done" else done)
+    if status != "done" or fit_id is None:
+        fit_id = fit_key(image_sha256, settings, parent, None if status == "done" else done)
     appearance = variant.appearance(values, spec)
     finished = time.perf_counter()
-    info = {
-        "fit_id": fit_id,
-        "image_sha256": image_sha256,
-        "parent_fit_id": parent,
-        "appearance_from": settings.appearance_from,
-        "settings": settings.to_dict(),
-        "status": status,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "steps_done": done,
-        "total_steps_done": len(all_losses),
-        "final_loss": run.final_loss,
-        "rmse": rmse_per_channel(observed, reconstruction),
-        "channel": settings.channel,
-        "device": jax_device_description(),
-        "versions": library_versions(),
-        "timings": {
-            "detect_s": round(detected - started, 3),
-            "compile_s": round(run.first_chunk_s, 3),
-            "fit_s": round(fitted - detected, 3),
-            "uncertainty_s": round(uncertain - fitted, 3),
-            "total_s": round(finished - started, 3),
-        },
-        "droplet_count": count.count,
-        "droplet_count_interval_90": [count.low, count.high],
-        "candidate_droplets": count.candidates,
-        "doubtful_droplets": count.doubtful,
-        "verdict": verdict.to_dict(),
-        "uncertainty": {
-            "method": "laplace",
-            "discrepancy_per_radius": discrepancy,
-            "count_discrepancy": count_discrepancy,
-        },
-        "candidate_count": int(len(anchors)),
-        "downscale": factor,
-        "downscale_choice": None if region.scale is None else region.scale.to_dict(),
-        "crop_origin": list(origin),
-        "fit_shape": list(observed.shape),
-        "image_shape": list(image.shape),
-    }
-    return FitResult(
+    report = FitReport(
         fit_id=fit_id,
         image_sha256=image_sha256,
         settings=settings,
+        status=status,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        steps_done=done,
+        total_steps_done=len(all_losses),
+        final_loss=run.final_loss,
+        rmse=tuple(rmse_per_channel(observed, reconstruction)),
+        device=jax_device_description(),
+        versions=library_versions(),
+        timings=Timings(
+            detect_s=round(detected - started, 3),
+            compile_s=round(run.first_chunk_s, 3),
+            fit_s=round(fitted - detected, 3),
+            uncertainty_s=round(uncertain - fitted, 3),
+            total_s=round(finished - started, 3),
+        ),
+        count=count,
+        verdict=verdict,
+        uncertainty=UncertaintyMethod("laplace", discrepancy, count_discrepancy),
+        candidate_count=int(len(anchors)),
+        downscale=factor,
+        downscale_choice=None if region.scale is None else region.scale.to_dict(),
+        crop_origin=tuple(origin),
+        fit_shape=tuple(observed.shape),
+        image_shape=tuple(image.shape),
+        parent_fit_id=parent,
+    )
+    return FitResult(
+        report=report,
         droplets=droplets,
         observed=observed,
         reconstruction=reconstruction,
         losses=all_losses.astype(np.float32),
         params=params,
+        warm_start=WarmStartState(np.asarray(anchors), active, polarity),
         appearance=appearance,
-        info=info,
     )
 
 
@@ -621,15 +643,15 @@ def _with_spare_slots(candidates: np.ndarray, spare: bool) -> np.ndarray:
 
 def _housekeeping(programs: Programs, state, observed, anchors, active, spec: ModelSpec, add: bool):
     """``housekeeping.tidy`` of an SVI ``state``: the new droplets' guide locations are written
-    into the optimiser state in place (numpyro's optax wrapper keeps ``(step, (params,
-    optax_state))``), so Adam's moments and the learning-rate schedule of every other
-    parameter carry on."""
+    into the optimiser state in place, so Adam's moments and the learning-rate schedule of
+    every other parameter carry on."""
     evaluated = programs.evaluate(
         programs.guide_params(state), jnp.asarray(observed), jnp.asarray(anchors), jnp.asarray(active), spec
-    )[:3]
-    step, (params, optax_state) = state.optim_state
-    params, anchors, active = tidy(evaluated, params, observed, anchors, active, spec, programs.guide, add, prune=True)
-    return state._replace(optim_state=(step, (params, optax_state))), anchors, active
+    )
+    params, anchors, active = tidy(
+        evaluated, optimiser_params(state), observed, anchors, active, spec, programs.guide, add, prune=True
+    )
+    return with_optimiser_state(state, params), anchors, active
 
 
 def _droplet_log_prior(site: dict, transform, loc) -> jax.Array:

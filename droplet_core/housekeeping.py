@@ -21,7 +21,7 @@ from droplet_core.models import templates
 from droplet_core.models.common import Layout, ModelSpec
 
 if TYPE_CHECKING:
-    from droplet_core.fit import MeanFieldGuide
+    from droplet_core.fit import Evaluation, MeanFieldGuide
 
 # Radius range of detector candidates and residual peaks, in fit px: the upper end grows
 # with the largest droplet of the fit.
@@ -186,19 +186,19 @@ def add_droplets(
 
 
 def tidy(
-    evaluated: tuple, params: dict, observed: np.ndarray, anchors: np.ndarray, active: np.ndarray, spec: ModelSpec,
+    evaluated: Evaluation, params: dict, observed: np.ndarray, anchors: np.ndarray, active: np.ndarray, spec: ModelSpec,
     guide: MeanFieldGuide, add: bool, prune: bool,
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """``(params, anchors, active)`` after switching off droplets of negligible strength and
     duplicates (``prune``) and switching on droplets at strong peaks of the residual
     (``add``).
 
-    ``evaluated`` is the fit at the guide medians in ``params``: the values of every site,
-    the ``(h, w, c)`` reconstruction and each droplet's strength ``(n,)``. ``observed`` is
-    the ``(h, w, c)`` fitted channel.
+    ``evaluated`` is the fit at the guide medians in ``params`` (the values of every site,
+    the ``(h, w, c)`` reconstruction and each droplet's strength ``(n,)`` are used).
+    ``observed`` is the ``(h, w, c)`` fitted channel.
     """
-    values, reconstruction, strength = evaluated
-    values = {k: np.asarray(v) for k, v in values.items()}
+    values = {k: np.asarray(v) for k, v in evaluated.values.items()}
+    reconstruction, strength = evaluated.reconstruction, evaluated.strength
     kept = prune_and_merge(values, np.asarray(strength), active) if prune else active
     if not add:
         return params, anchors, kept

@@ -19,7 +19,8 @@ import numpy as np
 
 from droplet_core.results import FitResult
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.store import FitStore, StoreError, fit_key
+from droplet_core.fit_ids import fit_key
+from droplet_core.store import FitStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class JobSnapshot:
         ``"failed"``.
     step, total_steps : steps completed and requested (of this fit, not counting a warm
         start's).
-    loss : loss at the last report (once finished, ``info["final_loss"]``); None before
+    loss : loss at the last report (once finished, ``report.final_loss``); None before
         the first.
     elapsed_s : fit time at the last report, as the fit measured it.
     droplets : droplet count at the last report.
@@ -149,14 +150,14 @@ class FitJob:
             self._losses.append(loss)
 
     def _finish_with(self, result: FitResult) -> None:
-        # Step and loss come from info, not ``result.losses``: a warm-started fit's losses
+        # Step and loss come from the report, not ``result.losses``: a warm-started fit's losses
         # begin with its parent's, while progress reports count this fit's steps only.
-        final_loss = result.info["final_loss"]
+        final_loss = result.report.final_loss
         with self._lock:
             self._result = result
             self._result_fit_id = result.fit_id
             self._status = result.status
-            self._step = int(result.info["steps_done"])
+            self._step = result.report.steps_done
             self._loss = float(final_loss) if final_loss is not None else self._loss
             self._droplets = len(result.droplets)
         self._finished.set()

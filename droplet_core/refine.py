@@ -117,11 +117,11 @@ def refine_droplets(
             params, anchors, active, evaluation = _tidied(
                 evaluated, evaluation, params, observed, anchors, active, spec, guide, add, prune=iteration > TIDY_FIRST
             )
-        values, fitted, _, log_prior, prior_curvature = evaluation
+        values, fitted, prior_curvature = evaluation.values, evaluation.reconstruction, evaluation.prior_curvature
         values = {k: np.asarray(v) for k, v in values.items()}
         residual = flat_observed - np.asarray(fitted, np.float64).reshape(layout.n_pixels, channels)
         rmse = float(np.sqrt(np.mean(residual**2)))
-        losses.append(_negative_log_posterior(rmse, residual.size, np.asarray(log_prior), active))
+        losses.append(_negative_log_posterior(rmse, residual.size, np.asarray(evaluation.log_prior), active))
         if progress is not None:
             elapsed_s = time.perf_counter() - started
             progress(FitProgress(iteration + 1, max_iterations, losses[-1], elapsed_s, int(active.sum())))
@@ -144,7 +144,7 @@ def refine_droplets(
     params, anchors, active, evaluation = _tidied(
         evaluated, evaluated(params, anchors, active), params, observed, anchors, active, spec, guide, False, prune=True
     )
-    rmse = float(np.sqrt(np.mean((flat_observed - np.asarray(evaluation[1]).reshape(layout.n_pixels, channels)) ** 2)))
+    rmse = float(np.sqrt(np.mean((flat_observed - np.asarray(evaluation.reconstruction).reshape(layout.n_pixels, channels)) ** 2)))
     params["noise_auto_loc"] = guide.unconstrained({"noise": np.float32(max(rmse, 1e-6))})["noise"]
     params = {name: np.asarray(value) for name, value in params.items()}
     return OptimiserRun(
@@ -156,7 +156,7 @@ def refine_droplets(
 def _tidied(evaluated, evaluation, params, observed, anchors, active, spec, guide, add: bool, prune: bool):
     """``housekeeping.tidy`` at ``evaluation`` (``evaluated(params, anchors, active)``):
     ``(params, anchors, active, evaluation)``, evaluated again where droplets changed."""
-    params, anchors, tidied_active = tidy(evaluation[:3], params, observed, anchors, active, spec, guide, add, prune)
+    params, anchors, tidied_active = tidy(evaluation, params, observed, anchors, active, spec, guide, add, prune)
     if np.any(tidied_active != active):
         return params, anchors, tidied_active, evaluated(params, anchors, tidied_active)
     return params, anchors, active, evaluation

@@ -35,6 +35,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.transform import resize
 
+from droplet_core.images import encode_png
 from droplet_core.scene_families import (
     BrightfieldLook,
     FluorescenceLook,
@@ -522,16 +523,6 @@ def _droplet_layers(
     alpha = opacity.reshape(blocks + (1,)).mean(axis=(2, 4))
     premultiplied = (opacity * layer).reshape(blocks + (3,)).mean(axis=(2, 4))
     return alpha, premultiplied
-
-
-def encode_png(image_uint8: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 ``(h, w, 3)`` or ``(h, w)`` image."""
-    image_uint8 = np.asarray(image_uint8)
-    if image_uint8.dtype != np.uint8:
-        raise ValueError(f"encode_png needs uint8 pixels, not {image_uint8.dtype}")
-    buffer = io.BytesIO()
-    Image.fromarray(image_uint8).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @functools.lru_cache(maxsize=1)

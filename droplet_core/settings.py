@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
+
+from droplet_core.fit_ids import is_valid_fit_id
 
 MODEL_NAMES = ("gaussian", "templates", "neural")
 INITIALIZERS = ("encoder", "log")
@@ -65,7 +66,7 @@ class FitSettings:
             raise ValueError("steps must be at least 1")
         if not self.learning_rate > 0:
             raise ValueError("learning_rate must be positive")
-        if self.appearance_from is not None and not re.fullmatch(r"[0-9a-f]{32}", str(self.appearance_from)):
+        if self.appearance_from is not None and not is_valid_fit_id(self.appearance_from):
             raise ValueError("appearance_from must be a fit id (32 lowercase hexadecimal characters)")
         if self.initializer not in INITIALIZERS:
             raise ValueError(f"unknown initializer {self.initializer!r}; choose one of {', '.join(INITIALIZERS)}")

@@ -94,8 +94,8 @@ def test_batch_tables_equal_single_fits(first_batch, images, tmp_path):
         data = (images / name).read_bytes()
         single = run_fit(load_image(data), SETTINGS, image_sha256=sha256_bytes(data))
         assert summary.loc[name, "fit_id"] == single.fit_id
-        assert summary.loc[name, "droplet_count"] == single.info["droplet_count"]
-        assert summary.loc[name, "fit_quality"] == single.info["verdict"]["quality"]
+        assert summary.loc[name, "droplet_count"] == single.report.count.count
+        assert summary.loc[name, "fit_quality"] == single.report.verdict.quality
         write_fit_outputs(single, tmp_path / name)
         assert (out / FITS_FOLDER / name / "droplets.csv").read_text() == (tmp_path / name / "droplets.csv").read_text()
         from_batch = combined[combined["image"] == name].drop(columns="image").reset_index(drop=True)

@@ -63,13 +63,13 @@ def test_a_reused_appearance_converges_in_a_few_iterations_and_beats_a_new_fit(s
         appearance_source=source_fit,
     )
     # At most the default 150 iterations; it stops once an iteration gains under 1 % RMSE.
-    assert reused.info["steps_done"] <= 20
-    assert len(reused.losses) == reused.info["steps_done"]
-    assert np.mean(reused.info["rmse"]) < np.mean(new.info["rmse"])
+    assert reused.report.steps_done <= 20
+    assert len(reused.losses) == reused.report.steps_done
+    assert np.mean(reused.report.rmse) < np.mean(new.report.rmse)
     score = match_droplets(truth, reused.droplets)
     assert score.f1 >= max(0.9, match_droplets(truth, new.droplets).f1 - 0.02), score
     # The guide's scales are the Laplace sds (positive, per droplet), not the starting 0.01.
-    assert np.all(reused.params["x_auto_scale"][reused.params["_active"] > 0] > 0)
+    assert np.all(reused.params["x_auto_scale"][reused.warm_start.active > 0] > 0)
     assert not np.allclose(reused.params["x_auto_scale"], 0.01)
 
 
@@ -84,5 +84,5 @@ def test_a_reuse_fit_is_deterministic_and_stops_on_request(source_fit):
         progress=lambda progress: stop.set(), stop=stop,
     )
     assert stopped.status == "stopped"
-    assert stopped.info["steps_done"] == 1
+    assert stopped.report.steps_done == 1
     assert len(stopped.droplets) > 0

@@ -120,7 +120,7 @@ def test_large_fluorescent_droplets_are_fitted_at_their_own_scale():
     rgb, truth = make_scene(3, family_settings("fluorescence", width_px=512, height_px=512, n_droplets=90))
     truth = truth[truth["in_focus"]].reset_index(drop=True)
     result = run_fit(rgb.astype(np.float32) / 255.0, FitSettings(), image_sha256="1" * 64)
-    assert result.info["downscale"] > 1, result.info["downscale_choice"]
+    assert result.report.downscale > 1, result.report.downscale_choice
     score = scored(truth, result.droplets)
     assert score["f1"] >= 0.9, score
     assert score["radius_error"] <= 0.08, score

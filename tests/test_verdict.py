@@ -46,7 +46,7 @@ def bright_disks(radius_px: float, count: int, side_px: int, seed: int = 0) -> n
 @pytest.mark.parametrize("seed", [1, 2])
 def test_good_fits_of_synthetic_scenes_are_not_flagged(seed):
     result = fit(scene(seed), FitSettings())
-    verdict = FitVerdict.from_dict(result.info["verdict"])
+    verdict = result.report.verdict
     assert verdict.quality == "good", verdict
     assert verdict.ok and not verdict.problems and verdict.explained_fraction > 0.9
 
@@ -55,7 +55,7 @@ def test_the_wrong_channel_is_flagged():
     image = scene(1)
     # Droplets in red and green only; the blue channel is a flat field with noise.
     image[:, :, 2] = np.clip(0.5 + np.random.default_rng(0).normal(0.0, 0.01, image.shape[:2]), 0.0, 1.0)
-    verdict = FitVerdict.from_dict(fit(image, FitSettings(channel="b")).info["verdict"])
+    verdict = fit(image, FitSettings(channel="b")).report.verdict
     assert verdict.quality == "failed", verdict
     assert any("channel" in a for a in verdict.advice)
 
@@ -75,7 +75,7 @@ def test_droplets_far_outside_the_size_range_are_flagged():
 def test_pure_noise_is_flagged():
     image = np.clip(0.5 + np.random.default_rng(0).normal(0.0, 0.1, (160, 200, 3)), 0.0, 1.0).astype(np.float32)
     result = fit(image, FitSettings())
-    verdict = FitVerdict.from_dict(result.info["verdict"])
+    verdict = result.report.verdict
     assert verdict.quality == "failed", verdict
     assert verdict.structure_to_noise < 0.5
 

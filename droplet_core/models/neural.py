@@ -22,11 +22,9 @@ from numpyro.contrib.module import random_flax_module
 
 from droplet_core.models.common import (
     ModelSpec,
-    capped_radius,
     composition_and_uncertainty_columns,
     initial_background,
-    patch_geometry,
-    per_pixel,
+    nearest_droplet_pixels,
     sample_background,
 )
 
@@ -90,12 +88,7 @@ def nearest_owner(x, y, radius, active, spec: ModelSpec):
     choice carries no gradient. Equidistant droplets: the higher index owns the pixel.
     """
     layout = spec.layout
-    flat, dx, dy, inside = patch_geometry(layout, x, y)
-    distance = jnp.hypot(dx, dy) / capped_radius(layout, radius)
-    usable = inside & (distance < EXTENT) & (per_pixel(layout, active) > 0)
-    distance = jax.lax.stop_gradient(jnp.where(usable, distance, jnp.inf))
-    nearest = jnp.full((layout.n_pixels,), jnp.inf).at[flat].min(distance)
-    chosen = usable & (distance <= nearest[flat])
+    flat, chosen = nearest_droplet_pixels(layout, x, y, radius, active, EXTENT)
     owner = jnp.full((layout.n_pixels,), -1, jnp.int32).at[flat].max(jnp.where(chosen, jnp.asarray(layout.droplet), -1))
     return jnp.maximum(owner, 0), owner >= 0
 
