@@ -39,8 +39,8 @@ from app_support import state
 from droplet_core.channels import CHANNEL_LABELS, CHANNELS, all_channels
 from droplet_core.counting import DropletCount, count_of_table
 from droplet_core.display import DEFAULT_PERCENTILES, stretch_contrast
-from droplet_core.images import ImageError, load_image, max_pixels_limit
 from droplet_core.fit_ids import is_valid_fit_id
+from droplet_core.images import ImageError, load_image, max_pixels_limit
 from droplet_core.results import FitReport, FitResult
 from droplet_core.store import FitStore, StoreError, default_store_root
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from droplet_core.channels import CHANNELS
 from droplet_core.images import ImageError
-from droplet_core.settings import INITIALIZERS, MODEL_NAMES, FitSettings, default_channel
+from droplet_core.settings import INITIALIZERS, FitSettings, default_channel
+from droplet_core.variants import variant_names
 
 EXIT_BAD_INPUT = 2
 
@@ -56,7 +57,7 @@ def _pixel_size(text: str) -> float:
 def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     """The fit settings options shared by ``fit`` and ``batch``."""
     defaults = FitSettings()
-    parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
+    parser.add_argument("--model", choices=variant_names(), default=defaults.model)
     parser.add_argument("--channel", choices=CHANNELS, help="default: grey (rgb for neural)")
     parser.add_argument("--downscale", type=_whole_or_auto("downscale"), default=defaults.downscale, help="integer factor or 'auto'")
     parser.add_argument("--droplets", type=_whole_or_auto("the droplet count"), default=defaults.droplets, help="maximum count or 'auto'")

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from types import ModuleType
 from typing import NamedTuple
 
 import jax
@@ -45,14 +46,21 @@ from droplet_core import images
 from droplet_core.channels import extract_channel
 from droplet_core.counting import count_of_table
 from droplet_core.detect import centre_contrast, contrast_image, find_candidates
-from droplet_core.housekeeping import MAX_RADIUS_PX, MIN_RADIUS_PX, radius_px, tidy
-from droplet_core.models import VARIANTS
+from droplet_core.fit_ids import fit_key
+from droplet_core.housekeeping import MAX_RADIUS_PX, MIN_RADIUS_PX, tidy
+from droplet_core.image_detection import detect_droplets
 from droplet_core.models.common import ModelSpec, bucket_size, make_layout
 from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.refine import refine_droplets
-from droplet_core.fit_ids import fit_key
-from droplet_core.results import FitReport, FitResult, OptimiserRun, Timings, UncertaintyMethod, WarmStartState, rmse_per_channel
-from droplet_core.image_detection import detect_droplets
+from droplet_core.results import (
+    FitReport,
+    FitResult,
+    OptimiserRun,
+    Timings,
+    UncertaintyMethod,
+    WarmStartState,
+    rmse_per_channel,
+)
 from droplet_core.scale import MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale
 from droplet_core.settings import FitProgress, FitSettings
 from droplet_core.uncertainty import (
@@ -61,6 +69,7 @@ from droplet_core.uncertainty import (
     model_discrepancy,
     with_model_discrepancy,
 )
+from droplet_core.variants import load_variant
 from droplet_core.verdict import judge_fit
 
 CHUNK_STEPS = 50
@@ -326,8 +335,10 @@ def with_optimiser_state(state, params: dict | None = None, learning_rate=None):
 
 
 class Programs(NamedTuple):
-    """One variant's compiled programs for one shape of problem (see ``_programs``)."""
+    """One variant's compiled programs for one shape of problem (see ``_programs``), and the
+    variant's module (``droplet_core.models.Variant``)."""
 
+    variant: ModuleType
     sites: dict
     guide: MeanFieldGuide
     svi: SVI
@@ -345,7 +356,7 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
     every fit of the same shape (the layout is padded to coarse sizes) reuses them, in this
     process and through JAX's compilation cache.
     """
-    variant = VARIANTS[model_name]
+    variant = load_variant(model_name)
     spec = jax.tree.unflatten(spec_tree, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaf_shapes])
     layout = spec.layout
     abstract = (
@@ -393,7 +404,7 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
         # flax's nested ``$params`` bookkeeping entry is rebuilt on init.
         return {name: value for name, value in svi.get_params(state).items() if not isinstance(value, dict)}
 
-    return Programs(sites, guide, svi, jax.jit(svi.init), run_chunk, evaluate, guide_params)
+    return Programs(variant, sites, guide, svi, jax.jit(svi.init), run_chunk, evaluate, guide_params)
 
 
 def programs_for(model_name: str, spec: ModelSpec) -> Programs:
@@ -433,7 +444,7 @@ def run_fit(
     FitResult with droplets in pixels of the uploaded image.
     """
     started = time.perf_counter()
-    variant = VARIANTS[settings.model]
+    variant = load_variant(settings.model)
     region = prepare_region(image, settings)
     factor, origin = region.factor, region.origin
     observed = extract_channel(region.rgb, settings.channel).astype(np.float32)
@@ -467,7 +478,7 @@ def run_fit(
     per_droplet = [name for name, site in sites.items() if site.per_droplet]
     if fixed:
         run = refine_droplets(
-            programs.evaluate, init_params, per_droplet, observed, anchors, active, spec, guide,
+            programs.evaluate, init_params, per_droplet, observed, anchors, active, spec, guide, variant,
             max_iterations=settings.steps, add=settings.droplets == 0, progress=progress, stop=stop, started=started,
         )
     else:
@@ -490,7 +501,7 @@ def run_fit(
         active,
         layout,
         float(values["noise"]),
-        radius_px(values),
+        variant.radius_px(values),
     )
     if fixed:
         # Levenberg-Marquardt found the mode; the posterior's spread is the Laplace one.
@@ -649,7 +660,8 @@ def _housekeeping(programs: Programs, state, observed, anchors, active, spec: Mo
         programs.guide_params(state), jnp.asarray(observed), jnp.asarray(anchors), jnp.asarray(active), spec
     )
     params, anchors, active = tidy(
-        evaluated, optimiser_params(state), observed, anchors, active, spec, programs.guide, add, prune=True
+        evaluated, optimiser_params(state), observed, anchors, active, spec, programs.guide, programs.variant, add,
+        prune=True,
     )
     return with_optimiser_state(state, params), anchors, active
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from droplet_core.fit_ids import fit_key
 from droplet_core.results import FitResult
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.fit_ids import fit_key
 from droplet_core.store import FitStore, StoreError
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import jax.numpy as jnp
 import numpy as np
 
-from droplet_core.housekeeping import radius_px, tidy
+from droplet_core.housekeeping import tidy
 from droplet_core.models.common import ModelSpec, shading_basis
 from droplet_core.results import OptimiserRun
 from droplet_core.settings import FitProgress
@@ -41,6 +41,7 @@ from droplet_core.uncertainty import at_locs, by_site, droplet_jacobian, stacked
 
 if TYPE_CHECKING:
     from droplet_core.fit import MeanFieldGuide
+    from droplet_core.models import Variant
 
 # Housekeeping before iteration TIDY_FIRST (the first that looks at a residual drawn by
 # roughly placed droplets) and every TIDY_EVERY iterations after.
@@ -66,6 +67,7 @@ def refine_droplets(
     active: np.ndarray,
     spec: ModelSpec,
     guide: MeanFieldGuide,
+    variant: Variant,
     *,
     max_iterations: int,
     add: bool,
@@ -84,7 +86,7 @@ def refine_droplets(
     per_droplet : names of the per-droplet sites (their locations are refined).
     observed : (h, w, c) the fitted channel.
     anchors : (n, 3) detector x, y, radius (fit px); active : (n,) which slots are droplets.
-    spec : the fit's model spec; guide : its ``MeanFieldGuide``.
+    spec : the fit's model spec; guide : its ``MeanFieldGuide``; variant : its model variant.
     max_iterations : most iterations; the fit stops earlier once converged.
     add : whether droplets may be switched on (the automatic droplet count).
     progress, stop : as for ``run_fit``, per iteration.
@@ -115,7 +117,8 @@ def refine_droplets(
         evaluation = evaluated(params, anchors, active)
         if tidied:
             params, anchors, active, evaluation = _tidied(
-                evaluated, evaluation, params, observed, anchors, active, spec, guide, add, prune=iteration > TIDY_FIRST
+                evaluated, evaluation, params, observed, anchors, active, spec, guide, variant, add,
+                prune=iteration > TIDY_FIRST,
             )
         values, fitted, prior_curvature = evaluation.values, evaluation.reconstruction, evaluation.prior_curvature
         values = {k: np.asarray(v) for k, v in values.items()}
@@ -131,7 +134,7 @@ def refine_droplets(
         params["bg_shading_auto_loc"] = _solved_shading(residual, values, height, width)
         locs = {name: np.asarray(params[f"{name}_auto_loc"]) for name in per_droplet}
         evaluate_at = at_locs(evaluate, params, observed_j, jnp.asarray(anchors), spec)
-        blocks = droplet_jacobian(evaluate_at, locs, active, layout, radius_px(values))
+        blocks = droplet_jacobian(evaluate_at, locs, active, layout, variant.radius_px(values))
         noise_sd = max(float(np.sqrt(np.mean((flat_observed - blocks.fitted) ** 2))), 1e-6)
         step, damping = _damped_step(
             blocks, evaluate_at, locs, stacked_prior_curvature(prior_curvature, locs), flat_observed, active,
@@ -142,7 +145,8 @@ def refine_droplets(
         if iteration == 0:
             first_iteration_s = time.perf_counter() - iteration_started
     params, anchors, active, evaluation = _tidied(
-        evaluated, evaluated(params, anchors, active), params, observed, anchors, active, spec, guide, False, prune=True
+        evaluated, evaluated(params, anchors, active), params, observed, anchors, active, spec, guide, variant, False,
+        prune=True,
     )
     rmse = float(np.sqrt(np.mean((flat_observed - np.asarray(evaluation.reconstruction).reshape(layout.n_pixels, channels)) ** 2)))
     params["noise_auto_loc"] = guide.unconstrained({"noise": np.float32(max(rmse, 1e-6))})["noise"]
@@ -153,10 +157,10 @@ def refine_droplets(
     )
 
 
-def _tidied(evaluated, evaluation, params, observed, anchors, active, spec, guide, add: bool, prune: bool):
+def _tidied(evaluated, evaluation, params, observed, anchors, active, spec, guide, variant, add: bool, prune: bool):
     """``housekeeping.tidy`` at ``evaluation`` (``evaluated(params, anchors, active)``):
     ``(params, anchors, active, evaluation)``, evaluated again where droplets changed."""
-    params, anchors, tidied_active = tidy(evaluation, params, observed, anchors, active, spec, guide, add, prune)
+    params, anchors, tidied_active = tidy(evaluation, params, observed, anchors, active, spec, guide, variant, add, prune)
     if np.any(tidied_active != active):
         return params, anchors, tidied_active, evaluated(params, anchors, tidied_active)
     return params, anchors, active, evaluation

@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from droplet_core.fit_ids import is_valid_fit_id
+from droplet_core.variants import variant_entry
 
-MODEL_NAMES = ("gaussian", "templates", "neural")
 INITIALIZERS = ("encoder", "log")
 
 
@@ -17,8 +17,9 @@ class FitSettings:
 
     Attributes
     ----------
-    model : one of ``MODEL_NAMES``.
-    channel : a name from ``droplet_core.channels.CHANNELS``; ``neural`` needs ``"rgb"``.
+    model : a registered variant (``droplet_core.variants.variant_names()``).
+    channel : a name from ``droplet_core.channels.CHANNELS``; ``"rgb"`` for a variant that
+        fits all colour channels at once (``neural``), a single channel for the others.
     downscale : integer block-averaging factor, or 0 for automatic: chosen from the
         droplets' size, which the pyramid detector measures (``droplet_core.scale``).
     droplets : maximum droplet count, or 0 for automatic (the detector's candidates,
@@ -53,11 +54,10 @@ class FitSettings:
     initializer: str = "encoder"
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
-        if self.model == "neural" and self.channel != "rgb":
-            raise ValueError("the neural model fits all colour channels at once: use channel 'rgb'")
-        if self.model != "neural" and self.channel == "rgb":
+        all_channels = variant_entry(self.model).all_channels
+        if all_channels and self.channel != "rgb":
+            raise ValueError(f"the {self.model} model fits all colour channels at once: use channel 'rgb'")
+        if not all_channels and self.channel == "rgb":
             raise ValueError(f"the {self.model} model fits one channel: choose a single channel, not 'rgb'")
         for name in ("downscale", "droplets", "steps", "seed", "mask_types", "mask_size"):
             if getattr(self, name) < 0:
@@ -85,7 +85,7 @@ class FitSettings:
 
 def default_channel(model: str) -> str:
     """The channel a new user gets for ``model``."""
-    return "rgb" if model == "neural" else "grey"
+    return "rgb" if variant_entry(model).all_channels else "grey"
 
 
 @dataclass(frozen=True)

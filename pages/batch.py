@@ -34,8 +34,9 @@ from droplet_core.batch import (
     write_images,
     zip_folder,
 )
-from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
-from droplet_core.store import is_valid_fit_id
+from droplet_core.fit_ids import is_valid_fit_id
+from droplet_core.settings import FitSettings, default_channel
+from droplet_core.variants import variant_names
 
 app.page_start("batch")
 st.title("Batch")
@@ -94,7 +95,7 @@ with st.form("batch_form", border=True):
                "(neural always fits RGB). No crop: the images may differ in size.")
     c1, c2, c3 = st.columns(3)
     with c1:
-        model = st.radio("Model", MODEL_NAMES, index=MODEL_NAMES.index(fit_model), horizontal=True, key="b_model")
+        model = st.radio("Model", variant_names(), index=variant_names().index(fit_model), horizontal=True, key="b_model")
         channel = st.selectbox("Channel", app.SINGLE_CHANNELS, format_func=app.channel_label, key="b_channel",
                                index=app.SINGLE_CHANNELS.index(fit_channel) if fit_channel in app.SINGLE_CHANNELS else 0)
     with c2:

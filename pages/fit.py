@@ -12,8 +12,10 @@ from app_support import state
 from app_support.figures import loss_figure, overlay_figure
 from droplet_core import encoder, images, scale
 from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
-from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
-from droplet_core.store import StoreError, fit_key
+from droplet_core.image_detection import pyramid_detections_in_image
+from droplet_core.settings import FitSettings, default_channel
+from droplet_core.store import StoreError
+from droplet_core.variants import variant_names
 
 app.page_start("fit")
 st.title("Fit")
@@ -49,12 +51,12 @@ st.caption(
 # -- settings -----------------------------------------------------------------------------
 model = st.radio(
     "Model",
-    MODEL_NAMES,
-    index=MODEL_NAMES.index(DEFAULTS.model),
+    variant_names(),
+    index=variant_names().index(DEFAULTS.model),
     horizontal=True,
     key="w_model",
     persist_state="session",
-    captions=[MODEL_HELP.get(m, "") for m in MODEL_NAMES],
+    captions=[MODEL_HELP.get(m, "") for m in variant_names()],
 )
 fit_channel = default_channel(model) if model == "neural" else channel
 st.caption(f"Channel: **{app.channel_label(fit_channel)}**" +
@@ -123,19 +125,18 @@ state.set_fit_choices(FitSettings(
     mask_size=int(st.session_state.get("w_mask_size", mask_size)),
 ))
 registry = app.registry()
-store = app.store()
 
 # -- instant detection --------------------------------------------------------------------
 # Every pyramid level's detections down to a low presence are kept in the session; the
 # sliders only filter and merge them again.
 if detect_clicked:
     try:
-        region = images.crop(image, crop) if crop else image
-        levels = scale.pyramid_detections(region, channel, DETECT_FLOOR, downscale or 1)
+        levels = pyramid_detections_in_image(image, channel, DETECT_FLOOR, downscale or 1, crop)
+        region_hw = (images.crop(image, crop) if crop else image).shape[:2]
         state.set_detections({
             "sha": sha, "channel": channel, "crop": crop, "levels": levels,
             "choice": scale.choose_downscale(scale.outermost_droplets(levels[levels["p_exists"] >= 0.5]),
-                                             *region.shape[:2]) if downscale == 0 else None,
+                                             *region_hw) if downscale == 0 else None,
         })
     except (OSError, ValueError) as exc:
         st.error(f"Instant detection failed: {exc}")
@@ -148,9 +149,6 @@ if detected is not None and detected["sha"] == sha:
     min_radius = s2.slider("Minimum radius (px)", 0.0, 10.0, 0.0, step=0.5, key="w_detect_min_radius")
     levels = detected["levels"]
     found = scale.outermost_droplets(levels[(levels["p_exists"] >= threshold) & (levels["radius"] >= min_radius)])
-    if detected["crop"]:
-        found["x"] += detected["crop"][0]
-        found["y"] += detected["crop"][1]
     s3.metric("Detected", len(found))
     if detected["choice"] is not None:
         st.caption(f"A fit would run at downscale {detected['choice'].factor}x: {detected['choice'].reason}.")
@@ -171,14 +169,14 @@ if submitted:
         st.error(f"These settings cannot be fitted: {exc}")
         settings = None
     if settings is not None:
-        key = fit_key(sha, settings)
         try:
-            from_store = store.has(key)
             job = registry.submit(image, sha, settings)
         except StoreError as exc:
             st.error(f"The stored copy of this fit cannot be read: {exc}")
         else:
-            state.show_job(job.fit_id, sha, "store" if from_store else "new")
+            # A job that is done as soon as it is submitted was served from the store (or by
+            # an identical fit finished earlier): nothing is recomputed.
+            state.show_job(job.fit_id, sha, "store" if job.done() else "new")
 
 # -- the current job ----------------------------------------------------------------------
 shown_job = state.job_display()

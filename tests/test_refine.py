@@ -49,8 +49,8 @@ def test_residual_peaks_keep_only_the_droplets_polarity():
         residual[..., 0] += contrast * np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / 8.0)
     residual += np.random.default_rng(1).normal(0.0, 0.005, residual.shape).astype(np.float32)
     none_active = {"x": np.zeros(1), "y": np.zeros(1), "radius": np.ones(1)}
-    dark = residual_peaks(residual, none_active, np.zeros(1), polarity=-1.0)
-    bright = residual_peaks(residual, none_active, np.zeros(1), polarity=1.0)
+    dark = residual_peaks(residual, none_active, none_active["radius"], np.zeros(1), polarity=-1.0)
+    bright = residual_peaks(residual, none_active, none_active["radius"], np.zeros(1), polarity=1.0)
     assert [tuple(p[:2]) for p in dark] == [(16.0, 16.0)]
     assert [tuple(p[:2]) for p in bright] == [(48.0, 40.0)]
 

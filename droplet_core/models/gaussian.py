@@ -91,3 +91,19 @@ def appearance(values: dict, spec: ModelSpec) -> dict:
     """Gaussian droplets have no learned appearance."""
     del values, spec
     return {}
+
+
+def radius_px(values: dict) -> np.ndarray:
+    """``(n,)`` blob radii in fit px: ``sqrt(2) * sigma`` (the ``blob_log`` convention)."""
+    return SQRT2 * values["sigma"]
+
+
+def drawn_radius_px(values: dict) -> np.ndarray:
+    """A blob is drawn as far as its radius."""
+    return radius_px(values)
+
+
+def added_droplet_values(peaks: np.ndarray, values: dict, active: np.ndarray) -> dict:
+    """A blob at a residual peak ``(k, 4)`` x, y, radius, contrast: its width and contrast."""
+    del values, active
+    return {"sigma": peaks[:, 2] / SQRT2, "amplitude": np.maximum(np.abs(peaks[:, 3]), 1e-3)}

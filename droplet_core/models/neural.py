@@ -272,3 +272,22 @@ def _draw(params: dict, features, channels: int):
     """``(m, channels)`` the optics model at ``(m, features)`` pixel features, all tiles in one
     compiled call (eagerly, every layer's ops would compile on their own)."""
     return DropletOptics(channels=channels).apply(params, features)
+
+
+def radius_px(values: dict) -> np.ndarray:
+    """``(n,)`` the model's droplet radii in fit px."""
+    return values["radius"]
+
+
+def drawn_radius_px(values: dict) -> np.ndarray:
+    """The optics draw a droplet within ``EXTENT`` radii; its own radius is its edge."""
+    return radius_px(values)
+
+
+def added_droplet_values(peaks: np.ndarray, values: dict, active: np.ndarray) -> dict:
+    """A droplet at a residual peak ``(k, 4)`` x, y, radius, contrast: its radius and the
+    typical composition of the active droplets."""
+    return {
+        "radius": np.maximum(peaks[:, 2], 0.5),
+        "composition": np.tile(np.median(values["composition"][active > 0], axis=0), (len(peaks), 1)),
+    }
