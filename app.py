@@ -36,13 +36,13 @@ import numpy as np
 import streamlit as st
 
 from app_support import state
-from droplet_core.channels import CHANNEL_LABELS, CHANNELS, all_channels
-from droplet_core.counting import DropletCount, count_of_table
-from droplet_core.display import DEFAULT_PERCENTILES, stretch_contrast
 from droplet_core.fit_ids import is_valid_fit_id
-from droplet_core.images import ImageError, load_image, max_pixels_limit
+from droplet_core.imaging.channels import CHANNEL_LABELS, CHANNELS, all_channels
+from droplet_core.imaging.display import DEFAULT_PERCENTILES, stretch_contrast
+from droplet_core.imaging.images import ImageError, load_image, max_pixels_limit
+from droplet_core.measurements.counting import DropletCount, count_of_table
 from droplet_core.results import FitReport, FitResult
-from droplet_core.store import FitStore, StoreError, default_store_root
+from droplet_core.service.store import FitStore, StoreError, default_store_root
 
 APP_DIR = Path(__file__).resolve().parent
 # Bump when cached values computed here change meaning (cache keys cover only the source
@@ -122,7 +122,7 @@ def _store(root: str) -> FitStore:
 
 @st.cache_resource(show_spinner=False)
 def _registry(root: str):
-    from droplet_core.jobs import JobRegistry
+    from droplet_core.service.jobs import JobRegistry
 
     return JobRegistry(_store(root))
 
@@ -149,7 +149,7 @@ def device_description() -> str:
 
 @st.cache_resource(show_spinner=False)
 def _demo_sha(root: str) -> str:
-    from droplet_core.scenes import demo_image_bytes
+    from droplet_core.synthetic.scenes import demo_image_bytes
 
     return _store(root).save_image(demo_image_bytes())
 
@@ -487,7 +487,7 @@ def downscale_caption(report: FitReport) -> str:
 
 
 def fit_count(report: FitReport, droplets) -> DropletCount:
-    """The fit's droplet count (``droplet_core.counting``), for fits of every age."""
+    """The fit's droplet count (``droplet_core.measurements.counting``), for fits of every age."""
     return report.count if report.count is not None else count_of_table(droplets)
 
 

@@ -67,10 +67,10 @@ def serve(port: int) -> None:
     """Server process: count ``run_fit`` calls, then run Streamlit in this process."""
     from streamlit.web import cli
 
-    import droplet_core.fit
+    import droplet_core.inference.engine
     from droplet_core.fit_ids import fit_key
 
-    real_run_fit = droplet_core.fit.run_fit
+    real_run_fit = droplet_core.inference.engine.run_fit
 
     def counting_run_fit(image, settings, *, image_sha256, warm_start=None, **options):
         key = fit_key(image_sha256, settings, warm_start.fit_id if warm_start is not None else None)
@@ -79,7 +79,7 @@ def serve(port: int) -> None:
         return real_run_fit(image, settings, image_sha256=image_sha256, warm_start=warm_start, **options)
 
     # The job registry looks the engine up at call time, so it finds the counting one.
-    droplet_core.fit.run_fit = counting_run_fit
+    droplet_core.inference.engine.run_fit = counting_run_fit
     sys.argv = [
         "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true", "--server.port", str(port),
         "--global.developmentMode", "false", "--server.fileWatcherType", "none",

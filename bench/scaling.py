@@ -38,8 +38,8 @@ RESULT_PREFIX = "RESULT "
 
 def fit_once(image_path: Path, model: str, downscale: int, droplets: int, steps: int) -> dict:
     """Run one fit in this process; the measurements of ``run_fit``'s result."""
-    from droplet_core.fit import CHUNK_STEPS, run_fit
-    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.inference.engine import CHUNK_STEPS, run_fit
 
     data = read_image_bytes(image_path)
     settings = FitSettings(model=model, channel=CHANNELS[model], downscale=downscale, droplets=droplets, steps=steps)

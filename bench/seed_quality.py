@@ -17,8 +17,8 @@ import argparse
 from pathlib import Path
 
 from bench import seed_reference
-from droplet_core.fit import run_fit
-from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
+from droplet_core.inference.engine import run_fit
 from droplet_core.settings import FitSettings
 
 SEED_FULL_STEPS = 100_000

@@ -49,8 +49,8 @@ from scipy.optimize import curve_fit
 
 from bench import seed_models, seed_reference
 from droplet_core import use_compilation_cache
-from droplet_core.fit import run_fit
-from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
+from droplet_core.inference.engine import run_fit
 from droplet_core.settings import FitSettings
 
 SEED_FULL_STEPS = 100_000

@@ -31,9 +31,9 @@ CHILD = """
 import json, sys
 from dataclasses import asdict
 import numpy as np
-from droplet_core.fit import run_fit
-from droplet_core.images import sha256_bytes
-from droplet_core.scenes import encode_png, make_scene
+from droplet_core.inference.engine import run_fit
+from droplet_core.imaging.images import sha256_bytes
+from droplet_core.synthetic.scenes import encode_png, make_scene
 from droplet_core.settings import FitSettings
 rgb, _ = make_scene(int(sys.argv[1]))
 result = run_fit(rgb.astype(np.float32) / 255, FitSettings(model=sys.argv[2], steps=int(sys.argv[3])),

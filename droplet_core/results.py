@@ -12,12 +12,12 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from droplet_core.counting import DropletCount
-from droplet_core.images import crop_origin, encode_png, to_uint8
-from droplet_core.readout import FILE_PIXEL_SIZE_KEY, readout_files
+from droplet_core.imaging.images import crop_origin, encode_png, to_uint8
+from droplet_core.imaging.units import PixelSize, read_pixel_size
+from droplet_core.inference.verdict import FitVerdict
+from droplet_core.measurements.counting import DropletCount
+from droplet_core.measurements.readout import FILE_PIXEL_SIZE_KEY, readout_files
 from droplet_core.settings import FitSettings
-from droplet_core.units import PixelSize, read_pixel_size
-from droplet_core.verdict import FitVerdict
 
 BASE_COLUMNS = ("x", "y", "radius")
 
@@ -107,7 +107,7 @@ class FitReport:
     uncertainty : how the uncertainties were computed.
     candidate_count : droplet slots of the fit (active or not).
     downscale : the block-mean downscale factor the fit ran at.
-    downscale_choice : ``droplet_core.scale.ScaleChoice.to_dict()`` of an automatic
+    downscale_choice : ``droplet_core.detection.scale.ScaleChoice.to_dict()`` of an automatic
         downscale, None when the user set it.
     crop_origin : ``(x0, y0)`` of the crop, px of the uploaded image.
     fit_shape : ``(h, w, c)`` of the fitted channel(s).
@@ -312,7 +312,7 @@ def write_outputs(result: FitResult, out_dir: str | Path) -> Path:
 
 def zip_outputs(result: FitResult, pixel_size: PixelSize = PixelSize()) -> bytes:
     """The whole fit in one zip archive (for downloads): ``reconstruction.png`` and the
-    read-out files (``droplet_core.readout``: droplets.csv with label and µm columns,
+    read-out files (``droplet_core.measurements.readout``: droplets.csv with label and µm columns,
     statistics.csv, labels.tif, rois.zip, fit.json with the pixel size)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -18,14 +18,14 @@ class FitSettings:
     Attributes
     ----------
     model : a registered variant (``droplet_core.variants.variant_names()``).
-    channel : a name from ``droplet_core.channels.CHANNELS``; ``"rgb"`` for a variant that
+    channel : a name from ``droplet_core.imaging.channels.CHANNELS``; ``"rgb"`` for a variant that
         fits all colour channels at once (``neural``), a single channel for the others.
     downscale : integer block-averaging factor, or 0 for automatic: chosen from the
-        droplets' size, which the pyramid detector measures (``droplet_core.scale``).
+        droplets' size, which the pyramid detector measures (``droplet_core.detection.scale``).
     droplets : maximum droplet count, or 0 for automatic (the detector's candidates,
         pruned by the fit).
     steps : SVI steps; for a fit with a reused appearance, the most Levenberg-Marquardt
-        iterations (``droplet_core.refine``; it stops once converged, usually within a dozen).
+        iterations (``droplet_core.inference.reuse_fit``; it stops once converged, usually within a dozen).
     learning_rate : peak Adam learning rate.
     seed : PRNG seed; the fit is deterministic given it.
     mask_types : number of learned droplet types (templates, neural composition length).
@@ -37,7 +37,7 @@ class FitSettings:
         compositions and background are fitted, by Levenberg-Marquardt rather than SVI
         (``learning_rate`` and ``seed`` then play no part).
     initializer : where droplets start: ``"encoder"`` (the trained detection network,
-        ``droplet_core.encoder``) or ``"log"`` (Laplacian-of-Gaussian candidates).
+        ``droplet_core.detection.detector_net``) or ``"log"`` (Laplacian-of-Gaussian candidates).
     """
 
     model: str = "templates"

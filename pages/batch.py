@@ -23,7 +23,8 @@ import app
 from app_support import state
 from app_support.batch_figures import droplet_count_figure, radius_distribution_figure
 from app_support.size_figures import batch_statistics_figure
-from droplet_core.batch import (
+from droplet_core.fit_ids import is_valid_fit_id
+from droplet_core.service.batch import (
     FAILED,
     IMAGE_SUFFIXES,
     SubmittedBatch,
@@ -34,7 +35,6 @@ from droplet_core.batch import (
     write_images,
     zip_folder,
 )
-from droplet_core.fit_ids import is_valid_fit_id
 from droplet_core.settings import FitSettings, default_channel
 from droplet_core.variants import variant_names
 

@@ -13,9 +13,9 @@ import app
 from app_support.figures import compare_overlays_figure, compare_radius_figure
 from app_support.pixel_size import pixel_size_for
 from app_support.size_figures import compare_distributions_figure
-from droplet_core.counting import doubtful_mask
 from droplet_core.fit_ids import is_valid_fit_id
-from droplet_core.store import StoreError
+from droplet_core.measurements.counting import doubtful_mask
+from droplet_core.service.store import StoreError
 
 app.page_start("compare")
 st.title("Compare fits")

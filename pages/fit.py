@@ -10,11 +10,12 @@ import streamlit as st
 import app
 from app_support import state
 from app_support.figures import loss_figure, overlay_figure
-from droplet_core import encoder, images, scale
-from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
-from droplet_core.image_detection import pyramid_detections_in_image
+from droplet_core.detection import detector_net, scale
+from droplet_core.detection.in_image import pyramid_detections_in_image
+from droplet_core.imaging import images
+from droplet_core.measurements.counting import DOUBTFUL_BELOW, doubtful_mask
+from droplet_core.service.store import StoreError
 from droplet_core.settings import FitSettings, default_channel
-from droplet_core.store import StoreError
 from droplet_core.variants import variant_names
 
 app.page_start("fit")
@@ -144,7 +145,7 @@ detected = state.detections()
 if detected is not None and detected["sha"] == sha:
     st.subheader("Instant detection")
     s1, s2, s3 = st.columns([2, 2, 1])
-    threshold = s1.slider("Show droplets at least this likely", 0.05, 0.95, encoder.DEFAULT_THRESHOLD, step=0.05,
+    threshold = s1.slider("Show droplets at least this likely", 0.05, 0.95, detector_net.DEFAULT_THRESHOLD, step=0.05,
                           key="w_detect_threshold", help="The detector's probability that a droplet is there.")
     min_radius = s2.slider("Minimum radius (px)", 0.0, 10.0, 0.0, step=0.5, key="w_detect_min_radius")
     levels = detected["levels"]

@@ -8,8 +8,8 @@ import app
 from app_support import state
 from app_support.figures import channels_figure, image_figure
 from app_support.pixel_size import pixel_size_field
-from droplet_core.channels import CHANNEL_LABELS
-from droplet_core.images import ImageError, load_image, max_pixels_limit
+from droplet_core.imaging.channels import CHANNEL_LABELS
+from droplet_core.imaging.images import ImageError, load_image, max_pixels_limit
 from droplet_core.settings import FitSettings
 
 app.page_start("image")

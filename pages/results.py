@@ -18,12 +18,12 @@ from app_support.figures import (
 from app_support.pixel_size import pixel_size_for
 from app_support.size_figures import size_distribution_figure, statistics_display_table, statistics_interval_figure
 from app_support.tables import droplet_column_config, droplet_table_view
-from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
-from droplet_core.display import apply_stretch, stretch_limits
-from droplet_core.readout import droplet_table, fit_statistics
+from droplet_core.imaging.display import apply_stretch, stretch_limits
+from droplet_core.imaging.units import PixelSize
+from droplet_core.measurements.counting import DOUBTFUL_BELOW, doubtful_mask
+from droplet_core.measurements.readout import droplet_table, fit_statistics
+from droplet_core.measurements.size_statistics import in_micrometres
 from droplet_core.results import zip_outputs
-from droplet_core.size_statistics import in_micrometres
-from droplet_core.units import PixelSize
 
 app.page_start("results")
 st.title("Results")

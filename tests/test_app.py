@@ -19,8 +19,8 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from droplet_core.fit import FitError
-from droplet_core.store import FitStore
+from droplet_core.inference.engine import FitError
+from droplet_core.service.store import FitStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 FIT_STEPS = 150  # the smallest "Steps" option above one chunk; the demo then fits in seconds

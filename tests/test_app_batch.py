@@ -16,7 +16,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SCENE = SceneSettings(width_px=160, height_px=120, n_droplets=60)

@@ -19,9 +19,9 @@ from PIL import Image
 from scipy import ndimage
 from test_app import figure, metric, new_app, open_app, run_fit_page, texts
 
-from droplet_core.counting import count_of_table
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
-from droplet_core.store import FitStore
+from droplet_core.measurements.counting import count_of_table
+from droplet_core.service.store import FitStore
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
 SCENE_NAME = "emulsion-A.png"
 
@@ -213,7 +213,7 @@ def test_dim_16_bit_image_is_shown_stretched_and_the_control_changes_it():
 
 @pytest.mark.parametrize("percentiles", [(0.5, 99.5), (0.0, 100.0)])
 def test_display_stretch_maps_percentiles_to_black_and_white(percentiles):
-    from droplet_core.display import stretch_contrast, stretch_limits
+    from droplet_core.imaging.display import stretch_contrast, stretch_limits
 
     image = np.linspace(0.0, 0.01, 1000).reshape(10, 100, 1)
     low, high = stretch_limits(image, percentiles)

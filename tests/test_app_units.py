@@ -18,12 +18,12 @@ import streamlit as st
 import tifffile
 from streamlit.testing.v1 import AppTest
 
-from droplet_core.fit import run_fit
-from droplet_core.images import load_image, sha256_bytes
-from droplet_core.readout import fit_statistics
-from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.imaging.images import load_image, sha256_bytes
+from droplet_core.inference.engine import run_fit
+from droplet_core.measurements.readout import fit_statistics
+from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 UM_PER_PX = 0.5
@@ -126,7 +126,7 @@ def test_a_pixel_size_set_by_the_user_changes_the_read_out_not_the_fit(tiff_fit)
 
 def test_png_results_stay_in_pixels_and_compare_overlays_distributions(tiff_fit):
     image, _ = make_scene(12, SceneSettings(width_px=120, height_px=96, n_droplets=80))
-    from droplet_core.scenes import encode_png
+    from droplet_core.synthetic.scenes import encode_png
 
     data = encode_png(image)
     store = FitStore()

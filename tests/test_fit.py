@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 from skimage.feature import blob_log
 
-import droplet_core.fit as engine
-from droplet_core.channels import extract_channel
-from droplet_core.fit import CHUNK_STEPS, FitError, run_fit
-from droplet_core.matching import match_droplets
+import droplet_core.inference.engine as engine
+from droplet_core.detection.matching import match_droplets
+from droplet_core.imaging.channels import extract_channel
+from droplet_core.inference.engine import CHUNK_STEPS, FitError, run_fit
 from droplet_core.results import FitReport
-from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
 SMALL_SCENE = SceneSettings(width_px=160, height_px=128, n_droplets=150, radius_min_px=1.5, radius_max_px=6.0)
 CROWDED_SCENE = SceneSettings(width_px=240, height_px=192, n_droplets=500)
@@ -111,8 +111,8 @@ def test_fit_is_deterministic_given_the_seed(small_scene):
 
 FIT_IN_A_FRESH_PROCESS = """
 import sys, numpy as np
-from droplet_core.fit import run_fit
-from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.inference.engine import run_fit
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 from droplet_core.settings import FitSettings
 image, _ = make_scene(7, SceneSettings(width_px=96, height_px=80, n_droplets=40))
 result = run_fit(image.astype(np.float32) / 255.0, FitSettings(steps=20, downscale=1, seed=3), image_sha256="a" * 64)
@@ -278,7 +278,7 @@ def test_a_reused_appearance_adds_missed_droplets_within_its_first_iterations(mo
 
     monkeypatch.setattr(engine, "_candidates", starved)
     # One chunk of SVI is too short for the fit's own checkpoints; the reuse fit's first
-    # housekeeping comes after its first iteration.
+    # switching of droplets comes after its first iteration.
     plain = run_fit(image, FitSettings(steps=CHUNK_STEPS, downscale=1), image_sha256="e" * 64)
     reused = run_fit(
         image, FitSettings(steps=3, downscale=1, appearance_from=templates_fit.fit_id), image_sha256="e" * 64,

@@ -7,8 +7,8 @@ served from the store instead of recomputed.
 
 import pytest
 
-from droplet_core.settings import FitSettings
 from droplet_core.fit_ids import fit_key
+from droplet_core.settings import FitSettings
 
 IMAGE_SHA256 = "ab" * 32
 

@@ -18,9 +18,8 @@ import pandas as pd
 import pytest
 
 from droplet_core import variants
-from droplet_core.cli import main
-from droplet_core.images import encode_png, load_image, sha256_bytes
-from droplet_core.matching import match_droplets
+from droplet_core.detection.matching import match_droplets
+from droplet_core.imaging.images import encode_png, load_image, sha256_bytes
 from droplet_core.models.common import (
     ModelSpec,
     capped_radius,
@@ -31,9 +30,10 @@ from droplet_core.models.common import (
     splat,
     uncertainty_columns,
 )
-from droplet_core.requests import load_or_fit
+from droplet_core.service.cli import main
+from droplet_core.service.requests import load_or_fit
+from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore
 
 # -- the variant (everything a variant module needs) ------------------------------------------
 

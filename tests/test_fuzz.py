@@ -33,12 +33,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from droplet_core.cli import main
-from droplet_core.counting import DropletCount
 from droplet_core.fit_ids import fit_key
-from droplet_core.images import ImageError, load_image
+from droplet_core.imaging.images import ImageError, load_image
+from droplet_core.measurements.counting import DropletCount
 from droplet_core.results import FitReport, FitResult, Timings
-from droplet_core.store import FitStore
+from droplet_core.service.cli import main
+from droplet_core.service.store import FitStore
 
 CASES_PER_FORMAT = 170  # three formats: a little over 500 malformed inputs in all
 
@@ -292,7 +292,7 @@ def check_store_intact(store: FitStore) -> int:
 def test_malformed_files_through_the_command_line(tmp_path, monkeypatch, capsys, caplog):
     caplog.set_level(logging.WARNING)  # log records and warnings would be extra lines on stderr
     monkeypatch.setenv("DROPLET_STORE", str(tmp_path / "store"))
-    monkeypatch.setattr("droplet_core.fit.run_fit", stand_in_fit)
+    monkeypatch.setattr("droplet_core.inference.engine.run_fit", stand_in_fit)
     cases = malformed_inputs()
     assert len(cases) >= 500
     store = FitStore(tmp_path / "store")

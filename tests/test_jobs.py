@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from droplet_core.fit_ids import fit_key
-from droplet_core.jobs import JobRegistry, JobSnapshot
 from droplet_core.results import FitReport, FitResult
+from droplet_core.service.jobs import JobRegistry, JobSnapshot
+from droplet_core.service.store import FitStore
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.store import FitStore
 
 IMAGE = np.zeros((8, 8, 3), np.float32)
 IMAGE_SHA = hashlib.sha256(b"job test image").hexdigest()
@@ -29,7 +29,7 @@ WAIT_S = 5.0
 
 
 class FakeFitError(ValueError):
-    """Stands in for droplet_core.fit.FitError (a ValueError)."""
+    """Stands in for droplet_core.inference.engine.FitError (a ValueError)."""
 
 
 def build_result(settings, image_sha256, steps_done, parent_fit_id, status, warm_start=None) -> FitResult:
@@ -310,9 +310,9 @@ def test_result_filed_under_a_wrong_key_is_a_failure(store, make_registry):
 
 def test_importing_jobs_and_making_a_registry_does_not_load_jax(tmp_path):
     code = (
-        "import sys; from droplet_core.jobs import JobRegistry; from droplet_core.store import FitStore; "
+        "import sys; from droplet_core.service.jobs import JobRegistry; from droplet_core.service.store import FitStore; "
         f"JobRegistry(FitStore({str(tmp_path)!r})).close(); "
-        "assert 'jax' not in sys.modules and 'droplet_core.fit' not in sys.modules"
+        "assert 'jax' not in sys.modules and 'droplet_core.inference.engine' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -323,9 +323,9 @@ def test_interpreter_exit_stops_a_running_fit_and_stores_it(tmp_path):
 import threading, numpy as np, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_jobs import IMAGE, IMAGE_SHA, build_result
-from droplet_core.jobs import JobRegistry
+from droplet_core.service.jobs import JobRegistry
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore
+from droplet_core.service.store import FitStore
 
 started = threading.Event()
 

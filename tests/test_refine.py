@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core.fit import run_fit
-from droplet_core.housekeeping import residual_peaks
-from droplet_core.matching import match_droplets
+from droplet_core.detection.matching import match_droplets
+from droplet_core.inference.droplet_switching import residual_peaks
+from droplet_core.inference.engine import run_fit
+from droplet_core.inference.reuse_fit import _solved_shading
 from droplet_core.models.common import SHADING_GRID, shading_basis
-from droplet_core.refine import _solved_shading
-from droplet_core.scenes import SceneSettings, make_scene
 from droplet_core.settings import FitSettings
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
 SCENE = SceneSettings(width_px=160, height_px=128, n_droplets=150, radius_min_px=1.5, radius_max_px=6.0)
 

@@ -1,7 +1,7 @@
 """Droplets of every size: the pyramid detector, the automatic downscale and the outline read-out.
 
 Checked against known truth: planted detection tables, drawn masks, and scenes of both
-renderers (``droplet_core.scenes`` and the independent ``tests/second_renderer.py``).
+renderers (``droplet_core.synthetic.scenes`` and the independent ``tests/second_renderer.py``).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core import scale
-from droplet_core.fit import run_fit
-from droplet_core.matching import match_pairs
+from droplet_core.detection import scale
+from droplet_core.detection.matching import match_pairs
+from droplet_core.inference.engine import run_fit
 from droplet_core.models.templates import EXTENT, outline
-from droplet_core.scenes import family_settings, make_scene
 from droplet_core.settings import FitSettings
+from droplet_core.synthetic.scenes import family_settings, make_scene
 from tests import second_renderer
 
 

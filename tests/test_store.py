@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 
 from droplet_core import fit_ids as fit_ids_module
-from droplet_core import store as store_module
 from droplet_core.fit_ids import CODE_VERSION, fit_key, is_valid_fit_id
 from droplet_core.results import FitReport, FitResult, WarmStartState
+from droplet_core.service import store as store_module
+from droplet_core.service.store import FitStore, StoreError, default_store_root
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore, StoreError, default_store_root
 
 IMAGE_SHA = hashlib.sha256(b"test image").hexdigest()
 SETTINGS = FitSettings(model="templates", channel="h", steps=20, seed=3)

@@ -12,15 +12,27 @@ import pytest
 import roifile
 import tifffile
 
-from droplet_core.exports import roi_zip_bytes
-from droplet_core.fit import run_fit
-from droplet_core.images import load_image, sha256_bytes
-from droplet_core.readout import fit_statistics, readout_files
+from droplet_core.imaging.images import load_image, sha256_bytes
+from droplet_core.imaging.units import (
+    FROM_FILE,
+    SET_BY_USER,
+    UNKNOWN,
+    parse_pixel_size,
+    read_pixel_size,
+    resolve_pixel_size,
+)
+from droplet_core.inference.engine import run_fit
+from droplet_core.measurements.exports import roi_zip_bytes
+from droplet_core.measurements.readout import fit_statistics, readout_files
+from droplet_core.measurements.size_statistics import (
+    BORDER_KEEP_ALL,
+    StatisticsSettings,
+    border_weights,
+    size_statistics,
+)
 from droplet_core.results import FitReport
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.settings import FitSettings
-from droplet_core.size_statistics import BORDER_KEEP_ALL, StatisticsSettings, border_weights, size_statistics
-from droplet_core.units import FROM_FILE, SET_BY_USER, UNKNOWN, parse_pixel_size, read_pixel_size, resolve_pixel_size
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
 SMALL_SCENE = SceneSettings(width_px=160, height_px=128, n_droplets=150, radius_median_px=2.5)
 FIT = FitSettings(steps=80)

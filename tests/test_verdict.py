@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core.counting import count_of_table, doubtful_mask, droplet_count
-from droplet_core.fit import run_fit
-from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.inference.engine import run_fit
+from droplet_core.inference.verdict import FitVerdict, judge_fit, noise_sd_estimate
+from droplet_core.measurements.counting import count_of_table, doubtful_mask, droplet_count
 from droplet_core.settings import FitSettings
-from droplet_core.verdict import FitVerdict, judge_fit, noise_sd_estimate
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
 SMALL_SCENE = SceneSettings(width_px=200, height_px=160, n_droplets=250)
 

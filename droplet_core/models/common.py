@@ -237,7 +237,7 @@ def shading_basis(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
     The bicubic resize is linear and separable, so the shading image of one channel's grid
     ``S`` ``(rows, columns)`` is ``rows_weights @ S @ columns_weights.T``: a least-squares
-    problem in ``S`` for any fixed droplets (``droplet_core.refine``).
+    problem in ``S`` for any fixed droplets (``droplet_core.inference.reuse_fit``).
     """
     rows, columns = SHADING_GRID
     # Resizing an identity along one axis (the other keeps its size, which the resize leaves
@@ -259,7 +259,7 @@ def initial_background(observed: np.ndarray) -> dict:
 
 def composition_and_uncertainty_columns(values: dict, uncertainty: dict) -> dict:
     """Table columns ``composition_0..``, then ``sd_x``, ``sd_y``, ``sd_radius`` (posterior sd,
-    fit px) and ``p_exists`` from ``droplet_core.uncertainty.droplet_uncertainty``."""
+    fit px) and ``p_exists`` from ``droplet_core.inference.uncertainty.droplet_uncertainty``."""
     columns = {f"composition_{t}": values["composition"][:, t] for t in range(values["composition"].shape[1])}
     return {**columns, **uncertainty_columns(uncertainty)}
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from droplet_core.fit_ids import fit_key
 from droplet_core.results import FitResult
+from droplet_core.service.store import FitStore, StoreError
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.store import FitStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class JobRegistry:
     ----------
     store : where finished fits are looked up and saved.
     fit_fn : the fit function, called as ``fit_fn(image, settings, image_sha256=...,
-        progress=..., stop=..., warm_start=...)``; ``droplet_core.fit.run_fit`` when None
+        progress=..., stop=..., warm_start=...)``; ``droplet_core.inference.engine.run_fit`` when None
         (imported on first use, so importing this module does not load JAX).
     max_workers : fits computed at once; more wait in a queue. One suits a CPU machine,
         where a single fit already uses every core.
@@ -327,6 +327,6 @@ def _one_line(text: str) -> str:
 
 
 def _default_fit_fn() -> FitFunction:
-    from droplet_core.fit import run_fit  # lazy: the fit engine loads JAX
+    from droplet_core.inference.engine import run_fit  # lazy: the fit engine loads JAX
 
     return run_fit

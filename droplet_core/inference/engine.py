@@ -5,16 +5,16 @@ starts every droplet at a detector candidate, then loops over jitted chunks of
 ``CHUNK_STEPS`` SVI updates. Between chunks it reports progress, honours a stop request,
 and at fixed fractions of the run prunes droplets whose learned contribution is
 negligible, merges near-duplicates and switches spare slots on where the residual shows a
-missed droplet (``droplet_core.housekeeping``: this is how the model decides the droplet
+missed droplet (``droplet_core.inference.droplet_switching``: this is how the model decides the droplet
 count without recompiling, droplets are switched on and off through an ``active`` mask).
 A fit with a reused appearance has far fewer and almost independent unknowns; it runs
-Levenberg-Marquardt (``droplet_core.refine``) instead of SVI, on the same programs.
+Levenberg-Marquardt (``droplet_core.inference.reuse_fit``) instead of SVI, on the same programs.
 
 The jitted programs are built once per variant and padded problem shape (``_programs``):
 image, layout and learning rates are their inputs, so refits and fits of similar images
 reuse them, and JAX's compilation cache (``droplet_core/__init__.py``) keeps them for
 later processes. Every fit ends with the Laplace uncertainty of each droplet
-(``droplet_core.uncertainty``).
+(``droplet_core.inference.uncertainty``).
 """
 
 from __future__ import annotations
@@ -30,28 +30,32 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import optax
 import pandas as pd
-from numpyro.distributions import constraints
-from numpyro.distributions.transforms import biject_to
 from numpyro.distributions.util import sum_rightmost
-from numpyro.handlers import replay, seed, substitute, trace
-from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.util import log_density
+from numpyro.handlers import seed, substitute, trace
+from numpyro.infer import SVI
 from numpyro.optim import optax_to_numpyro
 
-from droplet_core import images
-from droplet_core.channels import extract_channel
-from droplet_core.counting import count_of_table
-from droplet_core.detect import centre_contrast, contrast_image, find_candidates
+from droplet_core.detection.in_image import detect_droplets
+from droplet_core.detection.log_candidates import centre_contrast, contrast_image, find_candidates
+from droplet_core.detection.scale import MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale
 from droplet_core.fit_ids import fit_key
-from droplet_core.housekeeping import MAX_RADIUS_PX, MIN_RADIUS_PX, tidy
-from droplet_core.image_detection import detect_droplets
+from droplet_core.imaging import images
+from droplet_core.imaging.channels import extract_channel
+from droplet_core.inference.droplet_switching import MAX_RADIUS_PX, MIN_RADIUS_PX, tidy
+from droplet_core.inference.guide import Evaluation, MeanFieldGuide, OrderedTraceELBO, latent_sites
+from droplet_core.inference.reuse_fit import fit_with_fixed_appearance
+from droplet_core.inference.uncertainty import (
+    at_locs,
+    droplet_uncertainty,
+    model_discrepancy,
+    with_model_discrepancy,
+)
+from droplet_core.inference.verdict import judge_fit
+from droplet_core.measurements.counting import count_of_table
 from droplet_core.models.common import ModelSpec, bucket_size, make_layout
 from droplet_core.provenance import jax_device_description, library_versions
-from droplet_core.refine import refine_droplets
 from droplet_core.results import (
     FitReport,
     FitResult,
@@ -61,20 +65,12 @@ from droplet_core.results import (
     WarmStartState,
     rmse_per_channel,
 )
-from droplet_core.scale import MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.uncertainty import (
-    at_locs,
-    droplet_uncertainty,
-    model_discrepancy,
-    with_model_discrepancy,
-)
 from droplet_core.variants import load_variant
-from droplet_core.verdict import judge_fit
 
 CHUNK_STEPS = 50
 # Fractions of the run after which negligible droplets are pruned and duplicates merged.
-HOUSEKEEPING_AT = (0.25, 0.5, 0.75)
+SWITCHING_AT = (0.25, 0.5, 0.75)
 # Spare droplet slots (inactive until the residual shows a droplet the candidates missed).
 SPARE_SLOTS_FRACTION = 0.2
 SPARE_SLOTS_MIN = 16
@@ -84,7 +80,6 @@ FROZEN_SCALE = 1e-6
 FINAL_RATE_FRACTION = 0.05
 # Detections smaller than this (fit px) are below what the chosen downscale can draw.
 MIN_DRAWN_RADIUS_PX = 0.5
-DROPLET_PLATE = "droplets"
 
 
 class FitError(ValueError):
@@ -110,7 +105,7 @@ class Region(NamedTuple):
 def prepare_region(image: np.ndarray, settings: FitSettings) -> Region:
     """Crop, detect and downscale an uploaded ``(H, W, 3)`` image for fitting.
 
-    An automatic downscale follows the droplets' size (``droplet_core.scale``), which the
+    An automatic downscale follows the droplets' size (``droplet_core.detection.scale``), which the
     pyramid detector measures; LoG starts without a set downscale use it too.
     """
     detections = None
@@ -135,7 +130,7 @@ def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> 
     """``(n, 4)`` detector candidates x, y, radius, contrast in fit pixels (strongest first).
 
     ``settings.initializer`` picks the detector: the trained encoder on every level of an
-    image pyramid (``droplet_core.scale``; most probable first), which looks at the RGB
+    image pyramid (``droplet_core.detection.scale``; most probable first), which looks at the RGB
     image the fit channel was made from (it was trained on RGB and grey, not on hue or
     saturation), or Laplacian-of-Gaussian candidates in the fit channel (largest contrast
     first). The contrast (sign: droplets darker or lighter) is read from the fit channel.
@@ -167,121 +162,6 @@ def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> 
     return table[["x", "y", "radius", "contrast"]].to_numpy(np.float32)
 
 
-class LatentSite(NamedTuple):
-    """A latent site's support, its number of event dimensions, whether it is one of the
-    per-droplet sites (in the model's ``"droplets"`` plate), and its shape."""
-
-    support: constraints.Constraint
-    event_dim: int
-    per_droplet: bool
-    shape: tuple[int, ...]
-
-
-class MeanFieldGuide:
-    """Independent normal posteriors in each latent's unconstrained space (as ``AutoNormal``).
-
-    Written out instead of ``AutoNormal`` because AutoNormal discovers the model by running
-    it eagerly, op by op, which costs seconds of XLA compilation for every new image size;
-    this guide is a pure function, so ``svi.init`` is jitted like the updates. Parameters are
-    named ``<site>_auto_loc`` / ``<site>_auto_scale`` like AutoNormal's; their starting values
-    come from ``initial_params`` through ``svi.init(..., init_params=...)``, so that no
-    image's values are compiled into the programs.
-    """
-
-    def __init__(self, sites: dict):
-        self.transforms = {name: biject_to(site.support) for name, site in sites.items()}
-        self.event_dims = {name: site.event_dim for name, site in sites.items()}
-        self.shapes = {name: self.transforms[name].inverse_shape(site.shape) for name, site in sites.items()}
-        # One program for all sites: op by op, every transform's ops would compile on their own.
-        self.constrained = jax.jit(self._constrained)
-        self.unconstrained = jax.jit(self._unconstrained)
-
-    def _constrained(self, locs: dict) -> dict:
-        """The values of some sites at unconstrained locations ``locs``."""
-        return {name: self.transforms[name](loc) for name, loc in locs.items()}
-
-    def _unconstrained(self, values: dict) -> dict:
-        """The unconstrained locations of the (constrained) ``values`` of some sites."""
-        return {name: self.transforms[name].inv(value) for name, value in values.items()}
-
-    def initial_params(self, values: dict, scale: float) -> dict:
-        """Guide parameters of the sites in ``values`` (constrained), centred on them with ``scale``."""
-        locs = self.unconstrained({name: np.asarray(value, np.float32) for name, value in values.items()})
-        params = {}
-        for name, loc in locs.items():
-            params[f"{name}_auto_loc"] = np.asarray(loc)
-            params[f"{name}_auto_scale"] = np.full(loc.shape, scale, np.float32)
-        return params
-
-    def __call__(self, *args, **kwargs):
-        locs, scales = {}, {}
-        for name, shape in self.shapes.items():
-            locs[name] = numpyro.param(f"{name}_auto_loc", jnp.zeros(shape))
-            scales[name] = numpyro.param(
-                f"{name}_auto_scale", jnp.ones(shape), constraint=constraints.softplus_positive
-            )
-        # One normal draw for all sites, handed out in slices: XLA compiles every
-        # random.normal call on its own, and per-site draws were most of a fit's compile time.
-        sizes = [int(np.prod(jnp.shape(loc))) for loc in locs.values()]
-        noise = jax.random.normal(numpyro.prng_key(), (sum(sizes),))
-        offset = 0
-        for (name, transform), size in zip(self.transforms.items(), sizes):
-            loc, scale = locs[name], scales[name]
-            unconstrained = loc + scale * noise[offset : offset + size].reshape(jnp.shape(loc))
-            offset += size
-            value = transform(unconstrained)
-            event_dim = self.event_dims[name]
-            # log q(value): the normal density of the unconstrained draw, less the log Jacobian.
-            log_q = sum_rightmost(dist.Normal(loc, scale).log_prob(unconstrained), event_dim) - sum_rightmost(
-                transform.log_abs_det_jacobian(unconstrained, value), event_dim - transform.domain.event_dim
-            )
-            numpyro.sample(name, dist.Delta(value, log_density=log_q, event_dim=event_dim))
-
-    def median(self, params: dict) -> dict:
-        """Each latent's posterior median, in its own (constrained) space."""
-        return self._constrained({name: params[f"{name}_auto_loc"] for name in self.transforms})
-
-
-class OrderedTraceELBO(Trace_ELBO):
-    """``Trace_ELBO`` with one particle, its ``log p - log q`` terms summed in trace order.
-
-    ``Trace_ELBO`` sums over a Python set of site names, whose order follows the process's
-    string-hash seed: the compiled program, and the rounding of the loss, then differ from
-    one process to the next, so a fit is not bit-reproducible across processes and no
-    process can reuse another's compiled program from the compilation cache.
-    """
-
-    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        model_key, guide_key = jax.random.split(rng_key)
-        log_q, guide_trace = log_density(seed(guide, guide_key), args, kwargs, param_map)
-        log_p, _ = log_density(replay(seed(model, model_key), guide_trace), args, kwargs, param_map)
-        return {"loss": log_q - log_p, "mutable_state": None}
-
-
-def latent_sites(model, *args) -> dict:
-    """``{name: LatentSite}`` of every latent site of ``model(*args)``, traced abstractly."""
-    supports = {}
-
-    def record(*args):
-        sites = trace(seed(model, 0)).get_trace(*args)
-        supports.update(
-            {
-                name: LatentSite(
-                    site["fn"].support,
-                    len(site["fn"].event_shape),
-                    any(frame.name == DROPLET_PLATE for frame in site["cond_indep_stack"]),
-                    tuple(site["value"].shape),
-                )
-                for name, site in sites.items()
-                if site["type"] == "sample" and not site["is_observed"]
-            }
-        )
-        return 0
-
-    jax.eval_shape(record, *args)
-    return supports
-
-
 def learning_rates(settings: FitSettings, warm: bool) -> np.ndarray:
     """``(steps,)`` Adam learning rate of every step: a warm-up and cosine decay, or for a
     continued fit the final, small rate (fresh Adam moments make large first steps, which
@@ -296,23 +176,6 @@ def learning_rates(settings: FitSettings, warm: bool) -> np.ndarray:
     )
     # Jitted: run eagerly, each of the schedule's dozen ops would compile on its own.
     return np.asarray(jax.jit(schedule)(np.arange(settings.steps)), np.float32)
-
-
-class Evaluation(NamedTuple):
-    """A fit evaluated at its guide medians (``Programs.evaluate``).
-
-    ``values`` ``{site: value}`` of every latent site (constrained); ``reconstruction`` the
-    ``(h, w, c)`` rendering; ``strength`` ``(n,)`` each droplet's strongest effect on the
-    image (channel units); ``log_prior`` ``(n,)`` each droplet's log prior density in its
-    guide's unconstrained space; ``prior_curvature`` ``{site: (n, ...)}`` minus the second
-    derivative of that log prior in each unconstrained coordinate.
-    """
-
-    values: dict
-    reconstruction: jax.Array
-    strength: jax.Array
-    log_prior: jax.Array
-    prior_curvature: dict
 
 
 def optimiser_params(state) -> dict:
@@ -477,7 +340,7 @@ def run_fit(
     init_params.update(guide.initial_params(fixed, FROZEN_SCALE))
     per_droplet = [name for name, site in sites.items() if site.per_droplet]
     if fixed:
-        run = refine_droplets(
+        run = fit_with_fixed_appearance(
             programs.evaluate, init_params, per_droplet, observed, anchors, active, spec, guide, variant,
             max_iterations=settings.steps, add=settings.droplets == 0, progress=progress, stop=stop, started=started,
         )
@@ -571,8 +434,8 @@ def _run_svi(
     programs: Programs, settings: FitSettings, init_params: dict, observed: np.ndarray, anchors: np.ndarray,
     active: np.ndarray, spec: ModelSpec, key, *, warm: bool, progress, stop, started: float,
 ) -> OptimiserRun:
-    """SVI from ``init_params`` in jitted chunks of ``CHUNK_STEPS`` steps, with housekeeping
-    at ``HOUSEKEEPING_AT`` fractions of the run (``run_fit``'s arguments)."""
+    """SVI from ``init_params`` in jitted chunks of ``CHUNK_STEPS`` steps, with droplets switched
+    on and off at ``SWITCHING_AT`` fractions of the run (``run_fit``'s arguments)."""
     observed_j, anchors_j = jnp.asarray(observed), jnp.asarray(anchors)
     state = programs.init(
         key, observed_j, anchors_j, jnp.asarray(active), spec,
@@ -580,7 +443,7 @@ def _run_svi(
     )
     rates = learning_rates(settings, warm)
     rates = np.pad(rates, (0, -len(rates) % CHUNK_STEPS))
-    checkpoints = {int(np.ceil(f * settings.steps / CHUNK_STEPS)) * CHUNK_STEPS for f in HOUSEKEEPING_AT}
+    checkpoints = {int(np.ceil(f * settings.steps / CHUNK_STEPS)) * CHUNK_STEPS for f in SWITCHING_AT}
     losses: list[np.ndarray] = []
     done, status, first_chunk_s = 0, "done", 0.0
     while done < settings.steps:
@@ -588,7 +451,7 @@ def _run_svi(
             status = "stopped"
             break
         if done in checkpoints:
-            state, anchors, active = _housekeeping(programs, state, observed, anchors, active, spec, settings.droplets == 0)
+            state, anchors, active = _switch_droplets(programs, state, observed, anchors, active, spec, settings.droplets == 0)
             anchors_j = jnp.asarray(anchors)
         n_steps = min(CHUNK_STEPS, settings.steps - done)
         chunk_started = time.perf_counter()
@@ -611,7 +474,7 @@ def _run_svi(
     if status == "done" and settings.droplets == 0:
         # Droplets added at the last checkpoint had no later pruning: a highlight or rim
         # piece taken for a droplet is switched off here, with the duplicates.
-        state, anchors, active = _housekeeping(programs, state, observed, anchors, active, spec, False)
+        state, anchors, active = _switch_droplets(programs, state, observed, anchors, active, spec, False)
     params = {k: np.asarray(v) for k, v in programs.guide_params(state).items()}
     return OptimiserRun(
         params, anchors, active, np.concatenate(losses) if losses else np.zeros(0, np.float32), done, status,
@@ -652,8 +515,8 @@ def _with_spare_slots(candidates: np.ndarray, spare: bool) -> np.ndarray:
     return np.concatenate([candidates, slots.astype(np.float32)])
 
 
-def _housekeeping(programs: Programs, state, observed, anchors, active, spec: ModelSpec, add: bool):
-    """``housekeeping.tidy`` of an SVI ``state``: the new droplets' guide locations are written
+def _switch_droplets(programs: Programs, state, observed, anchors, active, spec: ModelSpec, add: bool):
+    """``droplet_switching.tidy`` of an SVI ``state``: the new droplets' guide locations are written
     into the optimiser state in place, so Adam's moments and the learning-rate schedule of
     every other parameter carry on."""
     evaluated = programs.evaluate(

@@ -6,7 +6,7 @@ nonlinear least-squares problem of a few parameters on the pixels the droplet ow
 background shading is linear in its grid values, a least-squares problem of its own. Each
 iteration solves the background for the current droplets, then takes one damped
 Gauss-Newton (Levenberg-Marquardt) step for every droplet at once, with the block-diagonal
-curvature the Laplace uncertainty uses (``droplet_core.uncertainty.droplet_jacobian``), and
+curvature the Laplace uncertainty uses (``droplet_core.inference.uncertainty.droplet_jacobian``), and
 keeps each droplet's step only where it lowers that droplet's own objective (its damping
 grows where it does not). From the detector's candidates this converges in about ten
 iterations, where SVI needs hundreds of steps, and to a lower RMSE: on the example image it
@@ -17,7 +17,7 @@ Every iteration costs a render per droplet parameter (forward differences) and t
 trial steps, all run by the fit's compiled ``evaluate``, which the fit that learned the
 appearance compiled: a reuse fit compiles no large program. The algebra runs on the host in
 numpy, so on a GPU, where SVI steps are cheap, a reuse fit gains little (``bench/device.py``).
-The droplet count is decided as in SVI (``droplet_core.housekeeping``): missed droplets are
+The droplet count is decided as in SVI (``droplet_core.inference.droplet_switching``): missed droplets are
 switched on after the first iteration and every other iteration after, and negligible ones
 and duplicates switched off. The result is the posterior mode; the guide's scales are set
 afterwards from the Laplace approximation at it.
@@ -33,21 +33,21 @@ from typing import TYPE_CHECKING
 import jax.numpy as jnp
 import numpy as np
 
-from droplet_core.housekeeping import tidy
+from droplet_core.inference.droplet_switching import tidy
+from droplet_core.inference.uncertainty import at_locs, by_site, droplet_jacobian, stacked_prior_curvature
 from droplet_core.models.common import ModelSpec, shading_basis
 from droplet_core.results import OptimiserRun
 from droplet_core.settings import FitProgress
-from droplet_core.uncertainty import at_locs, by_site, droplet_jacobian, stacked_prior_curvature
 
 if TYPE_CHECKING:
-    from droplet_core.fit import MeanFieldGuide
+    from droplet_core.inference.guide import MeanFieldGuide
     from droplet_core.models import Variant
 
-# Housekeeping before iteration TIDY_FIRST (the first that looks at a residual drawn by
+# Droplets are switched on and off before iteration TIDY_FIRST (the first that looks at a residual drawn by
 # roughly placed droplets) and every TIDY_EVERY iterations after.
 TIDY_FIRST = 1
 TIDY_EVERY = 2
-# Converged: an iteration without housekeeping lowered the RMSE by less than this fraction.
+# Converged: an iteration without switching droplets lowered the RMSE by less than this fraction.
 CONVERGED_RMSE_FRACTION = 0.01
 # Levenberg-Marquardt damping, relative to each block's diagonal: where it starts, and how
 # it shrinks after a step that helped and grows after one that did not.
@@ -58,7 +58,7 @@ DAMPING_RANGE = (1e-4, 1e4)
 TRIES = 2
 
 
-def refine_droplets(
+def fit_with_fixed_appearance(
     evaluate: Callable,
     params: dict,
     per_droplet: list[str],
@@ -158,7 +158,7 @@ def refine_droplets(
 
 
 def _tidied(evaluated, evaluation, params, observed, anchors, active, spec, guide, variant, add: bool, prune: bool):
-    """``housekeeping.tidy`` at ``evaluation`` (``evaluated(params, anchors, active)``):
+    """``droplet_switching.tidy`` at ``evaluation`` (``evaluated(params, anchors, active)``):
     ``(params, anchors, active, evaluation)``, evaluated again where droplets changed."""
     params, anchors, tidied_active = tidy(evaluation, params, observed, anchors, active, spec, guide, variant, add, prune)
     if np.any(tidied_active != active):

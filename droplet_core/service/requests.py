@@ -16,8 +16,8 @@ import numpy as np
 
 from droplet_core.fit_ids import fit_key
 from droplet_core.results import FitResult
+from droplet_core.service.store import FitStore
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.store import FitStore
 
 
 class ServedFit(NamedTuple):
@@ -58,7 +58,7 @@ def load_or_fit(
     warm_start : an earlier fit of the same image to continue from.
     appearance_source : the fit named by ``settings.appearance_from``; loaded from
         ``store`` when not given.
-    progress, stop : as ``droplet_core.fit.run_fit``.
+    progress, stop : as ``droplet_core.inference.engine.run_fit``.
     fit_id : ``request_key`` of this request, when the caller has computed it already.
 
     Returns
@@ -77,7 +77,7 @@ def load_or_fit(
     key = fit_id or request_key(image_sha256, settings, warm_start)
     if store.has(key):
         return ServedFit(store.load(key), True)
-    from droplet_core.fit import run_fit  # here: the fit engine loads JAX
+    from droplet_core.inference.engine import run_fit  # here: the fit engine loads JAX
 
     if settings.appearance_from is not None and appearance_source is None:
         appearance_source = store.load(settings.appearance_from)

@@ -4,8 +4,8 @@ Every fit has a fixed number of droplet slots (so its programs compile once); an
 mask ``(n,)`` says which are in the model. Between steps the fit engine switches off
 droplets whose learned contribution is negligible and the weaker of near-duplicates
 (``prune_and_merge``), and switches spare slots on where the residual shows a droplet the
-detector missed (``residual_peaks``, ``add_droplets``). The SVI fits (``droplet_core.fit``)
-and the Levenberg-Marquardt fits of a reused appearance (``droplet_core.refine``) share it.
+detector missed (``residual_peaks``, ``add_droplets``). The SVI fits (``droplet_core.inference.engine``)
+and the Levenberg-Marquardt fits of a reused appearance (``droplet_core.inference.reuse_fit``) share it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial import cKDTree
 
-from droplet_core.detect import strong_peaks
+from droplet_core.detection.log_candidates import strong_peaks
 from droplet_core.models.common import Layout, ModelSpec
 
 if TYPE_CHECKING:
-    from droplet_core.fit import Evaluation, MeanFieldGuide
+    from droplet_core.inference.guide import Evaluation, MeanFieldGuide
     from droplet_core.models import Variant
 
 # Radius range of detector candidates and residual peaks, in fit px: the upper end grows

@@ -17,7 +17,7 @@ Outputs of a batch (``write_batch_outputs``)::
                           (with label and µm columns), statistics.csv, labels.tif, rois.zip,
                           reconstruction.png and fit.json
 
-The pixel size is the one given for the whole batch, else each file's own (``droplet_core.units``);
+The pixel size is the one given for the whole batch, else each file's own (``droplet_core.imaging.units``);
 ``summary.csv`` records it and each image's size statistics with their 90 % intervals.
 """
 
@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from droplet_core.counting import count_of_table, doubtful_mask
-from droplet_core.readout import droplet_table, fit_statistics, write_fit_outputs
-from droplet_core.requests import load_or_fit
+from droplet_core.imaging.units import UNKNOWN, PixelSize, read_pixel_size, resolve_pixel_size
+from droplet_core.measurements.counting import count_of_table, doubtful_mask
+from droplet_core.measurements.readout import droplet_table, fit_statistics, write_fit_outputs
+from droplet_core.measurements.size_statistics import statistics_wide
+from droplet_core.service.requests import load_or_fit
+from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
-from droplet_core.size_statistics import statistics_wide
-from droplet_core.store import FitStore
-from droplet_core.units import UNKNOWN, PixelSize, read_pixel_size, resolve_pixel_size
 
 FITTED, STORED, FAILED = "fitted", "stored", "failed"
 SUMMARY_COLUMNS = (
@@ -83,19 +83,19 @@ class ImageOutcome:
     fit_id : id of the stored fit; None if the image failed.
     status : ``"fitted"`` (computed now), ``"stored"`` (already in the store, not
         recomputed) or ``"failed"``.
-    droplet_count : the fit's droplet count (``droplet_core.counting``: the expected
+    droplet_count : the fit's droplet count (``droplet_core.measurements.counting``: the expected
         number of droplets); None if failed.
     count_low_90, count_high_90 : the count's 90 % interval; None if failed.
     median_radius : median radius of the likely droplets (``p_exists`` >= 0.5) in pixels of
         the image as given; None if failed or no droplets.
     rmse : reconstruction RMSE over all fitted channels; None if failed.
-    fit_quality : the fit's verdict on itself (``droplet_core.verdict``): ``good``,
+    fit_quality : the fit's verdict on itself (``droplet_core.inference.verdict``): ``good``,
         ``partial`` or ``failed``; None if the image failed or the fit has no verdict.
     fit_problems : the verdict's problems in one line; None when there are none.
     seconds : wall time this batch spent on the image.
     error : one-line reason of a failure, else None.
     pixel_size_um : micrometres per pixel used for the image's read-out; None in pixels.
-    pixel_size_origin : where that pixel size came from (``droplet_core.units``).
+    pixel_size_origin : where that pixel size came from (``droplet_core.imaging.units``).
     """
 
     image: str
@@ -162,7 +162,7 @@ def fit_image(
     Errors a user can act on (unreadable or malformed image, settings the image cannot
     take, a missing appearance source) come back as a failed outcome, not an exception.
     """
-    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
 
     started = time.perf_counter()
     try:

@@ -12,8 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from droplet_core.channels import CHANNELS
-from droplet_core.images import ImageError
+from droplet_core.imaging.channels import CHANNELS
+from droplet_core.imaging.images import ImageError
 from droplet_core.settings import INITIALIZERS, FitSettings, default_channel
 from droplet_core.variants import variant_names
 
@@ -46,7 +46,7 @@ def _whole_or_auto(what: str):
 
 def _pixel_size(text: str) -> float:
     """argparse type: a pixel size with a length unit -> micrometres."""
-    from droplet_core.units import parse_pixel_size
+    from droplet_core.imaging.units import parse_pixel_size
 
     try:
         return parse_pixel_size(text)
@@ -122,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--min-radius", type=float, default=0.0, help="smallest radius kept, px of the image")
 
     stats = commands.add_parser(
-        "stats", help="size statistics with 90 % intervals of a stored fit (no refitting)"
+        "stats", help="size statistics with 90 %% intervals of a stored fit (no refitting)"
     )
     stats.add_argument("fit", metavar="FIT_ID_OR_DIR", help="a fit id in the store, or a fit's output folder")
     stats.add_argument("--pixel-size", type=_pixel_size, metavar="SIZE", help="e.g. 0.65um (default: as recorded)")
-    # droplet_core.size_statistics.BORDER_HANDLING, spelled out: that module loads pandas,
+    # droplet_core.measurements.size_statistics.BORDER_HANDLING, spelled out: that module loads pandas,
     # which the other commands do not need.
     stats.add_argument("--border", choices=("miles-lantuejoul", "keep-all"), default="miles-lantuejoul",
                        help="droplets cut by the image edge: Miles-Lantuéjoul correction (default) or keep all")
@@ -171,11 +171,11 @@ def _settings_from_args(args, appearance_source) -> FitSettings:
 
 
 def _fit(args) -> int:
-    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
-    from droplet_core.readout import stored_pixel_size, write_fit_outputs
-    from droplet_core.requests import load_or_fit
-    from droplet_core.store import FitStore
-    from droplet_core.units import resolve_pixel_size
+    from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.imaging.units import resolve_pixel_size
+    from droplet_core.measurements.readout import stored_pixel_size, write_fit_outputs
+    from droplet_core.service.requests import load_or_fit
+    from droplet_core.service.store import FitStore
 
     store = FitStore()
     source = _stored_fit(args.appearance_from, store) if args.appearance_from else None
@@ -215,8 +215,8 @@ def _fit(args) -> int:
 
 
 def _batch(args) -> int:
-    from droplet_core.batch import FAILED, dask_executor, find_images, run_batch, write_batch_outputs
-    from droplet_core.store import FitStore
+    from droplet_core.service.batch import FAILED, dask_executor, find_images, run_batch, write_batch_outputs
+    from droplet_core.service.store import FitStore
 
     images = find_images(args.images)
     if not images:
@@ -251,11 +251,11 @@ def _stats(args) -> int:
     import pandas as pd
 
     from droplet_core.fit_ids import is_valid_fit_id
-    from droplet_core.readout import fit_statistics, stored_pixel_size
+    from droplet_core.imaging.units import resolve_pixel_size
+    from droplet_core.measurements.readout import fit_statistics, stored_pixel_size
+    from droplet_core.measurements.size_statistics import StatisticsSettings
     from droplet_core.results import FitReport
-    from droplet_core.size_statistics import StatisticsSettings
-    from droplet_core.store import FitStore, StoreError
-    from droplet_core.units import resolve_pixel_size
+    from droplet_core.service.store import FitStore, StoreError
 
     store = FitStore()
     folder = Path(args.fit)
@@ -285,7 +285,7 @@ def _stats(args) -> int:
 
 
 def _scene(args) -> int:
-    from droplet_core.scenes import family_settings, write_scene
+    from droplet_core.synthetic.scenes import family_settings, write_scene
 
     given = {"width_px": args.width, "height_px": args.height, "n_droplets": args.droplets}
     settings = family_settings(args.family, **{name: value for name, value in given.items() if value is not None})
@@ -299,10 +299,10 @@ def _detect(args) -> int:
     import json
     import time
 
-    from droplet_core import encoder
-    from droplet_core.display import stretch_contrast
-    from droplet_core.image_detection import detect_droplets
-    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.detection import detector_net
+    from droplet_core.detection.in_image import detect_droplets
+    from droplet_core.imaging.display import stretch_contrast
+    from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
     from droplet_core.provenance import jax_device_description, library_versions
 
     started = time.perf_counter()
@@ -317,8 +317,8 @@ def _detect(args) -> int:
     computed = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     droplets.to_csv(args.out / "droplets.csv", index=False, float_format="%.6g")
-    encoder.overlay_png(stretch_contrast(image), droplets).save(args.out / "overlay.png")
-    architecture, _ = encoder.load_weights()
+    detector_net.overlay_png(stretch_contrast(image), droplets).save(args.out / "overlay.png")
+    architecture, _ = detector_net.load_weights()
     info = {
         "method": "encoder",
         "image_sha256": sha256_bytes(data),
@@ -326,7 +326,7 @@ def _detect(args) -> int:
         "settings": {"channel": args.channel, "downscale": factor, "threshold": args.threshold,
                      "min_radius_px": args.min_radius},
         "architecture": dataclasses.asdict(architecture),
-        "weights": str(encoder.WEIGHTS_DIR / encoder.WEIGHTS_FILE),
+        "weights": str(detector_net.WEIGHTS_DIR / detector_net.WEIGHTS_FILE),
         "droplet_count": len(droplets),
         "reconstruction": None,
         "note": "the encoder detects droplets but renders no reconstruction; overlay.png shows the detections",
@@ -343,13 +343,13 @@ def _detect(args) -> int:
 
 
 def _train_encoder(args) -> int:
-    from droplet_core import encoder
+    from droplet_core.detection import detector_training
 
     if args.minutes <= 0 or args.steps < 0:
         raise ValueError("--minutes must be positive and --steps not negative")
-    settings = encoder.TrainSettings(minutes=args.minutes, seed=args.seed, max_steps=args.steps)
-    params, record = encoder.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    encoder.save_weights(params, record, args.out)
+    settings = detector_training.TrainSettings(minutes=args.minutes, seed=args.seed, max_steps=args.steps)
+    params, record = detector_training.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    detector_training.save_weights(params, record, args.out)
     last = record["curve"][-1] if record["curve"] else {}
     print(f"train-encoder: {record['steps']} steps, validation F1 {last.get('validation_f1_default', float('nan')):.3f} -> {args.out}")
     return 0

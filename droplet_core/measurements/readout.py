@@ -6,8 +6,8 @@ a fit's output folder or zip (``readout_files``):
 
 - ``droplets.csv``: the droplet table with a ``label`` column (last) and, when the pixel
   size is known, ``x_um``, ``y_um``, ``diameter_um`` and their sds;
-- ``statistics.csv``: ``droplet_core.size_statistics`` with 90 % intervals;
-- ``labels.tif``: the label image (``droplet_core.exports``);
+- ``statistics.csv``: ``droplet_core.measurements.size_statistics`` with 90 % intervals;
+- ``labels.tif``: the label image (``droplet_core.measurements.exports``);
 - ``rois.zip``: the ImageJ / Fiji ROI set;
 - ``fit.json``: the fit's record plus ``pixel_size`` (sides in µm and where they came from).
 """
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from droplet_core import exports
-from droplet_core.size_statistics import StatisticsSettings, size_statistics
-from droplet_core.units import PixelSize, read_pixel_size, with_units
+from droplet_core.imaging.units import PixelSize, read_pixel_size, with_units
+from droplet_core.measurements import exports
+from droplet_core.measurements.size_statistics import StatisticsSettings, size_statistics
 
 if TYPE_CHECKING:
     from droplet_core.results import FitReport

@@ -2,7 +2,7 @@
 
 The one route from an uploaded image to detections, for the instant detection of the app,
 the command line's ``detect`` and the fit's starting droplets: crop to the region of
-interest, run the detector on every level of an image pyramid (``droplet_core.scale``),
+interest, run the detector on every level of an image pyramid (``droplet_core.detection.scale``),
 and shift the positions back by the crop's origin.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from droplet_core import encoder, images, scale
+from droplet_core.detection import detector_net, scale
+from droplet_core.imaging import images
 
 
 def pyramid_detections_in_image(
     image: np.ndarray,
     channel: str = "rgb",
-    threshold: float = encoder.DEFAULT_THRESHOLD,
+    threshold: float = detector_net.DEFAULT_THRESHOLD,
     downscale: int = 1,
     crop: tuple[int, int, int, int] | None = None,
 ) -> pd.DataFrame:
@@ -26,7 +27,7 @@ def pyramid_detections_in_image(
     Parameters
     ----------
     image : (H, W, 3) float RGB in [0, 1], as uploaded.
-    channel : the channel the detector looks at (``droplet_core.channels``).
+    channel : the channel the detector looks at (``droplet_core.imaging.channels``).
     threshold : presence probability a detection needs.
     downscale : the pyramid's finest level.
     crop : region of interest ``(x0, y0, x1, y1)`` in pixels of ``image`` (end exclusive).
@@ -44,7 +45,7 @@ def pyramid_detections_in_image(
 def detect_droplets(
     image: np.ndarray,
     channel: str = "rgb",
-    threshold: float = encoder.DEFAULT_THRESHOLD,
+    threshold: float = detector_net.DEFAULT_THRESHOLD,
     downscale: int = 1,
     crop: tuple[int, int, int, int] | None = None,
 ) -> pd.DataFrame:

@@ -35,8 +35,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.transform import resize
 
-from droplet_core.images import encode_png
-from droplet_core.scene_families import (
+from droplet_core.imaging.images import encode_png
+from droplet_core.synthetic.scene_families import (
     BrightfieldLook,
     FluorescenceLook,
     PhaseLook,
@@ -44,7 +44,7 @@ from droplet_core.scene_families import (
     render_fluorescence,
     render_phase,
 )
-from droplet_core.scene_geometry import contact_counts, draw_radii, pack, place_random
+from droplet_core.synthetic.scene_geometry import contact_counts, draw_radii, pack, place_random
 
 # Sub-samples per pixel side when rendering a seed droplet: antialiased edges, and highlights
 # smaller than a pixel still contribute their area rather than aliasing.
