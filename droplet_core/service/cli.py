@@ -69,7 +69,8 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-size", type=int, default=defaults.mask_size)
     parser.add_argument("--crop", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
     parser.add_argument("--initializer", choices=INITIALIZERS, default=defaults.initializer,
-                        help="where droplets start: the trained encoder (default) or LoG candidates")
+                        help="where droplets start: 'encoder', the trained detector network (default), or 'log', "
+                             "Laplacian-of-Gaussian candidates")
     parser.add_argument(
         "--pixel-size", type=_pixel_size, metavar="SIZE",
         help="pixel size for the µm columns and statistics, e.g. 0.65um or 650nm (default: from the file, else pixels)",
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--bit-depth", type=int, default=8, choices=(8, 16), help="16 writes scene.tif")
 
     detect = commands.add_parser(
-        "detect", help="instant detection by the trained encoder: droplets.csv, overlay.png, fit.json"
+        "detect", help="instant detection by the trained detector network: droplets.csv, overlay.png, fit.json"
     )
     detect.add_argument("image", type=Path)
     detect.add_argument("--out", type=Path, required=True, help="output folder")
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="droplets cut by the image edge: Miles-Lantuéjoul correction (default) or keep all")
     stats.add_argument("--csv", type=Path, help="also write the table to this CSV file")
 
-    train = commands.add_parser("train-encoder", help="train the detection encoder on synthetic scenes")
+    train = commands.add_parser("train-encoder", help="train the detector network on synthetic scenes")
     train.add_argument("--out", type=Path, required=True, help="folder for the weights, training.json, curve")
     train.add_argument("--minutes", type=float, default=25.0, help="training time budget (default 25)")
     train.add_argument("--seed", type=int, default=0)
@@ -329,7 +330,7 @@ def _detect(args) -> int:
         "weights": str(detector_net.WEIGHTS_DIR / detector_net.WEIGHTS_FILE),
         "droplet_count": len(droplets),
         "reconstruction": None,
-        "note": "the encoder detects droplets but renders no reconstruction; overlay.png shows the detections",
+        "note": "the detector network finds droplets but renders no reconstruction; overlay.png shows them",
         "device": jax_device_description(),
         "versions": library_versions(),
         "timings": {"load_s": round(loaded - started, 4), "detect_s": round(computed - loaded, 4),
