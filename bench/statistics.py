@@ -39,6 +39,7 @@ from droplet_core.measurements.size_statistics import (
     statistic_draws,
     with_discrepancy,
 )
+from droplet_core.results import FitReport
 from droplet_core.settings import FitSettings, default_channel
 from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
@@ -56,9 +57,9 @@ def fit_scene(seed: int, model: str):
     return result, truth
 
 
-def true_statistics(truth: pd.DataFrame, info: dict) -> pd.DataFrame:
+def true_statistics(truth: pd.DataFrame, report: FitReport) -> pd.DataFrame:
     """The statistics of the true droplets (same estimator and border handling), by name."""
-    table = size_statistics(truth["x"], truth["y"], truth["radius"], field_of_view(info),
+    table = size_statistics(truth["x"], truth["y"], truth["radius"], field_of_view(report),
                             settings=StatisticsSettings(draws=2))
     return table.set_index("statistic")
 
@@ -86,7 +87,7 @@ def calibrate(model: str, seeds: tuple[int, ...]) -> None:
         values, draws = statistic_draws(droplets["x"], droplets["y"], droplets["radius"], field_of_view(result.report),
                                         sd_radius_px=droplets["sd_radius"], p_exists=droplets["p_exists"],
                                         settings=settings)
-        scenes.append((true_statistics(truth, result.info), draws, droplets["p_exists"].to_numpy(),
+        scenes.append((true_statistics(truth, result.report), draws, droplets["p_exists"].to_numpy(),
                        result.report.uncertainty.count_discrepancy))
         true = scenes[-1][0]
         errors = "  ".join(f"{name} {values[STATISTIC_NAMES.index(name) - 1] / true.loc[name, 'value'] - 1:+.3f}"
@@ -137,7 +138,7 @@ def main() -> None:
     for seed in seeds:
         result, truth = fit_scene(seed, args.model)
         fitted = fit_statistics(result.droplets, result.report).set_index("statistic")
-        true = true_statistics(truth, result.info)
+        true = true_statistics(truth, result.report)
         row = {"scene": seed}
         for name in STATISTIC_NAMES:
             truth, low, high = true.loc[name, "value"], fitted.loc[name, "low_90"], fitted.loc[name, "high_90"]

@@ -64,9 +64,7 @@ def test_droplets_far_outside_the_size_range_are_flagged():
     # Radius-40 px disks fitted at full resolution with the count given: far beyond the
     # radii the model draws at downscale 1.
     image = bright_disks(40.0, 12, 400)
-    verdict = FitVerdict.from_dict(
-        fit(image, FitSettings(downscale=1, droplets=12, initializer="log")).info["verdict"]
-    )
+    verdict = fit(image, FitSettings(downscale=1, droplets=12, initializer="log")).report.verdict
     assert verdict.quality == "failed", verdict
     assert verdict.explained_fraction < 0.4 and verdict.residual_spots > 12
     assert any("increase the downscale" in a for a in verdict.advice), verdict.advice

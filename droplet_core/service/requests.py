@@ -1,8 +1,8 @@
 """One route for every fit request: serve it from the store, or fit it and store it.
 
-The command line, batches, the app's job queue and benchmarks all ask for a fit the same
-way (``load_or_fit``), so a request is keyed once (``fit_ids.fit_key``), an identical
-request is never fitted twice, and every stored fit records the same things.
+Whoever asks for a fit (the command line, batches) asks ``load_or_fit``: a request is
+keyed once (``fit_ids.fit_key``), an identical request is served from the store instead of
+fitted again, and every stored fit records the same things (the file's pixel size included).
 """
 
 from __future__ import annotations
