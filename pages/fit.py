@@ -1,6 +1,6 @@
 """Fit page: model variant and its settings (in a form), background fit with live progress,
 Stop / Continue, identical requests served from the store, and instant detection by the
-trained encoder with presence-threshold and minimum-radius sliders."""
+trained detector network with presence-threshold and minimum-radius sliders."""
 
 from __future__ import annotations
 
