@@ -36,15 +36,15 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import numpy as np
 import streamlit as st
 
-from app_support import access
+from app_support import access, state
 from app_support.run_times import timed_run
-from droplet_core.channels import CHANNEL_LABELS, CHANNELS, all_channels
-from droplet_core.counting import count_of_table
-from droplet_core.display import DEFAULT_PERCENTILES, stretch_contrast
-from droplet_core.images import ImageError, load_image, max_pixels_limit
-from droplet_core.results import FitResult
-from droplet_core.store import FitStore, StoreError, default_store_root, is_valid_fit_id
-from droplet_core.verdict import FitVerdict
+from droplet_core.fit_ids import is_valid_fit_id
+from droplet_core.imaging.channels import CHANNEL_LABELS, CHANNELS, all_channels
+from droplet_core.imaging.display import DEFAULT_PERCENTILES, stretch_contrast
+from droplet_core.imaging.images import ImageError, load_image, max_pixels_limit
+from droplet_core.measurements.counting import DropletCount, count_of_table
+from droplet_core.results import FitReport, FitResult
+from droplet_core.service.store import FitStore, StoreError, default_store_root
 
 APP_DIR = Path(__file__).resolve().parent
 # Bump when cached values computed here change meaning (cache keys cover only the source
@@ -106,8 +106,8 @@ def page_start(url_path: str) -> None:
     access.require_access()
     collect_background_jobs()
     requested = st.query_params.get("fit")
-    if (url_path in FIT_LINK_PAGES and is_valid_fit_id(requested) and requested != st.session_state.get("fit_id")
-            and fit_info(requested) is not None):
+    if (url_path in FIT_LINK_PAGES and is_valid_fit_id(requested) and requested != st.session_state.get(state.FIT_ID)
+            and fit_report(requested) is not None):
         set_current_fit(requested)  # before the sidebar, so that it names the linked fit and its image
     sidebar(url_path)
 
@@ -128,7 +128,7 @@ def _store(root: str) -> FitStore:
 
 @st.cache_resource(show_spinner=False)
 def _registry(root: str):
-    from droplet_core.jobs import JobRegistry, QueueSettings
+    from droplet_core.service.jobs import JobRegistry, QueueSettings
 
     return JobRegistry(_store(root), queue=QueueSettings.from_env())
 
@@ -167,7 +167,7 @@ def device_description() -> str:
 
 @st.cache_resource(show_spinner=False)
 def _demo_sha(root: str) -> str:
-    from droplet_core.scenes import demo_image_bytes
+    from droplet_core.synthetic.scenes import demo_image_bytes
 
     return _store(root).save_image(demo_image_bytes())
 
@@ -215,69 +215,65 @@ def load_fit(fit_id: str) -> FitResult:
 
 
 # -- session state ------------------------------------------------------------------------
-# One source of truth per session: ``image_sha`` / ``image_name`` (the current image),
-# ``fit_id`` (the current fit: always a fit of the current image, or None) and
-# ``fit_history`` (this session's fits, newest first: its own and those it opened by
-# link; no page lists any other fit of the store).
+# One source of truth per session (keys in ``app_support.state``): the current image, the
+# current fit (always a fit of the current image, or None) and this session's fits, newest
+# first (its own and those it opened by link; no page lists any other fit of the store).
 
 DEMO_NAME = "demo scene (built in)"
-# Session keys that belong to one image: cleared when another image becomes current.
-PER_IMAGE_KEYS = ("crop", "w_crop_on", "w_crop_x", "w_crop_y", "w_downscale", "downscale", "detect_raw",
-                  "job_id", "job_image_sha", "job_notice", "job_handled")
 
 
 def current_image_sha() -> str:
     """The image the user works on; the built-in demo scene until they upload one."""
-    sha = st.session_state.get("image_sha")
+    sha = st.session_state.get(state.IMAGE_SHA)
     if not sha:
         sha = demo_sha()
-        st.session_state["image_sha"] = sha
-        st.session_state["image_name"] = DEMO_NAME
+        st.session_state[state.IMAGE_SHA] = sha
+        st.session_state[state.IMAGE_NAME] = DEMO_NAME
     return sha
 
 
 def current_image_name() -> str:
     current_image_sha()
-    return st.session_state.get("image_name") or "image"
+    return st.session_state.get(state.IMAGE_NAME) or "image"
 
 
 def set_current_image(sha: str, name: str) -> None:
     """Make ``sha`` the current image. What belonged to the previous image (crop,
     downscale, detections, the running job's display, the current fit) is cleared; the
     session's fits stay listed, and the newest of them of this image becomes current."""
-    if st.session_state.get("image_sha") == sha:
+    if st.session_state.get(state.IMAGE_SHA) == sha:
         return
-    st.session_state["image_sha"] = sha
-    st.session_state["image_name"] = name
+    st.session_state[state.IMAGE_SHA] = sha
+    st.session_state[state.IMAGE_NAME] = name
     if name != DEMO_NAME:
         try:
             store().name_image(sha, name)
         except StoreError:
             pass
-    if st.session_state.get("job_id"):
+    if st.session_state.get(state.JOB_ID):
         # A fit of the previous image may still run: it joins this session's list when done.
-        st.session_state["background_jobs"] = [*st.session_state.get("background_jobs", []),
-                                               st.session_state["job_id"]]
-    for key in PER_IMAGE_KEYS:
+        st.session_state[state.BACKGROUND_JOBS] = [*st.session_state.get(state.BACKGROUND_JOBS, []),
+                                               st.session_state[state.JOB_ID]]
+    for key in state.PER_IMAGE_KEYS:
         st.session_state.pop(key, None)
-    st.session_state["fit_id"] = next(
-        (f for f in session_fit_ids() if (fit_info(f) or {}).get("image_sha256") == sha), None
+    st.session_state[state.FIT_ID] = next(
+        (f for f in session_fit_ids() if (report := fit_report(f)) is not None and report.image_sha256 == sha), None
     )
 
 
 def current_fit_id() -> str | None:
-    fit_id = st.session_state.get("fit_id")
+    fit_id = st.session_state.get(state.FIT_ID)
     return fit_id if is_valid_fit_id(fit_id) else None
 
 
 def session_fit_ids() -> list[str]:
     """This session's fits, newest first: made here or opened by a link."""
-    return [f for f in st.session_state.get("fit_history", []) if is_valid_fit_id(f)]
+    return [f for f in st.session_state.get(state.FIT_HISTORY, []) if is_valid_fit_id(f)]
 
 
 def collect_background_jobs() -> None:
     """Fits started on an earlier image that have finished since: into this session's list."""
-    waiting = st.session_state.get("background_jobs")
+    waiting = st.session_state.get(state.BACKGROUND_JOBS)
     if not waiting:
         return
     still = []
@@ -289,35 +285,35 @@ def collect_background_jobs() -> None:
             still.append(job_id)
         elif job.result() is not None:
             remember_fit(job.result().fit_id)
-    st.session_state["background_jobs"] = still
+    st.session_state[state.BACKGROUND_JOBS] = still
 
 
 def remember_fit(fit_id: str) -> None:
     """Add a fit to this session's list (made here, or opened by a link)."""
     history = [f for f in session_fit_ids() if f != fit_id]
-    st.session_state["fit_history"] = [fit_id] + history[:49]
+    st.session_state[state.FIT_HISTORY] = [fit_id] + history[:49]
 
 
 def set_current_fit(fit_id: str) -> None:
     """Make ``fit_id`` the current fit, and its image the current image."""
     remember_fit(fit_id)
-    info = fit_info(fit_id) or {}
-    sha = info.get("image_sha256")
-    if sha and sha != st.session_state.get("image_sha"):
+    report = fit_report(fit_id)
+    sha = report.image_sha256 if report is not None else None
+    if sha and sha != st.session_state.get(state.IMAGE_SHA):
         name = DEMO_NAME if sha == demo_sha() else (store().image_name(sha) or f"image {sha[:8]}")
         set_current_image(sha, name)
-    st.session_state["fit_id"] = fit_id
+    st.session_state[state.FIT_ID] = fit_id
 
 
 @st.cache_resource(show_spinner=False, max_entries=256)
-def _fit_info(fit_id: str, root: str) -> dict:
-    return _store(root).fit_info(fit_id)
+def _fit_report(fit_id: str, root: str) -> FitReport:
+    return _store(root).fit_report(fit_id)
 
 
-def fit_info(fit_id: str) -> dict | None:
-    """A stored fit's fit.json record, or None when it is not stored."""
+def fit_report(fit_id: str) -> FitReport | None:
+    """A stored fit's report, or None when it is not stored."""
     try:
-        return _fit_info(fit_id, store_root())
+        return _fit_report(fit_id, store_root())
     except StoreError:
         return None
 
@@ -326,27 +322,26 @@ def image_label(sha: str) -> str:
     """What an image is called: the demo, its file name, or its short hash."""
     if sha == demo_sha():
         return DEMO_NAME
-    if sha == st.session_state.get("image_sha"):
-        return st.session_state.get("image_name") or f"image {sha[:8]}"
+    if sha == st.session_state.get(state.IMAGE_SHA):
+        return st.session_state.get(state.IMAGE_NAME) or f"image {sha[:8]}"
     return store().image_name(sha) or f"image {sha[:8]}"
 
 
-def fit_label(info: dict) -> str:
+def fit_label(report: FitReport) -> str:
     """A fit as a chemist names it: image file name, model, time (and its count)."""
-    settings = info.get("settings", {})
-    created = str(info.get("created", ""))[:16].replace("T", " ")
-    count = info.get("droplet_count", "?")
-    status = "" if info.get("status") in ("done", None) else f" ({info.get('status')})"
-    reused = " · look reused" if info.get("appearance_from") else ""
-    return (f"{image_label(str(info.get('image_sha256', '')))} · {settings.get('model', '?')}{reused} · "
+    created = report.created[:16].replace("T", " ")
+    count = report.count.count if report.count is not None else "?"
+    status = "" if report.status == "done" else f" ({report.status})"
+    reused = " · look reused" if report.appearance_from else ""
+    return (f"{image_label(report.image_sha256)} · {report.model}{reused} · "
             f"{created} UTC · {count} droplets{status}")
 
 
-def fit_short_label(info: dict) -> str:
+def fit_short_label(report: FitReport) -> str:
     """A fit in few words (figure titles): short image name, model, time."""
-    name = image_label(str(info.get("image_sha256", "")))
+    name = image_label(report.image_sha256)
     name = name if len(name) <= 22 else name[:20] + "…"
-    return f"{name} · {info.get('settings', {}).get('model', '?')} · {str(info.get('created', ''))[11:16]}"
+    return f"{name} · {report.model} · {report.created[11:16]}"
 
 
 DOWNSCALE_OPTIONS = (0, 1, 2, 3, 4, 6, 8)
@@ -382,7 +377,7 @@ def fit_from_url_or_session(show_errors: bool = True) -> FitResult | None:
                     "server or its store was cleared; run the fit again from the Fit page."
                 )
             return None
-        if st.session_state.get("fit_id") != requested:
+        if st.session_state.get(state.FIT_ID) != requested:
             set_current_fit(requested)
         return result
     fit_id = current_fit_id()
@@ -452,10 +447,10 @@ def sidebar(url_path: str) -> None:
         except Exception as exc:  # noqa: BLE001 - never let the sidebar break a page
             st.warning(f"No image: {exc}")
         fit_id = current_fit_id()
-        info = fit_info(fit_id) if fit_id else None
-        if info:
-            st.markdown(f"**Current fit:** {info.get('settings', {}).get('model', '?')}, "
-                        f"{str(info.get('created', ''))[11:16]} UTC, {info.get('droplet_count', '?')} droplets")
+        report = fit_report(fit_id) if fit_id else None
+        if report is not None:
+            count = report.count.count if report.count is not None else "?"
+            st.markdown(f"**Current fit:** {report.model}, {report.created[11:16]} UTC, {count} droplets")
         else:
             st.markdown("**Current fit:** none yet for this image")
         st.slider(
@@ -469,7 +464,7 @@ def sidebar(url_path: str) -> None:
             scheduler = registry().queue_settings.scheduler
             where = f"the Dask cluster at `{scheduler}`" if scheduler else f"`{device_description()}`"
             st.markdown(f"Fits run on: {where}  \nFit store: `{store_root()}`  \n"
-                        f"Image id (SHA-256): `{st.session_state.get('image_sha', '')[:16]}…`")
+                        f"Image id (SHA-256): `{st.session_state.get(state.IMAGE_SHA, '')[:16]}…`")
 
 
 def display_percentiles() -> tuple[float, float]:
@@ -483,14 +478,13 @@ def for_display(image: np.ndarray) -> np.ndarray:
     return stretch_contrast(image, display_percentiles())
 
 
-def show_verdict(info: dict) -> None:
+def show_verdict(report: FitReport) -> None:
     """The fit's verdict on itself, plainly, with what to try (top of Fit and Results)."""
-    record = info.get("verdict")
-    if not record:
+    verdict = report.verdict
+    if verdict is None:
         st.info("This fit was made before Droplet judged its own fits; refit it to see how well it explains "
                 "the image.", icon=":material/info:")
         return
-    verdict = FitVerdict.from_dict(record)
     detail = (f"The model explains {verdict.explained_fraction:.0%} of the image's structure at droplet size; "
               f"what remains is {verdict.relative_rmse:.0%} of the image's contrast.")
     if verdict.quality == "good":
@@ -505,28 +499,26 @@ def show_verdict(info: dict) -> None:
                  icon=":material/report:")
 
 
-def downscale_caption(info: dict) -> str:
+def downscale_caption(report: FitReport) -> str:
     """At which downscale the fit ran, and why (an automatic choice follows the droplets' size)."""
-    factor = info.get("downscale", "?")
-    choice = info.get("downscale_choice")
+    choice = report.downscale_choice
     if choice:
-        return f"Fitted at downscale {factor}x, chosen from the droplets' size: {choice['reason']}."
-    return f"Fitted at downscale {factor}x, as set on the Image page."
+        return f"Fitted at downscale {report.downscale}x, chosen from the droplets' size: {choice['reason']}."
+    return f"Fitted at downscale {report.downscale}x, as set on the Image page."
 
 
-def count_caption(info: dict, droplets) -> str:
+def fit_count(report: FitReport, droplets) -> DropletCount:
+    """The fit's droplet count (``droplet_core.measurements.counting``), for fits of every age."""
+    return report.count if report.count is not None else count_of_table(droplets)
+
+
+def count_caption(report: FitReport, droplets) -> str:
     """The count's 90 % interval and how many candidates are doubtful, in words."""
-    count = count_of_table(droplets)
-    low, high = info.get("droplet_count_interval_90", (count.low, count.high))
-    text = f"90 % interval {low}–{high}"
+    count = fit_count(report, droplets)
+    text = f"90 % interval {count.low}–{count.high}"
     if count.doubtful:
         text += f" · {count.candidates} candidates, {count.doubtful} of them doubtful (probably not droplets)"
     return text
-
-
-def headline_count(info: dict, droplets) -> int:
-    """The fit's droplet count (``droplet_core.counting``), for fits of every age."""
-    return int(info.get("droplet_count", count_of_table(droplets).count))
 
 
 if __name__ == "__main__":

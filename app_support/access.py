@@ -20,7 +20,7 @@ import os
 
 import streamlit as st
 
-from droplet_core.images import max_pixels_limit
+from droplet_core.imaging.images import max_pixels_limit
 
 PASSWORD_ENV_VAR = "DROPLET_LAB_PASSWORD"
 OFF, PASSWORD, OIDC = "off", "password", "oidc"

@@ -1,7 +1,7 @@
 """Plotly figures of a batch: droplet count per image and radius distribution per image.
 
 Built from the batch's ``summary.csv`` and combined ``droplets.csv`` tables
-(``droplet_core.batch``); no Streamlit here.
+(``droplet_core.service.batch``); no Streamlit here.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from droplet_core.batch import FAILED, IMAGE_COLUMN
+from droplet_core.service.batch import FAILED, IMAGE_COLUMN
 
 
 def droplet_count_figure(summary: pd.DataFrame, height: int = 320) -> go.Figure:

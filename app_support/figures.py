@@ -18,8 +18,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from droplet_core.results import to_png_bytes
-from droplet_core.uncertainty import interval_half_width
+from droplet_core.imaging.images import encode_png, to_original_px, to_uint8
+from droplet_core.inference.uncertainty import interval_half_width
+from droplet_core.results import FitReport
 
 # Colours of droplet types (dominant composition) on overlays; repeats after 10 types.
 TYPE_COLOURS = px.colors.qualitative.Plotly
@@ -60,19 +61,13 @@ class Placement:
         )
 
 
-def fit_placement(info: dict, settings_crop: tuple[int, int, int, int] | None) -> Placement:
-    """Placement of a fit's observed/reconstruction arrays (fit resolution) in uploaded pixels.
-
-    Fit pixel ``j`` of a fit downscaled by ``k`` after cropping at ``x0`` is uploaded
-    coordinate ``x0 + k*j + (k-1)/2`` (``droplet_core.images.to_original_px``).
-    """
-    k = int(info.get("downscale") or 1)
-    x0 = y0 = 0
-    if info.get("crop_origin") is not None:
-        x0, y0 = (int(v) for v in info["crop_origin"][:2])
-    elif settings_crop is not None:
-        x0, y0 = max(0, int(settings_crop[0])), max(0, int(settings_crop[1]))
-    return Placement(x0 + (k - 1) / 2.0, y0 + (k - 1) / 2.0, float(k), float(k))
+def fit_placement(report: FitReport) -> Placement:
+    """Placement of a fit's observed/reconstruction arrays (fit resolution) in uploaded pixels:
+    fit pixel 0 lies at ``images.to_original_px(0, k)`` past the crop's origin."""
+    k = report.downscale
+    x0, y0 = report.crop_origin
+    first = float(to_original_px(0.0, k))
+    return Placement(x0 + first, y0 + first, float(k), float(k))
 
 
 # -- image helpers ------------------------------------------------------------------------
@@ -96,11 +91,7 @@ def reduce_for_display(image: np.ndarray, factor: int) -> np.ndarray:
 def png_data_uri(image: np.ndarray) -> str:
     """A ``data:image/png`` URI of a float image in [0, 1] ``(h, w)``/``(h, w, 1|3)`` or uint8 RGB."""
     array = np.asarray(image)
-    if array.dtype == np.uint8:
-        array = array.astype(np.float32) / 255.0
-    if array.ndim == 2:
-        array = array[..., None]
-    return "data:image/png;base64," + base64.b64encode(to_png_bytes(array)).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(encode_png(array if array.dtype == np.uint8 else to_uint8(array))).decode("ascii")
 
 
 def diverging_rgb(values: np.ndarray, scale: float | None = None) -> tuple[np.ndarray, float]:

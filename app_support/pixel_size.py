@@ -9,8 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 import app
-from droplet_core.store import StoreError
-from droplet_core.units import PixelSize, read_pixel_size, resolve_pixel_size
+from droplet_core.imaging.units import PixelSize, read_pixel_size, resolve_pixel_size
+from droplet_core.service.store import StoreError
 
 _OVERRIDES = "pixel_size_um_by_image"
 

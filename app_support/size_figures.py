@@ -1,7 +1,7 @@
 """Plotly figures of droplet size distributions and their statistics (no Streamlit here).
 
 Diameters come in the unit of the read-out (µm when the pixel size is known, else px);
-statistics tables are ``droplet_core.size_statistics.size_statistics`` tables.
+statistics tables are ``droplet_core.measurements.size_statistics.size_statistics`` tables.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from droplet_core.counting import DOUBTFUL_BELOW
+from droplet_core.measurements.counting import DOUBTFUL_BELOW
 
 LIKELY_COLUMN = "likely"
 # Raw column -> (label with unit, help).

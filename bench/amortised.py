@@ -17,7 +17,7 @@ Prints:
    compilation cache, so it compiles, as a user's first fit does), the same fit again
    with another seed (compiled programs reused), then fits of the same image holding the
    first fit's appearance fixed (``appearance_from``; Levenberg-Marquardt, see
-   ``droplet_core.refine``) at a ladder of iteration counts; the first that reaches the
+   ``droplet_core.inference.reuse_fit``) at a ladder of iteration counts; the first that reaches the
    first fit's RMSE gives the time ratios against both. The ladder's first rung pays the
    reuse path's few small one-off compilations.
    2b. The appearance learned on synthetic scene 1 (templates and neural, default
@@ -38,18 +38,20 @@ import argparse
 import dataclasses
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench import classical
-from droplet_core import encoder, use_compilation_cache
-from droplet_core.fit import run_fit
-from droplet_core.images import load_image, read_image_bytes, sha256_bytes
-from droplet_core.matching import match_droplets
-from droplet_core.scenes import encode_png, make_scene
+from droplet_core import use_compilation_cache
+from droplet_core.detection import detector_net, detector_training
+from droplet_core.detection.matching import match_droplets
+from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
+from droplet_core.inference.engine import run_fit
 from droplet_core.settings import FitSettings, default_channel
+from droplet_core.synthetic.scenes import encode_png, make_scene
 
 EXAMPLE = Path("../shared/data/example.jpg")
 LADDER = (50, 75, 100, 150, 200, 300)
@@ -68,13 +70,13 @@ def encoder_on_scenes(seeds: list[int]) -> None:
     print(f"{'method':<22} {'precision':>9} {'recall':>7} {'F1':>6} {'radius err':>10} {'found':>6} {'s/image':>8}")
     for channel in ("rgb", "grey"):
         start = time.perf_counter()
-        encoder.detect(encoder.prepare_image(scenes[0][0].astype(np.float32) / 255.0, channel)[0])
+        detector_net.detect(detector_net.prepare_image(scenes[0][0].astype(np.float32) / 255.0, channel)[0])
         first_call = time.perf_counter() - start
         scores, seconds = [], []
         for rgb, truth in scenes:
             image = rgb.astype(np.float32) / 255.0
             start = time.perf_counter()
-            found = encoder.detect(encoder.prepare_image(image, channel)[0])
+            found = detector_net.detect(detector_net.prepare_image(image, channel)[0])
             seconds.append(time.perf_counter() - start)
             scores.append(match_droplets(truth, found))
         _row(f"encoder ({channel})", scores, seconds)
@@ -103,9 +105,9 @@ def fit(image: np.ndarray, sha: str, settings: FitSettings, source=None) -> dict
     return {
         "result": result,
         "steps": settings.steps,
-        "seconds": float(result.info["timings"]["total_s"]),
-        "rmse": float(np.mean(result.info["rmse"])),
-        "droplets": int(result.info["droplet_count"]),
+        "seconds": float(result.report.timings.total_s),
+        "rmse": float(np.mean(result.report.rmse)),
+        "droplets": int(result.report.count.count),
     }
 
 
@@ -121,7 +123,7 @@ def first_reaching(image, sha, make_settings, target: float, source=None, ladder
 
 def _parts(run: dict) -> str:
     """Where a fit's time went (its ``fit.json`` timings)."""
-    timings = run["result"].info["timings"]
+    timings = asdict(run["result"].report.timings)
     return ", ".join(f"{name[:-2]} {timings[name]:.1f}" for name in timings if name not in ("total_s",))
 
 
@@ -133,7 +135,7 @@ def appearance_reuse(image: np.ndarray, sha: str) -> dict:
     """Section 2; returns the first (default) fit."""
     print("\n2. Appearance reuse on the example (templates, grey, downscale 4)")
     # Loads the encoder and starts JAX, which every process does once, outside the timing.
-    encoder.detect(encoder.prepare_image(image, "rgb", 4)[0])
+    detector_net.detect(detector_net.prepare_image(image, "rgb", 4)[0])
     first = fit(image, sha, FitSettings(downscale=4))
     print(f"first fit (default settings, {first['steps']} steps, compiles): {first['seconds']:.1f} s ({_parts(first)}), "
           f"RMSE {first['rmse']:.4f}, {first['droplets']} droplets")
@@ -156,7 +158,7 @@ def appearance_reuse(image: np.ndarray, sha: str) -> dict:
     else:
         print(f"does not reach RMSE {first['rmse']:.4f} within {REUSE_LADDER[-1]} iterations")
     converged = fit(image, sha, FitSettings(downscale=4, appearance_from=source.fit_id), source)
-    print(f"run to convergence (default settings): {converged['result'].info['steps_done']} iterations, "
+    print(f"run to convergence (default settings): {converged['result'].report.steps_done} iterations, "
           f"{converged['seconds']:.2f} s, RMSE {converged['rmse']:.4f}, {converged['droplets']} droplets")
     return first
 
@@ -176,7 +178,7 @@ def reuse_on_a_new_scene(learn_seed: int, fit_seed: int) -> None:
             score = match_droplets(truth, run["result"].droplets)
             print(f"   {model:<9} {name:<32} F1 {score.f1:.3f}, radius err {score.median_radius_error:.3f}, "
                   f"RMSE {run['rmse']:.4f}, {run['seconds']:.1f} s, {run['droplets']} droplets "
-                  f"(truth {len(truth)}), {run['result'].info['steps_done']} steps or iterations")
+                  f"(truth {len(truth)}), {run['result'].report.steps_done} steps or iterations")
 
 
 def initialisers(image: np.ndarray, sha: str, name: str, downscale: int, truth: pd.DataFrame | None) -> None:
@@ -205,9 +207,9 @@ def initialisers(image: np.ndarray, sha: str, name: str, downscale: int, truth: 
 def encoder_vs_fit(image: np.ndarray, sha: str, default_fit: dict) -> None:
     """Section 4 and the screenshot; ``default_fit`` is section 2's encoder-initialised fit."""
     long_fit = fit(image, sha, FitSettings(downscale=4, steps=1000, initializer="log"))
-    channel, factor = encoder.prepare_image(image, "rgb", 4)
+    channel, factor = detector_net.prepare_image(image, "rgb", 4)
     start = time.perf_counter()
-    found = encoder.to_image_px(encoder.detect(channel), factor)
+    found = detector_net.to_image_px(detector_net.detect(channel), factor)
     seconds = time.perf_counter() - start
     print(f"\n4. Encoder (RGB, downscale 4): {len(found)} droplets in {seconds:.2f} s, against templates fits of the "
           "example as truth")
@@ -223,7 +225,7 @@ def encoder_vs_fit(image: np.ndarray, sha: str, default_fit: dict) -> None:
     inside["x"] -= x0
     inside["y"] -= y0
     SCREENSHOT.parent.mkdir(exist_ok=True)
-    encoder.overlay_png(image[y0:y1, x0:x1], inside).save(SCREENSHOT)
+    detector_net.overlay_png(image[y0:y1, x0:x1], inside).save(SCREENSHOT)
     print(f"   wrote {SCREENSHOT} (crop {SCREENSHOT_BOX} of the example, full resolution, {len(inside)} detections)")
 
 
@@ -233,8 +235,8 @@ def main() -> None:
     parser.add_argument("--skip-fits", action="store_true", help="only section 1")
     args = parser.parse_args()
     use_compilation_cache(tempfile.mkdtemp(prefix="droplet-bench-amortised-"))
-    if max(args.seeds) >= encoder.TRAIN_SEED_BASE:
-        parser.error(f"seeds from {encoder.TRAIN_SEED_BASE} are training or validation scenes")
+    if max(args.seeds) >= detector_training.TRAIN_SEED_BASE:
+        parser.error(f"seeds from {detector_training.TRAIN_SEED_BASE} are training or validation scenes")
     encoder_on_scenes(args.seeds)
     if args.skip_fits:
         return

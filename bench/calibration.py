@@ -4,27 +4,27 @@ Run from the repository root::
 
     python -m bench.calibration                       # scenes 1-5, default fit (templates)
     python -m bench.calibration --models gaussian neural --seeds 1 2 3
-    python -m bench.calibration --calibrate           # refit droplet_core/calibration.json
+    python -m bench.calibration --calibrate           # refit droplet_core/inference/calibration.json
 
 For every synthetic scene (seeds the code was never tuned on; the seed kind's crowded scenes
-and each other family of ``droplet_core.scenes``: fluorescence, brightfield, phase contrast,
-packed emulsions) Droplet fits with its default settings for the model; each true droplet matched to a detection (``droplet_core.matching``) is
+and each other family of ``droplet_core.synthetic.scenes``: fluorescence, brightfield, phase contrast,
+packed emulsions) Droplet fits with its default settings for the model; each true droplet matched to a detection (``droplet_core.detection.matching``) is
 checked against the detection's central intervals of x, y and radius (normal, from the
 reported ``sd_x``, ``sd_y``, ``sd_radius``), and the true count against the fit's 90 % count
 interval. The same is done on control scenes that the ``gaussian`` model draws exactly
-(``droplet_core.scenes.gaussian_blob_scene``): there, miscalibration can only be the
+(``droplet_core.synthetic.scenes.gaussian_blob_scene``): there, miscalibration can only be the
 inference's. Errors are split into bias (mean error) and spread, in pixels, so a miss can
 be told apart from an interval that is too narrow.
 
 A reliability plot (empirical against nominal coverage) is written as a PNG.
 
 The reported sds are the Laplace sd widened by a model-discrepancy term proportional to
-the radius (``droplet_core.uncertainty.with_model_discrepancy``). ``--calibrate`` fits that
+the radius (``droplet_core.inference.uncertainty.with_model_discrepancy``). ``--calibrate`` fits that
 term's factor per model and coordinate on calibration scenes of every family
 (``CALIBRATION_SEEDS``, never the scored ones) so that their pooled 90 % intervals cover 90 %
 of the truth (every family weighing the same), and the
 count's relative error (root-mean-square over those scenes); it writes
-``droplet_core/calibration.json``; the scored scenes then test it.
+``droplet_core/inference/calibration.json``; the scored scenes then test it.
 """
 
 from __future__ import annotations
@@ -37,12 +37,19 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from droplet_core.fit import run_fit
-from droplet_core.images import sha256_bytes
-from droplet_core.matching import match_pairs
-from droplet_core.scenes import FAMILIES, SceneSettings, encode_png, family_settings, gaussian_blob_scene, make_scene
+from droplet_core.detection.matching import match_pairs
+from droplet_core.imaging.images import sha256_bytes
+from droplet_core.inference.engine import run_fit
+from droplet_core.inference.uncertainty import CALIBRATION_FILE, interval_half_width, laplace_sd
 from droplet_core.settings import FitSettings, default_channel
-from droplet_core.uncertainty import CALIBRATION_FILE, interval_half_width, laplace_sd
+from droplet_core.synthetic.scenes import (
+    FAMILIES,
+    SceneSettings,
+    encode_png,
+    family_settings,
+    gaussian_blob_scene,
+    make_scene,
+)
 
 COORDINATES = ("x", "y", "radius")
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -110,11 +117,11 @@ def evaluate(kind: str, seed: int, model: str = "templates") -> tuple[dict, pd.D
         settings = FitSettings(model="gaussian", channel="r", downscale=1, steps=600, droplets=len(truth),
                                initializer="log")
     result = fit_scene(rgb, settings)
-    errors = scene_errors(truth, result.droplets, result.info["uncertainty"]["discrepancy_per_radius"])
+    errors = scene_errors(truth, result.droplets, result.report.uncertainty.discrepancy_per_radius)
     if kind == "control":
         # The model is exact here: its intervals are the Laplace ones, with no discrepancy.
         errors = errors.assign(**{f"sd_{c}": errors[f"laplace_sd_{c}"] for c in COORDINATES})
-    low, high = result.info["droplet_count_interval_90"]
+    low, high = (result.report.count.low, result.report.count.high)
     row = {"scene": f"{kind} {seed}" if kind == "control" else f"{model} {kind} {seed}", "true": len(truth), "found": len(result.droplets), "matched": len(errors),
            "count 90%": f"{low}-{high}", "count in": low <= len(truth) <= high}
     for c in COORDINATES:

@@ -69,7 +69,7 @@ def contrast_image(image: np.ndarray, kind: str) -> np.ndarray:
 
     Parameters
     ----------
-    image : ``(h, w, 3)`` float RGB in [0, 1] (as ``droplet_core.images.load_image`` gives).
+    image : ``(h, w, 3)`` float RGB in [0, 1] (as ``droplet_core.imaging.images.load_image`` gives).
     kind : ``"bright"`` (luminance: droplets brighter than the background, fluorescence),
         ``"dark"`` (1 - luminance) or ``"deviation"`` (distance of the RGB from the image
         median: bodies, rims and highlights all stand out).

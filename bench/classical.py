@@ -30,8 +30,8 @@ from skimage import color
 from skimage.feature import blob_log
 from skimage.util import img_as_float
 
-from droplet_core.matching import match_droplets, match_pairs
-from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.detection.matching import match_droplets, match_pairs
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
 TUNING_SEED = 100
 CONTRASTS = ("grey_inverted", "saturation", "rgb_deviation")

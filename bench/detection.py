@@ -10,7 +10,7 @@ Run from the repository root::
 scene (``--tune-seed``), including which contrast image they look at, and then scored
 on other scenes; Droplet runs with its default settings, untuned. Matching: a true
 droplet is found by at most one detection within max(1.5 px, r/2) of its centre
-(``droplet_core.matching``). Seconds per image are the detector's own time on an
+(``droplet_core.detection.matching``). Seconds per image are the detector's own time on an
 image (contrast image included; tuning excluded; Droplet's after one untimed fit of the
 tuning scene that starts JAX and loads the encoder, once per process). The run starts
 with an empty compilation cache: a scored scene compiles its fit unless its padded sizes
@@ -29,11 +29,11 @@ import pandas as pd
 
 from bench import classical
 from droplet_core import use_compilation_cache
-from droplet_core.fit import run_fit
-from droplet_core.images import sha256_bytes
-from droplet_core.matching import MatchScore, match_droplets
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
+from droplet_core.detection.matching import MatchScore, match_droplets
+from droplet_core.imaging.images import sha256_bytes
+from droplet_core.inference.engine import run_fit
 from droplet_core.settings import FitSettings
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
 Detector = Callable[[np.ndarray], pd.DataFrame]
 

@@ -5,15 +5,15 @@ Run from the repository root::
     python -m bench.device                            # on the default JAX device
     JAX_PLATFORMS=cpu python -m bench.device          # the CPU reference on the same machine
 
-For each size, a synthetic scene as crowded as the default one (``droplet_core.scenes``;
+For each size, a synthetic scene as crowded as the default one (``droplet_core.synthetic.scenes``;
 the droplet count grows with the area): a templates fit with default settings (150 SVI
 steps) in a process whose compilation cache is empty (cold: it compiles), the same fit
 with another seed (warm: compiled programs reused), then a fit of the scene holding the
-first fit's masks fixed (Levenberg-Marquardt, ``droplet_core.refine``), twice: the first
+first fit's masks fixed (Levenberg-Marquardt, ``droplet_core.inference.reuse_fit``), twice: the first
 pays the reuse path's small one-off compilations (the host-side algebra's few device
 operations; on a GPU each compiles for a tenth of a second or more). Prints the device
 each fit records in its ``fit.json``, its time, RMSE and F1 against the scene's truth.
-On a GPU the fit's steps run there; detection, housekeeping, the Levenberg-Marquardt
+On a GPU the fit's steps run there; detection, switching droplets on and off, the Levenberg-Marquardt
 algebra and the uncertainty's per-droplet sums run on the host in numpy either way.
 """
 
@@ -22,14 +22,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
+from dataclasses import asdict
 
 import numpy as np
 
 from droplet_core import use_compilation_cache
-from droplet_core.images import sha256_bytes
-from droplet_core.matching import match_droplets
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
+from droplet_core.detection.matching import match_droplets
+from droplet_core.imaging.images import sha256_bytes
 from droplet_core.settings import FitSettings
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
 DEFAULT_SCENE = SceneSettings()
 
@@ -50,7 +51,7 @@ def main() -> None:
     use_compilation_cache(tempfile.mkdtemp(prefix="droplet-bench-device-"))
     import jax
 
-    from droplet_core.fit import run_fit
+    from droplet_core.inference.engine import run_fit
 
     print(f"JAX {jax.__version__}, default backend {jax.default_backend()}, devices {jax.devices()}")
     print(f"{'size':<10} {'droplets':>8} {'fit':<28} {'device':<30} {'s':>6} {'detect/fit/unc s':>16} "
@@ -68,10 +69,10 @@ def main() -> None:
             "masks reused, again": run_fit(image, reuse, image_sha256=sha, appearance_source=first),
         }
         for name, result in runs.items():
-            timings = result.info["timings"]
+            timings = asdict(result.report.timings)
             parts = f"{timings['detect_s']:.2f}/{timings['fit_s']:.2f}/{timings['uncertainty_s']:.2f}"
-            print(f"{size:<10} {len(truth):>8} {name:<28} {result.info['device']:<30} {timings['total_s']:>6.2f} "
-                  f"{parts:>16} {np.mean(result.info['rmse']):>7.4f} {match_droplets(truth, result.droplets).f1:>6.3f}")
+            print(f"{size:<10} {len(truth):>8} {name:<28} {result.report.device:<30} {timings['total_s']:>6.2f} "
+                  f"{parts:>16} {np.mean(result.report.rmse):>7.4f} {match_droplets(truth, result.droplets).f1:>6.3f}")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ Run from the repository root::
     python -m bench.generality --families fluorescence packed --skip-droplet
     python -m bench.generality --write-reference   # also draw docs/fluorescence_reference.png
 
-Scenes come from two renderers: ``droplet_core.scenes`` (the generator Droplet and its
+Scenes come from two renderers: ``droplet_core.synthetic.scenes`` (the generator Droplet and its
 encoder are tuned on; ``SCENES_VARIANTS``, one small adapter per family) and the
 independent second renderer of the tests (``tests/second_renderer.py``), whose physics
 of the droplet's look Droplet never saw. Each family is run at several sizes and
 densities (a *variant*). Every scene goes through file bytes (PNG, or 16-bit TIFF) and
-``droplet_core.images.load_image``, as a user's file would.
+``droplet_core.imaging.images.load_image``, as a user's file would.
 
 Per variant, each classical detector (``bench.circle_detectors``: ``blob_log``, Hough
 circles, Otsu + watershed) is tuned for F1 on one scene (``TUNE_SEED``) and scored on
@@ -20,7 +20,7 @@ others; Droplet runs the command line's own ``fit`` with its default settings, u
 after an untimed fit of the variant's tuning scene (which starts JAX, loads the encoder
 and compiles the programs for that size, as the first of a series of similar images).
 
-Scores (``droplet_core.matching``: a true droplet is found by at most one detection within
+Scores (``droplet_core.detection.matching``: a true droplet is found by at most one detection within
 max(1.5 px, r/2) of its centre), averaged over the scored scenes: F1, precision, recall,
 median relative radius error, mean position bias dx, dy (found - true, px) and as a
 fraction of the true radius, coverage of the 90 % intervals of x, y and radius (Droplet's
@@ -55,13 +55,14 @@ from PIL import Image, ImageDraw
 from skimage import filters
 
 from bench import circle_detectors
-from droplet_core import scenes, use_compilation_cache
-from droplet_core.cli import main as droplet_cli
-from droplet_core.counting import doubtful_mask
-from droplet_core.images import load_image, read_image_bytes
-from droplet_core.matching import match_droplets, match_pairs
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
-from droplet_core.uncertainty import interval_half_width
+from droplet_core import use_compilation_cache
+from droplet_core.detection.matching import match_droplets, match_pairs
+from droplet_core.imaging.images import load_image, read_image_bytes
+from droplet_core.inference.uncertainty import interval_half_width
+from droplet_core.measurements.counting import doubtful_mask
+from droplet_core.service.cli import main as droplet_cli
+from droplet_core.synthetic import scenes
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 from tests import second_renderer
 
 TUNE_SEED = 100
@@ -82,7 +83,7 @@ class Variant:
 
     Attributes
     ----------
-    renderer : ``"scenes"`` (``droplet_core.scenes``) or ``"second"`` (the test renderer).
+    renderer : ``"scenes"`` (``droplet_core.synthetic.scenes``) or ``"second"`` (the test renderer).
     family : the renderer's family name.
     label : size and density, for the table.
     options : keywords of the renderer (``SceneSettings`` fields, or ``second_renderer.render``'s).
@@ -113,7 +114,7 @@ def second_variant(family: str, label: str, **options) -> Variant:
 
 
 def scenes_settings(family: str, **options) -> SceneSettings:
-    """``droplet_core.scenes`` settings of ``family`` with ``options`` (``SceneSettings`` fields).
+    """``droplet_core.synthetic.scenes`` settings of ``family`` with ``options`` (``SceneSettings`` fields).
 
     The adapter to the generator's families: its preset (``family_settings``) where it has
     families, else its one (seed) kind of scene.
@@ -121,7 +122,7 @@ def scenes_settings(family: str, **options) -> SceneSettings:
     if hasattr(scenes, "family_settings"):
         return scenes.family_settings(family, **options)
     if family != "seed":
-        raise ValueError(f"droplet_core.scenes has no {family!r} family")
+        raise ValueError(f"droplet_core.synthetic.scenes has no {family!r} family")
     return SceneSettings(**options)
 
 
@@ -131,7 +132,7 @@ def scenes_variant(family: str, label: str, **options) -> Variant:
 
 
 def scenes_families() -> tuple[str, ...]:
-    """The families ``droplet_core.scenes`` draws."""
+    """The families ``droplet_core.synthetic.scenes`` draws."""
     return tuple(getattr(scenes, "FAMILIES", ("seed",)))
 
 

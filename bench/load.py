@@ -70,11 +70,11 @@ def free_port() -> int:
 
 
 def count_fits() -> None:
-    """Make ``droplet_core.fit.run_fit`` log the key of every fit it computes."""
-    import droplet_core.fit
-    from droplet_core.store import fit_key
+    """Make ``droplet_core.inference.engine.run_fit`` log the key of every fit it computes."""
+    import droplet_core.inference.engine
+    from droplet_core.fit_ids import fit_key
 
-    real_run_fit = droplet_core.fit.run_fit
+    real_run_fit = droplet_core.inference.engine.run_fit
 
     def counting_run_fit(image, settings, *, image_sha256, warm_start=None, **options):
         key = fit_key(image_sha256, settings, warm_start.fit_id if warm_start is not None else None)
@@ -83,7 +83,7 @@ def count_fits() -> None:
         return real_run_fit(image, settings, image_sha256=image_sha256, warm_start=warm_start, **options)
 
     # The job queue looks the engine up at call time, so it finds the counting one.
-    droplet_core.fit.run_fit = counting_run_fit
+    droplet_core.inference.engine.run_fit = counting_run_fit
 
 
 def dask_setup(worker) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import roifile
 from PIL import Image, ImageDraw
 
-from droplet_core.images import load_image
+from droplet_core.imaging.images import load_image
 
 ZOOM = 4
 CROP_PX = 160

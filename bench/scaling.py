@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +38,14 @@ RESULT_PREFIX = "RESULT "
 
 def fit_once(image_path: Path, model: str, downscale: int, droplets: int, steps: int) -> dict:
     """Run one fit in this process; the measurements of ``run_fit``'s result."""
-    from droplet_core.fit import CHUNK_STEPS, run_fit
-    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.inference.engine import CHUNK_STEPS, run_fit
 
     data = read_image_bytes(image_path)
     settings = FitSettings(model=model, channel=CHANNELS[model], downscale=downscale, droplets=droplets, steps=steps)
     result = run_fit(load_image(data), settings, image_sha256=sha256_bytes(data))
-    timings = result.info["timings"]
-    height, width = result.info["fit_shape"][:2]
+    timings = asdict(result.report.timings)
+    height, width = result.report.fit_shape[:2]
     # The first chunk's time is its compilation plus one chunk of steps; count that chunk as compile only.
     looped_steps = max(steps - CHUNK_STEPS, 1)
     step_s = (timings["fit_s"] - timings["compile_s"]) / looped_steps
@@ -54,9 +55,9 @@ def fit_once(image_path: Path, model: str, downscale: int, droplets: int, steps:
         "total_s": timings["total_s"],
         "compile_s": timings["compile_s"],
         "step_s": step_s,
-        "candidates": result.info["candidate_count"],
-        "droplets": result.info["droplet_count"],
-        "rmse": float(np.mean(result.info["rmse"])),
+        "candidates": result.report.candidate_count,
+        "droplets": result.report.count.count,
+        "rmse": float(np.mean(result.report.rmse)),
     }
 
 

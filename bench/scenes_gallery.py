@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from skimage import filters, measure, morphology
 
-from droplet_core.scenes import family_settings, make_scene, make_scene_uint16
+from droplet_core.synthetic.scenes import family_settings, make_scene, make_scene_uint16
 
 TILE_PX = (500, 400)
 PANELS = (

@@ -38,8 +38,8 @@ from numpyro.infer.initialization import init_to_value
 from numpyro.optim import Adam
 
 from bench.seed_reference import rmse, run_in_chunks
-from droplet_core.fit import prepare_channel
-from droplet_core.images import load_image
+from droplet_core.imaging.images import load_image
+from droplet_core.inference.engine import prepare_channel
 from droplet_core.models import gaussian, neural
 from droplet_core.models.common import GROWTH_ROOM, ModelSpec, make_layout
 from droplet_core.settings import FitSettings

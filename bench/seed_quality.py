@@ -17,8 +17,8 @@ import argparse
 from pathlib import Path
 
 from bench import seed_reference
-from droplet_core.fit import run_fit
-from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
+from droplet_core.inference.engine import run_fit
 from droplet_core.settings import FitSettings
 
 SEED_FULL_STEPS = 100_000
@@ -41,8 +41,8 @@ def fit_droplet(path: Path) -> dict:
     result = run_fit(load_image(data), settings, image_sha256=sha256_bytes(data))
     return {
         "steps": len(result.losses),
-        "seconds": float(result.info["timings"]["total_s"]),
-        "rmse": float(result.info["rmse"][0]),
+        "seconds": float(result.report.timings.total_s),
+        "rmse": float(result.report.rmse[0]),
     }
 
 

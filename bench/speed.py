@@ -49,8 +49,8 @@ from scipy.optimize import curve_fit
 
 from bench import seed_models, seed_reference
 from droplet_core import use_compilation_cache
-from droplet_core.fit import run_fit
-from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
+from droplet_core.inference.engine import run_fit
 from droplet_core.settings import FitSettings
 
 SEED_FULL_STEPS = 100_000
@@ -67,10 +67,10 @@ def droplet_fit(image: np.ndarray, sha: str, model: str, steps: int) -> dict:
     result = run_fit(image, settings, image_sha256=sha)
     return {
         "steps": steps,
-        "seconds": float(result.info["timings"]["total_s"]),
-        "compile_s": float(result.info["timings"]["compile_s"]),
-        "rmse": float(np.mean(result.info["rmse"])),
-        "droplets": int(result.info["droplet_count"]),
+        "seconds": float(result.report.timings.total_s),
+        "compile_s": float(result.report.timings.compile_s),
+        "rmse": float(np.mean(result.report.rmse)),
+        "droplets": int(result.report.count.count),
     }
 
 

@@ -3,18 +3,18 @@
 Run from the repository root::
 
     python -m bench.statistics                  # 40 scored scenes (seeds 200-239), templates (about 4 min)
-    python -m bench.statistics --calibrate      # fit droplet_core/size_calibration.json on seeds 300-339
+    python -m bench.statistics --calibrate      # fit droplet_core/measurements/size_calibration.json on seeds 300-339
 
-Each scene is a small crowded synthetic scene (``droplet_core.scenes``, 300x240 px, as
+Each scene is a small crowded synthetic scene (``droplet_core.synthetic.scenes``, 300x240 px, as
 dense as the default scene) that neither ``bench.calibration`` (seeds 1-5, 100-103) nor
 the encoder's training (10 000+) uses. Droplet fits it with its default settings; the
-statistics of the fit (``droplet_core.readout.fit_statistics``) are compared with the same
+statistics of the fit (``droplet_core.measurements.readout.fit_statistics``) are compared with the same
 statistics of the true droplets (same estimator, same border handling). Printed: per
 scene the truth and interval of count, D50 and D[3,2]; then, for every statistic, the
 share of scenes whose interval holds the truth and the mean relative error (bias).
 
 ``--calibrate`` fits each statistic's discrepancy (the relative sd of a log-normal factor
-beyond the per-droplet uncertainty, ``droplet_core.size_statistics.with_discrepancy``) on
+beyond the per-droplet uncertainty, ``droplet_core.measurements.size_statistics.with_discrepancy``) on
 its own scenes (seeds 300-339, never the scored ones): the smallest factor whose 90 %
 intervals hold the truth in 90 % of those scenes.
 """
@@ -28,19 +28,20 @@ import time
 import numpy as np
 import pandas as pd
 
-from droplet_core.fit import run_fit
-from droplet_core.images import sha256_bytes
-from droplet_core.readout import SIZE_CALIBRATION_FILE, field_of_view, fit_statistics
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
-from droplet_core.settings import FitSettings, default_channel
-from droplet_core.counting import count_interval
-from droplet_core.size_statistics import (
+from droplet_core.imaging.images import sha256_bytes
+from droplet_core.inference.engine import run_fit
+from droplet_core.measurements.counting import count_interval
+from droplet_core.measurements.readout import SIZE_CALIBRATION_FILE, field_of_view, fit_statistics
+from droplet_core.measurements.size_statistics import (
     STATISTIC_NAMES,
     StatisticsSettings,
     size_statistics,
     statistic_draws,
     with_discrepancy,
 )
+from droplet_core.results import FitReport
+from droplet_core.settings import FitSettings, default_channel
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
 SCORED_SEEDS = tuple(range(200, 240))
 CALIBRATION_SEEDS = tuple(range(300, 340))
@@ -56,9 +57,9 @@ def fit_scene(seed: int, model: str):
     return result, truth
 
 
-def true_statistics(truth: pd.DataFrame, info: dict) -> pd.DataFrame:
+def true_statistics(truth: pd.DataFrame, report: FitReport) -> pd.DataFrame:
     """The statistics of the true droplets (same estimator and border handling), by name."""
-    table = size_statistics(truth["x"], truth["y"], truth["radius"], field_of_view(info),
+    table = size_statistics(truth["x"], truth["y"], truth["radius"], field_of_view(report),
                             settings=StatisticsSettings(draws=2))
     return table.set_index("statistic")
 
@@ -83,11 +84,11 @@ def calibrate(model: str, seeds: tuple[int, ...]) -> None:
     for seed in seeds:
         result, truth = fit_scene(seed, model)
         droplets = result.droplets
-        values, draws = statistic_draws(droplets["x"], droplets["y"], droplets["radius"], field_of_view(result.info),
+        values, draws = statistic_draws(droplets["x"], droplets["y"], droplets["radius"], field_of_view(result.report),
                                         sd_radius_px=droplets["sd_radius"], p_exists=droplets["p_exists"],
                                         settings=settings)
-        scenes.append((true_statistics(truth, result.info), draws, droplets["p_exists"].to_numpy(),
-                       result.info["uncertainty"]["count_discrepancy"]))
+        scenes.append((true_statistics(truth, result.report), draws, droplets["p_exists"].to_numpy(),
+                       result.report.uncertainty.count_discrepancy))
         true = scenes[-1][0]
         errors = "  ".join(f"{name} {values[STATISTIC_NAMES.index(name) - 1] / true.loc[name, 'value'] - 1:+.3f}"
                            for name in HEADLINE[1:])
@@ -136,8 +137,8 @@ def main() -> None:
     rows, covered, relative = [], {n: [] for n in STATISTIC_NAMES}, {n: [] for n in STATISTIC_NAMES}
     for seed in seeds:
         result, truth = fit_scene(seed, args.model)
-        fitted = fit_statistics(result.droplets, result.info).set_index("statistic")
-        true = true_statistics(truth, result.info)
+        fitted = fit_statistics(result.droplets, result.report).set_index("statistic")
+        true = true_statistics(truth, result.report)
         row = {"scene": seed}
         for name in STATISTIC_NAMES:
             truth, low, high = true.loc[name, "value"], fitted.loc[name, "low_90"], fitted.loc[name, "high_90"]

@@ -29,15 +29,16 @@ FLAG_SETS = {
 }
 CHILD = """
 import json, sys
+from dataclasses import asdict
 import numpy as np
-from droplet_core.fit import run_fit
-from droplet_core.images import sha256_bytes
-from droplet_core.scenes import encode_png, make_scene
+from droplet_core.inference.engine import run_fit
+from droplet_core.imaging.images import sha256_bytes
+from droplet_core.synthetic.scenes import encode_png, make_scene
 from droplet_core.settings import FitSettings
 rgb, _ = make_scene(int(sys.argv[1]))
 result = run_fit(rgb.astype(np.float32) / 255, FitSettings(model=sys.argv[2], steps=int(sys.argv[3])),
                  image_sha256=sha256_bytes(encode_png(rgb)))
-print(json.dumps({**result.info["timings"], "rmse": float(np.mean(result.info["rmse"]))}))
+print(json.dumps({**asdict(result.report.timings), "rmse": float(np.mean(result.report.rmse))}))
 """
 
 

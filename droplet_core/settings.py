@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
-MODEL_NAMES = ("gaussian", "templates", "neural")
+from droplet_core.fit_ids import is_valid_fit_id
+from droplet_core.variants import variant_entry
+
 INITIALIZERS = ("encoder", "log")
 
 
@@ -16,14 +17,15 @@ class FitSettings:
 
     Attributes
     ----------
-    model : one of ``MODEL_NAMES``.
-    channel : a name from ``droplet_core.channels.CHANNELS``; ``neural`` needs ``"rgb"``.
+    model : a registered variant (``droplet_core.variants.variant_names()``).
+    channel : a name from ``droplet_core.imaging.channels.CHANNELS``; ``"rgb"`` for a variant that
+        fits all colour channels at once (``neural``), a single channel for the others.
     downscale : integer block-averaging factor, or 0 for automatic: chosen from the
-        droplets' size, which the pyramid detector measures (``droplet_core.scale``).
+        droplets' size, which the pyramid detector measures (``droplet_core.detection.scale``).
     droplets : maximum droplet count, or 0 for automatic (the detector's candidates,
         pruned by the fit).
     steps : SVI steps; for a fit with a reused appearance, the most Levenberg-Marquardt
-        iterations (``droplet_core.refine``; it stops once converged, usually within a dozen).
+        iterations (``droplet_core.inference.reuse_fit``; it stops once converged, usually within a dozen).
     learning_rate : peak Adam learning rate.
     seed : PRNG seed; the fit is deterministic given it.
     mask_types : number of learned droplet types (templates, neural composition length).
@@ -35,7 +37,7 @@ class FitSettings:
         compositions and background are fitted, by Levenberg-Marquardt rather than SVI
         (``learning_rate`` and ``seed`` then play no part).
     initializer : where droplets start: ``"encoder"`` (the trained detection network,
-        ``droplet_core.encoder``) or ``"log"`` (Laplacian-of-Gaussian candidates).
+        ``droplet_core.detection.detector_net``) or ``"log"`` (Laplacian-of-Gaussian candidates).
     """
 
     model: str = "templates"
@@ -52,11 +54,10 @@ class FitSettings:
     initializer: str = "encoder"
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
-        if self.model == "neural" and self.channel != "rgb":
-            raise ValueError("the neural model fits all colour channels at once: use channel 'rgb'")
-        if self.model != "neural" and self.channel == "rgb":
+        all_channels = variant_entry(self.model).all_channels
+        if all_channels and self.channel != "rgb":
+            raise ValueError(f"the {self.model} model fits all colour channels at once: use channel 'rgb'")
+        if not all_channels and self.channel == "rgb":
             raise ValueError(f"the {self.model} model fits one channel: choose a single channel, not 'rgb'")
         for name in ("downscale", "droplets", "steps", "seed", "mask_types", "mask_size"):
             if getattr(self, name) < 0:
@@ -65,7 +66,7 @@ class FitSettings:
             raise ValueError("steps must be at least 1")
         if not self.learning_rate > 0:
             raise ValueError("learning_rate must be positive")
-        if self.appearance_from is not None and not re.fullmatch(r"[0-9a-f]{32}", str(self.appearance_from)):
+        if self.appearance_from is not None and not is_valid_fit_id(self.appearance_from):
             raise ValueError("appearance_from must be a fit id (32 lowercase hexadecimal characters)")
         if self.initializer not in INITIALIZERS:
             raise ValueError(f"unknown initializer {self.initializer!r}; choose one of {', '.join(INITIALIZERS)}")
@@ -84,7 +85,7 @@ class FitSettings:
 
 def default_channel(model: str) -> str:
     """The channel a new user gets for ``model``."""
-    return "rgb" if model == "neural" else "grey"
+    return "rgb" if variant_entry(model).all_channels else "grey"
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ import pandas as pd
 import streamlit as st
 
 import app
-from app_support import access
+from app_support import access, state
 from app_support.batch_figures import droplet_count_figure, radius_distribution_figure
 from app_support.size_figures import batch_statistics_figure
-from droplet_core.batch import (
+from droplet_core.fit_ids import is_valid_fit_id
+from droplet_core.service.batch import (
     FAILED,
     IMAGE_SUFFIXES,
     SubmittedBatch,
@@ -33,8 +34,8 @@ from droplet_core.batch import (
     write_images,
     zip_folder,
 )
-from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
-from droplet_core.store import is_valid_fit_id
+from droplet_core.settings import FitSettings, default_channel
+from droplet_core.variants import variant_names
 
 app.page_start("batch")
 st.title("Batch")
@@ -71,8 +72,9 @@ def outputs_zip(out_dir: str, summary_mtime_ns: int) -> bytes:
 
 
 # -- request ------------------------------------------------------------------------------
-fit_model = st.session_state.get("w_model", DEFAULTS.model)
-fit_channel = st.session_state.get("channel", DEFAULTS.channel)
+fit_choices = state.fit_choices()
+fit_model = fit_choices.model
+fit_channel = state.image_choices().channel
 with st.form("batch_form", border=True):
     uploads = st.file_uploader(
         "Images, or zip archives of images", type=[s.lstrip(".") for s in IMAGE_SUFFIXES] + ["zip"],
@@ -83,31 +85,30 @@ with st.form("batch_form", border=True):
                "(neural always fits RGB). No crop: the images may differ in size.")
     c1, c2, c3 = st.columns(3)
     with c1:
-        model = st.radio("Model", MODEL_NAMES, index=MODEL_NAMES.index(fit_model), horizontal=True, key="b_model")
+        model = st.radio("Model", variant_names(), index=variant_names().index(fit_model), horizontal=True, key="b_model")
         channel = st.selectbox("Channel", app.SINGLE_CHANNELS, format_func=app.channel_label, key="b_channel",
                                index=app.SINGLE_CHANNELS.index(fit_channel) if fit_channel in app.SINGLE_CHANNELS else 0)
     with c2:
-        fit_steps = st.session_state.get("w_steps", DEFAULTS.steps)
+        fit_steps = fit_choices.steps
         steps = st.select_slider("Fitting effort (iterations)", STEP_OPTIONS, key="b_steps",
                                  value=fit_steps if fit_steps in STEP_OPTIONS else DEFAULTS.steps)
         droplets = st.number_input("Number of droplets (0 = let the fit decide)", 0, 20000,
-                                   int(st.session_state.get("w_droplets", DEFAULTS.droplets)), step=50,
+                                   fit_choices.droplets, step=50,
                                    key="b_droplets")
     with c3:
-        fit_downscale = int(st.session_state.get("downscale", DEFAULTS.downscale))
+        fit_downscale = state.image_choices().downscale
         downscale = st.selectbox("Downscale", app.DOWNSCALE_OPTIONS, format_func=app.downscale_label, key="b_downscale",
                                  index=app.DOWNSCALE_OPTIONS.index(fit_downscale)
                                  if fit_downscale in app.DOWNSCALE_OPTIONS else 0,
                                  help="Automatic: chosen per image (about 400,000 pixels are fitted).")
-        seed = st.number_input("Random seed", 0, 2**31 - 1, int(st.session_state.get("w_seed", DEFAULTS.seed)),
+        seed = st.number_input("Random seed", 0, 2**31 - 1, fit_choices.seed,
                                key="b_seed")
         pixel_size_um = st.number_input(
             "Pixel size, all images (µm per pixel)", min_value=0.0, step=0.01, format="%.4f", key="b_pixel_size",
             help="0 = each file's own (ImageJ / OME-TIFF), else pixels. Sizes in the statistics and tables only.")
-    sources = [info for info in (app.fit_info(f) for f in app.session_fit_ids())
-               if info and info.get("settings", {}).get("model") in ("templates", "neural")
-               and not info.get("appearance_from")]
-    labels = {info["fit_id"]: app.fit_label(info) for info in sources}
+    sources = [report for report in (app.fit_report(f) for f in app.session_fit_ids())
+               if report is not None and report.model in ("templates", "neural") and not report.appearance_from]
+    labels = {report.fit_id: app.fit_label(report) for report in sources}
     appearance_from = st.selectbox(
         "Reuse the droplet look learned in", [None, *labels], key="b_appearance_from",
         format_func=lambda fit_id: "— learn the look from each image —" if fit_id is None else labels[fit_id],
@@ -122,16 +123,15 @@ if submitted:
         files = unpack_uploads([(f.name, f.getvalue()) for f in uploads or []])
         if not files:
             raise ValueError("upload at least one image (or a zip archive holding images)")
-        source = next((info["settings"] for info in sources if info["fit_id"] == appearance_from), None)
-        if source is not None and source["model"] != model:
-            raise ValueError(f"the appearance of a {source['model']} fit can only be reused by the {source['model']} model")
-        look = source or {"mask_types": st.session_state.get("w_mask_types", DEFAULTS.mask_types),
-                          "mask_size": st.session_state.get("w_mask_size", DEFAULTS.mask_size)}
+        source = next((report.settings for report in sources if report.fit_id == appearance_from), None)
+        if source is not None and source.model != model:
+            raise ValueError(f"the appearance of a {source.model} fit can only be reused by the {source.model} model")
+        look = source or fit_choices
         settings = FitSettings(
             model=model, channel=default_channel(model) if model == "neural" else channel, downscale=int(downscale),
             droplets=int(droplets), steps=int(steps), seed=int(seed),
-            learning_rate=float(st.session_state.get("w_lr", DEFAULTS.learning_rate)),
-            mask_types=int(look["mask_types"]), mask_size=int(look["mask_size"]), appearance_from=appearance_from,
+            learning_rate=fit_choices.learning_rate,
+            mask_types=int(look.mask_types), mask_size=int(look.mask_size), appearance_from=appearance_from,
         )
     except ValueError as exc:
         st.error(f"This batch cannot be run: {' '.join(str(exc).split())}", icon=":material/error:")

@@ -11,10 +11,11 @@ import streamlit as st
 
 import app
 from app_support.figures import compare_overlays_figure, compare_radius_figure
-from droplet_core.counting import doubtful_mask
 from app_support.pixel_size import pixel_size_for
 from app_support.size_figures import compare_distributions_figure
-from droplet_core.store import StoreError, is_valid_fit_id
+from droplet_core.fit_ids import is_valid_fit_id
+from droplet_core.measurements.counting import doubtful_mask
+from droplet_core.service.store import StoreError
 
 app.page_start("compare")
 st.title("Compare fits")
@@ -22,7 +23,7 @@ st.title("Compare fits")
 # Fits named in the URL (?fits=a,b): checked against the id pattern and the store before
 # anything else touches the disk; the good ones join this session's list.
 requested = [f for f in st.query_params.get("fits", "").split(",") if f]
-found = [f for f in requested if is_valid_fit_id(f) and app.fit_info(f) is not None]
+found = [f for f in requested if is_valid_fit_id(f) and app.fit_report(f) is not None]
 bad = [f for f in requested if f not in found]
 if bad:
     st.error(f"{len(bad)} fit id(s) in this link are not valid or not stored on this server and are left out.")
@@ -30,8 +31,8 @@ for fit_id in reversed(found):
     if fit_id not in app.session_fit_ids():
         app.remember_fit(fit_id)
 
-infos = {f: info for f in app.session_fit_ids() if (info := app.fit_info(f)) is not None}
-labels = {f: app.fit_label(info) for f, info in infos.items()}
+reports = {f: report for f in app.session_fit_ids() if (report := app.fit_report(f)) is not None}
+labels = {f: app.fit_label(report) for f, report in reports.items()}
 if not labels:
     st.info("This session has no fits yet. Fit an image on the Fit page, or open a link someone shared; "
             "fits of other people are not listed.", icon=":material/info:")
@@ -62,18 +63,17 @@ if not results:
 
 rows = []
 for r in results:
-    timings = r.info.get("timings", {})
     likely = r.droplets[~doubtful_mask(r.droplets)]
-    low, high = r.info.get("droplet_count_interval_90", (None, None))
+    verdict = r.report.verdict
     rows.append({
         "fit": labels[r.fit_id],
-        "droplets": app.headline_count(r.info, r.droplets),
-        "90 % interval": f"{low}–{high}" if low is not None else "—",
+        "droplets": app.fit_count(r.report, r.droplets).count,
+        "90 % interval": f"{r.report.count.low}–{r.report.count.high}" if r.report.count is not None else "—",
         "median radius (px)": float(likely["radius"].median()) if len(likely) else None,
-        "fit quality": (r.info.get("verdict") or {}).get("quality", "—"),
-        "error vs. contrast": (r.info.get("verdict") or {}).get("relative_rmse"),
+        "fit quality": verdict.quality if verdict is not None else "—",
+        "error vs. contrast": verdict.relative_rmse if verdict is not None else None,
         "channel": r.settings.channel,
-        "fit time (s)": timings.get("total_s"),
+        "fit time (s)": r.report.timings.total_s,
     })
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
              column_config={"median radius (px)": st.column_config.NumberColumn(format="%.2f"),
@@ -89,7 +89,7 @@ panels = []
 for r in results:
     image = app.image_for_fit(r)
     if image is not None:
-        panels.append((app.fit_short_label(r.info), app.for_display(image), r.droplets))
+        panels.append((app.fit_short_label(r.report), app.for_display(image), r.droplets))
 if panels:
     st.plotly_chart(compare_overlays_figure(panels[:4], height=560), key="compare_overlays", width="stretch",
                     config={"scrollZoom": True})
@@ -100,7 +100,7 @@ if panels:
 
 # -- sizes (further size statistics go in this section) ----------------------------------------
 st.subheader("Sizes")
-st.plotly_chart(compare_radius_figure({app.fit_short_label(r.info): r.droplets for r in results}, height=380),
+st.plotly_chart(compare_radius_figure({app.fit_short_label(r.report): r.droplets for r in results}, height=380),
                 key="compare_radius", width="stretch")
 
 # Diameter distributions, in µm when every fit's image has a pixel size (else all in px).

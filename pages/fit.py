@@ -1,6 +1,6 @@
 """Fit page: model variant and its settings (in a form), background fit with live progress,
 Stop / Continue, identical requests served from the store, and instant detection by the
-trained encoder with presence-threshold and minimum-radius sliders."""
+trained detector network with presence-threshold and minimum-radius sliders."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import numpy as np
 import streamlit as st
 
 import app
+from app_support import state
 from app_support.figures import loss_figure, overlay_figure
-from droplet_core import encoder, images, scale
-from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
-from droplet_core.jobs import QueueFull
-from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
-from droplet_core.store import StoreError, fit_key
+from droplet_core.detection import detector_net, scale
+from droplet_core.detection.in_image import pyramid_detections_in_image
+from droplet_core.imaging import images
+from droplet_core.measurements.counting import DOUBTFUL_BELOW, doubtful_mask
+from droplet_core.service.jobs import QueueFull
+from droplet_core.service.store import StoreError
+from droplet_core.settings import FitSettings, default_channel
+from droplet_core.variants import variant_names
 
 app.page_start("fit")
 st.title("Fit")
@@ -37,9 +41,8 @@ try:
 except Exception as exc:  # noqa: BLE001
     st.error(f"The current image cannot be read: {exc}. Choose an image on the Image page.")
     st.stop()
-channel = st.session_state.get("channel", DEFAULTS.channel)
-crop = st.session_state.get("crop")
-downscale = int(st.session_state.get("downscale", 0))
+choices = state.image_choices()
+channel, crop, downscale = choices.channel, choices.crop, choices.downscale
 crop_text = f"region x {crop[0]}–{crop[2]}, y {crop[1]}–{crop[3]}" if crop else "whole image"
 downscale_text = app.downscale_label(downscale)
 st.caption(
@@ -50,12 +53,12 @@ st.caption(
 # -- settings -----------------------------------------------------------------------------
 model = st.radio(
     "Model",
-    MODEL_NAMES,
-    index=MODEL_NAMES.index(DEFAULTS.model),
+    variant_names(),
+    index=variant_names().index(DEFAULTS.model),
     horizontal=True,
     key="w_model",
     persist_state="session",
-    captions=[MODEL_HELP.get(m, "") for m in MODEL_NAMES],
+    captions=[MODEL_HELP.get(m, "") for m in variant_names()],
 )
 fit_channel = default_channel(model) if model == "neural" else channel
 st.caption(f"Channel: **{app.channel_label(fit_channel)}**" +
@@ -72,13 +75,12 @@ with st.form("fit_form", border=True):
     if model in ("templates", "neural"):
         # This session's fits whose look was learned (not itself reused) with the current look settings.
         sources = [
-            info for info in (app.fit_info(f) for f in app.session_fit_ids())
-            if info and info.get("settings", {}).get("model") == model and not info.get("appearance_from")
-            and info.get("settings", {}).get("mask_types") == st.session_state.get("w_mask_types", mask_types)
-            and (model == "neural" or info.get("settings", {}).get("mask_size")
-                 == st.session_state.get("w_mask_size", mask_size))
+            report for report in (app.fit_report(f) for f in app.session_fit_ids())
+            if report is not None and report.model == model and not report.appearance_from
+            and report.settings.mask_types == st.session_state.get("w_mask_types", mask_types)
+            and (model == "neural" or report.settings.mask_size == st.session_state.get("w_mask_size", mask_size))
         ]
-        labels = {info["fit_id"]: app.fit_label(info) for info in sources}
+        labels = {report.fit_id: app.fit_label(report) for report in sources}
         appearance_from = st.selectbox(
             "Reuse the droplet look learned in", [None, *labels], key="w_appearance_from",
             format_func=lambda fit_id: "— learn the look from this image —" if fit_id is None else labels[fit_id],
@@ -119,35 +121,36 @@ with st.form("fit_form", border=True):
                  "reconstruction or residual to check it against.",
         )
 
+state.set_fit_choices(FitSettings(
+    model=model, channel=fit_channel, droplets=int(droplets), steps=int(steps), learning_rate=float(learning_rate),
+    seed=int(seed), mask_types=int(st.session_state.get("w_mask_types", mask_types)),
+    mask_size=int(st.session_state.get("w_mask_size", mask_size)),
+))
 registry = app.registry()
-store = app.store()
 
 # -- instant detection --------------------------------------------------------------------
 # Every pyramid level's detections down to a low presence are kept in the session; the
 # sliders only filter and merge them again.
 if detect_clicked:
     try:
-        region = images.crop(image, crop) if crop else image
-        levels = scale.pyramid_detections(region, channel, DETECT_FLOOR, downscale or 1)
-        st.session_state["detect_raw"] = {
+        levels = pyramid_detections_in_image(image, channel, DETECT_FLOOR, downscale or 1, crop)
+        region_hw = (images.crop(image, crop) if crop else image).shape[:2]
+        state.set_detections({
             "sha": sha, "channel": channel, "crop": crop, "levels": levels,
             "choice": scale.choose_downscale(scale.outermost_droplets(levels[levels["p_exists"] >= 0.5]),
-                                             *region.shape[:2]) if downscale == 0 else None,
-        }
+                                             *region_hw) if downscale == 0 else None,
+        })
     except (OSError, ValueError) as exc:
         st.error(f"Instant detection failed: {exc}")
-detected = st.session_state.get("detect_raw")
+detected = state.detections()
 if detected is not None and detected["sha"] == sha:
     st.subheader("Instant detection")
     s1, s2, s3 = st.columns([2, 2, 1])
-    threshold = s1.slider("Show droplets at least this likely", 0.05, 0.95, encoder.DEFAULT_THRESHOLD, step=0.05,
+    threshold = s1.slider("Show droplets at least this likely", 0.05, 0.95, detector_net.DEFAULT_THRESHOLD, step=0.05,
                           key="w_detect_threshold", help="The detector's probability that a droplet is there.")
     min_radius = s2.slider("Minimum radius (px)", 0.0, 10.0, 0.0, step=0.5, key="w_detect_min_radius")
     levels = detected["levels"]
     found = scale.outermost_droplets(levels[(levels["p_exists"] >= threshold) & (levels["radius"] >= min_radius)])
-    if detected["crop"]:
-        found["x"] += detected["crop"][0]
-        found["y"] += detected["crop"][1]
     s3.metric("Detected", len(found))
     if detected["choice"] is not None:
         st.caption(f"A fit would run at downscale {detected['choice'].factor}x: {detected['choice'].reason}.")
@@ -168,19 +171,16 @@ if submitted:
         st.error(f"These settings cannot be fitted: {exc}")
         settings = None
     if settings is not None:
-        key = fit_key(sha, settings)
         try:
-            from_store = store.has(key)
             job = registry.submit(image, sha, settings, session=app.session_lane())
         except StoreError as exc:
             st.error(f"The stored copy of this fit cannot be read: {exc}")
         except QueueFull as exc:
             st.warning(f"Not started: {exc}.", icon=":material/hourglass_top:")
         else:
-            st.session_state["job_id"] = job.fit_id
-            st.session_state["job_image_sha"] = sha
-            st.session_state["job_notice"] = "store" if from_store else "new"
-            st.session_state["job_handled"] = None
+            # A job that is done as soon as it is submitted was served from the store (or by
+            # an identical fit finished earlier): nothing is recomputed.
+            state.show_job(job.fit_id, sha, "store" if job.done() else "new")
 
 # -- the current job ----------------------------------------------------------------------
 
@@ -192,12 +192,12 @@ def queue_text(snap) -> str:
     return f"Queued: {ahead} · {wait} to wait (fits start in turn across everyone using this server)"
 
 
-job_id = st.session_state.get("job_id")
-job = registry.get(job_id) if job_id else None
-if job is not None and st.session_state.get("job_image_sha") != sha:
+shown_job = state.job_display()
+job = registry.get(shown_job.fit_id) if shown_job.fit_id else None
+if job is not None and shown_job.image_sha != sha:
     job = None  # a fit of another image (its result stays in this session's list)
-if job_id and job is None:
-    st.session_state["job_id"] = None  # forgotten by the registry (e.g. server restart)
+if shown_job.fit_id and job is None:
+    state.forget_job()  # forgotten by the registry (e.g. server restart)
 
 if job is not None:
     running = job.snapshot().status == "running"
@@ -235,17 +235,17 @@ if job is not None:
     snap = job.snapshot()
     if snap.status != "running":
         result = job.result()
-        first_time = st.session_state.get("job_handled") != snap.fit_id
+        first_time = state.job_display().handled != snap.fit_id
         if result is not None and first_time:
             app.set_current_fit(result.fit_id)
-            st.session_state["job_handled"] = snap.fit_id
+            state.mark_job_handled(snap.fit_id)
             st.rerun()  # so that the sidebar, drawn before this, names the new fit
         if snap.status == "done" and result is not None:
-            if st.session_state.get("job_notice") == "store":
+            if state.job_display().notice == "store":
                 st.success("Loaded from store: identical settings on this image were fitted before; nothing "
                            "was recomputed.", icon=":material/inventory_2:")
             else:
-                took = result.info.get("timings", {}).get("total_s")
+                took = result.report.timings.total_s
                 took_text = f" in {took:.1f} s" if isinstance(took, (int, float)) else ""
                 st.success(f"Fit done{took_text}.", icon=":material/check_circle:")
         elif snap.status == "stopped":
@@ -274,16 +274,16 @@ if fit_id:
 busy = job is not None and job.snapshot().status == "running"
 if current is not None and not busy:
     st.subheader("Current fit")
-    info = current.info
-    app.show_verdict(info)
-    st.caption(app.downscale_caption(info))
+    report = current.report
+    app.show_verdict(report)
+    st.caption(app.downscale_caption(report))
     a, b, c, d = st.columns(4)
-    a.metric("Droplets", app.headline_count(info, current.droplets),
+    a.metric("Droplets", app.fit_count(report, current.droplets).count,
              help="Expected number of droplets: each candidate counts with its probability of being a droplet.")
-    a.caption(app.count_caption(info, current.droplets))
+    a.caption(app.count_caption(report, current.droplets))
     b.metric("Model", current.settings.model, help=f"channel {app.channel_label(current.settings.channel)}")
-    c.metric("Iterations", info.get("total_steps_done", info.get("steps_done", current.settings.steps)))
-    total = info.get("timings", {}).get("total_s")
+    c.metric("Iterations", report.total_steps_done)
+    total = report.timings.total_s
     d.metric("Fit time", f"{total:.1f} s" if isinstance(total, (int, float)) else "—")
     b1, b2 = st.columns([1, 3])
     with b1:
@@ -296,10 +296,7 @@ if current is not None and not busy:
             except Exception as exc:  # noqa: BLE001
                 st.error(f"Cannot continue this fit: {exc}")
             else:
-                st.session_state["job_id"] = job.fit_id
-                st.session_state["job_image_sha"] = sha
-                st.session_state["job_notice"] = "continue"
-                st.session_state["job_handled"] = None
+                state.show_job(job.fit_id, sha, "continue")
                 st.rerun()
     with b2:
         st.page_link("pages/results.py", label="Next: the results (count, sizes, droplet table, residual)",

@@ -25,7 +25,7 @@ images = None
 tile_types = captions = None
 if "masks" in appearance:
     images = np.asarray(appearance["masks"])
-    st.caption(f"The {images.shape[0]} droplet looks learned by the fit **{app.fit_label(result.info)}**. Each "
+    st.caption(f"The {images.shape[0]} droplet looks learned by the fit **{app.fit_label(result.report)}**. Each "
                "droplet is drawn as a mix of them (its 'type shares' in the droplet table). Colour: brighter (yellow) "
                "or darker (purple) than the background.")
 elif "gallery" in appearance:
@@ -34,7 +34,7 @@ elif "gallery" in appearance:
     radii = appearance.get("gallery_radius_px")
     if tile_types is not None and radii is not None:
         captions = [f"type {t} · r {r:g} px" for t, r in zip(tile_types, radii)]
-    st.caption(f"Example droplets drawn by the optics learned in the fit **{app.fit_label(result.info)}**: "
+    st.caption(f"Example droplets drawn by the optics learned in the fit **{app.fit_label(result.report)}**: "
                "each droplet type alone at a few radii (fit pixels).")
 
 if result.settings.appearance_from:

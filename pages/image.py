@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 import app
-from app_support import access
+from app_support import access, state
 from app_support.figures import channels_figure, image_figure
 from app_support.pixel_size import pixel_size_field
-from droplet_core.channels import CHANNEL_LABELS
-from droplet_core.images import ImageError, load_image, max_pixels_limit
+from droplet_core.imaging.channels import CHANNEL_LABELS
+from droplet_core.imaging.images import ImageError, load_image, max_pixels_limit
 from droplet_core.settings import FitSettings
 
 app.page_start("image")
@@ -38,15 +38,15 @@ def take_upload() -> None:
     try:
         load_image(data, max_pixels=max_pixels_limit())  # validate before keeping it
     except ImageError as exc:
-        st.session_state["upload_error"] = f"**{uploaded.name}** cannot be used: {exc}"
+        state.set_upload_error(f"**{uploaded.name}** cannot be used: {exc}")
     else:
         app.set_current_image(app.store().save_image(data), uploaded.name)
-        st.session_state["upload_error"] = None
+        state.set_upload_error(None)
 
 
 def take_demo() -> None:
     app.set_current_image(app.demo_sha(), app.DEMO_NAME)
-    st.session_state["upload_error"] = None
+    state.set_upload_error(None)
 
 
 left, right = st.columns([3, 1], vertical_alignment="bottom")
@@ -62,8 +62,8 @@ with left:
 with right:
     st.button("Use the demo scene", icon=":material/science:", width="stretch", on_click=take_demo)
 
-if st.session_state.get("upload_error"):
-    st.error(st.session_state["upload_error"] + "  \nYou keep working on the current image.", icon=":material/error:")
+if state.upload_error():
+    st.error(state.upload_error() + "  \nYou keep working on the current image.", icon=":material/error:")
 
 sha = app.current_image_sha()
 try:
@@ -90,7 +90,7 @@ with st.container(border=True):
             crop = (int(xs[0]), int(ys[0]), int(xs[1]), int(ys[1]))
         else:
             st.warning("The region must be at least 8 x 8 pixels; the whole image is used.")
-    st.session_state["crop"] = crop
+    state.set_crop(crop)
     fit_w, fit_h = (crop[2] - crop[0], crop[3] - crop[1]) if crop else (width, height)
     with c3:
         downscale = st.selectbox(
@@ -104,7 +104,7 @@ with st.container(border=True):
             "or two and the typical one a few pixels. Positions and radii are always reported in pixels "
             "of the uploaded image.",
         )
-    st.session_state["downscale"] = int(downscale)
+    state.set_downscale(downscale)
     if downscale == 0:
         st.caption(f"The fit measures the droplets' size in this {fit_w} x {fit_h} region and picks the "
                    "downscale; the Fit page says what it chose and why.")
@@ -139,5 +139,5 @@ channel = st.selectbox(
     help="The channel where droplets differ most from the background. The colour-optics model always "
     "uses all three colour channels at once.",
 )
-st.session_state["channel"] = channel
+state.set_channel(channel)
 st.page_link("pages/fit.py", label="Next: fit this image", icon=":material/arrow_forward:")

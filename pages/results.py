@@ -15,15 +15,15 @@ from app_support.figures import (
     panels_figure,
     residual_rgb,
 )
-from app_support.tables import droplet_column_config, droplet_table_view
-from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
-from droplet_core.display import apply_stretch, stretch_limits
 from app_support.pixel_size import pixel_size_for
 from app_support.size_figures import size_distribution_figure, statistics_display_table, statistics_interval_figure
-from droplet_core.readout import droplet_table, fit_statistics
+from app_support.tables import droplet_column_config, droplet_table_view
+from droplet_core.imaging.display import apply_stretch, stretch_limits
+from droplet_core.imaging.units import PixelSize
+from droplet_core.measurements.counting import DOUBTFUL_BELOW, doubtful_mask
+from droplet_core.measurements.readout import droplet_table, fit_statistics
+from droplet_core.measurements.size_statistics import in_micrometres
 from droplet_core.results import zip_outputs
-from droplet_core.size_statistics import in_micrometres
-from droplet_core.units import PixelSize
 
 app.page_start("results")
 st.title("Results")
@@ -45,37 +45,36 @@ def _zip_bytes(fit_id: str, root: str, version: str, pixel_size: PixelSize) -> b
 def _statistics_px(fit_id: str, root: str, version: str):
     """In px: a new pixel size only rescales them (``in_micrometres``)."""
     result = app.load_fit(fit_id)
-    return fit_statistics(result.droplets, result.info)
+    return fit_statistics(result.droplets, result.report)
 
 
-info = result.info
+report = result.report
 droplets = result.droplets
 settings = result.settings
 pixel_size = pixel_size_for(result.image_sha256)
 
-st.caption(f"**{app.fit_label(info)}** · channel {app.channel_label(settings.channel)}")
-app.show_verdict(info)
-st.caption(app.downscale_caption(info))
+st.caption(f"**{app.fit_label(report)}** · channel {app.channel_label(settings.channel)}")
+app.show_verdict(report)
+st.caption(app.downscale_caption(report))
 if result.status == "stopped":
     unit = "iteration" if settings.appearance_from else "step"
-    st.warning(f"This fit was stopped early at {unit} {info.get('steps_done', '?')} of {settings.steps}; "
+    st.warning(f"This fit was stopped early at {unit} {report.steps_done} of {settings.steps}; "
                "it shows what was reached. Fit it longer from the Fit page.", icon=":material/pause_circle:")
 
 cols = st.columns(4)
-cols[0].metric("Droplets", app.headline_count(info, droplets),
+cols[0].metric("Droplets", app.fit_count(report, droplets).count,
                help="The expected number of droplets: each candidate counts with its probability of being a "
                     "droplet (the table's last column). Below it, the range that holds the true number with "
                     "90 % probability.")
-cols[0].caption(app.count_caption(info, droplets))
+cols[0].caption(app.count_caption(report, droplets))
 likely_table = droplets[~doubtful_mask(droplets)]
 cols[1].metric("Median radius", f"{likely_table['radius'].median():.2f} px" if len(likely_table) else "—",
                help="Median radius of the likely droplets, in pixels of the image as uploaded.")
-verdict = info.get("verdict") or {}
-relative = verdict.get("relative_rmse")
+relative = report.verdict.relative_rmse if report.verdict is not None else None
 cols[2].metric("Error vs. contrast", f"{relative:.0%}" if relative is not None else "—",
                help="Root-mean-square difference between the image and the model's drawing of it, relative to "
                     "the image's own contrast at droplet size. Small: the model draws the image closely.")
-total = info.get("timings", {}).get("total_s")
+total = report.timings.total_s
 cols[3].metric("Fit time", f"{total:.1f} s" if isinstance(total, (int, float)) else "—",
                help="Detection, fitting and uncertainty together.")
 app.share_box("results", {"fit": result.fit_id})
@@ -100,7 +99,7 @@ shown = droplets[~doubtful_mask(droplets, hide_below)] if hide_below > 0 else dr
 st.caption("Hover a centre for its position, radius and 90 % intervals. Select droplets with the box or lasso "
            "tool (tool bar, right) to filter the table below; double-click clears. Scroll to zoom.")
 image = app.image_for_fit(result)
-placement = fit_placement(info, settings.crop)
+placement = fit_placement(report)
 if image is None:  # show the fitted channel in its place
     image, overlay_placement = result.observed, placement
 else:
@@ -184,9 +183,8 @@ st.download_button("Download the statistics (CSV)", statistics.to_csv(index=Fals
 # -- advanced ----------------------------------------------------------------------------------
 with st.expander("Advanced: the fit's full record (fit.json) and loss curve"):
     st.caption(f"Fit id `{result.fit_id}` · image id `{result.image_sha256[:16]}…` · fit resolution "
-               f"{result.observed.shape[1]} × {result.observed.shape[0]} px (downscale {info.get('downscale', '?')}x)"
-               f" · {info.get('total_steps_done', info.get('steps_done', settings.steps))} iterations · "
-               f"on {info.get('device', '?')}")
+               f"{result.observed.shape[1]} × {result.observed.shape[0]} px (downscale {report.downscale}x)"
+               f" · {report.total_steps_done} iterations · on {report.device}")
     if len(result.losses):
         st.plotly_chart(loss_figure(result.losses, height=240), key="results_loss", width="stretch")
-    st.json(info, expanded=False)
+    st.json(report.to_dict(), expanded=False)

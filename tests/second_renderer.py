@@ -1,4 +1,4 @@
-"""A second scene renderer, written independently of ``droplet_core.scenes``, to judge Droplet.
+"""A second scene renderer, written independently of ``droplet_core.synthetic.scenes``, to judge Droplet.
 
 For tests and benchmarks only (``droplet_core`` never imports it). Each family draws the
 droplet's look from its own physical model rather than from the generator that the fits
@@ -33,7 +33,7 @@ Truth is a DataFrame: ``x`` (column), ``y`` (row), ``radius`` (the physical edge
 circle of the droplet's outline), px, pixel centre = integer index; ``in_focus`` and
 ``bubble`` (bool). Images: float RGB ``(h, w, 3)`` in [0, 1] quantised to 8-bit levels
 (``seedlike`` after a JPEG round trip), or ``uint16`` ``(h, w)`` for ``fluorescence``;
-``encode`` turns either into file bytes for ``droplet_core.images.load_image``.
+``encode`` turns either into file bytes for ``droplet_core.imaging.images.load_image``.
 """
 
 from __future__ import annotations

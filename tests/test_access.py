@@ -11,10 +11,10 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from droplet_core.images import load_image
-from droplet_core.scenes import demo_image_bytes
+from droplet_core.imaging.images import load_image
+from droplet_core.synthetic.scenes import demo_image_bytes
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore
+from droplet_core.service.store import FitStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PASSWORD = "droplets-in-the-lab"
@@ -30,8 +30,8 @@ OIDC_SECRETS = {
 @pytest.fixture(scope="module")
 def stored_fit_id() -> str:
     """A short real fit of the built-in demo scene, in the tests' store."""
-    from droplet_core.fit import run_fit
-    from droplet_core.images import sha256_bytes
+    from droplet_core.inference.engine import run_fit
+    from droplet_core.imaging.images import sha256_bytes
 
     data = demo_image_bytes()
     store = FitStore()
@@ -103,7 +103,7 @@ def test_wrong_password_is_refused_and_the_right_one_opens_the_share_link(monkey
     at.run()
     assert not at.exception and not at.error
     droplets = next(m for m in at.metric if m.label == "Droplets")
-    assert droplets.value == str(stored.info["droplet_count"])
+    assert droplets.value == str(stored.report.count.count)
     assert any(f"results?fit={stored_fit_id}" in c.value for c in at.code)
     assert "Logged in with the lab password" in [c.value for c in at.sidebar.caption]
 

@@ -19,8 +19,8 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from droplet_core.fit import FitError
-from droplet_core.store import FitStore
+from droplet_core.inference.engine import FitError
+from droplet_core.service.store import FitStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 FIT_STEPS = 150  # the smallest "Steps" option above one chunk; the demo then fits in seconds
@@ -164,11 +164,11 @@ def test_short_fit_completes_and_results_match_store(fitted):
     at = fitted["at"]
     fit_id = fitted["fit_id"]
     stored = FitStore().load(fit_id)
-    assert metric(at, "Droplets") == str(stored.info["droplet_count"])
+    assert metric(at, "Droplets") == str(stored.report.count.count)
     at.switch_page("pages/results.py").run()
     assert not at.exception
     assert not at.error, texts(at.error)
-    assert metric(at, "Droplets") == str(stored.info["droplet_count"])
+    assert metric(at, "Droplets") == str(stored.report.count.count)
     assert at.query_params["fit"] in (fit_id, [fit_id])
     # the share link is shown, and carries the fit id
     assert any(f"results?fit={fit_id}" in c.value for c in at.code)
@@ -180,8 +180,8 @@ def test_results_show_count_interval_and_uncertainty_bands(fitted):
     at = fitted["at"]
     stored = FitStore().load(fitted["fit_id"])
     at.switch_page("pages/results.py").run()
-    low, high = stored.info["droplet_count_interval_90"]
-    assert low <= stored.info["droplet_count"] <= high
+    low, high = (stored.report.count.low, stored.report.count.high)
+    assert low <= stored.report.count.count <= high
     assert any(c.startswith(f"90 % interval {low}–{high}") for c in texts(at.caption)), texts(at.caption)
     names = [trace.get("name") for trace in figure(at, "overlay")["data"]]
     assert "90 % bands" not in names
@@ -258,7 +258,7 @@ def test_share_link_restores_fit_in_new_session(fitted, page):
     assert not at.error, texts(at.error)
     assert at.session_state["fit_id"] == fit_id
     if page == "results":
-        assert metric(at, "Droplets") == str(FitStore().load(fit_id).info["droplet_count"])
+        assert metric(at, "Droplets") == str(FitStore().load(fit_id).report.count.count)
 
 
 def test_compare_share_link(fitted):

@@ -16,7 +16,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SCENE = SceneSettings(width_px=160, height_px=120, n_droplets=60)
@@ -126,3 +126,19 @@ def test_bad_archive_and_bad_links_give_clear_messages():
         at.run()
         assert not at.exception
         assert any(message in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_the_batch_form_starts_from_the_settings_chosen_on_the_fit_page():
+    at = batch_page()
+    at.switch_page("pages/fit.py").run()
+    at.radio(key="w_model").set_value("gaussian").run()
+    at.select_slider(key="w_steps").set_value(300)
+    at.number_input(key="w_seed").set_value(7)
+    # Submitting the form by the instant detection sets its values without starting a fit.
+    next(button for button in at.button if button.label == "Detect (instant)").click().run()
+    assert not at.exception, at.exception
+    at.switch_page("pages/batch.py").run()
+    assert not at.exception, at.exception
+    assert at.radio(key="b_model").value == "gaussian"
+    assert at.select_slider(key="b_steps").value == 300
+    assert at.number_input(key="b_seed").value == 7

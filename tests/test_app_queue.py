@@ -10,7 +10,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from droplet_core.jobs import QueueSettings
+from droplet_core.service.jobs import QueueSettings
 from test_jobs import WAIT_S, FakeFit
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

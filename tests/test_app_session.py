@@ -19,9 +19,9 @@ from PIL import Image
 from scipy import ndimage
 from test_app import figure, metric, new_app, open_app, run_fit_page, texts
 
-from droplet_core.counting import count_of_table
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
-from droplet_core.store import FitStore
+from droplet_core.measurements.counting import count_of_table
+from droplet_core.service.store import FitStore
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
 SCENE_NAME = "emulsion-A.png"
 
@@ -142,9 +142,9 @@ def test_results_show_the_verdict_and_one_count():
     assert not at.exception and not at.error, texts(at.error)
     assert any(s.startswith("**Good fit.**") for s in texts(at.success)), texts(at.success)
     count = count_of_table(result.droplets)
-    assert metric(at, "Droplets") == str(result.info["droplet_count"]) == str(count.count)
+    assert metric(at, "Droplets") == str(result.report.count.count) == str(count.count)
     assert count.low <= count.count <= count.high
-    assert metric(at, "Error vs. contrast") == f"{result.info['verdict']['relative_rmse']:.0%}"
+    assert metric(at, "Error vs. contrast") == f"{result.report.verdict.relative_rmse:.0%}"
     table = at.dataframe[0].value
     assert len(table) == len(result.droplets)
     assert list(table["likely"]) == list(result.droplets["p_exists"] >= 0.5)
@@ -177,7 +177,7 @@ def test_a_failed_fit_says_so_on_fit_and_results_pages():
     at.switch_page("pages/results.py").run()
     assert any("did not explain the image" in e for e in texts(at.error)), texts(at.error)
     result = FitStore().load(at.session_state["fit_id"])
-    assert result.info["verdict"]["quality"] == "failed"
+    assert result.report.verdict.quality == "failed"
     # Doubtful candidates: dashed grey on the picture, unticked in the table, hidden by the slider.
     likely = int((result.droplets["p_exists"] >= 0.5).sum())
     assert likely < len(result.droplets)
@@ -213,7 +213,7 @@ def test_dim_16_bit_image_is_shown_stretched_and_the_control_changes_it():
 
 @pytest.mark.parametrize("percentiles", [(0.5, 99.5), (0.0, 100.0)])
 def test_display_stretch_maps_percentiles_to_black_and_white(percentiles):
-    from droplet_core.display import stretch_contrast, stretch_limits
+    from droplet_core.imaging.display import stretch_contrast, stretch_limits
 
     image = np.linspace(0.0, 0.01, 1000).reshape(10, 100, 1)
     low, high = stretch_limits(image, percentiles)

@@ -18,12 +18,12 @@ import streamlit as st
 import tifffile
 from streamlit.testing.v1 import AppTest
 
-from droplet_core.fit import run_fit
-from droplet_core.images import load_image, sha256_bytes
-from droplet_core.readout import fit_statistics
-from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.imaging.images import load_image, sha256_bytes
+from droplet_core.inference.engine import run_fit
+from droplet_core.measurements.readout import fit_statistics
+from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 UM_PER_PX = 0.5
@@ -86,12 +86,12 @@ def test_image_page_reads_the_pixel_size_of_a_tiff_and_says_png_has_none(tiff_fi
 def test_results_show_statistics_and_distribution_in_micrometres(tiff_fit):
     at = open_results(tiff_fit["fit_id"])
     result = FitStore().load(tiff_fit["fit_id"])
-    expected = fit_statistics(result.droplets, result.info).set_index("label")
+    expected = fit_statistics(result.droplets, result.report).set_index("label")
     shown = statistics_shown(at)
     assert shown.loc["D[3,2] (Sauter)", "unit"] == "µm"
     assert float(shown.loc["D[3,2] (Sauter)", "value"]) == pytest.approx(
         expected.loc["D[3,2] (Sauter)", "value"] * UM_PER_PX, rel=1e-2)
-    assert float(shown.loc["Count", "value"]) == result.info["droplet_count"]  # the one count
+    assert float(shown.loc["Count", "value"]) == result.report.count.count  # the one count
     distribution = figure(at, "size_distribution")
     histograms = [trace for trace in distribution["data"] if trace.get("fill") == "tozeroy"]
     assert {trace["name"] for trace in histograms} == {"number-weighted", "volume-weighted"}
@@ -118,7 +118,7 @@ def test_a_pixel_size_set_by_the_user_changes_the_read_out_not_the_fit(tiff_fit)
     at.switch_page("pages/results.py").run()
     assert not at.exception
     result = FitStore().load(tiff_fit["fit_id"])
-    in_px = fit_statistics(result.droplets, result.info).set_index("label")
+    in_px = fit_statistics(result.droplets, result.report).set_index("label")
     assert float(statistics_shown(at).loc["D50 (median)", "value"]) == pytest.approx(
         2.0 * in_px.loc["D50 (median)", "value"], rel=1e-2)
     assert len(FitStore().list_fits()) == stored_fits  # nothing was refitted
@@ -126,7 +126,7 @@ def test_a_pixel_size_set_by_the_user_changes_the_read_out_not_the_fit(tiff_fit)
 
 def test_png_results_stay_in_pixels_and_compare_overlays_distributions(tiff_fit):
     image, _ = make_scene(12, SceneSettings(width_px=120, height_px=96, n_droplets=80))
-    from droplet_core.scenes import encode_png
+    from droplet_core.synthetic.scenes import encode_png
 
     data = encode_png(image)
     store = FitStore()

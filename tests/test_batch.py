@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core.batch import FITS_FOLDER, find_images, unpack_uploads
-from droplet_core.cli import main
-from droplet_core.fit import run_fit
-from droplet_core.images import load_image, sha256_bytes
-from droplet_core.readout import write_fit_outputs
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
+from droplet_core.imaging.images import load_image, sha256_bytes
+from droplet_core.inference.engine import run_fit
+from droplet_core.measurements.readout import write_fit_outputs
+from droplet_core.service.batch import FITS_FOLDER, find_images, unpack_uploads
+from droplet_core.service.cli import main
 from droplet_core.settings import FitSettings
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
 SCENE = SceneSettings(width_px=160, height_px=120, n_droplets=60)
 SCENE_NAMES = ("scene0.png", "scene1.png", "scene2.png")
@@ -94,8 +94,8 @@ def test_batch_tables_equal_single_fits(first_batch, images, tmp_path):
         data = (images / name).read_bytes()
         single = run_fit(load_image(data), SETTINGS, image_sha256=sha256_bytes(data))
         assert summary.loc[name, "fit_id"] == single.fit_id
-        assert summary.loc[name, "droplet_count"] == single.info["droplet_count"]
-        assert summary.loc[name, "fit_quality"] == single.info["verdict"]["quality"]
+        assert summary.loc[name, "droplet_count"] == single.report.count.count
+        assert summary.loc[name, "fit_quality"] == single.report.verdict.quality
         write_fit_outputs(single, tmp_path / name)
         assert (out / FITS_FOLDER / name / "droplets.csv").read_text() == (tmp_path / name / "droplets.csv").read_text()
         from_batch = combined[combined["image"] == name].drop(columns="image").reset_index(drop=True)
@@ -158,6 +158,6 @@ def test_unpack_uploads_expands_zips_with_unique_names(monkeypatch):
     assert files == [("a.png", b"0"), ("a (2).png", b"1"), ("a (3).png", b"2")]
     with pytest.raises(ValueError, match="not a readable zip"):
         unpack_uploads([("run.zip", b"PK\x03\x04 broken")])
-    monkeypatch.setattr("droplet_core.batch.MAX_ARCHIVE_BYTES", 1)
+    monkeypatch.setattr("droplet_core.service.batch.MAX_ARCHIVE_BYTES", 1)
     with pytest.raises(ValueError, match="unpacks to more than"):
         unpack_uploads([("run.zip", archive.getvalue())])

@@ -139,7 +139,7 @@ def shot(page, name: str) -> None:
 
 def batch_scenes(folder: Path) -> list[Path]:
     """Two small synthetic scenes as PNG files, for the Batch page."""
-    from droplet_core.scenes import SceneSettings, encode_png, make_scene
+    from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
     paths = []
     for seed in (1, 2):

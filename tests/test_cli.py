@@ -13,7 +13,7 @@ import roifile
 import tifffile
 from PIL import Image
 
-from droplet_core.matching import match_droplets
+from droplet_core.detection.matching import match_droplets
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from droplet_core.detect import laplacian_of_gaussian_at, strong_peaks
+from droplet_core.detection.log_candidates import laplacian_of_gaussian_at, strong_peaks
 
 
 def planted_blobs(rng, shape, blobs, noise_sd):

@@ -1,7 +1,7 @@
 """The amortised encoder: detection against synthetic truth, shipped weights, ``detect`` CLI,
 a training smoke run, and the Fit page's instant detection (AppTest).
 
-Scene seeds here are below ``encoder.TRAIN_SEED_BASE``: never seen in training.
+Scene seeds here are below ``detector_training.TRAIN_SEED_BASE``: never seen in training.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from droplet_core import encoder
-from droplet_core.matching import match_droplets
-from droplet_core.scenes import SceneSettings, make_scene, write_scene
+from droplet_core.detection import detector_net, detector_training
+from droplet_core.detection.matching import match_droplets
 from droplet_core.settings import FitSettings
+from droplet_core.synthetic.scenes import SceneSettings, make_scene, write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 SCENE_SEED = 7
@@ -35,13 +35,13 @@ def scene() -> tuple[np.ndarray, pd.DataFrame]:
 @pytest.mark.parametrize("channel", ["rgb", "grey"])
 def test_encoder_finds_droplets_of_an_unseen_scene(scene, channel):
     image, truth = scene
-    found = encoder.detect(encoder.prepare_image(image, channel)[0])
+    found = detector_net.detect(detector_net.prepare_image(image, channel)[0])
     assert list(found.columns) == ["x", "y", "radius", "p_exists"]
     score = match_droplets(truth, found)
     # Tuned blob_log scores about 0.82 on such scenes (bench.detection).
     assert score.f1 > 0.88, score
     assert score.median_radius_error < 0.15, score
-    assert found["p_exists"].between(encoder.DEFAULT_THRESHOLD, 1.0).all()
+    assert found["p_exists"].between(detector_net.DEFAULT_THRESHOLD, 1.0).all()
 
 
 def test_positions_are_in_pixels_of_the_image_as_given(scene):
@@ -49,32 +49,32 @@ def test_positions_are_in_pixels_of_the_image_as_given(scene):
     image, truth = scene
     crop, crop_truth = image[:200, :250], truth[(truth.x < 249) & (truth.y < 199)]
     big = np.repeat(np.repeat(crop, 2, axis=0), 2, axis=1)
-    channel, factor = encoder.prepare_image(big, "rgb", downscale=2)
+    channel, factor = detector_net.prepare_image(big, "rgb", downscale=2)
     assert factor == 2
-    found = encoder.to_image_px(encoder.detect(channel), factor)
+    found = detector_net.to_image_px(detector_net.detect(channel), factor)
     scaled = crop_truth.assign(x=2 * crop_truth.x + 0.5, y=2 * crop_truth.y + 0.5, radius=2 * crop_truth.radius)
     assert match_droplets(scaled, found).f1 > 0.85
 
 
 def test_thresholds_filter_the_cached_output(scene):
     image, _ = scene
-    raw = encoder.raw_predictions(encoder.prepare_image(image, "grey")[0])
-    counts = [len(encoder.decode(raw, threshold)) for threshold in (0.2, 0.5, 0.9)]
+    raw = detector_net.raw_predictions(detector_net.prepare_image(image, "grey")[0])
+    counts = [len(detector_net.decode(raw, threshold)) for threshold in (0.2, 0.5, 0.9)]
     assert counts[0] > counts[1] > counts[2] > 0
-    big = encoder.decode(raw, 0.5, min_radius_px=3.0)
+    big = detector_net.decode(raw, 0.5, min_radius_px=3.0)
     assert 0 < len(big) < counts[1] and (big["radius"] >= 3.0).all()
 
 
 def test_shipped_weights_match_their_training_record():
-    record = json.loads((encoder.WEIGHTS_DIR / encoder.RECORD_FILE).read_text())
-    architecture, params = encoder.load_weights()
-    assert encoder.load_weights() is encoder.load_weights()  # cached per process
-    assert architecture == encoder.architecture_from_dict(record["architecture"])
-    assert record["stride_px"] == encoder.STRIDE
+    record = json.loads((detector_net.WEIGHTS_DIR / detector_net.RECORD_FILE).read_text())
+    architecture, params = detector_net.load_weights()
+    assert detector_net.load_weights() is detector_net.load_weights()  # cached per process
+    assert architecture == detector_net.architecture_from_dict(record["architecture"])
+    assert record["stride_px"] == detector_net.STRIDE
     count = sum(np.size(p) for p in jax.tree_util.tree_leaves(params))
     assert count == record["parameter_count"]
-    assert (encoder.WEIGHTS_DIR / encoder.WEIGHTS_FILE).stat().st_size < 3_000_000
-    assert record["training_scene_seeds"][0] >= encoder.TRAIN_SEED_BASE > SCENE_SEED
+    assert (detector_net.WEIGHTS_DIR / detector_net.WEIGHTS_FILE).stat().st_size < 3_000_000
+    assert record["training_scene_seeds"][0] >= detector_training.TRAIN_SEED_BASE > SCENE_SEED
     assert record["curve"][-1]["validation_f1_default"] > 0.9
     assert len(record["loss_by_step"]) == record["steps"]
 
@@ -86,11 +86,11 @@ def test_unknown_initializer_is_refused():
 
 
 def test_training_smoke_run_lowers_the_loss():
-    settings = encoder.TrainSettings(
+    settings = detector_training.TrainSettings(
         pool_scenes=4, scene_px=64, crop_px=48, batch=4, max_steps=40, validate_every=40,
         validation_scenes=0, learning_rate=1e-2, minutes=5,
     )
-    _, record = encoder.train(settings, log=lambda line: None)
+    _, record = detector_training.train(settings, log=lambda line: None)
     losses = record["loss_by_step"]
     assert record["steps"] == 40
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
@@ -121,7 +121,7 @@ def test_detect_writes_droplets_overlay_and_record(tmp_path):
 
 def test_detect_does_not_load_the_fit_engine(tmp_path):
     write_scene(SCENE_SEED + 2, tmp_path, SceneSettings(width_px=64, height_px=64, n_droplets=30))
-    code = ("import sys; from droplet_core.cli import main; "
+    code = ("import sys; from droplet_core.service.cli import main; "
             f"assert main(['detect', {str(tmp_path / 'scene.png')!r}, '--out', {str(tmp_path / 'o')!r}]) == 0; "
             "assert 'numpyro' not in sys.modules and 'streamlit' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

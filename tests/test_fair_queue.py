@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from droplet_core.fair_queue import FairQueue, estimated_seconds
-from droplet_core.jobs import JobRegistry, QueueFull, QueueSettings
+from droplet_core.service.fair_queue import FairQueue, estimated_seconds
+from droplet_core.service.jobs import JobRegistry, QueueFull, QueueSettings
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore
+from droplet_core.service.store import FitStore
 from test_jobs import IMAGE, IMAGE_SHA, WAIT_S, FakeFit, wait_until
 
 

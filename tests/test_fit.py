@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,13 +13,14 @@ import pandas as pd
 import pytest
 from skimage.feature import blob_log
 
-import droplet_core.fit as engine
-from droplet_core.channels import extract_channel
-from droplet_core.fit import CHUNK_STEPS, FitError, run_fit
-from droplet_core.matching import match_droplets
-from droplet_core.scenes import SceneSettings, make_scene
+import droplet_core.inference.engine as engine
+from droplet_core.detection.matching import match_droplets
+from droplet_core.imaging.channels import extract_channel
+from droplet_core.inference.engine import CHUNK_STEPS, FitError, run_fit
+from droplet_core.results import FitReport
+from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
 SMALL_SCENE = SceneSettings(width_px=160, height_px=128, n_droplets=150, radius_min_px=1.5, radius_max_px=6.0)
 CROWDED_SCENE = SceneSettings(width_px=240, height_px=192, n_droplets=500)
@@ -87,14 +89,16 @@ def test_default_fit_beats_blob_log_on_a_crowded_scene():
 
 
 def test_fit_records_what_made_it(templates_fit):
-    info = templates_fit.info
-    assert info["settings"] == FitSettings(steps=300, downscale=1).to_dict()
-    assert info["device"].startswith("cpu")
-    assert {"jax", "numpyro", "flax", "droplet_core"} <= set(info["versions"])
-    assert info["steps_done"] == 300 and info["status"] == "done"
-    assert len(info["rmse"]) == 1 and 0 < info["rmse"][0] < 0.1
-    assert info["candidate_droplets"] == len(templates_fit.droplets)
-    assert info["droplet_count"] == round(templates_fit.droplets["p_exists"].sum())
+    report = templates_fit.report
+    assert report.settings == FitSettings(steps=300, downscale=1)
+    assert report.device.startswith("cpu")
+    assert {"jax", "numpyro", "flax", "droplet_core"} <= set(report.versions)
+    assert report.steps_done == 300 and report.status == "done"
+    assert len(report.rmse) == 1 and 0 < report.rmse[0] < 0.1
+    assert report.count.candidates == len(templates_fit.droplets)
+    assert report.count.count == round(templates_fit.droplets["p_exists"].sum())
+    # fit.json is the report's record, and reads back as the same report.
+    assert FitReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
 
 
 def test_fit_is_deterministic_given_the_seed(small_scene):
@@ -108,8 +112,8 @@ def test_fit_is_deterministic_given_the_seed(small_scene):
 
 FIT_IN_A_FRESH_PROCESS = """
 import sys, numpy as np
-from droplet_core.fit import run_fit
-from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.inference.engine import run_fit
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 from droplet_core.settings import FitSettings
 image, _ = make_scene(7, SceneSettings(width_px=96, height_px=80, n_droplets=40))
 result = run_fit(image.astype(np.float32) / 255.0, FitSettings(steps=20, downscale=1, seed=3), image_sha256="a" * 64)
@@ -149,7 +153,7 @@ def test_positions_are_in_pixels_of_the_uploaded_image_under_downscale(small_sce
     # Downscaling this by 2 gives back exactly the scene, so the fit is the same fit.
     upscaled = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
     result = run_fit(upscaled, FitSettings(model="gaussian", steps=300, downscale=factor), image_sha256="c" * 64)
-    assert result.info["downscale"] == factor
+    assert result.report.downscale == factor
     native = gaussian_fit.droplets
     # Scene pixel j covers pixels 2j and 2j+1 of the upscaled image: its centre is 2j + 0.5.
     np.testing.assert_allclose(result.droplets["x"], native["x"] * factor + 0.5, atol=1e-3)
@@ -180,7 +184,7 @@ def test_stop_ends_within_a_chunk_and_keeps_what_was_reached(small_scene):
         stop=stop,
     )
     assert result.status == "stopped"
-    assert result.info["steps_done"] == CHUNK_STEPS
+    assert result.report.steps_done == CHUNK_STEPS
     assert len(result.droplets) > 0
 
 
@@ -190,7 +194,7 @@ def test_warm_start_continues_from_the_saved_parameters(tmp_path, small_scene, t
     store.save(templates_fit)
     parent = store.load(templates_fit.fit_id)
     more = run_fit(image, FitSettings(steps=100, downscale=1), image_sha256="a" * 64, warm_start=parent)
-    assert more.info["parent_fit_id"] == parent.fit_id
+    assert more.report.parent_fit_id == parent.fit_id
     assert more.fit_id != parent.fit_id
     assert len(more.losses) == len(parent.losses) + 100
     stopped_at = float(np.mean(parent.losses[-CHUNK_STEPS:]))
@@ -218,7 +222,7 @@ def test_reused_appearance_is_held_fixed(templates_fit):
     result = run_fit(image, settings, image_sha256="e" * 64, appearance_source=templates_fit)
     np.testing.assert_allclose(result.appearance["masks"], templates_fit.appearance["masks"], rtol=1e-6)
     np.testing.assert_array_equal(result.params["masks_auto_loc"], templates_fit.params["masks_auto_loc"])
-    assert result.info["appearance_from"] == templates_fit.fit_id
+    assert result.report.appearance_from == templates_fit.fit_id
     score = match_droplets(truth, result.droplets)
     assert score.f1 >= 0.8, score
     # A fit that reused an appearance passes it on unchanged.
@@ -261,7 +265,7 @@ def test_auto_count_adds_droplets_the_detector_missed(monkeypatch, small_scene):
     result = run_fit(image, settings, image_sha256="f" * 64)
     score = match_droplets(truth, result.droplets)
     # Spare slots (a fifth of the candidates, at least 16) follow the candidates; some were switched on.
-    assert result.params["_active"][len(start) :].sum() >= 8
+    assert result.warm_start.active[len(start) :].sum() >= 8
     assert score.recall >= before.recall + 0.08, (before, score)
     assert score.precision >= 0.85, score
 
@@ -275,15 +279,15 @@ def test_a_reused_appearance_adds_missed_droplets_within_its_first_iterations(mo
 
     monkeypatch.setattr(engine, "_candidates", starved)
     # One chunk of SVI is too short for the fit's own checkpoints; the reuse fit's first
-    # housekeeping comes after its first iteration.
+    # switching of droplets comes after its first iteration.
     plain = run_fit(image, FitSettings(steps=CHUNK_STEPS, downscale=1), image_sha256="e" * 64)
     reused = run_fit(
         image, FitSettings(steps=3, downscale=1, appearance_from=templates_fit.fit_id), image_sha256="e" * 64,
         appearance_source=templates_fit,
     )
-    started = int(plain.params["_active"].sum())
+    started = int(plain.warm_start.active.sum())
     # The spare slots (16 here) bound what can be added.
-    assert int(np.count_nonzero(reused.params["_active"])) >= started + 8
+    assert int(np.count_nonzero(reused.warm_start.active)) >= started + 8
     before, after = match_droplets(truth, plain.droplets), match_droplets(truth, reused.droplets)
     assert after.recall >= before.recall + 0.05, (before, after)
     assert after.precision >= 0.85, after

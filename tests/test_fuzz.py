@@ -33,10 +33,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from droplet_core.cli import main
-from droplet_core.images import ImageError, load_image
-from droplet_core.results import FitResult
-from droplet_core.store import FitStore, fit_key
+from droplet_core.fit_ids import fit_key
+from droplet_core.imaging.images import ImageError, load_image
+from droplet_core.measurements.counting import DropletCount
+from droplet_core.results import FitReport, FitResult, Timings
+from droplet_core.service.cli import main
+from droplet_core.service.store import FitStore
 
 CASES_PER_FORMAT = 170  # three formats: a little over 500 malformed inputs in all
 
@@ -242,14 +244,14 @@ def stand_in_fit(image, settings, *, image_sha256, progress=None, appearance_sou
     grey = image.mean(axis=2, keepdims=True)
     fit_id = fit_key(image_sha256, settings)
     droplets = pd.DataFrame({"x": [0.0, width - 1.0], "y": [0.0, height - 1.0], "radius": [1.0, 1.0]})
-    info = {
-        "fit_id": fit_id, "image_sha256": image_sha256, "settings": settings.to_dict(), "status": "done",
-        "created": datetime.now(timezone.utc).isoformat(), "droplet_count": len(droplets), "rmse": [0.0],
-        "timings": {"total_s": 0.0}, "device": "stand-in", "final_loss": 0.0, "steps_done": settings.steps,
-        "fit_shape": [height, width, 1],
-    }
-    return FitResult(fit_id, image_sha256, settings, droplets, grey, grey, np.zeros(settings.steps, np.float32),
-                     {}, {}, info)
+    report = FitReport(
+        fit_id=fit_id, image_sha256=image_sha256, settings=settings, status="done",
+        created=datetime.now(timezone.utc).isoformat(), steps_done=settings.steps, total_steps_done=settings.steps,
+        final_loss=0.0, rmse=(0.0,), device="stand-in", timings=Timings(total_s=0.0),
+        count=DropletCount(len(droplets), len(droplets), len(droplets), len(droplets), 0),
+        fit_shape=(height, width, 1),
+    )
+    return FitResult(report, droplets, grey, grey, np.zeros(settings.steps, np.float32), {}, None, {})
 
 
 @contextmanager
@@ -290,7 +292,7 @@ def check_store_intact(store: FitStore) -> int:
 def test_malformed_files_through_the_command_line(tmp_path, monkeypatch, capsys, caplog):
     caplog.set_level(logging.WARNING)  # log records and warnings would be extra lines on stderr
     monkeypatch.setenv("DROPLET_STORE", str(tmp_path / "store"))
-    monkeypatch.setattr("droplet_core.fit.run_fit", stand_in_fit)
+    monkeypatch.setattr("droplet_core.inference.engine.run_fit", stand_in_fit)
     cases = malformed_inputs()
     assert len(cases) >= 500
     store = FitStore(tmp_path / "store")

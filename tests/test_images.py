@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from droplet_core.images import (
+from droplet_core.imaging.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     auto_downscale_factor,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core.jobs import JobRegistry, JobSnapshot
-from droplet_core.results import FitResult
+from droplet_core.fit_ids import fit_key
+from droplet_core.results import FitReport, FitResult
+from droplet_core.service.jobs import JobRegistry, JobSnapshot
+from droplet_core.service.store import FitStore
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.store import FitStore, fit_key
 
 IMAGE = np.zeros((8, 8, 3), np.float32)
 IMAGE_SHA = hashlib.sha256(b"job test image").hexdigest()
@@ -27,7 +29,7 @@ WAIT_S = 5.0
 
 
 class FakeFitError(ValueError):
-    """Stands in for droplet_core.fit.FitError (a ValueError)."""
+    """Stands in for droplet_core.inference.engine.FitError (a ValueError)."""
 
 
 def build_result(settings, image_sha256, steps_done, parent_fit_id, status, warm_start=None) -> FitResult:
@@ -38,25 +40,24 @@ def build_result(settings, image_sha256, steps_done, parent_fit_id, status, warm
         losses = np.concatenate([warm_start.losses, losses])
     fit_id = fit_key(image_sha256, settings, parent_fit_id, stopped_at_step=stopped_at)
     return FitResult(
-        fit_id=fit_id,
-        image_sha256=image_sha256,
-        settings=settings,
+        report=FitReport(
+            fit_id=fit_id,
+            image_sha256=image_sha256,
+            settings=settings,
+            status=status,
+            created=datetime.now(timezone.utc).isoformat(),
+            steps_done=steps_done,
+            total_steps_done=len(losses),
+            final_loss=100.0 / steps_done if steps_done else None,
+            parent_fit_id=parent_fit_id,
+        ),
         droplets=pd.DataFrame({"x": [1.0, 2.0], "y": [3.0, 4.0], "radius": [1.5, 2.5]}),
         observed=np.zeros((4, 4, 1), np.float32),
         reconstruction=np.zeros((4, 4, 1), np.float32),
         losses=losses,
         params={"bg_auto_loc": np.float32(0.1)},
+        warm_start=None,
         appearance={},
-        info={
-            "fit_id": fit_id,
-            "image_sha256": image_sha256,
-            "settings": settings.to_dict(),
-            "status": status,
-            "created": datetime.now(timezone.utc).isoformat(),
-            "steps_done": steps_done,
-            "final_loss": 100.0 / steps_done if steps_done else None,
-            "parent_fit_id": parent_fit_id,
-        },
     )
 
 
@@ -211,7 +212,7 @@ def test_warm_start_gets_its_own_key(store, make_registry):
     second = registry.submit(IMAGE, IMAGE_SHA, SETTINGS, warm_start=first.result())
     assert second.wait(WAIT_S)
     assert second.fit_id == fit_key(IMAGE_SHA, SETTINGS, first.fit_id) != first.fit_id
-    assert second.result().info["parent_fit_id"] == first.fit_id
+    assert second.result().report.parent_fit_id == first.fit_id
     assert len(second.result().losses) == 80
     assert second.snapshot().step == second.snapshot().total_steps == 40
     assert fake.calls == 2
@@ -269,7 +270,7 @@ def test_stop_while_queued_finishes_without_fitting(store, make_registry):
     assert running.wait(WAIT_S) and queued.wait(WAIT_S)
     assert fake.calls == 1
     assert (queued.snapshot().status, queued.result()) == ("stopped", None)
-    assert [info["fit_id"] for info in store.list_fits()] == [running.fit_id]
+    assert [report.fit_id for report in store.list_fits()] == [running.fit_id]
 
 
 @pytest.mark.parametrize(
@@ -309,9 +310,9 @@ def test_result_filed_under_a_wrong_key_is_a_failure(store, make_registry):
 
 def test_importing_jobs_and_making_a_registry_does_not_load_jax(tmp_path):
     code = (
-        "import sys; from droplet_core.jobs import JobRegistry; from droplet_core.store import FitStore; "
+        "import sys; from droplet_core.service.jobs import JobRegistry; from droplet_core.service.store import FitStore; "
         f"JobRegistry(FitStore({str(tmp_path)!r})).close(); "
-        "assert 'jax' not in sys.modules and 'droplet_core.fit' not in sys.modules"
+        "assert 'jax' not in sys.modules and 'droplet_core.inference.engine' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -322,9 +323,9 @@ def test_interpreter_exit_stops_a_running_fit_and_stores_it(tmp_path):
 import threading, numpy as np, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_jobs import IMAGE, IMAGE_SHA, build_result
-from droplet_core.jobs import JobRegistry
+from droplet_core.service.jobs import JobRegistry
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore
+from droplet_core.service.store import FitStore
 
 started = threading.Event()
 
@@ -338,14 +339,13 @@ registry.submit(IMAGE, IMAGE_SHA, FitSettings(steps=10**9))
 started.wait(5)
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
-    assert [info["status"] for info in FitStore(tmp_path).list_fits()] == ["stopped"]
+    assert [report.status for report in FitStore(tmp_path).list_fits()] == ["stopped"]
 
 
 def test_unstorable_result_is_a_failure_not_a_user_message(store, make_registry):
     def fit_without_created(image, settings, *, image_sha256, progress=None, stop=None, warm_start=None):
         result = build_result(settings, image_sha256, settings.steps, None, "done")
-        del result.info["created"]
-        return result
+        return replace(result, report=replace(result.report, created="not a time"))
 
     job = make_registry(fit_without_created).submit(IMAGE, IMAGE_SHA, SETTINGS)
     assert job.wait(WAIT_S)

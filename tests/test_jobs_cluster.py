@@ -10,10 +10,11 @@ import time
 import pytest
 
 from cluster_fits import slow_fit
-from droplet_core.fit_tasks import JobFiles
-from droplet_core.jobs import JobRegistry, QueueSettings
+from droplet_core.service.fit_tasks import JobFiles
+from droplet_core.service.jobs import JobRegistry, QueueSettings
 from droplet_core.settings import FitSettings
-from droplet_core.store import FitStore, fit_key
+from droplet_core.fit_ids import fit_key
+from droplet_core.service.store import FitStore
 from test_jobs import IMAGE, IMAGE_SHA
 
 TIMEOUT_S = 60
@@ -66,7 +67,7 @@ def test_progress_and_stop_cross_to_the_worker(queue):
     snap = job.snapshot()
     assert snap.status == "stopped" and 20 <= snap.step < 400
     stored = queue.store.load(snap.fit_id)
-    assert stored.status == "stopped" and stored.info["steps_done"] == snap.step
+    assert stored.status == "stopped" and stored.report.steps_done == snap.step
     assert not (queue.store.root / "jobs" / job.token).exists(), "the job's progress files are removed"
 
 
@@ -98,8 +99,8 @@ def test_a_worker_killed_mid_fit_is_retried_and_nothing_half_written_is_stored(q
     assert job.snapshot().status == "done", job.snapshot().error
     assert len(set(fit_pids(cluster))) == 2, "the fit ran again in another worker process"
     store = queue.store
-    assert [info["fit_id"] for info in store.list_fits()] == [fit_key(IMAGE_SHA, settings)]
-    assert store.load(job.fit_id).info["steps_done"] == 60
+    assert [report.fit_id for report in store.list_fits()] == [fit_key(IMAGE_SHA, settings)]
+    assert store.load(job.fit_id).report.steps_done == 60
     assert list((store.root / ".tmp").iterdir()) == []
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core.matching import MatchScore, match_droplets, match_pairs
+from droplet_core.detection.matching import MatchScore, match_droplets, match_pairs
 
 
 def table(rows, columns=("x", "y", "radius")):

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core.fit import run_fit
-from droplet_core.housekeeping import residual_peaks
-from droplet_core.matching import match_droplets
+from droplet_core.detection.matching import match_droplets
+from droplet_core.inference.droplet_switching import residual_peaks
+from droplet_core.inference.engine import run_fit
+from droplet_core.inference.reuse_fit import _solved_shading
 from droplet_core.models.common import SHADING_GRID, shading_basis
-from droplet_core.refine import _solved_shading
-from droplet_core.scenes import SceneSettings, make_scene
 from droplet_core.settings import FitSettings
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
 SCENE = SceneSettings(width_px=160, height_px=128, n_droplets=150, radius_min_px=1.5, radius_max_px=6.0)
 
@@ -49,8 +49,8 @@ def test_residual_peaks_keep_only_the_droplets_polarity():
         residual[..., 0] += contrast * np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / 8.0)
     residual += np.random.default_rng(1).normal(0.0, 0.005, residual.shape).astype(np.float32)
     none_active = {"x": np.zeros(1), "y": np.zeros(1), "radius": np.ones(1)}
-    dark = residual_peaks(residual, none_active, np.zeros(1), polarity=-1.0)
-    bright = residual_peaks(residual, none_active, np.zeros(1), polarity=1.0)
+    dark = residual_peaks(residual, none_active, none_active["radius"], np.zeros(1), polarity=-1.0)
+    bright = residual_peaks(residual, none_active, none_active["radius"], np.zeros(1), polarity=1.0)
     assert [tuple(p[:2]) for p in dark] == [(16.0, 16.0)]
     assert [tuple(p[:2]) for p in bright] == [(48.0, 40.0)]
 
@@ -63,13 +63,13 @@ def test_a_reused_appearance_converges_in_a_few_iterations_and_beats_a_new_fit(s
         appearance_source=source_fit,
     )
     # At most the default 150 iterations; it stops once an iteration gains under 1 % RMSE.
-    assert reused.info["steps_done"] <= 20
-    assert len(reused.losses) == reused.info["steps_done"]
-    assert np.mean(reused.info["rmse"]) < np.mean(new.info["rmse"])
+    assert reused.report.steps_done <= 20
+    assert len(reused.losses) == reused.report.steps_done
+    assert np.mean(reused.report.rmse) < np.mean(new.report.rmse)
     score = match_droplets(truth, reused.droplets)
     assert score.f1 >= max(0.9, match_droplets(truth, new.droplets).f1 - 0.02), score
     # The guide's scales are the Laplace sds (positive, per droplet), not the starting 0.01.
-    assert np.all(reused.params["x_auto_scale"][reused.params["_active"] > 0] > 0)
+    assert np.all(reused.params["x_auto_scale"][reused.warm_start.active > 0] > 0)
     assert not np.allclose(reused.params["x_auto_scale"], 0.01)
 
 
@@ -84,5 +84,5 @@ def test_a_reuse_fit_is_deterministic_and_stops_on_request(source_fit):
         progress=lambda progress: stop.set(), stop=stop,
     )
     assert stopped.status == "stopped"
-    assert stopped.info["steps_done"] == 1
+    assert stopped.report.steps_done == 1
     assert len(stopped.droplets) > 0

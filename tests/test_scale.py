@@ -1,7 +1,7 @@
 """Droplets of every size: the pyramid detector, the automatic downscale and the outline read-out.
 
 Checked against known truth: planted detection tables, drawn masks, and scenes of both
-renderers (``droplet_core.scenes`` and the independent ``tests/second_renderer.py``).
+renderers (``droplet_core.synthetic.scenes`` and the independent ``tests/second_renderer.py``).
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core import scale
-from droplet_core.fit import run_fit
-from droplet_core.matching import match_pairs
+from droplet_core.detection import scale
+from droplet_core.detection.matching import match_pairs
+from droplet_core.inference.engine import run_fit
 from droplet_core.models.outline import outline
 from droplet_core.models.templates import EXTENT
-from droplet_core.scenes import family_settings, make_scene
 from droplet_core.settings import FitSettings
+from droplet_core.synthetic.scenes import family_settings, make_scene
 from tests import second_renderer
 
 
@@ -121,7 +121,7 @@ def test_large_fluorescent_droplets_are_fitted_at_their_own_scale():
     rgb, truth = make_scene(3, family_settings("fluorescence", width_px=512, height_px=512, n_droplets=90))
     truth = truth[truth["in_focus"]].reset_index(drop=True)
     result = run_fit(rgb.astype(np.float32) / 255.0, FitSettings(), image_sha256="1" * 64)
-    assert result.info["downscale"] > 1, result.info["downscale_choice"]
+    assert result.report.downscale > 1, result.report.downscale_choice
     score = scored(truth, result.droplets)
     assert score["f1"] >= 0.9, score
     assert score["radius_error"] <= 0.08, score

@@ -18,10 +18,10 @@ from skimage import filters, measure, segmentation
 from skimage.color import rgb2gray
 from skimage.feature import blob_log, peak_local_max
 
-from droplet_core.images import load_image
-from droplet_core.matching import match_droplets
-from droplet_core.scene_geometry import close_pairs
-from droplet_core.scenes import (
+from droplet_core.detection.matching import match_droplets
+from droplet_core.imaging.images import load_image
+from droplet_core.synthetic.scene_geometry import close_pairs
+from droplet_core.synthetic.scenes import (
     FAMILIES,
     SceneSettings,
     demo_image_bytes,

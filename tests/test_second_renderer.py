@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core.images import load_image
+from droplet_core.imaging.images import load_image
 from tests.second_renderer import FAMILIES, FluorescenceOptics, SeedlikeOptics, encode, render
 
 SMALL = {"width_px": 200, "height_px": 160}

@@ -7,23 +7,19 @@ import json
 import multiprocessing
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core import store as store_module
-from droplet_core.results import FitResult
+from droplet_core import fit_ids as fit_ids_module
+from droplet_core.fit_ids import CODE_VERSION, fit_key, is_valid_fit_id
+from droplet_core.results import FitReport, FitResult, WarmStartState
+from droplet_core.service import store as store_module
+from droplet_core.service.store import FitStore, StoreError, default_store_root
 from droplet_core.settings import FitSettings
-from droplet_core.store import (
-    CODE_VERSION,
-    FitStore,
-    StoreError,
-    default_store_root,
-    fit_key,
-    is_valid_fit_id,
-)
 
 IMAGE_SHA = hashlib.sha256(b"test image").hexdigest()
 SETTINGS = FitSettings(model="templates", channel="h", steps=20, seed=3)
@@ -49,25 +45,24 @@ def make_result(
     )
     observed = rng.uniform(0, 1, (30, 40, 1)).astype(np.float32)
     return FitResult(
-        fit_id=fit_id,
-        image_sha256=image_sha256,
-        settings=settings,
+        report=FitReport(
+            fit_id=fit_id,
+            image_sha256=image_sha256,
+            settings=settings,
+            status=status,
+            created=created,
+            steps_done=settings.steps,
+            total_steps_done=settings.steps,
+            final_loss=1.0,
+            rmse=(0.05,),
+        ),
         droplets=droplets,
         observed=observed,
         reconstruction=(observed * 0.9).astype(np.float32),
         losses=np.linspace(10, 1, settings.steps, dtype=np.float32),
         params={"x_auto_loc": rng.normal(size=5).astype(np.float32), "bg_auto_loc": np.float32(0.2)},
+        warm_start=WarmStartState(rng.uniform(0, 30, (5, 3)).astype(np.float32), np.ones(5, np.float32), -1.0),
         appearance={"masks": rng.uniform(0, 1, (6, 15, 15)).astype(np.float32)},
-        info={
-            "fit_id": fit_id,
-            "image_sha256": image_sha256,
-            "settings": settings.to_dict(),
-            "status": status,
-            "created": created,
-            "steps_done": settings.steps,
-            "final_loss": 1.0,
-            "rmse": [0.05],
-        },
     )
 
 
@@ -75,8 +70,10 @@ def assert_same_result(loaded: FitResult, expected: FitResult) -> None:
     assert loaded.fit_id == expected.fit_id
     assert loaded.image_sha256 == expected.image_sha256
     assert loaded.settings == expected.settings
-    assert loaded.info == expected.info
+    assert loaded.report == expected.report
     pd.testing.assert_frame_equal(loaded.droplets, expected.droplets)
+    for name in WarmStartState._fields:
+        np.testing.assert_array_equal(getattr(loaded.warm_start, name), getattr(expected.warm_start, name))
     for name in ("observed", "reconstruction", "losses"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(expected, name))
         assert getattr(loaded, name).dtype == getattr(expected, name).dtype
@@ -133,7 +130,7 @@ def test_fit_key_changes_with_image_parent_and_stop():
 
 def test_fit_key_includes_code_version(monkeypatch):
     before = fit_key(IMAGE_SHA, SETTINGS)
-    monkeypatch.setattr(store_module, "CODE_VERSION", CODE_VERSION + "x")
+    monkeypatch.setattr(fit_ids_module, "CODE_VERSION", CODE_VERSION + "x")
     assert fit_key(IMAGE_SHA, SETTINGS) != before
 
 
@@ -257,12 +254,9 @@ def test_save_refuses_results_it_could_not_load_back(tmp_path):
     store = FitStore(tmp_path)
     good = make_result()
     bad_results = [
-        FitResult(**{**vars(good), "fit_id": "not-an-id"}),
-        FitResult(**{**vars(good), "info": {**good.info, "fit_id": "0" * 32}}),
-        FitResult(**{**vars(good), "info": {**good.info, "image_sha256": "0" * 64}}),
-        FitResult(**{**vars(good), "info": {**good.info, "settings": {**good.info["settings"], "seed": 9}}}),
-        FitResult(**{**vars(good), "info": {k: v for k, v in good.info.items() if k != "created"}}),
-        FitResult(**{**vars(good), "params": {"nested": {"a": 1}}}),
+        replace(good, report=replace(good.report, fit_id="not-an-id")),
+        replace(good, report=replace(good.report, created="yesterday")),
+        replace(good, params={"nested": {"a": 1}}),
     ]
     for bad in bad_results:
         with pytest.raises(ValueError):
@@ -362,10 +356,10 @@ def test_list_fits_newest_first_skipping_unreadable(tmp_path):
     (store.fit_dir(broken.fit_id) / "fit.json").write_text("{truncated")
     (store.root / "fits" / "not-a-fit").mkdir()
 
-    listed = [info["fit_id"] for info in store.list_fits()]
+    listed = [report.fit_id for report in store.list_fits()]
     expected = [made[c].fit_id for c in ["2025-05-01T00:00:00Z", "2025-04-01T12:00:00+02:00", "2025-03-01T00:00:00+00:00"]]
     assert listed == expected
-    assert store.list_fits()[0] == json.loads(json.dumps(made["2025-05-01T00:00:00Z"].info))
+    assert store.list_fits()[0] == made["2025-05-01T00:00:00Z"].report
 
 
 # -- images ----------------------------------------------------------------------------
@@ -420,3 +414,26 @@ def test_losing_the_rename_race_keeps_the_winner(tmp_path, monkeypatch):
     assert entries(store) == [result.fit_id]
     assert list((store.root / ".tmp").iterdir()) == []
     assert_same_result(store.load(result.fit_id), result)
+
+
+def test_entries_written_before_the_typed_report_load_with_their_warm_start(tmp_path):
+    """Older entries kept the warm-start state among the params and a fit.json without the
+    count or the verdict: they still load, and still continue."""
+    store = FitStore(tmp_path)
+    result = make_result()
+    store.save(result)
+    entry = store.fit_dir(result.fit_id)
+    with np.load(entry / "arrays.npz") as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    legacy = {name: value for name, value in arrays.items() if not name.startswith("warm_start/")}
+    legacy.update({"params/_anchors": arrays["warm_start/anchors"], "params/_active": arrays["warm_start/active"],
+                   "params/_polarity": arrays["warm_start/polarity"]})
+    np.savez(entry / "arrays.npz", **legacy)
+    record = {k: v for k, v in result.report.to_dict().items() if k not in ("total_steps_done", "verdict", "crop_origin")}
+    (entry / "fit.json").write_text(json.dumps(record))
+
+    loaded = store.load(result.fit_id)
+    assert loaded.params.keys() == result.params.keys()
+    np.testing.assert_array_equal(loaded.warm_start.anchors, result.warm_start.anchors)
+    assert loaded.warm_start.polarity == -1.0
+    assert loaded.report.total_steps_done == loaded.report.steps_done and loaded.report.verdict is None

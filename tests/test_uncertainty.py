@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from scipy.stats import binom
 
-from droplet_core.fit import run_fit
-from droplet_core.matching import match_pairs
-from droplet_core.scenes import gaussian_blob_scene
+from droplet_core.detection.matching import match_pairs
+from droplet_core.inference.engine import run_fit
+from droplet_core.inference.uncertainty import interval_half_width, laplace_sd, with_model_discrepancy
+from droplet_core.measurements.counting import count_interval
 from droplet_core.settings import FitSettings
-from droplet_core.counting import count_interval
-from droplet_core.uncertainty import interval_half_width, laplace_sd, with_model_discrepancy
+from droplet_core.synthetic.scenes import gaussian_blob_scene
 
 
 def fit_blobs(image, n: int, seed: int = 0):
@@ -34,7 +34,7 @@ def test_intervals_cover_the_truth_about_90_percent(quiet_fit):
     found, true = result.droplets.iloc[f], truth.iloc[t]
     # The model is exact here: the Laplace part of the reported sd, without the discrepancy
     # calibrated for crowded scenes the model cannot draw exactly, is what is tested.
-    discrepancy = result.info["uncertainty"]["discrepancy_per_radius"]
+    discrepancy = result.report.uncertainty.discrepancy_per_radius
     inside = [
         np.abs(found[c].to_numpy() - true[c].to_numpy()) <= interval_half_width(laplace_sd(found, c, discrepancy))
         for c in ("x", "y", "radius")
@@ -51,7 +51,7 @@ def test_sds_grow_with_the_noise(quiet_fit):
     noisy = fit_blobs(image, len(truth))
     # The Laplace part scales with the noise (3x here); the calibrated model discrepancy
     # added in quadrature does not, so it is taken out as in the coverage test.
-    discrepancy = quiet.info["uncertainty"]["discrepancy_per_radius"]
+    discrepancy = quiet.report.uncertainty.discrepancy_per_radius
     ratio = np.median(laplace_sd(noisy.droplets, "x", discrepancy)) / np.median(laplace_sd(quiet.droplets, "x", discrepancy))
     assert 2.0 <= ratio <= 4.5, ratio
 
@@ -60,7 +60,7 @@ def test_real_droplets_exist_and_the_count_interval_holds_the_count(quiet_fit):
     result, truth = quiet_fit
     assert result.droplets["p_exists"].between(0.0, 1.0).all()
     assert np.median(result.droplets["p_exists"]) > 0.99
-    low, high = result.info["droplet_count_interval_90"]
+    low, high = (result.report.count.low, result.report.count.high)
     assert low <= len(truth) <= high
 
 

@@ -12,14 +12,27 @@ import pytest
 import roifile
 import tifffile
 
-from droplet_core.exports import roi_zip_bytes
-from droplet_core.fit import run_fit
-from droplet_core.images import load_image, sha256_bytes
-from droplet_core.readout import fit_statistics, readout_files
-from droplet_core.scenes import SceneSettings, encode_png, make_scene
+from droplet_core.imaging.images import load_image, sha256_bytes
+from droplet_core.imaging.units import (
+    FROM_FILE,
+    SET_BY_USER,
+    UNKNOWN,
+    parse_pixel_size,
+    read_pixel_size,
+    resolve_pixel_size,
+)
+from droplet_core.inference.engine import run_fit
+from droplet_core.measurements.exports import roi_zip_bytes
+from droplet_core.measurements.readout import fit_statistics, readout_files
+from droplet_core.measurements.size_statistics import (
+    BORDER_KEEP_ALL,
+    StatisticsSettings,
+    border_weights,
+    size_statistics,
+)
+from droplet_core.results import FitReport
 from droplet_core.settings import FitSettings
-from droplet_core.size_statistics import BORDER_KEEP_ALL, StatisticsSettings, border_weights, size_statistics
-from droplet_core.units import FROM_FILE, SET_BY_USER, UNKNOWN, parse_pixel_size, read_pixel_size, resolve_pixel_size
+from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
 SMALL_SCENE = SceneSettings(width_px=160, height_px=128, n_droplets=150, radius_median_px=2.5)
 FIT = FitSettings(steps=80)
@@ -149,7 +162,9 @@ def test_intervals_widen_with_uncertainty_and_hold_the_truth():
 
 def test_label_image_and_rois_match_the_table(tmp_path):
     droplets = pd.DataFrame({"x": [10.0, 17.0, 40.2], "y": [10.0, 10.0, 30.7], "radius": [5.0, 5.0, 3.4]})
-    files = readout_files(droplets, {"image_shape": [50, 60, 3], "fit_shape": [50, 60, 3]})
+    report = FitReport("0" * 32, "0" * 64, FitSettings(), "done", "2025-01-01T00:00:00+00:00", 1, 1,
+                       fit_shape=(50, 60, 3), image_shape=(50, 60, 3))
+    files = readout_files(droplets, report)
     labels = tifffile.imread(io.BytesIO(files["labels.tif"]))
     assert labels.shape == (50, 60) and labels.dtype == np.uint16
     assert labels[10, 10] == 1 and labels[10, 17] == 2 and labels[31, 40] == 3 and labels[0, 0] == 0
@@ -176,7 +191,7 @@ def test_fit_of_a_tiff_with_a_pixel_size_comes_out_in_micrometres(scene, kind):
     um = 0.65 if kind == "imagej" else 0.325
     data = imagej_tiff(image_uint8, um) if kind == "imagej" else ome_tiff(image_uint8, um * 1000)
     result = run_fit(load_image(data), FIT, image_sha256=sha256_bytes(data))
-    files = readout_files(result.droplets, result.info, read_pixel_size(data))
+    files = readout_files(result.droplets, result.report, read_pixel_size(data))
     droplets = pd.read_csv(io.BytesIO(files["droplets.csv"]))
     np.testing.assert_allclose(droplets["x_um"], droplets["x"] * um, rtol=1e-5)
     np.testing.assert_allclose(droplets["y_um"], droplets["y"] * um, rtol=1e-5)
@@ -194,7 +209,7 @@ def test_fit_of_a_tiff_with_a_pixel_size_comes_out_in_micrometres(scene, kind):
         assert statistics.loc[name, "low_90"] <= statistics.loc[name, "value"] <= statistics.loc[name, "high_90"]
     assert abs(statistics.loc["count", "value"] - len(truth)) <= 0.1 * len(truth)
     # Units never change the fit: the same statistics in px are the µm ones over the pixel size.
-    in_px = fit_statistics(result.droplets, result.info).set_index("statistic")
+    in_px = fit_statistics(result.droplets, result.report).set_index("statistic")
     assert in_px.loc["d32", "value"] * um == pytest.approx(statistics.loc["d32", "value"], rel=1e-5)
     with zipfile.ZipFile(io.BytesIO(files["rois.zip"])) as archive:
         assert len(archive.namelist()) == len(droplets)

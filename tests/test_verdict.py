@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droplet_core.counting import count_of_table, doubtful_mask, droplet_count
-from droplet_core.fit import run_fit
-from droplet_core.scenes import SceneSettings, make_scene
+from droplet_core.inference.engine import run_fit
+from droplet_core.inference.verdict import FitVerdict, judge_fit, noise_sd_estimate
+from droplet_core.measurements.counting import count_of_table, doubtful_mask, droplet_count
 from droplet_core.settings import FitSettings
-from droplet_core.verdict import FitVerdict, judge_fit, noise_sd_estimate
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
 SMALL_SCENE = SceneSettings(width_px=200, height_px=160, n_droplets=250)
 
@@ -46,7 +46,7 @@ def bright_disks(radius_px: float, count: int, side_px: int, seed: int = 0) -> n
 @pytest.mark.parametrize("seed", [1, 2])
 def test_good_fits_of_synthetic_scenes_are_not_flagged(seed):
     result = fit(scene(seed), FitSettings())
-    verdict = FitVerdict.from_dict(result.info["verdict"])
+    verdict = result.report.verdict
     assert verdict.quality == "good", verdict
     assert verdict.ok and not verdict.problems and verdict.explained_fraction > 0.9
 
@@ -55,7 +55,7 @@ def test_the_wrong_channel_is_flagged():
     image = scene(1)
     # Droplets in red and green only; the blue channel is a flat field with noise.
     image[:, :, 2] = np.clip(0.5 + np.random.default_rng(0).normal(0.0, 0.01, image.shape[:2]), 0.0, 1.0)
-    verdict = FitVerdict.from_dict(fit(image, FitSettings(channel="b")).info["verdict"])
+    verdict = fit(image, FitSettings(channel="b")).report.verdict
     assert verdict.quality == "failed", verdict
     assert any("channel" in a for a in verdict.advice)
 
@@ -64,9 +64,7 @@ def test_droplets_far_outside_the_size_range_are_flagged():
     # Radius-40 px disks fitted at full resolution with the count given: far beyond the
     # radii the model draws at downscale 1.
     image = bright_disks(40.0, 12, 400)
-    verdict = FitVerdict.from_dict(
-        fit(image, FitSettings(downscale=1, droplets=12, initializer="log")).info["verdict"]
-    )
+    verdict = fit(image, FitSettings(downscale=1, droplets=12, initializer="log")).report.verdict
     assert verdict.quality == "failed", verdict
     assert verdict.explained_fraction < 0.4 and verdict.residual_spots > 12
     assert any("increase the downscale" in a for a in verdict.advice), verdict.advice
@@ -75,7 +73,7 @@ def test_droplets_far_outside_the_size_range_are_flagged():
 def test_pure_noise_is_flagged():
     image = np.clip(0.5 + np.random.default_rng(0).normal(0.0, 0.1, (160, 200, 3)), 0.0, 1.0).astype(np.float32)
     result = fit(image, FitSettings())
-    verdict = FitVerdict.from_dict(result.info["verdict"])
+    verdict = result.report.verdict
     assert verdict.quality == "failed", verdict
     assert verdict.structure_to_noise < 0.5
 

@@ -144,6 +144,30 @@ def patch_geometry(layout: Layout, x_px, y_px):
     return flat, px - x, py - y, inside
 
 
+def nearest_droplet_pixels(layout: Layout, x_px, y_px, radius_px, active, reach_radii: float = float("inf")):
+    """The rule "the nearest droplet owns the pixel", on the patch pixels.
+
+    Parameters
+    ----------
+    x_px, y_px, radius_px : (n,) droplet centres and radii in fit pixels.
+    active : (n,) droplets in the model (> 0).
+    reach_radii : a droplet reaches pixels less than this many of its radii away.
+
+    Returns
+    -------
+    flat_index : (L,) row-major pixel index of each patch pixel.
+    owns : (L,) bool, whether the patch pixel lies in the image, its droplet is active and
+        reaches it, and no other such droplet is nearer (distance in each droplet's radii;
+        equidistant droplets all own it). The choice carries no gradient.
+    """
+    flat, dx, dy, inside = patch_geometry(layout, x_px, y_px)
+    distance = jax.lax.stop_gradient(jnp.hypot(dx, dy) / capped_radius(layout, radius_px))
+    usable = inside & (distance < reach_radii) & (per_pixel(layout, active) > 0)
+    distance = jnp.where(usable, distance, jnp.inf)
+    nearest = jnp.full((layout.n_pixels,), jnp.inf).at[flat].min(distance)
+    return flat, usable & (distance <= nearest[flat])
+
+
 def splat(layout: Layout, values, flat_index, inside):
     """Scatter-add patch ``values`` ``(L, c)`` into a flat image ``(h * w, c)``."""
     masked = jnp.where(inside[:, None], values, 0.0)
@@ -213,7 +237,7 @@ def shading_basis(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
     The bicubic resize is linear and separable, so the shading image of one channel's grid
     ``S`` ``(rows, columns)`` is ``rows_weights @ S @ columns_weights.T``: a least-squares
-    problem in ``S`` for any fixed droplets (``droplet_core.refine``).
+    problem in ``S`` for any fixed droplets (``droplet_core.inference.reuse_fit``).
     """
     rows, columns = SHADING_GRID
     # Resizing an identity along one axis (the other keeps its size, which the resize leaves
@@ -235,7 +259,7 @@ def initial_background(observed: np.ndarray) -> dict:
 
 def composition_and_uncertainty_columns(values: dict, uncertainty: dict) -> dict:
     """Table columns ``composition_0..``, then ``sd_x``, ``sd_y``, ``sd_radius`` (posterior sd,
-    fit px) and ``p_exists`` from ``droplet_core.uncertainty.droplet_uncertainty``."""
+    fit px) and ``p_exists`` from ``droplet_core.inference.uncertainty.droplet_uncertainty``."""
     columns = {f"composition_{t}": values["composition"][:, t] for t in range(values["composition"].shape[1])}
     return {**columns, **uncertainty_columns(uncertainty)}
 

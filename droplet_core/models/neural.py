@@ -22,11 +22,9 @@ from numpyro.contrib.module import random_flax_module
 
 from droplet_core.models.common import (
     ModelSpec,
-    capped_radius,
     composition_and_uncertainty_columns,
     initial_background,
-    patch_geometry,
-    per_pixel,
+    nearest_droplet_pixels,
     sample_background,
 )
 from droplet_core.models.outline import outline_columns
@@ -95,12 +93,7 @@ def nearest_owner(x, y, radius, active, spec: ModelSpec):
     choice carries no gradient. Equidistant droplets: the higher index owns the pixel.
     """
     layout = spec.layout
-    flat, dx, dy, inside = patch_geometry(layout, x, y)
-    distance = jnp.hypot(dx, dy) / capped_radius(layout, radius)
-    usable = inside & (distance < EXTENT) & (per_pixel(layout, active) > 0)
-    distance = jax.lax.stop_gradient(jnp.where(usable, distance, jnp.inf))
-    nearest = jnp.full((layout.n_pixels,), jnp.inf).at[flat].min(distance)
-    chosen = usable & (distance <= nearest[flat])
+    flat, chosen = nearest_droplet_pixels(layout, x, y, radius, active, EXTENT)
     owner = jnp.full((layout.n_pixels,), -1, jnp.int32).at[flat].max(jnp.where(chosen, jnp.asarray(layout.droplet), -1))
     return jnp.maximum(owner, 0), owner >= 0
 
@@ -322,3 +315,22 @@ def _draw(params: dict, features, channels: int):
     """``(m, channels)`` the optics model at ``(m, features)`` pixel features, all tiles in one
     compiled call (eagerly, every layer's ops would compile on their own)."""
     return DropletOptics(channels=channels).apply(params, features)
+
+
+def radius_px(values: dict) -> np.ndarray:
+    """``(n,)`` the model's droplet radii in fit px."""
+    return values["radius"]
+
+
+def drawn_radius_px(values: dict) -> np.ndarray:
+    """The optics draw a droplet within ``EXTENT`` radii; its own radius is its edge."""
+    return radius_px(values)
+
+
+def added_droplet_values(peaks: np.ndarray, values: dict, active: np.ndarray) -> dict:
+    """A droplet at a residual peak ``(k, 4)`` x, y, radius, contrast: its radius and the
+    typical composition of the active droplets."""
+    return {
+        "radius": np.maximum(peaks[:, 2], 0.5),
+        "composition": np.tile(np.median(values["composition"][active > 0], axis=0), (len(peaks), 1)),
+    }

@@ -26,7 +26,7 @@ from droplet_core.models.common import (
     sample_background,
     splat,
 )
-from droplet_core.models.outline import outline_columns
+from droplet_core.models.outline import outline, outline_columns
 
 EXTENT = 1.5
 POSITION_PRIOR_SD_PX = 3.0
@@ -199,3 +199,24 @@ def is_appearance_site(name: str) -> bool:
 def appearance(values: dict, spec: ModelSpec) -> dict:
     """The learned masks ``(types, m, m)`` in channel units (added to the background)."""
     return {"masks": np.asarray(values["masks"] * envelope(spec.mask_size), np.float32)}
+
+
+def radius_px(values: dict) -> np.ndarray:
+    """``(n,)`` the model's droplet radii in fit px."""
+    return values["radius"]
+
+
+def drawn_radius_px(values: dict) -> np.ndarray:
+    """``(n,)`` radii in fit px of the droplets as drawn: the edge of each droplet's outline
+    (``outline.outline``), which can lie well beyond the model's own ``radius`` (the masks
+    reach 1.4 radii)."""
+    return outline(composed_masks(values), EXTENT).edge * values["radius"]
+
+
+def added_droplet_values(peaks: np.ndarray, values: dict, active: np.ndarray) -> dict:
+    """A droplet at a residual peak ``(k, 4)`` x, y, radius, contrast: its radius and the
+    typical composition of the active droplets."""
+    return {
+        "radius": np.maximum(peaks[:, 2], 0.5),
+        "composition": np.tile(np.median(values["composition"][active > 0], axis=0), (len(peaks), 1)),
+    }

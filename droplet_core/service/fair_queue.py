@@ -4,7 +4,7 @@ Every session (and every batch) is a *lane*. The next fit to start is the oldest
 lane that was served least recently, so a session with one small fit waits for at most one
 fit of every other session, however many those have queued, and a batch of fifty images
 takes its turn like one more session. Pure bookkeeping: no threads, no clocks; the job
-registry (``droplet_core.jobs``) holds the lock around it.
+registry (``droplet_core.service.jobs``) holds the lock around it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ nonlinear least-squares problem of a few parameters on the pixels the droplet ow
 background shading is linear in its grid values, a least-squares problem of its own. Each
 iteration solves the background for the current droplets, then takes one damped
 Gauss-Newton (Levenberg-Marquardt) step for every droplet at once, with the block-diagonal
-curvature the Laplace uncertainty uses (``droplet_core.uncertainty.droplet_jacobian``), and
+curvature the Laplace uncertainty uses (``droplet_core.inference.uncertainty.droplet_jacobian``), and
 keeps each droplet's step only where it lowers that droplet's own objective (its damping
 grows where it does not). From the detector's candidates this converges in about ten
 iterations, where SVI needs hundreds of steps, and to a lower RMSE: on the example image it
@@ -17,7 +17,7 @@ Every iteration costs a render per droplet parameter (forward differences) and t
 trial steps, all run by the fit's compiled ``evaluate``, which the fit that learned the
 appearance compiled: a reuse fit compiles no large program. The algebra runs on the host in
 numpy, so on a GPU, where SVI steps are cheap, a reuse fit gains little (``bench/device.py``).
-The droplet count is decided as in SVI (``droplet_core.housekeeping``): missed droplets are
+The droplet count is decided as in SVI (``droplet_core.inference.droplet_switching``): missed droplets are
 switched on after the first iteration and every other iteration after, and negligible ones
 and duplicates switched off. The result is the posterior mode; the guide's scales are set
 afterwards from the Laplace approximation at it.
@@ -33,20 +33,21 @@ from typing import TYPE_CHECKING
 import jax.numpy as jnp
 import numpy as np
 
-from droplet_core.housekeeping import radius_px, tidy
+from droplet_core.inference.droplet_switching import tidy
+from droplet_core.inference.uncertainty import at_locs, by_site, droplet_jacobian, stacked_prior_curvature
 from droplet_core.models.common import ModelSpec, shading_basis
 from droplet_core.results import OptimiserRun
 from droplet_core.settings import FitProgress
-from droplet_core.uncertainty import at_locs, by_site, droplet_jacobian, stacked_prior_curvature
 
 if TYPE_CHECKING:
-    from droplet_core.fit import MeanFieldGuide
+    from droplet_core.inference.guide import MeanFieldGuide
+    from droplet_core.models import Variant
 
-# Housekeeping before iteration TIDY_FIRST (the first that looks at a residual drawn by
+# Droplets are switched on and off before iteration TIDY_FIRST (the first that looks at a residual drawn by
 # roughly placed droplets) and every TIDY_EVERY iterations after.
 TIDY_FIRST = 1
 TIDY_EVERY = 2
-# Converged: an iteration without housekeeping lowered the RMSE by less than this fraction.
+# Converged: an iteration without switching droplets lowered the RMSE by less than this fraction.
 CONVERGED_RMSE_FRACTION = 0.01
 # Levenberg-Marquardt damping, relative to each block's diagonal: where it starts, and how
 # it shrinks after a step that helped and grows after one that did not.
@@ -57,7 +58,7 @@ DAMPING_RANGE = (1e-4, 1e4)
 TRIES = 2
 
 
-def refine_droplets(
+def fit_with_fixed_appearance(
     evaluate: Callable,
     params: dict,
     per_droplet: list[str],
@@ -66,6 +67,7 @@ def refine_droplets(
     active: np.ndarray,
     spec: ModelSpec,
     guide: MeanFieldGuide,
+    variant: Variant,
     *,
     max_iterations: int,
     add: bool,
@@ -84,7 +86,7 @@ def refine_droplets(
     per_droplet : names of the per-droplet sites (their locations are refined).
     observed : (h, w, c) the fitted channel.
     anchors : (n, 3) detector x, y, radius (fit px); active : (n,) which slots are droplets.
-    spec : the fit's model spec; guide : its ``MeanFieldGuide``.
+    spec : the fit's model spec; guide : its ``MeanFieldGuide``; variant : its model variant.
     max_iterations : most iterations; the fit stops earlier once converged.
     add : whether droplets may be switched on (the automatic droplet count).
     progress, stop : as for ``run_fit``, per iteration.
@@ -115,13 +117,14 @@ def refine_droplets(
         evaluation = evaluated(params, anchors, active)
         if tidied:
             params, anchors, active, evaluation = _tidied(
-                evaluated, evaluation, params, observed, anchors, active, spec, guide, add, prune=iteration > TIDY_FIRST
+                evaluated, evaluation, params, observed, anchors, active, spec, guide, variant, add,
+                prune=iteration > TIDY_FIRST,
             )
-        values, fitted, _, log_prior, prior_curvature = evaluation
+        values, fitted, prior_curvature = evaluation.values, evaluation.reconstruction, evaluation.prior_curvature
         values = {k: np.asarray(v) for k, v in values.items()}
         residual = flat_observed - np.asarray(fitted, np.float64).reshape(layout.n_pixels, channels)
         rmse = float(np.sqrt(np.mean(residual**2)))
-        losses.append(_negative_log_posterior(rmse, residual.size, np.asarray(log_prior), active))
+        losses.append(_negative_log_posterior(rmse, residual.size, np.asarray(evaluation.log_prior), active))
         if progress is not None:
             elapsed_s = time.perf_counter() - started
             progress(FitProgress(iteration + 1, max_iterations, losses[-1], elapsed_s, int(active.sum())))
@@ -131,7 +134,7 @@ def refine_droplets(
         params["bg_shading_auto_loc"] = _solved_shading(residual, values, height, width)
         locs = {name: np.asarray(params[f"{name}_auto_loc"]) for name in per_droplet}
         evaluate_at = at_locs(evaluate, params, observed_j, jnp.asarray(anchors), spec)
-        blocks = droplet_jacobian(evaluate_at, locs, active, layout, radius_px(values))
+        blocks = droplet_jacobian(evaluate_at, locs, active, layout, variant.radius_px(values))
         noise_sd = max(float(np.sqrt(np.mean((flat_observed - blocks.fitted) ** 2))), 1e-6)
         step, damping = _damped_step(
             blocks, evaluate_at, locs, stacked_prior_curvature(prior_curvature, locs), flat_observed, active,
@@ -142,9 +145,10 @@ def refine_droplets(
         if iteration == 0:
             first_iteration_s = time.perf_counter() - iteration_started
     params, anchors, active, evaluation = _tidied(
-        evaluated, evaluated(params, anchors, active), params, observed, anchors, active, spec, guide, False, prune=True
+        evaluated, evaluated(params, anchors, active), params, observed, anchors, active, spec, guide, variant, False,
+        prune=True,
     )
-    rmse = float(np.sqrt(np.mean((flat_observed - np.asarray(evaluation[1]).reshape(layout.n_pixels, channels)) ** 2)))
+    rmse = float(np.sqrt(np.mean((flat_observed - np.asarray(evaluation.reconstruction).reshape(layout.n_pixels, channels)) ** 2)))
     params["noise_auto_loc"] = guide.unconstrained({"noise": np.float32(max(rmse, 1e-6))})["noise"]
     params = {name: np.asarray(value) for name, value in params.items()}
     return OptimiserRun(
@@ -153,10 +157,10 @@ def refine_droplets(
     )
 
 
-def _tidied(evaluated, evaluation, params, observed, anchors, active, spec, guide, add: bool, prune: bool):
-    """``housekeeping.tidy`` at ``evaluation`` (``evaluated(params, anchors, active)``):
+def _tidied(evaluated, evaluation, params, observed, anchors, active, spec, guide, variant, add: bool, prune: bool):
+    """``droplet_switching.tidy`` at ``evaluation`` (``evaluated(params, anchors, active)``):
     ``(params, anchors, active, evaluation)``, evaluated again where droplets changed."""
-    params, anchors, tidied_active = tidy(evaluation[:3], params, observed, anchors, active, spec, guide, add, prune)
+    params, anchors, tidied_active = tidy(evaluation, params, observed, anchors, active, spec, guide, variant, add, prune)
     if np.any(tidied_active != active):
         return params, anchors, tidied_active, evaluated(params, anchors, tidied_active)
     return params, anchors, active, evaluation

@@ -4,7 +4,7 @@
 failure into a ``FitOutcome`` with a one-line message. ``fit_on_worker`` wraps it for a
 cluster: the worker reads the uploaded image from the shared store, reports progress and
 learns about Stop through ``JobFiles`` (``<store>/jobs/<token>/progress.json`` and ``stop``),
-stores the result itself (atomically, ``droplet_core.store``) and sends back only the outcome.
+stores the result itself (atomically, ``droplet_core.service.store``) and sends back only the outcome.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 
 from droplet_core.results import FitResult
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.store import FitStore, StoreError, fit_key
+from droplet_core.fit_ids import fit_key
+from droplet_core.service.store import FitStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def compute_fit(
     image : float32 ``(H, W, 3)`` in [0, 1], as uploaded.
     image_sha256, settings, warm_start : the request.
     store : where the result is looked up first and saved.
-    fit_fn : the fit function (``droplet_core.fit.run_fit`` when None).
+    fit_fn : the fit function (``droplet_core.inference.engine.run_fit`` when None).
     progress, stop : handed to the fit function (``stop`` needs only ``is_set()``).
 
     Returns
@@ -177,7 +178,7 @@ def fit_on_worker(
     files = JobFiles(store.root, token)
     try:
         if image is None:
-            from droplet_core.images import load_image, max_pixels_limit
+            from droplet_core.imaging.images import load_image, max_pixels_limit
 
             image = load_image(store.image_bytes(image_sha256), max_pixels=max_pixels_limit())
         warm_start = store.load(parent_fit_id) if parent_fit_id else None
@@ -195,6 +196,6 @@ def one_line(text: str) -> str:
 
 
 def default_fit_fn() -> FitFunction:
-    from droplet_core.fit import run_fit  # lazy: the fit engine loads JAX
+    from droplet_core.inference.engine import run_fit  # lazy: the fit engine loads JAX
 
     return run_fit

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
 
-from droplet_core.counting import DOUBTFUL_BELOW
+from droplet_core.measurements.counting import DOUBTFUL_BELOW
 
 # A fit explains the image when at least this share of the image's droplet-scale
 # structure (above noise) is gone from the residual; below the second figure it failed.

@@ -260,6 +260,28 @@ def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return image[cy0:cy1, cx0:cx1]
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] ``(h, w)`` or ``(h, w, c)`` as 8-bit values (rounded, clipped);
+    a single channel ``(h, w, 1)`` becomes ``(h, w)``."""
+    array = np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
+    return array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
+
+
+def encode_png(image_uint8: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 ``(h, w, 3)`` or ``(h, w)`` image (``to_uint8`` makes one of a float image)."""
+    image_uint8 = np.asarray(image_uint8)
+    if image_uint8.dtype != np.uint8:
+        raise ValueError(f"encode_png needs uint8 pixels, not {image_uint8.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(image_uint8).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def crop_origin(box: tuple[int, int, int, int]) -> tuple[int, int]:
+    """``(x0, y0)`` of ``crop(image, box)`` in pixels of ``image`` (the box clipped to the image)."""
+    return max(int(box[0]), 0), max(int(box[1]), 0)
+
+
 def auto_downscale_factor(height: int, width: int, target_pixels: int) -> int:
     """Smallest integer ``k >= 1`` with ``(height // k) * (width // k) <= target_pixels``."""
     if target_pixels < 1:

@@ -4,8 +4,8 @@ Every fit has a fixed number of droplet slots (so its programs compile once); an
 mask ``(n,)`` says which are in the model. Between steps the fit engine switches off
 droplets whose learned contribution is negligible and the weaker of near-duplicates
 (``prune_and_merge``), and switches spare slots on where the residual shows a droplet the
-detector missed (``residual_peaks``, ``add_droplets``). The SVI fits (``droplet_core.fit``)
-and the Levenberg-Marquardt fits of a reused appearance (``droplet_core.refine``) share it.
+detector missed (``residual_peaks``, ``add_droplets``). The SVI fits (``droplet_core.inference.engine``)
+and the Levenberg-Marquardt fits of a reused appearance (``droplet_core.inference.reuse_fit``) share it.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial import cKDTree
 
-from droplet_core.detect import contrast_image, smoothed_contrast, strong_peaks
-from droplet_core.scale import outermost_droplets
-from droplet_core.models import templates
+from droplet_core.detection.log_candidates import contrast_image, smoothed_contrast, strong_peaks
+from droplet_core.detection.scale import outermost_droplets
 from droplet_core.models.common import Layout, ModelSpec
-from droplet_core.models.outline import outline
 
 if TYPE_CHECKING:
-    from droplet_core.fit import MeanFieldGuide
+    from droplet_core.inference.guide import Evaluation, MeanFieldGuide
+    from droplet_core.models import Variant
 
 # Radius range of detector candidates and residual peaks, in fit px: the upper end grows
 # with the largest droplet of the fit.
@@ -51,25 +50,12 @@ EDGE_BAND_FRACTION = 0.15
 RESIDUAL_PEAK_NOISE_SDS = 6.0
 
 
-def radius_px(values: dict) -> np.ndarray:
-    """``(n,)`` droplet radii in fit px (gaussian's blobs have ``radius = sqrt(2) sigma``)."""
-    return values["radius"] if "radius" in values else np.sqrt(2.0) * values["sigma"]
-
-
-def drawn_radius_px(values: dict) -> np.ndarray:
-    """``(n,)`` radii in fit px of the droplets as drawn: for learned masks, the edge of each
-    droplet's outline (``outline.outline``), which can lie well beyond the model's own
-    ``radius`` (the masks reach 1.4 radii); else ``radius_px``."""
-    if "masks" not in values:
-        return radius_px(values)
-    return outline(templates.composed_masks(values), templates.EXTENT).edge * values["radius"]
-
-
-def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> np.ndarray:
+def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray, drawn_radius_px: np.ndarray) -> np.ndarray:
     """New ``(n,)`` active mask: drop negligible droplets, keep the stronger of near-duplicates.
 
     ``values`` are the fit's current per-droplet values (fit px), ``strength`` ``(n,)`` each
-    droplet's strongest effect on the image (channel units).
+    droplet's strongest effect on the image (channel units), ``drawn_radius_px`` ``(n,)``
+    how far each droplet is drawn (``Variant.drawn_radius_px``).
     """
     active = active.copy()
     on = active > 0
@@ -77,7 +63,7 @@ def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> n
         return active
     typical = float(np.median(strength[on]))
     floor = max(PRUNE_FRACTION_OF_MEDIAN * typical, PRUNE_NOISE_SDS * float(values["noise"]))
-    radius = drawn_radius_px(values)
+    radius = drawn_radius_px
     # Only a small droplet can be a spike: a large one may well stand out (a thick dark rim).
     spike = (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical) & (radius <= np.median(radius[on]))
     negligible = (strength < floor) | spike | (radius < PRUNE_BELOW_RADIUS_PX)
@@ -104,11 +90,14 @@ def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray) -> n
     return active
 
 
-def residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, polarity: float) -> np.ndarray:
+def residual_peaks(
+    residual: np.ndarray, values: dict, drawn_radius_px: np.ndarray, active: np.ndarray, polarity: float
+) -> np.ndarray:
     """``(k, 4)`` droplets the fit misses (x, y, radius, contrast in fit px): strong blobs of
     the ``(h, w, c)`` residual with the droplets' ``polarity`` (+1 brighter than the
     background, -1 darker) that do not lie inside an active droplet (those are
-    imperfections of that droplet), strongest first.
+    imperfections of that droplet; ``values`` holds their ``x``, ``y`` and
+    ``drawn_radius_px`` ``(n,)`` how far they are drawn), strongest first.
 
     Blobs of the other sign are what the droplets drawn do not explain: on synthetic scenes
     none of them lies at a missed droplet, and added as droplets they were most of a
@@ -122,7 +111,7 @@ def residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, polar
     smoothed = smoothed_contrast(contrast_image(residual)[1])
     spread = 1.4826 * float(np.median(np.abs(smoothed - np.median(smoothed))))
     index = np.flatnonzero(active > 0)
-    radius = drawn_radius_px(values)[index]
+    radius = drawn_radius_px[index]
     # A missed droplet is at most as large as the largest the fit holds (the downscale
     # follows the droplets' size, so that can be far beyond the usual few pixels).
     largest = max(MAX_RADIUS_PX, float(radius.max())) if index.size else MAX_RADIUS_PX
@@ -145,12 +134,12 @@ def residual_peaks(residual: np.ndarray, values: dict, active: np.ndarray, polar
 
 def add_droplets(
     params: dict, peaks: np.ndarray, anchors: np.ndarray, active: np.ndarray, layout: Layout,
-    guide: MeanFieldGuide, values: dict,
+    guide: MeanFieldGuide, values: dict, variant: Variant,
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Switch free slots on at ``peaks`` ``(k, 4)`` (x, y, radius, contrast in fit px).
 
-    A peak takes a free slot whose patch can draw its radius; the new droplet starts with
-    the typical composition of the active ones. Returns ``params`` with the new droplets'
+    A peak takes a free slot whose patch can draw its radius; the new droplet starts where
+    ``variant.added_droplet_values`` says. Returns ``params`` with the new droplets'
     guide locations (``<site>_auto_loc``) written in, and the new ``anchors`` ``(n, 3)`` and
     ``active`` ``(n,)``. ``values`` are the fit's current per-droplet values. Host-side numpy,
     and the guide's one compiled unconstraining of whole ``(n, ...)`` arrays: eager JAX ops
@@ -169,16 +158,7 @@ def add_droplets(
         return params, anchors, active
     slots = np.asarray(slots)
     rows = np.asarray(rows, np.float32)
-    on = active > 0
-    start = {
-        "x": rows[:, 0],
-        "y": rows[:, 1],
-        "radius": np.maximum(rows[:, 2], 0.5),
-        "sigma": rows[:, 2] / np.sqrt(2.0),
-        "amplitude": np.maximum(np.abs(rows[:, 3]), 1e-3),
-    }
-    if "composition" in values:
-        start["composition"] = np.tile(np.median(values["composition"][on], axis=0), (len(slots), 1))
+    start = {"x": rows[:, 0], "y": rows[:, 1], **variant.added_droplet_values(rows, values, active)}
     params = dict(params)
     moved = {name: np.array(values[name]) for name in start if name in guide.transforms}
     for name, value in moved.items():
@@ -195,23 +175,24 @@ def add_droplets(
 
 
 def tidy(
-    evaluated: tuple, params: dict, observed: np.ndarray, anchors: np.ndarray, active: np.ndarray, spec: ModelSpec,
-    guide: MeanFieldGuide, add: bool, prune: bool,
+    evaluated: Evaluation, params: dict, observed: np.ndarray, anchors: np.ndarray, active: np.ndarray, spec: ModelSpec,
+    guide: MeanFieldGuide, variant: Variant, add: bool, prune: bool,
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """``(params, anchors, active)`` after switching off droplets of negligible strength and
     duplicates (``prune``) and switching on droplets at strong peaks of the residual
     (``add``).
 
-    ``evaluated`` is the fit at the guide medians in ``params``: the values of every site,
-    the ``(h, w, c)`` reconstruction and each droplet's strength ``(n,)``. ``observed`` is
-    the ``(h, w, c)`` fitted channel.
+    ``evaluated`` is the fit at the guide medians in ``params`` (the values of every site,
+    the ``(h, w, c)`` reconstruction and each droplet's strength ``(n,)`` are used).
+    ``observed`` is the ``(h, w, c)`` fitted channel.
     """
-    values, reconstruction, strength = evaluated
-    values = {k: np.asarray(v) for k, v in values.items()}
-    kept = prune_and_merge(values, np.asarray(strength), active) if prune else active
+    values = {k: np.asarray(v) for k, v in evaluated.values.items()}
+    reconstruction, strength = evaluated.reconstruction, evaluated.strength
+    drawn = variant.drawn_radius_px(values)
+    kept = prune_and_merge(values, np.asarray(strength), active, drawn) if prune else active
     if not add:
         return params, anchors, kept
     # Peaks are looked for outside the droplets active before pruning: a peak inside a
     # droplet just switched off is what that droplet failed to explain, not a new droplet.
-    peaks = residual_peaks(observed - np.asarray(reconstruction), values, active, spec.polarity)
-    return add_droplets(params, peaks, anchors, kept, spec.layout, guide, values)
+    peaks = residual_peaks(observed - np.asarray(reconstruction), values, drawn, active, spec.polarity)
+    return add_droplets(params, peaks, anchors, kept, spec.layout, guide, values, variant)

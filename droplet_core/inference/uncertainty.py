@@ -33,7 +33,7 @@ import pandas as pd
 from scipy.special import expit
 from scipy.stats import norm
 
-from droplet_core.models.common import Layout, capped_radius, patch_geometry, per_pixel
+from droplet_core.models.common import Layout, nearest_droplet_pixels
 
 INTERVAL = 0.90
 # Written by ``python -m bench.calibration --calibrate``: per model, the model-discrepancy
@@ -148,8 +148,8 @@ def at_locs(evaluate: Callable, params: dict, observed, anchors, spec) -> Callab
 
     def evaluate_at(locs: dict, active: np.ndarray):
         moved = {**params, **{f"{name}_auto_loc": loc for name, loc in locs.items()}}
-        _, image, _, log_prior, _ = evaluate(moved, observed, anchors, jnp.asarray(active), spec)
-        return image, log_prior
+        evaluation = evaluate(moved, observed, anchors, jnp.asarray(active), spec)
+        return evaluation.reconstruction, evaluation.log_prior
 
     return evaluate_at
 
@@ -227,11 +227,7 @@ def _own_pixels(layout: Layout, x_px, y_px, radius_px, active):
     """Each patch pixel's flat image index ``(L,)`` and whether it is its droplet's own
     ``(L,)``: in the image, of an active droplet, and nearer to it (in its radii) than to any
     other droplet whose patch covers it. Jitted, so the ``(L,)`` intermediates are fused away."""
-    flat, dx, dy, inside = patch_geometry(layout, x_px, y_px)
-    distance = jnp.hypot(dx, dy) / capped_radius(layout, radius_px)
-    distance = jnp.where(inside & (per_pixel(layout, active) > 0), distance, jnp.inf)
-    nearest = jnp.full(layout.n_pixels, jnp.inf).at[flat].min(distance)
-    return flat, jnp.isfinite(distance) & (distance <= nearest[flat])
+    return nearest_droplet_pixels(layout, x_px, y_px, radius_px, active)
 
 
 def _sum_by_droplet(per_row: np.ndarray, starts: np.ndarray, total: int) -> np.ndarray:

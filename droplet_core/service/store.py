@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -27,24 +26,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from droplet_core.results import FitResult, write_outputs
-from droplet_core.settings import FitSettings
-
-# Part of every fit key: bump it when the model maths or the output format change, so
-# fits made by older code are recomputed instead of served.
-CODE_VERSION = "8"  # 8: candidates from 0.35, neural outlines, large residual blobs whole
-
-FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
-SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+from droplet_core.fit_ids import is_valid_fit_id, is_valid_sha256
+from droplet_core.results import FitReport, FitResult, WarmStartState, write_outputs
 
 STORE_ENV_VAR = "DROPLET_STORE"
 ARRAYS_FILE = "arrays.npz"
 INFO_FILE = "fit.json"
 DROPLETS_FILE = "droplets.csv"
 
-# Prefixes of the flat ``params`` / ``appearance`` dicts inside arrays.npz.
+# Prefixes of the flat ``params`` / ``appearance`` / ``warm_start`` dicts inside arrays.npz.
 _PARAMS_PREFIX = "params/"
 _APPEARANCE_PREFIX = "appearance/"
+_WARM_START_PREFIX = "warm_start/"
+# Fits stored before the warm-start state had its own record kept it among the params.
+_LEGACY_WARM_START_PARAMS = {"anchors": "_anchors", "active": "_active", "polarity": "_polarity"}
 
 MAX_IMAGE_NAME_CHARS = 120
 
@@ -54,49 +49,6 @@ _STALE_TMP_AGE_S = 3600.0
 
 class StoreError(LookupError):
     """A fit id or image hash that is malformed, unknown, or whose entry cannot be read."""
-
-
-def is_valid_fit_id(text: object) -> bool:
-    """Whether ``text`` is a string of exactly 32 lowercase hex characters."""
-    return isinstance(text, str) and FIT_ID_PATTERN.fullmatch(text) is not None
-
-
-def is_valid_sha256(text: object) -> bool:
-    """Whether ``text`` is a string of exactly 64 lowercase hex characters."""
-    return isinstance(text, str) and SHA256_PATTERN.fullmatch(text) is not None
-
-
-def fit_key(
-    image_sha256: str,
-    settings: FitSettings,
-    parent_fit_id: str | None = None,
-    stopped_at_step: int | None = None,
-) -> str:
-    """The store key of a fit: 32 hex characters of a sha256 over everything that decides it.
-
-    Parameters
-    ----------
-    image_sha256 : sha256 hex of the image bytes as uploaded.
-    settings : the fit's settings.
-    parent_fit_id : id of the fit it was warm-started from, if any.
-    stopped_at_step : for a fit stopped early, the steps it completed. A stopped fit gets
-        its own key, so a later identical request recomputes the full fit instead of being
-        served the partial one.
-
-    Returns
-    -------
-    str
-        32 lowercase hex characters (matches ``FIT_ID_PATTERN``).
-    """
-    payload = {
-        "code_version": CODE_VERSION,
-        "image_sha256": image_sha256,
-        "settings": settings.to_dict(),
-        "parent_fit_id": parent_fit_id,
-        "stopped_at_step": stopped_at_step,
-    }
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
 def default_store_root() -> Path:
@@ -172,21 +124,22 @@ class FitStore:
         """
         entry = self.fit_dir(fit_id)
         try:
-            info = json.loads((entry / INFO_FILE).read_text())
+            report = FitReport.from_dict(json.loads((entry / INFO_FILE).read_text()))
+            if report.fit_id != fit_id:
+                raise ValueError(f"its fit.json names fit {report.fit_id}")
             droplets = pd.read_csv(entry / DROPLETS_FILE)
             with np.load(entry / ARRAYS_FILE, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
+            params = _take_prefixed(arrays, _PARAMS_PREFIX)
             return FitResult(
-                fit_id=fit_id,
-                image_sha256=info["image_sha256"],
-                settings=FitSettings.from_dict(info["settings"]),
+                report=report,
                 droplets=droplets,
                 observed=arrays.pop("observed"),
                 reconstruction=arrays.pop("reconstruction"),
                 losses=arrays.pop("losses"),
-                params=_take_prefixed(arrays, _PARAMS_PREFIX),
+                params=params,
+                warm_start=_warm_start(_take_prefixed(arrays, _WARM_START_PREFIX), params),
                 appearance=_take_prefixed(arrays, _APPEARANCE_PREFIX),
-                info=info,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             # json, csv, npz and zip decoding errors are all ValueError/OSError subclasses.
@@ -204,8 +157,7 @@ class FitStore:
         ------
         ValueError
             ``result`` cannot be stored and loaded back faithfully: a malformed fit id,
-            ``info`` disagreeing with the result's fit id, image hash or settings, a
-            missing or non-ISO ``info["created"]``, or non-numeric arrays.
+            a non-ISO ``report.created``, or non-numeric arrays.
         """
         _check_storable(result)
         target = self._fits / result.fit_id
@@ -219,7 +171,10 @@ class FitStore:
                 "reconstruction": _as_plain_array("reconstruction", result.reconstruction),
                 "losses": _as_plain_array("losses", result.losses),
             }
-            for prefix, values in ((_PARAMS_PREFIX, result.params), (_APPEARANCE_PREFIX, result.appearance)):
+            warm_start = {} if result.warm_start is None else result.warm_start._asdict()
+            for prefix, values in (
+                (_PARAMS_PREFIX, result.params), (_APPEARANCE_PREFIX, result.appearance), (_WARM_START_PREFIX, warm_start)
+            ):
                 for name, value in values.items():
                     arrays[prefix + name] = _as_plain_array(prefix + name, value)
             np.savez(work / ARRAYS_FILE, allow_pickle=False, **arrays)
@@ -233,21 +188,21 @@ class FitStore:
             shutil.rmtree(work, ignore_errors=True)
         return target
 
-    def list_fits(self) -> list[dict]:
-        """The fit.json dicts of all readable stored fits, newest ``created`` first."""
+    def list_fits(self) -> list[FitReport]:
+        """The reports of all readable stored fits, newest ``created`` first."""
         found = []
         for entry in self._fits.iterdir():
             if not is_valid_fit_id(entry.name):
                 continue
             try:
-                info = json.loads((entry / INFO_FILE).read_text())
-                if info["fit_id"] != entry.name:
+                report = FitReport.from_dict(json.loads((entry / INFO_FILE).read_text()))
+                if report.fit_id != entry.name:
                     continue
-                found.append((_parse_created(info["created"]), entry.name, info))
+                found.append((_parse_created(report.created), entry.name, report))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         found.sort(key=lambda item: (item[0], item[1]), reverse=True)
-        return [info for _, _, info in found]
+        return [report for _, _, report in found]
 
     # -- images -----------------------------------------------------------------------
 
@@ -296,13 +251,13 @@ class FitStore:
         except (OSError, StoreError, UnicodeDecodeError):
             return None
 
-    def fit_info(self, fit_id: str) -> dict:
-        """The fit.json record of a stored fit (without loading its arrays).
+    def fit_report(self, fit_id: str) -> FitReport:
+        """The report of a stored fit (without loading its arrays).
 
         Raises StoreError for a malformed, unknown or unreadable id."""
         try:
-            return json.loads((self.fit_dir(fit_id) / INFO_FILE).read_text())
-        except (OSError, ValueError) as exc:
+            return FitReport.from_dict(json.loads((self.fit_dir(fit_id) / INFO_FILE).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"stored fit {fit_id} is unreadable: {exc}") from exc
 
     def has_image(self, sha256: str) -> bool:
@@ -354,15 +309,17 @@ def _take_prefixed(arrays: dict, prefix: str) -> dict:
     return {name[len(prefix):]: value for name, value in arrays.items() if name.startswith(prefix)}
 
 
+def _warm_start(stored: dict, params: dict) -> WarmStartState | None:
+    """The warm-start state of an entry's arrays (taken out of ``params`` for older entries)."""
+    if not stored and all(name in params for name in _LEGACY_WARM_START_PARAMS.values()):
+        stored = {field: params.pop(name) for field, name in _LEGACY_WARM_START_PARAMS.items()}
+    if not stored:
+        return None
+    return WarmStartState(stored["anchors"], stored["active"], float(stored["polarity"]))
+
+
 def _check_storable(result: FitResult) -> None:
     """Refuse results that would be stored under a wrong key or could not be loaded back."""
     if not is_valid_fit_id(result.fit_id):
         raise ValueError(f"cannot store a fit with malformed id {result.fit_id!r}")
-    info = result.info
-    if info.get("fit_id") != result.fit_id:
-        raise ValueError(f"info['fit_id'] is {info.get('fit_id')!r}, expected {result.fit_id}")
-    if info.get("image_sha256") != result.image_sha256:
-        raise ValueError("info['image_sha256'] does not match the result's image_sha256")
-    if not isinstance(info.get("settings"), dict) or FitSettings.from_dict(info["settings"]) != result.settings:
-        raise ValueError("info['settings'] does not match the result's settings")
-    _parse_created(info.get("created"))
+    _parse_created(result.report.created)

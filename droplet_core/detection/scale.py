@@ -1,6 +1,6 @@
 """Droplet scale: detection over an image pyramid, and the fit resolution it calls for.
 
-The trained detector (``droplet_core.encoder``) sees droplets of a few pixels' radius.
+The trained detector (``droplet_core.detection.detector_net``) sees droplets of a few pixels' radius.
 Chemists' droplets range from 1 px to hundreds of pixels, often 1:50 in one image, so the
 detector runs on every level of a pyramid of block-mean downscales (1, 2, 4, ...), each
 level trusted with the radius band ``LEVEL_BAND_PX`` of its own pixels (the bands of
@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from droplet_core import encoder, images
-from droplet_core.channels import extract_channel
+from droplet_core.detection import detector_net
+from droplet_core.imaging import images
+from droplet_core.imaging.channels import extract_channel
 from droplet_core.models.common import GROWTH_ROOM, RADIUS_CAPS_PX
 
 # Radius band (px of a pyramid level) the detector is trusted with at that level: it was
@@ -108,14 +109,14 @@ def pyramid_factors(height: int, width: int) -> list[int]:
 
 
 def pyramid_detections(
-    image: np.ndarray, channel: str = "rgb", threshold: float = encoder.DEFAULT_THRESHOLD, downscale: int = 1
+    image: np.ndarray, channel: str = "rgb", threshold: float = detector_net.DEFAULT_THRESHOLD, downscale: int = 1
 ) -> pd.DataFrame:
     """Every pyramid level's detections in an ``(H, W, 3)`` RGB image, before merging.
 
     Parameters
     ----------
     image : (H, W, 3) float RGB in [0, 1].
-    channel : the channel the detector looks at (``droplet_core.channels``; 1 or 3 channels).
+    channel : the channel the detector looks at (``droplet_core.imaging.channels``; 1 or 3 channels).
     threshold : presence probability a detection needs.
     downscale : the pyramid's finest level (a fit at that downscale can draw nothing finer).
 
@@ -128,10 +129,10 @@ def pyramid_detections(
     factors = pyramid_factors(*region.shape[:2])
     found = []
     for factor in factors:
-        table = encoder.detect(extract_channel(images.downscale(region, factor), channel), threshold)
+        table = detector_net.detect(extract_channel(images.downscale(region, factor), channel), threshold)
         low = LEVEL_BAND_PX[0] if factor != factors[0] else 0.0
         high = LEVEL_BAND_PX[1] if factor != factors[-1] else np.inf
-        table = encoder.to_image_px(table[(table["radius"] >= low) & (table["radius"] < high)], factor * downscale)
+        table = detector_net.to_image_px(table[(table["radius"] >= low) & (table["radius"] < high)], factor * downscale)
         found.append(table.assign(level=factor * downscale))
     return pd.concat(found, ignore_index=True)
 
@@ -152,7 +153,7 @@ def outermost_droplets(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def detect_in_image(
-    image: np.ndarray, channel: str = "rgb", threshold: float = encoder.DEFAULT_THRESHOLD, downscale: int = 1
+    image: np.ndarray, channel: str = "rgb", threshold: float = detector_net.DEFAULT_THRESHOLD, downscale: int = 1
 ) -> pd.DataFrame:
     """Droplets of every size in an ``(H, W, 3)`` RGB image, in its pixels: the merged
     ``pyramid_detections`` (same arguments and columns)."""

@@ -10,7 +10,7 @@ fits, appearance-reuse fits and the images of batches all wait in its ``FairQueu
   the same store folder (one machine or a shared file system). A running fit reports its
   progress, and learns that it should stop, through two small files under
   ``<store>/jobs/<token>/`` (``progress.json``, ``stop``). The worker stores the result
-  itself (atomically, ``droplet_core.store``), so a worker that dies mid-fit leaves nothing
+  itself (atomically, ``droplet_core.service.store``), so a worker that dies mid-fit leaves nothing
   half-written; Dask then runs the fit again on another worker, and after
   ``distributed.scheduler.allowed-failures`` deaths the job fails with a message.
 
@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from droplet_core.fair_queue import FairQueue, estimated_seconds
-from droplet_core.fit_tasks import (
+from droplet_core.fit_ids import fit_key
+from droplet_core.service.fair_queue import FairQueue, estimated_seconds
+from droplet_core.service.fit_tasks import (
     DONE,
     FAILED,
     RUNNING,
@@ -45,8 +46,8 @@ from droplet_core.fit_tasks import (
     remove_stale_job_files,
 )
 from droplet_core.results import FitResult
+from droplet_core.service.store import FitStore, StoreError
 from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.store import FitStore, StoreError, fit_key
 
 SCHEDULER_ENV_VAR = "DROPLET_SCHEDULER"
 SESSION_LIMIT_ENV_VAR = "DROPLET_SESSION_LIMIT"
@@ -119,7 +120,7 @@ class JobSnapshot:
         ``"failed"``.
     step, total_steps : steps completed and requested (of this fit, not counting a warm
         start's).
-    loss : loss at the last report (once finished, ``info["final_loss"]``); None before
+    loss : loss at the last report (once finished, ``report.final_loss``); None before
         the first.
     elapsed_s : fit time at the last report, as the fit measured it.
     droplets : droplet count at the last report.
@@ -254,14 +255,14 @@ class FitJob:
             self._losses = [float(v) for v in record["losses"]]
 
     def _finish_with(self, result: FitResult) -> None:
-        # Step and loss come from info, not ``result.losses``: a warm-started fit's losses
+        # Step and loss come from the report, not ``result.losses``: a warm-started fit's losses
         # begin with its parent's, while progress reports count this fit's steps only.
-        final_loss = result.info["final_loss"]
+        final_loss = result.report.final_loss
         with self._lock:
             self._result = result
             self._result_fit_id = result.fit_id
             self._status = result.status
-            self._step = int(result.info["steps_done"])
+            self._step = result.report.steps_done
             self._loss = float(final_loss) if final_loss is not None else self._loss
             self._droplets = len(result.droplets)
             self._request = None
@@ -302,7 +303,7 @@ class JobRegistry:
     ----------
     store : where finished fits are looked up and saved.
     fit_fn : the fit function, called as ``fit_fn(image, settings, image_sha256=...,
-        progress=..., stop=..., warm_start=...)``; ``droplet_core.fit.run_fit`` when None
+        progress=..., stop=..., warm_start=...)``; ``droplet_core.inference.engine.run_fit`` when None
         (imported on first use, so importing this module does not load JAX). On a cluster
         it must be importable by the workers.
     max_workers : in-process fits computed at once; more wait in the queue. One suits a

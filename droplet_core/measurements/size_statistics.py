@@ -15,14 +15,14 @@ droplet as found, unweighted. The count is of all droplets in the field, cut or 
 
 Intervals come from draws of the droplet set: each droplet exists with its probability
 ``p_exists`` and has a diameter drawn from a normal of its posterior sd (the Laplace sd
-widened by the calibrated per-droplet model discrepancy, ``droplet_core.uncertainty``).
+widened by the calibrated per-droplet model discrepancy, ``droplet_core.inference.uncertainty``).
 The draws give each statistic's spread around its value for the droplets as found
 (``statistic_draws``). Per-droplet errors mostly average out over hundreds of droplets;
 what a model gets wrong for a whole image at once (e.g. every small droplet drawn a
 little too large) does not, so each statistic's draws are also multiplied by a
 log-normal factor whose sd was calibrated on synthetic scenes with known truth
-(``python -m bench.statistics --calibrate``; ``droplet_core/size_calibration.json``).
-The count's interval is ``droplet_core.uncertainty.count_interval`` (Poisson-binomial
+(``python -m bench.statistics --calibrate``; ``droplet_core/measurements/size_calibration.json``).
+The count's interval is ``droplet_core.inference.uncertainty.count_interval`` (Poisson-binomial
 plus the calibrated count discrepancy).
 """
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from droplet_core.counting import droplet_count
+from droplet_core.measurements.counting import droplet_count
 
 BORDER_MILES_LANTUEJOUL = "miles-lantuejoul"
 BORDER_KEEP_ALL = "keep-all"
@@ -239,7 +239,7 @@ def size_statistics(
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanquantile(draws, [tail, 1.0 - tail], axis=0)
     low = np.maximum(low, 0.0)  # every statistic is non-negative; a recentred draw need not be
-    # The fit's one count (``droplet_core.counting``): the expected number, in its interval.
+    # The fit's one count (``droplet_core.measurements.counting``): the expected number, in its interval.
     count = droplet_count(p_exists, int(np.size(radius_px)),
                           float(np.hypot(count_discrepancy, discrepancy.get("count", 0.0))))
     rows = [("count", "Count", float(count.count), float(count.low), float(count.high), "")]

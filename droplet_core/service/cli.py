@@ -12,10 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
-from droplet_core.channels import CHANNELS
-from droplet_core.images import ImageError
-from droplet_core.settings import INITIALIZERS, MODEL_NAMES, FitSettings, default_channel
-from droplet_core.verdict import FitVerdict
+from droplet_core.imaging.channels import CHANNELS
+from droplet_core.imaging.images import ImageError
+from droplet_core.settings import INITIALIZERS, FitSettings, default_channel
+from droplet_core.variants import variant_names
 
 EXIT_BAD_INPUT = 2
 
@@ -46,7 +46,7 @@ def _whole_or_auto(what: str):
 
 def _pixel_size(text: str) -> float:
     """argparse type: a pixel size with a length unit -> micrometres."""
-    from droplet_core.units import parse_pixel_size
+    from droplet_core.imaging.units import parse_pixel_size
 
     try:
         return parse_pixel_size(text)
@@ -57,7 +57,7 @@ def _pixel_size(text: str) -> float:
 def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     """The fit settings options shared by ``fit`` and ``batch``."""
     defaults = FitSettings()
-    parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
+    parser.add_argument("--model", choices=variant_names(), default=defaults.model)
     parser.add_argument("--channel", choices=CHANNELS, help="default: grey (rgb for neural)")
     parser.add_argument("--downscale", type=_whole_or_auto("downscale"), default=defaults.downscale, help="integer factor or 'auto'")
     parser.add_argument("--droplets", type=_whole_or_auto("the droplet count"), default=defaults.droplets, help="maximum count or 'auto'")
@@ -69,7 +69,8 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-size", type=int, default=defaults.mask_size)
     parser.add_argument("--crop", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
     parser.add_argument("--initializer", choices=INITIALIZERS, default=defaults.initializer,
-                        help="where droplets start: the trained encoder (default) or LoG candidates")
+                        help="where droplets start: 'encoder', the trained detector network (default), or 'log', "
+                             "Laplacian-of-Gaussian candidates")
     parser.add_argument(
         "--pixel-size", type=_pixel_size, metavar="SIZE",
         help="pixel size for the µm columns and statistics, e.g. 0.65um or 650nm (default: from the file, else pixels)",
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--bit-depth", type=int, default=8, choices=(8, 16), help="16 writes scene.tif")
 
     detect = commands.add_parser(
-        "detect", help="instant detection by the trained encoder: droplets.csv, overlay.png, fit.json"
+        "detect", help="instant detection by the trained detector network: droplets.csv, overlay.png, fit.json"
     )
     detect.add_argument("image", type=Path)
     detect.add_argument("--out", type=Path, required=True, help="output folder")
@@ -122,17 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--min-radius", type=float, default=0.0, help="smallest radius kept, px of the image")
 
     stats = commands.add_parser(
-        "stats", help="size statistics with 90 % intervals of a stored fit (no refitting)"
+        "stats", help="size statistics with 90 %% intervals of a stored fit (no refitting)"
     )
     stats.add_argument("fit", metavar="FIT_ID_OR_DIR", help="a fit id in the store, or a fit's output folder")
     stats.add_argument("--pixel-size", type=_pixel_size, metavar="SIZE", help="e.g. 0.65um (default: as recorded)")
-    # droplet_core.size_statistics.BORDER_HANDLING, spelled out: that module loads pandas,
+    # droplet_core.measurements.size_statistics.BORDER_HANDLING, spelled out: that module loads pandas,
     # which the other commands do not need.
     stats.add_argument("--border", choices=("miles-lantuejoul", "keep-all"), default="miles-lantuejoul",
                        help="droplets cut by the image edge: Miles-Lantuéjoul correction (default) or keep all")
     stats.add_argument("--csv", type=Path, help="also write the table to this CSV file")
 
-    train = commands.add_parser("train-encoder", help="train the detection encoder on synthetic scenes")
+    train = commands.add_parser("train-encoder", help="train the detector network on synthetic scenes")
     train.add_argument("--out", type=Path, required=True, help="folder for the weights, training.json, curve")
     train.add_argument("--minutes", type=float, default=25.0, help="training time budget (default 25)")
     train.add_argument("--seed", type=int, default=0)
@@ -144,7 +145,7 @@ def _stored_fit(reference: str, store):
     """The stored fit named by an id, or by a folder holding its ``fit.json``."""
     import json
 
-    from droplet_core.store import is_valid_fit_id
+    from droplet_core.fit_ids import is_valid_fit_id
 
     folder = Path(reference)
     if not is_valid_fit_id(reference) and (folder / "fit.json").is_file():
@@ -171,18 +172,17 @@ def _settings_from_args(args, appearance_source) -> FitSettings:
 
 
 def _fit(args) -> int:
-    from droplet_core.fit import run_fit
-    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
-    from droplet_core.readout import stored_pixel_size, with_file_pixel_size, write_fit_outputs
-    from droplet_core.store import FitStore, fit_key
-    from droplet_core.units import resolve_pixel_size
+    from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.imaging.units import resolve_pixel_size
+    from droplet_core.measurements.readout import stored_pixel_size, write_fit_outputs
+    from droplet_core.service.requests import load_or_fit
+    from droplet_core.service.store import FitStore
 
     store = FitStore()
     source = _stored_fit(args.appearance_from, store) if args.appearance_from else None
     settings = _settings_from_args(args, source)
     data = read_image_bytes(args.image)
     image = load_image(data)
-    image_sha256 = sha256_bytes(data)
 
     # A fit with a reused appearance runs Levenberg-Marquardt iterations and stops once converged.
     unit = "iteration" if settings.appearance_from else "step"
@@ -194,39 +194,30 @@ def _fit(args) -> int:
             file=sys.stderr,
         )
 
-    key = fit_key(image_sha256, settings)
-    if store.has(key):
-        result = store.load(key)
+    result, from_store = load_or_fit(
+        image, sha256_bytes(data), settings, store, image_bytes=data, appearance_source=source,
+        progress=None if args.quiet else report,
+    )
+    if from_store:
         print(f"identical fit found in the store ({store.root}); not refitting", file=sys.stderr)
-    else:
-        result = run_fit(
-            image,
-            settings,
-            image_sha256=image_sha256,
-            progress=None if args.quiet else report,
-            appearance_source=source,
-        )
-        result = dataclasses.replace(result, info=with_file_pixel_size(result.info, data))
-        store.save(result)
     pixel_size = resolve_pixel_size(stored_pixel_size({}, data), args.pixel_size)
     write_fit_outputs(result, args.out, pixel_size)
-    info = result.info
-    low, high = info.get("droplet_count_interval_90", (info["droplet_count"], info["droplet_count"]))
+    fit = result.report
+    low, high = (fit.count.low, fit.count.high) if fit.count else ("?", "?")
     print(
-        f"fit {result.fit_id}: {info['droplet_count']} droplets (90 % interval {low}-{high}), "
-        f"RMSE {', '.join(f'{v:.4f}' for v in info['rmse'])}, "
-        f"{info['timings']['total_s']:.1f} s on {info['device']}; pixel size {pixel_size.describe()} -> {args.out}"
+        f"fit {result.fit_id}: {fit.count.count if fit.count else '?'} droplets (90 % interval {low}-{high}), "
+        f"RMSE {', '.join(f'{v:.4f}' for v in fit.rmse)}, "
+        f"{fit.timings.total_s:.1f} s on {fit.device}; pixel size {pixel_size.describe()} -> {args.out}"
     )
-    if info.get("verdict"):
-        verdict = FitVerdict.from_dict(info["verdict"])
-        advice = f" {' '.join(verdict.advice)}" if verdict.advice else ""
-        print(f"fit quality: {verdict.quality}: {verdict.headline}{advice}")
+    if fit.verdict is not None:
+        advice = f" {' '.join(fit.verdict.advice)}" if fit.verdict.advice else ""
+        print(f"fit quality: {fit.verdict.quality}: {fit.verdict.headline}{advice}")
     return 0
 
 
 def _batch(args) -> int:
-    from droplet_core.batch import FAILED, dask_executor, find_images, run_batch, write_batch_outputs
-    from droplet_core.store import FitStore
+    from droplet_core.service.batch import FAILED, dask_executor, find_images, run_batch, write_batch_outputs
+    from droplet_core.service.store import FitStore
 
     images = find_images(args.images)
     if not images:
@@ -260,29 +251,32 @@ def _stats(args) -> int:
 
     import pandas as pd
 
-    from droplet_core.readout import fit_statistics, stored_pixel_size
-    from droplet_core.size_statistics import StatisticsSettings
-    from droplet_core.store import FitStore, StoreError, is_valid_fit_id
-    from droplet_core.units import resolve_pixel_size
+    from droplet_core.fit_ids import is_valid_fit_id
+    from droplet_core.imaging.units import resolve_pixel_size
+    from droplet_core.measurements.readout import fit_statistics, stored_pixel_size
+    from droplet_core.measurements.size_statistics import StatisticsSettings
+    from droplet_core.results import FitReport
+    from droplet_core.service.store import FitStore, StoreError
 
     store = FitStore()
     folder = Path(args.fit)
     if not is_valid_fit_id(args.fit) and (folder / "fit.json").is_file():
         # An output folder: its own table and record (with the pixel size it was read out with).
-        info = json.loads((folder / "fit.json").read_text())
+        record = json.loads((folder / "fit.json").read_text())
         droplets = pd.read_csv(folder / "droplets.csv")
     elif is_valid_fit_id(args.fit):
         result = store.load(args.fit)
-        info, droplets = result.info, result.droplets
+        record, droplets = result.report.to_dict(), result.droplets
     else:
         raise StoreError(f"{args.fit!r} is neither a fit id nor a folder with a fit.json")
     try:
-        image_bytes = store.image_bytes(info["image_sha256"])
+        image_bytes = store.image_bytes(record["image_sha256"])
     except StoreError:
         image_bytes = None
-    pixel_size = resolve_pixel_size(stored_pixel_size(info, image_bytes), args.pixel_size)
-    table = fit_statistics(droplets, info, pixel_size, StatisticsSettings(border=args.border))
-    print(f"fit {info.get('fit_id', '?')}: pixel size {pixel_size.describe()}; border: {args.border}")
+    pixel_size = resolve_pixel_size(stored_pixel_size(record, image_bytes), args.pixel_size)
+    report = FitReport.from_dict(record)
+    table = fit_statistics(droplets, report, pixel_size, StatisticsSettings(border=args.border))
+    print(f"fit {report.fit_id}: pixel size {pixel_size.describe()}; border: {args.border}")
     shown = table.assign(interval_90=[f"{low:.4g} - {high:.4g}"
                                       for low, high in zip(table["low_90"], table["high_90"])])
     print(shown[["label", "value", "interval_90", "unit"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -292,7 +286,7 @@ def _stats(args) -> int:
 
 
 def _scene(args) -> int:
-    from droplet_core.scenes import family_settings, write_scene
+    from droplet_core.synthetic.scenes import family_settings, write_scene
 
     given = {"width_px": args.width, "height_px": args.height, "n_droplets": args.droplets}
     settings = family_settings(args.family, **{name: value for name, value in given.items() if value is not None})
@@ -306,9 +300,10 @@ def _detect(args) -> int:
     import json
     import time
 
-    from droplet_core import encoder, scale
-    from droplet_core.display import stretch_contrast
-    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.detection import detector_net
+    from droplet_core.detection.in_image import detect_droplets
+    from droplet_core.imaging.display import stretch_contrast
+    from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
     from droplet_core.provenance import jax_device_description, library_versions
 
     started = time.perf_counter()
@@ -318,13 +313,13 @@ def _detect(args) -> int:
     image = load_image(data)
     loaded = time.perf_counter()
     factor = args.downscale or 1
-    found = scale.detect_in_image(image, args.channel, args.threshold, factor)
+    found = detect_droplets(image, args.channel, args.threshold, factor)
     droplets = found[found["radius"] >= args.min_radius].sort_values(["y", "x"], kind="stable")
     computed = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     droplets.to_csv(args.out / "droplets.csv", index=False, float_format="%.6g")
-    encoder.overlay_png(stretch_contrast(image), droplets).save(args.out / "overlay.png")
-    architecture, _ = encoder.load_weights()
+    detector_net.overlay_png(stretch_contrast(image), droplets).save(args.out / "overlay.png")
+    architecture, _ = detector_net.load_weights()
     info = {
         "method": "encoder",
         "image_sha256": sha256_bytes(data),
@@ -332,10 +327,10 @@ def _detect(args) -> int:
         "settings": {"channel": args.channel, "downscale": factor, "threshold": args.threshold,
                      "min_radius_px": args.min_radius},
         "architecture": dataclasses.asdict(architecture),
-        "weights": str(encoder.WEIGHTS_DIR / encoder.WEIGHTS_FILE),
+        "weights": str(detector_net.WEIGHTS_DIR / detector_net.WEIGHTS_FILE),
         "droplet_count": len(droplets),
         "reconstruction": None,
-        "note": "the encoder detects droplets but renders no reconstruction; overlay.png shows the detections",
+        "note": "the detector network finds droplets but renders no reconstruction; overlay.png shows them",
         "device": jax_device_description(),
         "versions": library_versions(),
         "timings": {"load_s": round(loaded - started, 4), "detect_s": round(computed - loaded, 4),
@@ -349,13 +344,13 @@ def _detect(args) -> int:
 
 
 def _train_encoder(args) -> int:
-    from droplet_core import encoder
+    from droplet_core.detection import detector_training
 
     if args.minutes <= 0 or args.steps < 0:
         raise ValueError("--minutes must be positive and --steps not negative")
-    settings = encoder.TrainSettings(minutes=args.minutes, seed=args.seed, max_steps=args.steps)
-    params, record = encoder.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    encoder.save_weights(params, record, args.out)
+    settings = detector_training.TrainSettings(minutes=args.minutes, seed=args.seed, max_steps=args.steps)
+    params, record = detector_training.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    detector_training.save_weights(params, record, args.out)
     last = record["curve"][-1] if record["curve"] else {}
     print(f"train-encoder: {record['steps']} steps, validation F1 {last.get('validation_f1_default', float('nan')):.3f} -> {args.out}")
     return 0

@@ -18,7 +18,7 @@ import pandas as pd
 import roifile
 import tifffile
 
-from droplet_core.units import PixelSize
+from droplet_core.imaging.units import PixelSize
 
 
 def labelled(droplets: pd.DataFrame) -> pd.DataFrame:

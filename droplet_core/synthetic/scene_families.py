@@ -4,7 +4,7 @@ contrast and DIC.
 Each ``render_*`` function takes droplets already placed (``x, y, radius``, see
 ``scene_geometry``), draws them in their own bounding boxes on a background, applies the optics
 (blur, uneven illumination) and the sensor (noise), and returns the image as floats with the
-family's own truth columns. ``droplet_core.scenes`` chooses the family, places the droplets
+family's own truth columns. ``droplet_core.synthetic.scenes`` chooses the family, places the droplets
 and turns the floats into 8-bit or 16-bit pixels.
 
 The looks follow what the microscopes show:
@@ -32,10 +32,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.transform import resize
 
-from droplet_core.scene_geometry import Shader, contacts_of, paint
+from droplet_core.synthetic.scene_geometry import Shader, contacts_of, paint
 
 if TYPE_CHECKING:
-    from droplet_core.scenes import SceneSettings
+    from droplet_core.synthetic.scenes import SceneSettings
 
 # A droplet's phase changes over a shear length by less than its high-pass does over the halo;
 # this factor gives DIC about the contrast of phase contrast at the same ``contrast``.

@@ -5,16 +5,16 @@ starts every droplet at a detector candidate, then loops over jitted chunks of
 ``CHUNK_STEPS`` SVI updates. Between chunks it reports progress, honours a stop request,
 and at fixed fractions of the run prunes droplets whose learned contribution is
 negligible, merges near-duplicates and switches spare slots on where the residual shows a
-missed droplet (``droplet_core.housekeeping``: this is how the model decides the droplet
+missed droplet (``droplet_core.inference.droplet_switching``: this is how the model decides the droplet
 count without recompiling, droplets are switched on and off through an ``active`` mask).
 A fit with a reused appearance has far fewer and almost independent unknowns; it runs
-Levenberg-Marquardt (``droplet_core.refine``) instead of SVI, on the same programs.
+Levenberg-Marquardt (``droplet_core.inference.reuse_fit``) instead of SVI, on the same programs.
 
 The jitted programs are built once per variant and padded problem shape (``_programs``):
 image, layout and learning rates are their inputs, so refits and fits of similar images
 reuse them, and JAX's compilation cache (``droplet_core/__init__.py``) keeps them for
 later processes. Every fit ends with the Laplace uncertainty of each droplet
-(``droplet_core.uncertainty``).
+(``droplet_core.inference.uncertainty``).
 """
 
 from __future__ import annotations
@@ -24,47 +24,53 @@ import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from types import ModuleType
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import optax
 import pandas as pd
-from numpyro.distributions import constraints
-from numpyro.distributions.transforms import biject_to
 from numpyro.distributions.util import sum_rightmost
-from numpyro.handlers import replay, seed, substitute, trace
-from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.util import log_density
+from numpyro.handlers import seed, substitute, trace
+from numpyro.infer import SVI
 from numpyro.optim import optax_to_numpyro
 
-from droplet_core import images
-from droplet_core.channels import extract_channel
-from droplet_core.counting import count_of_table
-from droplet_core.detect import centre_contrast, contrast_image, find_candidates
-from droplet_core.housekeeping import MAX_RADIUS_PX, MIN_RADIUS_PX, radius_px, tidy
-from droplet_core.models import VARIANTS
-from droplet_core.models.common import ModelSpec, bucket_size, make_layout
-from droplet_core.provenance import jax_device_description, library_versions
-from droplet_core.refine import refine_droplets
-from droplet_core.results import FitResult, OptimiserRun, rmse_per_channel
-from droplet_core.scale import CANDIDATE_THRESHOLD, MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale, detect_in_image
-from droplet_core.settings import FitProgress, FitSettings
-from droplet_core.store import fit_key
-from droplet_core.uncertainty import (
+from droplet_core.detection.in_image import detect_droplets
+from droplet_core.detection.log_candidates import centre_contrast, contrast_image, find_candidates
+from droplet_core.detection.scale import CANDIDATE_THRESHOLD, MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale
+from droplet_core.fit_ids import fit_key
+from droplet_core.imaging import images
+from droplet_core.imaging.channels import extract_channel
+from droplet_core.inference.droplet_switching import MAX_RADIUS_PX, MIN_RADIUS_PX, tidy
+from droplet_core.inference.guide import Evaluation, MeanFieldGuide, OrderedTraceELBO, latent_sites
+from droplet_core.inference.reuse_fit import fit_with_fixed_appearance
+from droplet_core.inference.uncertainty import (
     at_locs,
     droplet_uncertainty,
     model_discrepancy,
     with_model_discrepancy,
 )
-from droplet_core.verdict import judge_fit
+from droplet_core.inference.verdict import judge_fit
+from droplet_core.measurements.counting import count_of_table
+from droplet_core.models.common import ModelSpec, bucket_size, make_layout
+from droplet_core.provenance import jax_device_description, library_versions
+from droplet_core.results import (
+    FitReport,
+    FitResult,
+    OptimiserRun,
+    Timings,
+    UncertaintyMethod,
+    WarmStartState,
+    rmse_per_channel,
+)
+from droplet_core.settings import FitProgress, FitSettings
+from droplet_core.variants import load_variant
 
 CHUNK_STEPS = 50
 # Fractions of the run after which negligible droplets are pruned and duplicates merged.
-HOUSEKEEPING_AT = (0.25, 0.5, 0.75)
+SWITCHING_AT = (0.25, 0.5, 0.75)
 # Spare droplet slots (inactive until the residual shows a droplet the candidates missed).
 SPARE_SLOTS_FRACTION = 0.2
 SPARE_SLOTS_MIN = 16
@@ -74,8 +80,6 @@ FROZEN_SCALE = 1e-6
 FINAL_RATE_FRACTION = 0.05
 # Detections smaller than this (fit px) are below what the chosen downscale can draw.
 MIN_DRAWN_RADIUS_PX = 0.5
-INTERNAL_PARAMS = ("_anchors", "_active", "_polarity")
-DROPLET_PLATE = "droplets"
 
 
 class FitError(ValueError):
@@ -88,7 +92,7 @@ class Region(NamedTuple):
     ``rgb`` is the ``(h, w, 3)`` cropped and downscaled image, ``factor`` the downscale and
     ``origin`` the crop's ``(x0, y0)`` in pixels of the uploaded image. ``scale`` says why
     an automatic downscale was chosen (``None`` when the user set it); ``detections`` are
-    the pyramid detector's droplets in pixels of the cropped image (``None`` for LoG starts).
+    the pyramid detector's droplets in pixels of the uploaded image (``None`` for LoG starts).
     """
 
     rgb: np.ndarray
@@ -101,16 +105,18 @@ class Region(NamedTuple):
 def prepare_region(image: np.ndarray, settings: FitSettings) -> Region:
     """Crop, detect and downscale an uploaded ``(H, W, 3)`` image for fitting.
 
-    An automatic downscale follows the droplets' size (``droplet_core.scale``), which the
+    An automatic downscale follows the droplets' size (``droplet_core.detection.scale``), which the
     pyramid detector measures; LoG starts without a set downscale use it too.
     """
+    detections = None
+    if settings.initializer == "encoder" or not settings.downscale:
+        detections = detect_droplets(
+            image, threshold=CANDIDATE_THRESHOLD, downscale=settings.downscale or 1, crop=settings.crop
+        )
     origin = (0, 0)
     if settings.crop is not None:
         image = images.crop(image, settings.crop)
-        origin = (settings.crop[0], settings.crop[1])
-    detections = None
-    if settings.initializer == "encoder" or not settings.downscale:
-        detections = detect_in_image(image, threshold=CANDIDATE_THRESHOLD, downscale=settings.downscale or 1)
+        origin = images.crop_origin(settings.crop)
     choice = None if settings.downscale else choose_downscale(detections, *image.shape[:2])
     factor = settings.downscale or choice.factor
     return Region(images.downscale(image, factor), factor, origin, choice, detections)
@@ -126,17 +132,17 @@ def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> 
     """``(n, 4)`` detector candidates x, y, radius, contrast in fit pixels (strongest first).
 
     ``settings.initializer`` picks the detector: the trained encoder on every level of an
-    image pyramid (``droplet_core.scale``; most probable first), which looks at the RGB
+    image pyramid (``droplet_core.detection.scale``; most probable first), which looks at the RGB
     image the fit channel was made from (it was trained on RGB and grey, not on hue or
     saturation), or Laplacian-of-Gaussian candidates in the fit channel (largest contrast
     first). The contrast (sign: droplets darker or lighter) is read from the fit channel.
     """
-    factor = region.factor
+    factor, (x0, y0) = region.factor, region.origin
     if settings.initializer == "encoder":
         table = region.detections.sort_values("p_exists", ascending=False, kind="stable")
         table = pd.DataFrame({
-            "x": images.to_fit_px(table["x"].to_numpy(), factor),
-            "y": images.to_fit_px(table["y"].to_numpy(), factor),
+            "x": images.to_fit_px(table["x"].to_numpy() - x0, factor),
+            "y": images.to_fit_px(table["y"].to_numpy() - y0, factor),
             "radius": table["radius"].to_numpy() / factor,
         })
         # Droplets far below a fit pixel cannot be drawn at this downscale.
@@ -158,121 +164,6 @@ def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> 
     return table[["x", "y", "radius", "contrast"]].to_numpy(np.float32)
 
 
-class LatentSite(NamedTuple):
-    """A latent site's support, its number of event dimensions, whether it is one of the
-    per-droplet sites (in the model's ``"droplets"`` plate), and its shape."""
-
-    support: constraints.Constraint
-    event_dim: int
-    per_droplet: bool
-    shape: tuple[int, ...]
-
-
-class MeanFieldGuide:
-    """Independent normal posteriors in each latent's unconstrained space (as ``AutoNormal``).
-
-    Written out instead of ``AutoNormal`` because AutoNormal discovers the model by running
-    it eagerly, op by op, which costs seconds of XLA compilation for every new image size;
-    this guide is a pure function, so ``svi.init`` is jitted like the updates. Parameters are
-    named ``<site>_auto_loc`` / ``<site>_auto_scale`` like AutoNormal's; their starting values
-    come from ``initial_params`` through ``svi.init(..., init_params=...)``, so that no
-    image's values are compiled into the programs.
-    """
-
-    def __init__(self, sites: dict):
-        self.transforms = {name: biject_to(site.support) for name, site in sites.items()}
-        self.event_dims = {name: site.event_dim for name, site in sites.items()}
-        self.shapes = {name: self.transforms[name].inverse_shape(site.shape) for name, site in sites.items()}
-        # One program for all sites: op by op, every transform's ops would compile on their own.
-        self.constrained = jax.jit(self._constrained)
-        self.unconstrained = jax.jit(self._unconstrained)
-
-    def _constrained(self, locs: dict) -> dict:
-        """The values of some sites at unconstrained locations ``locs``."""
-        return {name: self.transforms[name](loc) for name, loc in locs.items()}
-
-    def _unconstrained(self, values: dict) -> dict:
-        """The unconstrained locations of the (constrained) ``values`` of some sites."""
-        return {name: self.transforms[name].inv(value) for name, value in values.items()}
-
-    def initial_params(self, values: dict, scale: float) -> dict:
-        """Guide parameters of the sites in ``values`` (constrained), centred on them with ``scale``."""
-        locs = self.unconstrained({name: np.asarray(value, np.float32) for name, value in values.items()})
-        params = {}
-        for name, loc in locs.items():
-            params[f"{name}_auto_loc"] = np.asarray(loc)
-            params[f"{name}_auto_scale"] = np.full(loc.shape, scale, np.float32)
-        return params
-
-    def __call__(self, *args, **kwargs):
-        locs, scales = {}, {}
-        for name, shape in self.shapes.items():
-            locs[name] = numpyro.param(f"{name}_auto_loc", jnp.zeros(shape))
-            scales[name] = numpyro.param(
-                f"{name}_auto_scale", jnp.ones(shape), constraint=constraints.softplus_positive
-            )
-        # One normal draw for all sites, handed out in slices: XLA compiles every
-        # random.normal call on its own, and per-site draws were most of a fit's compile time.
-        sizes = [int(np.prod(jnp.shape(loc))) for loc in locs.values()]
-        noise = jax.random.normal(numpyro.prng_key(), (sum(sizes),))
-        offset = 0
-        for (name, transform), size in zip(self.transforms.items(), sizes):
-            loc, scale = locs[name], scales[name]
-            unconstrained = loc + scale * noise[offset : offset + size].reshape(jnp.shape(loc))
-            offset += size
-            value = transform(unconstrained)
-            event_dim = self.event_dims[name]
-            # log q(value): the normal density of the unconstrained draw, less the log Jacobian.
-            log_q = sum_rightmost(dist.Normal(loc, scale).log_prob(unconstrained), event_dim) - sum_rightmost(
-                transform.log_abs_det_jacobian(unconstrained, value), event_dim - transform.domain.event_dim
-            )
-            numpyro.sample(name, dist.Delta(value, log_density=log_q, event_dim=event_dim))
-
-    def median(self, params: dict) -> dict:
-        """Each latent's posterior median, in its own (constrained) space."""
-        return self._constrained({name: params[f"{name}_auto_loc"] for name in self.transforms})
-
-
-class OrderedTraceELBO(Trace_ELBO):
-    """``Trace_ELBO`` with one particle, its ``log p - log q`` terms summed in trace order.
-
-    ``Trace_ELBO`` sums over a Python set of site names, whose order follows the process's
-    string-hash seed: the compiled program, and the rounding of the loss, then differ from
-    one process to the next, so a fit is not bit-reproducible across processes and no
-    process can reuse another's compiled program from the compilation cache.
-    """
-
-    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        model_key, guide_key = jax.random.split(rng_key)
-        log_q, guide_trace = log_density(seed(guide, guide_key), args, kwargs, param_map)
-        log_p, _ = log_density(replay(seed(model, model_key), guide_trace), args, kwargs, param_map)
-        return {"loss": log_q - log_p, "mutable_state": None}
-
-
-def latent_sites(model, *args) -> dict:
-    """``{name: LatentSite}`` of every latent site of ``model(*args)``, traced abstractly."""
-    supports = {}
-
-    def record(*args):
-        sites = trace(seed(model, 0)).get_trace(*args)
-        supports.update(
-            {
-                name: LatentSite(
-                    site["fn"].support,
-                    len(site["fn"].event_shape),
-                    any(frame.name == DROPLET_PLATE for frame in site["cond_indep_stack"]),
-                    tuple(site["value"].shape),
-                )
-                for name, site in sites.items()
-                if site["type"] == "sample" and not site["is_observed"]
-            }
-        )
-        return 0
-
-    jax.eval_shape(record, *args)
-    return supports
-
-
 def learning_rates(settings: FitSettings, warm: bool) -> np.ndarray:
     """``(steps,)`` Adam learning rate of every step: a warm-up and cosine decay, or for a
     continued fit the final, small rate (fresh Adam moments make large first steps, which
@@ -289,9 +180,30 @@ def learning_rates(settings: FitSettings, warm: bool) -> np.ndarray:
     return np.asarray(jax.jit(schedule)(np.arange(settings.steps)), np.float32)
 
 
-class Programs(NamedTuple):
-    """One variant's compiled programs for one shape of problem (see ``_programs``)."""
+def optimiser_params(state) -> dict:
+    """The guide parameters (unconstrained, as the optimiser holds them) of an SVI ``state``.
 
+    This and ``with_optimiser_state`` are the only readers of the optimiser state's layout:
+    numpyro's optax wrapper keeps ``(step, (params, optax_state))``.
+    """
+    _, (params, _) = state.optim_state
+    return params
+
+
+def with_optimiser_state(state, params: dict | None = None, learning_rate=None):
+    """SVI ``state`` with the optimiser's ``params`` and/or learning rate replaced; Adam's
+    moments and step count carry on."""
+    step, (old_params, optax_state) = state.optim_state
+    if learning_rate is not None:
+        optax_state = optax_state._replace(hyperparams={**optax_state.hyperparams, "learning_rate": learning_rate})
+    return state._replace(optim_state=(step, (old_params if params is None else params, optax_state)))
+
+
+class Programs(NamedTuple):
+    """One variant's compiled programs for one shape of problem (see ``_programs``), and the
+    variant's module (``droplet_core.models.Variant``)."""
+
+    variant: ModuleType
     sites: dict
     guide: MeanFieldGuide
     svi: SVI
@@ -309,7 +221,7 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
     every fit of the same shape (the layout is padded to coarse sizes) reuses them, in this
     process and through JAX's compilation cache.
     """
-    variant = VARIANTS[model_name]
+    variant = load_variant(model_name)
     spec = jax.tree.unflatten(spec_tree, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaf_shapes])
     layout = spec.layout
     abstract = (
@@ -324,10 +236,7 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
     svi = SVI(variant.model, guide, optimizer, OrderedTraceELBO())
 
     def update(state, rate, *args):
-        step, (params, optax_state) = state.optim_state
-        hyperparams = {**optax_state.hyperparams, "learning_rate": rate}
-        state = state._replace(optim_state=(step, (params, optax_state._replace(hyperparams=hyperparams))))
-        return svi.update(state, *args)
+        return svi.update(with_optimiser_state(state, learning_rate=rate), *args)
 
     @jax.jit
     def run_chunk(state, rates, n_steps, *args):
@@ -353,14 +262,14 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
         prior_curvature = {
             name: _prior_curvature(traced[name], guide.transforms[name], params[f"{name}_auto_loc"]) for name in per_droplet
         }
-        return values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior, prior_curvature
+        return Evaluation(values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior, prior_curvature)
 
     @jax.jit
     def guide_params(state):
         # flax's nested ``$params`` bookkeeping entry is rebuilt on init.
         return {name: value for name, value in svi.get_params(state).items() if not isinstance(value, dict)}
 
-    return Programs(sites, guide, svi, jax.jit(svi.init), run_chunk, evaluate, guide_params)
+    return Programs(variant, sites, guide, svi, jax.jit(svi.init), run_chunk, evaluate, guide_params)
 
 
 def programs_for(model_name: str, spec: ModelSpec) -> Programs:
@@ -378,6 +287,7 @@ def run_fit(
     stop: threading.Event | None = None,
     warm_start: FitResult | None = None,
     appearance_source: FitResult | None = None,
+    fit_id: str | None = None,
 ) -> FitResult:
     """Fit ``settings.model`` to an uploaded ``(H, W, 3)`` float image in [0, 1].
 
@@ -391,13 +301,15 @@ def run_fit(
     warm_start : an earlier result of the same image, model and channel to continue from.
     appearance_source : the stored fit named by ``settings.appearance_from``, whose learned
         appearance is held fixed.
+    fit_id : the key of this request (``fit_ids.fit_key``) when the caller has computed it
+        already; a fit stopped early gets its own key.
 
     Returns
     -------
     FitResult with droplets in pixels of the uploaded image.
     """
     started = time.perf_counter()
-    variant = VARIANTS[settings.model]
+    variant = load_variant(settings.model)
     region = prepare_region(image, settings)
     factor, origin = region.factor, region.origin
     observed = extract_channel(region.rgb, settings.channel).astype(np.float32)
@@ -406,9 +318,9 @@ def run_fit(
 
     if warm_start is not None:
         _check_warm_start(warm_start, settings, observed.shape)
-        anchors = warm_start.params["_anchors"]
-        active = warm_start.params["_active"].astype(np.float32)
-        polarity = float(warm_start.params["_polarity"])
+        anchors = warm_start.warm_start.anchors
+        active = warm_start.warm_start.active.astype(np.float32)
+        polarity = warm_start.warm_start.polarity
     else:
         found = _candidates(observed, region, settings)
         polarity = 1.0 if np.median(found[:, 3]) >= 0 else -1.0
@@ -423,15 +335,15 @@ def run_fit(
     sites, guide = programs.sites, programs.guide
     fixed = _fixed_appearance(variant, settings, appearance_source, sites, guide)
     if warm_start is not None:
-        init_params = {k: v for k, v in warm_start.params.items() if k not in INTERNAL_PARAMS}
+        init_params = dict(warm_start.params)
     else:
         init_values = variant.initial_values(observed, candidates, spec, init_key, fixed or None)
         init_params = guide.initial_params(init_values, GUIDE_INIT_SCALE)
     init_params.update(guide.initial_params(fixed, FROZEN_SCALE))
     per_droplet = [name for name, site in sites.items() if site.per_droplet]
     if fixed:
-        run = refine_droplets(
-            programs.evaluate, init_params, per_droplet, observed, anchors, active, spec, guide,
+        run = fit_with_fixed_appearance(
+            programs.evaluate, init_params, per_droplet, observed, anchors, active, spec, guide, variant,
             max_iterations=settings.steps, add=settings.droplets == 0, progress=progress, stop=stop, started=started,
         )
     else:
@@ -443,27 +355,25 @@ def run_fit(
     fitted = time.perf_counter()
 
     observed_j, anchors_j = jnp.asarray(observed), jnp.asarray(anchors)
-    values, reconstruction, _, _, prior_curvature = programs.evaluate(
-        params, observed_j, anchors_j, jnp.asarray(active), spec
-    )
-    values = {k: np.asarray(v) for k, v in values.items()}
+    evaluation = programs.evaluate(params, observed_j, anchors_j, jnp.asarray(active), spec)
+    values = {k: np.asarray(v) for k, v in evaluation.values.items()}
     locs = {name: params[f"{name}_auto_loc"] for name in per_droplet}
     sds, p_exists = droplet_uncertainty(
         at_locs(programs.evaluate, params, observed_j, anchors_j, spec),
         locs,
-        {name: np.asarray(curvature) for name, curvature in prior_curvature.items()},
+        {name: np.asarray(curvature) for name, curvature in evaluation.prior_curvature.items()},
         observed,
         active,
         layout,
         float(values["noise"]),
-        radius_px(values),
+        variant.radius_px(values),
     )
     if fixed:
         # Levenberg-Marquardt found the mode; the posterior's spread is the Laplace one.
         params.update({f"{name}_auto_scale": sd.astype(np.float32) for name, sd in sds.items()})
     uncertainty = _constrained_sds(guide, locs, sds)
     uncertainty["p_exists"] = p_exists
-    reconstruction = np.asarray(reconstruction, np.float32)
+    reconstruction = np.asarray(evaluation.reconstruction, np.float32)
     discrepancy, count_discrepancy = model_discrepancy(settings.model)
     droplets = with_model_discrepancy(
         _droplet_table(variant.droplet_columns(values, uncertainty, spec), active, factor, origin), discrepancy
@@ -475,62 +385,50 @@ def run_fit(
     all_losses = run.losses
     if warm_start is not None:
         all_losses = np.concatenate([warm_start.losses, all_losses])
-    params.update({"_anchors": np.asarray(anchors), "_active": active, "_polarity": np.float32(polarity)})
-
     parent = warm_start.fit_id if warm_start is not None else None
-    fit_id = fit_key(image_sha256, settings, parent, None if status == "done" else done)
+    if status != "done" or fit_id is None:
+        fit_id = fit_key(image_sha256, settings, parent, None if status == "done" else done)
     appearance = variant.appearance(values, spec)
     finished = time.perf_counter()
-    info = {
-        "fit_id": fit_id,
-        "image_sha256": image_sha256,
-        "parent_fit_id": parent,
-        "appearance_from": settings.appearance_from,
-        "settings": settings.to_dict(),
-        "status": status,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "steps_done": done,
-        "total_steps_done": len(all_losses),
-        "final_loss": run.final_loss,
-        "rmse": rmse_per_channel(observed, reconstruction),
-        "channel": settings.channel,
-        "device": jax_device_description(),
-        "versions": library_versions(),
-        "timings": {
-            "detect_s": round(detected - started, 3),
-            "compile_s": round(run.first_chunk_s, 3),
-            "fit_s": round(fitted - detected, 3),
-            "uncertainty_s": round(uncertain - fitted, 3),
-            "total_s": round(finished - started, 3),
-        },
-        "droplet_count": count.count,
-        "droplet_count_interval_90": [count.low, count.high],
-        "candidate_droplets": count.candidates,
-        "doubtful_droplets": count.doubtful,
-        "verdict": verdict.to_dict(),
-        "uncertainty": {
-            "method": "laplace",
-            "discrepancy_per_radius": discrepancy,
-            "count_discrepancy": count_discrepancy,
-        },
-        "candidate_count": int(len(anchors)),
-        "downscale": factor,
-        "downscale_choice": None if region.scale is None else region.scale.to_dict(),
-        "crop_origin": list(origin),
-        "fit_shape": list(observed.shape),
-        "image_shape": list(image.shape),
-    }
-    return FitResult(
+    report = FitReport(
         fit_id=fit_id,
         image_sha256=image_sha256,
         settings=settings,
+        status=status,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        steps_done=done,
+        total_steps_done=len(all_losses),
+        final_loss=run.final_loss,
+        rmse=tuple(rmse_per_channel(observed, reconstruction)),
+        device=jax_device_description(),
+        versions=library_versions(),
+        timings=Timings(
+            detect_s=round(detected - started, 3),
+            compile_s=round(run.first_chunk_s, 3),
+            fit_s=round(fitted - detected, 3),
+            uncertainty_s=round(uncertain - fitted, 3),
+            total_s=round(finished - started, 3),
+        ),
+        count=count,
+        verdict=verdict,
+        uncertainty=UncertaintyMethod("laplace", discrepancy, count_discrepancy),
+        candidate_count=int(len(anchors)),
+        downscale=factor,
+        downscale_choice=None if region.scale is None else region.scale.to_dict(),
+        crop_origin=tuple(origin),
+        fit_shape=tuple(observed.shape),
+        image_shape=tuple(image.shape),
+        parent_fit_id=parent,
+    )
+    return FitResult(
+        report=report,
         droplets=droplets,
         observed=observed,
         reconstruction=reconstruction,
         losses=all_losses.astype(np.float32),
         params=params,
+        warm_start=WarmStartState(np.asarray(anchors), active, polarity),
         appearance=appearance,
-        info=info,
     )
 
 
@@ -538,8 +436,8 @@ def _run_svi(
     programs: Programs, settings: FitSettings, init_params: dict, observed: np.ndarray, anchors: np.ndarray,
     active: np.ndarray, spec: ModelSpec, key, *, warm: bool, progress, stop, started: float,
 ) -> OptimiserRun:
-    """SVI from ``init_params`` in jitted chunks of ``CHUNK_STEPS`` steps, with housekeeping
-    at ``HOUSEKEEPING_AT`` fractions of the run (``run_fit``'s arguments)."""
+    """SVI from ``init_params`` in jitted chunks of ``CHUNK_STEPS`` steps, with droplets switched
+    on and off at ``SWITCHING_AT`` fractions of the run (``run_fit``'s arguments)."""
     observed_j, anchors_j = jnp.asarray(observed), jnp.asarray(anchors)
     state = programs.init(
         key, observed_j, anchors_j, jnp.asarray(active), spec,
@@ -547,7 +445,7 @@ def _run_svi(
     )
     rates = learning_rates(settings, warm)
     rates = np.pad(rates, (0, -len(rates) % CHUNK_STEPS))
-    checkpoints = {int(np.ceil(f * settings.steps / CHUNK_STEPS)) * CHUNK_STEPS for f in HOUSEKEEPING_AT}
+    checkpoints = {int(np.ceil(f * settings.steps / CHUNK_STEPS)) * CHUNK_STEPS for f in SWITCHING_AT}
     losses: list[np.ndarray] = []
     done, status, first_chunk_s = 0, "done", 0.0
     while done < settings.steps:
@@ -555,7 +453,7 @@ def _run_svi(
             status = "stopped"
             break
         if done in checkpoints:
-            state, anchors, active = _housekeeping(programs, state, observed, anchors, active, spec, settings.droplets == 0)
+            state, anchors, active = _switch_droplets(programs, state, observed, anchors, active, spec, settings.droplets == 0)
             anchors_j = jnp.asarray(anchors)
         n_steps = min(CHUNK_STEPS, settings.steps - done)
         chunk_started = time.perf_counter()
@@ -578,7 +476,7 @@ def _run_svi(
     if status == "done" and settings.droplets == 0:
         # Droplets added at the last checkpoint had no later pruning: a highlight or rim
         # piece taken for a droplet is switched off here, with the duplicates.
-        state, anchors, active = _housekeeping(programs, state, observed, anchors, active, spec, False)
+        state, anchors, active = _switch_droplets(programs, state, observed, anchors, active, spec, False)
     params = {k: np.asarray(v) for k, v in programs.guide_params(state).items()}
     return OptimiserRun(
         params, anchors, active, np.concatenate(losses) if losses else np.zeros(0, np.float32), done, status,
@@ -619,17 +517,18 @@ def _with_spare_slots(candidates: np.ndarray, spare: bool) -> np.ndarray:
     return np.concatenate([candidates, slots.astype(np.float32)])
 
 
-def _housekeeping(programs: Programs, state, observed, anchors, active, spec: ModelSpec, add: bool):
-    """``housekeeping.tidy`` of an SVI ``state``: the new droplets' guide locations are written
-    into the optimiser state in place (numpyro's optax wrapper keeps ``(step, (params,
-    optax_state))``), so Adam's moments and the learning-rate schedule of every other
-    parameter carry on."""
+def _switch_droplets(programs: Programs, state, observed, anchors, active, spec: ModelSpec, add: bool):
+    """``droplet_switching.tidy`` of an SVI ``state``: the new droplets' guide locations are written
+    into the optimiser state in place, so Adam's moments and the learning-rate schedule of
+    every other parameter carry on."""
     evaluated = programs.evaluate(
         programs.guide_params(state), jnp.asarray(observed), jnp.asarray(anchors), jnp.asarray(active), spec
-    )[:3]
-    step, (params, optax_state) = state.optim_state
-    params, anchors, active = tidy(evaluated, params, observed, anchors, active, spec, programs.guide, add, prune=True)
-    return state._replace(optim_state=(step, (params, optax_state))), anchors, active
+    )
+    params, anchors, active = tidy(
+        evaluated, optimiser_params(state), observed, anchors, active, spec, programs.guide, programs.variant, add,
+        prune=True,
+    )
+    return with_optimiser_state(state, params), anchors, active
 
 
 def _droplet_log_prior(site: dict, transform, loc) -> jax.Array:

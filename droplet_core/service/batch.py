@@ -2,7 +2,7 @@
 
 The command line runs batches on Dask distributed (``dask_executor``: a ``LocalCluster``
 of worker processes, or an existing scheduler); the app runs them in its fit queue
-(``droplet_core.jobs``, one lane per batch). Each image is one task, ``fit_image``, which
+(``droplet_core.service.jobs``, one lane per batch). Each image is one task, ``fit_image``, which
 goes through the fit store: a fit already stored is read back instead of recomputed (so
 an interrupted batch resumes where it stopped),
 and a new fit is saved. Workers and the caller must therefore see the same store folder
@@ -18,7 +18,7 @@ Outputs of a batch (``write_batch_outputs``)::
                           (with label and µm columns), statistics.csv, labels.tif, rois.zip,
                           reconstruction.png and fit.json
 
-The pixel size is the one given for the whole batch, else each file's own (``droplet_core.units``);
+The pixel size is the one given for the whole batch, else each file's own (``droplet_core.imaging.units``);
 ``summary.csv`` records it and each image's size statistics with their 90 % intervals.
 """
 
@@ -32,18 +32,19 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from droplet_core.counting import count_of_table, doubtful_mask
-from droplet_core.readout import droplet_table, fit_statistics, with_file_pixel_size, write_fit_outputs
+from droplet_core.imaging.units import UNKNOWN, PixelSize, read_pixel_size, resolve_pixel_size
+from droplet_core.measurements.counting import count_of_table, doubtful_mask
+from droplet_core.measurements.readout import droplet_table, fit_statistics, write_fit_outputs
+from droplet_core.measurements.size_statistics import statistics_wide
+from droplet_core.service.requests import load_or_fit
+from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
-from droplet_core.size_statistics import statistics_wide
-from droplet_core.store import FitStore, fit_key
-from droplet_core.units import UNKNOWN, PixelSize, read_pixel_size, resolve_pixel_size
 
 FITTED, STORED, FAILED = "fitted", "stored", "failed"
 SUMMARY_COLUMNS = (
@@ -83,19 +84,19 @@ class ImageOutcome:
     fit_id : id of the stored fit; None if the image failed.
     status : ``"fitted"`` (computed now), ``"stored"`` (already in the store, not
         recomputed) or ``"failed"``.
-    droplet_count : the fit's droplet count (``droplet_core.counting``: the expected
+    droplet_count : the fit's droplet count (``droplet_core.measurements.counting``: the expected
         number of droplets); None if failed.
     count_low_90, count_high_90 : the count's 90 % interval; None if failed.
     median_radius : median radius of the likely droplets (``p_exists`` >= 0.5) in pixels of
         the image as given; None if failed or no droplets.
     rmse : reconstruction RMSE over all fitted channels; None if failed.
-    fit_quality : the fit's verdict on itself (``droplet_core.verdict``): ``good``,
+    fit_quality : the fit's verdict on itself (``droplet_core.inference.verdict``): ``good``,
         ``partial`` or ``failed``; None if the image failed or the fit has no verdict.
     fit_problems : the verdict's problems in one line; None when there are none.
     seconds : wall time this batch spent on the image.
     error : one-line reason of a failure, else None.
     pixel_size_um : micrometres per pixel used for the image's read-out; None in pixels.
-    pixel_size_origin : where that pixel size came from (``droplet_core.units``).
+    pixel_size_origin : where that pixel size came from (``droplet_core.imaging.units``).
     """
 
     image: str
@@ -162,40 +163,31 @@ def fit_image(
     Errors a user can act on (unreadable or malformed image, settings the image cannot
     take, a missing appearance source) come back as a failed outcome, not an exception.
     """
-    from droplet_core.fit import run_fit  # lazy: the fit engine loads JAX
-    from droplet_core.images import load_image, read_image_bytes, sha256_bytes
+    from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
 
     started = time.perf_counter()
     try:
         store = FitStore(store_root)
         data = read_image_bytes(image.path)
-        image_sha256 = sha256_bytes(data)
-        key = fit_key(image_sha256, settings)
-        if store.has(key):
-            result, status = store.load(key), STORED
-        else:
-            source = store.load(settings.appearance_from) if settings.appearance_from else None
-            result = run_fit(load_image(data), settings, image_sha256=image_sha256, appearance_source=source)
-            store.save(replace(result, info=with_file_pixel_size(result.info, data)))
-            status = FITTED
+        result, from_store = load_or_fit(load_image(data), sha256_bytes(data), settings, store, image_bytes=data)
+        status = STORED if from_store else FITTED
     except (ValueError, LookupError, OSError) as exc:  # ImageError, FitError, StoreError included
         return failed_outcome(image.name, exc, time.perf_counter() - started)
     radii = result.droplets["radius"].to_numpy(dtype=float)[~doubtful_mask(result.droplets)]
-    count = count_of_table(result.droplets)
-    low, high = result.info.get("droplet_count_interval_90", (count.low, count.high))
-    verdict = result.info.get("verdict") or {}
+    count = result.report.count or count_of_table(result.droplets)
+    verdict = result.report.verdict
     pixel_size = resolve_pixel_size(read_pixel_size(data), pixel_size_um)
     return ImageOutcome(
         image=image.name,
         fit_id=result.fit_id,
         status=status,
-        droplet_count=int(result.info.get("droplet_count", count.count)),
-        count_low_90=int(low),
-        count_high_90=int(high),
+        droplet_count=count.count,
+        count_low_90=count.low,
+        count_high_90=count.high,
         median_radius=float(np.median(radii)) if radii.size else None,
-        rmse=float(np.sqrt(np.mean(np.square(result.info["rmse"])))),
-        fit_quality=verdict.get("quality"),
-        fit_problems=" ".join(verdict.get("problems", [])) or None,
+        rmse=float(np.sqrt(np.mean(np.square(result.report.rmse)))),
+        fit_quality=verdict.quality if verdict is not None else None,
+        fit_problems=(" ".join(verdict.problems) or None) if verdict is not None else None,
         seconds=time.perf_counter() - started,
         error=None,
         pixel_size_um=pixel_size.length_um,
@@ -304,7 +296,7 @@ def write_batch_outputs(outcomes: Sequence[ImageOutcome], store: FitStore, out_d
             continue
         result = store.load(outcome.fit_id)
         write_fit_outputs(result, out / FITS_FOLDER / outcome.image, outcome.pixel_size)
-        statistics[outcome.image] = statistics_wide(fit_statistics(result.droplets, result.info, outcome.pixel_size))
+        statistics[outcome.image] = statistics_wide(fit_statistics(result.droplets, result.report, outcome.pixel_size))
         tables.append(droplet_table(result.droplets, outcome.pixel_size).assign(**{IMAGE_COLUMN: outcome.image}))
     columns = [IMAGE_COLUMN, *dict.fromkeys(c for t in tables for c in t.columns if c != IMAGE_COLUMN)]
     droplets = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

@@ -1,7 +1,7 @@
 """The droplet count every page, file and command reports, with its 90 % interval.
 
 A fit proposes candidate droplets and gives each a probability of existing
-(``p_exists``, from ``droplet_core.uncertainty``). The count is the posterior's expected
+(``p_exists``, from ``droplet_core.inference.uncertainty``). The count is the posterior's expected
 number of droplets, the sum of ``p_exists``, rounded; its interval is the central 90 %
 of the count's distribution (``count_interval``), so the interval always contains the
 count. Candidates with ``p_exists`` below one half are "doubtful": probably not droplets.

@@ -35,7 +35,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.transform import resize
 
-from droplet_core.scene_families import (
+from droplet_core.imaging.images import encode_png
+from droplet_core.synthetic.scene_families import (
     BrightfieldLook,
     FluorescenceLook,
     PhaseLook,
@@ -43,7 +44,7 @@ from droplet_core.scene_families import (
     render_fluorescence,
     render_phase,
 )
-from droplet_core.scene_geometry import contact_counts, draw_radii, pack, place_random
+from droplet_core.synthetic.scene_geometry import contact_counts, draw_radii, pack, place_random
 
 # Sub-samples per pixel side when rendering a seed droplet: antialiased edges, and highlights
 # smaller than a pixel still contribute their area rather than aliasing.
@@ -522,16 +523,6 @@ def _droplet_layers(
     alpha = opacity.reshape(blocks + (1,)).mean(axis=(2, 4))
     premultiplied = (opacity * layer).reshape(blocks + (3,)).mean(axis=(2, 4))
     return alpha, premultiplied
-
-
-def encode_png(image_uint8: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 ``(h, w, 3)`` or ``(h, w)`` image."""
-    image_uint8 = np.asarray(image_uint8)
-    if image_uint8.dtype != np.uint8:
-        raise ValueError(f"encode_png needs uint8 pixels, not {image_uint8.dtype}")
-    buffer = io.BytesIO()
-    Image.fromarray(image_uint8).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,1 @@
+"""Images in and out: loading and checking uploads, colour channels, display contrast, pixel sizes."""
