@@ -98,18 +98,19 @@ class Region(NamedTuple):
     detections: pd.DataFrame | None
 
 
-def prepare_region(image: np.ndarray, settings: FitSettings) -> Region:
+def prepare_region(image: np.ndarray, settings: FitSettings, detect: bool = True) -> Region:
     """Crop, detect and downscale an uploaded ``(H, W, 3)`` image for fitting.
 
     An automatic downscale follows the droplets' size (``droplet_core.scale``), which the
-    pyramid detector measures; LoG starts without a set downscale use it too.
+    pyramid detector measures; LoG starts without a set downscale use it too. ``detect=False``
+    (a set downscale and droplets known from elsewhere) skips the detector.
     """
     origin = (0, 0)
     if settings.crop is not None:
         image = images.crop(image, settings.crop)
         origin = (settings.crop[0], settings.crop[1])
     detections = None
-    if settings.initializer == "encoder" or not settings.downscale:
+    if not settings.downscale or (detect and settings.initializer == "encoder"):
         detections = detect_in_image(image, downscale=settings.downscale or 1)
     choice = None if settings.downscale else choose_downscale(detections, *image.shape[:2])
     factor = settings.downscale or choice.factor
@@ -156,6 +157,19 @@ def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> 
     if table.empty:
         raise FitError("no droplet candidates found in this channel; try another channel or a smaller downscale")
     return table[["x", "y", "radius", "contrast"]].to_numpy(np.float32)
+
+
+def _start_candidates(droplets: pd.DataFrame, observed: np.ndarray, factor: int, origin: tuple[int, int]) -> np.ndarray:
+    """``(n, 4)`` candidates x, y, radius, contrast in fit pixels from an earlier fit's droplet
+    table (pixels of its uploaded image), most probable first."""
+    if droplets.empty:
+        raise FitError("the fit to start from has no droplets")
+    table = droplets.sort_values("p_exists", ascending=False, kind="stable") if "p_exists" in droplets else droplets
+    x = images.to_fit_px(table["x"].to_numpy() - origin[0], factor)
+    y = images.to_fit_px(table["y"].to_numpy() - origin[1], factor)
+    radius = np.clip(table["radius"].to_numpy() / factor, MIN_RADIUS_PX, MAX_FIT_RADIUS_PX)
+    contrast = centre_contrast(contrast_image(observed)[1], x, y)
+    return np.stack([x, y, radius, np.asarray(contrast)], axis=1).astype(np.float32)
 
 
 class LatentSite(NamedTuple):
@@ -378,6 +392,7 @@ def run_fit(
     stop: threading.Event | None = None,
     warm_start: FitResult | None = None,
     appearance_source: FitResult | None = None,
+    start_from: FitResult | None = None,
 ) -> FitResult:
     """Fit ``settings.model`` to an uploaded ``(H, W, 3)`` float image in [0, 1].
 
@@ -391,6 +406,9 @@ def run_fit(
     warm_start : an earlier result of the same image, model and channel to continue from.
     appearance_source : the stored fit named by ``settings.appearance_from``, whose learned
         appearance is held fixed.
+    start_from : a fit of a similar image (the previous frame of a time-lapse) whose
+        droplets are the starting candidates instead of the detector's; its id keys the
+        result as a parent does.
 
     Returns
     -------
@@ -398,7 +416,7 @@ def run_fit(
     """
     started = time.perf_counter()
     variant = VARIANTS[settings.model]
-    region = prepare_region(image, settings)
+    region = prepare_region(image, settings, detect=start_from is None)
     factor, origin = region.factor, region.origin
     observed = extract_channel(region.rgb, settings.channel).astype(np.float32)
     key = jax.random.PRNGKey(settings.seed)
@@ -410,7 +428,9 @@ def run_fit(
         active = warm_start.params["_active"].astype(np.float32)
         polarity = float(warm_start.params["_polarity"])
     else:
-        found = _candidates(observed, region, settings)
+        found = _candidates(observed, region, settings) if start_from is None else _start_candidates(
+            start_from.droplets, observed, factor, origin
+        )
         polarity = 1.0 if np.median(found[:, 3]) >= 0 else -1.0
         candidates = _with_spare_slots(found, spare=settings.droplets == 0)
         anchors = candidates[:, :3].copy()
@@ -477,7 +497,7 @@ def run_fit(
         all_losses = np.concatenate([warm_start.losses, all_losses])
     params.update({"_anchors": np.asarray(anchors), "_active": active, "_polarity": np.float32(polarity)})
 
-    parent = warm_start.fit_id if warm_start is not None else None
+    parent = warm_start.fit_id if warm_start is not None else start_from.fit_id if start_from is not None else None
     fit_id = fit_key(image_sha256, settings, parent, None if status == "done" else done)
     appearance = variant.appearance(values, spec)
     finished = time.perf_counter()
