@@ -302,6 +302,8 @@ def find_events(tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int],
     standard deviations of the fits' radii or ``VOLUME_TOLERANCE`` of the volume); splitting
     is the same backwards in time. Other track ends are disappearances (``left_field`` within
     a radius and a pixel of the border) and other starts appearances (``entered_field``).
+    The one droplet must be larger than each part, and away from the border (droplets cut
+    by the edge are measured too poorly to weigh volumes).
 
     Returns
     -------
@@ -326,9 +328,11 @@ def find_events(tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int],
                 parts = _nearby(others[~others["track"].isin(used)], row)
                 own = other_side[other_side["track"] == row.track]
                 members = pd.concat([parts, own])
-                if parts.empty or len(members) < 2:
+                if parts.empty or len(members) < 2 or _at_border(row, height, width, EVENT_REACH):
                     continue
                 volume_one, volume_parts = float(row.volume_px3), float(members["volume_px3"].sum())
+                if volume_one <= members["volume_px3"].max():  # the one droplet is larger than each part
+                    continue
                 sd = float(np.sqrt(row.sd_volume_px3**2 + (members["sd_volume_px3"] ** 2).sum()))
                 if abs(volume_one - volume_parts) > max(VOLUME_Z * sd, VOLUME_TOLERANCE * volume_one):
                     continue
@@ -362,8 +366,9 @@ def _nearby(candidates: pd.DataFrame, row) -> pd.DataFrame:
     return candidates[distance <= EVENT_REACH * (candidates["radius_px"] + row.radius_px)]
 
 
-def _at_border(row, height: int, width: int) -> bool:
-    margin = row.radius_px + 1.0
+def _at_border(row, height: int, width: int, radii: float = 1.0) -> bool:
+    """Whether ``row``'s droplet lies within ``radii`` of its radii and a pixel of the field's edge."""
+    margin = radii * row.radius_px + 1.0
     return bool(row.x_px < margin or row.y_px < margin or row.x_px > width - 1 - margin or row.y_px > height - 1 - margin)
 
 
