@@ -92,8 +92,8 @@ def make_stack(seed: int, settings: StackSceneSettings = StackSceneSettings()) -
         if pair is None:
             continue
         a, b = pair
-        volume = radius[frame, a] ** 3 + radius[frame, b] ** 3
-        weight = radius[frame, a] ** 3 / volume
+        volume = radius[frame - 1, a] ** 3 + radius[frame - 1, b] ** 3
+        weight = radius[frame - 1, a] ** 3 / volume
         merged_x = weight * x[frame - 1, a] + (1 - weight) * x[frame - 1, b]
         merged_y = weight * y[frame - 1, a] + (1 - weight) * y[frame - 1, b]
         # The merged droplet: a new track from `frame` on, moving with the field from where the pair was.

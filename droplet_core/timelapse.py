@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
+from skimage import filters
 from skimage.registration import phase_cross_correlation
 
 from droplet_core.counting import count_of_table
@@ -55,6 +57,7 @@ EVENT_COLUMNS = ("frame", "time_s", "kind", "tracks_before", "tracks_after", "x_
                  "volume_after_px3", "sd_volume_px3")
 EVENT_KINDS = ("coalescence", "splitting", "appearance", "disappearance", "entered_field", "left_field")
 RECORDS_FOLDER = "timelapses"
+SHIFT_HIGHPASS_SIGMA_PX = 8.0
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,19 @@ def stack_id(stack: Stack, settings: TimelapseSettings) -> str:
 
 def field_shift_px(reference: np.ndarray, moving: np.ndarray) -> tuple[float, float]:
     """How far the field moved from ``reference`` to ``moving`` (``(h, w, 3)`` frames): ``(dx, dy)`` px,
-    by phase correlation of their grey values to 0.1 px."""
-    shift, _, _ = phase_cross_correlation(reference.mean(axis=2), moving.mean(axis=2), upsample_factor=10)
+    by phase correlation of their grey values to 0.05 px.
+
+    The uneven illumination, which stays with the camera, is taken out by a high-pass
+    (``SHIFT_HIGHPASS_SIGMA_PX``) and the edges, where droplets enter and leave, by a Hann window;
+    either would pull the estimate towards no shift.
+    """
+    window = filters.window("hann", reference.shape[:2])
+
+    def prepared(frame):
+        grey = frame.mean(axis=2, dtype=np.float64)
+        return (grey - ndimage.gaussian_filter(grey, SHIFT_HIGHPASS_SIGMA_PX)) * window
+
+    shift, _, _ = phase_cross_correlation(prepared(reference), prepared(moving), upsample_factor=20)
     return float(-shift[1]), float(-shift[0])
 
 
@@ -252,8 +266,9 @@ def link_droplets(
 
     Returns
     -------
-    ``TRACK_COLUMNS`` plus ``x_aligned_px``, ``y_aligned_px`` (drift removed), one row per
-    linked droplet (``p_exists`` >= ``LINK_MIN_P_EXISTS``), ``track`` from 0.
+    tracks : ``TRACK_COLUMNS`` plus ``x_aligned_px``, ``y_aligned_px`` (drift removed), one row
+        per linked droplet (``p_exists`` >= ``LINK_MIN_P_EXISTS``), ``track`` from 0.
+    drift : ``frame``, ``drift_x_px``, ``drift_y_px``: the field's position relative to frame 0.
 
     The field's shift from image registration is removed first; trackpy links, then
     ``compute_drift`` measures what drift is left in the tracks, which is removed before
@@ -268,20 +283,24 @@ def link_droplets(
     features = pd.DataFrame({"frame": frames, "x": table["x_px"] - drift[frames, 0], "y": table["y_px"] - drift[frames, 1]})
     reach = search_range_px or max(2.0, 0.6 * float(np.median(table["radius_px"])) if len(table) else 2.0)
     options = dict(search_range=reach, memory=memory_frames, adaptive_stop=0.2 * reach, adaptive_step=0.9)
+    n_frames = len(drift)
+    left = pd.DataFrame({"x": np.zeros(n_frames), "y": np.zeros(n_frames)})
     if len(table):
         linked = trackpy.link(features, **options)
-        left = trackpy.compute_drift(linked)
+        left = trackpy.compute_drift(linked).reindex(range(n_frames)).interpolate(limit_direction="both").fillna(0.0)
         features = trackpy.subtract_drift(features.set_index("frame", drop=False), left).reset_index(drop=True)
         features = trackpy.link(features, **options)
     else:
         features["particle"] = np.zeros(0, int)
+    field_drift = pd.DataFrame({"frame": np.arange(n_frames), "drift_x_px": drift[:, 0] + left["x"].to_numpy(),
+                                "drift_y_px": drift[:, 1] + left["y"].to_numpy()})
     tracks = table.assign(track=_renumbered(features["particle"].to_numpy(int), frames),
                           x_aligned_px=features["x"].to_numpy(float), y_aligned_px=features["y"].to_numpy(float))
     tracks["time_s"] = frame_times_s(int(frames.max(initial=0)) + 1, frame_interval_s)[frames]
     tracks["volume_px3"] = 4.0 / 3.0 * np.pi * tracks["radius_px"] ** 3
     tracks["sd_volume_px3"] = 4.0 * np.pi * tracks["radius_px"] ** 2 * tracks["sd_radius_px"].fillna(0.0)
     columns = [*TRACK_COLUMNS, "x_aligned_px", "y_aligned_px"]
-    return tracks[columns].sort_values(["frame", "track"], kind="stable").reset_index(drop=True)
+    return tracks[columns].sort_values(["frame", "track"], kind="stable").reset_index(drop=True), field_drift
 
 
 def _renumbered(particles: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -372,16 +391,18 @@ def _at_border(row, height: int, width: int, radii: float = 1.0) -> bool:
     return bool(row.x_px < margin or row.y_px < margin or row.x_px > width - 1 - margin or row.y_px > height - 1 - margin)
 
 
-def frame_table(results: Sequence[FitResult], fits: Sequence[FrameFit], frame_interval_s: float | None,
-                n_frames: int) -> pd.DataFrame:
+def frame_table(results: Sequence[FitResult], fits: Sequence[FrameFit], drift: pd.DataFrame,
+                frame_interval_s: float | None, n_frames: int) -> pd.DataFrame:
     """Per-frame statistics: ``frame``, ``time_s``, ``fit_id``, ``fit_kind``, ``seconds``,
-    the field's shift and cumulative drift (px), the count with its 90 % interval, mean and
-    median radius (px), RMSE, and the size statistics of ``droplet_core.size_statistics``
-    (``<statistic>``, ``_low_90``, ``_high_90``, in px)."""
+    the field's shift from the previous frame (image registration) and its drift from frame 0
+    (``link_droplets``), px, the count with its 90 % interval, mean and median radius (px),
+    RMSE, and the size statistics of ``droplet_core.size_statistics`` (``<statistic>``,
+    ``_low_90``, ``_high_90``, in px)."""
     times = frame_times_s(n_frames, frame_interval_s)
-    drift = np.cumsum([[fit.shift_x_px, fit.shift_y_px] for fit in fits], axis=0) if fits else np.zeros((0, 2))
+    drift = drift.set_index("frame")
     rows = []
-    for fit, result, (drift_x, drift_y) in zip(fits, results, drift):
+    for fit, result in zip(fits, results):
+        drift_x, drift_y = drift.loc[fit.frame, "drift_x_px"], drift.loc[fit.frame, "drift_y_px"]
         droplets = result.droplets
         count = count_of_table(droplets, float(result.info.get("uncertainty", {}).get("count_discrepancy", 0.0)))
         weights = droplets["p_exists"].to_numpy(float) if "p_exists" in droplets else np.ones(len(droplets))
@@ -424,10 +445,11 @@ def analyse_stack(stack: Stack, settings: TimelapseSettings, fits: Sequence[Fram
         if fit.frame != settings.first_frame and row < stack.n_frames:
             shifts[row] = sign * np.array([fit.shift_x_px, fit.shift_y_px])
     in_order = [dataclasses.replace(fit, shift_x_px=shifts[fit.frame, 0], shift_y_px=shifts[fit.frame, 1]) for fit in fits]
-    tracks = link_droplets(droplets_of_frames(results, frames), shifts, search_range_px=settings.search_range_px,
-                           memory_frames=settings.memory_frames, frame_interval_s=interval)
+    tracks, drift = link_droplets(droplets_of_frames(results, frames), shifts,
+                                  search_range_px=settings.search_range_px, memory_frames=settings.memory_frames,
+                                  frame_interval_s=interval)
     events = find_events(tracks, stack.n_frames, stack.frames.shape[1:3], interval)
-    return TimelapseTables(tracks, events, frame_table(results, in_order, interval, stack.n_frames))
+    return TimelapseTables(tracks, events, frame_table(results, in_order, drift, interval, stack.n_frames))
 
 
 def write_tables(tables: TimelapseTables, out_dir: str | Path) -> Path:
