@@ -41,7 +41,7 @@ from droplet_core.results import FitResult
 from droplet_core.settings import FitSettings
 from droplet_core.size_statistics import statistics_wide
 from droplet_core.stacks import Stack
-from droplet_core.store import FitStore, fit_key
+from droplet_core.store import FitStore, fit_key, is_valid_fit_id
 
 FULL, REUSE, REFIT = "full", "reuse", "refit"
 # Droplets less likely than this to exist are not linked (they are the fit's doubtful candidates).
@@ -462,26 +462,52 @@ def write_tables(tables: TimelapseTables, out_dir: str | Path) -> Path:
     return out
 
 
-def save_record(store: FitStore, record_id: str, stack_sha256: str, settings: TimelapseSettings,
-                fits: Sequence[FrameFit]) -> Path:
-    """Keep a stack fit's record (``record_id``, the stack file's sha256 in the store's
-    images, settings, each frame's fit) under the store's ``timelapses/``, for share links."""
-    folder = store.root / RECORDS_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{record_id}.json"
-    record = {"stack_sha256": stack_sha256, "settings": settings.to_dict(),
-              "frames": [dataclasses.asdict(fit) for fit in fits]}
-    path.write_text(json.dumps(record, indent=1))
-    return path
+def record_folder(store: FitStore, record_id: str) -> Path:
+    """Where a stack fit's record and tables live: ``<store>/timelapses/<record_id>/``.
+    ``LookupError`` for an id that is not 32 lowercase hexadecimal characters."""
+    if not is_valid_fit_id(record_id):
+        raise LookupError(f"{record_id!r} is not a time-lapse id (32 lowercase hexadecimal characters)")
+    return store.root / RECORDS_FOLDER / record_id
 
 
-def load_record(store: FitStore, record_id: str) -> tuple[str, TimelapseSettings, list[FrameFit]]:
-    """``save_record``'s record: (stack sha256, settings, frame fits). ``LookupError`` if absent."""
-    if not (isinstance(record_id, str) and len(record_id) == 32 and all(c in "0123456789abcdef" for c in record_id)):
-        raise LookupError(f"{record_id!r} is not a time-lapse id")
-    path = store.root / RECORDS_FOLDER / f"{record_id}.json"
-    if not path.is_file():
+def run_timelapse(
+    stack: Stack,
+    settings: TimelapseSettings,
+    store: FitStore,
+    *,
+    stack_sha256: str,
+    progress: Callable[[int, int, FrameFit], None] | None = None,
+    stop: threading.Event | None = None,
+) -> str | None:
+    """Fit, link and analyse a stack, and keep its tables and record in ``store``.
+
+    ``stack_sha256`` names the stack's file(s) in the store's images (for share links).
+    Returns the record id (``stack_id``), or None when stopped before the last frame (the
+    frames fitted so far stay in the store, and a rerun continues from them).
+    """
+    record_id = stack_id(stack, settings)
+    fits = fit_stack(stack, settings, store, progress=progress, stop=stop)
+    if len(fits) < stack.n_frames:
+        return None
+    folder = record_folder(store, record_id)
+    write_tables(analyse_stack(stack, settings, fits, store), folder)
+    record = {"stack_sha256": stack_sha256, "settings": settings.to_dict(), "problems": list(stack.problems),
+              "names": list(stack.names), "frames": [dataclasses.asdict(fit) for fit in fits]}
+    (folder / "record.json").write_text(json.dumps(record, indent=1))
+    return record_id
+
+
+def load_timelapse(store: FitStore, record_id: str) -> tuple[dict, TimelapseTables]:
+    """A finished stack fit: its record (``stack_sha256``, ``settings``, ``problems``, ``names``,
+    ``frames``) and tables. ``LookupError`` if there is none with this id."""
+    folder = record_folder(store, record_id)
+    if not (folder / "record.json").is_file():
         raise LookupError(f"no stored time-lapse with id {record_id}")
-    record = json.loads(path.read_text())
-    return (record["stack_sha256"], TimelapseSettings.from_dict(record["settings"]),
-            [FrameFit(**fit) for fit in record["frames"]])
+    record = json.loads((folder / "record.json").read_text())
+    tables = TimelapseTables(
+        pd.read_csv(folder / "tracks.csv"),
+        pd.read_csv(folder / "events.csv", dtype={"tracks_before": str, "tracks_after": str}).fillna(
+            {"tracks_before": "", "tracks_after": ""}),
+        pd.read_csv(folder / "frames.csv"),
+    )
+    return record, tables
