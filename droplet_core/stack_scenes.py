@@ -36,6 +36,7 @@ class StackSceneSettings:
     brownian_sd_px : sd of each droplet's own step per frame and axis.
     growth_sd : sd of the droplets' growth rates (relative radius change per frame).
     coalescences : pairs of neighbours that coalesce, spread over the movie.
+    coalescing_radius_px : the smallest radius of a droplet that coalesces (0: any).
     """
 
     scene: SceneSettings = SceneSettings(width_px=200, height_px=160, n_droplets=70, radius_min_px=3.0,
@@ -46,6 +47,7 @@ class StackSceneSettings:
     brownian_sd_px: float = 0.25
     growth_sd: float = 0.01
     coalescences: int = 2
+    coalescing_radius_px: float = 0.0
 
     def __post_init__(self) -> None:
         if self.n_frames < 2:
@@ -88,7 +90,8 @@ def make_stack(seed: int, settings: StackSceneSettings = StackSceneSettings()) -
     event_frames = np.linspace(1, t - 1, settings.coalescences + 2)[1:-1].round().astype(int) if t > 2 else []
     events = []
     for frame in event_frames:
-        pair = _coalescing_pair(x[frame], y[frame], radius[frame], alive[frame], width, height)
+        pair = _coalescing_pair(x[frame], y[frame], radius[frame], alive[frame], width, height,
+                                settings.coalescing_radius_px)
         if pair is None:
             continue
         a, b = pair
@@ -130,11 +133,12 @@ def _inside(x: np.ndarray, y: np.ndarray, low: float, high_x: float, high_y: flo
     return (x >= low) & (x <= high_x) & (y >= low) & (y <= high_y)
 
 
-def _coalescing_pair(x, y, radius, alive, width: int, height: int) -> tuple[int, int] | None:
-    """The two living droplets well inside the field whose gap is the smallest, and whose merged
-    droplet would not touch a third."""
+def _coalescing_pair(x, y, radius, alive, width: int, height: int, min_radius_px: float) -> tuple[int, int] | None:
+    """The two living droplets of at least ``min_radius_px`` well inside the field whose gap is
+    the smallest, and whose merged droplet would not touch a third."""
     margin = 3.0 * np.nanmax(radius)
-    ok = np.flatnonzero(alive & _inside(x, y, margin, width - 1 - margin, height - 1 - margin))
+    ok = np.flatnonzero(alive & _inside(x, y, margin, width - 1 - margin, height - 1 - margin)
+                        & (np.nan_to_num(radius) >= min_radius_px))
     best, best_gap = None, np.inf
     for a in ok:
         others = np.flatnonzero(alive)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from skimage import filters
 from skimage.registration import phase_cross_correlation
 
@@ -51,6 +52,14 @@ LINK_MIN_P_EXISTS = 0.5
 EVENT_REACH = 1.5
 VOLUME_Z = 3.0
 VOLUME_TOLERANCE = 0.2
+# A droplet that takes in (or sheds) others changes by their volume within this fraction of it.
+CHANGE_TOLERANCE = 0.5
+# Parts below this fraction of the volume involved are within the volumes' jitter: a droplet
+# that small found or lost beside a large one is an appearance or disappearance.
+MIN_PART_FRACTION = 0.1
+MIN_VOLUME_JITTER = 0.02
+JITTER_RADIUS_RATIO = 1.5
+MIN_JITTER_STEPS = 20
 TRACK_COLUMNS = ("frame", "time_s", "track", "x_px", "y_px", "radius_px", "sd_x_px", "sd_y_px", "sd_radius_px",
                  "p_exists", "volume_px3", "sd_volume_px3")
 EVENT_COLUMNS = ("frame", "time_s", "kind", "tracks_before", "tracks_after", "x_px", "y_px", "volume_before_px3",
@@ -58,6 +67,10 @@ EVENT_COLUMNS = ("frame", "time_s", "kind", "tracks_before", "tracks_after", "x_
 EVENT_KINDS = ("coalescence", "splitting", "appearance", "disappearance", "entered_field", "left_field")
 RECORDS_FOLDER = "timelapses"
 SHIFT_HIGHPASS_SIGMA_PX = 8.0
+# Detections added to a reuse frame's start: a droplet larger by this ratio than those it covers, or a
+# confident one where there was none.
+NEW_RADIUS_RATIO = 1.15
+NEW_MIN_P_EXISTS = 0.9
 
 
 @dataclass(frozen=True)
@@ -174,7 +187,9 @@ def fit_stack(
     -------
     The frames fitted, in frame order (all of them unless stopped).
     """
-    from droplet_core.fit import run_fit  # the fit engine loads JAX; linking tables needs none of it
+    # The fit engine and detector load JAX; linking tables needs none of it.
+    from droplet_core.fit import run_fit
+    from droplet_core.scale import detect_in_image
 
     fitted: dict[int, tuple[FrameFit, FitResult]] = {}
     sources: dict[int, FitResult] = {}
@@ -193,8 +208,10 @@ def fit_stack(
             previous = fitted[previous_index][1]
             source = sources[previous_index]
             shift_x, shift_y = field_shift_px(stack.frames[previous_index], frame)
-            moved = dataclasses.replace(previous, droplets=previous.droplets.assign(
-                x=previous.droplets["x"] + shift_x, y=previous.droplets["y"] + shift_y))
+            moved_droplets = previous.droplets.assign(x=previous.droplets["x"] + shift_x,
+                                                      y=previous.droplets["y"] + shift_y)
+            moved = dataclasses.replace(previous, droplets=_with_new_detections(
+                moved_droplets, detect_in_image(frame, downscale=int(source.info["downscale"]))))
             reuse = dataclasses.replace(settings.fit, appearance_from=source.fit_id,
                                         downscale=int(source.info["downscale"]), steps=settings.reuse_iterations)
             result, from_store = _stored_or_fitted(store, fit_key(sha, reuse, previous.fit_id), lambda: run_fit(
@@ -211,6 +228,25 @@ def fit_stack(
         if progress is not None:
             progress(done + 1, len(order), record)
     return [fitted[index][0] for index in sorted(fitted)]
+
+
+def _with_new_detections(droplets: pd.DataFrame, detections: pd.DataFrame) -> pd.DataFrame:
+    """``droplets`` (x, y, radius px) plus the ``detections`` that show a droplet grown at once
+    (larger by over ``NEW_RADIUS_RATIO`` than every droplet within its radius, as a coalescence's
+    product is) or a new one (no droplet within its radius, ``p_exists`` >= ``NEW_MIN_P_EXISTS``).
+    Started from the previous frame alone, such a droplet takes a frame or two to be reached."""
+    detections = detections[detections["p_exists"] >= LINK_MIN_P_EXISTS]
+    if detections.empty or droplets.empty:
+        return droplets
+    tree = cKDTree(droplets[["x", "y"]].to_numpy(float))
+    radii = droplets["radius"].to_numpy(float)
+    new = []
+    for row in detections.itertuples(index=False):
+        near = tree.query_ball_point((row.x, row.y), row.radius)
+        grown = bool(near) and all(radii[i] * NEW_RADIUS_RATIO < row.radius for i in near)
+        if grown or (not near and row.p_exists >= NEW_MIN_P_EXISTS):
+            new.append({"x": row.x, "y": row.y, "radius": row.radius, "p_exists": row.p_exists})
+    return pd.concat([droplets, pd.DataFrame(new)], ignore_index=True) if new else droplets
 
 
 def _stored_or_fitted(store: FitStore, key: str, fit: Callable[[], FitResult]) -> tuple[FitResult, bool]:
@@ -322,7 +358,11 @@ def find_events(tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int],
     is the same backwards in time. Other track ends are disappearances (``left_field`` within
     a radius and a pixel of the border) and other starts appearances (``entered_field``).
     The one droplet must be larger than each part, and away from the border (droplets cut
-    by the edge are measured too poorly to weigh volumes).
+    by the edge are measured too poorly to weigh volumes); where its track goes on through
+    the event, its own volume must change by the parts' volume (within ``CHANGE_TOLERANCE``),
+    and by more than ``VOLUME_Z`` times the frame-to-frame jitter of droplets of its size
+    (``volume_jitter``),
+    so that a small droplet found or lost beside a large one is not taken for an event.
 
     Returns
     -------
@@ -335,6 +375,7 @@ def find_events(tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int],
     spans = tracks.groupby("track")["frame"].agg(["min", "max"])
     by_frame = {frame: group for frame, group in tracks.groupby("frame")}
     empty = tracks.iloc[:0]
+    steps = volume_steps(tracks)
     events, used_ends, used_starts = [], set(), set()
     for frame in range(1, n_frames):
         now, before = by_frame.get(frame, empty), by_frame.get(frame - 1, empty)
@@ -355,6 +396,15 @@ def find_events(tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int],
                 sd = float(np.sqrt(row.sd_volume_px3**2 + (members["sd_volume_px3"] ** 2).sum()))
                 if abs(volume_one - volume_parts) > max(VOLUME_Z * sd, VOLUME_TOLERANCE * volume_one):
                     continue
+                # A droplet that goes on through the event must change by the parts' volume (a
+                # droplet's error is much the same in two frames, so this is the sharper test).
+                taken = float(parts["volume_px3"].sum())
+                if parts["volume_px3"].min() < MIN_PART_FRACTION * max(volume_one, volume_parts):
+                    continue
+                if not own.empty:
+                    change = abs(volume_one - float(own["volume_px3"].iloc[0]))
+                    if change < VOLUME_Z * volume_jitter(steps, row.radius_px) * volume_one or abs(change - taken) > CHANGE_TOLERANCE * taken:
+                        continue
                 used.update(parts["track"].tolist())
                 if own.empty:
                     used_one.add(row.track)
@@ -377,6 +427,32 @@ def find_events(tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int],
                                0.0, row.volume_px3, row.sd_volume_px3))
     table = pd.DataFrame(events, columns=list(EVENT_COLUMNS))
     return table.astype({"frame": int}).sort_values(["frame", "kind"], kind="stable").reset_index(drop=True)
+
+
+def volume_steps(tracks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame-to-frame step of every track: ``(k,)`` mean radius (px) and change of log volume."""
+    ordered = tracks.sort_values(["track", "frame"], kind="stable")
+    same = ordered["track"].to_numpy()[1:] == ordered["track"].to_numpy()[:-1]
+    radius = ordered["radius_px"].to_numpy(float)
+    changes = np.diff(np.log(ordered["volume_px3"].to_numpy(float)))[same]
+    return 0.5 * (radius[1:] + radius[:-1])[same], changes
+
+
+def volume_jitter(steps: tuple[np.ndarray, np.ndarray], radius_px: float) -> float:
+    """The relative sd of the volume of a droplet of about ``radius_px`` from one frame to the
+    next, measured on the tracks' ``volume_steps`` of droplets within ``JITTER_RADIUS_RATIO``
+    of that radius (all, where fewer than ``MIN_JITTER_STEPS``): 1.4826 median absolute change
+    of log volume, at least ``MIN_VOLUME_JITTER``.
+
+    The fits' own radius sds hold the model's calibrated error, which is much the same for one
+    droplet in two frames; changes are judged against this jitter instead.
+    """
+    radius, changes = steps
+    alike = np.abs(np.log(radius / radius_px)) <= np.log(JITTER_RADIUS_RATIO)
+    chosen = changes[alike] if alike.sum() >= MIN_JITTER_STEPS else changes
+    if chosen.size == 0:
+        return MIN_VOLUME_JITTER
+    return max(float(1.4826 * np.median(np.abs(chosen))), MIN_VOLUME_JITTER)
 
 
 def _nearby(candidates: pd.DataFrame, row) -> pd.DataFrame:
