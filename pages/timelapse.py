@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import threading
 import zipfile
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import streamlit as st
 
@@ -149,15 +149,16 @@ if job is not None and not job["future"].done():
 
     progress_panel()
     st.stop()
-if job is not None and job["future"].exception() is not None:
-    error = job["future"].exception()
-    st.error(f"The stack fit failed: {' '.join(str(error).split()) or type(error).__name__}. "
+failure = job["future"].exception() if job is not None else None
+if failure is not None:
+    st.error(f"The stack fit failed: {' '.join(str(failure).split()) or type(failure).__name__}. "
              "Frames fitted before are kept in the store.", icon=":material/error:")
+    st.stop()
 try:
     record, tables = load_timelapse(app.store(), record_id)
     stack = stored_stack(record["stack_sha256"], root)
 except (LookupError, StoreError, StackError) as exc:
-    if job is not None and job["future"].exception() is None:
+    if job is not None:
         st.warning("The stack fit was stopped. Press **Fit stack** again to continue from the frames already fitted.",
                    icon=":material/pause:")
     else:
