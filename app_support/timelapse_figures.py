@@ -32,11 +32,13 @@ def frame_overlay_figure(frame_rgb: np.ndarray, tracks: pd.DataFrame, frame: int
         if len(path) > 1:
             path_x += path["x_px"].round(2).tolist() + [None]
             path_y += path["y_px"].round(2).tolist() + [None]
-    fig.add_trace(go.Scattergl(x=path_x, y=path_y, mode="lines", line=dict(color=PATH_COLOUR, width=1.5),
-                               name=f"path (last {trail_frames} frames)", hoverinfo="skip"))
+    # Lines as SVG, not WebGL: a Scattergl line over a go.Image renders flat below the image
+    # (see app_support.figures.droplet_traces).
+    fig.add_trace(go.Scatter(x=path_x, y=path_y, mode="lines", line=dict(color=PATH_COLOUR, width=1.5),
+                             name=f"path (last {trail_frames} frames)", hoverinfo="skip"))
     ring_x, ring_y = circle_outlines(now["x_px"], now["y_px"], now["radius_px"])
-    fig.add_trace(go.Scattergl(x=ring_x, y=ring_y, mode="lines", line=dict(color=DEFAULT_RING, width=1),
-                               name="droplets", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=ring_x, y=ring_y, mode="lines", line=dict(color=DEFAULT_RING, width=1),
+                             name="droplets", hoverinfo="skip"))
     fig.add_trace(go.Scattergl(
         x=now["x_px"], y=now["y_px"], mode="markers", marker=dict(size=5, color=DEFAULT_RING, opacity=0.6),
         customdata=np.stack([now["track"], now["radius_px"]], axis=1) if len(now) else None,
