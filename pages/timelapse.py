@@ -48,8 +48,10 @@ def running_stacks(root: str) -> tuple[dict[str, dict], threading.Lock]:
     return {}, threading.Lock()
 
 
-@st.cache_data(show_spinner="Reading the stack ...", max_entries=4)
+@st.cache_resource(show_spinner="Reading the stack ...", max_entries=2)
 def stored_stack(sha: str, root: str):
+    """The stack stored under ``sha``: one shared, read-only copy (``cache_data`` would pickle
+    every frame on every rerun)."""
     store = app.store()
     return read_stack([(store.image_name(sha) or "stack", store.image_bytes(sha))])
 
