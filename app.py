@@ -59,6 +59,7 @@ PAGE_SPECS = (
     ("pages/gallery.py", "Mask gallery", ":material/grid_view:", "gallery"),
     ("pages/compare.py", "Compare", ":material/compare:", "compare"),
     ("pages/batch.py", "Batch", ":material/stacks:", "batch"),
+    ("pages/timelapse.py", "Time-lapse", ":material/movie:", "timelapse"),
 )
 PAGE_FILES = {url: script for script, _, _, url in PAGE_SPECS}
 # Pages that show the fit named by ``?fit=`` (share links).

@@ -40,7 +40,11 @@ from PIL import Image, ImageDraw
 from droplet_core.detection.matching import match_pairs
 from droplet_core.imaging.images import sha256_bytes
 from droplet_core.inference.engine import run_fit
-from droplet_core.inference.uncertainty import CALIBRATION_FILE, interval_half_width, laplace_sd
+from droplet_core.inference.uncertainty import (
+    CALIBRATION_FILE,
+    interval_half_width,
+    laplace_sd,
+)
 from droplet_core.settings import FitSettings, default_channel
 from droplet_core.synthetic.scenes import (
     FAMILIES,

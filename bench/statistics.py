@@ -31,7 +31,11 @@ import pandas as pd
 from droplet_core.imaging.images import sha256_bytes
 from droplet_core.inference.engine import run_fit
 from droplet_core.measurements.counting import count_interval
-from droplet_core.measurements.readout import SIZE_CALIBRATION_FILE, field_of_view, fit_statistics
+from droplet_core.measurements.readout import (
+    SIZE_CALIBRATION_FILE,
+    field_of_view,
+    fit_statistics,
+)
 from droplet_core.measurements.size_statistics import (
     STATISTIC_NAMES,
     StatisticsSettings,

@@ -7,7 +7,13 @@ import numpy as np
 import streamlit as st
 
 import app
-from app_support.figures import Placement, composition_columns, dominant_type, gallery_figure, overlay_figure
+from app_support.figures import (
+    Placement,
+    composition_columns,
+    dominant_type,
+    gallery_figure,
+    overlay_figure,
+)
 
 app.page_start("gallery")
 st.title("Mask gallery")

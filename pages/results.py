@@ -16,7 +16,11 @@ from app_support.figures import (
     residual_rgb,
 )
 from app_support.pixel_size import pixel_size_for
-from app_support.size_figures import size_distribution_figure, statistics_display_table, statistics_interval_figure
+from app_support.size_figures import (
+    size_distribution_figure,
+    statistics_display_table,
+    statistics_interval_figure,
+)
 from app_support.tables import droplet_column_config, droplet_table_view
 from droplet_core.imaging.display import apply_stretch, stretch_limits
 from droplet_core.imaging.units import PixelSize

@@ -6,8 +6,9 @@ import os
 import time
 from pathlib import Path
 
-from droplet_core.settings import FitProgress
 from test_jobs import build_result
+
+from droplet_core.settings import FitProgress
 
 CHUNK = 10
 CHUNK_S = 0.2

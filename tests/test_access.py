@@ -12,9 +12,9 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from droplet_core.imaging.images import load_image
-from droplet_core.synthetic.scenes import demo_image_bytes
-from droplet_core.settings import FitSettings
 from droplet_core.service.store import FitStore
+from droplet_core.settings import FitSettings
+from droplet_core.synthetic.scenes import demo_image_bytes
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PASSWORD = "droplets-in-the-lab"
@@ -30,8 +30,8 @@ OIDC_SECRETS = {
 @pytest.fixture(scope="module")
 def stored_fit_id() -> str:
     """A short real fit of the built-in demo scene, in the tests' store."""
-    from droplet_core.inference.engine import run_fit
     from droplet_core.imaging.images import sha256_bytes
+    from droplet_core.inference.engine import run_fit
 
     data = demo_image_bytes()
     store = FitStore()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
+from test_jobs import WAIT_S, FakeFit
 
 from droplet_core.service.jobs import QueueSettings
-from test_jobs import WAIT_S, FakeFit
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from droplet_core.imaging.channels import CHANNEL_LABELS, CHANNELS, all_channels, extract_channel
+from droplet_core.imaging.channels import (
+    CHANNEL_LABELS,
+    CHANNELS,
+    all_channels,
+    extract_channel,
+)
 
 RED, GREEN, BLUE, WHITE, BLACK = (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (0, 0, 0)
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+from test_jobs import IMAGE, IMAGE_SHA, WAIT_S, FakeFit, wait_until
 
 from droplet_core.service.fair_queue import FairQueue, estimated_seconds
 from droplet_core.service.jobs import JobRegistry, QueueFull, QueueSettings
-from droplet_core.settings import FitSettings
 from droplet_core.service.store import FitStore
-from test_jobs import IMAGE, IMAGE_SHA, WAIT_S, FakeFit, wait_until
+from droplet_core.settings import FitSettings
 
 
 def test_pop_is_round_robin_across_lanes_and_order_predicts_it():

@@ -8,14 +8,14 @@ import signal
 import time
 
 import pytest
-
 from cluster_fits import slow_fit
+from test_jobs import IMAGE, IMAGE_SHA
+
+from droplet_core.fit_ids import fit_key
 from droplet_core.service.fit_tasks import JobFiles
 from droplet_core.service.jobs import JobRegistry, QueueSettings
-from droplet_core.settings import FitSettings
-from droplet_core.fit_ids import fit_key
 from droplet_core.service.store import FitStore
-from test_jobs import IMAGE, IMAGE_SHA
+from droplet_core.settings import FitSettings
 
 TIMEOUT_S = 60
 

@@ -13,7 +13,6 @@ import time
 import urllib.request
 
 import pytest
-
 from test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,

@@ -6,7 +6,13 @@ import jax
 import numpy as np
 
 from droplet_core.models import templates
-from droplet_core.models.common import PADDING_OFFSET_PX, Layout, ModelSpec, bucket_size, make_layout
+from droplet_core.models.common import (
+    PADDING_OFFSET_PX,
+    Layout,
+    ModelSpec,
+    bucket_size,
+    make_layout,
+)
 
 
 def test_bucket_sizes_hold_the_count_and_waste_little():

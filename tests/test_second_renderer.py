@@ -5,7 +5,13 @@ import pandas as pd
 import pytest
 
 from droplet_core.imaging.images import load_image
-from tests.second_renderer import FAMILIES, FluorescenceOptics, SeedlikeOptics, encode, render
+from tests.second_renderer import (
+    FAMILIES,
+    FluorescenceOptics,
+    SeedlikeOptics,
+    encode,
+    render,
+)
 
 SMALL = {"width_px": 200, "height_px": 160}
 SMALL_RADII = {

@@ -9,7 +9,11 @@ from scipy.stats import binom
 
 from droplet_core.detection.matching import match_pairs
 from droplet_core.inference.engine import run_fit
-from droplet_core.inference.uncertainty import interval_half_width, laplace_sd, with_model_discrepancy
+from droplet_core.inference.uncertainty import (
+    interval_half_width,
+    laplace_sd,
+    with_model_discrepancy,
+)
 from droplet_core.measurements.counting import count_interval
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import gaussian_blob_scene

@@ -13,7 +13,11 @@ import pytest
 
 from droplet_core.inference.engine import run_fit
 from droplet_core.inference.verdict import FitVerdict, judge_fit, noise_sd_estimate
-from droplet_core.measurements.counting import count_of_table, doubtful_mask, droplet_count
+from droplet_core.measurements.counting import (
+    count_of_table,
+    doubtful_mask,
+    droplet_count,
+)
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import SceneSettings, make_scene
 

@@ -40,7 +40,12 @@ from droplet_core.detection.detector_net import (
 from droplet_core.detection.matching import match_droplets
 from droplet_core.imaging.channels import extract_channel
 from droplet_core.provenance import jax_device_description, library_versions
-from droplet_core.synthetic.scenes import FAMILIES, SceneSettings, make_scene, random_family_settings
+from droplet_core.synthetic.scenes import (
+    FAMILIES,
+    SceneSettings,
+    make_scene,
+    random_family_settings,
+)
 
 CURVE_FILE = "training_curve.png"
 TRAIN_SEED_BASE = 10_000

@@ -16,7 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial import cKDTree
 
-from droplet_core.detection.log_candidates import contrast_image, smoothed_contrast, strong_peaks
+from droplet_core.detection.log_candidates import (
+    contrast_image,
+    smoothed_contrast,
+    strong_peaks,
+)
 from droplet_core.detection.scale import outermost_droplets
 from droplet_core.models.common import Layout, ModelSpec
 

@@ -38,13 +38,27 @@ from numpyro.infer import SVI
 from numpyro.optim import optax_to_numpyro
 
 from droplet_core.detection.in_image import detect_droplets
-from droplet_core.detection.log_candidates import centre_contrast, contrast_image, find_candidates
-from droplet_core.detection.scale import CANDIDATE_THRESHOLD, MAX_FIT_RADIUS_PX, ScaleChoice, choose_downscale
+from droplet_core.detection.log_candidates import (
+    centre_contrast,
+    contrast_image,
+    find_candidates,
+)
+from droplet_core.detection.scale import (
+    CANDIDATE_THRESHOLD,
+    MAX_FIT_RADIUS_PX,
+    ScaleChoice,
+    choose_downscale,
+)
 from droplet_core.fit_ids import fit_key
 from droplet_core.imaging import images
 from droplet_core.imaging.channels import extract_channel
 from droplet_core.inference.droplet_switching import MAX_RADIUS_PX, MIN_RADIUS_PX, tidy
-from droplet_core.inference.guide import Evaluation, MeanFieldGuide, OrderedTraceELBO, latent_sites
+from droplet_core.inference.guide import (
+    Evaluation,
+    MeanFieldGuide,
+    OrderedTraceELBO,
+    latent_sites,
+)
 from droplet_core.inference.reuse_fit import fit_with_fixed_appearance
 from droplet_core.inference.uncertainty import (
     at_locs,
@@ -102,14 +116,15 @@ class Region(NamedTuple):
     detections: pd.DataFrame | None
 
 
-def prepare_region(image: np.ndarray, settings: FitSettings) -> Region:
+def prepare_region(image: np.ndarray, settings: FitSettings, detect: bool = True) -> Region:
     """Crop, detect and downscale an uploaded ``(H, W, 3)`` image for fitting.
 
     An automatic downscale follows the droplets' size (``droplet_core.detection.scale``), which the
-    pyramid detector measures; LoG starts without a set downscale use it too.
+    pyramid detector measures; LoG starts without a set downscale use it too. ``detect=False``
+    (a set downscale and droplets known from elsewhere) skips the detector.
     """
     detections = None
-    if settings.initializer == "encoder" or not settings.downscale:
+    if not settings.downscale or (detect and settings.initializer == "encoder"):
         detections = detect_droplets(
             image, threshold=CANDIDATE_THRESHOLD, downscale=settings.downscale or 1, crop=settings.crop
         )
@@ -162,6 +177,19 @@ def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> 
     if table.empty:
         raise FitError("no droplet candidates found in this channel; try another channel or a smaller downscale")
     return table[["x", "y", "radius", "contrast"]].to_numpy(np.float32)
+
+
+def _start_candidates(droplets: pd.DataFrame, observed: np.ndarray, factor: int, origin: tuple[int, int]) -> np.ndarray:
+    """``(n, 4)`` candidates x, y, radius, contrast in fit pixels from an earlier fit's droplet
+    table (pixels of its uploaded image), most probable first."""
+    if droplets.empty:
+        raise FitError("the fit to start from has no droplets")
+    table = droplets.sort_values("p_exists", ascending=False, kind="stable") if "p_exists" in droplets else droplets
+    x = images.to_fit_px(table["x"].to_numpy() - origin[0], factor)
+    y = images.to_fit_px(table["y"].to_numpy() - origin[1], factor)
+    radius = np.clip(table["radius"].to_numpy() / factor, MIN_RADIUS_PX, MAX_FIT_RADIUS_PX)
+    contrast = centre_contrast(contrast_image(observed)[1], x, y)
+    return np.stack([x, y, radius, np.asarray(contrast)], axis=1).astype(np.float32)
 
 
 def learning_rates(settings: FitSettings, warm: bool) -> np.ndarray:
@@ -288,6 +316,7 @@ def run_fit(
     warm_start: FitResult | None = None,
     appearance_source: FitResult | None = None,
     fit_id: str | None = None,
+    start_from: FitResult | None = None,
 ) -> FitResult:
     """Fit ``settings.model`` to an uploaded ``(H, W, 3)`` float image in [0, 1].
 
@@ -303,6 +332,9 @@ def run_fit(
         appearance is held fixed.
     fit_id : the key of this request (``fit_ids.fit_key``) when the caller has computed it
         already; a fit stopped early gets its own key.
+    start_from : a fit of a similar image (the previous frame of a time-lapse) whose
+        droplets are the starting candidates instead of the detector's; its id keys the
+        result as a parent does.
 
     Returns
     -------
@@ -310,7 +342,7 @@ def run_fit(
     """
     started = time.perf_counter()
     variant = load_variant(settings.model)
-    region = prepare_region(image, settings)
+    region = prepare_region(image, settings, detect=start_from is None)
     factor, origin = region.factor, region.origin
     observed = extract_channel(region.rgb, settings.channel).astype(np.float32)
     key = jax.random.PRNGKey(settings.seed)
@@ -322,7 +354,9 @@ def run_fit(
         active = warm_start.warm_start.active.astype(np.float32)
         polarity = warm_start.warm_start.polarity
     else:
-        found = _candidates(observed, region, settings)
+        found = _candidates(observed, region, settings) if start_from is None else _start_candidates(
+            start_from.droplets, observed, factor, origin
+        )
         polarity = 1.0 if np.median(found[:, 3]) >= 0 else -1.0
         candidates = _with_spare_slots(found, spare=settings.droplets == 0)
         anchors = candidates[:, :3].copy()
@@ -385,7 +419,7 @@ def run_fit(
     all_losses = run.losses
     if warm_start is not None:
         all_losses = np.concatenate([warm_start.losses, all_losses])
-    parent = warm_start.fit_id if warm_start is not None else None
+    parent = warm_start.fit_id if warm_start is not None else start_from.fit_id if start_from is not None else None
     if status != "done" or fit_id is None:
         fit_id = fit_key(image_sha256, settings, parent, None if status == "done" else done)
     appearance = variant.appearance(values, spec)

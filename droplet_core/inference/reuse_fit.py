@@ -34,7 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from droplet_core.inference.droplet_switching import tidy
-from droplet_core.inference.uncertainty import at_locs, by_site, droplet_jacobian, stacked_prior_curvature
+from droplet_core.inference.uncertainty import (
+    at_locs,
+    by_site,
+    droplet_jacobian,
+    stacked_prior_curvature,
+)
 from droplet_core.models.common import ModelSpec, shading_basis
 from droplet_core.results import OptimiserRun
 from droplet_core.settings import FitProgress

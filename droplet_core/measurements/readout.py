@@ -23,7 +23,10 @@ import pandas as pd
 
 from droplet_core.imaging.units import PixelSize, read_pixel_size, with_units
 from droplet_core.measurements import exports
-from droplet_core.measurements.size_statistics import StatisticsSettings, size_statistics
+from droplet_core.measurements.size_statistics import (
+    StatisticsSettings,
+    size_statistics,
+)
 
 if TYPE_CHECKING:
     from droplet_core.results import FitReport

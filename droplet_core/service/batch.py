@@ -38,9 +38,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from droplet_core.imaging.units import UNKNOWN, PixelSize, read_pixel_size, resolve_pixel_size
+from droplet_core.imaging.units import (
+    UNKNOWN,
+    PixelSize,
+    read_pixel_size,
+    resolve_pixel_size,
+)
 from droplet_core.measurements.counting import count_of_table, doubtful_mask
-from droplet_core.measurements.readout import droplet_table, fit_statistics, write_fit_outputs
+from droplet_core.measurements.readout import (
+    droplet_table,
+    fit_statistics,
+    write_fit_outputs,
+)
 from droplet_core.measurements.size_statistics import statistics_wide
 from droplet_core.service.requests import load_or_fit
 from droplet_core.service.store import FitStore

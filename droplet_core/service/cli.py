@@ -1,4 +1,4 @@
-"""Command line: ``fit IMAGE ...``, ``batch IMAGES ...``, ``stats FIT ...``, ``scene ...``, ``detect IMAGE ...``
+"""Command line: ``fit IMAGE ...``, ``batch IMAGES ...``, ``track STACK ...``, ``stats FIT ...``, ``scene ...``, ``detect IMAGE ...``
 and ``train-encoder ...``.
 
 Bad input ends with exit status 2 and one line on stderr saying what is wrong.
@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler; default: a local cluster")
     batch.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default 2)")
     batch.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    track = commands.add_parser(
+        "track", help="fit every frame of a time-lapse stack, follow the droplets: tracks.csv, events.csv, frames.csv"
+    )
+    track.add_argument("stack", type=Path, help="multi-page TIFF / OME-TIFF, video, zip of images, or a folder of images")
+    track.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_fit_options(track)
+    track.add_argument("--frame-interval", metavar="INTERVAL", help="time between frames, e.g. 2s or 500ms "
+                       "(default: from the file, else times are frame numbers)")
+    track.add_argument("--first-frame", type=int, default=1, help="frame fitted in full first (1-based, default 1)")
+    track.add_argument("--search-range", type=float, default=0.0,
+                       help="farthest move of a droplet between frames, px, drift removed (default: from the radii)")
+    track.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     scene = commands.add_parser("scene", help="write a synthetic scene.png and its truth.csv")
     scene.add_argument("--seed", type=int, default=0)
@@ -216,7 +229,13 @@ def _fit(args) -> int:
 
 
 def _batch(args) -> int:
-    from droplet_core.service.batch import FAILED, dask_executor, find_images, run_batch, write_batch_outputs
+    from droplet_core.service.batch import (
+        FAILED,
+        dask_executor,
+        find_images,
+        run_batch,
+        write_batch_outputs,
+    )
     from droplet_core.service.store import FitStore
 
     images = find_images(args.images)
@@ -243,6 +262,41 @@ def _batch(args) -> int:
     if not fitted:
         raise ImageError(f"none of the {len(outcomes)} images could be fitted; reasons in {args.out / 'summary.csv'}")
     print(f"batch: {fitted} of {len(outcomes)} images fitted -> {args.out}")
+    return 0
+
+
+def _track(args) -> int:
+    from droplet_core.imaging.stacks import parse_frame_interval, read_stack_path
+    from droplet_core.service.store import FitStore
+    from droplet_core.service.timelapse import (
+        TimelapseSettings,
+        analyse_stack,
+        fit_stack,
+        write_tables,
+    )
+
+    if args.appearance_from:
+        raise ValueError("track learns the appearance on its first frame; --appearance-from is not used here")
+    stack = read_stack_path(args.stack)
+    for problem in stack.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    interval = parse_frame_interval(args.frame_interval) if args.frame_interval else None
+    if args.search_range < 0:
+        raise ValueError("--search-range must not be negative")
+    settings = TimelapseSettings(fit=_settings_from_args(args, None), first_frame=args.first_frame - 1,
+                                 search_range_px=args.search_range, frame_interval_s=interval)
+
+    def report(done, total, frame):
+        where = "from the store" if frame.from_store else f"{frame.seconds:.1f} s"
+        print(f"[{done}/{total}] frame {frame.frame + 1}: {frame.kind} fit, {where}", file=sys.stderr)
+
+    store = FitStore()
+    fits = fit_stack(stack, settings, store, progress=None if args.quiet else report)
+    tables = analyse_stack(stack, settings, fits, store)
+    write_tables(tables, args.out)
+    kinds = tables.events["kind"].value_counts()
+    print(f"track: {stack.n_frames} frames, {tables.tracks['track'].nunique()} tracks, "
+          f"{int(kinds.get('coalescence', 0))} coalescences, {len(tables.events)} events -> {args.out}")
     return 0
 
 
@@ -361,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     # A malformed TIFF becomes one ImageError line (or loads); tifffile logs its complaints about it
     # (as warnings and errors), which would add lines.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    commands = {"fit": _fit, "batch": _batch, "scene": _scene, "stats": _stats, "detect": _detect,
+    commands = {"fit": _fit, "batch": _batch, "track": _track, "scene": _scene, "stats": _stats, "detect": _detect,
                 "train-encoder": _train_encoder}
     try:
         return commands[args.command](args)

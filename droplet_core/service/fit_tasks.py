@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from droplet_core.results import FitResult
-from droplet_core.settings import FitProgress, FitSettings
 from droplet_core.fit_ids import fit_key
+from droplet_core.results import FitResult
 from droplet_core.service.store import FitStore, StoreError
+from droplet_core.settings import FitProgress, FitSettings
 
 logger = logging.getLogger(__name__)
 

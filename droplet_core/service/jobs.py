@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from droplet_core.fit_ids import fit_key
+from droplet_core.results import FitResult
 from droplet_core.service.fair_queue import FairQueue, estimated_seconds
 from droplet_core.service.fit_tasks import (
     DONE,
@@ -45,7 +46,6 @@ from droplet_core.service.fit_tasks import (
     one_line,
     remove_stale_job_files,
 )
-from droplet_core.results import FitResult
 from droplet_core.service.store import FitStore, StoreError
 from droplet_core.settings import FitProgress, FitSettings
 

@@ -27,9 +27,10 @@ class ServedFit(NamedTuple):
     from_store: bool
 
 
-def request_key(image_sha256: str, settings: FitSettings, warm_start: FitResult | None = None) -> str:
-    """The fit id a complete fit of this request gets (its store key)."""
-    return fit_key(image_sha256, settings, warm_start.fit_id if warm_start is not None else None)
+def request_key(image_sha256: str, settings: FitSettings, parent: FitResult | None = None) -> str:
+    """The fit id a complete fit of this request gets (its store key); ``parent`` is the fit
+    it continues or starts from."""
+    return fit_key(image_sha256, settings, parent.fit_id if parent is not None else None)
 
 
 def load_or_fit(
@@ -41,6 +42,7 @@ def load_or_fit(
     image_bytes: bytes | None = None,
     warm_start: FitResult | None = None,
     appearance_source: FitResult | None = None,
+    start_from: FitResult | None = None,
     progress: Callable[[FitProgress], None] | None = None,
     stop: threading.Event | None = None,
     fit_id: str | None = None,
@@ -58,6 +60,8 @@ def load_or_fit(
     warm_start : an earlier fit of the same image to continue from.
     appearance_source : the fit named by ``settings.appearance_from``; loaded from
         ``store`` when not given.
+    start_from : a fit of a similar image (a time-lapse's previous frame) whose droplets
+        start this fit.
     progress, stop : as ``droplet_core.inference.engine.run_fit``.
     fit_id : ``request_key`` of this request, when the caller has computed it already.
 
@@ -74,7 +78,7 @@ def load_or_fit(
     FitError
         The fit cannot run.
     """
-    key = fit_id or request_key(image_sha256, settings, warm_start)
+    key = fit_id or request_key(image_sha256, settings, warm_start if warm_start is not None else start_from)
     if store.has(key):
         return ServedFit(store.load(key), True)
     from droplet_core.inference.engine import run_fit  # here: the fit engine loads JAX
@@ -83,7 +87,7 @@ def load_or_fit(
         appearance_source = store.load(settings.appearance_from)
     result = run_fit(
         image, settings, image_sha256=image_sha256, progress=progress, stop=stop, warm_start=warm_start,
-        appearance_source=appearance_source, fit_id=key,
+        appearance_source=appearance_source, start_from=start_from, fit_id=key,
     )
     if image_bytes is not None:
         result = replace(result, report=result.report.with_file_pixel_size(image_bytes))

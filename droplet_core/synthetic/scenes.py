@@ -44,7 +44,12 @@ from droplet_core.synthetic.scene_families import (
     render_fluorescence,
     render_phase,
 )
-from droplet_core.synthetic.scene_geometry import contact_counts, draw_radii, pack, place_random
+from droplet_core.synthetic.scene_geometry import (
+    contact_counts,
+    draw_radii,
+    pack,
+    place_random,
+)
 
 # Sub-samples per pixel side when rendering a seed droplet: antialiased edges, and highlights
 # smaller than a pixel still contribute their area rather than aliasing.
@@ -413,6 +418,39 @@ def _render_seed(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.
     for index in range(k):
         truth[f"composition_{index}"] = composition[:, index]
     return image, truth
+
+
+def render_seed_droplets(
+    x: np.ndarray, y: np.ndarray, radius: np.ndarray, composition: np.ndarray, settings: SceneSettings,
+    background_seed: int, noise_seed: int,
+) -> np.ndarray:
+    """Given droplets drawn in the seed family's look, as ``make_scene`` renders them.
+
+    Parameters
+    ----------
+    x, y, radius : ``(n,)`` centres (column, row) and radii, px; centres may lie outside the image.
+    composition : ``(n, k)`` mixing weights of ``settings.palette_rgb``.
+    settings : the look and image size.
+    background_seed : seeds the uneven illumination (keep it for every frame of one movie).
+    noise_seed : seeds the noise.
+
+    Returns
+    -------
+    uint8 ``(height_px, width_px, 3)`` RGB.
+    """
+    image = _background(np.random.default_rng(background_seed), settings)
+    colours = np.asarray(composition, dtype=np.float64) @ np.asarray(settings.palette_rgb, dtype=np.float64)
+    image = _paint_droplets(image, np.asarray(x, float), np.asarray(y, float), np.asarray(radius, float), colours,
+                            settings)
+    if settings.blur_sigma_px > 0:
+        image = ndimage.gaussian_filter(image, sigma=(settings.blur_sigma_px, settings.blur_sigma_px, 0))
+    image = image + np.random.default_rng(noise_seed).normal(0.0, settings.noise_sd, size=image.shape)
+    image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if settings.jpeg_quality is not None:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=settings.jpeg_quality)
+        image = np.asarray(Image.open(buffer).convert("RGB"))
+    return image
 
 
 def _layout(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,579 @@
+"""Time-lapse: fit every frame of a stack, follow each droplet, and find coalescence and the rest.
+
+``fit_stack`` fits the first (or a chosen) frame in full and every later frame with that
+fit's appearance held fixed (``droplet_core.inference.reuse_fit``'s Levenberg-Marquardt), starting from
+the previous frame's droplets moved by the whole field's shift between the two frames
+(phase correlation); droplets are added and removed as the residual demands, as in any
+reuse fit. A frame the reused appearance draws badly (RMSE over ``refit_rmse_ratio`` times
+the full fit's: focus, illumination or the droplets' look changed) gets a full fit of its own,
+whose appearance the following frames then reuse. Frames are fitted outwards from the first
+one, so frames before it are fitted backwards. Every frame's fit is a stored fit with the
+usual per-droplet uncertainty, keyed by its frame and the fit it started from: an interrupted
+stack resumes where it stopped.
+
+``link_droplets`` removes the field's drift and links droplets into tracks with trackpy;
+``find_events`` reads coalescence (tracks ending where one larger droplet starts or grows,
+volume conserved within the uncertainty), splitting (the reverse), appearance and
+disappearance (and droplets entering or leaving the field) from the tracks. Outputs are
+DataFrames with units in their column names: ``tracks.csv``, ``events.csv``, ``frames.csv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from skimage import filters
+from skimage.registration import phase_cross_correlation
+
+from droplet_core.fit_ids import is_valid_fit_id
+from droplet_core.imaging.stacks import Stack
+from droplet_core.measurements.counting import count_of_table
+from droplet_core.measurements.readout import fit_statistics
+from droplet_core.measurements.size_statistics import statistics_wide
+from droplet_core.results import FitResult
+from droplet_core.service.requests import load_or_fit
+from droplet_core.service.store import FitStore
+from droplet_core.settings import FitSettings
+
+FULL, REUSE, REFIT = "full", "reuse", "refit"
+# Droplets less likely than this to exist are not linked (they are the fit's doubtful candidates).
+LINK_MIN_P_EXISTS = 0.5
+# Coalescence / splitting: parts within this many radii (summed) of the droplet they become,
+# and volumes that agree within this many standard deviations or this fraction.
+EVENT_REACH = 1.5
+VOLUME_Z = 3.0
+VOLUME_TOLERANCE = 0.2
+# A droplet that takes in (or sheds) others changes by their volume within this fraction of it.
+CHANGE_TOLERANCE = 0.5
+# Parts below this fraction of the volume involved are within the volumes' jitter: a droplet
+# that small found or lost beside a large one is an appearance or disappearance.
+MIN_PART_FRACTION = 0.1
+MIN_VOLUME_JITTER = 0.02
+JITTER_RADIUS_RATIO = 1.5
+MIN_JITTER_STEPS = 20
+TRACK_COLUMNS = ("frame", "time_s", "track", "x_px", "y_px", "radius_px", "sd_x_px", "sd_y_px", "sd_radius_px",
+                 "p_exists", "volume_px3", "sd_volume_px3")
+EVENT_COLUMNS = ("frame", "time_s", "kind", "tracks_before", "tracks_after", "x_px", "y_px", "volume_before_px3",
+                 "volume_after_px3", "sd_volume_px3")
+EVENT_KINDS = ("coalescence", "splitting", "appearance", "disappearance", "entered_field", "left_field")
+RECORDS_FOLDER = "timelapses"
+SHIFT_HIGHPASS_SIGMA_PX = 8.0
+# Detections added to a reuse frame's start: a droplet larger by this ratio than those it covers, or a
+# confident one where there was none.
+NEW_RADIUS_RATIO = 1.15
+NEW_MIN_P_EXISTS = 0.9
+
+
+@dataclass(frozen=True)
+class TimelapseSettings:
+    """How a stack is fitted and linked.
+
+    Attributes
+    ----------
+    fit : the full fit's settings (later frames reuse its appearance at its downscale).
+    first_frame : the frame fitted in full first (0-based).
+    reuse_iterations : most Levenberg-Marquardt iterations of a reuse frame.
+    refit_rmse_ratio : a reuse frame whose RMSE exceeds this times the full fit's gets a full fit.
+    search_range_px : farthest a droplet moves between frames once drift is removed; 0 picks
+        it from the droplets' median radius.
+    memory_frames : frames a droplet may be missed and still keep its track.
+    frame_interval_s : seconds between frames (None: times are frame numbers).
+    """
+
+    fit: FitSettings = FitSettings()
+    first_frame: int = 0
+    reuse_iterations: int = 8
+    refit_rmse_ratio: float = 1.5
+    search_range_px: float = 0.0
+    memory_frames: int = 1
+    frame_interval_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.first_frame < 0 or self.reuse_iterations < 1 or self.memory_frames < 0:
+            raise ValueError("first_frame and memory_frames must not be negative, reuse_iterations at least 1")
+        if not self.refit_rmse_ratio > 1.0:
+            raise ValueError("refit_rmse_ratio must be above 1")
+        if self.search_range_px < 0:
+            raise ValueError("search_range_px must not be negative")
+        if self.frame_interval_s is not None and not self.frame_interval_s > 0:
+            raise ValueError("the frame interval must be positive")
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "fit": self.fit.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TimelapseSettings:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in fields}
+        return cls(**{**values, "fit": FitSettings.from_dict(values.get("fit", {}))})
+
+
+@dataclass(frozen=True)
+class FrameFit:
+    """One frame's fit: its index, stored fit id, kind (``full``, ``reuse``, ``refit``),
+    seconds taken (0 when it came from the store) and the field's shift from the frame
+    fitted before it (px)."""
+
+    frame: int
+    fit_id: str
+    kind: str
+    seconds: float
+    shift_x_px: float
+    shift_y_px: float
+    from_store: bool
+
+
+def stack_id(stack: Stack, settings: TimelapseSettings) -> str:
+    """32 hex characters naming a stack fit: the frames' digests and the settings."""
+    payload = json.dumps({"frames": list(stack.frame_sha256), "settings": settings.to_dict()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def field_shift_px(reference: np.ndarray, moving: np.ndarray) -> tuple[float, float]:
+    """How far the field moved from ``reference`` to ``moving`` (``(h, w, 3)`` frames): ``(dx, dy)`` px,
+    by phase correlation of their grey values to 0.05 px.
+
+    The uneven illumination, which stays with the camera, is taken out by a high-pass
+    (``SHIFT_HIGHPASS_SIGMA_PX``) and the edges, where droplets enter and leave, by a Hann window;
+    either would pull the estimate towards no shift.
+    """
+    window = filters.window("hann", reference.shape[:2])
+
+    def prepared(frame):
+        grey = frame.mean(axis=2, dtype=np.float64)
+        return (grey - ndimage.gaussian_filter(grey, SHIFT_HIGHPASS_SIGMA_PX)) * window
+
+    shift, _, _ = phase_cross_correlation(prepared(reference), prepared(moving), upsample_factor=20)
+    return float(-shift[1]), float(-shift[0])
+
+
+def frame_order(n_frames: int, first_frame: int) -> list[tuple[int, int | None]]:
+    """``(frame, frame it starts from)`` in fitting order: outwards from ``first_frame``."""
+    if not 0 <= first_frame < n_frames:
+        raise ValueError(f"first frame {first_frame + 1} is not in a stack of {n_frames} frames")
+    forward = [(index, index - 1) for index in range(first_frame + 1, n_frames)]
+    backward = [(index, index + 1) for index in range(first_frame - 1, -1, -1)]
+    return [(first_frame, None), *forward, *backward]
+
+
+def fit_stack(
+    stack: Stack,
+    settings: TimelapseSettings,
+    store: FitStore,
+    *,
+    progress: Callable[[int, int, FrameFit], None] | None = None,
+    stop: threading.Event | None = None,
+) -> list[FrameFit]:
+    """Fit every frame of ``stack`` (see the module docstring); each fit goes into ``store``.
+
+    Parameters
+    ----------
+    stack : the frames ``(t, h, w, 3)``.
+    settings : how to fit.
+    store : where fits are kept and found again (a rerun fits only what is missing).
+    progress : called after every frame with (frames done, frames in all, that frame's fit).
+    stop : when set, no further frame is started.
+
+    Returns
+    -------
+    The frames fitted, in frame order (all of them unless stopped).
+    """
+    # The fit engine and detector load JAX; linking tables needs none of it.
+    from droplet_core.detection.in_image import detect_droplets
+
+    fitted: dict[int, tuple[FrameFit, FitResult]] = {}
+    sources: dict[int, FitResult] = {}
+    order = frame_order(stack.n_frames, settings.first_frame)
+    for done, (index, previous_index) in enumerate(order):
+        if stop is not None and stop.is_set():
+            break
+        started = time.perf_counter()
+        frame, sha = stack.frames[index], stack.frame_sha256[index]
+        if previous_index is None:
+            result, from_store = load_or_fit(frame, sha, settings.fit, store)
+            record = FrameFit(index, result.fit_id, FULL, 0.0, 0.0, 0.0, from_store)
+            sources[index] = result
+        else:
+            previous = fitted[previous_index][1]
+            source = sources[previous_index]
+            shift_x, shift_y = field_shift_px(stack.frames[previous_index], frame)
+            moved_droplets = previous.droplets.assign(x=previous.droplets["x"] + shift_x,
+                                                      y=previous.droplets["y"] + shift_y)
+            moved = dataclasses.replace(previous, droplets=_with_new_detections(
+                moved_droplets, detect_droplets(frame, downscale=source.report.downscale, crop=settings.fit.crop)))
+            reuse = dataclasses.replace(settings.fit, appearance_from=source.fit_id,
+                                        downscale=source.report.downscale, steps=settings.reuse_iterations)
+            result, from_store = load_or_fit(frame, sha, reuse, store, appearance_source=source, start_from=moved)
+            kind = REUSE
+            if max(result.report.rmse) > settings.refit_rmse_ratio * max(source.report.rmse):
+                result, from_store = load_or_fit(frame, sha, settings.fit, store)
+                kind = REFIT
+            sources[index] = result if kind == REFIT else source
+            record = FrameFit(index, result.fit_id, kind, 0.0, shift_x, shift_y, from_store)
+        record = dataclasses.replace(record, seconds=0.0 if record.from_store else time.perf_counter() - started)
+        fitted[index] = (record, result)
+        if progress is not None:
+            progress(done + 1, len(order), record)
+    return [fitted[index][0] for index in sorted(fitted)]
+
+
+def _with_new_detections(droplets: pd.DataFrame, detections: pd.DataFrame) -> pd.DataFrame:
+    """``droplets`` (x, y, radius px) plus the ``detections`` that show a droplet grown at once
+    (larger by over ``NEW_RADIUS_RATIO`` than every droplet within its radius, as a coalescence's
+    product is) or a new one (no droplet within its radius, ``p_exists`` >= ``NEW_MIN_P_EXISTS``).
+    Started from the previous frame alone, such a droplet takes a frame or two to be reached."""
+    detections = detections[detections["p_exists"] >= LINK_MIN_P_EXISTS]
+    if detections.empty or droplets.empty:
+        return droplets
+    tree = cKDTree(droplets[["x", "y"]].to_numpy(float))
+    radii = droplets["radius"].to_numpy(float)
+    new = []
+    for row in detections.itertuples(index=False):
+        near = tree.query_ball_point((row.x, row.y), row.radius)
+        grown = bool(near) and all(radii[i] * NEW_RADIUS_RATIO < row.radius for i in near)
+        if grown or (not near and row.p_exists >= NEW_MIN_P_EXISTS):
+            new.append({"x": row.x, "y": row.y, "radius": row.radius, "p_exists": row.p_exists})
+    return pd.concat([droplets, pd.DataFrame(new)], ignore_index=True) if new else droplets
+
+
+def frame_times_s(n_frames: int, frame_interval_s: float | None) -> np.ndarray:
+    """``(t,)`` each frame's time in seconds (frame numbers when the interval is unknown)."""
+    return np.arange(n_frames, dtype=float) * (1.0 if frame_interval_s is None else frame_interval_s)
+
+
+def droplets_of_frames(results: Sequence[FitResult], frames: Sequence[int]) -> pd.DataFrame:
+    """All frames' droplets in one table: ``frame``, ``x_px``, ``y_px``, ``radius_px``, their
+    ``sd_*_px``, ``p_exists`` (pixels of the frames as read)."""
+    tables = []
+    for frame, result in zip(frames, results):
+        droplets = result.droplets
+        table = pd.DataFrame({
+            "frame": frame,
+            "x_px": droplets["x"].to_numpy(float),
+            "y_px": droplets["y"].to_numpy(float),
+            "radius_px": droplets["radius"].to_numpy(float),
+        })
+        for name in ("sd_x", "sd_y", "sd_radius"):
+            table[f"{name}_px"] = droplets[name].to_numpy(float) if name in droplets else np.nan
+        table["p_exists"] = droplets["p_exists"].to_numpy(float) if "p_exists" in droplets else 1.0
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TRACK_COLUMNS[:1] + TRACK_COLUMNS[3:10])
+
+
+def link_droplets(
+    droplets: pd.DataFrame,
+    shifts_px: np.ndarray,
+    *,
+    search_range_px: float = 0.0,
+    memory_frames: int = 1,
+    frame_interval_s: float | None = None,
+) -> pd.DataFrame:
+    """Follow droplets across frames.
+
+    Parameters
+    ----------
+    droplets : ``droplets_of_frames``'s table.
+    shifts_px : ``(t, 2)`` the field's shift (dx, dy) from each frame's predecessor (row 0 zeros).
+    search_range_px : farthest move between frames once drift is removed; 0: 0.6 median
+        radii, at least 2 px.
+    memory_frames : frames a droplet may be missed.
+    frame_interval_s : for ``time_s``.
+
+    Returns
+    -------
+    tracks : ``TRACK_COLUMNS`` plus ``x_aligned_px``, ``y_aligned_px`` (drift removed), one row
+        per linked droplet (``p_exists`` >= ``LINK_MIN_P_EXISTS``), ``track`` from 0.
+    drift : ``frame``, ``drift_x_px``, ``drift_y_px``: the field's position relative to frame 0.
+
+    The field's shift from image registration is removed first; trackpy links, then
+    ``compute_drift`` measures what drift is left in the tracks, which is removed before
+    linking again.
+    """
+    import trackpy
+
+    trackpy.quiet()
+    table = droplets[droplets["p_exists"] >= LINK_MIN_P_EXISTS].reset_index(drop=True)
+    drift = np.cumsum(np.asarray(shifts_px, float).reshape(-1, 2), axis=0)
+    frames = table["frame"].to_numpy(int)
+    features = pd.DataFrame({"frame": frames, "x": table["x_px"] - drift[frames, 0], "y": table["y_px"] - drift[frames, 1]})
+    reach = search_range_px or max(2.0, 0.6 * float(np.median(table["radius_px"])) if len(table) else 2.0)
+    options = dict(search_range=reach, memory=memory_frames, adaptive_stop=0.2 * reach, adaptive_step=0.9)
+    n_frames = len(drift)
+    left = pd.DataFrame({"x": np.zeros(n_frames), "y": np.zeros(n_frames)})
+    if len(table):
+        linked = trackpy.link(features, **options)
+        left = trackpy.compute_drift(linked).reindex(range(n_frames)).interpolate(limit_direction="both").fillna(0.0)
+        features = trackpy.subtract_drift(features.set_index("frame", drop=False), left).reset_index(drop=True)
+        features = trackpy.link(features, **options)
+    else:
+        features["particle"] = np.zeros(0, int)
+    field_drift = pd.DataFrame({"frame": np.arange(n_frames), "drift_x_px": drift[:, 0] + left["x"].to_numpy(),
+                                "drift_y_px": drift[:, 1] + left["y"].to_numpy()})
+    tracks = table.assign(track=_renumbered(features["particle"].to_numpy(int), frames),
+                          x_aligned_px=features["x"].to_numpy(float), y_aligned_px=features["y"].to_numpy(float))
+    tracks["time_s"] = frame_times_s(int(frames.max(initial=0)) + 1, frame_interval_s)[frames]
+    tracks["volume_px3"] = 4.0 / 3.0 * np.pi * tracks["radius_px"] ** 3
+    tracks["sd_volume_px3"] = 4.0 * np.pi * tracks["radius_px"] ** 2 * tracks["sd_radius_px"].fillna(0.0)
+    columns = [*TRACK_COLUMNS, "x_aligned_px", "y_aligned_px"]
+    return tracks[columns].sort_values(["frame", "track"], kind="stable").reset_index(drop=True), field_drift
+
+
+def _renumbered(particles: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Track ids 0, 1, ... in order of each track's first appearance."""
+    order = np.lexsort((particles, frames))
+    first_seen = dict.fromkeys(particles[order])
+    mapping = {particle: number for number, particle in enumerate(first_seen)}
+    return np.array([mapping[p] for p in particles], dtype=int)
+
+
+def find_events(tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int],
+                frame_interval_s: float | None = None) -> pd.DataFrame:
+    """Coalescence, splitting, appearance and disappearance read from ``link_droplets``'s tracks.
+
+    At every frame ``f``: droplets whose track ended at ``f - 1`` and lie within
+    ``EVENT_REACH`` summed radii of one droplet at ``f`` (a new track, or one that goes on
+    and takes them in) coalesced into it when the volumes agree (within ``VOLUME_Z``
+    standard deviations of the fits' radii or ``VOLUME_TOLERANCE`` of the volume); splitting
+    is the same backwards in time. Other track ends are disappearances (``left_field`` within
+    a radius and a pixel of the border) and other starts appearances (``entered_field``).
+    The one droplet must be larger than each part, and away from the border (droplets cut
+    by the edge are measured too poorly to weigh volumes); where its track goes on through
+    the event, its own volume must change by the parts' volume (within ``CHANGE_TOLERANCE``),
+    and by more than ``VOLUME_Z`` times the frame-to-frame jitter of droplets of its size
+    (``volume_jitter``),
+    so that a small droplet found or lost beside a large one is not taken for an event.
+
+    Returns
+    -------
+    ``EVENT_COLUMNS``: ``frame`` (the first frame after the event), ``time_s``, ``kind``,
+    ``tracks_before`` / ``tracks_after`` (track ids joined by ``;``), the place (drift
+    included, px of the frame), volumes before and after (px³) and the sd of their difference.
+    """
+    height, width = shape_hw
+    times = frame_times_s(n_frames, frame_interval_s)
+    spans = tracks.groupby("track")["frame"].agg(["min", "max"])
+    by_frame = {frame: group for frame, group in tracks.groupby("frame")}
+    empty = tracks.iloc[:0]
+    steps = volume_steps(tracks)
+    events, used_ends, used_starts = [], set(), set()
+    for frame in range(1, n_frames):
+        now, before = by_frame.get(frame, empty), by_frame.get(frame - 1, empty)
+        ended = before[before["track"].map(spans["max"]) == frame - 1]
+        started = now[now["track"].map(spans["min"]) == frame]
+        # (kind, the one droplet, the tracks that end / start around it, its own track on the other side)
+        for kind, ones, others, other_side in (("coalescence", now, ended, before), ("splitting", before, started, now)):
+            used, used_one = (used_ends, used_starts) if kind == "coalescence" else (used_starts, used_ends)
+            for row in ones.itertuples(index=False):
+                parts = _nearby(others[~others["track"].isin(used)], row)
+                own = other_side[other_side["track"] == row.track]
+                members = pd.concat([parts, own])
+                if parts.empty or len(members) < 2 or _at_border(row, height, width, EVENT_REACH):
+                    continue
+                volume_one, volume_parts = float(row.volume_px3), float(members["volume_px3"].sum())
+                if volume_one <= members["volume_px3"].max():  # the one droplet is larger than each part
+                    continue
+                sd = float(np.sqrt(row.sd_volume_px3**2 + (members["sd_volume_px3"] ** 2).sum()))
+                if abs(volume_one - volume_parts) > max(VOLUME_Z * sd, VOLUME_TOLERANCE * volume_one):
+                    continue
+                # A droplet that goes on through the event must change by the parts' volume (a
+                # droplet's error is much the same in two frames, so this is the sharper test).
+                taken = float(parts["volume_px3"].sum())
+                if parts["volume_px3"].min() < MIN_PART_FRACTION * max(volume_one, volume_parts):
+                    continue
+                if not own.empty:
+                    change = abs(volume_one - float(own["volume_px3"].iloc[0]))
+                    if change < VOLUME_Z * volume_jitter(steps, row.radius_px) * volume_one or abs(change - taken) > CHANGE_TOLERANCE * taken:
+                        continue
+                used.update(parts["track"].tolist())
+                if own.empty:
+                    used_one.add(row.track)
+                ids = ";".join(str(t) for t in sorted(members["track"].unique()))
+                if kind == "coalescence":
+                    events.append((frame, times[frame], kind, ids, str(row.track), row.x_px, row.y_px,
+                                   volume_parts, volume_one, sd))
+                else:
+                    events.append((frame, times[frame], kind, str(row.track), ids, row.x_px, row.y_px,
+                                   volume_one, volume_parts, sd))
+        for row in ended.itertuples(index=False):
+            if row.track not in used_ends:
+                kind = "left_field" if _at_border(row, height, width) else "disappearance"
+                events.append((frame, times[frame], kind, str(row.track), "", row.x_px, row.y_px,
+                               row.volume_px3, 0.0, row.sd_volume_px3))
+        for row in started.itertuples(index=False):
+            if row.track not in used_starts:
+                kind = "entered_field" if _at_border(row, height, width) else "appearance"
+                events.append((frame, times[frame], kind, "", str(row.track), row.x_px, row.y_px,
+                               0.0, row.volume_px3, row.sd_volume_px3))
+    table = pd.DataFrame(events, columns=list(EVENT_COLUMNS))
+    return table.astype({"frame": int}).sort_values(["frame", "kind"], kind="stable").reset_index(drop=True)
+
+
+def volume_steps(tracks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame-to-frame step of every track: ``(k,)`` mean radius (px) and change of log volume."""
+    ordered = tracks.sort_values(["track", "frame"], kind="stable")
+    same = ordered["track"].to_numpy()[1:] == ordered["track"].to_numpy()[:-1]
+    radius = ordered["radius_px"].to_numpy(float)
+    changes = np.diff(np.log(ordered["volume_px3"].to_numpy(float)))[same]
+    return 0.5 * (radius[1:] + radius[:-1])[same], changes
+
+
+def volume_jitter(steps: tuple[np.ndarray, np.ndarray], radius_px: float) -> float:
+    """The relative sd of the volume of a droplet of about ``radius_px`` from one frame to the
+    next, measured on the tracks' ``volume_steps`` of droplets within ``JITTER_RADIUS_RATIO``
+    of that radius (all, where fewer than ``MIN_JITTER_STEPS``): 1.4826 median absolute change
+    of log volume, at least ``MIN_VOLUME_JITTER``.
+
+    The fits' own radius sds hold the model's calibrated error, which is much the same for one
+    droplet in two frames; changes are judged against this jitter instead.
+    """
+    radius, changes = steps
+    alike = np.abs(np.log(radius / radius_px)) <= np.log(JITTER_RADIUS_RATIO)
+    chosen = changes[alike] if alike.sum() >= MIN_JITTER_STEPS else changes
+    if chosen.size == 0:
+        return MIN_VOLUME_JITTER
+    return max(float(1.4826 * np.median(np.abs(chosen))), MIN_VOLUME_JITTER)
+
+
+def _nearby(candidates: pd.DataFrame, row) -> pd.DataFrame:
+    """``candidates`` within ``EVENT_REACH`` summed radii of ``row`` (drift-removed positions)."""
+    distance = np.hypot(candidates["x_aligned_px"] - row.x_aligned_px, candidates["y_aligned_px"] - row.y_aligned_px)
+    return candidates[distance <= EVENT_REACH * (candidates["radius_px"] + row.radius_px)]
+
+
+def _at_border(row, height: int, width: int, radii: float = 1.0) -> bool:
+    """Whether ``row``'s droplet lies within ``radii`` of its radii and a pixel of the field's edge."""
+    margin = radii * row.radius_px + 1.0
+    return bool(row.x_px < margin or row.y_px < margin or row.x_px > width - 1 - margin or row.y_px > height - 1 - margin)
+
+
+def frame_table(results: Sequence[FitResult], fits: Sequence[FrameFit], drift: pd.DataFrame,
+                frame_interval_s: float | None, n_frames: int) -> pd.DataFrame:
+    """Per-frame statistics: ``frame``, ``time_s``, ``fit_id``, ``fit_kind``, ``seconds``,
+    the field's shift from the previous frame (image registration) and its drift from frame 0
+    (``link_droplets``), px, the count with its 90 % interval, mean and median radius (px),
+    RMSE, and the size statistics of ``droplet_core.measurements.size_statistics`` (``<statistic>``,
+    ``_low_90``, ``_high_90``, in px)."""
+    times = frame_times_s(n_frames, frame_interval_s)
+    drift = drift.set_index("frame")
+    rows = []
+    for fit, result in zip(fits, results):
+        drift_x, drift_y = drift.loc[fit.frame, "drift_x_px"], drift.loc[fit.frame, "drift_y_px"]
+        droplets = result.droplets
+        count = count_of_table(droplets, result.report.uncertainty.count_discrepancy if result.report.uncertainty else 0.0)
+        weights = droplets["p_exists"].to_numpy(float) if "p_exists" in droplets else np.ones(len(droplets))
+        radius = droplets["radius"].to_numpy(float)
+        row = {
+            "frame": fit.frame, "time_s": times[fit.frame], "fit_id": fit.fit_id, "fit_kind": fit.kind,
+            "seconds": round(fit.seconds, 3), "shift_x_px": fit.shift_x_px, "shift_y_px": fit.shift_y_px,
+            "drift_x_px": drift_x, "drift_y_px": drift_y,
+            "droplet_count": count.count, "count_low_90": count.low, "count_high_90": count.high,
+            "mean_radius_px": float(np.average(radius, weights=weights)) if weights.sum() > 0 else np.nan,
+            "median_radius_px": float(np.median(radius[weights >= 0.5])) if (weights >= 0.5).any() else np.nan,
+            "rmse": max(result.report.rmse),
+        }
+        row.update({f"{name}": value for name, value in statistics_wide(fit_statistics(droplets, result.report)).items()
+                    if not name.startswith("count")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True, eq=False)
+class TimelapseTables:
+    """A fitted stack's three tables (``tracks``, ``events``, ``frames``)."""
+
+    tracks: pd.DataFrame
+    events: pd.DataFrame
+    frames: pd.DataFrame
+
+
+def analyse_stack(stack: Stack, settings: TimelapseSettings, fits: Sequence[FrameFit], store: FitStore) -> TimelapseTables:
+    """Tracks, events and per-frame statistics of a stack whose frames ``fit_stack`` fitted."""
+    results = [store.load(fit.fit_id) for fit in fits]
+    frames = [fit.frame for fit in fits]
+    interval = settings.frame_interval_s if settings.frame_interval_s is not None else stack.frame_interval_s
+    # Shifts are from the frame fitted before; in frame order, each is from its predecessor
+    # (frames before the first were fitted backwards: their shift is to the frame after).
+    shifts = np.zeros((stack.n_frames, 2))
+    for fit in fits:
+        sign = 1.0 if fit.frame > settings.first_frame else -1.0
+        row = fit.frame if fit.frame > settings.first_frame else fit.frame + 1
+        if fit.frame != settings.first_frame and row < stack.n_frames:
+            shifts[row] = sign * np.array([fit.shift_x_px, fit.shift_y_px])
+    in_order = [dataclasses.replace(fit, shift_x_px=shifts[fit.frame, 0], shift_y_px=shifts[fit.frame, 1]) for fit in fits]
+    tracks, drift = link_droplets(droplets_of_frames(results, frames), shifts,
+                                  search_range_px=settings.search_range_px, memory_frames=settings.memory_frames,
+                                  frame_interval_s=interval)
+    events = find_events(tracks, stack.n_frames, stack.frames.shape[1:3], interval)
+    return TimelapseTables(tracks, events, frame_table(results, in_order, drift, interval, stack.n_frames))
+
+
+def write_tables(tables: TimelapseTables, out_dir: str | Path) -> Path:
+    """Write ``tracks.csv``, ``events.csv`` and ``frames.csv`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables.tracks.drop(columns=["x_aligned_px", "y_aligned_px"]).to_csv(out / "tracks.csv", index=False, float_format="%.6g")
+    tables.events.to_csv(out / "events.csv", index=False, float_format="%.6g")
+    tables.frames.to_csv(out / "frames.csv", index=False, float_format="%.6g")
+    return out
+
+
+def record_folder(store: FitStore, record_id: str) -> Path:
+    """Where a stack fit's record and tables live: ``<store>/timelapses/<record_id>/``.
+    ``LookupError`` for an id that is not 32 lowercase hexadecimal characters."""
+    if not is_valid_fit_id(record_id):
+        raise LookupError(f"{record_id!r} is not a time-lapse id (32 lowercase hexadecimal characters)")
+    return store.root / RECORDS_FOLDER / record_id
+
+
+def run_timelapse(
+    stack: Stack,
+    settings: TimelapseSettings,
+    store: FitStore,
+    *,
+    stack_sha256: str,
+    progress: Callable[[int, int, FrameFit], None] | None = None,
+    stop: threading.Event | None = None,
+) -> str | None:
+    """Fit, link and analyse a stack, and keep its tables and record in ``store``.
+
+    ``stack_sha256`` names the stack's file(s) in the store's images (for share links).
+    Returns the record id (``stack_id``), or None when stopped before the last frame (the
+    frames fitted so far stay in the store, and a rerun continues from them).
+    """
+    record_id = stack_id(stack, settings)
+    fits = fit_stack(stack, settings, store, progress=progress, stop=stop)
+    if len(fits) < stack.n_frames:
+        return None
+    folder = record_folder(store, record_id)
+    write_tables(analyse_stack(stack, settings, fits, store), folder)
+    record = {"stack_sha256": stack_sha256, "settings": settings.to_dict(), "problems": list(stack.problems),
+              "names": list(stack.names), "frames": [dataclasses.asdict(fit) for fit in fits]}
+    (folder / "record.json").write_text(json.dumps(record, indent=1))
+    return record_id
+
+
+def load_timelapse(store: FitStore, record_id: str) -> tuple[dict, TimelapseTables]:
+    """A finished stack fit: its record (``stack_sha256``, ``settings``, ``problems``, ``names``,
+    ``frames``) and tables. ``LookupError`` if there is none with this id."""
+    folder = record_folder(store, record_id)
+    if not (folder / "record.json").is_file():
+        raise LookupError(f"no stored time-lapse with id {record_id}")
+    record = json.loads((folder / "record.json").read_text())
+    tables = TimelapseTables(
+        pd.read_csv(folder / "tracks.csv"),
+        pd.read_csv(folder / "events.csv", dtype={"tracks_before": str, "tracks_after": str}).fillna(
+            {"tracks_before": "", "tracks_after": ""}),
+        pd.read_csv(folder / "frames.csv"),
+    )
+    return record, tables

@@ -1,0 +1,200 @@
+"""Time-lapse: a synthetic stack with known tracks and scripted coalescences, fitted frame after
+frame, linked and scored against the truth; events from hand-made tracks; the ``track`` command."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from droplet_core.imaging.stacks import read_stack
+from droplet_core.service import timelapse
+from droplet_core.service.store import FitStore
+from droplet_core.synthetic.stack_scenes import make_stack, score_tracks
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 0
+
+
+def _tiff(frames: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, frames, photometric="rgb", metadata={"axes": "TYXS"})
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def movie():
+    return make_stack(SEED)
+
+
+@pytest.fixture(scope="module")
+def fitted(movie):
+    frames, _, _ = movie
+    stack = read_stack([("movie.tif", _tiff(frames))])
+    settings = timelapse.TimelapseSettings(frame_interval_s=2.0)
+    store = FitStore()
+    fits = timelapse.fit_stack(stack, settings, store)
+    return stack, settings, store, fits, timelapse.analyse_stack(stack, settings, fits, store)
+
+
+def test_synthetic_stack_has_its_scripted_truth(movie):
+    frames, truth, events = movie
+    assert frames.shape == (8, 160, 200, 3)
+    assert list(events["kind"]) == ["coalescence", "coalescence"]
+    for event in events.itertuples(index=False):
+        parts = [int(t) for t in event.tracks_before.split(";")]
+        before = truth[(truth["frame"] == event.frame - 1) & truth["track"].isin(parts)]
+        after = truth[(truth["frame"] == event.frame) & (truth["track"] == int(event.tracks_after))]
+        assert len(before) == 2 and len(after) == 1
+        assert (after["radius"] ** 3).sum() == pytest.approx((before["radius"] ** 3).sum())
+        assert truth[truth["track"].isin(parts)]["frame"].max() == event.frame - 1
+
+
+def test_first_frame_full_then_reuse_and_drift_measured(fitted):
+    _, _, _, fits, tables = fitted
+    assert [fit.kind for fit in fits] == ["full"] + ["reuse"] * 7
+    frames = tables.frames
+    # The field drifts by (1.0, 0.5) px a frame: the registration's shifts start the fits near the
+    # droplets, and the drift from the linked droplets (Brownian steps of 0.25 px average out) is finer.
+    np.testing.assert_allclose(frames["shift_x_px"].iloc[1:], 1.0, atol=0.25)
+    np.testing.assert_allclose(frames["shift_y_px"].iloc[1:], 0.5, atol=0.25)
+    np.testing.assert_allclose(frames["drift_x_px"], np.arange(8) * 1.0, atol=0.2)
+    np.testing.assert_allclose(frames["drift_y_px"], np.arange(8) * 0.5, atol=0.2)
+    assert frames["time_s"].tolist() == [2.0 * i for i in range(8)]
+
+
+def test_tracks_follow_the_truth_and_coalescences_are_found(fitted, movie):
+    _, truth, true_events = movie
+    tables = fitted[4]
+    score = score_tracks(tables.tracks, tables.events, truth, true_events)
+    assert score.followed_fraction >= 0.9
+    assert score.switches_per_1000 <= 5.0
+    assert score.coalescence_recall == 1.0
+    assert score.coalescence_precision >= 0.6
+    # Counted droplets per frame: the truth's, plus droplets cut by the border whose centres lie just outside.
+    counts = tables.frames["droplet_count"].to_numpy()
+    true_counts = truth.groupby("frame").size().to_numpy()
+    assert np.all(counts >= true_counts - 2) and np.all(counts <= true_counts + 12)
+    assert list(tables.tracks.columns[:12]) == list(timelapse.TRACK_COLUMNS)
+    assert tables.tracks["sd_radius_px"].gt(0).all()
+
+
+def test_stack_fit_resumes_from_the_store(fitted):
+    stack, settings, store, fits, _ = fitted
+    again = timelapse.fit_stack(stack, settings, store)
+    assert [fit.fit_id for fit in again] == [fit.fit_id for fit in fits]
+    assert all(fit.from_store for fit in again)
+
+
+def test_a_frame_that_looks_different_gets_a_full_fit(movie):
+    frames = movie[0][:3].copy()
+    frames[2] = 255 - frames[2]  # a look the first frame's appearance cannot draw
+    stack = read_stack([("odd.tif", _tiff(frames))])
+    fits = timelapse.fit_stack(stack, timelapse.TimelapseSettings(), FitStore())
+    assert [fit.kind for fit in fits] == ["full", "reuse", "refit"]
+
+
+def test_fitting_starts_from_a_chosen_frame_and_goes_both_ways():
+    assert timelapse.frame_order(4, 2) == [(2, None), (3, 2), (1, 2), (0, 1)]
+    with pytest.raises(ValueError, match="first frame 5 is not in a stack of 4 frames"):
+        timelapse.frame_order(4, 4)
+
+
+def _track_rows(rows):
+    """Hand-made tracks: (frame, track, x, y, radius) with a 5 % radius sd."""
+    table = pd.DataFrame(rows, columns=["frame", "track", "x_px", "y_px", "radius_px"])
+    table["x_aligned_px"], table["y_aligned_px"] = table["x_px"], table["y_px"]
+    table["sd_radius_px"] = 0.05 * table["radius_px"]
+    table["volume_px3"] = 4 / 3 * np.pi * table["radius_px"] ** 3
+    table["sd_volume_px3"] = 4 * np.pi * table["radius_px"] ** 2 * table["sd_radius_px"]
+    return table
+
+
+def test_events_from_tracks():
+    merged = np.cbrt(5.0**3 + 4.0**3)
+    rows = [
+        (0, 0, 50, 50, 5.0), (1, 0, 50, 50, 5.0),  # 0 and 1 coalesce into 2 at frame 2
+        (0, 1, 58, 50, 4.0), (1, 1, 58, 50, 4.0),
+        (2, 2, 53.5, 50, merged), (3, 2, 53.5, 50, merged),
+        (0, 3, 20, 20, 4.0), (1, 3, 20, 20, 4.0),  # 3 shrinks away; 4 appears where 3 was, much larger
+        (2, 4, 21, 20, 9.0), (3, 4, 21, 20, 9.0),
+        (0, 5, 1.0, 70, 3.0), (1, 5, 1.0, 70, 3.0),  # 5 leaves through the left edge
+        (0, 6, 80, 80, 3.0), (1, 6, 80, 80, 3.0), (2, 6, 80, 80, 3.0), (3, 6, 80, 80, 3.0),
+    ]
+    events = timelapse.find_events(_track_rows(rows), 4, (100, 100), frame_interval_s=10.0)
+    found = {(e.frame, e.kind, e.tracks_before, e.tracks_after) for e in events.itertuples()}
+    assert found == {
+        (2, "coalescence", "0;1", "2"),
+        (2, "disappearance", "3", ""),
+        (2, "appearance", "", "4"),
+        (2, "left_field", "5", ""),
+    }
+    coalescence = events[events["kind"] == "coalescence"].iloc[0]
+    assert coalescence["time_s"] == 20.0
+    assert coalescence["volume_after_px3"] == pytest.approx(coalescence["volume_before_px3"])
+
+
+def test_splitting_and_a_droplet_that_takes_in_a_neighbour():
+    big = np.cbrt(6.0**3 + 3.0**3)
+    rows = [
+        (0, 0, 50, 50, big), (1, 0, 50, 50, 6.0), (1, 1, 57.5, 50, 3.0),  # 0 splits off 1
+        (0, 2, 20, 20, 5.0), (0, 3, 27, 20, 3.0), (1, 2, 21, 20, np.cbrt(5.0**3 + 3.0**3)),  # 2 takes in 3
+    ]
+    # Droplets that stay as they are, within 0.3 % of their radius: the frame-to-frame jitter.
+    rows += [(frame, 10 + i, 80, 10 + 12 * i, 4.0 * (1 + 0.003 * (-1) ** (i + frame))) for i in range(6) for frame in (0, 1)]
+    events = timelapse.find_events(_track_rows(rows), 2, (100, 100))
+    found = {(e.frame, e.kind, e.tracks_before, e.tracks_after) for e in events.itertuples()}
+    assert found == {(1, "splitting", "0", "0;1"), (1, "coalescence", "2;3", "2")}
+
+
+def test_linking_removes_a_large_drift():
+    rng = np.random.default_rng(1)
+    x0, y0 = rng.uniform(20, 180, 40), rng.uniform(20, 140, 40)
+    rows = []
+    for frame in range(5):
+        # 6 px a frame: more than the droplets' spacing allows a linker to bridge unaided.
+        for index in range(40):
+            rows.append((frame, 6.0 * frame + x0[index] + rng.normal(0, 0.2), y0[index] + rng.normal(0, 0.2), 3.0))
+    droplets = pd.DataFrame(rows, columns=["frame", "x_px", "y_px", "radius_px"]).assign(
+        sd_x_px=0.1, sd_y_px=0.1, sd_radius_px=0.1, p_exists=1.0)
+    shifts = np.array([[0, 0]] + [[6.0, 0.0]] * 4)
+    tracks, drift = timelapse.link_droplets(droplets, shifts, search_range_px=2.0)
+    assert tracks["track"].nunique() == 40
+    assert (tracks.groupby("track")["frame"].count() == 5).all()
+    np.testing.assert_allclose(drift["drift_x_px"], np.arange(5) * 6.0, atol=0.1)
+
+
+def test_track_command_writes_the_three_tables(fitted, movie, tmp_path):
+    frames = movie[0]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"t{index + 1}.png")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "droplet_core", "track", str(folder), "--out", str(out),
+                           "--frame-interval", "2s", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    tracks = pd.read_csv(out / "tracks.csv")
+    events = pd.read_csv(out / "events.csv")
+    frame_table = pd.read_csv(out / "frames.csv")
+    # The same frames as the fixture's TIFF: every fit comes from the store and the tables agree.
+    assert frame_table["fit_id"].tolist() == [fit.fit_id for fit in fitted[3]]
+    assert len(tracks) == len(fitted[4].tracks) and list(tracks.columns) == list(timelapse.TRACK_COLUMNS)
+    assert (events["kind"] == "coalescence").sum() == (fitted[4].events["kind"] == "coalescence").sum()
+    assert {"droplet_count", "mean_radius_px", "mean_diameter", "mean_diameter_low_90"} <= set(frame_table.columns)
+
+
+def test_track_command_refuses_a_stack_with_no_usable_frame(tmp_path):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 20)
+    done = subprocess.run([sys.executable, "-m", "droplet_core", "track", str(bad), "--out", str(tmp_path / "o")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
