@@ -16,11 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial import cKDTree
 
-from droplet_core.detection.log_candidates import (
-    contrast_image,
-    smoothed_contrast,
-    strong_peaks,
-)
+from droplet_core.detection.log_candidates import strong_peaks
 from droplet_core.detection.scale import outermost_droplets
 from droplet_core.models.common import Layout, ModelSpec
 
@@ -108,12 +104,10 @@ def residual_peaks(
     reused neural appearance's false detections.
     """
     # The residual's own robust spread, not the model's noise estimate: while droplets are
-    # missing, the model explains them as noise and its noise estimate is inflated. Measured
-    # after the smoothing the peaks are found at: in photon-noisy images (fluorescence) the
-    # raw pixels' spread is several times the smoothed one, and a missed droplet would need
-    # to stand out as many times more.
-    smoothed = smoothed_contrast(contrast_image(residual)[1])
-    spread = 1.4826 * float(np.median(np.abs(smoothed - np.median(smoothed))))
+    # missing, the model explains them as noise and its noise estimate is inflated. (The
+    # spread after smoothing would find more missed droplets in photon-noisy images, but
+    # reuse fits of a time-lapse then gather false ones frame after frame.)
+    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
     index = np.flatnonzero(active > 0)
     radius = drawn_radius_px[index]
     # A missed droplet is at most as large as the largest the fit holds (the downscale
