@@ -18,8 +18,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from droplet_core.intervals import interval_half_width
 from droplet_core.results import to_png_bytes
-from droplet_core.uncertainty import interval_half_width
 
 # Colours of droplet types (dominant composition) on overlays; repeats after 10 types.
 TYPE_COLOURS = px.colors.qualitative.Plotly

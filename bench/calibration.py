@@ -39,10 +39,11 @@ from PIL import Image, ImageDraw
 
 from droplet_core.fit import run_fit
 from droplet_core.images import sha256_bytes
+from droplet_core.intervals import interval_half_width
 from droplet_core.matching import match_pairs
 from droplet_core.scenes import FAMILIES, SceneSettings, encode_png, family_settings, gaussian_blob_scene, make_scene
 from droplet_core.settings import FitSettings, default_channel
-from droplet_core.uncertainty import CALIBRATION_FILE, interval_half_width, laplace_sd
+from droplet_core.uncertainty import CALIBRATION_FILE, laplace_sd
 
 COORDINATES = ("x", "y", "radius")
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -132,7 +133,7 @@ def reliability_png(curves: dict[str, dict[str, list[float]]], path: Path) -> No
     for index, (kind, by_coordinate) in enumerate(curves.items()):
         left, top = margin + index * (panel + margin), margin
 
-        def point(nominal: float, empirical: float) -> tuple[float, float]:
+        def point(nominal: float, empirical: float, left=left, top=top) -> tuple[float, float]:
             return left + nominal * panel, top + (1.0 - empirical) * panel
 
         draw.rectangle([left, top, left + panel, top + panel], outline="black")

@@ -43,9 +43,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -57,9 +57,9 @@ from bench import circle_detectors
 from droplet_core import scenes, use_compilation_cache
 from droplet_core.cli import main as droplet_cli
 from droplet_core.images import load_image, read_image_bytes
+from droplet_core.intervals import interval_half_width
 from droplet_core.matching import match_droplets, match_pairs
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
-from droplet_core.uncertainty import interval_half_width
 from tests import second_renderer
 
 TUNE_SEED = 100

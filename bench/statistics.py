@@ -28,12 +28,12 @@ import time
 import numpy as np
 import pandas as pd
 
+from droplet_core.counting import count_interval
 from droplet_core.fit import run_fit
 from droplet_core.images import sha256_bytes
 from droplet_core.readout import SIZE_CALIBRATION_FILE, field_of_view, fit_statistics
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.settings import FitSettings, default_channel
-from droplet_core.counting import count_interval
 from droplet_core.size_statistics import (
     STATISTIC_NAMES,
     StatisticsSettings,

@@ -488,7 +488,7 @@ def run_fit(
         "appearance_from": settings.appearance_from,
         "settings": settings.to_dict(),
         "status": status,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "steps_done": done,
         "total_steps_done": len(all_losses),
         "final_loss": run.final_loss,

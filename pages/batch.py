@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-import app
+from app_support import app
 from app_support.batch_figures import droplet_count_figure, radius_distribution_figure
 from app_support.size_figures import batch_statistics_figure
 from droplet_core.batch import (

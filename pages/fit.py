@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-import app
+from app_support import app
 from app_support.figures import loss_figure, overlay_figure
-from droplet_core import encoder, images, scale
+from droplet_core import images
 from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
 from droplet_core.settings import MODEL_NAMES, FitSettings, default_channel
 from droplet_core.store import StoreError, fit_key
@@ -125,6 +125,8 @@ store = app.store()
 # Every pyramid level's detections down to a low presence are kept in the session; the
 # sliders only filter and merge them again.
 if detect_clicked:
+    from droplet_core import scale  # the detector network: starts JAX, so only when asked
+
     try:
         region = images.crop(image, crop) if crop else image
         levels = scale.pyramid_detections(region, channel, DETECT_FLOOR, downscale or 1)
@@ -137,6 +139,8 @@ if detect_clicked:
         st.error(f"Instant detection failed: {exc}")
 detected = st.session_state.get("detect_raw")
 if detected is not None and detected["sha"] == sha:
+    from droplet_core import encoder, scale
+
     st.subheader("Instant detection")
     s1, s2, s3 = st.columns([2, 2, 1])
     threshold = s1.slider("Show droplets at least this likely", 0.05, 0.95, encoder.DEFAULT_THRESHOLD, step=0.05,

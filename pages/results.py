@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-import app
+from app_support import app
 from app_support.figures import (
     Placement,
     fit_placement,
@@ -15,11 +15,11 @@ from app_support.figures import (
     panels_figure,
     residual_rgb,
 )
+from app_support.pixel_size import pixel_size_for
+from app_support.size_figures import size_distribution_figure, statistics_display_table, statistics_interval_figure
 from app_support.tables import droplet_column_config, droplet_table_view
 from droplet_core.counting import DOUBTFUL_BELOW, doubtful_mask
 from droplet_core.display import apply_stretch, stretch_limits
-from app_support.pixel_size import pixel_size_for
-from app_support.size_figures import size_distribution_figure, statistics_display_table, statistics_interval_figure
 from droplet_core.readout import droplet_table, fit_statistics
 from droplet_core.results import zip_outputs
 from droplet_core.size_statistics import in_micrometres

@@ -203,7 +203,7 @@ def test_identical_settings_load_from_store(fitted):
 
 
 def test_failed_fit_shows_error_and_keeps_earlier_fit(fitted, monkeypatch):
-    import app
+    from app_support import app
 
     def diverging_fit(*args, **kwargs):
         raise FitError("the fit diverged (loss became NaN/inf at step 50); try a smaller learning rate")

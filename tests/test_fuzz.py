@@ -24,7 +24,7 @@ import time
 import warnings
 import zlib
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -244,7 +244,7 @@ def stand_in_fit(image, settings, *, image_sha256, progress=None, appearance_sou
     droplets = pd.DataFrame({"x": [0.0, width - 1.0], "y": [0.0, height - 1.0], "radius": [1.0, 1.0]})
     info = {
         "fit_id": fit_id, "image_sha256": image_sha256, "settings": settings.to_dict(), "status": "done",
-        "created": datetime.now(timezone.utc).isoformat(), "droplet_count": len(droplets), "rmse": [0.0],
+        "created": datetime.now(UTC).isoformat(), "droplet_count": len(droplets), "rmse": [0.0],
         "timings": {"total_s": 0.0}, "device": "stand-in", "final_loss": 0.0, "steps_done": settings.steps,
         "fit_shape": [height, width, 1],
     }

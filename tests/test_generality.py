@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from bench import circle_detectors
-from bench.generality import render_scene, score, score_detector, classical_detector, second_variant
+from bench.generality import classical_detector, render_scene, score, score_detector, second_variant
 
 
 def test_score_ignores_out_of_focus_droplets_and_measures_bias():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ def build_result(settings, image_sha256, steps_done, parent_fit_id, status, warm
             "image_sha256": image_sha256,
             "settings": settings.to_dict(),
             "status": status,
-            "created": datetime.now(timezone.utc).isoformat(),
+            "created": datetime.now(UTC).isoformat(),
             "steps_done": steps_done,
             "final_loss": 100.0 / steps_done if steps_done else None,
             "parent_fit_id": parent_fit_id,
@@ -150,7 +150,7 @@ def test_losses_grow_while_running(make_registry):
     assert not first.finished and not job.done() and job.result() is None
     for chunks in (1, 2, 3):
         fake.release()
-        wait_until(lambda: len(job.snapshot().losses) == chunks)
+        wait_until(lambda chunks=chunks: len(job.snapshot().losses) == chunks)
         snap = job.snapshot()
         assert snap.status == "running"
         assert snap.step == chunks * CHUNK

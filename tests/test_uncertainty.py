@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 from scipy.stats import binom
 
+from droplet_core.counting import count_interval
 from droplet_core.fit import run_fit
+from droplet_core.intervals import interval_half_width
 from droplet_core.matching import match_pairs
 from droplet_core.scenes import gaussian_blob_scene
 from droplet_core.settings import FitSettings
-from droplet_core.counting import count_interval
-from droplet_core.uncertainty import interval_half_width, laplace_sd, with_model_discrepancy
+from droplet_core.uncertainty import laplace_sd, with_model_discrepancy
 
 
 def fit_blobs(image, n: int, seed: int = 0):
