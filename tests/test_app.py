@@ -22,6 +22,8 @@ from streamlit.testing.v1 import AppTest
 from droplet_core.fit import FitError
 from droplet_core.store import FitStore
 
+pytestmark = pytest.mark.slow  # every test drives the app with AppTest, most after a real fit
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 FIT_STEPS = 150  # the smallest "Steps" option above one chunk; the demo then fits in seconds
 FIT_TIMEOUT_S = 240

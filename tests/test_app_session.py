@@ -23,6 +23,8 @@ from droplet_core.counting import count_of_table
 from droplet_core.scenes import SceneSettings, encode_png, make_scene
 from droplet_core.store import FitStore
 
+pytestmark = pytest.mark.slow  # drives the app with AppTest after real fits
+
 SCENE_NAME = "emulsion-A.png"
 
 

@@ -22,6 +22,8 @@ from droplet_core.matching import match_droplets
 from droplet_core.scenes import SceneSettings, make_scene, write_scene
 from droplet_core.settings import FitSettings
 
+pytestmark = pytest.mark.slow  # runs and trains the detector network, in subprocesses and AppTest
+
 REPO = Path(__file__).resolve().parents[1]
 SCENE_SEED = 7
 

@@ -317,6 +317,7 @@ def test_malformed_files_through_the_command_line(tmp_path, monkeypatch, capsys,
     assert check_store_intact(store) == len(fitted_images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "make", "expect"),
     [

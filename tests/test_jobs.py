@@ -307,6 +307,7 @@ def test_result_filed_under_a_wrong_key_is_a_failure(store, make_registry):
     assert store.list_fits() == []
 
 
+@pytest.mark.slow
 def test_importing_jobs_and_making_a_registry_does_not_load_jax(tmp_path):
     code = (
         "import sys; from droplet_core.jobs import JobRegistry; from droplet_core.store import FitStore; "
@@ -316,6 +317,7 @@ def test_importing_jobs_and_making_a_registry_does_not_load_jax(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_interpreter_exit_stops_a_running_fit_and_stores_it(tmp_path):
     # Without the exit hook this process would wait for the endless fit forever.
     code = f"""

@@ -16,6 +16,8 @@ from droplet_core.refine import _solved_shading
 from droplet_core.scenes import SceneSettings, make_scene
 from droplet_core.settings import FitSettings
 
+pytestmark = pytest.mark.slow  # fits, then refits with the learned look
+
 SCENE = SceneSettings(width_px=160, height_px=128, n_droplets=150, radius_min_px=1.5, radius_max_px=6.0)
 
 

@@ -424,6 +424,7 @@ def test_random_family_settings_cover_families_sizes_and_densities():
     assert 20.0 <= wide.radius_min_px <= wide.radius_max_px <= 150.0
 
 
+@pytest.mark.slow
 def test_cli_writes_a_sixteen_bit_family_scene(tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "droplet_core", "scene", *args],

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("jax", "numpyro", "flax")
 SCRIPTS = [REPO / "app.py", *sorted((REPO / "app_support").glob("*.py")), *sorted((REPO / "pages").glob("*.py"))]
@@ -63,6 +65,7 @@ def test_no_page_import_loads_jax():
     assert {name: heavy for name, heavy in loaded.items() if heavy} == {}
 
 
+@pytest.mark.slow
 def test_first_page_opens_without_jax():
     shown = run_fresh(FIRST_PAGE_PROBE, str(REPO / "app.py"))
     assert shown["exceptions"] == []

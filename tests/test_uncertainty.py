@@ -15,6 +15,8 @@ from droplet_core.scenes import gaussian_blob_scene
 from droplet_core.settings import FitSettings
 from droplet_core.uncertainty import laplace_sd, with_model_discrepancy
 
+pytestmark = pytest.mark.slow  # fits to check the intervals
+
 
 def fit_blobs(image, n: int, seed: int = 0):
     # The count is given: on a sparse image the LoG candidates are mostly noise peaks.

@@ -17,6 +17,8 @@ from droplet_core.scenes import SceneSettings, make_scene
 from droplet_core.settings import FitSettings
 from droplet_core.verdict import FitVerdict, judge_fit, noise_sd_estimate
 
+pytestmark = pytest.mark.slow  # judges real fits
+
 SMALL_SCENE = SceneSettings(width_px=200, height_px=160, n_droplets=250)
 
 
