@@ -38,9 +38,9 @@ def open_app() -> AppTest:
     """A new session on the Image page, run twice.
 
     AppTest resets Streamlit's "uses a pages/ directory" flag before every run, so each
-    run goes through the legacy router and app.main's start-of-session rerun makes the
+    run goes through the legacy router and app_support.app.main's start-of-session rerun makes the
     very first run's widget ids differ from later runs (in a browser only the first
-    run of a server process is routed that way; see app.py). Interactions are
+    run of a server process is routed that way; see app_support/app.py). Interactions are
     therefore made after the second run.
     """
     at = new_app()

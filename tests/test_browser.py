@@ -26,8 +26,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # starts a server and a browser
-
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -40,9 +38,10 @@ EXCEPTION = "[data-testid='stException']"
 VIEWPORT = {"width": 1400, "height": 1700}
 FLUORESCENCE = ROOT.parent / "shared" / "data" / "dna_droplets_fluorescence.tif"
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.slow,  # starts a server and a browser
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+]
 
 
 def free_port() -> int:
