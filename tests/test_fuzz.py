@@ -287,6 +287,7 @@ def check_store_intact(store: FitStore) -> int:
     return len(entries)
 
 
+@pytest.mark.slow
 def test_malformed_files_through_the_command_line(tmp_path, monkeypatch, capsys, caplog):
     caplog.set_level(logging.WARNING)  # log records and warnings would be extra lines on stderr
     monkeypatch.setenv("DROPLET_STORE", str(tmp_path / "store"))
