@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from droplet_core.imaging.images import encode_png, to_original_px, to_uint8
-from droplet_core.inference.uncertainty import interval_half_width
+from droplet_core.intervals import interval_half_width
 from droplet_core.results import FitReport
 
 # Colours of droplet types (dominant composition) on overlays; repeats after 10 types.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-import app
+from app_support import app
 from droplet_core.imaging.units import PixelSize, read_pixel_size, resolve_pixel_size
 from droplet_core.service.store import StoreError
 

@@ -190,7 +190,7 @@ def initialisers(image: np.ndarray, sha: str, name: str, downscale: int, truth: 
     print(f"\n3. SVI initialised by the encoder vs by LoG: {name} (templates, grey, downscale {downscale})")
     print(f"   target: RMSE {target:.4f}, the worse of the two {DEFAULT_STEPS}-step fits")
     for init, final in finals.items():
-        runs = first_reaching(image, sha, lambda steps: FitSettings(downscale=downscale, steps=steps, initializer=init),
+        runs = first_reaching(image, sha, lambda steps, init=init: FitSettings(downscale=downscale, steps=steps, initializer=init),
                               target)
         reached = runs[-1]["rmse"] <= target
         reach_text = (f"reaches it at {runs[-1]['steps']} steps, {runs[-1]['seconds']:.1f} s" if reached

@@ -40,11 +40,8 @@ from PIL import Image, ImageDraw
 from droplet_core.detection.matching import match_pairs
 from droplet_core.imaging.images import sha256_bytes
 from droplet_core.inference.engine import run_fit
-from droplet_core.inference.uncertainty import (
-    CALIBRATION_FILE,
-    interval_half_width,
-    laplace_sd,
-)
+from droplet_core.inference.uncertainty import CALIBRATION_FILE, laplace_sd
+from droplet_core.intervals import interval_half_width
 from droplet_core.settings import FitSettings, default_channel
 from droplet_core.synthetic.scenes import (
     FAMILIES,
@@ -145,7 +142,7 @@ def reliability_png(curves: dict[str, dict[str, list[float]]], path: Path) -> No
     for index, (kind, by_coordinate) in enumerate(curves.items()):
         left, top = margin + index * (panel + margin), margin
 
-        def point(nominal: float, empirical: float) -> tuple[float, float]:
+        def point(nominal: float, empirical: float, left=left, top=top) -> tuple[float, float]:
             return left + nominal * panel, top + (1.0 - empirical) * panel
 
         draw.rectangle([left, top, left + panel, top + panel], outline="black")

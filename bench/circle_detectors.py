@@ -18,7 +18,7 @@ the best F1 on one scene.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -21,7 +21,7 @@ process (under a minute each on 2 CPU cores) and then detect with the tuned para
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -44,9 +44,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,7 @@ from bench import circle_detectors
 from droplet_core import use_compilation_cache
 from droplet_core.detection.matching import match_droplets, match_pairs
 from droplet_core.imaging.images import load_image, read_image_bytes
-from droplet_core.inference.uncertainty import interval_half_width
+from droplet_core.intervals import interval_half_width
 from droplet_core.measurements.counting import doubtful_mask
 from droplet_core.service.cli import main as droplet_cli
 from droplet_core.synthetic import scenes

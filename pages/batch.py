@@ -18,8 +18,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-import app
-from app_support import access, state
+from app_support import access, app, state
 from app_support.batch_figures import droplet_count_figure, radius_distribution_figure
 from app_support.size_figures import batch_statistics_figure
 from droplet_core.fit_ids import is_valid_fit_id

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-import app
+from app_support import app
 from app_support.figures import compare_overlays_figure, compare_radius_figure
 from app_support.pixel_size import pixel_size_for
 from app_support.size_figures import compare_distributions_figure

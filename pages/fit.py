@@ -7,11 +7,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-import app
-from app_support import state
+from app_support import app, state
 from app_support.figures import loss_figure, overlay_figure
-from droplet_core.detection import detector_net, scale
-from droplet_core.detection.in_image import pyramid_detections_in_image
 from droplet_core.imaging import images
 from droplet_core.measurements.counting import DOUBTFUL_BELOW, doubtful_mask
 from droplet_core.service.jobs import QueueFull
@@ -132,6 +129,10 @@ registry = app.registry()
 # Every pyramid level's detections down to a low presence are kept in the session; the
 # sliders only filter and merge them again.
 if detect_clicked:
+    # The detector network starts JAX: imported only when asked.
+    from droplet_core.detection import scale
+    from droplet_core.detection.in_image import pyramid_detections_in_image
+
     try:
         levels = pyramid_detections_in_image(image, channel, DETECT_FLOOR, downscale or 1, crop)
         region_hw = (images.crop(image, crop) if crop else image).shape[:2]
@@ -144,6 +145,8 @@ if detect_clicked:
         st.error(f"Instant detection failed: {exc}")
 detected = state.detections()
 if detected is not None and detected["sha"] == sha:
+    from droplet_core.detection import detector_net, scale
+
     st.subheader("Instant detection")
     s1, s2, s3 = st.columns([2, 2, 1])
     threshold = s1.slider("Show droplets at least this likely", 0.05, 0.95, detector_net.DEFAULT_THRESHOLD, step=0.05,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-import app
+from app_support import app
 from app_support.figures import (
     Placement,
     composition_columns,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-import app
-from app_support import access, state
+from app_support import access, app, state
 from app_support.figures import channels_figure, image_figure
 from app_support.pixel_size import pixel_size_field
 from droplet_core.imaging.channels import CHANNEL_LABELS

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite, including the real-browser test (Debian's chromium).
+# Set up, lint and run the whole test suite, including the real-browser test (Debian's chromium).
+# Arguments go to pytest: `bash scripts/test.sh -m "not slow"` is the quick loop (no fits, app or browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh requirements-dev.txt
@@ -11,4 +12,6 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "note: /usr/bin/chromium is missing and we are not root; the browser test will be skipped" >&2
   fi
 fi
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest -q "$@"

@@ -22,6 +22,8 @@ from streamlit.testing.v1 import AppTest
 from droplet_core.inference.engine import FitError
 from droplet_core.service.store import FitStore
 
+pytestmark = pytest.mark.slow  # every test drives the app with AppTest, most after a real fit
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 FIT_STEPS = 150  # the smallest "Steps" option above one chunk; the demo then fits in seconds
 FIT_TIMEOUT_S = 240
@@ -36,9 +38,9 @@ def open_app() -> AppTest:
     """A new session on the Image page, run twice.
 
     AppTest resets Streamlit's "uses a pages/ directory" flag before every run, so each
-    run goes through the legacy router and app.main's start-of-session rerun makes the
+    run goes through the legacy router and app_support.app.main's start-of-session rerun makes the
     very first run's widget ids differ from later runs (in a browser only the first
-    run of a server process is routed that way; see app.py). Interactions are
+    run of a server process is routed that way; see app_support/app.py). Interactions are
     therefore made after the second run.
     """
     at = new_app()
@@ -203,7 +205,7 @@ def test_identical_settings_load_from_store(fitted):
 
 
 def test_failed_fit_shows_error_and_keeps_earlier_fit(fitted, monkeypatch):
-    import app
+    from app_support import app
 
     def diverging_fit(*args, **kwargs):
         raise FitError("the fit diverged (loss became NaN/inf at step 50); try a smaller learning rate")

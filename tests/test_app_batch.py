@@ -13,10 +13,13 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
+
+pytestmark = pytest.mark.slow  # drives the Batch page with AppTest and fits
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SCENE = SceneSettings(width_px=160, height_px=120, n_droplets=60)

@@ -23,6 +23,8 @@ from droplet_core.measurements.counting import count_of_table
 from droplet_core.service.store import FitStore
 from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
+pytestmark = pytest.mark.slow  # drives the app with AppTest after real fits
+
 SCENE_NAME = "emulsion-A.png"
 
 

@@ -25,6 +25,8 @@ from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
+pytestmark = pytest.mark.slow  # drives the app with AppTest after real fits
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 UM_PER_PX = 0.5
 

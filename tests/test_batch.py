@@ -19,6 +19,8 @@ from droplet_core.service.cli import main
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import SceneSettings, encode_png, make_scene
 
+pytestmark = pytest.mark.slow  # runs a batch on a local Dask cluster
+
 SCENE = SceneSettings(width_px=160, height_px=120, n_droplets=60)
 SCENE_NAMES = ("scene0.png", "scene1.png", "scene2.png")
 STEPS = 50  # one jitted chunk

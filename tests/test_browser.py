@@ -38,9 +38,10 @@ EXCEPTION = "[data-testid='stException']"
 VIEWPORT = {"width": 1400, "height": 1700}
 FLUORESCENCE = ROOT.parent / "shared" / "data" / "dna_droplets_fluorescence.tif"
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.slow,  # starts a server and a browser
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+]
 
 
 def free_port() -> int:
@@ -176,10 +177,10 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 # The fit runs in the background; the polling fragment redraws the page when done.
                 try:
                     page.wait_for_selector(".st-key-fit_overlay .js-plotly-plot", timeout=150_000)
-                except Exception:
+                except Exception as exc:
                     page.screenshot(path=str(failure_shot))
                     raise AssertionError(f"no overlay after the fit; screenshot {failure_shot}, "
-                                         f"server log:\n{(tmp_path / 'server1.log').read_text()[-3000:]}")
+                                         f"server log:\n{(tmp_path / 'server1.log').read_text()[-3000:]}") from exc
                 settle(page)
                 assert_no_exception(page, "fit page")
                 count = metric_value(page, "Droplets")

@@ -15,6 +15,8 @@ from PIL import Image
 
 from droplet_core.detection.matching import match_droplets
 
+pytestmark = pytest.mark.slow  # runs the command line in subprocesses, fits included
+
 REPO = Path(__file__).resolve().parents[1]
 
 

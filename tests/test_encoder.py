@@ -22,6 +22,8 @@ from droplet_core.detection.matching import match_droplets
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import SceneSettings, make_scene, write_scene
 
+pytestmark = pytest.mark.slow  # runs and trains the detector network, in subprocesses and AppTest
+
 REPO = Path(__file__).resolve().parents[1]
 SCENE_SEED = 7
 

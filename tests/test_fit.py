@@ -22,6 +22,8 @@ from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
+pytestmark = pytest.mark.slow  # fits every model variant
+
 SMALL_SCENE = SceneSettings(width_px=160, height_px=128, n_droplets=150, radius_min_px=1.5, radius_max_px=6.0)
 CROWDED_SCENE = SceneSettings(width_px=240, height_px=192, n_droplets=500)
 

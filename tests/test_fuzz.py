@@ -24,7 +24,7 @@ import time
 import warnings
 import zlib
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -246,7 +246,7 @@ def stand_in_fit(image, settings, *, image_sha256, progress=None, appearance_sou
     droplets = pd.DataFrame({"x": [0.0, width - 1.0], "y": [0.0, height - 1.0], "radius": [1.0, 1.0]})
     report = FitReport(
         fit_id=fit_id, image_sha256=image_sha256, settings=settings, status="done",
-        created=datetime.now(timezone.utc).isoformat(), steps_done=settings.steps, total_steps_done=settings.steps,
+        created=datetime.now(UTC).isoformat(), steps_done=settings.steps, total_steps_done=settings.steps,
         final_loss=0.0, rmse=(0.0,), device="stand-in", timings=Timings(total_s=0.0),
         count=DropletCount(len(droplets), len(droplets), len(droplets), len(droplets), 0),
         fit_shape=(height, width, 1),
@@ -289,6 +289,7 @@ def check_store_intact(store: FitStore) -> int:
     return len(entries)
 
 
+@pytest.mark.slow
 def test_malformed_files_through_the_command_line(tmp_path, monkeypatch, capsys, caplog):
     caplog.set_level(logging.WARNING)  # log records and warnings would be extra lines on stderr
     monkeypatch.setenv("DROPLET_STORE", str(tmp_path / "store"))
@@ -319,6 +320,7 @@ def test_malformed_files_through_the_command_line(tmp_path, monkeypatch, capsys,
     assert check_store_intact(store) == len(fitted_images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "make", "expect"),
     [

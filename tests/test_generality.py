@@ -12,6 +12,8 @@ from bench.generality import (
     second_variant,
 )
 
+pytestmark = pytest.mark.slow  # runs the generality bench's fits
+
 
 def test_score_ignores_out_of_focus_droplets_and_measures_bias():
     truth = pd.DataFrame({"x": [10.0, 40.0, 70.0], "y": [10.0, 10.0, 10.0], "radius": [4.0, 4.0, 4.0],

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ def build_result(settings, image_sha256, steps_done, parent_fit_id, status, warm
             image_sha256=image_sha256,
             settings=settings,
             status=status,
-            created=datetime.now(timezone.utc).isoformat(),
+            created=datetime.now(UTC).isoformat(),
             steps_done=steps_done,
             total_steps_done=len(losses),
             final_loss=100.0 / steps_done if steps_done else None,
@@ -151,7 +151,7 @@ def test_losses_grow_while_running(make_registry):
     assert not first.finished and not job.done() and job.result() is None
     for chunks in (1, 2, 3):
         fake.release()
-        wait_until(lambda: len(job.snapshot().losses) == chunks)
+        wait_until(lambda chunks=chunks: len(job.snapshot().losses) == chunks)
         snap = job.snapshot()
         assert snap.status == "running"
         assert snap.step == chunks * CHUNK
@@ -308,6 +308,7 @@ def test_result_filed_under_a_wrong_key_is_a_failure(store, make_registry):
     assert store.list_fits() == []
 
 
+@pytest.mark.slow
 def test_importing_jobs_and_making_a_registry_does_not_load_jax(tmp_path):
     code = (
         "import sys; from droplet_core.service.jobs import JobRegistry; from droplet_core.service.store import FitStore; "
@@ -317,6 +318,7 @@ def test_importing_jobs_and_making_a_registry_does_not_load_jax(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_interpreter_exit_stops_a_running_fit_and_stores_it(tmp_path):
     # Without the exit hook this process would wait for the endless fit forever.
     code = f"""

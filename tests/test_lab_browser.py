@@ -80,7 +80,7 @@ def test_one_fit_through_the_lab_server(tmp_path):
                 page.wait_for_selector(".st-key-fit_overlay .js-plotly-plot", timeout=240_000)
             except Exception:
                 page.screenshot(path=str(tmp_path / "failure.png"))
-                raise AssertionError(f"no overlay after the fit; log:\n{log.read_text()[-3000:]}")
+                raise AssertionError(f"no overlay after the fit; log:\n{log.read_text()[-3000:]}") from None
             settle(page)
             assert_no_exception(page, "fit page on the lab server")
             assert int(metric_value(page, "Droplets")) > 0

@@ -16,6 +16,8 @@ from droplet_core.models.common import SHADING_GRID, shading_basis
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
+pytestmark = pytest.mark.slow  # fits, then refits with the learned look
+
 SCENE = SceneSettings(width_px=160, height_px=128, n_droplets=150, radius_min_px=1.5, radius_max_px=6.0)
 
 

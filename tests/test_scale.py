@@ -117,6 +117,7 @@ def scored(truth, found):
     }
 
 
+@pytest.mark.slow
 def test_large_fluorescent_droplets_are_fitted_at_their_own_scale():
     rgb, truth = make_scene(3, family_settings("fluorescence", width_px=512, height_px=512, n_droplets=90))
     truth = truth[truth["in_focus"]].reset_index(drop=True)
@@ -127,6 +128,7 @@ def test_large_fluorescent_droplets_are_fitted_at_their_own_scale():
     assert score["radius_error"] <= 0.08, score
 
 
+@pytest.mark.slow
 def test_an_independent_renderers_packed_emulsion_is_not_split_into_fragments():
     image, truth = second_renderer.render("packed", 7, width_px=384, height_px=384)
     result = run_fit(image, FitSettings(), image_sha256="2" * 64)

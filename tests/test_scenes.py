@@ -282,7 +282,7 @@ def test_fluorescence_out_of_focus_droplets_are_flagged_dim_and_blurred():
     assert truth.in_focus.dtype == bool and 0 < (~truth.in_focus).sum() < len(truth)
     grey = image[..., 0] / 255.0
     centre = {flag: [] for flag in (True, False)}
-    for x, y, r, flag in truth[["x", "y", "radius", "in_focus"]].to_numpy():
+    for x, y, flag in truth[["x", "y", "in_focus"]].to_numpy():
         centre[bool(flag)].append(grey[int(round(y)), int(round(x))])
     assert np.median(centre[False]) < 0.6 * np.median(centre[True])
 
@@ -424,6 +424,7 @@ def test_random_family_settings_cover_families_sizes_and_densities():
     assert 20.0 <= wide.radius_min_px <= wide.radius_max_px <= 150.0
 
 
+@pytest.mark.slow
 def test_cli_writes_a_sixteen_bit_family_scene(tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "droplet_core", "scene", *args],

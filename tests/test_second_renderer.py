@@ -143,6 +143,7 @@ def test_dic_shades_opposite_sides_of_a_droplet_opposite_ways():
         assert (ahead - 0.5) * (behind - 0.5) < 0  # one side brighter than the open field, one darker
 
 
+@pytest.mark.slow
 def test_packed_emulsion_droplets_press_on_their_neighbours():
     image, truth = render("packed", 10)
     xy, r = truth[["x", "y"]].to_numpy(), truth["radius"].to_numpy()

@@ -296,6 +296,7 @@ def _save_in_process(root: str, barrier) -> None:
     store.save(result)
 
 
+@pytest.mark.slow
 def test_concurrent_saves_in_processes_leave_one_entry(tmp_path):
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
@@ -325,6 +326,7 @@ def _save_until_killed(root: str, writing) -> None:
     FitStore(root).save(make_result())
 
 
+@pytest.mark.slow
 def test_process_killed_mid_write_leaves_no_entry(tmp_path):
     context = multiprocessing.get_context("spawn")
     writing = context.Event()

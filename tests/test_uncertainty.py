@@ -9,14 +9,13 @@ from scipy.stats import binom
 
 from droplet_core.detection.matching import match_pairs
 from droplet_core.inference.engine import run_fit
-from droplet_core.inference.uncertainty import (
-    interval_half_width,
-    laplace_sd,
-    with_model_discrepancy,
-)
+from droplet_core.inference.uncertainty import laplace_sd, with_model_discrepancy
+from droplet_core.intervals import interval_half_width
 from droplet_core.measurements.counting import count_interval
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import gaussian_blob_scene
+
+pytestmark = pytest.mark.slow  # fits to check the intervals
 
 
 def fit_blobs(image, n: int, seed: int = 0):

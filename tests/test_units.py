@@ -122,6 +122,7 @@ def test_miles_lantuejoul_leaves_out_cut_droplets_and_weights_large_ones():
     assert weights[2] == pytest.approx(100 * 50 / (60 * 10))
 
 
+@pytest.mark.slow
 def test_miles_lantuejoul_is_unbiased_where_keeping_cut_droplets_is_not():
     # Many random fields of a bimodal population: the corrected mean diameter matches the population's.
     rng = np.random.default_rng(1)
@@ -140,6 +141,7 @@ def test_miles_lantuejoul_is_unbiased_where_keeping_cut_droplets_is_not():
     assert np.mean(kept) / population - 1 < -0.15  # inside-only without weights under-counts large droplets
 
 
+@pytest.mark.slow
 def test_intervals_widen_with_uncertainty_and_hold_the_truth():
     # Measured diameters = truth + noise of a known sd: the 90 % interval of D50 holds the truth's D50 in
     # about 90 % of repeats (the per-droplet part of the propagation; D50 is one that the noise barely biases).
@@ -185,6 +187,7 @@ def test_label_image_and_rois_match_the_table(tmp_path):
         assert roi.coordinates()[:, 0].mean() == pytest.approx(row.x + 0.5, abs=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["imagej", "ome"])
 def test_fit_of_a_tiff_with_a_pixel_size_comes_out_in_micrometres(scene, kind):
     image_uint8, truth = scene

@@ -21,6 +21,8 @@ from droplet_core.measurements.counting import (
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
+pytestmark = pytest.mark.slow  # judges real fits
+
 SMALL_SCENE = SceneSettings(width_px=200, height_px=160, n_droplets=250)
 
 

@@ -271,10 +271,10 @@ def train(settings: TrainSettings, architecture: EncoderArchitecture = EncoderAr
         left = rng.integers(0, (settings.scene_px - settings.crop_px) // STRIDE + 1, settings.batch)
         flip = rng.uniform(size=settings.batch) < 0.5
         features = np.stack([
-            features_pool[i, STRIDE * t : STRIDE * (t + cells), STRIDE * l : STRIDE * (l + cells)]
-            for i, t, l in zip(index, top, left)
+            features_pool[i, STRIDE * t : STRIDE * (t + cells), STRIDE * c : STRIDE * (c + cells)]
+            for i, t, c in zip(index, top, left)
         ])
-        target = np.stack([targets_pool[i, t : t + cells, l : l + cells] for i, t, l in zip(index, top, left)])
+        target = np.stack([targets_pool[i, t : t + cells, c : c + cells] for i, t, c in zip(index, top, left)])
         # A horizontal flip mirrors columns; cells of width STRIDE stay aligned and the
         # x offset changes sign.
         features[flip] = features[flip, :, ::-1]

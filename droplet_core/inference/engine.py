@@ -429,7 +429,7 @@ def run_fit(
         image_sha256=image_sha256,
         settings=settings,
         status=status,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         steps_done=done,
         total_steps_done=len(all_losses),
         final_loss=run.final_loss,

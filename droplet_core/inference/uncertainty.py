@@ -23,19 +23,18 @@ the droplet exists at even prior odds.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy.special import expit
-from scipy.stats import norm
 
 from droplet_core.models.common import Layout, nearest_droplet_pixels
 
-INTERVAL = 0.90
 # Written by ``python -m bench.calibration --calibrate``: per model, the model-discrepancy
 # sd per px of radius for x, y and radius, and the count's relative sd.
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
@@ -236,11 +235,6 @@ def _sum_by_droplet(per_row: np.ndarray, starts: np.ndarray, total: int) -> np.n
     empty = np.diff(np.append(starts, total)) == 0
     sums[empty] = 0.0
     return sums
-
-
-def interval_half_width(sd, level: float = INTERVAL):
-    """Half width of the central ``level`` interval of a normal with standard deviation ``sd``."""
-    return norm.ppf(0.5 + level / 2.0) * sd
 
 
 def model_discrepancy(model: str) -> tuple[dict[str, float], float]:

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from droplet_core.intervals import INTERVAL
+
 DOUBTFUL_BELOW = 0.5
-INTERVAL = 0.90
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ def _parse_created(value: object) -> datetime:
     if not isinstance(value, str):
         raise ValueError("created is not an ISO time string")
     created = datetime.fromisoformat(value)
-    return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+    return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
 def _as_plain_array(name: str, value: object) -> np.ndarray:
