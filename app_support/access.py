@@ -54,12 +54,14 @@ def require_access() -> None:
         return
     st.title("Droplet")
     if login_mode() == OIDC:
-        st.info("This lab server asks you to log in first; a link you were sent opens after that.",
-                icon=":material/lock:")
+        st.info(
+            "This lab server asks you to log in first; a link you were sent opens after that.", icon=":material/lock:"
+        )
         st.button("Log in", type="primary", icon=":material/login:", on_click=st.login, key="login_button")
         st.stop()
-    st.info("This lab server asks for the lab's password; a link you were sent opens after that.",
-            icon=":material/lock:")
+    st.info(
+        "This lab server asks for the lab's password; a link you were sent opens after that.", icon=":material/lock:"
+    )
     with st.form("login_form", clear_on_submit=True):
         entered = st.text_input("Lab password", type="password", key="login_password")
         submitted = st.form_submit_button("Enter", type="primary", icon=":material/login:")
@@ -92,5 +94,7 @@ def max_upload_mb() -> int:
 
 def upload_limits_text() -> str:
     """The upload limits in words, for captions under the uploaders."""
-    return (f"Up to {max_upload_mb()} MB per file and {max_pixels_limit() / 1e6:.0f} megapixels per image "
-            "(limits set by whoever runs this server).")
+    return (
+        f"Up to {max_upload_mb()} MB per file and {max_pixels_limit() / 1e6:.0f} megapixels per image "
+        "(limits set by whoever runs this server)."
+    )

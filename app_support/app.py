@@ -102,8 +102,12 @@ def page_start(url_path: str) -> None:
     access.require_access()
     collect_background_jobs()
     requested = st.query_params.get("fit")
-    if (url_path in FIT_LINK_PAGES and is_valid_fit_id(requested) and requested != st.session_state.get(state.FIT_ID)
-            and fit_report(requested) is not None):
+    if (
+        url_path in FIT_LINK_PAGES
+        and is_valid_fit_id(requested)
+        and requested != st.session_state.get(state.FIT_ID)
+        and fit_report(requested) is not None
+    ):
         set_current_fit(requested)  # before the sidebar, so that it names the linked fit and its image
     sidebar(url_path)
 
@@ -254,8 +258,10 @@ def set_current_image(sha: str, name: str) -> None:
             pass
     if st.session_state.get(state.JOB_ID):
         # A fit of the previous image may still run: it joins this session's list when done.
-        st.session_state[state.BACKGROUND_JOBS] = [*st.session_state.get(state.BACKGROUND_JOBS, []),
-                                               st.session_state[state.JOB_ID]]
+        st.session_state[state.BACKGROUND_JOBS] = [
+            *st.session_state.get(state.BACKGROUND_JOBS, []),
+            st.session_state[state.JOB_ID],
+        ]
     for key in state.PER_IMAGE_KEYS:
         st.session_state.pop(key, None)
     st.session_state[state.FIT_ID] = next(
@@ -335,8 +341,7 @@ def fit_label(report: FitReport) -> str:
     count = report.count.count if report.count is not None else "?"
     status = "" if report.status == "done" else f" ({report.status})"
     reused = " · look reused" if report.appearance_from else ""
-    return (f"{image_label(report.image_sha256)} · {report.model}{reused} · "
-            f"{created} UTC · {count} droplets{status}")
+    return f"{image_label(report.image_sha256)} · {report.model}{reused} · {created} UTC · {count} droplets{status}"
 
 
 def fit_short_label(report: FitReport) -> str:
@@ -456,17 +461,24 @@ def sidebar(url_path: str) -> None:
         else:
             st.markdown("**Current fit:** none yet for this image")
         st.slider(
-            "Display contrast (percentiles)", 0.0, 100.0, DEFAULT_PERCENTILES, step=0.5, key="w_display_percentiles",
+            "Display contrast (percentiles)",
+            0.0,
+            100.0,
+            DEFAULT_PERCENTILES,
+            step=0.5,
+            key="w_display_percentiles",
             help="Images are shown stretched so that these percentiles of their brightness become black and "
-                 "white, so dim and 16-bit images are visible. Only the display changes: fits always use the "
-                 "image's raw values. 0–100 spans the image's whole range.",
+            "white, so dim and 16-bit images are visible. Only the display changes: fits always use the "
+            "image's raw values. 0–100 spans the image's whole range.",
         )
         access.account_box()
         with st.expander("About this server"):
             scheduler = registry().queue_settings.scheduler
             where = f"the Dask cluster at `{scheduler}`" if scheduler else f"`{device_description()}`"
-            st.markdown(f"Fits run on: {where}  \nFit store: `{store_root()}`  \n"
-                        f"Image id (SHA-256): `{st.session_state.get(state.IMAGE_SHA, '')[:16]}…`")
+            st.markdown(
+                f"Fits run on: {where}  \nFit store: `{store_root()}`  \n"
+                f"Image id (SHA-256): `{st.session_state.get(state.IMAGE_SHA, '')[:16]}…`"
+            )
 
 
 def display_percentiles() -> tuple[float, float]:
@@ -484,11 +496,15 @@ def show_verdict(report: FitReport) -> None:
     """The fit's verdict on itself, plainly, with what to try (top of Fit and Results)."""
     verdict = report.verdict
     if verdict is None:
-        st.info("This fit was made before Droplet judged its own fits; refit it to see how well it explains "
-                "the image.", icon=":material/info:")
+        st.info(
+            "This fit was made before Droplet judged its own fits; refit it to see how well it explains the image.",
+            icon=":material/info:",
+        )
         return
-    detail = (f"The model explains {verdict.explained_fraction:.0%} of the image's structure at droplet size; "
-              f"what remains is {verdict.relative_rmse:.0%} of the image's contrast.")
+    detail = (
+        f"The model explains {verdict.explained_fraction:.0%} of the image's structure at droplet size; "
+        f"what remains is {verdict.relative_rmse:.0%} of the image's contrast."
+    )
     if verdict.quality == "good":
         st.success(f"**Good fit.** {detail}", icon=":material/verified:")
         return
@@ -497,8 +513,7 @@ def show_verdict(report: FitReport) -> None:
     if verdict.quality == "partial":
         st.warning(f"**The fit explains this image only in part.**{body}", icon=":material/report:")
     else:
-        st.error(f"**This fit did not explain the image: do not trust its droplets.**{body}",
-                 icon=":material/report:")
+        st.error(f"**This fit did not explain the image: do not trust its droplets.**{body}", icon=":material/report:")
 
 
 def downscale_caption(report: FitReport) -> str:
@@ -521,4 +536,3 @@ def count_caption(report: FitReport, droplets) -> str:
     if count.doubtful:
         text += f" · {count.candidates} candidates, {count.doubtful} of them doubtful (probably not droplets)"
     return text
-

@@ -17,14 +17,21 @@ def droplet_count_figure(summary: pd.DataFrame, height: int = 320) -> go.Figure:
     fitted = summary[summary["status"] != FAILED]
     fig = go.Figure(
         go.Bar(
-            x=fitted["image"], y=fitted["droplet_count"], marker_color="#1f77b4",
+            x=fitted["image"],
+            y=fitted["droplet_count"],
+            marker_color="#1f77b4",
             customdata=fitted[["median_radius", "rmse"]].to_numpy(dtype=float),
             hovertemplate="%{x}<br>%{y} droplets<br>median radius %{customdata[0]:.2f} px"
-                          "<br>RMSE %{customdata[1]:.4f}<extra></extra>",
+            "<br>RMSE %{customdata[1]:.4f}<extra></extra>",
         )
     )
-    fig.update_layout(title="Droplets per image", height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      yaxis_title="droplets", xaxis_title=None)
+    fig.update_layout(
+        title="Droplets per image",
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=10),
+        yaxis_title="droplets",
+        xaxis_title=None,
+    )
     return fig
 
 
@@ -33,6 +40,10 @@ def radius_distribution_figure(droplets: pd.DataFrame, height: int = 360) -> go.
     fig = go.Figure()
     for image, rows in droplets.groupby(IMAGE_COLUMN, sort=False):
         fig.add_trace(go.Box(y=rows["radius"], name=str(image), boxpoints=False, showlegend=False))
-    fig.update_layout(title="Radius distribution per image", height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      yaxis_title="radius (px)")
+    fig.update_layout(
+        title="Radius distribution per image",
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=10),
+        yaxis_title="radius (px)",
+    )
     return fig

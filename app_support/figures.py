@@ -91,7 +91,9 @@ def reduce_for_display(image: np.ndarray, factor: int) -> np.ndarray:
 def png_data_uri(image: np.ndarray) -> str:
     """A ``data:image/png`` URI of a float image in [0, 1] ``(h, w)``/``(h, w, 1|3)`` or uint8 RGB."""
     array = np.asarray(image)
-    return "data:image/png;base64," + base64.b64encode(encode_png(array if array.dtype == np.uint8 else to_uint8(array))).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(
+        encode_png(array if array.dtype == np.uint8 else to_uint8(array))
+    ).decode("ascii")
 
 
 def diverging_rgb(values: np.ndarray, scale: float | None = None) -> tuple[np.ndarray, float]:
@@ -184,8 +186,11 @@ def circle_outlines(x, y, r, points: int = CIRCLE_POINTS) -> tuple[list, list]:
 
 def _hover(droplets: pd.DataFrame) -> tuple[np.ndarray, str]:
     """customdata (row index first) and a hovertemplate for droplet centre markers."""
-    fields: list[tuple[str, str]] = [("x", "x %{customdata[1]:.1f}"), ("y", "y %{customdata[2]:.1f}"),
-                                     ("radius", "radius %{customdata[3]:.2f} px")]
+    fields: list[tuple[str, str]] = [
+        ("x", "x %{customdata[1]:.1f}"),
+        ("y", "y %{customdata[2]:.1f}"),
+        ("radius", "radius %{customdata[3]:.2f} px"),
+    ]
     extra = []
     # Hover shows 90 % half-widths (sd columns scaled), as the overlay's bands do.
     for column, label in (("sd_x", "x"), ("sd_y", "y"), ("sd_radius", "radius")):
@@ -201,8 +206,9 @@ def _hover(droplets: pd.DataFrame) -> tuple[np.ndarray, str]:
     table = droplets.assign(
         **{f"{c}_90": interval_half_width(droplets[c].to_numpy(float)) for c in droplets.columns if c.startswith("sd_")}
     )
-    data = np.column_stack([np.arange(len(droplets), dtype=np.float64)] +
-                           [table[c].to_numpy(dtype=np.float64) for c in columns])
+    data = np.column_stack(
+        [np.arange(len(droplets), dtype=np.float64)] + [table[c].to_numpy(dtype=np.float64) for c in columns]
+    )
     lines = [fmt for _, fmt in fields]
     for offset, (_, fmt) in enumerate(extra, start=4):
         lines.append(fmt.replace("%d", str(offset)))
@@ -228,13 +234,25 @@ def droplet_traces(
     if droplets.empty:
         return [go.Scattergl(x=[], y=[], mode="markers", name=name, showlegend=False)]
     types = dominant_type(droplets) if colour_by_type else None
-    doubtful = (droplets["p_exists"].to_numpy(float) < doubtful_below
-                if doubtful_below is not None and "p_exists" in droplets.columns else np.zeros(len(droplets), bool))
+    doubtful = (
+        droplets["p_exists"].to_numpy(float) < doubtful_below
+        if doubtful_below is not None and "p_exists" in droplets.columns
+        else np.zeros(len(droplets), bool)
+    )
     groups = [(None, ~doubtful)] if types is None else [(t, (types == t) & ~doubtful) for t in np.unique(types)]
     if doubtful.any():
         xs, ys = circle_outlines(droplets["x"][doubtful], droplets["y"][doubtful], droplets["radius"][doubtful])
-        traces.append(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=DOUBTFUL_COLOUR, width=1.0, dash="dash"),
-                                 name="doubtful (probably not droplets)", hoverinfo="skip", showlegend=show_legend))
+        traces.append(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line=dict(color=DOUBTFUL_COLOUR, width=1.0, dash="dash"),
+                name="doubtful (probably not droplets)",
+                hoverinfo="skip",
+                showlegend=show_legend,
+            )
+        )
     for t, mask in groups:
         if not mask.any():
             continue
@@ -246,21 +264,34 @@ def droplet_traces(
             # go.Image renders as a flat line below the image (checked in Chromium); one
             # SVG path per colour is cheap even for thousands of circles.
             go.Scatter(
-                x=xs, y=ys, mode="lines", line=dict(color=colour, width=1.0),
-                name=name if t is None else f"type {t}", hoverinfo="skip",
-                showlegend=show_legend and (t is not None or bool(doubtful.any())), legendgroup=f"{name}-{t}",
+                x=xs,
+                y=ys,
+                mode="lines",
+                line=dict(color=colour, width=1.0),
+                name=name if t is None else f"type {t}",
+                hoverinfo="skip",
+                showlegend=show_legend and (t is not None or bool(doubtful.any())),
+                legendgroup=f"{name}-{t}",
             )
         )
     data, template = _hover(droplets)
-    colours = np.full(len(droplets), ring_colour, dtype=object) if types is None else np.array(
-        [TYPE_COLOURS[int(t) % len(TYPE_COLOURS)] for t in types], dtype=object)
+    colours = (
+        np.full(len(droplets), ring_colour, dtype=object)
+        if types is None
+        else np.array([TYPE_COLOURS[int(t) % len(TYPE_COLOURS)] for t in types], dtype=object)
+    )
     colours[doubtful] = DOUBTFUL_COLOUR
     marker_colour = ring_colour if types is None and not doubtful.any() else colours.tolist()
     traces.append(
         go.Scattergl(
-            x=droplets["x"], y=droplets["y"], mode="markers", name=f"{name} (centres)",
+            x=droplets["x"],
+            y=droplets["y"],
+            mode="markers",
+            name=f"{name} (centres)",
             marker=dict(size=3, color=marker_colour, opacity=0.35),
-            customdata=data, hovertemplate=template, showlegend=False,
+            customdata=data,
+            hovertemplate=template,
+            showlegend=False,
         )
     )
     return traces
@@ -277,7 +308,9 @@ def uncertainty_traces(droplets: pd.DataFrame) -> list:
     x, y, r = (droplets[c].to_numpy(float) for c in ("x", "y", "radius"))
     hx, hy, hr = (interval_half_width(droplets[c].to_numpy(float)) for c in ("sd_x", "sd_y", "sd_radius"))
     angles = np.linspace(0.0, 2.0 * np.pi, CIRCLE_POINTS + 1)
-    unsure = droplets["p_exists"].to_numpy(float) < UNSURE_P_EXISTS if "p_exists" in droplets else np.zeros(len(x), bool)
+    unsure = (
+        droplets["p_exists"].to_numpy(float) < UNSURE_P_EXISTS if "p_exists" in droplets else np.zeros(len(x), bool)
+    )
     traces = []
     for label, colour, members in (("90 % bands", BAND_COLOUR, ~unsure), ("unsure droplets", UNSURE_COLOUR, unsure)):
         if not members.any():
@@ -287,14 +320,15 @@ def uncertainty_traces(droplets: pd.DataFrame) -> list:
         inner = circle_outlines(x[members], y[members], np.maximum(r - hr, 0.0)[members])
         outer = circle_outlines(x[members], y[members], (r + hr)[members])
         gap = np.full((int(members.sum()), 1), np.nan)
-        ellipses = [
-            [None if v != v else round(float(v), 2) for v in np.hstack([e, gap]).reshape(-1)] for e in (ex, ey)
-        ]
+        ellipses = [[None if v != v else round(float(v), 2) for v in np.hstack([e, gap]).reshape(-1)] for e in (ex, ey)]
         traces.append(
             go.Scatter(
                 x=inner[0] + [None] + outer[0] + [None] + ellipses[0],
                 y=inner[1] + [None] + outer[1] + [None] + ellipses[1],
-                mode="lines", line=dict(color=colour, width=1.0, dash="dot"), name=label, hoverinfo="skip",
+                mode="lines",
+                line=dict(color=colour, width=1.0, dash="dot"),
+                name=label,
+                hoverinfo="skip",
             )
         )
     return traces
@@ -327,8 +361,14 @@ def overlay_figure(
         fig.add_trace(trace)
     if crop is not None:
         x0, y0, x1, y1 = crop
-        fig.add_shape(type="rect", x0=x0 - 0.5, y0=y0 - 0.5, x1=x1 - 0.5, y1=y1 - 0.5,
-                      line=dict(color="#ffd60a", width=2, dash="dash"))
+        fig.add_shape(
+            type="rect",
+            x0=x0 - 0.5,
+            y0=y0 - 0.5,
+            x1=x1 - 0.5,
+            y1=y1 - 0.5,
+            line=dict(color="#ffd60a", width=2, dash="dash"),
+        )
     _image_layout(fig, height)
     fig.update_layout(title=title, clickmode="event+select")
     fig.update_xaxes(showgrid=False, zeroline=False, constrain="domain")
@@ -345,8 +385,14 @@ def panels_figure(
     """Images side by side with linked zoom/pan (shared axes), e.g. original /
     reconstruction / residual; droplet outlines over the first panel if given."""
     n = len(panels)
-    fig = make_subplots(rows=1, cols=n, shared_xaxes="all", shared_yaxes="all",
-                        subplot_titles=[title for title, _ in panels], horizontal_spacing=0.02)
+    fig = make_subplots(
+        rows=1,
+        cols=n,
+        shared_xaxes="all",
+        shared_yaxes="all",
+        subplot_titles=[title for title, _ in panels],
+        horizontal_spacing=0.02,
+    )
     for col, (title, image) in enumerate(panels, start=1):
         fig.add_trace(_image_trace(image, placement, title), row=1, col=col)
     if droplets is not None and not droplets.empty:
@@ -375,15 +421,19 @@ def channels_figure(channels: dict[str, np.ndarray], labels: dict[str, str], wra
     stack = np.stack([reduce_for_display(channels[n], factor) for n in names])
     stack8 = np.round(np.clip(stack, 0, 1) * 255).astype(np.uint8)
     wrap = min(wrap, len(names))
-    fig = px.imshow(stack8, facet_col=0, facet_col_wrap=wrap, binary_string=True,
-                    facet_col_spacing=0.01, facet_row_spacing=0.06)
+    fig = px.imshow(
+        stack8, facet_col=0, facet_col_wrap=wrap, binary_string=True, facet_col_spacing=0.01, facet_row_spacing=0.06
+    )
     for annotation in fig.layout.annotations:
         index = int(annotation.text.split("=")[-1])
         annotation.text = f"{names[index]}: {labels.get(names[index], names[index])}"
     rows = int(np.ceil(len(names) / wrap))
     aspect = stack.shape[1] / stack.shape[2]
-    fig.update_layout(height=int(60 + rows * (1100 / wrap) * aspect + rows * 30),
-                      margin=dict(l=5, r=40, t=30, b=5), modebar=dict(orientation="v"))
+    fig.update_layout(
+        height=int(60 + rows * (1100 / wrap) * aspect + rows * 30),
+        margin=dict(l=5, r=40, t=30, b=5),
+        modebar=dict(orientation="v"),
+    )
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     return fig
@@ -403,9 +453,15 @@ def loss_figure(losses, steps=None, total_steps: int | None = None, height: int 
     steps = np.arange(1, losses.size + 1) if steps is None else np.asarray(steps)
     fig = go.Figure(go.Scatter(x=steps, y=losses, mode="lines", name="loss", line=dict(width=1.5)))
     positive = losses[np.isfinite(losses)]
-    fig.update_layout(height=height, margin=dict(l=10, r=40, t=30, b=10), modebar=dict(orientation="v"),
-                      xaxis_title="step",
-                      yaxis_title="loss", title="Loss", uirevision="loss")
+    fig.update_layout(
+        height=height,
+        margin=dict(l=10, r=40, t=30, b=10),
+        modebar=dict(orientation="v"),
+        xaxis_title="step",
+        yaxis_title="loss",
+        title="Loss",
+        uirevision="loss",
+    )
     if positive.size and positive.min() > 0 and positive.max() / positive.min() > 50:
         fig.update_yaxes(type="log")
     if total_steps:
@@ -417,26 +473,43 @@ def compare_radius_figure(tables: dict[str, pd.DataFrame], height: int = 320) ->
     """Radius distributions of several fits, overlaid."""
     frames = [pd.DataFrame({"radius": t["radius"].to_numpy(), "fit": label}) for label, t in tables.items()]
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"radius": [], "fit": []})
-    fig = px.histogram(data, x="radius", color="fit", barmode="overlay", nbins=40, opacity=0.55,
-                       title="Radius distributions", color_discrete_sequence=TYPE_COLOURS)
+    fig = px.histogram(
+        data,
+        x="radius",
+        color="fit",
+        barmode="overlay",
+        nbins=40,
+        opacity=0.55,
+        title="Radius distributions",
+        color_discrete_sequence=TYPE_COLOURS,
+    )
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, title=None))
-    fig.update_layout(height=height, margin=dict(l=10, r=40, t=40, b=10), modebar=dict(orientation="v"),
-                      xaxis_title="radius (px)",
-                      yaxis_title="droplets")
+    fig.update_layout(
+        height=height,
+        margin=dict(l=10, r=40, t=40, b=10),
+        modebar=dict(orientation="v"),
+        xaxis_title="radius (px)",
+        yaxis_title="droplets",
+    )
     return fig
 
 
-def compare_overlays_figure(
-    panels: list[tuple[str, np.ndarray, pd.DataFrame]], height: int = 460
-) -> go.Figure:
+def compare_overlays_figure(panels: list[tuple[str, np.ndarray, pd.DataFrame]], height: int = 460) -> go.Figure:
     """Several fits' droplets over their images, side by side with linked zoom."""
     n = len(panels)
-    fig = make_subplots(rows=1, cols=n, shared_xaxes="all", shared_yaxes="all",
-                        subplot_titles=[t for t, _, _ in panels], horizontal_spacing=0.02)
+    fig = make_subplots(
+        rows=1,
+        cols=n,
+        shared_xaxes="all",
+        shared_yaxes="all",
+        subplot_titles=[t for t, _, _ in panels],
+        horizontal_spacing=0.02,
+    )
     for col, (title, image, droplets) in enumerate(panels, start=1):
         fig.add_trace(_image_trace(image, Placement(), title), row=1, col=col)
-        for trace in droplet_traces(droplets, name=title, show_legend=False,
-                                    ring_colour=TYPE_COLOURS[(col - 1) % len(TYPE_COLOURS)]):
+        for trace in droplet_traces(
+            droplets, name=title, show_legend=False, ring_colour=TYPE_COLOURS[(col - 1) % len(TYPE_COLOURS)]
+        ):
             fig.add_trace(trace, row=1, col=col)
     return _linked_image_panels(fig, n, height)
 
@@ -460,11 +533,26 @@ def gallery_figure(
     if images.ndim == 3:
         limit = float(np.max(np.abs(images))) or 1.0
         low = -limit if images.min() < 0 else 0.0
-        fig = px.imshow(images, facet_col=0, facet_col_wrap=wrap, color_continuous_scale="Viridis",
-                        zmin=low, zmax=limit, facet_col_spacing=0.02, facet_row_spacing=0.08)
+        fig = px.imshow(
+            images,
+            facet_col=0,
+            facet_col_wrap=wrap,
+            color_continuous_scale="Viridis",
+            zmin=low,
+            zmax=limit,
+            facet_col_spacing=0.02,
+            facet_row_spacing=0.08,
+        )
     else:
-        fig = px.imshow(np.clip(images, 0, 1), facet_col=0, facet_col_wrap=wrap, zmin=0, zmax=1,
-                        facet_col_spacing=0.02, facet_row_spacing=0.08)
+        fig = px.imshow(
+            np.clip(images, 0, 1),
+            facet_col=0,
+            facet_col_wrap=wrap,
+            zmin=0,
+            zmax=1,
+            facet_col_spacing=0.02,
+            facet_row_spacing=0.08,
+        )
     types = np.arange(k) if types is None else np.asarray(types)
     for annotation in fig.layout.annotations:
         index = int(annotation.text.split("=")[-1])
@@ -472,8 +560,9 @@ def gallery_figure(
         caption = captions[index] if captions is not None else f"type {index}"
         annotation.text = f"<span style='color:{colour}'>■</span> {caption}"
     rows = int(np.ceil(k / wrap))
-    fig.update_layout(height=60 + rows * height_per_row, margin=dict(l=5, r=40, t=30, b=5),
-                      modebar=dict(orientation="v"))
+    fig.update_layout(
+        height=60 + rows * height_per_row, margin=dict(l=5, r=40, t=30, b=5), modebar=dict(orientation="v")
+    )
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     return fig

@@ -49,10 +49,15 @@ def pixel_size_field(sha: str) -> PixelSize:
     if key not in st.session_state:
         st.session_state[key] = overrides.get(sha) or from_file.length_um or 0.0
     st.number_input(
-        "Pixel size (µm per pixel)", min_value=0.0, step=0.01, format="%.4f", key=key, on_change=keep,
+        "Pixel size (µm per pixel)",
+        min_value=0.0,
+        step=0.01,
+        format="%.4f",
+        key=key,
+        on_change=keep,
         help="Length of one pixel of the image as uploaded. Read from ImageJ / OME-TIFF files when they carry it; "
-             "set it here for other images (0 = unknown: results in pixels). Changing it never refits: "
-             "only the µm columns, size statistics and exports change.",
+        "set it here for other images (0 = unknown: results in pixels). Changing it never refits: "
+        "only the µm columns, size statistics and exports change.",
     )
     current = pixel_size_for(sha)
     if current.known:

@@ -39,8 +39,19 @@ FIT_CHOICES = "fit_choices"
 
 # Keys that belong to one image: cleared when another image becomes current (with the
 # Image page's crop and downscale widgets).
-PER_IMAGE_KEYS = (CROP, "w_crop_on", "w_crop_x", "w_crop_y", "w_downscale", DOWNSCALE, DETECTIONS,
-                  JOB_ID, JOB_IMAGE_SHA, JOB_NOTICE, JOB_HANDLED)
+PER_IMAGE_KEYS = (
+    CROP,
+    "w_crop_on",
+    "w_crop_x",
+    "w_crop_y",
+    "w_downscale",
+    DOWNSCALE,
+    DETECTIONS,
+    JOB_ID,
+    JOB_IMAGE_SHA,
+    JOB_NOTICE,
+    JOB_HANDLED,
+)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,11 @@ COLUMN_TEXT = {
     "sd_x": ("± x (px, sd)", "Standard deviation of x: the 90 % interval is about ±1.64 of it"),
     "sd_y": ("± y (px, sd)", "Standard deviation of y: the 90 % interval is about ±1.64 of it"),
     "sd_radius": ("± radius (px, sd)", "Standard deviation of the radius: the 90 % interval is about ±1.64 of it"),
-    "p_exists": ("P(droplet)", "Probability that this candidate is a real droplet, from how much of the image it "
-                               "explains against what its extra parameters cost"),
+    "p_exists": (
+        "P(droplet)",
+        "Probability that this candidate is a real droplet, from how much of the image it "
+        "explains against what its extra parameters cost",
+    ),
 }
 
 
@@ -37,16 +40,20 @@ def droplet_column_config(droplets: pd.DataFrame) -> dict:
     """``st.dataframe`` column settings: labels with units, help, number formats."""
     config: dict = {
         LIKELY_COLUMN: st.column_config.CheckboxColumn(
-            "likely droplet", help=f"P(droplet) at least {DOUBTFUL_BELOW:g}; unticked rows are doubtful candidates, "
-                                   "drawn dashed in grey"),
+            "likely droplet",
+            help=f"P(droplet) at least {DOUBTFUL_BELOW:g}; unticked rows are doubtful candidates, drawn dashed in grey",
+        ),
     }
     for column in droplets.columns:
         if column in COLUMN_TEXT:
             label, text = COLUMN_TEXT[column]
-            config[column] = st.column_config.NumberColumn(label, help=text, format="%.2f" if column != "p_exists"
-                                                           else "%.3f")
+            config[column] = st.column_config.NumberColumn(
+                label, help=text, format="%.2f" if column != "p_exists" else "%.3f"
+            )
         elif column.startswith("composition_"):
             config[column] = st.column_config.NumberColumn(
-                f"type {column[12:]} share", format="%.2f",
-                help=f"Share of learned droplet look {column[12:]} in this droplet (see the Mask gallery)")
+                f"type {column[12:]} share",
+                format="%.2f",
+                help=f"Share of learned droplet look {column[12:]} in this droplet (see the Mask gallery)",
+            )
     return config

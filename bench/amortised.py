@@ -95,8 +95,10 @@ def encoder_on_scenes(seeds: list[int]) -> None:
 
 def _row(name: str, scores: list, seconds: list[float]) -> None:
     mean = lambda attr: float(np.mean([getattr(s, attr) for s in scores]))  # noqa: E731
-    print(f"{name:<22} {mean('precision'):>9.3f} {mean('recall'):>7.3f} {mean('f1'):>6.3f} "
-          f"{mean('median_radius_error'):>10.3f} {mean('n_found'):>6.0f} {np.mean(seconds):>8.3f}")
+    print(
+        f"{name:<22} {mean('precision'):>9.3f} {mean('recall'):>7.3f} {mean('f1'):>6.3f} "
+        f"{mean('median_radius_error'):>10.3f} {mean('n_found'):>6.0f} {np.mean(seconds):>8.3f}"
+    )
 
 
 def fit(image: np.ndarray, sha: str, settings: FitSettings, source=None) -> dict:
@@ -137,29 +139,41 @@ def appearance_reuse(image: np.ndarray, sha: str) -> dict:
     # Loads the encoder and starts JAX, which every process does once, outside the timing.
     detector_net.detect(detector_net.prepare_image(image, "rgb", 4)[0])
     first = fit(image, sha, FitSettings(downscale=4))
-    print(f"first fit (default settings, {first['steps']} steps, compiles): {first['seconds']:.1f} s ({_parts(first)}), "
-          f"RMSE {first['rmse']:.4f}, {first['droplets']} droplets")
+    print(
+        f"first fit (default settings, {first['steps']} steps, compiles): {first['seconds']:.1f} s ({_parts(first)}), "
+        f"RMSE {first['rmse']:.4f}, {first['droplets']} droplets"
+    )
     again = fit(image, sha, FitSettings(downscale=4, seed=1))
-    print(f"the same fit with seed 1 (compiled programs reused): {again['seconds']:.1f} s ({_parts(again)}), "
-          f"RMSE {again['rmse']:.4f}")
+    print(
+        f"the same fit with seed 1 (compiled programs reused): {again['seconds']:.1f} s ({_parts(again)}), "
+        f"RMSE {again['rmse']:.4f}"
+    )
     source = first["result"]
     runs = first_reaching(
-        image, sha, lambda steps: FitSettings(downscale=4, steps=steps, appearance_from=source.fit_id),
-        first["rmse"], source, REUSE_LADDER,
+        image,
+        sha,
+        lambda steps: FitSettings(downscale=4, steps=steps, appearance_from=source.fit_id),
+        first["rmse"],
+        source,
+        REUSE_LADDER,
     )
     print(f"appearance_from the first fit, iterations: RMSE (time): {_ladder_text(runs)}")
     last = runs[-1]
     if last["rmse"] <= first["rmse"]:
-        print(f"reaches RMSE {first['rmse']:.4f} at {last['steps']} iterations in {last['seconds']:.2f} s ({_parts(last)}): "
-              f"{last['seconds'] / first['seconds']:.2f} of the first fit's time, "
-              f"{last['seconds'] / again['seconds']:.2f} of the repeated fit's (target <= 0.33)")
+        print(
+            f"reaches RMSE {first['rmse']:.4f} at {last['steps']} iterations in {last['seconds']:.2f} s ({_parts(last)}): "
+            f"{last['seconds'] / first['seconds']:.2f} of the first fit's time, "
+            f"{last['seconds'] / again['seconds']:.2f} of the repeated fit's (target <= 0.33)"
+        )
         score = match_droplets(source.droplets, last["result"].droplets)
         print(f"its droplets against the first fit's: {last['droplets']} vs {first['droplets']}, F1 {score.f1:.3f}")
     else:
         print(f"does not reach RMSE {first['rmse']:.4f} within {REUSE_LADDER[-1]} iterations")
     converged = fit(image, sha, FitSettings(downscale=4, appearance_from=source.fit_id), source)
-    print(f"run to convergence (default settings): {converged['result'].report.steps_done} iterations, "
-          f"{converged['seconds']:.2f} s, RMSE {converged['rmse']:.4f}, {converged['droplets']} droplets")
+    print(
+        f"run to convergence (default settings): {converged['result'].report.steps_done} iterations, "
+        f"{converged['seconds']:.2f} s, RMSE {converged['rmse']:.4f}, {converged['droplets']} droplets"
+    )
     return first
 
 
@@ -176,31 +190,37 @@ def reuse_on_a_new_scene(learn_seed: int, fit_seed: int) -> None:
         reused = fit(image, sha, dataclasses.replace(settings, appearance_from=source.fit_id), source)
         for name, run in (("new appearance (SVI, 150 steps)", new), ("reused appearance (converged)", reused)):
             score = match_droplets(truth, run["result"].droplets)
-            print(f"   {model:<9} {name:<32} F1 {score.f1:.3f}, radius err {score.median_radius_error:.3f}, "
-                  f"RMSE {run['rmse']:.4f}, {run['seconds']:.1f} s, {run['droplets']} droplets "
-                  f"(truth {len(truth)}), {run['result'].report.steps_done} steps or iterations")
+            print(
+                f"   {model:<9} {name:<32} F1 {score.f1:.3f}, radius err {score.median_radius_error:.3f}, "
+                f"RMSE {run['rmse']:.4f}, {run['seconds']:.1f} s, {run['droplets']} droplets "
+                f"(truth {len(truth)}), {run['result'].report.steps_done} steps or iterations"
+            )
 
 
 def initialisers(image: np.ndarray, sha: str, name: str, downscale: int, truth: pd.DataFrame | None) -> None:
     """Section 3 on one image."""
-    finals = {
-        init: fit(image, sha, FitSettings(downscale=downscale, initializer=init)) for init in ("encoder", "log")
-    }
+    finals = {init: fit(image, sha, FitSettings(downscale=downscale, initializer=init)) for init in ("encoder", "log")}
     target = max(r["rmse"] for r in finals.values())
     print(f"\n3. SVI initialised by the encoder vs by LoG: {name} (templates, grey, downscale {downscale})")
     print(f"   target: RMSE {target:.4f}, the worse of the two {DEFAULT_STEPS}-step fits")
     for init, final in finals.items():
-        runs = first_reaching(image, sha, lambda steps, init=init: FitSettings(downscale=downscale, steps=steps, initializer=init),
-                              target)
+        runs = first_reaching(
+            image, sha, lambda steps, init=init: FitSettings(downscale=downscale, steps=steps, initializer=init), target
+        )
         reached = runs[-1]["rmse"] <= target
-        reach_text = (f"reaches it at {runs[-1]['steps']} steps, {runs[-1]['seconds']:.1f} s" if reached
-                      else f"does not reach it below {DEFAULT_STEPS} steps")
+        reach_text = (
+            f"reaches it at {runs[-1]['steps']} steps, {runs[-1]['seconds']:.1f} s"
+            if reached
+            else f"does not reach it below {DEFAULT_STEPS} steps"
+        )
         quality = ""
         if truth is not None:
             score = match_droplets(truth, final["result"].droplets)
             quality = f"; {DEFAULT_STEPS} steps F1 {score.f1:.3f}, radius err {score.median_radius_error:.3f}"
-        print(f"   {init:<8} {DEFAULT_STEPS} steps: RMSE {final['rmse']:.4f}, {final['seconds']:.1f} s, {final['droplets']} "
-              f"droplets{quality}; {reach_text}")
+        print(
+            f"   {init:<8} {DEFAULT_STEPS} steps: RMSE {final['rmse']:.4f}, {final['seconds']:.1f} s, {final['droplets']} "
+            f"droplets{quality}; {reach_text}"
+        )
         print(f"            ladder: {_ladder_text(runs)}")
 
 
@@ -211,15 +231,23 @@ def encoder_vs_fit(image: np.ndarray, sha: str, default_fit: dict) -> None:
     start = time.perf_counter()
     found = detector_net.to_image_px(detector_net.detect(channel), factor)
     seconds = time.perf_counter() - start
-    print(f"\n4. Encoder (RGB, downscale 4): {len(found)} droplets in {seconds:.2f} s, against templates fits of the "
-          "example as truth")
-    references = {"1000 steps, LoG start (owes nothing to the encoder)": long_fit,
-                  f"{DEFAULT_STEPS} steps, encoder start (section 2's first fit)": default_fit}
+    print(
+        f"\n4. Encoder (RGB, downscale 4): {len(found)} droplets in {seconds:.2f} s, against templates fits of the "
+        "example as truth"
+    )
+    references = {
+        "1000 steps, LoG start (owes nothing to the encoder)": long_fit,
+        f"{DEFAULT_STEPS} steps, encoder start (section 2's first fit)": default_fit,
+    }
     for name, reference in references.items():
         score = match_droplets(reference["result"].droplets, found)
-        print(f"   {name}: {reference['droplets']} droplets, RMSE {reference['rmse']:.4f}, {reference['seconds']:.1f} s")
-        print(f"      agreement: precision {score.precision:.3f}, recall {score.recall:.3f}, F1 {score.f1:.3f}, "
-              f"median radius difference {score.median_radius_error:.3f}")
+        print(
+            f"   {name}: {reference['droplets']} droplets, RMSE {reference['rmse']:.4f}, {reference['seconds']:.1f} s"
+        )
+        print(
+            f"      agreement: precision {score.precision:.3f}, recall {score.recall:.3f}, F1 {score.f1:.3f}, "
+            f"median radius difference {score.median_radius_error:.3f}"
+        )
     x0, y0, x1, y1 = SCREENSHOT_BOX
     inside = found[(found.x >= x0) & (found.x < x1) & (found.y >= y0) & (found.y < y1)].copy()
     inside["x"] -= x0
@@ -246,8 +274,9 @@ def main() -> None:
     reuse_on_a_new_scene(args.seeds[0], args.seeds[1 % len(args.seeds)])
     initialisers(image, sha, "example.jpg", 4, None)
     rgb, truth = make_scene(args.seeds[0])
-    initialisers(rgb.astype(np.float32) / 255.0, sha256_bytes(encode_png(rgb)), f"synthetic scene {args.seeds[0]}", 1,
-                 truth)
+    initialisers(
+        rgb.astype(np.float32) / 255.0, sha256_bytes(encode_png(rgb)), f"synthetic scene {args.seeds[0]}", 1, truth
+    )
     encoder_vs_fit(image, sha, first)
 
 

@@ -115,16 +115,23 @@ def evaluate(kind: str, seed: int, model: str = "templates") -> tuple[dict, pd.D
         image, truth = gaussian_blob_scene(seed, CONTROL_NOISE_SD)
         rgb = np.round(image * 255).astype(np.uint8)
         # A sparse control: its count is given (see tests/test_uncertainty.py).
-        settings = FitSettings(model="gaussian", channel="r", downscale=1, steps=600, droplets=len(truth),
-                               initializer="log")
+        settings = FitSettings(
+            model="gaussian", channel="r", downscale=1, steps=600, droplets=len(truth), initializer="log"
+        )
     result = fit_scene(rgb, settings)
     errors = scene_errors(truth, result.droplets, result.report.uncertainty.discrepancy_per_radius)
     if kind == "control":
         # The model is exact here: its intervals are the Laplace ones, with no discrepancy.
         errors = errors.assign(**{f"sd_{c}": errors[f"laplace_sd_{c}"] for c in COORDINATES})
     low, high = (result.report.count.low, result.report.count.high)
-    row = {"scene": f"{kind} {seed}" if kind == "control" else f"{model} {kind} {seed}", "true": len(truth), "found": len(result.droplets), "matched": len(errors),
-           "count 90%": f"{low}-{high}", "count in": low <= len(truth) <= high}
+    row = {
+        "scene": f"{kind} {seed}" if kind == "control" else f"{model} {kind} {seed}",
+        "true": len(truth),
+        "found": len(result.droplets),
+        "matched": len(errors),
+        "count 90%": f"{low}-{high}",
+        "count in": low <= len(truth) <= high,
+    }
     for c in COORDINATES:
         row[f"{c} cover"] = coverage(errors, c, 0.9)
         row[f"{c} bias"] = float(errors[f"err_{c}"].mean())
@@ -177,8 +184,10 @@ def calibrate(models: list[str], seeds: list[int], kinds: list[str]) -> None:
         count_factors[model] = round(float(np.sqrt(np.mean(np.square(relative)))), 4)
         print(f"{model}: {factors[model]}, count {count_factors[model]} from {len(errors)} droplets", flush=True)
     record = {
-        "command": "python -m bench.calibration --calibrate --models " + " ".join(models)
-        + " --seeds " + " ".join(str(seed) for seed in seeds),
+        "command": "python -m bench.calibration --calibrate --models "
+        + " ".join(models)
+        + " --seeds "
+        + " ".join(str(seed) for seed in seeds),
         "calibration_scene_seeds": seeds,
         "calibration_scene_kinds": kinds,
         "level": 0.9,
@@ -192,10 +201,20 @@ def calibrate(models: list[str], seeds: list[int], kinds: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["templates"], choices=["templates", "gaussian", "neural"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="scenes to score (default 1-5), or with --calibrate to calibrate on (default 100-103)")
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
-                        help="scene kinds: the seed kind's crowded scenes and the other families")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="scenes to score (default 1-5), or with --calibrate to calibrate on (default 100-103)",
+    )
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=list(KINDS),
+        choices=KINDS,
+        help="scene kinds: the seed kind's crowded scenes and the other families",
+    )
     parser.add_argument("--control-seeds", type=int, nargs="*", default=[1, 2, 3])
     parser.add_argument("--plot", type=Path, default=Path("docs/calibration.png"))
     parser.add_argument("--calibrate", action="store_true", help="fit and write the discrepancy factors")

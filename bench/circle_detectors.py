@@ -57,8 +57,13 @@ GRIDS = {
 STARTS = {
     "blob_log": {"contrast": "deviation", "threshold": 0.1, "sigma_low": 0.7, "sigma_high": 1.0, "overlap": 0.5},
     "hough": {"contrast": "deviation", "edge_sigma": 2.0, "edge_quantile": 0.9, "threshold": 0.4, "min_distance": 1.0},
-    "otsu_watershed": {"contrast": "deviation", "smooth": 1.0, "threshold_factor": 1.0, "min_distance": 0.8,
-                       "fill_holes": True},
+    "otsu_watershed": {
+        "contrast": "deviation",
+        "smooth": 1.0,
+        "threshold_factor": 1.0,
+        "min_distance": 0.8,
+        "fill_holes": True,
+    },
 }
 # The radii a Hough transform tries: at most this many, log-spaced over the range.
 HOUGH_RADII = 30
@@ -102,12 +107,25 @@ def _reduced(contrast: np.ndarray, step: int) -> np.ndarray:
 
 def _to_image_px(found: pd.DataFrame, step: int) -> pd.DataFrame:
     """Coordinates of a ``step``-times block-averaged image back in pixels of the image."""
-    return pd.DataFrame({"x": step * found["x"] + (step - 1) / 2, "y": step * found["y"] + (step - 1) / 2,
-                         "radius": step * found["radius"]})
+    return pd.DataFrame(
+        {
+            "x": step * found["x"] + (step - 1) / 2,
+            "y": step * found["y"] + (step - 1) / 2,
+            "radius": step * found["radius"],
+        }
+    )
 
 
-def detect_blob_log(contrast: np.ndarray, radius_min_px: float, radius_max_px: float, *, threshold: float,
-                    sigma_low: float, sigma_high: float, overlap: float) -> pd.DataFrame:
+def detect_blob_log(
+    contrast: np.ndarray,
+    radius_min_px: float,
+    radius_max_px: float,
+    *,
+    threshold: float,
+    sigma_low: float,
+    sigma_high: float,
+    overlap: float,
+) -> pd.DataFrame:
     """``blob_log`` with scales from ``sigma_low * r_min / sqrt 2`` to ``sigma_high * r_max / sqrt 2``.
 
     Returns
@@ -116,15 +134,30 @@ def detect_blob_log(contrast: np.ndarray, radius_min_px: float, radius_max_px: f
     """
     step = pixel_step(radius_min_px)
     low, high = sigma_low * radius_min_px / math.sqrt(2) / step, sigma_high * radius_max_px / math.sqrt(2) / step
-    blobs = feature.blob_log(_reduced(contrast, step), min_sigma=max(low, 0.5), max_sigma=max(high, low + 0.5),
-                             num_sigma=10, threshold=threshold, overlap=overlap, log_scale=True,
-                             exclude_border=False).reshape(-1, 3)
+    blobs = feature.blob_log(
+        _reduced(contrast, step),
+        min_sigma=max(low, 0.5),
+        max_sigma=max(high, low + 0.5),
+        num_sigma=10,
+        threshold=threshold,
+        overlap=overlap,
+        log_scale=True,
+        exclude_border=False,
+    ).reshape(-1, 3)
     found = pd.DataFrame({"x": blobs[:, 1], "y": blobs[:, 0], "radius": math.sqrt(2) * blobs[:, 2]})
     return _to_image_px(found, step)
 
 
-def detect_hough(contrast: np.ndarray, radius_min_px: float, radius_max_px: float, *, edge_sigma: float,
-                 edge_quantile: float, threshold: float, min_distance: float) -> pd.DataFrame:
+def detect_hough(
+    contrast: np.ndarray,
+    radius_min_px: float,
+    radius_max_px: float,
+    *,
+    edge_sigma: float,
+    edge_quantile: float,
+    threshold: float,
+    min_distance: float,
+) -> pd.DataFrame:
     """Circles through Canny edges: Hough votes (fraction of the circle on edges) above ``threshold``.
 
     Centres closer than ``min_distance * r_min`` keep only the best circle.
@@ -135,23 +168,33 @@ def detect_hough(contrast: np.ndarray, radius_min_px: float, radius_max_px: floa
     """
     step = pixel_step(radius_min_px)
     reduced = _reduced(contrast, step)
-    edges = feature.canny(reduced, sigma=edge_sigma, low_threshold=edge_quantile - 0.1,
-                          high_threshold=edge_quantile, use_quantiles=True)
+    edges = feature.canny(
+        reduced, sigma=edge_sigma, low_threshold=edge_quantile - 0.1, high_threshold=edge_quantile, use_quantiles=True
+    )
     low, high = max(radius_min_px / step, 1.0), max(radius_max_px / step, 1.0)
     radii = np.unique(np.round(2 * np.geomspace(low, high, HOUGH_RADII)) / 2)
     votes = transform.hough_circle(edges, radii, normalize=True)
     # A circle is kept where its votes are the most within min_distance in x and y over all
     # radii: the cross-radius suppression of hough_circle_peaks, as one separable maximum filter.
     distance = max(1, int(round(min_distance * low)))
-    strongest = ndimage.maximum_filter(votes, size=(2 * len(radii) + 1, 2 * distance + 1, 2 * distance + 1),
-                                       mode="constant")
+    strongest = ndimage.maximum_filter(
+        votes, size=(2 * len(radii) + 1, 2 * distance + 1, 2 * distance + 1), mode="constant"
+    )
     k, row, col = np.nonzero((votes == strongest) & (votes >= threshold))
     found = pd.DataFrame({"x": col.astype(float), "y": row.astype(float), "radius": radii[k]})
     return _to_image_px(found, step)
 
 
-def detect_otsu_watershed(contrast: np.ndarray, radius_min_px: float, radius_max_px: float, *, smooth: float,
-                          threshold_factor: float, min_distance: float, fill_holes: bool) -> pd.DataFrame:
+def detect_otsu_watershed(
+    contrast: np.ndarray,
+    radius_min_px: float,
+    radius_max_px: float,
+    *,
+    smooth: float,
+    threshold_factor: float,
+    min_distance: float,
+    fill_holes: bool,
+) -> pd.DataFrame:
     """Otsu threshold (times ``threshold_factor``), then a distance-transform watershed.
 
     Watershed seeds are maxima of the distance to the background at least
@@ -170,24 +213,30 @@ def detect_otsu_watershed(contrast: np.ndarray, radius_min_px: float, radius_max
         mask = ndimage.binary_fill_holes(mask)
     low = radius_min_px / step
     distance = ndimage.distance_transform_edt(mask)
-    seeds = feature.peak_local_max(distance, min_distance=max(1, int(round(min_distance * low))),
-                                   labels=measure.label(mask), exclude_border=False)
+    seeds = feature.peak_local_max(
+        distance, min_distance=max(1, int(round(min_distance * low))), labels=measure.label(mask), exclude_border=False
+    )
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(seeds.T)] = np.arange(1, len(seeds) + 1)
     regions = segmentation.watershed(-distance, markers, mask=mask)
     props = [p for p in measure.regionprops(regions) if p.area >= math.pi * (low / 2) ** 2]
-    found = pd.DataFrame({
-        "x": [p.centroid[1] for p in props], "y": [p.centroid[0] for p in props],
-        "radius": [math.sqrt(p.area / math.pi) for p in props],
-    }, dtype=float)
+    found = pd.DataFrame(
+        {
+            "x": [p.centroid[1] for p in props],
+            "y": [p.centroid[0] for p in props],
+            "radius": [math.sqrt(p.area / math.pi) for p in props],
+        },
+        dtype=float,
+    )
     return _to_image_px(found, step)
 
 
 DETECTORS = {"blob_log": detect_blob_log, "hough": detect_hough, "otsu_watershed": detect_otsu_watershed}
 
 
-def make_detector(method: str, params: dict, radius_min_px: float, radius_max_px: float
-                  ) -> Callable[[np.ndarray], pd.DataFrame]:
+def make_detector(
+    method: str, params: dict, radius_min_px: float, radius_max_px: float
+) -> Callable[[np.ndarray], pd.DataFrame]:
     """``image -> droplets`` (``x``, ``y``, ``radius`` px) for ``method`` with ``params``.
 
     ``image`` is ``(h, w, 3)`` float RGB in [0, 1]; ``params`` holds ``contrast`` and the
@@ -198,8 +247,9 @@ def make_detector(method: str, params: dict, radius_min_px: float, radius_max_px
     return lambda image: detect(contrast_image(image, params["contrast"]), radius_min_px, radius_max_px, **keywords)
 
 
-def tune(method: str, image: np.ndarray, radius_min_px: float, radius_max_px: float,
-         score: Callable[[pd.DataFrame], float]) -> tuple[dict, float, int]:
+def tune(
+    method: str, image: np.ndarray, radius_min_px: float, radius_max_px: float, score: Callable[[pd.DataFrame], float]
+) -> tuple[dict, float, int]:
     """Parameters of ``method`` with the best ``score`` (e.g. F1 against truth) on ``image``.
 
     Returns

@@ -45,8 +45,14 @@ BLOB_LOG_GRID = {
     "num_sigma": [5, 10, 15],
     "overlap": [0.1, 0.3, 0.5, 0.7, 0.9],
 }
-BLOB_LOG_START = {"contrast": "rgb_deviation", "threshold": 0.05, "min_sigma": 0.7,
-                  "max_sigma": 6.0, "num_sigma": 10, "overlap": 0.5}
+BLOB_LOG_START = {
+    "contrast": "rgb_deviation",
+    "threshold": 0.05,
+    "min_sigma": 0.7,
+    "max_sigma": 6.0,
+    "num_sigma": 10,
+    "overlap": 0.5,
+}
 
 TRACKPY_GRID = {
     "contrast": list(CONTRASTS),
@@ -56,8 +62,7 @@ TRACKPY_GRID = {
     "separation": [1.5, 2.0, 3.0, 4.0, 6.0],
     "percentile": [0.0, 30.0, 64.0],
 }
-TRACKPY_START = {"contrast": "rgb_deviation", "diameter": 5, "minmass": 0.2,
-                 "separation": 3.0, "percentile": 64.0}
+TRACKPY_START = {"contrast": "rgb_deviation", "diameter": 5, "minmass": 0.2, "separation": 3.0, "percentile": 64.0}
 
 trackpy.quiet()
 
@@ -83,21 +88,36 @@ def contrast_image(rgb: np.ndarray, kind: str) -> np.ndarray:
     return np.clip(shifted / (np.percentile(shifted, 99.5) + 1e-9), 0.0, 1.0)
 
 
-def detect_blob_log(image: np.ndarray, *, threshold: float, min_sigma: float, max_sigma: float,
-                    num_sigma: int, overlap: float) -> pd.DataFrame:
+def detect_blob_log(
+    image: np.ndarray, *, threshold: float, min_sigma: float, max_sigma: float, num_sigma: int, overlap: float
+) -> pd.DataFrame:
     """``blob_log`` on a contrast image; radius = sqrt(2) sigma (a disk's LoG peak).
 
     Returns
     -------
     DataFrame ``x`` (column), ``y`` (row), ``radius`` in px.
     """
-    blobs = blob_log(image, min_sigma=min_sigma, max_sigma=max_sigma, num_sigma=num_sigma,
-                     threshold=threshold, overlap=overlap, exclude_border=False).reshape(-1, 3)
+    blobs = blob_log(
+        image,
+        min_sigma=min_sigma,
+        max_sigma=max_sigma,
+        num_sigma=num_sigma,
+        threshold=threshold,
+        overlap=overlap,
+        exclude_border=False,
+    ).reshape(-1, 3)
     return pd.DataFrame({"x": blobs[:, 1], "y": blobs[:, 0], "radius": SQRT2 * blobs[:, 2]})
 
 
-def detect_trackpy(image: np.ndarray, *, diameter: int, minmass: float, separation: float,
-                   percentile: float, radius_per_size: float = 1.0) -> pd.DataFrame:
+def detect_trackpy(
+    image: np.ndarray,
+    *,
+    diameter: int,
+    minmass: float,
+    separation: float,
+    percentile: float,
+    radius_per_size: float = 1.0,
+) -> pd.DataFrame:
     """trackpy ``locate`` on a contrast image; radius = ``radius_per_size`` x size.
 
     trackpy's ``size`` is the radius of gyration of the brightness inside a ``diameter``
@@ -107,14 +127,21 @@ def detect_trackpy(image: np.ndarray, *, diameter: int, minmass: float, separati
     -------
     DataFrame ``x`` (column), ``y`` (row), ``radius`` in px.
     """
-    found = trackpy.locate(image, diameter, minmass=minmass, separation=separation,
-                           percentile=percentile, engine="python")
-    return pd.DataFrame({"x": found["x"].to_numpy(float), "y": found["y"].to_numpy(float),
-                         "radius": radius_per_size * found["size"].to_numpy(float)})
+    found = trackpy.locate(
+        image, diameter, minmass=minmass, separation=separation, percentile=percentile, engine="python"
+    )
+    return pd.DataFrame(
+        {
+            "x": found["x"].to_numpy(float),
+            "y": found["y"].to_numpy(float),
+            "radius": radius_per_size * found["size"].to_numpy(float),
+        }
+    )
 
 
-def coordinate_search(score: Callable[[dict], float], grid: dict[str, list], start: dict,
-                      max_rounds: int = 3) -> tuple[dict, float, int]:
+def coordinate_search(
+    score: Callable[[dict], float], grid: dict[str, list], start: dict, max_rounds: int = 3
+) -> tuple[dict, float, int]:
     """Maximise ``score`` over a grid, one parameter at a time, until nothing improves.
 
     A full grid of these sizes takes thousands of detector runs; coordinate search

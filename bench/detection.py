@@ -72,17 +72,23 @@ def tune(tune_seed: int, scene: SceneSettings) -> dict[str, dict]:
         start = time.perf_counter()
         params, f1, evaluations = classical.tuned_parameters(method, tune_seed, scene)
         tuned[method] = params
-        print(f"  {method:<9} F1 {f1:.3f}  ({evaluations} evaluations, {time.perf_counter() - start:.0f} s)  {params}",
-              flush=True)
+        print(
+            f"  {method:<9} F1 {f1:.3f}  ({evaluations} evaluations, {time.perf_counter() - start:.0f} s)  {params}",
+            flush=True,
+        )
     return tuned
 
 
 def print_table(rows: dict[str, dict], seeds: list[int]) -> None:
-    print(f"\nScored on scenes {seeds} (mean over scenes; {rows[next(iter(rows))]['truth']:.0f} true droplets each on average)")
+    print(
+        f"\nScored on scenes {seeds} (mean over scenes; {rows[next(iter(rows))]['truth']:.0f} true droplets each on average)"
+    )
     print(f"{'method':<22} {'precision':>9} {'recall':>7} {'F1':>6} {'radius err':>10} {'found':>6} {'s/image':>8}")
     for method, r in rows.items():
-        print(f"{method:<22} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>6.3f} "
-              f"{r['radius_error']:>10.3f} {r['found']:>6.0f} {r['seconds']:>8.2f}")
+        print(
+            f"{method:<22} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>6.3f} "
+            f"{r['radius_error']:>10.3f} {r['found']:>6.0f} {r['seconds']:>8.2f}"
+        )
     print("radius err: median |r_found - r_true| / r_true over matches.")
 
 
@@ -91,8 +97,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="scenes to score on")
     parser.add_argument("--tune-seed", type=int, default=classical.TUNING_SEED, help="scene to tune on")
     parser.add_argument("--skip-droplet", action="store_true", help="score only the classical detectors")
-    parser.add_argument("--droplets", type=int, default=SceneSettings().n_droplets,
-                        help="droplets per scene (the tuning scene too)")
+    parser.add_argument(
+        "--droplets", type=int, default=SceneSettings().n_droplets, help="droplets per scene (the tuning scene too)"
+    )
     args = parser.parse_args()
     use_compilation_cache(tempfile.mkdtemp(prefix="droplet-bench-detection-"))
     if args.tune_seed in args.seeds:

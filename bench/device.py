@@ -54,8 +54,10 @@ def main() -> None:
     from droplet_core.inference.engine import run_fit
 
     print(f"JAX {jax.__version__}, default backend {jax.default_backend()}, devices {jax.devices()}")
-    print(f"{'size':<10} {'droplets':>8} {'fit':<28} {'device':<30} {'s':>6} {'detect/fit/unc s':>16} "
-          f"{'RMSE':>7} {'F1':>6}")
+    print(
+        f"{'size':<10} {'droplets':>8} {'fit':<28} {'device':<30} {'s':>6} {'detect/fit/unc s':>16} "
+        f"{'RMSE':>7} {'F1':>6}"
+    )
     for size in args.sizes:
         width, height = (int(v) for v in size.split("x"))
         rgb, truth = scene_of_size(width, height)
@@ -71,8 +73,10 @@ def main() -> None:
         for name, result in runs.items():
             timings = asdict(result.report.timings)
             parts = f"{timings['detect_s']:.2f}/{timings['fit_s']:.2f}/{timings['uncertainty_s']:.2f}"
-            print(f"{size:<10} {len(truth):>8} {name:<28} {result.report.device:<30} {timings['total_s']:>6.2f} "
-                  f"{parts:>16} {np.mean(result.report.rmse):>7.4f} {match_droplets(truth, result.droplets).f1:>6.3f}")
+            print(
+                f"{size:<10} {len(truth):>8} {name:<28} {result.report.device:<30} {timings['total_s']:>6.2f} "
+                f"{parts:>16} {np.mean(result.report.rmse):>7.4f} {match_droplets(truth, result.droplets).f1:>6.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,7 @@ REFERENCE_PNG = Path("docs/fluorescence_reference.png")
 # Otsu + watershed parameters for the real image, set by looking at the overlay
 # (docs/fluorescence_reference.png): it circles the in-focus droplets a person sees.
 REAL_RADIUS_RANGE = (12.0, 50.0)
-REAL_REFERENCE = {"contrast": "bright", "smooth": 1.0, "threshold_factor": 1.3, "min_distance": 1.2,
-                  "fill_holes": True}
+REAL_REFERENCE = {"contrast": "bright", "smooth": 1.0, "threshold_factor": 1.3, "min_distance": 1.2, "fill_holes": True}
 REAL_SHARPNESS = 0.45
 
 
@@ -109,8 +108,14 @@ class Scene:
 
 def second_variant(family: str, label: str, **options) -> Variant:
     size = second_renderer.FAMILY_SIZES[family]
-    return Variant("second", family, label, options, options.get("radius_min_px", size.radius_min_px),
-                   options.get("radius_max_px", size.radius_max_px))
+    return Variant(
+        "second",
+        family,
+        label,
+        options,
+        options.get("radius_min_px", size.radius_min_px),
+        options.get("radius_max_px", size.radius_max_px),
+    )
 
 
 def scenes_settings(family: str, **options) -> SceneSettings:
@@ -143,8 +148,12 @@ def variants(quick: bool) -> list[Variant]:
         small = {"width_px": 256, "height_px": 256}
         quarter = {"width_px": 250, "height_px": 200}
         return [
-            *(scenes_variant(family, "250x200, preset / 4", **quarter,
-                             n_droplets=max(1, scenes_settings(family).n_droplets // 4)) for family in ours),
+            *(
+                scenes_variant(
+                    family, "250x200, preset / 4", **quarter, n_droplets=max(1, scenes_settings(family).n_droplets // 4)
+                )
+                for family in ours
+            ),
             second_variant("seedlike", "250x200, r 1-9, 500", width_px=250, height_px=200, n_droplets=500),
             second_variant("fluorescence", "256^2, r 5-30, crowded", **small, radius_max_px=30.0),
             second_variant("brightfield", "320x256, r 3-40, sparse", width_px=320, height_px=256, radius_max_px=40.0),
@@ -155,23 +164,32 @@ def variants(quick: bool) -> list[Variant]:
         scenes_variant("seed", "500x400, 1500 droplets"),
         scenes_variant("seed", "500x400, 2500 droplets", n_droplets=2500),
         *(scenes_variant(family, "500x400, preset") for family in ours if family != "seed"),
-        *(scenes_variant(family, "500x400, preset, sparse", n_droplets=scenes_settings(family).n_droplets // 3)
-          for family in ours if family not in ("seed", "packed")),
+        *(
+            scenes_variant(family, "500x400, preset, sparse", n_droplets=scenes_settings(family).n_droplets // 3)
+            for family in ours
+            if family not in ("seed", "packed")
+        ),
         second_variant("seedlike", "500x400, r 1-9, 2000"),
         second_variant("seedlike", "500x400, r 1-9, sparse", n_droplets=None, density="sparse"),
         second_variant("fluorescence", "512^2, r 5-45, crowded"),
         second_variant("fluorescence", "512^2, r 5-45, sparse", density="sparse"),
         second_variant("fluorescence", "512^2, r 5-45, packed", density="packed"),
-        second_variant("fluorescence", "1024^2, r 3-150, sparse", width_px=1024, height_px=1024,
-                       radius_min_px=3.0, radius_max_px=150.0, density="sparse"),
+        second_variant(
+            "fluorescence",
+            "1024^2, r 3-150, sparse",
+            width_px=1024,
+            height_px=1024,
+            radius_min_px=3.0,
+            radius_max_px=150.0,
+            density="sparse",
+        ),
         second_variant("brightfield", "640x512, r 3-70, sparse"),
         second_variant("brightfield", "640x512, r 3-70, crowded", density="crowded"),
         second_variant("phase", "512^2, r 4-40, crowded"),
         second_variant("phase", "512^2, r 4-40, crowded, DIC", contrast="dic"),
         second_variant("phase", "512^2, r 2-20, sparse", radius_min_px=2.0, radius_max_px=20.0, density="sparse"),
         second_variant("packed", "512^2, r 8-35"),
-        second_variant("packed", "768^2, r 15-70", width_px=768, height_px=768, radius_min_px=15.0,
-                       radius_max_px=70.0),
+        second_variant("packed", "768^2, r 15-70", width_px=768, height_px=768, radius_min_px=15.0, radius_max_px=70.0),
     ]
 
 
@@ -212,8 +230,14 @@ def score(truth: pd.DataFrame, found: pd.DataFrame) -> dict[str, float]:
     match = match_droplets(truth, found)
     true_index, found_index = match_pairs(truth, found)
     true, fit = truth.iloc[true_index], found.iloc[found_index]
-    row = {"f1": match.f1, "precision": match.precision, "recall": match.recall,
-           "radius_error": match.median_radius_error, "n_true": match.n_true, "n_found": match.n_found}
+    row = {
+        "f1": match.f1,
+        "precision": match.precision,
+        "recall": match.recall,
+        "radius_error": match.median_radius_error,
+        "n_true": match.n_true,
+        "n_found": match.n_found,
+    }
     r = true["radius"].to_numpy(float)
     for c in ("x", "y"):
         error = fit[c].to_numpy(float) - true[c].to_numpy(float)
@@ -243,8 +267,13 @@ def tuned_classical(variant: Variant, tuning: Scene) -> dict[str, dict]:
     """Each classical detector's parameters tuned for F1 on ``tuning``."""
     tuned = {}
     for method in circle_detectors.METHODS:
-        params, _, _ = circle_detectors.tune(method, tuning.image, variant.radius_min_px, variant.radius_max_px,
-                                             lambda found: score(tuning.truth, found)["f1"])
+        params, _, _ = circle_detectors.tune(
+            method,
+            tuning.image,
+            variant.radius_min_px,
+            variant.radius_max_px,
+            lambda found: score(tuning.truth, found)["f1"],
+        )
         tuned[method] = params
     return tuned
 
@@ -303,8 +332,11 @@ def draw_overlay(image: np.ndarray, circles: pd.DataFrame, path: Path) -> None:
     canvas = Image.fromarray(np.round(stretched * 255).astype(np.uint8)).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     for row in circles.itertuples():
-        draw.ellipse([row.x - row.radius, row.y - row.radius, row.x + row.radius, row.y + row.radius],
-                     outline=(255, 60, 60), width=2)
+        draw.ellipse(
+            [row.x - row.radius, row.y - row.radius, row.x + row.radius, row.y + row.radius],
+            outline=(255, 60, 60),
+            width=2,
+        )
         draw.point((row.x, row.y), fill=(255, 200, 0))
     draw.text((6, 6), f"Otsu + watershed reference: {len(circles)} droplets", fill=(255, 255, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,11 +346,22 @@ def draw_overlay(image: np.ndarray, circles: pd.DataFrame, path: Path) -> None:
 
 # --- table -------------------------------------------------------------------------------
 
-COLUMNS = (("F1", "f1", 5, ".3f"), ("P", "precision", 5, ".2f"), ("R", "recall", 5, ".2f"),
-           ("r err", "radius_error", 6, ".3f"), ("dx px", "dx", 6, "+.2f"), ("dy px", "dy", 6, "+.2f"),
-           ("dx/r", "dx_r", 6, "+.3f"), ("dy/r", "dy_r", 6, "+.3f"), ("cov x", "cover_x", 5, ".2f"),
-           ("cov y", "cover_y", 5, ".2f"), ("cov r", "cover_radius", 5, ".2f"), ("s/img", "seconds", 6, ".2f"),
-           ("true", "n_true", 5, ".0f"), ("found", "n_found", 5, ".0f"))
+COLUMNS = (
+    ("F1", "f1", 5, ".3f"),
+    ("P", "precision", 5, ".2f"),
+    ("R", "recall", 5, ".2f"),
+    ("r err", "radius_error", 6, ".3f"),
+    ("dx px", "dx", 6, "+.2f"),
+    ("dy px", "dy", 6, "+.2f"),
+    ("dx/r", "dx_r", 6, "+.3f"),
+    ("dy/r", "dy_r", 6, "+.3f"),
+    ("cov x", "cover_x", 5, ".2f"),
+    ("cov y", "cover_y", 5, ".2f"),
+    ("cov r", "cover_radius", 5, ".2f"),
+    ("s/img", "seconds", 6, ".2f"),
+    ("true", "n_true", 5, ".0f"),
+    ("found", "n_found", 5, ".0f"),
+)
 
 
 def print_header() -> None:
@@ -330,8 +373,11 @@ def print_row(renderer: str, family: str, label: str, method: str, row: dict) ->
     cells = []
     for _, key, width, spec in COLUMNS:
         value = row.get(key, math.nan)
-        cells.append(f"{'-':>{width}}" if value is None or (isinstance(value, float) and math.isnan(value))
-                     else format(value, spec).rjust(width))
+        cells.append(
+            f"{'-':>{width}}"
+            if value is None or (isinstance(value, float) and math.isnan(value))
+            else format(value, spec).rjust(width)
+        )
     print(f"{renderer:<8} {family:<12} {label:<32} {method:<15} {' '.join(cells)}", flush=True)
 
 
@@ -339,10 +385,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one small scene per family, one scored seed")
     parser.add_argument("--families", nargs="+", help="only these families (and 'real' for the real image)")
-    parser.add_argument("--seeds", type=int, nargs="+", help=f"scenes to score on (default {list(SCORED_SEEDS)}; "
-                        "quick: the first)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help=f"scenes to score on (default {list(SCORED_SEEDS)}; quick: the first)"
+    )
     parser.add_argument("--skip-droplet", action="store_true", help="score only the classical detectors")
-    parser.add_argument("--write-reference", action="store_true", help=f"draw the real image's reference to {REFERENCE_PNG}")
+    parser.add_argument(
+        "--write-reference", action="store_true", help=f"draw the real image's reference to {REFERENCE_PNG}"
+    )
     args = parser.parse_args(argv)
     use_compilation_cache(tempfile.mkdtemp(prefix="droplet-bench-generality-"))
     # A fresh fit store: a scene fitted in an earlier run would be answered from the store.
@@ -351,8 +400,10 @@ def main(argv: list[str] | None = None) -> None:
     seeds = args.seeds or (SCORED_SEEDS[:1] if args.quick else SCORED_SEEDS)
     if TUNE_SEED in seeds:
         parser.error("score on scenes other than the tuning scene")
-    print(f"Tuned on scene {TUNE_SEED} of each row's kind, scored on scenes {list(seeds)}; "
-          "dx, dy: mean of found - true over matched droplets; cov: 90 % interval coverage.")
+    print(
+        f"Tuned on scene {TUNE_SEED} of each row's kind, scored on scenes {list(seeds)}; "
+        "dx, dy: mean of found - true over matched droplets; cov: 90 % interval coverage."
+    )
     print_header()
     if not args.families or "real" in args.families:
         score_real_image(args.skip_droplet, args.write_reference)
@@ -360,8 +411,9 @@ def main(argv: list[str] | None = None) -> None:
         tuning = render_scene(variant, TUNE_SEED)
         scenes = [render_scene(variant, seed) for seed in seeds]
         for method, params in tuned_classical(variant, tuning).items():
-            row = score_detector(classical_detector(method, params, variant.radius_min_px, variant.radius_max_px),
-                                 scenes)
+            row = score_detector(
+                classical_detector(method, params, variant.radius_min_px, variant.radius_max_px), scenes
+            )
             print_row(variant.renderer, variant.family, variant.label, method, row)
         if not args.skip_droplet:
             droplet_fit(tuning)  # untimed: compiles this size's programs, as for a series of similar images
@@ -385,8 +437,13 @@ def score_real_image(skip_droplet: bool, write_reference: bool) -> None:
     label = f"{REAL_IMAGE.name[:18]} vs ref ({len(reference)})"
     variant = second_variant("fluorescence", "tuning")
     for method, params in tuned_classical(variant, render_scene(variant, TUNE_SEED)).items():
-        print_row("real", "fluorescence", label, method,
-                  score_detector(classical_detector(method, params, *REAL_RADIUS_RANGE), [real]))
+        print_row(
+            "real",
+            "fluorescence",
+            label,
+            method,
+            score_detector(classical_detector(method, params, *REAL_RADIUS_RANGE), [real]),
+        )
     if not skip_droplet:
         mirrored = second_renderer.encode(np.ascontiguousarray(tifffile.imread(io.BytesIO(data))[:, ::-1]))
         droplet_fit(Scene(mirrored, image[:, ::-1], reference))

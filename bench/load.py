@@ -43,8 +43,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 EXCEPTION = "[data-testid='stException']"
@@ -97,9 +102,19 @@ def serve(port: int) -> None:
 
     count_fits()
     sys.argv = [
-        "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true", "--server.port", str(port),
-        "--global.developmentMode", "false", "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
+        "streamlit",
+        "run",
+        str(ROOT / "app.py"),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--global.developmentMode",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
     ]
     cli.main()
 
@@ -111,9 +126,12 @@ def start_cluster(env: dict, log: Path, workers: int = 2) -> tuple[list[subproce
     scheduler = ["scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"]
     worker = ["worker", address, "--nthreads", "1", "--no-dashboard", "--preload", "bench.load"]
     with open(log, "w") as out:
-        procs = [subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=ROOT, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
-                 for args in [scheduler] + [worker] * workers]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "dask", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+            for args in [scheduler] + [worker] * workers
+        ]
     return procs, address
 
 
@@ -121,8 +139,13 @@ def start_server(store: Path, fit_log: Path, log: Path, extra_env: dict | None =
     port = free_port()
     env = dict(os.environ, DROPLET_STORE=str(store), **{FIT_LOG_ENV: str(fit_log)}, **(extra_env or {}))
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.load", "--serve", str(port)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.load", "--serve", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -155,8 +178,7 @@ async def check_no_exception(page, where: str) -> None:
         raise AssertionError(f"exception on {where}: {await page.locator(EXCEPTION).first.inner_text()}")
 
 
-async def run_session(browser, base: str, record: SessionRecord, all_ready: asyncio.Barrier,
-                      timeout_s: float) -> None:
+async def run_session(browser, base: str, record: SessionRecord, all_ready: asyncio.Barrier, timeout_s: float) -> None:
     timeout_ms = int(timeout_s * 1000)
     context = await browser.new_context(viewport={"width": 1300, "height": 1400})
     try:
@@ -235,12 +257,16 @@ def report_server_times(run_times: str, peak_rss_mb: float | None) -> None:
         by_page.setdefault(page, []).append(float(seconds))
     print(f"server time per script run{'':<2}{'runs':>6}{'median s':>10}{'p95 s':>8}{'max s':>8}")
     for page, values in sorted(by_page.items()):
-        print(f"  {page:<26}{len(values):>6}{statistics.median(values):>10.3f}{percentile_95(values):>8.3f}"
-              f"{max(values):>8.3f}")
+        print(
+            f"  {page:<26}{len(values):>6}{statistics.median(values):>10.3f}{percentile_95(values):>8.3f}"
+            f"{max(values):>8.3f}"
+        )
     others = [v for page, values in by_page.items() if page != "Fit" for v in values]
     if others:
-        print(f"  {'all pages but Fit':<26}{len(others):>6}{statistics.median(others):>10.3f}"
-              f"{percentile_95(others):>8.3f}{max(others):>8.3f}")
+        print(
+            f"  {'all pages but Fit':<26}{len(others):>6}{statistics.median(others):>10.3f}"
+            f"{percentile_95(others):>8.3f}{max(others):>8.3f}"
+        )
     if peak_rss_mb is not None:
         print(f"app server peak memory (VmHWM): {peak_rss_mb:.0f} MB")
 
@@ -271,8 +297,10 @@ def report(records: list[SessionRecord], fit_keys: list[str], server_log: str, w
         if values:
             print(f"{step:<18}{len(values):>4}{statistics.median(values):>10.2f}{max(values):>8.2f}")
     computed = {key: fit_keys.count(key) for key in dict.fromkeys(fit_keys)}
-    print(f"identical fit requests: {len(good)} sessions asked for fit {', '.join(sorted(filter(None, fit_ids)))}; "
-          f"the engine computed {len(fit_keys)} fit(s): {computed}")
+    print(
+        f"identical fit requests: {len(good)} sessions asked for fit {', '.join(sorted(filter(None, fit_ids)))}; "
+        f"the engine computed {len(fit_keys)} fit(s): {computed}"
+    )
     server_errors = server_log.count("Traceback")
     print(f"server log: {server_errors} traceback(s)")
     once = len(fit_keys) == 1 and fit_ids == {fit_keys[0]}
@@ -283,8 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=8, help="simultaneous browser sessions (default 8)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds any one page may take (default 300)")
-    parser.add_argument("--lab", action="store_true",
-                        help="run the fits on a local Dask cluster (a scheduler and two workers), as scripts/lab.sh")
+    parser.add_argument(
+        "--lab",
+        action="store_true",
+        help="run the fits on a local Dask cluster (a scheduler and two workers), as scripts/lab.sh",
+    )
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the server process
     args = parser.parse_args(argv)
     if args.serve:

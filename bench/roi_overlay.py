@@ -66,15 +66,19 @@ def main() -> None:
     x0, y0 = args.crop if args.crop else ((width - CROP_PX) // 2, (height - CROP_PX) // 2)
     crop = whole.crop((x0, y0, x0 + CROP_PX, y0 + CROP_PX)).resize((CROP_PX * ZOOM, CROP_PX * ZOOM), Image.NEAREST)
     draw_ovals(crop, rois, ZOOM, (float(x0), float(y0)), 2)
-    ImageDraw.Draw(left_panel).rectangle([x0 * scale, y0 * scale, (x0 + CROP_PX) * scale, (y0 + CROP_PX) * scale],
-                                         outline=(255, 255, 0), width=2)
+    ImageDraw.Draw(left_panel).rectangle(
+        [x0 * scale, y0 * scale, (x0 + CROP_PX) * scale, (y0 + CROP_PX) * scale], outline=(255, 255, 0), width=2
+    )
 
     canvas = Image.new("RGB", (left_panel.width + crop.width + 30, max(left_panel.height, crop.height) + 40), "white")
     canvas.paste(left_panel, (10, 30))
     canvas.paste(crop, (left_panel.width + 20, 30))
     ImageDraw.Draw(canvas).text(
-        (10, 8), f"{args.image.name}: {len(rois)} oval ROIs read back from rois.zip with roifile; right: the yellow "
-                 f"box at {ZOOM}x", fill="black")
+        (10, 8),
+        f"{args.image.name}: {len(rois)} oval ROIs read back from rois.zip with roifile; right: the yellow "
+        f"box at {ZOOM}x",
+        fill="black",
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(args.out)
     print(f"{len(rois)} ROIs drawn -> {args.out}")

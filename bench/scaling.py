@@ -63,7 +63,13 @@ def fit_once(image_path: Path, model: str, downscale: int, droplets: int, steps:
 
 def measure(image_path: Path, model: str, downscale: int, droplets: int, steps: int, timeout_s: float) -> dict:
     """``fit_once`` in a fresh subprocess, with its peak RSS in MB; ``{"error": ...}`` when it fails."""
-    command = [sys.executable, "-m", "bench.scaling", "--child", json.dumps([str(image_path), model, downscale, droplets, steps])]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.scaling",
+        "--child",
+        json.dumps([str(image_path), model, downscale, droplets, steps]),
+    ]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -95,21 +101,27 @@ def growth_exponent(sizes: list[float], seconds: list[float]) -> float:
 
 def print_table(title: str, rows: list[tuple[str, int, int, dict]]) -> None:
     print(f"\n{title}")
-    print(f"{'model':<10} {'ds':>2} {'cap':>5} {'size':>10} {'pixels':>9} {'total s':>8} {'compile':>8} "
-          f"{'step ms':>8} {'total us/px':>11} {'step us/px':>10} {'peak MB':>8} {'cand':>6} {'drops':>6} {'RMSE':>7}")
+    print(
+        f"{'model':<10} {'ds':>2} {'cap':>5} {'size':>10} {'pixels':>9} {'total s':>8} {'compile':>8} "
+        f"{'step ms':>8} {'total us/px':>11} {'step us/px':>10} {'peak MB':>8} {'cand':>6} {'drops':>6} {'RMSE':>7}"
+    )
     for model, downscale, cap, r in rows:
         if "error" in r:
             print(f"{model:<10} {downscale:>2} {cap or 'auto':>5} {r['error']} (peak {r['peak_mb']:.0f} MB)")
             continue
-        print(f"{model:<10} {downscale:>2} {cap or 'auto':>5} {r['shape']:>10} {r['pixels']:>9} {r['total_s']:>8.1f} "
-              f"{r['compile_s']:>8.1f} {1e3 * r['step_s']:>8.1f} {1e6 * r['total_s'] / r['pixels']:>11.1f} "
-              f"{1e6 * r['step_s'] / r['pixels']:>10.4f} {r['peak_mb']:>8.0f} {r['candidates']:>6} {r['droplets']:>6} "
-              f"{r['rmse']:>7.4f}")
+        print(
+            f"{model:<10} {downscale:>2} {cap or 'auto':>5} {r['shape']:>10} {r['pixels']:>9} {r['total_s']:>8.1f} "
+            f"{r['compile_s']:>8.1f} {1e3 * r['step_s']:>8.1f} {1e6 * r['total_s'] / r['pixels']:>11.1f} "
+            f"{1e6 * r['step_s'] / r['pixels']:>10.4f} {r['peak_mb']:>8.0f} {r['candidates']:>6} {r['droplets']:>6} "
+            f"{r['rmse']:>7.4f}"
+        )
 
 
 def print_growth(models: list[str], by_size: list, by_count: list) -> None:
     print("\nHow cost grows (log-log slope: 1 = linear)")
-    print(f"{'model':<10} {'total~px^k':>10} {'step~px^k':>10} {'total~N^k':>10} {'step~N^k':>9}  full resolution vs downscale 4")
+    print(
+        f"{'model':<10} {'total~px^k':>10} {'step~px^k':>10} {'total~N^k':>10} {'step~N^k':>9}  full resolution vs downscale 4"
+    )
     for model in models:
         sized = [(r["pixels"], r) for m, _, _, r in by_size if m == model and "error" not in r]
         counted = [(r["candidates"], r) for m, _, _, r in by_count if m == model and "error" not in r]
@@ -133,11 +145,15 @@ def target_verdict(model: str, by_size: list) -> str:
     if "error" in quarter:
         return "downscale 4 failed: no comparison"
     memory_ok = full["peak_mb"] < MEMORY_TARGET_MB
-    per_px = {name: (full[key] / full["pixels"]) / (quarter[key] / quarter["pixels"]) for name, key in
-              (("total", "total_s"), ("step", "step_s"))}
+    per_px = {
+        name: (full[key] / full["pixels"]) / (quarter[key] / quarter["pixels"])
+        for name, key in (("total", "total_s"), ("step", "step_s"))
+    }
     time_ok = per_px["total"] <= 1.0
-    return (f"peak {full['peak_mb']:.0f} MB ({'<' if memory_ok else '>='} 2 GB), time/px x{per_px['total']:.2f} total, "
-            f"x{per_px['step']:.2f} per step: {'meets' if memory_ok and time_ok else 'misses'}")
+    return (
+        f"peak {full['peak_mb']:.0f} MB ({'<' if memory_ok else '>='} 2 GB), time/px x{per_px['total']:.2f} total, "
+        f"x{per_px['step']:.2f} per step: {'meets' if memory_ok and time_ok else 'misses'}"
+    )
 
 
 def main() -> None:
@@ -146,8 +162,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(CHANNELS), default=list(CHANNELS))
     parser.add_argument("--steps", type=int, default=FitSettings().steps)
     parser.add_argument("--downscales", type=int, nargs="+", default=[4, 3, 2, 1])
-    parser.add_argument("--droplets", type=int, nargs="+", default=[250, 500, 1000, 2000],
-                        help="droplet caps tried at downscale 4")
+    parser.add_argument(
+        "--droplets", type=int, nargs="+", default=[250, 500, 1000, 2000], help="droplet caps tried at downscale 4"
+    )
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds before one configuration is killed")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -39,8 +39,17 @@ PANELS = (
 )
 LARGE = (
     ("1:50", dict(radius_min_px=3.0, radius_max_px=150.0, radius_median_px=8.0, radius_log_sd=1.0, n_droplets=2000)),
-    ("crowded", dict(radius_min_px=2.0, radius_max_px=20.0, radius_median_px=5.0, radius_log_sd=0.5,
-                     n_droplets=3000, min_distance_fraction=0.95)),
+    (
+        "crowded",
+        dict(
+            radius_min_px=2.0,
+            radius_max_px=20.0,
+            radius_median_px=5.0,
+            radius_log_sd=0.5,
+            n_droplets=3000,
+            min_distance_fraction=0.95,
+        ),
+    ),
 )
 
 
@@ -94,8 +103,9 @@ REAL_LIKE = dict(n_droplets=130, radius_min_px=8.0, radius_max_px=50.0, radius_m
 def _compare_fluorescence(real: np.ndarray, seed: int) -> None:
     """Print the statistics of ``fluorescence_statistics`` for the real image and a scene like it."""
     height, width = real.shape
-    synthetic, _ = make_scene_uint16(seed, family_settings("fluorescence", width_px=width, height_px=height,
-                                                            **REAL_LIKE))
+    synthetic, _ = make_scene_uint16(
+        seed, family_settings("fluorescence", width_px=width, height_px=height, **REAL_LIKE)
+    )
     rows = {"real": fluorescence_statistics(real), "synthetic": fluorescence_statistics(synthetic)}
     names = list(rows["real"])
     print(f"\nfluorescence, {width}x{height}: " + ", ".join(names))

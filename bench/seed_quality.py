@@ -66,16 +66,20 @@ def print_comparison(seed: dict, droplet: dict | None) -> None:
     full = overhead + SEED_FULL_STEPS / seed["steps_per_s"]
     seed_rmse = seed["rmse_by_step"][seed["steps"]]
 
-    print(f"\nSeed: {seed['steps_per_s']:.1f} steps/s on this machine "
-          f"(init {seed['init_s']:.1f} s, compile {seed['compile_s']:.1f} s)")
+    print(
+        f"\nSeed: {seed['steps_per_s']:.1f} steps/s on this machine "
+        f"(init {seed['init_s']:.1f} s, compile {seed['compile_s']:.1f} s)"
+    )
     print(f"\n{'method':<34} {'steps':>7} {'seconds':>9} {'time is':<13} {'RMSE':>7}")
     rows = [("seed part 2 (AutoNormal, Adam .01)", seed["steps"], measured, "measured", f"{seed_rmse:.4f}")]
     if seed["steps"] != SEED_FULL_STEPS:
-        rows.append(("seed part 2 (AutoNormal, Adam .01)", SEED_FULL_STEPS, full, "extrapolated",
-                     f"{REFERENCE_RMSE_100K:.3f}*"))
+        rows.append(
+            ("seed part 2 (AutoNormal, Adam .01)", SEED_FULL_STEPS, full, "extrapolated", f"{REFERENCE_RMSE_100K:.3f}*")
+        )
     if droplet is not None:
-        rows.append(("Droplet templates (defaults)", droplet["steps"], droplet["seconds"], "measured",
-                     f"{droplet['rmse']:.4f}"))
+        rows.append(
+            ("Droplet templates (defaults)", droplet["steps"], droplet["seconds"], "measured", f"{droplet['rmse']:.4f}")
+        )
     for method, steps, seconds, kind, error in rows:
         print(f"{method:<34} {steps:>7} {seconds:>9.1f} {kind:<13} {error:>7}")
     if seed["steps"] != SEED_FULL_STEPS:
@@ -96,8 +100,12 @@ def main() -> None:
 
     print(f"Seed reference on {args.image}, {args.seed_steps} steps ...", flush=True)
     seed = seed_reference.run(
-        str(args.image), args.seed_steps, args.chunk,
-        progress=lambda step, seconds, error: print(f"  step {step:>7}  {seconds:8.1f} s  RMSE {error:.4f}", flush=True),
+        str(args.image),
+        args.seed_steps,
+        args.chunk,
+        progress=lambda step, seconds, error: print(
+            f"  step {step:>7}  {seconds:8.1f} s  RMSE {error:.4f}", flush=True
+        ),
     )
     droplet = None
     if not args.skip_droplet:

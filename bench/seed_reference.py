@@ -35,7 +35,7 @@ def model(w, h, n_droplets, channel, types=10, mask_shape=(15, 15)):
         y = sample("y", dist.Uniform(0, 1)) * (h - mask_shape[0] - 1)
         with plate("types", types):
             composition = sample("composition", dist.Uniform(0, 1))
-    mask = sample('mask', dist.Uniform(0, 1).expand((types, *mask_shape)))
+    mask = sample("mask", dist.Uniform(0, 1).expand((types, *mask_shape)))
 
     # Instead of round, use floor and linear interpolation
     x_floor = jnp.floor(x)
@@ -59,7 +59,7 @@ def model(w, h, n_droplets, channel, types=10, mask_shape=(15, 15)):
     wy1 = 1 - wy2
 
     # Calculate droplet masks
-    droplet_masks = jnp.einsum('tn,thw->hwn', composition, mask)
+    droplet_masks = jnp.einsum("tn,thw->hwn", composition, mask)
 
     # Initialize background
     bg = sample("bg", dist.Uniform(0, 1))
@@ -72,9 +72,9 @@ def model(w, h, n_droplets, channel, types=10, mask_shape=(15, 15)):
     img = img.at[y2, x2].add(droplet_masks * (wx2 * wy2))
 
     img = jnp.clip(img, 0, 1)
-    img = deterministic('img', img)
-    diff = deterministic('diff', channel - img)
-    sample('obs', dist.Normal(scale=0.05), obs=diff)
+    img = deterministic("img", img)
+    diff = deterministic("diff", channel - img)
+    sample("obs", dist.Normal(scale=0.05), obs=diff)
 
 
 def load_hue(path: str) -> np.ndarray:
@@ -90,7 +90,7 @@ def load_hue(path: str) -> np.ndarray:
     """
     img = Image.open(path)
     img = img.resize((img.width // SEED_DOWNSCALE, img.height // SEED_DOWNSCALE))
-    img_hsv = np.array(img.convert('HSV')) / 255.0
+    img_hsv = np.array(img.convert("HSV")) / 255.0
     return img_hsv[..., 0]
 
 
@@ -113,7 +113,7 @@ def reconstructor(guide: AutoNormal, args: tuple):
     def render(params):
         # Every latent is substituted, so the seed handler only satisfies numpyro's API.
         conditioned = seed(substitute(model, data=guide.median(params)), 0)
-        return trace(conditioned).get_trace(*args)['img']['value']
+        return trace(conditioned).get_trace(*args)["img"]["value"]
 
     return jax.jit(render)
 

@@ -137,9 +137,11 @@ def templates_reference(path: Path, steps: int, chunk: int) -> dict:
         "kind": "extrapolated",
         "rmse": REFERENCE_RMSE_100K,
         "seconds": overhead + SEED_FULL_STEPS / seed["steps_per_s"],
-        "note": (f"seed ran {steps} steps at {seed['steps_per_s']:.1f} steps/s (init {seed['init_s']:.1f} s, "
-                 f"compile {seed['compile_s']:.1f} s), RMSE {seed['rmse_by_step'][steps]:.4f} there; "
-                 f"RMSE {REFERENCE_RMSE_100K} at 100k steps is the issue's figure"),
+        "note": (
+            f"seed ran {steps} steps at {seed['steps_per_s']:.1f} steps/s (init {seed['init_s']:.1f} s, "
+            f"compile {seed['compile_s']:.1f} s), RMSE {seed['rmse_by_step'][steps]:.4f} there; "
+            f"RMSE {REFERENCE_RMSE_100K} at 100k steps is the issue's figure"
+        ),
         "trajectory": seed,
     }
 
@@ -150,26 +152,45 @@ def seed_style_reference(name: str, path: Path, steps: int, chunk: int) -> dict:
     overhead = seed["init_s"] + seed["compile_s"]
     rate = seed["steps_per_s"]
     converged = seed_models.convergence(seed["rmse_by_step"])
-    note = (f"ran {steps} steps at {rate:.1f} steps/s (init {seed['init_s']:.1f} s, compile "
-            f"{seed['compile_s']:.1f} s), RMSE {seed['rmse_by_step'][steps]:.4f} at the end")
+    note = (
+        f"ran {steps} steps at {rate:.1f} steps/s (init {seed['init_s']:.1f} s, compile "
+        f"{seed['compile_s']:.1f} s), RMSE {seed['rmse_by_step'][steps]:.4f} at the end"
+    )
     if converged is not None:
-        return {"label": f"seed-style, plateau at {converged} steps", "kind": "measured",
-                "rmse": seed["rmse_by_step"][converged], "seconds": overhead + seed["seconds_by_step"][converged],
-                "note": note, "trajectory": seed}
+        return {
+            "label": f"seed-style, plateau at {converged} steps",
+            "kind": "measured",
+            "rmse": seed["rmse_by_step"][converged],
+            "seconds": overhead + seed["seconds_by_step"][converged],
+            "note": note,
+            "trajectory": seed,
+        }
     plateau = extrapolated_plateau(seed["rmse_by_step"])
     if plateau is None:
         # No plateau to extrapolate to: the budget's end is a lower bound on the time.
-        return {"label": f"seed-style, {steps} steps (no plateau)", "kind": "lower bound",
-                "rmse": seed["rmse_by_step"][steps], "seconds": overhead + seed["seconds"],
-                "note": note, "trajectory": seed}
+        return {
+            "label": f"seed-style, {steps} steps (no plateau)",
+            "kind": "lower bound",
+            "rmse": seed["rmse_by_step"][steps],
+            "seconds": overhead + seed["seconds"],
+            "note": note,
+            "trajectory": seed,
+        }
     step, rmse = plateau
-    return {"label": f"seed-style, plateau at ~{step} steps", "kind": "extrapolated", "rmse": rmse,
-            "seconds": overhead + step / rate, "note": note, "trajectory": seed}
+    return {
+        "label": f"seed-style, plateau at ~{step} steps",
+        "kind": "extrapolated",
+        "rmse": rmse,
+        "seconds": overhead + step / rate,
+        "note": note,
+        "trajectory": seed,
+    }
 
 
 def _progress(label: str):
-    return lambda step, seconds, error: print(f"  {label}: step {step:>6}  {seconds:7.1f} s  RMSE {error:.4f}",
-                                             flush=True)
+    return lambda step, seconds, error: print(
+        f"  {label}: step {step:>6}  {seconds:7.1f} s  RMSE {error:.4f}", flush=True
+    )
 
 
 def print_trajectory(name: str, trajectory: dict) -> None:
@@ -181,29 +202,39 @@ def print_trajectory(name: str, trajectory: dict) -> None:
 
 def print_summary(rows: list[tuple[str, dict, dict, list[dict]]]) -> None:
     print("\nDroplet against the reference; ratio = reference seconds / Droplet seconds")
-    header = (f"{'model':<10} {'reference':<36} {'time is':<13} {'ref s':>8} {'ref RMSE':>8} "
-              f"{'fit':<7} {'steps':>5} {'Droplet s':>9} {'RMSE':>7} {'ratio':>7} {'target':>7} {'met':>4}")
+    header = (
+        f"{'model':<10} {'reference':<36} {'time is':<13} {'ref s':>8} {'ref RMSE':>8} "
+        f"{'fit':<7} {'steps':>5} {'Droplet s':>9} {'RMSE':>7} {'ratio':>7} {'target':>7} {'met':>4}"
+    )
     print(header)
     for model, reference, (cold, restart), ladder in rows:
         warm = first_reaching(ladder, reference)
         for kind, fit in (("cold", cold), ("restart", restart), ("warm", warm)):
             ratio = reference["seconds"] / fit["seconds"]
             met = fit["rmse"] <= reference["rmse"] and ratio >= TARGET_RATIO[model]
-            print(f"{model:<10} {reference['label']:<36} {reference['kind']:<13} {reference['seconds']:>8.0f} "
-                  f"{reference['rmse']:>8.4f} {kind:<7} {fit['steps']:>5} {fit['seconds']:>9.1f} {fit['rmse']:>7.4f} "
-                  f"{ratio:>6.0f}x {TARGET_RATIO[model]:>6.0f}x {'yes' if met else 'no':>4}")
-    print("warm: the fewest ladder steps that reach the reference RMSE (or the most), compiled programs reused; "
-          "cold: the same steps in a fresh process with an empty compilation cache; restart: in a fresh process "
-          "with the compilation cache the cold fit filled")
+            print(
+                f"{model:<10} {reference['label']:<36} {reference['kind']:<13} {reference['seconds']:>8.0f} "
+                f"{reference['rmse']:>8.4f} {kind:<7} {fit['steps']:>5} {fit['seconds']:>9.1f} {fit['rmse']:>7.4f} "
+                f"{ratio:>6.0f}x {TARGET_RATIO[model]:>6.0f}x {'yes' if met else 'no':>4}"
+            )
+    print(
+        "warm: the fewest ladder steps that reach the reference RMSE (or the most), compiled programs reused; "
+        "cold: the same steps in a fresh process with an empty compilation cache; restart: in a fresh process "
+        "with the compilation cache the cold fit filled"
+    )
     print("\nDroplet's ladder (each a separate fit; detection and fitting included; * cold, ** restart)")
-    print(f"{'model':<10} {'steps':>6} {'seconds':>8} {'chunk 1':>8} {'RMSE':>7} {'droplets':>8} "
-          f"{'reaches ref':>11} {'ratio':>7}")
+    print(
+        f"{'model':<10} {'steps':>6} {'seconds':>8} {'chunk 1':>8} {'RMSE':>7} {'droplets':>8} "
+        f"{'reaches ref':>11} {'ratio':>7}"
+    )
     for model, reference, (cold, restart), ladder in rows:
         for fit in [cold, restart, *ladder]:
             reaches = fit["rmse"] <= reference["rmse"]
             label = f"{fit['steps']}{'*' if fit is cold else '**' if fit is restart else ''}"
-            print(f"{model:<10} {label:>6} {fit['seconds']:>8.1f} {fit['compile_s']:>8.1f} {fit['rmse']:>7.4f} "
-                  f"{fit['droplets']:>8} {'yes' if reaches else 'no':>11} {reference['seconds'] / fit['seconds']:>6.0f}x")
+            print(
+                f"{model:<10} {label:>6} {fit['seconds']:>8.1f} {fit['compile_s']:>8.1f} {fit['rmse']:>7.4f} "
+                f"{fit['droplets']:>8} {'yes' if reaches else 'no':>11} {reference['seconds'] / fit['seconds']:>6.0f}x"
+            )
     print("chunk 1: the first jitted chunk of steps, compilation (or loading it) included")
     print("\nReferences:")
     for model, reference, _, _ in rows:
@@ -214,12 +245,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path, default=Path("../shared/data/example.jpg"))
     parser.add_argument("--models", nargs="+", choices=list(CHANNELS), default=list(CHANNELS))
-    parser.add_argument("--seed-steps", type=int, default=1000, help="templates seed steps measured (then extrapolated)")
-    parser.add_argument("--gaussian-steps", type=int, default=DEFAULT_STEPS["gaussian"], help="seed-style gaussian budget")
+    parser.add_argument(
+        "--seed-steps", type=int, default=1000, help="templates seed steps measured (then extrapolated)"
+    )
+    parser.add_argument(
+        "--gaussian-steps", type=int, default=DEFAULT_STEPS["gaussian"], help="seed-style gaussian budget"
+    )
     parser.add_argument("--neural-steps", type=int, default=DEFAULT_STEPS["neural"], help="seed-style neural budget")
     parser.add_argument("--chunk", type=int, default=250, help="reference steps per jitted call and RMSE checkpoint")
-    parser.add_argument("--ladder", type=int, nargs="+", default=[10, 25, 50, 100],
-                        help="Droplet step counts tried besides the default")
+    parser.add_argument(
+        "--ladder", type=int, nargs="+", default=[10, 25, 50, 100], help="Droplet step counts tried besides the default"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

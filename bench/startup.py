@@ -73,8 +73,9 @@ def probe(code: str, argument: str, store: str) -> dict:
     """Run ``code`` in a fresh interpreter at the repository root; its last JSON line."""
     env = {**os.environ, "DROPLET_STORE": store, "PYTHONPATH": str(REPO)}
     arguments = [json.dumps(HEAVY_MODULES), argument, str(REPO / ENTRY)]
-    done = subprocess.run([sys.executable, "-c", code, *arguments], cwd=REPO, env=env, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *arguments], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -97,8 +98,10 @@ def main() -> None:
                 print(f"{name:<10} {import_s:>10.2f}  {', '.join(import_heavy) or '-':<22}")
                 continue
             run_s, run_heavy = measure(FIRST_RUN_PROBE, name, args.repeats, store)
-            print(f"{name:<10} {import_s:>10.2f}  {', '.join(import_heavy) or '-':<22} {run_s:>12.2f}  "
-                  f"{', '.join(run_heavy) or '-'}")
+            print(
+                f"{name:<10} {import_s:>10.2f}  {', '.join(import_heavy) or '-':<22} {run_s:>12.2f}  "
+                f"{', '.join(run_heavy) or '-'}"
+            )
 
 
 if __name__ == "__main__":

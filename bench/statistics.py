@@ -64,8 +64,9 @@ def fit_scene(seed: int, model: str):
 
 def true_statistics(truth: pd.DataFrame, report: FitReport) -> pd.DataFrame:
     """The statistics of the true droplets (same estimator and border handling), by name."""
-    table = size_statistics(truth["x"], truth["y"], truth["radius"], field_of_view(report),
-                            settings=StatisticsSettings(draws=2))
+    table = size_statistics(
+        truth["x"], truth["y"], truth["radius"], field_of_view(report), settings=StatisticsSettings(draws=2)
+    )
     return table.set_index("statistic")
 
 
@@ -90,14 +91,28 @@ def calibrate(model: str, seeds: tuple[int, ...]) -> None:
     for seed in seeds:
         result, truth = fit_scene(seed, model)
         droplets = result.droplets
-        values, draws = statistic_draws(droplets["x"], droplets["y"], droplets["radius"], field_of_view(result.report),
-                                        sd_radius_px=droplets["sd_radius"], p_exists=droplets["p_exists"],
-                                        settings=settings)
-        scenes.append((true_statistics(truth, result.report), draws, droplets["p_exists"].to_numpy(),
-                       result.report.uncertainty.count_discrepancy))
+        values, draws = statistic_draws(
+            droplets["x"],
+            droplets["y"],
+            droplets["radius"],
+            field_of_view(result.report),
+            sd_radius_px=droplets["sd_radius"],
+            p_exists=droplets["p_exists"],
+            settings=settings,
+        )
+        scenes.append(
+            (
+                true_statistics(truth, result.report),
+                draws,
+                droplets["p_exists"].to_numpy(),
+                result.report.uncertainty.count_discrepancy,
+            )
+        )
         true = scenes[-1][0]
-        errors = "  ".join(f"{name} {values[STATISTIC_NAMES.index(name) - 1] / true.loc[name, 'value'] - 1:+.3f}"
-                           for name in HEADLINE[1:])
+        errors = "  ".join(
+            f"{name} {values[STATISTIC_NAMES.index(name) - 1] / true.loc[name, 'value'] - 1:+.3f}"
+            for name in HEADLINE[1:]
+        )
         print(f"calibration scene {seed}: relative error {errors}", flush=True)
     factors = {}
     for column, name in enumerate(STATISTIC_NAMES[1:]):
@@ -107,16 +122,19 @@ def calibrate(model: str, seeds: tuple[int, ...]) -> None:
             # Through ``with_discrepancy`` of every statistic at once, as ``size_statistics``
             # applies it, so that each statistic meets the same random factors as it will there.
             factors = np.where(np.arange(len(STATISTIC_NAMES) - 1) == column, factor, 0.0)
-            bounds = [np.nanquantile(with_discrepancy(draws, factors, settings.seed)[:, column], [tail, 1.0 - tail])
-                      for _, draws, _, _ in scenes]
+            bounds = [
+                np.nanquantile(with_discrepancy(draws, factors, settings.seed)[:, column], [tail, 1.0 - tail])
+                for _, draws, _, _ in scenes
+            ]
             return np.maximum(np.array(bounds).T, [[0.0], [-np.inf]])
 
         factors[name] = smallest_covering_factor(truth, intervals)
     true_counts = np.array([true.loc["count", "value"] for true, *_ in scenes])
 
     def count_intervals(factor):
-        return np.array([count_interval(p, float(np.hypot(count_sd, factor)), settings.level)
-                         for _, _, p, count_sd in scenes]).T
+        return np.array(
+            [count_interval(p, float(np.hypot(count_sd, factor)), settings.level) for _, _, p, count_sd in scenes]
+        ).T
 
     factors["count"] = smallest_covering_factor(true_counts, count_intervals)
     record = json.loads(SIZE_CALIBRATION_FILE.read_text()) if SIZE_CALIBRATION_FILE.exists() else {"discrepancy": {}}
@@ -162,11 +180,13 @@ def main() -> None:
         print(f"scene {seed}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:.3f}".format):
         print(pd.DataFrame(rows).to_string(index=False))
-        summary = pd.DataFrame({
-            "coverage of 90 % interval": {n: np.mean(covered[n]) for n in STATISTIC_NAMES},
-            "mean relative error (bias)": {n: np.mean(relative[n]) for n in STATISTIC_NAMES},
-            "rms relative error": {n: np.sqrt(np.mean(np.square(relative[n]))) for n in STATISTIC_NAMES},
-        })
+        summary = pd.DataFrame(
+            {
+                "coverage of 90 % interval": {n: np.mean(covered[n]) for n in STATISTIC_NAMES},
+                "mean relative error (bias)": {n: np.mean(relative[n]) for n in STATISTIC_NAMES},
+                "rms relative error": {n: np.sqrt(np.mean(np.square(relative[n]))) for n in STATISTIC_NAMES},
+            }
+        )
         print(f"\n{len(seeds)} scenes, model {args.model}, {time.perf_counter() - started:.0f} s")
         print(summary.to_string())
     print("\nheadline (target 0.85-0.95): " + ", ".join(f"{n} {np.mean(covered[n]):.2f}" for n in HEADLINE))

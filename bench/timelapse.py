@@ -58,8 +58,9 @@ TUNING_SEED = 100
 
 
 def movie_settings(frames: int, coalescences: int) -> StackSceneSettings:
-    return StackSceneSettings(scene=SceneSettings(), n_frames=frames, coalescences=coalescences,
-                              coalescing_radius_px=4.0)
+    return StackSceneSettings(
+        scene=SceneSettings(), n_frames=frames, coalescences=coalescences, coalescing_radius_px=4.0
+    )
 
 
 def as_stack(frames_uint8: np.ndarray) -> Stack:
@@ -68,14 +69,28 @@ def as_stack(frames_uint8: np.ndarray) -> Stack:
     return Stack(frames, tuple(f"frame {i + 1}" for i in range(len(frames))), digests, None, ())
 
 
-def baseline_tables(frames_uint8: np.ndarray, params: dict, search_range_px: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def baseline_tables(
+    frames_uint8: np.ndarray, params: dict, search_range_px: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trackpy locate (tuned) + link on every frame: tracks and events."""
     detect = classical.make_detector("trackpy", params)
     rows = []
     for index, frame in enumerate(frames_uint8):
         found = detect(frame)
-        rows.append(pd.DataFrame({"frame": index, "x_px": found["x"], "y_px": found["y"], "radius_px": found["radius"],
-                                  "sd_x_px": np.nan, "sd_y_px": np.nan, "sd_radius_px": np.nan, "p_exists": 1.0}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "frame": index,
+                    "x_px": found["x"],
+                    "y_px": found["y"],
+                    "radius_px": found["radius"],
+                    "sd_x_px": np.nan,
+                    "sd_y_px": np.nan,
+                    "sd_radius_px": np.nan,
+                    "p_exists": 1.0,
+                }
+            )
+        )
     droplets = pd.concat(rows, ignore_index=True)
     tracks, _ = link_droplets(droplets, np.zeros((len(frames_uint8), 2)), search_range_px=search_range_px)
     return tracks, find_events(tracks, len(frames_uint8), frames_uint8.shape[1:3])
@@ -92,8 +107,10 @@ def main() -> None:
     tuning_frames, tuning_truth, _ = make_stack(TUNING_SEED, settings)
     started = time.perf_counter()
     params, tuning_f1, _ = classical.tune_trackpy(tuning_frames[0], tuning_truth[tuning_truth["frame"] == 0])
-    print(f"baseline: trackpy locate tuned on frame 1 of movie {TUNING_SEED} (F1 {tuning_f1:.3f}, "
-          f"{time.perf_counter() - started:.0f} s): {params}")
+    print(
+        f"baseline: trackpy locate tuned on frame 1 of movie {TUNING_SEED} (F1 {tuning_f1:.3f}, "
+        f"{time.perf_counter() - started:.0f} s): {params}"
+    )
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -111,21 +128,34 @@ def main() -> None:
             base_tracks, base_events = baseline_tables(frames, params, reach)
             theirs = score_tracks(base_tracks, base_events, truth, true_events)
             kinds = [fit.kind for fit in fits]
-            print(f"movie {seed}: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]}, "
-                  f"{int(truth.groupby('frame').size().mean())} droplets a frame, {len(true_events)} coalescences; "
-                  f"first fit {first:.1f} s, later frames {later.mean():.2f} s median {np.median(later):.2f} s "
-                  f"(ratio {later.mean() / first:.2f}); fit kinds {dict(pd.Series(kinds).value_counts())}")
+            print(
+                f"movie {seed}: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]}, "
+                f"{int(truth.groupby('frame').size().mean())} droplets a frame, {len(true_events)} coalescences; "
+                f"first fit {first:.1f} s, later frames {later.mean():.2f} s median {np.median(later):.2f} s "
+                f"(ratio {later.mean() / first:.2f}); fit kinds {dict(pd.Series(kinds).value_counts())}"
+            )
             for name, score in (("droplet", ours), ("trackpy", theirs)):
-                rows.append({"movie": seed, "method": name, "followed": score.followed_fraction,
-                             "switches_per_1000": score.switches_per_1000,
-                             "coalescence_precision": score.coalescence_precision,
-                             "coalescence_recall": score.coalescence_recall,
-                             "s_per_frame_after_first": later.mean() if name == "droplet" else np.nan,
-                             "first_frame_s": first if name == "droplet" else np.nan})
+                rows.append(
+                    {
+                        "movie": seed,
+                        "method": name,
+                        "followed": score.followed_fraction,
+                        "switches_per_1000": score.switches_per_1000,
+                        "coalescence_precision": score.coalescence_precision,
+                        "coalescence_recall": score.coalescence_recall,
+                        "s_per_frame_after_first": later.mean() if name == "droplet" else np.nan,
+                        "first_frame_s": first if name == "droplet" else np.nan,
+                    }
+                )
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(table.groupby("method")[["followed", "switches_per_1000", "coalescence_precision", "coalescence_recall",
-                                   "s_per_frame_after_first"]].mean().to_string(float_format=lambda v: f"{v:.3f}"))
+    print(
+        table.groupby("method")[
+            ["followed", "switches_per_1000", "coalescence_precision", "coalescence_recall", "s_per_frame_after_first"]
+        ]
+        .mean()
+        .to_string(float_format=lambda v: f"{v:.3f}")
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,13 @@ print(json.dumps({**asdict(result.report.timings), "rmse": float(np.mean(result.
 def fit_in_subprocess(flags: str, scene: int, model: str, steps: int) -> dict:
     """``run_fit``'s timings and RMSE from a fresh process with ``XLA_FLAGS=flags``."""
     env = {**os.environ, "XLA_FLAGS": flags}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(scene), model, str(steps)], env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(scene), model, str(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -186,12 +186,14 @@ class FitReport:
             "image_shape": None if self.image_shape is None else list(self.image_shape),
         }
         if self.count is not None:
-            record.update({
-                "droplet_count": self.count.count,
-                "droplet_count_interval_90": [self.count.low, self.count.high],
-                "candidate_droplets": self.count.candidates,
-                "doubtful_droplets": self.count.doubtful,
-            })
+            record.update(
+                {
+                    "droplet_count": self.count.count,
+                    "droplet_count_interval_90": [self.count.low, self.count.high],
+                    "candidate_droplets": self.count.candidates,
+                    "doubtful_droplets": self.count.doubtful,
+                }
+            )
         if self.file_pixel_size is not None:
             record[FILE_PIXEL_SIZE_KEY] = self.file_pixel_size
         return record
@@ -206,15 +208,22 @@ class FitReport:
         count = None
         if all(key in record for key in _COUNT_KEYS):
             low, high = record["droplet_count_interval_90"]
-            count = DropletCount(int(record["droplet_count"]), int(low), int(high),
-                                 int(record["candidate_droplets"]), int(record["doubtful_droplets"]))
+            count = DropletCount(
+                int(record["droplet_count"]),
+                int(low),
+                int(high),
+                int(record["candidate_droplets"]),
+                int(record["doubtful_droplets"]),
+            )
         known = {f.name for f in fields(Timings)}
         timings = Timings(**{k: v for k, v in (record.get("timings") or {}).items() if k in known})
         known = {f.name for f in fields(UncertaintyMethod)}
         uncertainty = UncertaintyMethod(**{k: v for k, v in (record.get("uncertainty") or {}).items() if k in known})
         steps_done = int(record["steps_done"])
-        shapes = {name: None if record.get(name) is None else tuple(int(v) for v in record[name])
-                  for name in ("fit_shape", "image_shape")}
+        shapes = {
+            name: None if record.get(name) is None else tuple(int(v) for v in record[name])
+            for name in ("fit_shape", "image_shape")
+        }
         settings = FitSettings.from_dict(record["settings"])
         return cls(
             fit_id=record["fit_id"],
@@ -235,8 +244,11 @@ class FitReport:
             candidate_count=record.get("candidate_count"),
             downscale=int(record.get("downscale") or 1),
             downscale_choice=record.get("downscale_choice"),
-            crop_origin=tuple(int(v) for v in record["crop_origin"][:2]) if record.get("crop_origin") is not None
-            else crop_origin(settings.crop) if settings.crop is not None else (0, 0),
+            crop_origin=tuple(int(v) for v in record["crop_origin"][:2])
+            if record.get("crop_origin") is not None
+            else crop_origin(settings.crop)
+            if settings.crop is not None
+            else (0, 0),
             parent_fit_id=record.get("parent_fit_id"),
             file_pixel_size=record.get(FILE_PIXEL_SIZE_KEY),
             **shapes,

@@ -34,16 +34,24 @@ for fit_id in reversed(found):
 reports = {f: report for f in app.session_fit_ids() if (report := app.fit_report(f)) is not None}
 labels = {f: app.fit_label(report) for f, report in reports.items()}
 if not labels:
-    st.info("This session has no fits yet. Fit an image on the Fit page, or open a link someone shared; "
-            "fits of other people are not listed.", icon=":material/info:")
+    st.info(
+        "This session has no fits yet. Fit an image on the Fit page, or open a link someone shared; "
+        "fits of other people are not listed.",
+        icon=":material/info:",
+    )
     st.stop()
 default = [f for f in found if f in labels] or list(labels)[:2]
 # Apply the URL only when it changed outside this page (a link); our own writes are skipped.
 if "w_compare" not in st.session_state or (requested and requested != st.session_state.get("_compare_url")):
     st.session_state["w_compare"] = default
 st.session_state["w_compare"] = [f for f in st.session_state["w_compare"] if f in labels]
-chosen = st.multiselect("Fits to compare", list(labels), format_func=labels.get, key="w_compare",
-                        help="This session's fits (and those opened by a link), newest first. Pick two or more.")
+chosen = st.multiselect(
+    "Fits to compare",
+    list(labels),
+    format_func=labels.get,
+    key="w_compare",
+    help="This session's fits (and those opened by a link), newest first. Pick two or more.",
+)
 st.query_params["fits"] = ",".join(chosen)
 st.session_state["_compare_url"] = list(chosen)
 if len(chosen) < 2:
@@ -65,20 +73,28 @@ rows = []
 for r in results:
     likely = r.droplets[~doubtful_mask(r.droplets)]
     verdict = r.report.verdict
-    rows.append({
-        "fit": labels[r.fit_id],
-        "droplets": app.fit_count(r.report, r.droplets).count,
-        "90 % interval": f"{r.report.count.low}–{r.report.count.high}" if r.report.count is not None else "—",
-        "median radius (px)": float(likely["radius"].median()) if len(likely) else None,
-        "fit quality": verdict.quality if verdict is not None else "—",
-        "error vs. contrast": verdict.relative_rmse if verdict is not None else None,
-        "channel": r.settings.channel,
-        "fit time (s)": r.report.timings.total_s,
-    })
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-             column_config={"median radius (px)": st.column_config.NumberColumn(format="%.2f"),
-                            "error vs. contrast": st.column_config.NumberColumn(format="percent"),
-                            "fit time (s)": st.column_config.NumberColumn(format="%.1f")})
+    rows.append(
+        {
+            "fit": labels[r.fit_id],
+            "droplets": app.fit_count(r.report, r.droplets).count,
+            "90 % interval": f"{r.report.count.low}–{r.report.count.high}" if r.report.count is not None else "—",
+            "median radius (px)": float(likely["radius"].median()) if len(likely) else None,
+            "fit quality": verdict.quality if verdict is not None else "—",
+            "error vs. contrast": verdict.relative_rmse if verdict is not None else None,
+            "channel": r.settings.channel,
+            "fit time (s)": r.report.timings.total_s,
+        }
+    )
+st.dataframe(
+    pd.DataFrame(rows),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "median radius (px)": st.column_config.NumberColumn(format="%.2f"),
+        "error vs. contrast": st.column_config.NumberColumn(format="percent"),
+        "fit time (s)": st.column_config.NumberColumn(format="%.1f"),
+    },
+)
 st.caption("Share link: opens these fits side by side")
 st.code(app.share_url("compare", {"fits": ",".join(chosen)}), language=None)
 if len(labels) > len(chosen):
@@ -91,8 +107,12 @@ for r in results:
     if image is not None:
         panels.append((app.fit_short_label(r.report), app.for_display(image), r.droplets))
 if panels:
-    st.plotly_chart(compare_overlays_figure(panels[:4], height=560), key="compare_overlays", width="stretch",
-                    config={"scrollZoom": True})
+    st.plotly_chart(
+        compare_overlays_figure(panels[:4], height=560),
+        key="compare_overlays",
+        width="stretch",
+        config={"scrollZoom": True},
+    )
     if len(panels) > 4:
         st.caption("Pictures show the first four fits; the table and histogram include all.")
     if len({r.image_sha256 for r in results}) > 1:
@@ -100,14 +120,25 @@ if panels:
 
 # -- sizes (further size statistics go in this section) ----------------------------------------
 st.subheader("Sizes")
-st.plotly_chart(compare_radius_figure({app.fit_short_label(r.report): r.droplets for r in results}, height=380),
-                key="compare_radius", width="stretch")
+st.plotly_chart(
+    compare_radius_figure({app.fit_short_label(r.report): r.droplets for r in results}, height=380),
+    key="compare_radius",
+    width="stretch",
+)
 
 # Diameter distributions, in µm when every fit's image has a pixel size (else all in px).
 sizes = {r.fit_id: pixel_size_for(r.image_sha256) for r in results}
 in_um = all(size.known for size in sizes.values())
 log_axis = st.toggle("Logarithmic diameter axis", key="compare_log_axis")
-diameters = {f"{r.fit_id[:8]} {r.settings.model}":
-             2 * r.droplets["radius"].to_numpy(float) * (sizes[r.fit_id].length_um if in_um else 1.0) for r in results}
-st.plotly_chart(compare_distributions_figure(diameters, "µm" if in_um else "px", log_axis), key="compare_distributions",
-                width="stretch", config={"toImageButtonOptions": {"format": "svg", "filename": "size-distributions"}})
+diameters = {
+    f"{r.fit_id[:8]} {r.settings.model}": 2
+    * r.droplets["radius"].to_numpy(float)
+    * (sizes[r.fit_id].length_um if in_um else 1.0)
+    for r in results
+}
+st.plotly_chart(
+    compare_distributions_figure(diameters, "µm" if in_um else "px", log_axis),
+    key="compare_distributions",
+    width="stretch",
+    config={"toImageButtonOptions": {"format": "svg", "filename": "size-distributions"}},
+)

@@ -22,9 +22,9 @@ st.title("Fit")
 MODEL_HELP = {
     "gaussian": "Round soft spots. Quickest; for simple bright or dark spots without rims. One channel.",
     "templates": "Recommended. Learns what your droplets look like (rims, highlights) from the image itself. "
-                 "One channel.",
+    "One channel.",
     "neural": "Learns how droplets bend light in all three colours at once. Slowest; for colour images where "
-              "droplets differ in colour.",
+    "droplets differ in colour.",
 }
 STEP_OPTIONS = [50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000]
 LR_OPTIONS = [0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1]
@@ -58,12 +58,19 @@ model = st.radio(
     captions=[MODEL_HELP.get(m, "") for m in variant_names()],
 )
 fit_channel = default_channel(model) if model == "neural" else channel
-st.caption(f"Channel: **{app.channel_label(fit_channel)}**" +
-           (" (this model always uses all three colour channels)" if model == "neural" else ""))
+st.caption(
+    f"Channel: **{app.channel_label(fit_channel)}**"
+    + (" (this model always uses all three colour channels)" if model == "neural" else "")
+)
 
 with st.form("fit_form", border=True):
     droplets = st.slider(
-        "Number of droplets (0 = let the fit decide)", 0, 5000, DEFAULTS.droplets, step=50, key="w_droplets",
+        "Number of droplets (0 = let the fit decide)",
+        0,
+        5000,
+        DEFAULTS.droplets,
+        step=50,
+        key="w_droplets",
         persist_state="session",
         help="0: the fit finds the droplets and decides how many there are. A number: at most that many.",
     )
@@ -72,57 +79,99 @@ with st.form("fit_form", border=True):
     if model in ("templates", "neural"):
         # This session's fits whose look was learned (not itself reused) with the current look settings.
         sources = [
-            report for report in (app.fit_report(f) for f in app.session_fit_ids())
-            if report is not None and report.model == model and not report.appearance_from
+            report
+            for report in (app.fit_report(f) for f in app.session_fit_ids())
+            if report is not None
+            and report.model == model
+            and not report.appearance_from
             and report.settings.mask_types == st.session_state.get("w_mask_types", mask_types)
             and (model == "neural" or report.settings.mask_size == st.session_state.get("w_mask_size", mask_size))
         ]
         labels = {report.fit_id: app.fit_label(report) for report in sources}
         appearance_from = st.selectbox(
-            "Reuse the droplet look learned in", [None, *labels], key="w_appearance_from",
+            "Reuse the droplet look learned in",
+            [None, *labels],
+            key="w_appearance_from",
             format_func=lambda fit_id: "— learn the look from this image —" if fit_id is None else labels[fit_id],
             help="For another image of the same kind of droplets: keep the droplet look an earlier fit learned "
-                 "and fit only positions, sizes and the background. Takes a few seconds.",
+            "and fit only positions, sizes and the background. Takes a few seconds.",
         )
     with st.expander("Advanced: fitting effort and the model's details"):
         c1, c2 = st.columns(2)
         with c1:
             steps = st.select_slider(
-                "Fitting effort (iterations)", STEP_OPTIONS, value=DEFAULTS.steps, key="w_steps",
+                "Fitting effort (iterations)",
+                STEP_OPTIONS,
+                value=DEFAULTS.steps,
+                key="w_steps",
                 persist_state="session",
                 help="How long the optimiser works. More: a closer fit, a longer wait. A fit that reuses a look "
-                     "stops by itself once converged (usually within a dozen iterations).")
+                "stops by itself once converged (usually within a dozen iterations).",
+            )
             learning_rate = st.select_slider(
-                "Step size", LR_OPTIONS, value=DEFAULTS.learning_rate, key="w_lr", persist_state="session",
-                help="How far each iteration moves. Smaller if a fit fails with 'diverged'.")
-            seed = st.number_input("Random seed", 0, 2**31 - 1, DEFAULTS.seed, step=1, key="w_seed",
-                                   persist_state="session", help="Same seed, same settings: the same fit.")
+                "Step size",
+                LR_OPTIONS,
+                value=DEFAULTS.learning_rate,
+                key="w_lr",
+                persist_state="session",
+                help="How far each iteration moves. Smaller if a fit fails with 'diverged'.",
+            )
+            seed = st.number_input(
+                "Random seed",
+                0,
+                2**31 - 1,
+                DEFAULTS.seed,
+                step=1,
+                key="w_seed",
+                persist_state="session",
+                help="Same seed, same settings: the same fit.",
+            )
         with c2:
             if model in ("templates", "neural"):
-                mask_types = st.slider("Droplet looks to learn", 1, 12, DEFAULTS.mask_types, key="w_mask_types",
-                                       persist_state="session",
-                                       help="How many different droplet appearances the model learns; each "
-                                            "droplet is a mix of them (its 'type' shares in the table).")
+                mask_types = st.slider(
+                    "Droplet looks to learn",
+                    1,
+                    12,
+                    DEFAULTS.mask_types,
+                    key="w_mask_types",
+                    persist_state="session",
+                    help="How many different droplet appearances the model learns; each "
+                    "droplet is a mix of them (its 'type' shares in the table).",
+                )
             if model == "templates":
-                mask_size = st.slider("Detail of each learned look (pixels across)", 5, 31, DEFAULTS.mask_size,
-                                      step=2, key="w_mask_size", persist_state="session",
-                                      help="Resolution of each learned look, spanning 1.5 radii either side "
-                                           "of the centre.")
+                mask_size = st.slider(
+                    "Detail of each learned look (pixels across)",
+                    5,
+                    31,
+                    DEFAULTS.mask_size,
+                    step=2,
+                    key="w_mask_size",
+                    persist_state="session",
+                    help="Resolution of each learned look, spanning 1.5 radii either side of the centre.",
+                )
     f1, f2 = st.columns([1, 5])
     with f1:
         submitted = st.form_submit_button("Fit", type="primary", icon=":material/play_arrow:")
     with f2:
         detect_clicked = st.form_submit_button(
-            "Detect (instant)", icon=":material/bolt:",
+            "Detect (instant)",
+            icon=":material/bolt:",
             help="A trained detector finds droplets in well under a second; nothing is fitted, so there is no "
-                 "reconstruction or residual to check it against.",
+            "reconstruction or residual to check it against.",
         )
 
-state.set_fit_choices(FitSettings(
-    model=model, channel=fit_channel, droplets=int(droplets), steps=int(steps), learning_rate=float(learning_rate),
-    seed=int(seed), mask_types=int(st.session_state.get("w_mask_types", mask_types)),
-    mask_size=int(st.session_state.get("w_mask_size", mask_size)),
-))
+state.set_fit_choices(
+    FitSettings(
+        model=model,
+        channel=fit_channel,
+        droplets=int(droplets),
+        steps=int(steps),
+        learning_rate=float(learning_rate),
+        seed=int(seed),
+        mask_types=int(st.session_state.get("w_mask_types", mask_types)),
+        mask_size=int(st.session_state.get("w_mask_size", mask_size)),
+    )
+)
 registry = app.registry()
 
 # -- instant detection --------------------------------------------------------------------
@@ -136,11 +185,19 @@ if detect_clicked:
     try:
         levels = pyramid_detections_in_image(image, channel, DETECT_FLOOR, downscale or 1, crop)
         region_hw = (images.crop(image, crop) if crop else image).shape[:2]
-        state.set_detections({
-            "sha": sha, "channel": channel, "crop": crop, "levels": levels,
-            "choice": scale.choose_downscale(scale.outermost_droplets(levels[levels["p_exists"] >= 0.5]),
-                                             *region_hw) if downscale == 0 else None,
-        })
+        state.set_detections(
+            {
+                "sha": sha,
+                "channel": channel,
+                "crop": crop,
+                "levels": levels,
+                "choice": scale.choose_downscale(
+                    scale.outermost_droplets(levels[levels["p_exists"] >= 0.5]), *region_hw
+                )
+                if downscale == 0
+                else None,
+            }
+        )
     except (OSError, ValueError) as exc:
         st.error(f"Instant detection failed: {exc}")
 detected = state.detections()
@@ -149,8 +206,15 @@ if detected is not None and detected["sha"] == sha:
 
     st.subheader("Instant detection")
     s1, s2, s3 = st.columns([2, 2, 1])
-    threshold = s1.slider("Show droplets at least this likely", 0.05, 0.95, detector_net.DEFAULT_THRESHOLD, step=0.05,
-                          key="w_detect_threshold", help="The detector's probability that a droplet is there.")
+    threshold = s1.slider(
+        "Show droplets at least this likely",
+        0.05,
+        0.95,
+        detector_net.DEFAULT_THRESHOLD,
+        step=0.05,
+        key="w_detect_threshold",
+        help="The detector's probability that a droplet is there.",
+    )
     min_radius = s2.slider("Minimum radius (px)", 0.0, 10.0, 0.0, step=0.5, key="w_detect_min_radius")
     levels = detected["levels"]
     found = scale.outermost_droplets(levels[(levels["p_exists"] >= threshold) & (levels["radius"] >= min_radius)])
@@ -158,17 +222,32 @@ if detected is not None and detected["sha"] == sha:
     if detected["choice"] is not None:
         st.caption(f"A fit would run at downscale {detected['choice'].factor}x: {detected['choice'].reason}.")
     st.plotly_chart(
-        overlay_figure(app.for_display(image), found, crop=detected["crop"], height=720,
-                       title=f"{len(found)} droplets (instant detection)"),
-        key="detect_overlay", width="stretch", config={"scrollZoom": True},
+        overlay_figure(
+            app.for_display(image),
+            found,
+            crop=detected["crop"],
+            height=720,
+            title=f"{len(found)} droplets (instant detection)",
+        ),
+        key="detect_overlay",
+        width="stretch",
+        config={"scrollZoom": True},
     )
 
 if submitted:
     try:
         settings = FitSettings(
-            model=model, channel=fit_channel, downscale=downscale, droplets=int(droplets), steps=int(steps),
-            learning_rate=float(learning_rate), seed=int(seed), mask_types=int(mask_types),
-            mask_size=int(mask_size), crop=crop, appearance_from=appearance_from,
+            model=model,
+            channel=fit_channel,
+            downscale=downscale,
+            droplets=int(droplets),
+            steps=int(steps),
+            learning_rate=float(learning_rate),
+            seed=int(seed),
+            mask_types=int(mask_types),
+            mask_size=int(mask_size),
+            crop=crop,
+            appearance_from=appearance_from,
         )
     except ValueError as exc:
         st.error(f"These settings cannot be fitted: {exc}")
@@ -216,8 +295,11 @@ if job is not None:
             fraction = min(1.0, snap.step / max(1, snap.total_steps))
             loss = "…" if snap.loss is None else f"{snap.loss:.4g}"
             # A fit with a reused appearance runs Levenberg-Marquardt iterations and stops once converged.
-            count = (f"iteration {snap.step} of at most {snap.total_steps}" if job.settings.appearance_from
-                     else f"step {snap.step} of {snap.total_steps}")
+            count = (
+                f"iteration {snap.step} of at most {snap.total_steps}"
+                if job.settings.appearance_from
+                else f"step {snap.step} of {snap.total_steps}"
+            )
             text = f"Fitting: {count} · {snap.droplets} droplets so far · {snap.elapsed_s:.0f} s"
             st.progress(fraction, text=text if snap.step else "Starting the fit (preparing the model) …")
             if snap.losses:
@@ -225,8 +307,11 @@ if job is not None:
                     n = len(snap.losses)
                     x = np.linspace(snap.step / n, snap.step, n)
                     st.caption(f"Loss {loss} (lower is better; its scale has no meaning of its own).")
-                    st.plotly_chart(loss_figure(snap.losses, steps=x, total_steps=snap.total_steps, height=260),
-                                    key="live_loss", width="stretch")
+                    st.plotly_chart(
+                        loss_figure(snap.losses, steps=x, total_steps=snap.total_steps, height=260),
+                        key="live_loss",
+                        width="stretch",
+                    )
             if st.button("Stop", icon=":material/stop_circle:", key="stop_button"):
                 job.stop()
                 st.info("Stopping after the current chunk of steps; the fit reached so far will be kept.")
@@ -245,8 +330,10 @@ if job is not None:
             st.rerun()  # so that the sidebar, drawn before this, names the new fit
         if snap.status == "done" and result is not None:
             if state.job_display().notice == "store":
-                st.success("Loaded from store: identical settings on this image were fitted before; nothing "
-                           "was recomputed.", icon=":material/inventory_2:")
+                st.success(
+                    "Loaded from store: identical settings on this image were fitted before; nothing was recomputed.",
+                    icon=":material/inventory_2:",
+                )
             else:
                 took = result.report.timings.total_s
                 took_text = f" in {took:.1f} s" if isinstance(took, (int, float)) else ""
@@ -254,15 +341,19 @@ if job is not None:
         elif snap.status == "stopped":
             if result is not None:
                 unit = "iteration" if job.settings.appearance_from else "step"
-                st.warning(f"Stopped at {unit} {snap.step} of {snap.total_steps}. The fit reached so far is kept; "
-                           "press Fit longer to refine it.",
-                           icon=":material/pause_circle:")
+                st.warning(
+                    f"Stopped at {unit} {snap.step} of {snap.total_steps}. The fit reached so far is kept; "
+                    "press Fit longer to refine it.",
+                    icon=":material/pause_circle:",
+                )
             else:
                 st.warning("Stopped before the first step; nothing was fitted. Your earlier fits are kept.")
         elif snap.status == "failed":
-            st.error(f"The fit failed: {snap.error or 'unknown error'}. Your earlier fits and the current image "
-                     "are kept; try a smaller step size (Advanced), fewer droplets or another channel.",
-                     icon=":material/error:")
+            st.error(
+                f"The fit failed: {snap.error or 'unknown error'}. Your earlier fits and the current image "
+                "are kept; try a smaller step size (Advanced), fewer droplets or another channel.",
+                icon=":material/error:",
+            )
 
 # -- the current fit (always one of the current image) ----------------------------------
 fit_id = app.current_fit_id()
@@ -281,8 +372,11 @@ if current is not None and not busy:
     app.show_verdict(report)
     st.caption(app.downscale_caption(report))
     a, b, c, d = st.columns(4)
-    a.metric("Droplets", app.fit_count(report, current.droplets).count,
-             help="Expected number of droplets: each candidate counts with its probability of being a droplet.")
+    a.metric(
+        "Droplets",
+        app.fit_count(report, current.droplets).count,
+        help="Expected number of droplets: each candidate counts with its probability of being a droplet.",
+    )
     a.caption(app.count_caption(report, current.droplets))
     b.metric("Model", current.settings.model, help=f"channel {app.channel_label(current.settings.channel)}")
     c.metric("Iterations", report.total_steps_done)
@@ -290,30 +384,47 @@ if current is not None and not busy:
     d.metric("Fit time", f"{total:.1f} s" if isinstance(total, (int, float)) else "—")
     b1, b2 = st.columns([1, 3])
     with b1:
-        if st.button("Fit longer", icon=":material/fast_forward:", key="continue_button",
-                     help=f"Continue this fit for another {current.settings.steps} iterations from where it ended."):
+        if st.button(
+            "Fit longer",
+            icon=":material/fast_forward:",
+            key="continue_button",
+            help=f"Continue this fit for another {current.settings.steps} iterations from where it ended.",
+        ):
             try:
                 base = app.decoded_image(current.image_sha256)
-                job = registry.submit(base, current.image_sha256, current.settings, warm_start=current,
-                                      session=app.session_lane())
+                job = registry.submit(
+                    base, current.image_sha256, current.settings, warm_start=current, session=app.session_lane()
+                )
             except Exception as exc:  # noqa: BLE001
                 st.error(f"Cannot continue this fit: {exc}")
             else:
                 state.show_job(job.fit_id, sha, "continue")
                 st.rerun()
     with b2:
-        st.page_link("pages/results.py", label="Next: the results (count, sizes, droplet table, residual)",
-                     icon=":material/arrow_forward:", query_params={"fit": current.fit_id})
+        st.page_link(
+            "pages/results.py",
+            label="Next: the results (count, sizes, droplet table, residual)",
+            icon=":material/arrow_forward:",
+            query_params={"fit": current.fit_id},
+        )
     base_image = app.image_for_fit(current)
     if base_image is not None:
         doubtful = int(doubtful_mask(current.droplets).sum())
         title = f"{len(current.droplets) - doubtful} likely droplets" + (
-            f" (solid) and {doubtful} doubtful candidates (dashed grey)" if doubtful else "")
+            f" (solid) and {doubtful} doubtful candidates (dashed grey)" if doubtful else ""
+        )
         st.plotly_chart(
-            overlay_figure(app.for_display(base_image), current.droplets, crop=current.settings.crop, height=760,
-                           title=title,
-                           doubtful_below=DOUBTFUL_BELOW),
-            key="fit_overlay", width="stretch", config={"scrollZoom": True},
+            overlay_figure(
+                app.for_display(base_image),
+                current.droplets,
+                crop=current.settings.crop,
+                height=760,
+                title=title,
+                doubtful_below=DOUBTFUL_BELOW,
+            ),
+            key="fit_overlay",
+            width="stretch",
+            config={"scrollZoom": True},
         )
     app.share_box("results", {"fit": current.fit_id})
     if len(current.losses):

@@ -17,11 +17,14 @@ st.title("Image")
 # -- the three steps, and the next one's button at the top ------------------------------
 guide, next_step = st.columns([4, 1], vertical_alignment="center")
 with guide:
-    st.markdown("**1 · Image** (this page): use the demo or upload yours, pick the channel where droplets "
-                "stand out  →  **2 · Fit**: press Fit  →  **3 · Results**: the count, sizes and droplet table.")
+    st.markdown(
+        "**1 · Image** (this page): use the demo or upload yours, pick the channel where droplets "
+        "stand out  →  **2 · Fit**: press Fit  →  **3 · Results**: the count, sizes and droplet table."
+    )
 with next_step:
-    if st.button("Next: fit this image", type="primary", icon=":material/arrow_forward:", key="next_fit",
-                 width="stretch"):
+    if st.button(
+        "Next: fit this image", type="primary", icon=":material/arrow_forward:", key="next_fit", width="stretch"
+    ):
         st.switch_page("pages/fit.py")
 
 # -- choose the image -------------------------------------------------------------------
@@ -105,11 +108,15 @@ with st.container(border=True):
         )
     state.set_downscale(downscale)
     if downscale == 0:
-        st.caption(f"The fit measures the droplets' size in this {fit_w} x {fit_h} region and picks the "
-                   "downscale; the Fit page says what it chose and why.")
+        st.caption(
+            f"The fit measures the droplets' size in this {fit_w} x {fit_h} region and picks the "
+            "downscale; the Fit page says what it chose and why."
+        )
     else:
-        st.caption(f"The fit will see {fit_w // downscale} x {fit_h // downscale} pixels ({fit_w} x {fit_h} "
-                   f"region, downscale {downscale}x).")
+        st.caption(
+            f"The fit will see {fit_w // downscale} x {fit_h // downscale} pixels ({fit_w} x {fit_h} "
+            f"region, downscale {downscale}x)."
+        )
 
 # -- the image --------------------------------------------------------------------------
 st.subheader(app.current_image_name())
@@ -117,11 +124,17 @@ m1, m2 = st.columns(2)
 m1.metric("Size", f"{width} × {height} px", help="width x height of the image as uploaded")
 m2.metric("Pixels", f"{width * height / 1e6:.2f} M")
 low, high = app.display_percentiles()
-st.caption(f"Shown with its contrast stretched ({low:g}–{high:g} percentiles; change it in the sidebar). "
-           "The fit uses the raw values.")
+st.caption(
+    f"Shown with its contrast stretched ({low:g}–{high:g} percentiles; change it in the sidebar). "
+    "The fit uses the raw values."
+)
 pixel_size_field(sha)
-st.plotly_chart(image_figure(app.for_display(image), crop=crop, height=620), key="image_fig", width="stretch",
-                config={"scrollZoom": True})
+st.plotly_chart(
+    image_figure(app.for_display(image), crop=crop, height=620),
+    key="image_fig",
+    width="stretch",
+    config={"scrollZoom": True},
+)
 
 # -- channels ---------------------------------------------------------------------------
 st.subheader("Channels")

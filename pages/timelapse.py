@@ -41,9 +41,11 @@ from droplet_core.variants import variant_names
 
 app.page_start("timelapse")
 st.title("Time-lapse")
-st.caption("Fit every frame of a movie: the first frame in full, later frames with its learned droplet look, "
-           "starting from the previous frame's droplets. Droplets are followed from frame to frame, and "
-           "coalescence, splitting, appearance and disappearance are marked.")
+st.caption(
+    "Fit every frame of a movie: the first frame in full, later frames with its learned droplet look, "
+    "starting from the previous frame's droplets. Droplets are followed from frame to frame, and "
+    "coalescence, splitting, appearance and disappearance are marked."
+)
 
 DEFAULTS = FitSettings()
 PLAY_EVERY_S = 0.8
@@ -79,21 +81,35 @@ def stack_file(files: list[tuple[str, bytes]]) -> tuple[str, bytes]:
 with st.form("timelapse_form", border=True):
     uploads = st.file_uploader(
         "A stack: multi-page TIFF / OME-TIFF, a video (MP4, AVI), a zip of images, or several images (in name order)",
-        type=UPLOAD_TYPES, accept_multiple_files=True, key="tl_upload",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key="tl_upload",
     )
     c1, c2, c3 = st.columns(3)
     with c1:
-        model = st.radio("Model", variant_names(), index=variant_names().index(DEFAULTS.model), horizontal=True,
-                         key="tl_model")
-        channel = st.selectbox("Channel", app.SINGLE_CHANNELS, format_func=app.channel_label, key="tl_channel",
-                               index=app.SINGLE_CHANNELS.index(DEFAULTS.channel))
+        model = st.radio(
+            "Model", variant_names(), index=variant_names().index(DEFAULTS.model), horizontal=True, key="tl_model"
+        )
+        channel = st.selectbox(
+            "Channel",
+            app.SINGLE_CHANNELS,
+            format_func=app.channel_label,
+            key="tl_channel",
+            index=app.SINGLE_CHANNELS.index(DEFAULTS.channel),
+        )
     with c2:
-        downscale = st.selectbox("Downscale", app.DOWNSCALE_OPTIONS, format_func=app.downscale_label,
-                                 key="tl_downscale", help="Chosen on the first frame and kept for all frames.")
+        downscale = st.selectbox(
+            "Downscale",
+            app.DOWNSCALE_OPTIONS,
+            format_func=app.downscale_label,
+            key="tl_downscale",
+            help="Chosen on the first frame and kept for all frames.",
+        )
         first_frame = st.number_input("Frame fitted in full first", 1, 100_000, 1, key="tl_first")
     with c3:
-        interval_text = st.text_input("Time between frames", "", placeholder="e.g. 2s, 500ms (empty: from the file)",
-                                      key="tl_interval")
+        interval_text = st.text_input(
+            "Time between frames", "", placeholder="e.g. 2s, 500ms (empty: from the file)", key="tl_interval"
+        )
     submitted = st.form_submit_button("Fit stack", type="primary", icon=":material/play_arrow:")
 
 root = app.store_root()
@@ -109,9 +125,11 @@ if submitted:
         if first_frame > stack.n_frames:
             raise ValueError(f"the stack has {stack.n_frames} usable frames; frame {first_frame} is not one of them")
         settings = TimelapseSettings(
-            fit=FitSettings(model=model, channel=default_channel(model) if model == "neural" else channel,
-                            downscale=int(downscale)),
-            first_frame=int(first_frame) - 1, frame_interval_s=interval,
+            fit=FitSettings(
+                model=model, channel=default_channel(model) if model == "neural" else channel, downscale=int(downscale)
+            ),
+            first_frame=int(first_frame) - 1,
+            frame_interval_s=interval,
         )
     except (StackError, ValueError) as exc:
         st.error(f"This stack cannot be fitted: {' '.join(str(exc).split())}", icon=":material/error:")
@@ -130,8 +148,13 @@ if submitted:
                     state["done"], state["total"] = done, total
 
                 # The app's one queue of fits: a stack waits its turn like a batch.
-                state["future"] = app.registry().executor(f"stack {record_id}", settings.fit).submit(
-                    run_timelapse, stack, settings, store, stack_sha256=sha, progress=report, stop=state["stop"])
+                state["future"] = (
+                    app.registry()
+                    .executor(f"stack {record_id}", settings.fit)
+                    .submit(
+                        run_timelapse, stack, settings, store, stack_sha256=sha, progress=report, stop=state["stop"]
+                    )
+                )
                 jobs[record_id] = state
         st.query_params["stack"] = record_id
         st.query_params.pop("frame", None)
@@ -152,8 +175,10 @@ if job is not None and not job["future"].done():
 
     @st.fragment(run_every=1.0)
     def progress_panel() -> None:
-        st.progress(job["done"] / max(job["total"], 1), text=f"Fitting frame {min(job['done'] + 1, job['total'])} "
-                                                           f"of {job['total']} ({job['done']} done)")
+        st.progress(
+            job["done"] / max(job["total"], 1),
+            text=f"Fitting frame {min(job['done'] + 1, job['total'])} of {job['total']} ({job['done']} done)",
+        )
         if st.button("Stop", key="tl_stop", icon=":material/stop:"):
             job["stop"].set()
         if job["future"].done():
@@ -163,18 +188,25 @@ if job is not None and not job["future"].done():
     st.stop()
 failure = job["future"].exception() if job is not None else None
 if failure is not None:
-    st.error(f"The stack fit failed: {' '.join(str(failure).split()) or type(failure).__name__}. "
-             "Frames fitted before are kept in the store.", icon=":material/error:")
+    st.error(
+        f"The stack fit failed: {' '.join(str(failure).split()) or type(failure).__name__}. "
+        "Frames fitted before are kept in the store.",
+        icon=":material/error:",
+    )
     st.stop()
 try:
     record, tables = load_timelapse(app.store(), record_id)
     stack = stored_stack(record["stack_sha256"], root)
 except (LookupError, StoreError, StackError) as exc:
     if job is not None:
-        st.warning("The stack fit was stopped. Press **Fit stack** again to continue from the frames already fitted.",
-                   icon=":material/pause:")
+        st.warning(
+            "The stack fit was stopped. Press **Fit stack** again to continue from the frames already fitted.",
+            icon=":material/pause:",
+        )
     else:
-        st.error(f"No finished stack fit with id `{record_id}` on this server ({exc}). Upload the stack and fit it again.")
+        st.error(
+            f"No finished stack fit with id `{record_id}` on this server ({exc}). Upload the stack and fit it again."
+        )
     st.stop()
 
 # -- results ------------------------------------------------------------------------------
@@ -190,8 +222,11 @@ a, b, c, d = st.columns(4)
 a.metric("Frames", n_frames)
 b.metric("Droplets followed", int(tracks["track"].nunique()))
 c.metric("Coalescences", int(kinds.get("coalescence", 0)))
-d.metric("Refits", int((frames["fit_kind"] == "refit").sum()),
-         help="Frames whose look had changed so much that they were fitted in full again")
+d.metric(
+    "Refits",
+    int((frames["fit_kind"] == "refit").sum()),
+    help="Frames whose look had changed so much that they were fitted in full again",
+)
 
 if "tl_frame" not in st.session_state:
     requested = st.query_params.get("frame", "1")
@@ -206,12 +241,19 @@ def frame_view() -> None:
     frame = st.slider("Frame", 1, n_frames, key="tl_frame")
     st.query_params["frame"] = str(frame)
     row = frames[frames["frame"] == frame - 1].iloc[0]
-    st.caption(f"{record['names'][frame - 1]} · {row['fit_kind']} fit · {int(row['droplet_count'])} droplets "
-               f"(90 %: {int(row['count_low_90'])}–{int(row['count_high_90'])}) · drift "
-               f"({row['drift_x_px']:.1f}, {row['drift_y_px']:.1f}) px · [open this frame's fit]"
-               f"({app.share_url('results', {'fit': row['fit_id']})})")
-    chosen = st.plotly_chart(frame_overlay_figure(app.for_display(stack.frames[frame - 1]), tracks, frame - 1),
-                             key="tl_overlay", on_select="rerun", selection_mode=("points",), width="stretch")
+    st.caption(
+        f"{record['names'][frame - 1]} · {row['fit_kind']} fit · {int(row['droplet_count'])} droplets "
+        f"(90 %: {int(row['count_low_90'])}–{int(row['count_high_90'])}) · drift "
+        f"({row['drift_x_px']:.1f}, {row['drift_y_px']:.1f}) px · [open this frame's fit]"
+        f"({app.share_url('results', {'fit': row['fit_id']})})"
+    )
+    chosen = st.plotly_chart(
+        frame_overlay_figure(app.for_display(stack.frames[frame - 1]), tracks, frame - 1),
+        key="tl_overlay",
+        on_select="rerun",
+        selection_mode=("points",),
+        width="stretch",
+    )
     points = (chosen or {}).get("selection", {}).get("points", []) if chosen else []
     picked = [p["customdata"][0] for p in points if p.get("customdata")]
     track_ids = sorted(tracks["track"].unique().tolist())
@@ -219,8 +261,11 @@ def frame_view() -> None:
         st.session_state["tl_track"] = int(picked[0])
     if track_ids:
         track_id = st.selectbox("Droplet (click one in the frame, or pick its track)", track_ids, key="tl_track")
-        st.plotly_chart(track_radius_figure(tracks[tracks["track"] == track_id], events, track_id, time_label),
-                        key="tl_track_radius", width="stretch")
+        st.plotly_chart(
+            track_radius_figure(tracks[tracks["track"] == track_id], events, track_id, time_label),
+            key="tl_track_radius",
+            width="stretch",
+        )
     app.share_box("timelapse", {"stack": record_id, "frame": str(frame)})
 
 
@@ -231,5 +276,6 @@ with st.expander(f"Events ({len(events)})"):
 folder = record_folder(app.store(), record_id)
 left, middle, right = st.columns(3)
 for column, name in ((left, "tracks.csv"), (middle, "events.csv"), (right, "frames.csv")):
-    column.download_button(f"Download {name}", (folder / name).read_bytes(), file_name=name, mime="text/csv",
-                           key=f"tl_download_{name}")
+    column.download_button(
+        f"Download {name}", (folder / name).read_bytes(), file_name=name, mime="text/csv", key=f"tl_download_{name}"
+    )

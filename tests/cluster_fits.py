@@ -29,6 +29,9 @@ def slow_fit(image, settings, *, image_sha256, progress=None, stop=None, warm_st
             return build_result(settings, image_sha256, step, parent, "stopped", warm_start)
         time.sleep(CHUNK_S)
         step = min(step + CHUNK, settings.steps)
-        progress(FitProgress(step=step, total_steps=settings.steps, loss=100.0 / step, elapsed_s=step * CHUNK_S / CHUNK,
-                             droplets=2))
+        progress(
+            FitProgress(
+                step=step, total_steps=settings.steps, loss=100.0 / step, elapsed_s=step * CHUNK_S / CHUNK, droplets=2
+            )
+        )
     return build_result(settings, image_sha256, step, parent, "done", warm_start)

@@ -111,7 +111,10 @@ class SeedlikeOptics:
     illumination_variation: float = 0.08
     contact_angle_range: tuple[float, float] = (0.5, 1.0)
     dye_absorbance_per_px: tuple[tuple[float, float, float], ...] = (
-        (0.7, 0.25, 0.06), (0.08, 0.55, 0.4), (0.05, 0.13, 0.7))
+        (0.7, 0.25, 0.06),
+        (0.08, 0.55, 0.4),
+        (0.05, 0.13, 0.7),
+    )
     dye_concentration: tuple[float, ...] = (0.6, 0.6, 0.6)
     refractive_index: float = 1.45
     condenser_angle: float = 0.15
@@ -258,11 +261,25 @@ class PackedOptics:
 
 
 FAMILY_SIZES = {
-    "seedlike": SceneSize(width_px=500, height_px=400, radius_min_px=1.0, radius_max_px=9.0,
-                          radius_median_px=2.3, radius_log_sd=0.5, n_droplets=2000),
+    "seedlike": SceneSize(
+        width_px=500,
+        height_px=400,
+        radius_min_px=1.0,
+        radius_max_px=9.0,
+        radius_median_px=2.3,
+        radius_log_sd=0.5,
+        n_droplets=2000,
+    ),
     "fluorescence": SceneSize(radius_min_px=5.0, radius_max_px=45.0),
-    "brightfield": SceneSize(width_px=640, height_px=512, radius_min_px=3.0, radius_max_px=70.0,
-                             radius_median_px=6.0, radius_log_sd=0.9, density="sparse"),
+    "brightfield": SceneSize(
+        width_px=640,
+        height_px=512,
+        radius_min_px=3.0,
+        radius_max_px=70.0,
+        radius_median_px=6.0,
+        radius_log_sd=0.9,
+        density="sparse",
+    ),
     "phase": SceneSize(radius_min_px=4.0, radius_max_px=40.0),
     "packed": SceneSize(radius_min_px=8.0, radius_max_px=35.0, density="packed"),
 }
@@ -301,8 +318,13 @@ def render(family: str, seed: int, *, clean: bool = False, **options) -> tuple[n
     if size.density not in DENSITIES:
         raise ValueError(f"unknown density {size.density!r}; choose one of {', '.join(DENSITIES)}")
     rng = np.random.default_rng(seed)
-    renderer = {"seedlike": _seedlike, "fluorescence": _fluorescence, "brightfield": _brightfield,
-                "phase": _phase, "packed": _packed}[family]
+    renderer = {
+        "seedlike": _seedlike,
+        "fluorescence": _fluorescence,
+        "brightfield": _brightfield,
+        "phase": _phase,
+        "packed": _packed,
+    }[family]
     return renderer(rng, size, optics, clean)
 
 
@@ -340,8 +362,14 @@ def _radii(rng: np.random.Generator, size: SceneSize) -> np.ndarray:
     return np.sort(radii)[::-1]
 
 
-def _place(rng: np.random.Generator, size: SceneSize, radii: np.ndarray, spacing: float,
-           xy: np.ndarray | None = None, placed_radii: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _place(
+    rng: np.random.Generator,
+    size: SceneSize,
+    radii: np.ndarray,
+    spacing: float,
+    xy: np.ndarray | None = None,
+    placed_radii: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Random sequential placement of ``radii`` (in order) beside already placed droplets.
 
     A candidate centre is free when its distance to every placed centre is at least
@@ -361,8 +389,9 @@ def _place(rng: np.random.Generator, size: SceneSize, radii: np.ndarray, spacing
     for r in radii:
         for _ in range(TRIES):
             candidates = rng.uniform(0.0, upper, size=(CANDIDATES_PER_TRY, 2))
-            squared = ((candidates[:, None, 0] - centres[None, :n, 0]) ** 2
-                       + (candidates[:, None, 1] - centres[None, :n, 1]) ** 2)
+            squared = (candidates[:, None, 0] - centres[None, :n, 0]) ** 2 + (
+                candidates[:, None, 1] - centres[None, :n, 1]
+            ) ** 2
             free = np.flatnonzero((squared >= (spacing * (r + rs[None, :n])) ** 2).all(axis=1))
             if len(free):
                 centres[n], rs[n] = candidates[free[0]], r
@@ -371,8 +400,9 @@ def _place(rng: np.random.Generator, size: SceneSize, radii: np.ndarray, spacing
     return centres[:n], rs[:n]
 
 
-def _grow_until_pressed(xy: np.ndarray, radii: np.ndarray, radius_max: float, rng: np.random.Generator,
-                        sweeps: int = 6) -> np.ndarray:
+def _grow_until_pressed(
+    xy: np.ndarray, radii: np.ndarray, radius_max: float, rng: np.random.Generator, sweeps: int = 6
+) -> np.ndarray:
     """Radii grown, droplet by droplet, until each presses on a neighbour (or reaches the maximum).
 
     Pressing: centre distance ``PRESSED_SPACING`` times the sum of the radii.
@@ -402,11 +432,15 @@ def _droplets(rng: np.random.Generator, size: SceneSize, pressed: bool = False) 
 
 def _truth(xy: np.ndarray, radii: np.ndarray, in_focus=True, bubble=False) -> pd.DataFrame:
     n = len(radii)
-    return pd.DataFrame({
-        "x": xy[:, 0], "y": xy[:, 1], "radius": radii,
-        "in_focus": np.broadcast_to(np.asarray(in_focus, dtype=bool), (n,)).copy(),
-        "bubble": np.broadcast_to(np.asarray(bubble, dtype=bool), (n,)).copy(),
-    })
+    return pd.DataFrame(
+        {
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "radius": radii,
+            "in_focus": np.broadcast_to(np.asarray(in_focus, dtype=bool), (n,)).copy(),
+            "bubble": np.broadcast_to(np.asarray(bubble, dtype=bool), (n,)).copy(),
+        }
+    )
 
 
 # --- sampling and optics helpers ------------------------------------------------------
@@ -460,9 +494,11 @@ def _cone_overlap(offset: np.ndarray, condenser: float, objective: float) -> np.
     d = np.asarray(offset, dtype=float)
     a, b = condenser, objective
     safe = np.maximum(d, 1e-12)
-    lens = (a**2 * np.arccos(np.clip((safe**2 + a**2 - b**2) / (2 * safe * a), -1, 1))
-            + b**2 * np.arccos(np.clip((safe**2 + b**2 - a**2) / (2 * safe * b), -1, 1))
-            - 0.5 * np.sqrt(np.clip((-safe + a + b) * (safe + a - b) * (safe - a + b) * (safe + a + b), 0, None)))
+    lens = (
+        a**2 * np.arccos(np.clip((safe**2 + a**2 - b**2) / (2 * safe * a), -1, 1))
+        + b**2 * np.arccos(np.clip((safe**2 + b**2 - a**2) / (2 * safe * b), -1, 1))
+        - 0.5 * np.sqrt(np.clip((-safe + a + b) * (safe + a - b) * (safe - a + b) * (safe + a + b), 0, None))
+    )
     nested = np.pi * min(a, b) ** 2
     overlap = np.where(d <= abs(b - a), nested, np.where(d >= a + b, 0.0, lens))
     return overlap / (np.pi * a**2)
@@ -491,8 +527,16 @@ def _tilt(angle: float, direction: float) -> np.ndarray:
     return angle * np.array([np.cos(direction), np.sin(direction)])
 
 
-def _sphere_transmission(dx: np.ndarray, dy: np.ndarray, radius: float, relative_index: float,
-                         condenser: float, objective: float, tilt: np.ndarray, focus_gain: float) -> np.ndarray:
+def _sphere_transmission(
+    dx: np.ndarray,
+    dy: np.ndarray,
+    radius: float,
+    relative_index: float,
+    condenser: float,
+    objective: float,
+    tilt: np.ndarray,
+    focus_gain: float,
+) -> np.ndarray:
     """Relative transmitted brightness inside a transparent sphere (1 = the open background).
 
     Each ray leaves in the illumination direction (``tilt``) turned by the sphere's
@@ -512,8 +556,9 @@ def _sphere_transmission(dx: np.ndarray, dy: np.ndarray, radius: float, relative
     return np.where(inside, np.where(passes, accepted * lens, 0.0), 1.0)
 
 
-def _camera_8bit(rng: np.random.Generator, image: np.ndarray, blur_sigma_px: float, noise_sd: float,
-                 clean: bool) -> np.ndarray:
+def _camera_8bit(
+    rng: np.random.Generator, image: np.ndarray, blur_sigma_px: float, noise_sd: float, clean: bool
+) -> np.ndarray:
     """Blur (per channel), Gaussian noise and 8-bit quantisation of a float ``(h, w, c)`` image."""
     image = ndimage.gaussian_filter(image, sigma=(blur_sigma_px, blur_sigma_px, 0))
     if not clean:
@@ -582,8 +627,11 @@ def _fluorescence(rng, size: SceneSize, optics: FluorescenceOptics, clean: bool)
     if clean:
         counts = optics.offset_adu + optics.gain_adu_per_photon * expected
     else:
-        counts = (optics.offset_adu + optics.gain_adu_per_photon * rng.poisson(expected)
-                  + rng.normal(0.0, optics.read_noise_adu, shape))
+        counts = (
+            optics.offset_adu
+            + optics.gain_adu_per_photon * rng.poisson(expected)
+            + rng.normal(0.0, optics.read_noise_adu, shape)
+        )
     image = np.round(np.clip(counts, 0, np.iinfo(np.uint16).max)).astype(np.uint16)
     return image, _truth(xy, radii, in_focus=in_focus)
 
@@ -613,12 +661,18 @@ def _brightfield(rng, size: SceneSize, optics: BrightfieldOptics, clean: bool):
             # Inclusions: small droplets of another liquid inside, lower in index than the host.
             for _ in range(rng.integers(1, 5)):
                 angle, distance = rng.uniform(0, 2 * np.pi), r * np.sqrt(rng.uniform(0, 0.3))
-                draw(x + distance * np.cos(angle), y + distance * np.sin(angle), rng.uniform(1.5, 2.0 + 0.08 * r),
-                     0.92, 0.0)
+                draw(
+                    x + distance * np.cos(angle),
+                    y + distance * np.sin(angle),
+                    rng.uniform(1.5, 2.0 + 0.08 * r),
+                    0.92,
+                    0.0,
+                )
     illumination = np.ones(shape) if clean else _illumination(rng, shape, optics.illumination_variation)
     grey = optics.background_level * illumination * transmission
-    image = _camera_8bit(rng, grey[..., None] * np.asarray(optics.tint_rgb), optics.blur_sigma_px,
-                         optics.noise_sd, clean)
+    image = _camera_8bit(
+        rng, grey[..., None] * np.asarray(optics.tint_rgb), optics.blur_sigma_px, optics.noise_sd, clean
+    )
     return image, _truth(xy, radii, bubble=bubble)
 
 
@@ -636,8 +690,9 @@ def _phase(rng, size: SceneSize, optics: PhaseOptics, clean: bool):
     phase = optics.phase_per_px * thickness
     if optics.contrast == "phase":
         field = np.exp(1j * phase)
-        undiffracted = (ndimage.gaussian_filter(field.real, optics.ring_lowpass_sd_px, mode="reflect")
-                        + 1j * ndimage.gaussian_filter(field.imag, optics.ring_lowpass_sd_px, mode="reflect"))
+        undiffracted = ndimage.gaussian_filter(
+            field.real, optics.ring_lowpass_sd_px, mode="reflect"
+        ) + 1j * ndimage.gaussian_filter(field.imag, optics.ring_lowpass_sd_px, mode="reflect")
         # The ring retards the undiffracted light by a quarter wave and attenuates it
         # (positive contrast: droplets of higher index dark, a bright halo around them).
         ring = optics.ring_transmission * np.exp(-0.5j * np.pi)
@@ -682,10 +737,14 @@ def _packed(rng, size: SceneSize, optics: PackedOptics, clean: bool):
     o = np.where(covered, owner, 0)
     dx, dy, r = cols - xy[o, 0], rows - xy[o, 1], radii[o]
     tilt = _tilt(optics.condenser_tilt, optics.tilt_direction)
-    inside = _sphere_transmission(dx, dy, r, optics.relative_index, optics.condenser_angle,
-                                  optics.objective_angle, tilt, optics.focus_gain)
+    inside = _sphere_transmission(
+        dx, dy, r, optics.relative_index, optics.condenser_angle, optics.objective_angle, tilt, optics.focus_gain
+    )
     toward_light = np.array([np.cos(optics.tilt_direction), np.sin(optics.tilt_direction)])
-    spot_x, spot_y = dx - optics.specular_offset * r * toward_light[0], dy - optics.specular_offset * r * toward_light[1]
+    spot_x, spot_y = (
+        dx - optics.specular_offset * r * toward_light[0],
+        dy - optics.specular_offset * r * toward_light[1],
+    )
     inside = inside + optics.specular_level * np.exp(-0.5 * (spot_x**2 + spot_y**2) / (optics.specular_sd * r) ** 2)
     # Distance to the radical axis with the runner-up: (power difference) / (2 |c_i - c_j|).
     has_neighbour = runner_up >= 0

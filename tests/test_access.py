@@ -52,8 +52,11 @@ def new_session(secrets: dict | None = None) -> AppTest:
 
 def visible_text(at: AppTest) -> str:
     """Everything a user could read on the page, sidebar included."""
-    parts = [str(e.value) for kind in ("title", "markdown", "caption", "info", "success", "warning", "error", "code")
-             for e in getattr(at, kind)]
+    parts = [
+        str(e.value)
+        for kind in ("title", "markdown", "caption", "info", "success", "warning", "error", "code")
+        for e in getattr(at, kind)
+    ]
     parts += [m.label + str(m.value) for m in at.metric]
     return "\n".join(parts)
 
@@ -67,14 +70,17 @@ def assert_nothing_served(at: AppTest, fit_id: str) -> None:
     assert not at.session_state["fit_history"] if "fit_history" in at.session_state else True
 
 
-@pytest.mark.parametrize("page, params", [
-    ("pages/image.py", {}),
-    ("pages/results.py", {"fit": "FIT"}),
-    ("pages/gallery.py", {"fit": "FIT"}),
-    ("pages/compare.py", {"fits": "FIT"}),
-    ("pages/fit.py", {}),
-    ("pages/batch.py", {"batch": "0" * 32}),
-])
+@pytest.mark.parametrize(
+    "page, params",
+    [
+        ("pages/image.py", {}),
+        ("pages/results.py", {"fit": "FIT"}),
+        ("pages/gallery.py", {"fit": "FIT"}),
+        ("pages/compare.py", {"fits": "FIT"}),
+        ("pages/fit.py", {}),
+        ("pages/batch.py", {"batch": "0" * 32}),
+    ],
+)
 def test_password_mode_serves_no_page_before_login(monkeypatch, stored_fit_id, page, params):
     monkeypatch.setenv("DROPLET_LAB_PASSWORD", PASSWORD)
     at = new_session()

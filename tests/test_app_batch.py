@@ -71,12 +71,17 @@ def figure(at: AppTest, key: str) -> dict:
 def test_batch_of_uploads_and_a_zip_shows_summary_plots_and_download():
     at = batch_page()
     assert not at.exception
-    at.file_uploader(key="batch_upload").set_value([
-        ("first.png", scene_png(1), "image/png"),
-        ("more.zip", zip_of({"lab/second.png": scene_png(2), "readme.txt": b"notes",
-                             "__MACOSX/lab/._second.png": b"junk"}), "application/zip"),
-        ("broken.png", scene_png(3)[:300], "image/png"),
-    ])
+    at.file_uploader(key="batch_upload").set_value(
+        [
+            ("first.png", scene_png(1), "image/png"),
+            (
+                "more.zip",
+                zip_of({"lab/second.png": scene_png(2), "readme.txt": b"notes", "__MACOSX/lab/._second.png": b"junk"}),
+                "application/zip",
+            ),
+            ("broken.png", scene_png(3)[:300], "image/png"),
+        ]
+    )
     at.radio(key="b_model").set_value("gaussian")
     at.select_slider(key="b_steps").set_value(50)
     run_button(at).click().run()

@@ -79,7 +79,8 @@ def test_a_session_over_its_limit_is_told_and_keeps_its_fits(gated_queue, monkey
     assert not at.exception
     assert [w.value for w in at.warning] == [
         "Not started: you have 1 fit queued or running, the most one session may have at once (1); wait for one "
-        "to finish or stop it."]
+        "to finish or stop it."
+    ]
     assert at.session_state["job_id"] == running
 
 
@@ -90,7 +91,8 @@ def test_a_malformed_session_limit_is_one_line_on_the_fit_page(monkeypatch, tmp_
     at = fit_page_session()
     assert not at.exception
     assert [e.value for e in at.error] == [
-        "This server's fit queue is misconfigured: DROPLET_SESSION_LIMIT must be a whole number, not 'lots'."]
+        "This server's fit queue is misconfigured: DROPLET_SESSION_LIMIT must be a whole number, not 'lots'."
+    ]
 
 
 def test_the_sidebar_names_the_cluster_the_fits_run_on(monkeypatch, tmp_path):

@@ -71,7 +71,11 @@ def test_state_follows_the_image_demo_fit_upload_fit_back():
     assert not [c for c in at.get("plotly_chart") if c.key == "fit_overlay"]
     assert not [b for b in at.button if b.label == "Fit longer"]
     caption = " ".join(texts(at.caption))
-    assert SCENE_NAME in caption and "200 × 160 px" in caption and "downscale automatic (from the droplets' size)" in caption
+    assert (
+        SCENE_NAME in caption
+        and "200 × 160 px" in caption
+        and "downscale automatic (from the droplets' size)" in caption
+    )
     at.switch_page("pages/results.py").run()
     assert any("No fit yet" in i for i in texts(at.info)), texts(at.info)
 

@@ -112,7 +112,9 @@ def test_a_movie_is_fitted_followed_and_shared():
 
 def test_bad_stacks_and_links_give_clear_messages():
     at = timelapse_page()
-    at.file_uploader(key="tl_upload").set_value([("movie.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, "video/mp4")])
+    at.file_uploader(key="tl_upload").set_value(
+        [("movie.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, "video/mp4")]
+    )
     next(b for b in at.button if b.label == "Fit stack").click().run()
     assert not at.exception
     assert any("This stack cannot be fitted" in e.value and "movie.mp4" in e.value for e in at.error)

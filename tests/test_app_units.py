@@ -92,7 +92,8 @@ def test_results_show_statistics_and_distribution_in_micrometres(tiff_fit):
     shown = statistics_shown(at)
     assert shown.loc["D[3,2] (Sauter)", "unit"] == "µm"
     assert float(shown.loc["D[3,2] (Sauter)", "value"]) == pytest.approx(
-        expected.loc["D[3,2] (Sauter)", "value"] * UM_PER_PX, rel=1e-2)
+        expected.loc["D[3,2] (Sauter)", "value"] * UM_PER_PX, rel=1e-2
+    )
     assert float(shown.loc["Count", "value"]) == result.report.count.count  # the one count
     distribution = figure(at, "size_distribution")
     histograms = [trace for trace in distribution["data"] if trace.get("fill") == "tozeroy"]
@@ -122,7 +123,8 @@ def test_a_pixel_size_set_by_the_user_changes_the_read_out_not_the_fit(tiff_fit)
     result = FitStore().load(tiff_fit["fit_id"])
     in_px = fit_statistics(result.droplets, result.report).set_index("label")
     assert float(statistics_shown(at).loc["D50 (median)", "value"]) == pytest.approx(
-        2.0 * in_px.loc["D50 (median)", "value"], rel=1e-2)
+        2.0 * in_px.loc["D50 (median)", "value"], rel=1e-2
+    )
     assert len(FitStore().list_fits()) == stored_fits  # nothing was refitted
 
 

@@ -107,8 +107,9 @@ def test_batch_tables_equal_single_fits(first_batch, images, tmp_path):
 
 def test_second_run_skips_stored_fits(first_batch, images, tmp_path, capsys):
     _, out, _, _ = first_batch
-    code, _, err = run_cli(capsys, "batch", str(images / "scene*.png"), *BATCH_ARGS, "--workers", "1",
-                           "--out", str(tmp_path))
+    code, _, err = run_cli(
+        capsys, "batch", str(images / "scene*.png"), *BATCH_ARGS, "--workers", "1", "--out", str(tmp_path)
+    )
     assert code == 0, err
     again = pd.read_csv(tmp_path / "summary.csv")
     assert list(again["status"]) == ["stored"] * 3
@@ -119,8 +120,18 @@ def test_second_run_skips_stored_fits(first_batch, images, tmp_path, capsys):
 
 def test_pixel_size_for_the_whole_batch_changes_the_read_out_not_the_fits(first_batch, images, tmp_path, capsys):
     _, out, _, _ = first_batch
-    code, _, err = run_cli(capsys, "batch", str(images / "scene0.png"), *BATCH_ARGS, "--workers", "1",
-                           "--pixel-size", "0.5um", "--out", str(tmp_path))
+    code, _, err = run_cli(
+        capsys,
+        "batch",
+        str(images / "scene0.png"),
+        *BATCH_ARGS,
+        "--workers",
+        "1",
+        "--pixel-size",
+        "0.5um",
+        "--out",
+        str(tmp_path),
+    )
     assert code == 0, err
     summary = pd.read_csv(tmp_path / "summary.csv").iloc[0]
     before = pd.read_csv(out / "summary.csv").set_index("image").loc["scene0.png"]
@@ -133,8 +144,9 @@ def test_pixel_size_for_the_whole_batch_changes_the_read_out_not_the_fits(first_
 
 @pytest.mark.parametrize("pattern", ["nothing/*.png", "broken.png"])
 def test_nothing_to_fit_exits_2_with_one_line(images, tmp_path, capsys, pattern):
-    code, _, err = run_cli(capsys, "batch", str(images / pattern), *BATCH_ARGS, "--workers", "1",
-                           "--quiet", "--out", str(tmp_path / "o"))
+    code, _, err = run_cli(
+        capsys, "batch", str(images / pattern), *BATCH_ARGS, "--workers", "1", "--quiet", "--out", str(tmp_path / "o")
+    )
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
 

@@ -30,8 +30,13 @@ CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 EXCEPTION = "[data-testid='stException']"
@@ -55,10 +60,23 @@ def streamlit_server(store: Path, log: Path):
     port = free_port()
     env = dict(os.environ, DROPLET_STORE=str(store))
     cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-        "--server.port", str(port), "--global.developmentMode", "false",
-        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "minimal",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--global.developmentMode",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
     ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -179,8 +197,10 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                     page.wait_for_selector(".st-key-fit_overlay .js-plotly-plot", timeout=150_000)
                 except Exception as exc:
                     page.screenshot(path=str(failure_shot))
-                    raise AssertionError(f"no overlay after the fit; screenshot {failure_shot}, "
-                                         f"server log:\n{(tmp_path / 'server1.log').read_text()[-3000:]}") from exc
+                    raise AssertionError(
+                        f"no overlay after the fit; screenshot {failure_shot}, "
+                        f"server log:\n{(tmp_path / 'server1.log').read_text()[-3000:]}"
+                    ) from exc
                 settle(page)
                 assert_no_exception(page, "fit page")
                 count = metric_value(page, "Droplets")
@@ -203,8 +223,11 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 assert page.locator("[data-testid='stDataFrame']").count() >= 2  # droplets and statistics
                 page.locator(".st-key-size_log_axis label").click()
                 settle(page)
-                page.wait_for_function("() => document.querySelector('.st-key-size_distribution .js-plotly-plot')"
-                                       "?._fullLayout?.xaxis?.type === 'log'", timeout=30_000)
+                page.wait_for_function(
+                    "() => document.querySelector('.st-key-size_distribution .js-plotly-plot')"
+                    "?._fullLayout?.xaxis?.type === 'log'",
+                    timeout=30_000,
+                )
                 assert_no_exception(page, "log axis")
                 shot(page, "results")
 
@@ -242,7 +265,10 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 shot(page, "reuse")
                 go(page, "Mask gallery")
                 page.wait_for_selector(".st-key-gallery_fig .js-plotly-plot", timeout=60_000)
-                assert f"learned by fit {match.group(1)[:12]}" in page.locator("[data-testid='stAlert']").first.inner_text()
+                assert (
+                    f"learned by fit {match.group(1)[:12]}"
+                    in page.locator("[data-testid='stAlert']").first.inner_text()
+                )
 
                 # A real 16-bit fluorescence image: shown stretched, named in the sidebar, no fit yet.
                 go(page, "Image")
@@ -252,7 +278,8 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 assert FLUORESCENCE.name in sidebar_text(page) and "none yet" in sidebar_text(page)
                 # The downscale control and its caption agree.
                 shown_downscale = page.locator(".st-key-w_downscale").evaluate(
-                    "el => el.textContent + ' ' + [...el.querySelectorAll('input')].map(i => i.value).join(' ')")
+                    "el => el.textContent + ' ' + [...el.querySelectorAll('input')].map(i => i.value).join(' ')"
+                )
                 assert "automatic" in shown_downscale and "1x" not in shown_downscale, shown_downscale
                 captions = " ".join(page.locator("[data-testid='stCaptionContainer']").all_inner_texts())
                 assert "measures the droplets' size" in captions, captions

@@ -40,8 +40,9 @@ def example_stack(path) -> None:
     """A window of 960x720 px moving right across the example, each frame coarsened 4x (240x180)."""
     image = load_image(EXAMPLE)
     frames = [downscale(image[400:1120, 300 + i * STEP_PX : 1260 + i * STEP_PX], 4) for i in range(FRAMES)]
-    tifffile.imwrite(path, np.round(np.stack(frames) * 255).astype(np.uint8), photometric="rgb",
-                     metadata={"axes": "TYXS"})
+    tifffile.imwrite(
+        path, np.round(np.stack(frames) * 255).astype(np.uint8), photometric="rgb", metadata={"axes": "TYXS"}
+    )
 
 
 def test_example_stack_in_the_browser(tmp_path):

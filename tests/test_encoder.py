@@ -89,8 +89,15 @@ def test_unknown_initializer_is_refused():
 
 def test_training_smoke_run_lowers_the_loss():
     settings = detector_training.TrainSettings(
-        pool_scenes=4, scene_px=64, crop_px=48, batch=4, max_steps=40, validate_every=40,
-        validation_scenes=0, learning_rate=1e-2, minutes=5,
+        pool_scenes=4,
+        scene_px=64,
+        crop_px=48,
+        batch=4,
+        max_steps=40,
+        validate_every=40,
+        validation_scenes=0,
+        learning_rate=1e-2,
+        minutes=5,
     )
     _, record = detector_training.train(settings, log=lambda line: None)
     losses = record["loss_by_step"]
@@ -102,8 +109,9 @@ def test_training_smoke_run_lowers_the_loss():
 
 
 def droplet_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "droplet_core", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "droplet_core", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_detect_writes_droplets_overlay_and_record(tmp_path):
@@ -123,9 +131,11 @@ def test_detect_writes_droplets_overlay_and_record(tmp_path):
 
 def test_detect_does_not_load_the_fit_engine(tmp_path):
     write_scene(SCENE_SEED + 2, tmp_path, SceneSettings(width_px=64, height_px=64, n_droplets=30))
-    code = ("import sys; from droplet_core.service.cli import main; "
-            f"assert main(['detect', {str(tmp_path / 'scene.png')!r}, '--out', {str(tmp_path / 'o')!r}]) == 0; "
-            "assert 'numpyro' not in sys.modules and 'streamlit' not in sys.modules")
+    code = (
+        "import sys; from droplet_core.service.cli import main; "
+        f"assert main(['detect', {str(tmp_path / 'scene.png')!r}, '--out', {str(tmp_path / 'o')!r}]) == 0; "
+        "assert 'numpyro' not in sys.modules and 'streamlit' not in sys.modules"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 

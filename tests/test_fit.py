@@ -203,13 +203,17 @@ def test_warm_start_continues_from_the_saved_parameters(tmp_path, small_scene, t
     continued = float(np.mean(more.losses[-CHUNK_STEPS:]))
     assert continued <= stopped_at + 0.01 * abs(stopped_at)
     # The first steps after the restart start near where the parent stopped, not from scratch.
-    assert float(np.mean(more.losses[len(parent.losses) : len(parent.losses) + 10])) < float(np.mean(parent.losses[:10]))
+    assert float(np.mean(more.losses[len(parent.losses) : len(parent.losses) + 10])) < float(
+        np.mean(parent.losses[:10])
+    )
 
 
 def test_warm_start_refuses_a_different_model(small_scene, templates_fit):
     image, _ = small_scene
     with pytest.raises(FitError, match="same image, model"):
-        run_fit(image, FitSettings(model="gaussian", steps=50, downscale=1), image_sha256="a" * 64, warm_start=templates_fit)
+        run_fit(
+            image, FitSettings(model="gaussian", steps=50, downscale=1), image_sha256="a" * 64, warm_start=templates_fit
+        )
 
 
 def test_a_channel_with_no_droplets_is_a_clear_error():
@@ -229,7 +233,9 @@ def test_reused_appearance_is_held_fixed(templates_fit):
     assert score.f1 >= 0.8, score
     # A fit that reused an appearance passes it on unchanged.
     again = run_fit(
-        image, FitSettings(steps=50, downscale=1, appearance_from=result.fit_id), image_sha256="e" * 64,
+        image,
+        FitSettings(steps=50, downscale=1, appearance_from=result.fit_id),
+        image_sha256="e" * 64,
         appearance_source=result,
     )
     np.testing.assert_array_equal(again.params["masks_auto_loc"], templates_fit.params["masks_auto_loc"])
@@ -284,7 +290,9 @@ def test_a_reused_appearance_adds_missed_droplets_within_its_first_iterations(mo
     # switching of droplets comes after its first iteration.
     plain = run_fit(image, FitSettings(steps=CHUNK_STEPS, downscale=1), image_sha256="e" * 64)
     reused = run_fit(
-        image, FitSettings(steps=3, downscale=1, appearance_from=templates_fit.fit_id), image_sha256="e" * 64,
+        image,
+        FitSettings(steps=3, downscale=1, appearance_from=templates_fit.fit_id),
+        image_sha256="e" * 64,
         appearance_source=templates_fit,
     )
     started = int(plain.warm_start.active.sum())

@@ -20,14 +20,23 @@ IMAGE_SHA256 = "ab" * 32
     ("settings", "parent_fit_id", "stopped_at_step", "expected"),
     [
         (FitSettings(), None, None, "6d71ed97b3cfb31278e8f0feac3c00dc"),
-        (FitSettings(model="gaussian", channel="r", downscale=2, steps=300, seed=3), None, None,
-         "d0504209d024fb499fccf3b8b328feda"),
-        (FitSettings(model="neural", channel="rgb", crop=(1, 2, 30, 40), initializer="log"), "0" * 32, 50,
-         "8fa6569a7abb29a5d640f57862e50a07"),
+        (
+            FitSettings(model="gaussian", channel="r", downscale=2, steps=300, seed=3),
+            None,
+            None,
+            "d0504209d024fb499fccf3b8b328feda",
+        ),
+        (
+            FitSettings(model="neural", channel="rgb", crop=(1, 2, 30, 40), initializer="log"),
+            "0" * 32,
+            50,
+            "8fa6569a7abb29a5d640f57862e50a07",
+        ),
         (FitSettings(appearance_from="f" * 32, droplets=40), None, None, "cf1cd97fa39d52f607eccc354ec8507a"),
     ],
 )
-def test_fit_keys_are_those_of_the_code_before_the_redesign(settings, parent_fit_id, stopped_at_step, expected,
-                                                            monkeypatch):
+def test_fit_keys_are_those_of_the_code_before_the_redesign(
+    settings, parent_fit_id, stopped_at_step, expected, monkeypatch
+):
     monkeypatch.setattr(fit_ids, "CODE_VERSION", "7")
     assert fit_key(IMAGE_SHA256, settings, parent_fit_id, stopped_at_step) == expected

@@ -88,8 +88,13 @@ def drawn_radius_px(values: dict) -> np.ndarray:
 
 def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
     del spec
-    return {"x": values["x"], "y": values["y"], "radius": values["radius"], "amplitude": values["amplitude"],
-            **uncertainty_columns(uncertainty)}
+    return {
+        "x": values["x"],
+        "y": values["y"],
+        "radius": values["radius"],
+        "amplitude": values["amplitude"],
+        **uncertainty_columns(uncertainty),
+    }
 
 
 def is_appearance_site(name: str) -> bool:
@@ -109,11 +114,13 @@ def disk_scene(seed: int = 0) -> tuple[bytes, pd.DataFrame]:
     """PNG bytes of 12 bright uniform disks (radius 3.5-6 px) on a dark 112 x 112 field, and their truth."""
     rng = np.random.default_rng(seed)
     centres = [(x, y) for x in range(14, 112, 28) for y in range(18, 112, 36)]
-    truth = pd.DataFrame({
-        "x": [x + rng.uniform(-3, 3) for x, _ in centres],
-        "y": [y + rng.uniform(-3, 3) for _, y in centres],
-        "radius": rng.uniform(3.5, 6.0, len(centres)),
-    })
+    truth = pd.DataFrame(
+        {
+            "x": [x + rng.uniform(-3, 3) for x, _ in centres],
+            "y": [y + rng.uniform(-3, 3) for _, y in centres],
+            "radius": rng.uniform(3.5, 6.0, len(centres)),
+        }
+    )
     rows, cols = np.mgrid[:112, :112]
     grey = np.full((112, 112), 0.15)
     for x, y, r in truth.itertuples(index=False):
@@ -137,16 +144,32 @@ def test_a_variant_in_its_own_file_fits_through_the_engine_store_and_cli(disk_va
     data, truth = disk_scene()
     (tmp_path / "disks.png").write_bytes(data)
 
-    status = main(["fit", str(tmp_path / "disks.png"), "--model", "disk", "--channel", "grey", "--downscale", "1",
-                   "--steps", "300", "--out", str(tmp_path / "out"), "--quiet"])
+    status = main(
+        [
+            "fit",
+            str(tmp_path / "disks.png"),
+            "--model",
+            "disk",
+            "--channel",
+            "grey",
+            "--downscale",
+            "1",
+            "--steps",
+            "300",
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     droplets = pd.read_csv(tmp_path / "out" / "droplets.csv")
     assert {"x", "y", "radius", "amplitude", "sd_x", "p_exists"} <= set(droplets.columns)
     likely = droplets[droplets["p_exists"] >= 0.5]
     score = match_droplets(truth, likely)
     assert score.f1 == 1.0 and score.median_radius_error < 0.1, score
-    matched = pd.merge_asof(truth.sort_values("x"), likely.sort_values("x"), on="x", direction="nearest",
-                            suffixes=("_true", "_fit"))
+    matched = pd.merge_asof(
+        truth.sort_values("x"), likely.sort_values("x"), on="x", direction="nearest", suffixes=("_true", "_fit")
+    )
     assert np.abs(matched["radius_fit"] - matched["radius_true"]).max() < 0.6
     assert np.abs(likely["amplitude"] - 0.6).max() < 0.1
 

@@ -146,8 +146,15 @@ def tiff_bytes(values: np.ndarray, **options) -> bytes:
 def declared_size_tiff(width: int, height: int) -> bytes:
     """A baseline 8-bit greyscale TIFF header claiming ``width x height`` with almost no data."""
     entries = [  # tag, type (3 SHORT, 4 LONG), value
-        (256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
-        (273, 4, 8 + 2 + 12 * 10 + 4), (277, 3, 1), (278, 4, height), (279, 4, min(width * height, 2**32 - 1)),
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 8 + 2 + 12 * 10 + 4),
+        (277, 3, 1),
+        (278, 4, height),
+        (279, 4, min(width * height, 2**32 - 1)),
         (284, 3, 1),
     ]
     ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", t, k, 1, v) for t, k, v in entries)
@@ -245,9 +252,17 @@ def stand_in_fit(image, settings, *, image_sha256, progress=None, appearance_sou
     fit_id = fit_key(image_sha256, settings)
     droplets = pd.DataFrame({"x": [0.0, width - 1.0], "y": [0.0, height - 1.0], "radius": [1.0, 1.0]})
     report = FitReport(
-        fit_id=fit_id, image_sha256=image_sha256, settings=settings, status="done",
-        created=datetime.now(UTC).isoformat(), steps_done=settings.steps, total_steps_done=settings.steps,
-        final_loss=0.0, rmse=(0.0,), device="stand-in", timings=Timings(total_s=0.0),
+        fit_id=fit_id,
+        image_sha256=image_sha256,
+        settings=settings,
+        status="done",
+        created=datetime.now(UTC).isoformat(),
+        steps_done=settings.steps,
+        total_steps_done=settings.steps,
+        final_loss=0.0,
+        rmse=(0.0,),
+        device="stand-in",
+        timings=Timings(total_s=0.0),
         count=DropletCount(len(droplets), len(droplets), len(droplets), len(droplets), 0),
         fit_shape=(height, width, 1),
     )
@@ -274,7 +289,9 @@ def check_outputs(out: Path, store: FitStore) -> None:
     """``out`` holds a complete fit: droplets.csv, reconstruction.png, fit.json of a stored fit."""
     info = json.loads((out / "fit.json").read_text())
     droplets = pd.read_csv(out / "droplets.csv")
-    assert list(droplets.columns[:3]) == ["x", "y", "radius"] and len(droplets) == info.get("candidate_droplets", info["droplet_count"])
+    assert list(droplets.columns[:3]) == ["x", "y", "radius"] and len(droplets) == info.get(
+        "candidate_droplets", info["droplet_count"]
+    )
     with Image.open(out / "reconstruction.png") as reconstruction:
         reconstruction.load()
     assert store.has(info["fit_id"])
@@ -324,8 +341,11 @@ def test_malformed_files_through_the_command_line(tmp_path, monkeypatch, capsys,
 @pytest.mark.parametrize(
     ("name", "make", "expect"),
     [
-        ("cut.png", lambda: png_bytes(np.random.default_rng(4).integers(0, 255, (24, 32, 3), dtype=np.uint8))[:600],
-         "truncated"),
+        (
+            "cut.png",
+            lambda: png_bytes(np.random.default_rng(4).integers(0, 255, (24, 32, 3), dtype=np.uint8))[:600],
+            "truncated",
+        ),
         ("nan.tif", lambda: tiff_bytes(np.full((16, 16), np.nan, np.float32)), "NaN"),
         ("bomb.png", lambda: bomb_png(12_000), "too large"),
         ("row.png", lambda: png_bytes(np.zeros((1, 100_000), np.uint8)), "too small"),
@@ -345,7 +365,10 @@ def test_malformed_files_through_a_real_subprocess(tmp_path, name, make, expect)
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "droplet_core", "fit", str(path), "--out", str(out), *CLI_FIT_ARGS],
-        cwd=REPO, capture_output=True, text=True, timeout=180,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
         env=dict(os.environ, DROPLET_STORE=str(tmp_path / "store")),
     )
     assert "Traceback" not in done.stderr, done.stderr

@@ -16,10 +16,19 @@ pytestmark = pytest.mark.slow  # runs the generality bench's fits
 
 
 def test_score_ignores_out_of_focus_droplets_and_measures_bias():
-    truth = pd.DataFrame({"x": [10.0, 40.0, 70.0], "y": [10.0, 10.0, 10.0], "radius": [4.0, 4.0, 4.0],
-                          "in_focus": [True, True, False]})
-    shifted = pd.DataFrame({"x": [10.5, 40.5, 70.0], "y": [9.0, 9.0, 10.0], "radius": [4.0, 5.0, 4.0],
-                            "sd_x": [0.2, 0.4, 1.0], "sd_y": [0.2, 0.2, 1.0], "sd_radius": [0.1, 0.1, 1.0]})
+    truth = pd.DataFrame(
+        {"x": [10.0, 40.0, 70.0], "y": [10.0, 10.0, 10.0], "radius": [4.0, 4.0, 4.0], "in_focus": [True, True, False]}
+    )
+    shifted = pd.DataFrame(
+        {
+            "x": [10.5, 40.5, 70.0],
+            "y": [9.0, 9.0, 10.0],
+            "radius": [4.0, 5.0, 4.0],
+            "sd_x": [0.2, 0.4, 1.0],
+            "sd_y": [0.2, 0.2, 1.0],
+            "sd_radius": [0.1, 0.1, 1.0],
+        }
+    )
     row = score(truth, shifted)
     # The detection of the out-of-focus droplet is dropped; missing it would cost nothing either.
     assert (row["n_true"], row["n_found"], row["f1"]) == (2, 2, 1.0)
@@ -32,13 +41,20 @@ def test_score_ignores_out_of_focus_droplets_and_measures_bias():
 
 
 def test_otsu_watershed_tuned_on_one_fluorescence_scene_finds_the_droplets_of_another():
-    variant = second_variant("fluorescence", "small sparse", width_px=320, height_px=320, radius_max_px=20.0,
-                             density="sparse")
+    variant = second_variant(
+        "fluorescence", "small sparse", width_px=320, height_px=320, radius_max_px=20.0, density="sparse"
+    )
     tuning, scored = render_scene(variant, 100), render_scene(variant, 1)
-    params, tuning_f1, _ = circle_detectors.tune("otsu_watershed", tuning.image, variant.radius_min_px,
-                                                 variant.radius_max_px, lambda found: score(tuning.truth, found)["f1"])
-    row = score_detector(classical_detector("otsu_watershed", params, variant.radius_min_px, variant.radius_max_px),
-                         [scored])
+    params, tuning_f1, _ = circle_detectors.tune(
+        "otsu_watershed",
+        tuning.image,
+        variant.radius_min_px,
+        variant.radius_max_px,
+        lambda found: score(tuning.truth, found)["f1"],
+    )
+    row = score_detector(
+        classical_detector("otsu_watershed", params, variant.radius_min_px, variant.radius_max_px), [scored]
+    )
     assert row["n_true"] >= 10
     assert row["f1"] > 0.9
     assert row["radius_error"] < 0.1

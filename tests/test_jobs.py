@@ -91,7 +91,9 @@ class FakeFit:
             if self.fail is not None:
                 raise self.fail
             step = min(step + CHUNK, settings.steps)
-            progress(FitProgress(step=step, total_steps=settings.steps, loss=100.0 / step, elapsed_s=step / 1000, droplets=2))
+            progress(
+                FitProgress(step=step, total_steps=settings.steps, loss=100.0 / step, elapsed_s=step / 1000, droplets=2)
+            )
         return build_result(settings, image_sha256, step, parent, "done", warm_start)
 
 

@@ -26,8 +26,7 @@ def cluster(tmp_path_factory):
     pids = tmp_path_factory.mktemp("pids") / "fit-pids"
     # The workers inherit the environment at start: the fake fit logs its process there.
     os.environ["DROPLET_TEST_PIDS"] = str(pids)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as local:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
         yield local, pids
     del os.environ["DROPLET_TEST_PIDS"]
 

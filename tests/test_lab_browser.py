@@ -55,10 +55,25 @@ def test_one_fit_through_the_lab_server(tmp_path):
     env.pop("DROPLET_SCHEDULER", None)
     with open(log, "w") as out:
         lab = subprocess.Popen(
-            ["bash", "scripts/lab.sh", "--port", str(port), "--scheduler-port", str(free_port()),
-             "--server.headless", "true", "--global.developmentMode", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "bash",
+                "scripts/lab.sh",
+                "--port",
+                str(port),
+                "--scheduler-port",
+                str(free_port()),
+                "--server.headless",
+                "true",
+                "--global.developmentMode",
+                "false",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         base = f"http://127.0.0.1:{port}"

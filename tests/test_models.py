@@ -30,8 +30,9 @@ def test_layout_padding_draws_nothing():
     padded = make_layout((40, 60, 1), radius, templates.EXTENT)
     real = int(np.sum(padded.offset_x != PADDING_OFFSET_PX))
     assert padded.droplet.size == bucket_size(real) > real
-    trimmed = Layout(40, 60, 1, n, padded.droplet[:real], padded.offset_x[:real], padded.offset_y[:real],
-                     padded.radius_cap_px)
+    trimmed = Layout(
+        40, 60, 1, n, padded.droplet[:real], padded.offset_x[:real], padded.offset_y[:real], padded.radius_cap_px
+    )
     masks = rng.normal(0.0, 0.2, (n, 15, 15)).astype(np.float32)
     background = np.full((40, 60, 1), 0.5, np.float32)
     images = [

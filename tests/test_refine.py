@@ -61,7 +61,9 @@ def test_a_reused_appearance_converges_in_a_few_iterations_and_beats_a_new_fit(s
     image, truth = scene_image(8)
     new = run_fit(image, FitSettings(downscale=1), image_sha256="e" * 64)
     reused = run_fit(
-        image, FitSettings(downscale=1, appearance_from=source_fit.fit_id), image_sha256="e" * 64,
+        image,
+        FitSettings(downscale=1, appearance_from=source_fit.fit_id),
+        image_sha256="e" * 64,
         appearance_source=source_fit,
     )
     # At most the default 150 iterations; it stops once an iteration gains under 1 % RMSE.
@@ -82,8 +84,12 @@ def test_a_reuse_fit_is_deterministic_and_stops_on_request(source_fit):
     pd.testing.assert_frame_equal(one.droplets, two.droplets)
     stop = threading.Event()
     stopped = run_fit(
-        image, settings, image_sha256="e" * 64, appearance_source=source_fit,
-        progress=lambda progress: stop.set(), stop=stop,
+        image,
+        settings,
+        image_sha256="e" * 64,
+        appearance_source=source_fit,
+        progress=lambda progress: stop.set(),
+        stop=stop,
     )
     assert stopped.status == "stopped"
     assert stopped.report.steps_done == 1

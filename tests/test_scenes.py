@@ -169,10 +169,14 @@ def test_write_scene(tmp_path):
 # computed at commit a5e296e, before the other families were added: the demo image, the
 # encoder's training scenes and the benchmarks depend on these pixels.
 SEED_FAMILY_CHECKSUMS = {
-    "default_0": ("6caab3b2f99f4db42a3836991637d036110d050e3a782e873abe231d400098ce",
-                  "a38f41dc672404e755b30f8f67dd437e65b0bdd980ec84c6703d52d7ac889463"),
-    "small_3": ("c8198fe77de175a243759c61a4454288722d875f3f7c5ff0de7a4b5ae47934bf",
-                "23c3ac30fb9f08a48c45e364eceeb6ed233dae3ff415907d482ce818d1f90062"),
+    "default_0": (
+        "6caab3b2f99f4db42a3836991637d036110d050e3a782e873abe231d400098ce",
+        "a38f41dc672404e755b30f8f67dd437e65b0bdd980ec84c6703d52d7ac889463",
+    ),
+    "small_3": (
+        "c8198fe77de175a243759c61a4454288722d875f3f7c5ff0de7a4b5ae47934bf",
+        "23c3ac30fb9f08a48c45e364eceeb6ed233dae3ff415907d482ce818d1f90062",
+    ),
 }
 SMALL_OF_FAMILY = {
     "seed": SMALL,
@@ -230,10 +234,20 @@ def test_fluorescence_disks_match_truth_in_area_and_centre():
     by ``(sigma / r)**2``, so this runs with a light blur.)
     """
     settings = family_settings(
-        "fluorescence", width_px=300, height_px=240, n_droplets=25, radius_min_px=4.0, radius_max_px=30.0,
+        "fluorescence",
+        width_px=300,
+        height_px=240,
+        n_droplets=25,
+        radius_min_px=4.0,
+        radius_max_px=30.0,
         blur_sigma_px=1.0,
-        min_distance_fraction=1.5, out_of_focus_fraction=0.0, edge_brightening=0.0, brightness_log_sd=0.0,
-        haze=0.0, background_variation=0.0, photons_full_scale=20_000.0,
+        min_distance_fraction=1.5,
+        out_of_focus_fraction=0.0,
+        edge_brightening=0.0,
+        brightness_log_sd=0.0,
+        haze=0.0,
+        background_variation=0.0,
+        photons_full_scale=20_000.0,
     )
     counts, truth = make_scene_uint16(4, settings)
     assert counts.dtype == np.uint16 and counts.shape == (240, 300)
@@ -258,9 +272,18 @@ def test_fluorescence_disks_match_truth_in_area_and_centre():
 def test_otsu_watershed_circles_fluorescence_droplets_as_on_the_real_image():
     """A ten-line Otsu + distance-transform watershed circles the real fluorescence image's droplets
     with the right sizes (issue 13); it does the same on a fluorescence scene, against its truth."""
-    settings = family_settings("fluorescence", width_px=512, height_px=512, n_droplets=70, radius_min_px=8.0,
-                               radius_max_px=40.0, radius_median_px=18.0, radius_log_sd=0.4,
-                               min_distance_fraction=1.0, out_of_focus_fraction=0.0)
+    settings = family_settings(
+        "fluorescence",
+        width_px=512,
+        height_px=512,
+        n_droplets=70,
+        radius_min_px=8.0,
+        radius_max_px=40.0,
+        radius_median_px=18.0,
+        radius_log_sd=0.4,
+        min_distance_fraction=1.0,
+        out_of_focus_fraction=0.0,
+    )
     counts, truth = make_scene_uint16(3, settings)
     smooth = filters.gaussian(counts.astype(float), 2.0, preserve_range=True)
     droplets = smooth > filters.threshold_otsu(smooth)
@@ -269,15 +292,25 @@ def test_otsu_watershed_circles_fluorescence_droplets_as_on_the_real_image():
     markers = np.zeros(counts.shape, int)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     regions = measure.regionprops(segmentation.watershed(-depth, markers, mask=droplets))
-    found = pd.DataFrame([(r.centroid[1], r.centroid[0], np.sqrt(r.area / np.pi)) for r in regions if r.area > 20],
-                         columns=["x", "y", "radius"])
+    found = pd.DataFrame(
+        [(r.centroid[1], r.centroid[0], np.sqrt(r.area / np.pi)) for r in regions if r.area > 20],
+        columns=["x", "y", "radius"],
+    )
     score = match_droplets(truth, found)
     assert score.f1 > 0.95 and score.median_radius_error < 0.05, score
 
 
 def test_fluorescence_out_of_focus_droplets_are_flagged_dim_and_blurred():
-    settings = family_settings("fluorescence", width_px=300, height_px=240, n_droplets=40, out_of_focus_fraction=0.4,
-                               min_distance_fraction=1.3, brightness_log_sd=0.0, photons_full_scale=5000.0)
+    settings = family_settings(
+        "fluorescence",
+        width_px=300,
+        height_px=240,
+        n_droplets=40,
+        out_of_focus_fraction=0.4,
+        min_distance_fraction=1.3,
+        brightness_log_sd=0.0,
+        photons_full_scale=5000.0,
+    )
     image, truth = make_scene(2, settings)
     assert truth.in_focus.dtype == bool and 0 < (~truth.in_focus).sum() < len(truth)
     grey = image[..., 0] / 255.0
@@ -288,8 +321,15 @@ def test_fluorescence_out_of_focus_droplets_are_flagged_dim_and_blurred():
 
 
 def test_sixteen_bit_fluorescence_is_dim_with_poisson_noise():
-    flat = dict(width_px=200, height_px=160, n_droplets=0, background_variation=0.0, blur_sigma_px=0.0,
-                read_noise_photons=0.0, background_level=0.1)
+    flat = dict(
+        width_px=200,
+        height_px=160,
+        n_droplets=0,
+        background_variation=0.0,
+        blur_sigma_px=0.0,
+        read_noise_photons=0.0,
+        background_level=0.1,
+    )
     for photons in (20.0, 2000.0):
         counts, _ = make_scene_uint16(1, family_settings("fluorescence", photons_full_scale=photons, **flat))
         signal = (counts.astype(float) - 100.0) / 8000.0  # the preset's offset and full scale
@@ -324,16 +364,26 @@ def test_rims_highlights_and_inclusions_fool_a_blob_detector(family):
     image, truth = make_scene(2, family_settings(family))
     grey = rgb2gray(image / 255.0)
     contrast = np.abs(grey - np.median(grey))
-    blobs = blob_log(np.clip(contrast / np.percentile(contrast, 99.5), 0, 1), min_sigma=1, max_sigma=40,
-                     num_sigma=10, threshold=0.1)
+    blobs = blob_log(
+        np.clip(contrast / np.percentile(contrast, 99.5), 0, 1), min_sigma=1, max_sigma=40, num_sigma=10, threshold=0.1
+    )
     found = pd.DataFrame({"x": blobs[:, 1], "y": blobs[:, 0], "radius": np.sqrt(2) * blobs[:, 2]})
     score = match_droplets(truth, found)
     assert len(found) > 2 * len(truth) and score.precision < 0.3, score
 
 
 def test_polydisperse_one_to_fifty_in_one_image():
-    settings = family_settings("brightfield", width_px=640, height_px=640, n_droplets=700, radius_min_px=2.0,
-                               radius_max_px=100.0, radius_median_px=6.0, radius_log_sd=1.1, bubble_fraction=0.0)
+    settings = family_settings(
+        "brightfield",
+        width_px=640,
+        height_px=640,
+        n_droplets=700,
+        radius_min_px=2.0,
+        radius_max_px=100.0,
+        radius_median_px=6.0,
+        radius_log_sd=1.1,
+        bubble_fraction=0.0,
+    )
     image, truth = make_scene(5, settings)
     assert truth.radius.between(2.0, 100.0).all()
     assert truth.radius.max() / truth.radius.min() > 25
@@ -348,9 +398,18 @@ def test_polydisperse_one_to_fifty_in_one_image():
 
 
 def test_brightfield_rims_bubbles_and_inclusions():
-    settings = family_settings("brightfield", width_px=400, height_px=320, n_droplets=80, radius_min_px=4.0,
-                               radius_max_px=45.0, bubble_fraction=0.4, bubble_radius_range_px=(4.0, 9.0),
-                               inclusion_min_radius_px=20.0, inclusions_per_droplet=3.0)
+    settings = family_settings(
+        "brightfield",
+        width_px=400,
+        height_px=320,
+        n_droplets=80,
+        radius_min_px=4.0,
+        radius_max_px=45.0,
+        bubble_fraction=0.4,
+        bubble_radius_range_px=(4.0, 9.0),
+        inclusion_min_radius_px=20.0,
+        inclusions_per_droplet=3.0,
+    )
     image, truth = make_scene(6, settings)
     assert truth.bubble.any() and (~truth.bubble).any()
     assert (truth.loc[truth.radius < 20, "inclusions"] == 0).all() and truth.inclusions.sum() > 0
@@ -375,9 +434,18 @@ def test_brightfield_rims_bubbles_and_inclusions():
 
 @pytest.mark.parametrize("mode", ["phase", "dic"])
 def test_phase_contrast_halo_and_dic_relief(mode):
-    settings = family_settings("phase", width_px=320, height_px=256, n_droplets=30, radius_min_px=8.0,
-                               radius_max_px=20.0, min_distance_fraction=1.8, mode=mode, shear_angle_deg=0.0,
-                               background_variation=0.0)
+    settings = family_settings(
+        "phase",
+        width_px=320,
+        height_px=256,
+        n_droplets=30,
+        radius_min_px=8.0,
+        radius_max_px=20.0,
+        min_distance_fraction=1.8,
+        mode=mode,
+        shear_angle_deg=0.0,
+        background_variation=0.0,
+    )
     image, truth = make_scene(3, settings)
     grey = image.mean(axis=2) / 255.0
     field = np.median(grey)
@@ -427,11 +495,28 @@ def test_random_family_settings_cover_families_sizes_and_densities():
 @pytest.mark.slow
 def test_cli_writes_a_sixteen_bit_family_scene(tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "droplet_core", "scene", *args],
-                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "droplet_core", "scene", *args],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
-    done = cli("--family", "fluorescence", "--width", "128", "--height", "96", "--bit-depth", "16", "--seed", "2",
-               "--out", str(tmp_path / "f"))
+    done = cli(
+        "--family",
+        "fluorescence",
+        "--width",
+        "128",
+        "--height",
+        "96",
+        "--bit-depth",
+        "16",
+        "--seed",
+        "2",
+        "--out",
+        str(tmp_path / "f"),
+    )
     assert done.returncode == 0, done.stderr
     counts = tifffile.imread(tmp_path / "f" / "scene.tif")
     truth = pd.read_csv(tmp_path / "f" / "truth.csv")

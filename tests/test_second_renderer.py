@@ -29,7 +29,12 @@ def isolated(truth: pd.DataFrame, shape: tuple[int, int], margin: float, min_rad
     distance = np.linalg.norm(xy[:, None] - xy[None], axis=2) - r[:, None] - r[None, :]
     np.fill_diagonal(distance, np.inf)
     h, w = shape
-    inside = (xy[:, 0] - r > margin) & (xy[:, 0] + r < w - 1 - margin) & (xy[:, 1] - r > margin) & (xy[:, 1] + r < h - 1 - margin)
+    inside = (
+        (xy[:, 0] - r > margin)
+        & (xy[:, 0] + r < w - 1 - margin)
+        & (xy[:, 1] - r > margin)
+        & (xy[:, 1] + r < h - 1 - margin)
+    )
     keep = (distance.min(axis=1) > margin) & inside & (r >= min_radius)
     return truth[keep]
 
@@ -156,8 +161,9 @@ def test_packed_emulsion_droplets_press_on_their_neighbours():
 
 
 def test_sizes_span_one_to_fifty_in_one_image():
-    image, truth = render("fluorescence", 11, width_px=1024, height_px=1024, radius_min_px=3.0,
-                          radius_max_px=150.0, density="sparse")
+    image, truth = render(
+        "fluorescence", 11, width_px=1024, height_px=1024, radius_min_px=3.0, radius_max_px=150.0, density="sparse"
+    )
     assert truth["radius"].min() >= 3.0 and truth["radius"].max() <= 150.0
     assert truth["radius"].max() / truth["radius"].min() > 20
 

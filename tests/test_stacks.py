@@ -53,8 +53,9 @@ def test_imagej_tiff_frames_and_interval():
 
 def test_ome_tiff_interval_in_milliseconds():
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, _frames(3), ome=True,
-                     metadata={"axes": "TYX", "TimeIncrement": 250.0, "TimeIncrementUnit": "ms"})
+    tifffile.imwrite(
+        buffer, _frames(3), ome=True, metadata={"axes": "TYX", "TimeIncrement": 250.0, "TimeIncrementUnit": "ms"}
+    )
     stack = read_stack([("movie.ome.tif", buffer.getvalue())])
     assert stack.n_frames == 3
     assert stack.frame_interval_s == pytest.approx(0.25)
@@ -87,8 +88,9 @@ def test_zip_sequence_in_natural_order_with_bad_frames_reported():
     members[5] = ("t5.png", _png(np.zeros((30, 50), np.uint8)))
     stack = read_stack([("frames.zip", _zip(members[::-1]))])
     assert stack.names == tuple(f"t{i}.png" for i in range(11) if i not in (3, 5))
-    np.testing.assert_allclose(stack.frames[:, 0, 0, 0] * 255,
-                               [frames[i, 0, 0] for i in range(11) if i not in (3, 5)], atol=1e-3)
+    np.testing.assert_allclose(
+        stack.frames[:, 0, 0, 0] * 255, [frames[i, 0, 0] for i in range(11) if i not in (3, 5)], atol=1e-3
+    )
     assert len(stack.problems) == 2
     assert stack.problems[0].startswith("t3.png: not an image")
     assert "50x30 pixels, not 50x40" in stack.problems[1]

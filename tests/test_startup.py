@@ -52,8 +52,14 @@ def top_level_imports(script: Path) -> str:
 
 def run_fresh(code: str, *args: str) -> dict:
     """Run ``code`` in a fresh interpreter with ``HEAVY`` and ``args`` as arguments; its last JSON line."""
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(HEAVY), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(HEAVY), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -187,7 +187,19 @@ def test_unknown_fit_raises(tmp_path):
         store.fit_dir("0" * 32)
 
 
-HOSTILE_IDS = ["../../etc/passwd", "..", ".", "", "A" * 32, "a" * 31, "a" * 33, "/" + "a" * 31, "a" * 32 + "/..", None, 7]
+HOSTILE_IDS = [
+    "../../etc/passwd",
+    "..",
+    ".",
+    "",
+    "A" * 32,
+    "a" * 31,
+    "a" * 33,
+    "/" + "a" * 31,
+    "a" * 32 + "/..",
+    None,
+    7,
+]
 
 
 @pytest.mark.parametrize("fit_id", HOSTILE_IDS)
@@ -349,7 +361,9 @@ def test_list_fits_newest_first_skipping_unreadable(tmp_path):
     store = FitStore(tmp_path)
     made = {
         created: make_result(settings=FitSettings(seed=seed), created=created)
-        for seed, created in enumerate(["2025-03-01T00:00:00+00:00", "2025-05-01T00:00:00Z", "2025-04-01T12:00:00+02:00"])
+        for seed, created in enumerate(
+            ["2025-03-01T00:00:00+00:00", "2025-05-01T00:00:00Z", "2025-04-01T12:00:00+02:00"]
+        )
     }
     for result in made.values():
         store.save(result)
@@ -359,7 +373,9 @@ def test_list_fits_newest_first_skipping_unreadable(tmp_path):
     (store.root / "fits" / "not-a-fit").mkdir()
 
     listed = [report.fit_id for report in store.list_fits()]
-    expected = [made[c].fit_id for c in ["2025-05-01T00:00:00Z", "2025-04-01T12:00:00+02:00", "2025-03-01T00:00:00+00:00"]]
+    expected = [
+        made[c].fit_id for c in ["2025-05-01T00:00:00Z", "2025-04-01T12:00:00+02:00", "2025-03-01T00:00:00+00:00"]
+    ]
     assert listed == expected
     assert store.list_fits()[0] == made["2025-05-01T00:00:00Z"].report
 
@@ -428,10 +444,17 @@ def test_entries_written_before_the_typed_report_load_with_their_warm_start(tmp_
     with np.load(entry / "arrays.npz") as archive:
         arrays = {name: archive[name] for name in archive.files}
     legacy = {name: value for name, value in arrays.items() if not name.startswith("warm_start/")}
-    legacy.update({"params/_anchors": arrays["warm_start/anchors"], "params/_active": arrays["warm_start/active"],
-                   "params/_polarity": arrays["warm_start/polarity"]})
+    legacy.update(
+        {
+            "params/_anchors": arrays["warm_start/anchors"],
+            "params/_active": arrays["warm_start/active"],
+            "params/_polarity": arrays["warm_start/polarity"],
+        }
+    )
     np.savez(entry / "arrays.npz", **legacy)
-    record = {k: v for k, v in result.report.to_dict().items() if k not in ("total_steps_done", "verdict", "crop_origin")}
+    record = {
+        k: v for k, v in result.report.to_dict().items() if k not in ("total_steps_done", "verdict", "crop_origin")
+    }
     (entry / "fit.json").write_text(json.dumps(record))
 
     loaded = store.load(result.fit_id)

@@ -120,13 +120,22 @@ def _track_rows(rows):
 def test_events_from_tracks():
     merged = np.cbrt(5.0**3 + 4.0**3)
     rows = [
-        (0, 0, 50, 50, 5.0), (1, 0, 50, 50, 5.0),  # 0 and 1 coalesce into 2 at frame 2
-        (0, 1, 58, 50, 4.0), (1, 1, 58, 50, 4.0),
-        (2, 2, 53.5, 50, merged), (3, 2, 53.5, 50, merged),
-        (0, 3, 20, 20, 4.0), (1, 3, 20, 20, 4.0),  # 3 shrinks away; 4 appears where 3 was, much larger
-        (2, 4, 21, 20, 9.0), (3, 4, 21, 20, 9.0),
-        (0, 5, 1.0, 70, 3.0), (1, 5, 1.0, 70, 3.0),  # 5 leaves through the left edge
-        (0, 6, 80, 80, 3.0), (1, 6, 80, 80, 3.0), (2, 6, 80, 80, 3.0), (3, 6, 80, 80, 3.0),
+        (0, 0, 50, 50, 5.0),
+        (1, 0, 50, 50, 5.0),  # 0 and 1 coalesce into 2 at frame 2
+        (0, 1, 58, 50, 4.0),
+        (1, 1, 58, 50, 4.0),
+        (2, 2, 53.5, 50, merged),
+        (3, 2, 53.5, 50, merged),
+        (0, 3, 20, 20, 4.0),
+        (1, 3, 20, 20, 4.0),  # 3 shrinks away; 4 appears where 3 was, much larger
+        (2, 4, 21, 20, 9.0),
+        (3, 4, 21, 20, 9.0),
+        (0, 5, 1.0, 70, 3.0),
+        (1, 5, 1.0, 70, 3.0),  # 5 leaves through the left edge
+        (0, 6, 80, 80, 3.0),
+        (1, 6, 80, 80, 3.0),
+        (2, 6, 80, 80, 3.0),
+        (3, 6, 80, 80, 3.0),
     ]
     events = timelapse.find_events(_track_rows(rows), 4, (100, 100), frame_interval_s=10.0)
     found = {(e.frame, e.kind, e.tracks_before, e.tracks_after) for e in events.itertuples()}
@@ -144,11 +153,17 @@ def test_events_from_tracks():
 def test_splitting_and_a_droplet_that_takes_in_a_neighbour():
     big = np.cbrt(6.0**3 + 3.0**3)
     rows = [
-        (0, 0, 50, 50, big), (1, 0, 50, 50, 6.0), (1, 1, 57.5, 50, 3.0),  # 0 splits off 1
-        (0, 2, 20, 20, 5.0), (0, 3, 27, 20, 3.0), (1, 2, 21, 20, np.cbrt(5.0**3 + 3.0**3)),  # 2 takes in 3
+        (0, 0, 50, 50, big),
+        (1, 0, 50, 50, 6.0),
+        (1, 1, 57.5, 50, 3.0),  # 0 splits off 1
+        (0, 2, 20, 20, 5.0),
+        (0, 3, 27, 20, 3.0),
+        (1, 2, 21, 20, np.cbrt(5.0**3 + 3.0**3)),  # 2 takes in 3
     ]
     # Droplets that stay as they are, within 0.3 % of their radius: the frame-to-frame jitter.
-    rows += [(frame, 10 + i, 80, 10 + 12 * i, 4.0 * (1 + 0.003 * (-1) ** (i + frame))) for i in range(6) for frame in (0, 1)]
+    rows += [
+        (frame, 10 + i, 80, 10 + 12 * i, 4.0 * (1 + 0.003 * (-1) ** (i + frame))) for i in range(6) for frame in (0, 1)
+    ]
     events = timelapse.find_events(_track_rows(rows), 2, (100, 100))
     found = {(e.frame, e.kind, e.tracks_before, e.tracks_after) for e in events.itertuples()}
     assert found == {(1, "splitting", "0", "0;1"), (1, "coalescence", "2;3", "2")}
@@ -163,7 +178,8 @@ def test_linking_removes_a_large_drift():
         for index in range(40):
             rows.append((frame, 6.0 * frame + x0[index] + rng.normal(0, 0.2), y0[index] + rng.normal(0, 0.2), 3.0))
     droplets = pd.DataFrame(rows, columns=["frame", "x_px", "y_px", "radius_px"]).assign(
-        sd_x_px=0.1, sd_y_px=0.1, sd_radius_px=0.1, p_exists=1.0)
+        sd_x_px=0.1, sd_y_px=0.1, sd_radius_px=0.1, p_exists=1.0
+    )
     shifts = np.array([[0, 0]] + [[6.0, 0.0]] * 4)
     tracks, drift = timelapse.link_droplets(droplets, shifts, search_range_px=2.0)
     assert tracks["track"].nunique() == 40
@@ -178,8 +194,24 @@ def test_track_command_writes_the_three_tables(fitted, movie, tmp_path):
     for index, frame in enumerate(frames):
         Image.fromarray(frame).save(folder / f"t{index + 1}.png")
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "droplet_core", "track", str(folder), "--out", str(out),
-                           "--frame-interval", "2s", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "droplet_core",
+            "track",
+            str(folder),
+            "--out",
+            str(out),
+            "--frame-interval",
+            "2s",
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     tracks = pd.read_csv(out / "tracks.csv")
     events = pd.read_csv(out / "events.csv")
@@ -194,7 +226,12 @@ def test_track_command_writes_the_three_tables(fitted, movie, tmp_path):
 def test_track_command_refuses_a_stack_with_no_usable_frame(tmp_path):
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"II*\x00" + b"\x00" * 20)
-    done = subprocess.run([sys.executable, "-m", "droplet_core", "track", str(bad), "--out", str(tmp_path / "o")],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "droplet_core", "track", str(bad), "--out", str(tmp_path / "o")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1

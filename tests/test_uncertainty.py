@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow  # fits to check the intervals
 
 def fit_blobs(image, n: int, seed: int = 0):
     # The count is given: on a sparse image the LoG candidates are mostly noise peaks.
-    settings = FitSettings(model="gaussian", channel="r", downscale=1, steps=600, droplets=n, seed=seed, initializer="log")
+    settings = FitSettings(
+        model="gaussian", channel="r", downscale=1, steps=600, droplets=n, seed=seed, initializer="log"
+    )
     return run_fit(image, settings, image_sha256="d" * 64)
 
 
@@ -55,7 +57,9 @@ def test_sds_grow_with_the_noise(quiet_fit):
     # The Laplace part scales with the noise (3x here); the calibrated model discrepancy
     # added in quadrature does not, so it is taken out as in the coverage test.
     discrepancy = quiet.report.uncertainty.discrepancy_per_radius
-    ratio = np.median(laplace_sd(noisy.droplets, "x", discrepancy)) / np.median(laplace_sd(quiet.droplets, "x", discrepancy))
+    ratio = np.median(laplace_sd(noisy.droplets, "x", discrepancy)) / np.median(
+        laplace_sd(quiet.droplets, "x", discrepancy)
+    )
     assert 2.0 <= ratio <= 4.5, ratio
 
 

@@ -40,16 +40,27 @@ FIT = FitSettings(steps=80)
 
 def imagej_tiff(image_uint8: np.ndarray, um_per_px: float) -> bytes:
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, image_uint8, imagej=True, resolution=(1 / um_per_px, 1 / um_per_px),
-                     metadata={"unit": "micron"})
+    tifffile.imwrite(
+        buffer, image_uint8, imagej=True, resolution=(1 / um_per_px, 1 / um_per_px), metadata={"unit": "micron"}
+    )
     return buffer.getvalue()
 
 
 def ome_tiff(image_uint8: np.ndarray, nm_per_px: float) -> bytes:
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, image_uint8, ome=True, photometric="rgb",
-                     metadata={"axes": "YXS", "PhysicalSizeX": nm_per_px, "PhysicalSizeXUnit": "nm",
-                               "PhysicalSizeY": nm_per_px, "PhysicalSizeYUnit": "nm"})
+    tifffile.imwrite(
+        buffer,
+        image_uint8,
+        ome=True,
+        photometric="rgb",
+        metadata={
+            "axes": "YXS",
+            "PhysicalSizeX": nm_per_px,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": nm_per_px,
+            "PhysicalSizeYUnit": "nm",
+        },
+    )
     return buffer.getvalue()
 
 
@@ -58,10 +69,13 @@ def scene():
     return make_scene(7, SMALL_SCENE)
 
 
-@pytest.mark.parametrize(("writer", "expected_um"), [
-    (lambda image: imagej_tiff(image, 0.65), 0.65),
-    (lambda image: ome_tiff(image, 325.0), 0.325),
-])
+@pytest.mark.parametrize(
+    ("writer", "expected_um"),
+    [
+        (lambda image: imagej_tiff(image, 0.65), 0.65),
+        (lambda image: ome_tiff(image, 325.0), 0.325),
+    ],
+)
 def test_tiff_pixel_size_is_read_from_the_file(scene, writer, expected_um):
     data = writer(scene[0])
     pixel_size = read_pixel_size(data)
@@ -78,8 +92,9 @@ def test_png_and_plain_tiff_have_no_pixel_size(scene):
     assert resolve_pixel_size(read_pixel_size(encode_png(scene[0])), 0.5).origin == SET_BY_USER
 
 
-@pytest.mark.parametrize(("text", "um"), [("0.65um", 0.65), ("650 nm", 0.65), ("0.65", 0.65), ("1.2µm", 1.2),
-                                          ("0.002mm", 2.0)])
+@pytest.mark.parametrize(
+    ("text", "um"), [("0.65um", 0.65), ("650 nm", 0.65), ("0.65", 0.65), ("1.2µm", 1.2), ("0.002mm", 2.0)]
+)
 def test_pixel_size_text(text, um):
     assert parse_pixel_size(text) == pytest.approx(um)
 
@@ -95,8 +110,9 @@ def test_statistics_of_a_known_mixture():
     rng = np.random.default_rng(0)
     diameter = np.r_[np.full(30, 10.0), np.full(10, 20.0)]
     x, y = rng.uniform(100, 900, 40), rng.uniform(100, 900, 40)
-    table = size_statistics(x, y, diameter / 2, (0, 0, 1000, 1000), um_per_px=0.5,
-                            settings=StatisticsSettings(border=BORDER_KEEP_ALL)).set_index("statistic")
+    table = size_statistics(
+        x, y, diameter / 2, (0, 0, 1000, 1000), um_per_px=0.5, settings=StatisticsSettings(border=BORDER_KEEP_ALL)
+    ).set_index("statistic")
     um = diameter * 0.5
     assert table.loc["count", "value"] == 40
     assert table.loc["mean_diameter", "value"] == pytest.approx(um.mean())
@@ -115,8 +131,13 @@ def test_statistics_of_a_known_mixture():
 
 def test_miles_lantuejoul_leaves_out_cut_droplets_and_weights_large_ones():
     field = (0, 0, 100, 50)
-    weights = border_weights(np.array([50.0, 2.0, 50.0]), np.array([25.0, 25.0, 25.0]), np.array([10.0, 10.0, 40.0]),
-                             field, "miles-lantuejoul")
+    weights = border_weights(
+        np.array([50.0, 2.0, 50.0]),
+        np.array([25.0, 25.0, 25.0]),
+        np.array([10.0, 10.0, 40.0]),
+        field,
+        "miles-lantuejoul",
+    )
     assert weights[1] == 0.0  # cut by the left edge
     assert weights[0] == pytest.approx(100 * 50 / (90 * 40))
     assert weights[2] == pytest.approx(100 * 50 / (60 * 10))
@@ -153,8 +174,9 @@ def test_intervals_widen_with_uncertainty_and_hold_the_truth():
         x, y = rng.uniform(50, 950, 300), rng.uniform(50, 950, 300)
         sd = 0.15 * radius
         measured = radius + sd * rng.standard_normal(300)
-        table = size_statistics(x, y, measured, (0, 0, 1000, 1000), sd_radius_px=sd,
-                                settings=StatisticsSettings(seed=seed, draws=200)).set_index("statistic")
+        table = size_statistics(
+            x, y, measured, (0, 0, 1000, 1000), sd_radius_px=sd, settings=StatisticsSettings(seed=seed, draws=200)
+        ).set_index("statistic")
         truth = size_statistics(x, y, radius, (0, 0, 1000, 1000), settings=StatisticsSettings(draws=2))
         true_d50 = truth.set_index("statistic").loc["d50", "value"]
         hits += table.loc["d50", "low_90"] <= true_d50 <= table.loc["d50", "high_90"]
@@ -164,8 +186,17 @@ def test_intervals_widen_with_uncertainty_and_hold_the_truth():
 
 def test_label_image_and_rois_match_the_table(tmp_path):
     droplets = pd.DataFrame({"x": [10.0, 17.0, 40.2], "y": [10.0, 10.0, 30.7], "radius": [5.0, 5.0, 3.4]})
-    report = FitReport("0" * 32, "0" * 64, FitSettings(), "done", "2025-01-01T00:00:00+00:00", 1, 1,
-                       fit_shape=(50, 60, 3), image_shape=(50, 60, 3))
+    report = FitReport(
+        "0" * 32,
+        "0" * 64,
+        FitSettings(),
+        "done",
+        "2025-01-01T00:00:00+00:00",
+        1,
+        1,
+        fit_shape=(50, 60, 3),
+        image_shape=(50, 60, 3),
+    )
     files = readout_files(droplets, report)
     labels = tifffile.imread(io.BytesIO(files["labels.tif"]))
     assert labels.shape == (50, 60) and labels.dtype == np.uint16
@@ -201,11 +232,15 @@ def test_fit_of_a_tiff_with_a_pixel_size_comes_out_in_micrometres(scene, kind):
     np.testing.assert_allclose(droplets["diameter_um"], 2 * droplets["radius"] * um, rtol=1e-5)
     np.testing.assert_allclose(droplets["sd_diameter_um"], 2 * droplets["sd_radius"] * um, rtol=1e-5)
     assert list(droplets["label"]) == list(range(1, len(droplets) + 1))
-    assert json.loads(files["fit.json"])["pixel_size"] == {"x_um": pytest.approx(um), "y_um": pytest.approx(um),
-                                                           "origin": FROM_FILE}
+    assert json.loads(files["fit.json"])["pixel_size"] == {
+        "x_um": pytest.approx(um),
+        "y_um": pytest.approx(um),
+        "origin": FROM_FILE,
+    }
     statistics = pd.read_csv(io.BytesIO(files["statistics.csv"])).set_index("statistic")
-    true = size_statistics(truth["x"], truth["y"], truth["radius"], (0, 0, 160, 128), um_per_px=um,
-                           settings=StatisticsSettings(draws=2)).set_index("statistic")
+    true = size_statistics(
+        truth["x"], truth["y"], truth["radius"], (0, 0, 160, 128), um_per_px=um, settings=StatisticsSettings(draws=2)
+    ).set_index("statistic")
     assert statistics.loc["d32", "unit"] == "µm"
     for name in ("d50", "d32", "mean_diameter"):
         assert statistics.loc[name, "value"] == pytest.approx(true.loc[name, "value"], rel=0.2), name

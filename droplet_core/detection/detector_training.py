@@ -8,7 +8,6 @@ writes the weights, ``training.json`` (settings, seeds, versions, the training c
 the curve as a PNG (``curve_png``).
 """
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -197,7 +196,9 @@ def _default_validation_scene(seed: int) -> tuple[np.ndarray, pd.DataFrame]:
     return extract_channel(rgb.astype(np.float32) / 255.0, "grey" if seed % 2 else "rgb"), truth
 
 
-def train(settings: TrainSettings, architecture: EncoderArchitecture = EncoderArchitecture(), log=print) -> tuple[dict, dict]:
+def train(
+    settings: TrainSettings, architecture: EncoderArchitecture = EncoderArchitecture(), log=print
+) -> tuple[dict, dict]:
     """Train the encoder on synthetic scenes.
 
     Parameters
@@ -270,10 +271,12 @@ def train(settings: TrainSettings, architecture: EncoderArchitecture = EncoderAr
         top = rng.integers(0, (settings.scene_px - settings.crop_px) // STRIDE + 1, settings.batch)
         left = rng.integers(0, (settings.scene_px - settings.crop_px) // STRIDE + 1, settings.batch)
         flip = rng.uniform(size=settings.batch) < 0.5
-        features = np.stack([
-            features_pool[i, STRIDE * t : STRIDE * (t + cells), STRIDE * c : STRIDE * (c + cells)]
-            for i, t, c in zip(index, top, left)
-        ])
+        features = np.stack(
+            [
+                features_pool[i, STRIDE * t : STRIDE * (t + cells), STRIDE * c : STRIDE * (c + cells)]
+                for i, t, c in zip(index, top, left)
+            ]
+        )
         target = np.stack([targets_pool[i, t : t + cells, c : c + cells] for i, t, c in zip(index, top, left)])
         # A horizontal flip mirrors columns; cells of width STRIDE stay aligned and the
         # x offset changes sign.
@@ -357,6 +360,10 @@ def curve_png(record: dict, size: tuple[int, int] = (640, 320)) -> Image.Image:
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
         if points:
-            draw.text((width - margin - 200, 12 + 12 * (colour[0] < 100)), f"{name} {record['curve'][-1][name]:.3f}", fill=colour)
+            draw.text(
+                (width - margin - 200, 12 + 12 * (colour[0] < 100)),
+                f"{name} {record['curve'][-1][name]:.3f}",
+                fill=colour,
+            )
     draw.text((margin, height - margin + 8), f"step 0 .. {len(losses)}", fill="black")
     return image

@@ -111,7 +111,9 @@ def strong_peaks(
     sign = np.sign(contrast[rows, cols])
     response = -(sigmas[:, None] ** 2) * laplacian_of_gaussian_at(mean, rows, cols, sigmas) * sign
     radius = SQRT2 * sigmas[np.argmax(response, axis=0)] if rows.size else np.zeros(0)
-    table = pd.DataFrame({"x": cols.astype(float), "y": rows.astype(float), "radius": radius, "contrast": contrast[rows, cols]})
+    table = pd.DataFrame(
+        {"x": cols.astype(float), "y": rows.astype(float), "radius": radius, "contrast": contrast[rows, cols]}
+    )
     return table.iloc[np.argsort(-np.abs(table["contrast"].to_numpy()), kind="stable")].reset_index(drop=True)
 
 

@@ -176,7 +176,10 @@ def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> Scale
             factor,
             f"too few droplets were found to measure their size, so {factor}x keeps the fit "
             f"near {FALLBACK_FIT_PIXELS:,} pixels",
-            np.nan, np.nan, np.nan, int(radii.size),
+            np.nan,
+            np.nan,
+            np.nan,
+            int(radii.size),
         )
     small, median, large = np.quantile(radii, [SMALL_RADIUS_QUANTILE, 0.5, 0.9])
     by_small = max(1, min(int(np.floor(small / MIN_FIT_RADIUS_PX)), int(np.floor(median / MEDIAN_FIT_RADIUS_PX))))

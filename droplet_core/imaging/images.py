@@ -125,9 +125,7 @@ def _check_size(width: int, height: int, label: str, limit: int) -> None:
     if width * height > limit:
         raise _too_large(width, height, limit)
     if width < MIN_SIDE_PX or height < MIN_SIDE_PX:
-        raise ImageError(
-            f"image too small{label}: {width}x{height} pixels; need at least {MIN_SIDE_PX}x{MIN_SIDE_PX}"
-        )
+        raise ImageError(f"image too small{label}: {width}x{height} pixels; need at least {MIN_SIDE_PX}x{MIN_SIDE_PX}")
 
 
 def _decode_failure(exc: Exception, label: str) -> ImageError:

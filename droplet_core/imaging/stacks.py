@@ -124,8 +124,10 @@ def read_stack_path(path: str | os.PathLike, *, max_frames: int | None = None) -
     """``read_stack`` of a file (TIFF, zip, video, single image) or of a folder's image files."""
     folder = Path(path)
     if folder.is_dir():
-        members = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                         key=lambda p: natural_key(p.name))
+        members = sorted(
+            (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+            key=lambda p: natural_key(p.name),
+        )
         if not members:
             raise StackError(f"the folder {os.fspath(path)!r} holds no image files")
         return read_stack([(p.name, p.read_bytes()) for p in members], max_frames=max_frames)
@@ -144,8 +146,10 @@ def _zip_members(name: str, data: bytes) -> list[tuple[str, bytes]]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = [
-                info for info in archive.infolist()
-                if not info.is_dir() and info.filename.lower().endswith(IMAGE_SUFFIXES)
+                info
+                for info in archive.infolist()
+                if not info.is_dir()
+                and info.filename.lower().endswith(IMAGE_SUFFIXES)
                 and not any(part.startswith((".", "__MACOSX")) for part in info.filename.split("/"))
             ]
             found = [(info.filename, archive.read(info)) for info in members]
@@ -202,8 +206,9 @@ def _read_tiff(name: str, data: bytes, limit: int) -> Stack:
                     if per_page:
                         plane = series.pages[index].asarray()
                     elif by_bytes:
-                        plane = _frame_from_bytes(data, page.dataoffsets[0], page.dtype.newbyteorder(tiff.byteorder),
-                                                  shape[1:], index)
+                        plane = _frame_from_bytes(
+                            data, page.dataoffsets[0], page.dtype.newbyteorder(tiff.byteorder), shape[1:], index
+                        )
                     else:
                         values = series.asarray() if values is None else values
                         plane = np.take(values, index, axis=frame_axis)
@@ -302,8 +307,10 @@ def _assembled(frames: list[tuple[str, np.ndarray | str | None]], interval: floa
             continue
         elif kept and frame.shape != kept[0].shape:
             height, width = kept[0].shape[:2]
-            problems.append(f"{label}: {frame.shape[1]}x{frame.shape[0]} pixels, not {width}x{height} "
-                            "like the first frame; left out")
+            problems.append(
+                f"{label}: {frame.shape[1]}x{frame.shape[0]} pixels, not {width}x{height} "
+                "like the first frame; left out"
+            )
         elif len(kept) >= limit:
             over += 1
         else:

@@ -29,12 +29,26 @@ UNKNOWN = "unknown: pixels"
 
 # Micrometres per unit, for the length units microscopy files and users write.
 _UM_PER_UNIT = {
-    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
-    "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "nanometre": 1e-3,
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
     "\\u00b5m": 1.0,  # how ImageJ writes "µm" into its ASCII description
-    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
-    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
-    "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "millimetre": 1e3,
+    "cm": 1e4,
+    "centimeter": 1e4,
+    "centimetre": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "metre": 1e6,
 }
 _PIXEL_SIZE_TEXT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([^\s0-9.]*)\s*")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -57,8 +71,9 @@ class PixelSize:
     def __post_init__(self) -> None:
         if (self.x_um is None) != (self.y_um is None):
             raise ValueError("give both pixel sides or neither")
-        if self.x_um is not None and not (np.isfinite(self.x_um) and np.isfinite(self.y_um)
-                                          and self.x_um > 0 and self.y_um > 0):
+        if self.x_um is not None and not (
+            np.isfinite(self.x_um) and np.isfinite(self.y_um) and self.x_um > 0 and self.y_um > 0
+        ):
             raise ValueError(f"a pixel size must be a positive number, not {self.x_um} x {self.y_um} um")
         if self.origin not in (FROM_FILE, SET_BY_USER, UNKNOWN):
             raise ValueError(f"unknown pixel-size origin {self.origin!r}")
@@ -135,8 +150,9 @@ def _ome_pixel_size(tiff: tifffile.TiffFile) -> tuple[float, float] | None:
     if not tiff.is_ome or not tiff.ome_metadata:
         return None
     root = ElementTree.fromstring(tiff.ome_metadata)
-    pixels = next((element for element in root.iter() if element.tag.endswith("}Pixels") or element.tag == "Pixels"),
-                  None)
+    pixels = next(
+        (element for element in root.iter() if element.tag.endswith("}Pixels") or element.tag == "Pixels"), None
+    )
     if pixels is None or "PhysicalSizeX" not in pixels.attrib:
         return None
     sides = []

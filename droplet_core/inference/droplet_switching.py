@@ -131,8 +131,14 @@ def residual_peaks(
 
 
 def add_droplets(
-    params: dict, peaks: np.ndarray, anchors: np.ndarray, active: np.ndarray, layout: Layout,
-    guide: MeanFieldGuide, values: dict, variant: Variant,
+    params: dict,
+    peaks: np.ndarray,
+    anchors: np.ndarray,
+    active: np.ndarray,
+    layout: Layout,
+    guide: MeanFieldGuide,
+    values: dict,
+    variant: Variant,
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Switch free slots on at ``peaks`` ``(k, 4)`` (x, y, radius, contrast in fit px).
 
@@ -173,8 +179,16 @@ def add_droplets(
 
 
 def tidy(
-    evaluated: Evaluation, params: dict, observed: np.ndarray, anchors: np.ndarray, active: np.ndarray, spec: ModelSpec,
-    guide: MeanFieldGuide, variant: Variant, add: bool, prune: bool,
+    evaluated: Evaluation,
+    params: dict,
+    observed: np.ndarray,
+    anchors: np.ndarray,
+    active: np.ndarray,
+    spec: ModelSpec,
+    guide: MeanFieldGuide,
+    variant: Variant,
+    add: bool,
+    prune: bool,
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """``(params, anchors, active)`` after switching off droplets of negligible strength and
     duplicates (``prune``) and switching on droplets at strong peaks of the residual

@@ -155,18 +155,22 @@ def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> 
     factor, (x0, y0) = region.factor, region.origin
     if settings.initializer == "encoder":
         table = region.detections.sort_values("p_exists", ascending=False, kind="stable")
-        table = pd.DataFrame({
-            "x": images.to_fit_px(table["x"].to_numpy() - x0, factor),
-            "y": images.to_fit_px(table["y"].to_numpy() - y0, factor),
-            "radius": table["radius"].to_numpy() / factor,
-        })
+        table = pd.DataFrame(
+            {
+                "x": images.to_fit_px(table["x"].to_numpy() - x0, factor),
+                "y": images.to_fit_px(table["y"].to_numpy() - y0, factor),
+                "radius": table["radius"].to_numpy() / factor,
+            }
+        )
         # Droplets far below a fit pixel cannot be drawn at this downscale.
         table = table[table["radius"] >= MIN_DRAWN_RADIUS_PX].head(settings.droplets or None)
         table["radius"] = table["radius"].clip(MIN_RADIUS_PX, MAX_FIT_RADIUS_PX)
         table["contrast"] = centre_contrast(contrast_image(observed)[1], table["x"], table["y"])
     else:
-        largest = MAX_RADIUS_PX if region.scale is None or not np.isfinite(region.scale.radius_large_px) else float(
-            np.clip(2.0 * region.scale.radius_large_px / factor, MAX_RADIUS_PX, MAX_FIT_RADIUS_PX)
+        largest = (
+            MAX_RADIUS_PX
+            if region.scale is None or not np.isfinite(region.scale.radius_large_px)
+            else float(np.clip(2.0 * region.scale.radius_large_px / factor, MAX_RADIUS_PX, MAX_FIT_RADIUS_PX))
         )
         table = find_candidates(
             observed,
@@ -288,9 +292,12 @@ def _programs(model_name: str, spec_tree, leaf_shapes: tuple) -> Programs:
             _droplet_log_prior(traced[name], guide.transforms[name], params[f"{name}_auto_loc"]) for name in per_droplet
         )
         prior_curvature = {
-            name: _prior_curvature(traced[name], guide.transforms[name], params[f"{name}_auto_loc"]) for name in per_droplet
+            name: _prior_curvature(traced[name], guide.transforms[name], params[f"{name}_auto_loc"])
+            for name in per_droplet
         }
-        return Evaluation(values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior, prior_curvature)
+        return Evaluation(
+            values, traced["reconstruction"]["value"], traced["strength"]["value"], log_prior, prior_curvature
+        )
 
     @jax.jit
     def guide_params(state):
@@ -354,8 +361,10 @@ def run_fit(
         active = warm_start.warm_start.active.astype(np.float32)
         polarity = warm_start.warm_start.polarity
     else:
-        found = _candidates(observed, region, settings) if start_from is None else _start_candidates(
-            start_from.droplets, observed, factor, origin
+        found = (
+            _candidates(observed, region, settings)
+            if start_from is None
+            else _start_candidates(start_from.droplets, observed, factor, origin)
         )
         polarity = 1.0 if np.median(found[:, 3]) >= 0 else -1.0
         candidates = _with_spare_slots(found, spare=settings.droplets == 0)
@@ -377,13 +386,35 @@ def run_fit(
     per_droplet = [name for name, site in sites.items() if site.per_droplet]
     if fixed:
         run = fit_with_fixed_appearance(
-            programs.evaluate, init_params, per_droplet, observed, anchors, active, spec, guide, variant,
-            max_iterations=settings.steps, add=settings.droplets == 0, progress=progress, stop=stop, started=started,
+            programs.evaluate,
+            init_params,
+            per_droplet,
+            observed,
+            anchors,
+            active,
+            spec,
+            guide,
+            variant,
+            max_iterations=settings.steps,
+            add=settings.droplets == 0,
+            progress=progress,
+            stop=stop,
+            started=started,
         )
     else:
         run = _run_svi(
-            programs, settings, init_params, observed, anchors, active, spec, svi_key,
-            warm=warm_start is not None, progress=progress, stop=stop, started=started,
+            programs,
+            settings,
+            init_params,
+            observed,
+            anchors,
+            active,
+            spec,
+            svi_key,
+            warm=warm_start is not None,
+            progress=progress,
+            stop=stop,
+            started=started,
         )
     params, anchors, active, status, done = run.params, run.anchors, run.active, run.status, run.steps_done
     fitted = time.perf_counter()
@@ -413,8 +444,13 @@ def run_fit(
         _droplet_table(variant.droplet_columns(values, uncertainty, spec), active, factor, origin), discrepancy
     )
     count = count_of_table(droplets, count_discrepancy)
-    verdict = judge_fit(observed, reconstruction, droplets["radius"].to_numpy() / factor,
-                        droplets["p_exists"].to_numpy(), (MIN_RADIUS_PX, MAX_FIT_RADIUS_PX))
+    verdict = judge_fit(
+        observed,
+        reconstruction,
+        droplets["radius"].to_numpy() / factor,
+        droplets["p_exists"].to_numpy(),
+        (MIN_RADIUS_PX, MAX_FIT_RADIUS_PX),
+    )
     uncertain = time.perf_counter()
     all_losses = run.losses
     if warm_start is not None:
@@ -467,14 +503,29 @@ def run_fit(
 
 
 def _run_svi(
-    programs: Programs, settings: FitSettings, init_params: dict, observed: np.ndarray, anchors: np.ndarray,
-    active: np.ndarray, spec: ModelSpec, key, *, warm: bool, progress, stop, started: float,
+    programs: Programs,
+    settings: FitSettings,
+    init_params: dict,
+    observed: np.ndarray,
+    anchors: np.ndarray,
+    active: np.ndarray,
+    spec: ModelSpec,
+    key,
+    *,
+    warm: bool,
+    progress,
+    stop,
+    started: float,
 ) -> OptimiserRun:
     """SVI from ``init_params`` in jitted chunks of ``CHUNK_STEPS`` steps, with droplets switched
     on and off at ``SWITCHING_AT`` fractions of the run (``run_fit``'s arguments)."""
     observed_j, anchors_j = jnp.asarray(observed), jnp.asarray(anchors)
     state = programs.init(
-        key, observed_j, anchors_j, jnp.asarray(active), spec,
+        key,
+        observed_j,
+        anchors_j,
+        jnp.asarray(active),
+        spec,
         init_params={k: jnp.asarray(v) for k, v in init_params.items()},
     )
     rates = learning_rates(settings, warm)
@@ -487,7 +538,9 @@ def _run_svi(
             status = "stopped"
             break
         if done in checkpoints:
-            state, anchors, active = _switch_droplets(programs, state, observed, anchors, active, spec, settings.droplets == 0)
+            state, anchors, active = _switch_droplets(
+                programs, state, observed, anchors, active, spec, settings.droplets == 0
+            )
             anchors_j = jnp.asarray(anchors)
         n_steps = min(CHUNK_STEPS, settings.steps - done)
         chunk_started = time.perf_counter()
@@ -505,7 +558,9 @@ def _run_svi(
             )
         if progress is not None:
             progress(
-                FitProgress(done, settings.steps, float(np.mean(chunk_losses)), time.perf_counter() - started, int(active.sum()))
+                FitProgress(
+                    done, settings.steps, float(np.mean(chunk_losses)), time.perf_counter() - started, int(active.sum())
+                )
             )
     if status == "done" and settings.droplets == 0:
         # Droplets added at the last checkpoint had no later pruning: a highlight or rim
@@ -513,8 +568,14 @@ def _run_svi(
         state, anchors, active = _switch_droplets(programs, state, observed, anchors, active, spec, False)
     params = {k: np.asarray(v) for k, v in programs.guide_params(state).items()}
     return OptimiserRun(
-        params, anchors, active, np.concatenate(losses) if losses else np.zeros(0, np.float32), done, status,
-        first_chunk_s, float(np.mean(losses[-1])) if losses else None,
+        params,
+        anchors,
+        active,
+        np.concatenate(losses) if losses else np.zeros(0, np.float32),
+        done,
+        status,
+        first_chunk_s,
+        float(np.mean(losses[-1])) if losses else None,
     )
 
 
@@ -545,7 +606,9 @@ def _with_spare_slots(candidates: np.ndarray, spare: bool) -> np.ndarray:
 
     Spare slots are sized like the larger candidates so their patches can draw most droplets.
     """
-    count = len(candidates) + (max(SPARE_SLOTS_MIN, int(np.ceil(SPARE_SLOTS_FRACTION * len(candidates)))) if spare else 0)
+    count = len(candidates) + (
+        max(SPARE_SLOTS_MIN, int(np.ceil(SPARE_SLOTS_FRACTION * len(candidates)))) if spare else 0
+    )
     slots = np.tile(np.median(candidates, axis=0), (bucket_size(count) - len(candidates), 1))
     slots[:, 2] = np.percentile(candidates[:, 2], 90)
     return np.concatenate([candidates, slots.astype(np.float32)])
@@ -559,7 +622,15 @@ def _switch_droplets(programs: Programs, state, observed, anchors, active, spec:
         programs.guide_params(state), jnp.asarray(observed), jnp.asarray(anchors), jnp.asarray(active), spec
     )
     params, anchors, active = tidy(
-        evaluated, optimiser_params(state), observed, anchors, active, spec, programs.guide, programs.variant, add,
+        evaluated,
+        optimiser_params(state),
+        observed,
+        anchors,
+        active,
+        spec,
+        programs.guide,
+        programs.variant,
+        add,
         prune=True,
     )
     return with_optimiser_state(state, params), anchors, active

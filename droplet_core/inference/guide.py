@@ -36,7 +36,6 @@ class LatentSite(NamedTuple):
     shape: tuple[int, ...]
 
 
-
 class MeanFieldGuide:
     """Independent normal posteriors in each latent's unconstrained space (as ``AutoNormal``).
 
@@ -102,7 +101,6 @@ class MeanFieldGuide:
         return self._constrained({name: params[f"{name}_auto_loc"] for name in self.transforms})
 
 
-
 class OrderedTraceELBO(Trace_ELBO):
     """``Trace_ELBO`` with one particle, its ``log p - log q`` terms summed in trace order.
 
@@ -117,7 +115,6 @@ class OrderedTraceELBO(Trace_ELBO):
         log_q, guide_trace = log_density(seed(guide, guide_key), args, kwargs, param_map)
         log_p, _ = log_density(replay(seed(model, model_key), guide_trace), args, kwargs, param_map)
         return {"loss": log_q - log_p, "mutable_state": None}
-
 
 
 def latent_sites(model, *args) -> dict:
@@ -142,7 +139,6 @@ def latent_sites(model, *args) -> dict:
 
     jax.eval_shape(record, *args)
     return supports
-
 
 
 class Evaluation(NamedTuple):

@@ -122,7 +122,16 @@ def fit_with_fixed_appearance(
         evaluation = evaluated(params, anchors, active)
         if tidied:
             params, anchors, active, evaluation = _tidied(
-                evaluated, evaluation, params, observed, anchors, active, spec, guide, variant, add,
+                evaluated,
+                evaluation,
+                params,
+                observed,
+                anchors,
+                active,
+                spec,
+                guide,
+                variant,
+                add,
                 prune=iteration > TIDY_FIRST,
             )
         values, fitted, prior_curvature = evaluation.values, evaluation.reconstruction, evaluation.prior_curvature
@@ -142,22 +151,47 @@ def fit_with_fixed_appearance(
         blocks = droplet_jacobian(evaluate_at, locs, active, layout, variant.radius_px(values))
         noise_sd = max(float(np.sqrt(np.mean((flat_observed - blocks.fitted) ** 2))), 1e-6)
         step, damping = _damped_step(
-            blocks, evaluate_at, locs, stacked_prior_curvature(prior_curvature, locs), flat_observed, active,
-            noise_sd, damping,
+            blocks,
+            evaluate_at,
+            locs,
+            stacked_prior_curvature(prior_curvature, locs),
+            flat_observed,
+            active,
+            noise_sd,
+            damping,
         )
         for name, change in by_site(step, locs).items():
             params[f"{name}_auto_loc"] = (locs[name] + change).astype(np.float32)
         if iteration == 0:
             first_iteration_s = time.perf_counter() - iteration_started
     params, anchors, active, evaluation = _tidied(
-        evaluated, evaluated(params, anchors, active), params, observed, anchors, active, spec, guide, variant, False,
+        evaluated,
+        evaluated(params, anchors, active),
+        params,
+        observed,
+        anchors,
+        active,
+        spec,
+        guide,
+        variant,
+        False,
         prune=True,
     )
-    rmse = float(np.sqrt(np.mean((flat_observed - np.asarray(evaluation.reconstruction).reshape(layout.n_pixels, channels)) ** 2)))
+    rmse = float(
+        np.sqrt(
+            np.mean((flat_observed - np.asarray(evaluation.reconstruction).reshape(layout.n_pixels, channels)) ** 2)
+        )
+    )
     params["noise_auto_loc"] = guide.unconstrained({"noise": np.float32(max(rmse, 1e-6))})["noise"]
     params = {name: np.asarray(value) for name, value in params.items()}
     return OptimiserRun(
-        params, anchors, active, np.asarray(losses, np.float32), len(losses), status, first_iteration_s,
+        params,
+        anchors,
+        active,
+        np.asarray(losses, np.float32),
+        len(losses),
+        status,
+        first_iteration_s,
         losses[-1] if losses else None,
     )
 
@@ -165,7 +199,9 @@ def fit_with_fixed_appearance(
 def _tidied(evaluated, evaluation, params, observed, anchors, active, spec, guide, variant, add: bool, prune: bool):
     """``droplet_switching.tidy`` at ``evaluation`` (``evaluated(params, anchors, active)``):
     ``(params, anchors, active, evaluation)``, evaluated again where droplets changed."""
-    params, anchors, tidied_active = tidy(evaluation, params, observed, anchors, active, spec, guide, variant, add, prune)
+    params, anchors, tidied_active = tidy(
+        evaluation, params, observed, anchors, active, spec, guide, variant, add, prune
+    )
     if np.any(tidied_active != active):
         return params, anchors, tidied_active, evaluated(params, anchors, tidied_active)
     return params, anchors, active, evaluation

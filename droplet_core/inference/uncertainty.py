@@ -231,7 +231,9 @@ def _own_pixels(layout: Layout, x_px, y_px, radius_px, active):
 
 def _sum_by_droplet(per_row: np.ndarray, starts: np.ndarray, total: int) -> np.ndarray:
     """Sum ``per_row`` ``(R, ...)`` (rows sorted by droplet) into ``(n, ...)`` given each droplet's first row."""
-    sums = np.add.reduceat(np.concatenate([per_row, np.zeros((1, *per_row.shape[1:]))]), np.minimum(starts, total), axis=0)
+    sums = np.add.reduceat(
+        np.concatenate([per_row, np.zeros((1, *per_row.shape[1:]))]), np.minimum(starts, total), axis=0
+    )
     empty = np.diff(np.append(starts, total)) == 0
     sums[empty] = 0.0
     return sums

@@ -96,8 +96,10 @@ class FitVerdict:
     def headline(self) -> str:
         """One sentence for the top of a page."""
         if self.quality == "good":
-            return (f"The fit explains the image: {self.explained_fraction:.0%} of its droplet-scale "
-                    "structure is accounted for.")
+            return (
+                f"The fit explains the image: {self.explained_fraction:.0%} of its droplet-scale "
+                "structure is accounted for."
+            )
         if self.quality == "partial":
             return f"The fit explains the image only in part: {self.problems[0]}"
         return f"This fit did not explain the image: {self.problems[0]}"
@@ -165,8 +167,15 @@ def judge_fit(
     spots, spot_radius = _residual_spots(observed_band, residual_band, noise_sd, min_radius_px, max_radius_px)
     radius = np.asarray(radius_fit_px, np.float64)
     count = radius.size
-    at_limit = float(np.mean((radius <= min_radius_px * (1 + LIMIT_TOLERANCE))
-                             | (radius >= max_radius_px * (1 - LIMIT_TOLERANCE)))) if count else 0.0
+    at_limit = (
+        float(
+            np.mean(
+                (radius <= min_radius_px * (1 + LIMIT_TOLERANCE)) | (radius >= max_radius_px * (1 - LIMIT_TOLERANCE))
+            )
+        )
+        if count
+        else 0.0
+    )
     doubtful = float(np.mean(np.asarray(p_exists) < DOUBTFUL_BELOW)) if p_exists is not None and count else 0.0
     at_large_limit = float(np.mean(radius >= max_radius_px * (1 - LIMIT_TOLERANCE))) if count else 0.0
 
@@ -177,13 +186,17 @@ def judge_fit(
         advice.append("Pick a channel where the droplets stand out on the Image page.")
     else:
         if explained < MIN_EXPLAINED:
-            problems.append(f"only {explained:.0%} of the image's droplet-scale structure is explained "
-                            "(the residual still shows it).")
+            problems.append(
+                f"only {explained:.0%} of the image's droplet-scale structure is explained "
+                "(the residual still shows it)."
+            )
         if spots >= max(MIN_SPOTS_FLAGGED, MAX_SPOTS_PER_DROPLET * count):
             problems.append(f"the residual holds {spots} droplet-shaped spots the model did not draw.")
             if spot_radius >= LARGE_SPOT_FRACTION * max_radius_px:
-                advice.append("What the model missed is as large as the largest droplet it can draw at this "
-                              "resolution: increase the downscale.")
+                advice.append(
+                    "What the model missed is as large as the largest droplet it can draw at this "
+                    "resolution: increase the downscale."
+                )
     if count and at_limit > MAX_AT_LIMIT_FRACTION:
         problems.append(f"{at_limit:.0%} of the droplets sit at the smallest or largest size the model can draw.")
         if at_large_limit > at_limit / 2:
@@ -233,8 +246,9 @@ def _high_pass(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return image - ndimage.gaussian_filter(image, sigma=(sigma_px, sigma_px, 0), mode="reflect")
 
 
-def _residual_spots(observed_band: np.ndarray, residual_band: np.ndarray, noise_sd: float,
-                    min_radius_px: float, max_radius_px: float) -> tuple[int, float]:
+def _residual_spots(
+    observed_band: np.ndarray, residual_band: np.ndarray, noise_sd: float, min_radius_px: float, max_radius_px: float
+) -> tuple[int, float]:
     """Strong droplet-shaped blobs of the residual (see the module docstring): their number
     and their median radius (fit px, the best LoG scale; 0 when there are none)."""
     octaves = np.log2(max(max_radius_px / max(min_radius_px, 1.0), 1.0))
@@ -250,8 +264,9 @@ def _residual_spots(observed_band: np.ndarray, residual_band: np.ndarray, noise_
         residual_best = np.maximum(residual_best, response)
         observed_best = np.maximum(observed_best, _log_magnitude(observed_band, sigma) / noise_response)
     separation = max(int(min_radius_px), 1)
-    observed_peaks = peak_local_max(observed_best, min_distance=separation, threshold_abs=SPOT_NOISE_SDS,
-                                    exclude_border=False)
+    observed_peaks = peak_local_max(
+        observed_best, min_distance=separation, threshold_abs=SPOT_NOISE_SDS, exclude_border=False
+    )
     if len(observed_peaks) == 0:
         return 0, 0.0
     typical = float(np.median(observed_best[tuple(observed_peaks.T)]))

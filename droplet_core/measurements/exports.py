@@ -56,8 +56,9 @@ def label_tiff_bytes(labels: np.ndarray, pixel_size: PixelSize = PixelSize()) ->
     buffer = io.BytesIO()
     if labels.dtype == np.uint16:
         resolution = (1.0 / pixel_size.x_um, 1.0 / pixel_size.y_um) if pixel_size.known else None
-        tifffile.imwrite(buffer, labels, imagej=True, resolution=resolution,
-                         metadata={"unit": "um"} if pixel_size.known else {})
+        tifffile.imwrite(
+            buffer, labels, imagej=True, resolution=resolution, metadata={"unit": "um"} if pixel_size.known else {}
+        )
     else:
         tifffile.imwrite(buffer, labels)
     return buffer.getvalue()
@@ -68,14 +69,21 @@ def oval_rois(droplets: pd.DataFrame) -> list[roifile.ImagejRoi]:
     rois = []
     for label, (x, y, radius) in enumerate(droplets[["x", "y", "radius"]].to_numpy(float), start=1):
         left, top = x + 0.5 - radius, y + 0.5 - radius  # ImageJ's pixel centres are at index + 0.5
-        rois.append(roifile.ImagejRoi(
-            roitype=roifile.ROI_TYPE.OVAL,
-            options=roifile.ROI_OPTIONS.SUB_PIXEL_RESOLUTION,
-            name=str(label),
-            left=int(np.floor(left)), top=int(np.floor(top)),
-            right=int(np.ceil(left + 2 * radius)), bottom=int(np.ceil(top + 2 * radius)),
-            xd=left, yd=top, widthd=2 * radius, heightd=2 * radius,
-        ))
+        rois.append(
+            roifile.ImagejRoi(
+                roitype=roifile.ROI_TYPE.OVAL,
+                options=roifile.ROI_OPTIONS.SUB_PIXEL_RESOLUTION,
+                name=str(label),
+                left=int(np.floor(left)),
+                top=int(np.floor(top)),
+                right=int(np.ceil(left + 2 * radius)),
+                bottom=int(np.ceil(top + 2 * radius)),
+                xd=left,
+                yd=top,
+                widthd=2 * radius,
+                heightd=2 * radius,
+            )
+        )
     return rois
 
 

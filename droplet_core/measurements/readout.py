@@ -102,11 +102,16 @@ def readout_files(droplets: pd.DataFrame, report: FitReport, pixel_size: PixelSi
     """File name -> bytes of every read-out file (see the module docstring)."""
     height, width = image_shape_hw(report)
     labels = exports.label_image(droplets, (height, width))
-    record = {**report.to_dict(), "pixel_size": pixel_size.to_dict(),
-              "statistics": dataclasses.asdict(StatisticsSettings())}
+    record = {
+        **report.to_dict(),
+        "pixel_size": pixel_size.to_dict(),
+        "statistics": dataclasses.asdict(StatisticsSettings()),
+    }
     return {
         "droplets.csv": droplet_table(droplets, pixel_size).to_csv(index=False, float_format="%.6g").encode(),
-        "statistics.csv": fit_statistics(droplets, report, pixel_size).to_csv(index=False, float_format="%.6g").encode(),
+        "statistics.csv": fit_statistics(droplets, report, pixel_size)
+        .to_csv(index=False, float_format="%.6g")
+        .encode(),
         "labels.tif": exports.label_tiff_bytes(labels, pixel_size),
         "rois.zip": exports.roi_zip_bytes(droplets),
         "fit.json": json.dumps(record, indent=2, sort_keys=True).encode(),

@@ -117,8 +117,12 @@ def border_weights(x_px, y_px, diameter_px, field: tuple[float, float, float, fl
     x0, y0, x1, y1 = field
     width, height = x1 - x0, y1 - y0
     radius = 0.5 * diameter
-    inside = ((np.asarray(x_px) - radius >= x0 - 0.5) & (np.asarray(x_px) + radius <= x1 - 0.5)
-              & (np.asarray(y_px) - radius >= y0 - 0.5) & (np.asarray(y_px) + radius <= y1 - 0.5))
+    inside = (
+        (np.asarray(x_px) - radius >= x0 - 0.5)
+        & (np.asarray(x_px) + radius <= x1 - 0.5)
+        & (np.asarray(y_px) - radius >= y0 - 0.5)
+        & (np.asarray(y_px) + radius <= y1 - 0.5)
+    )
     guard = np.clip(width - diameter, 0.0, None) * np.clip(height - diameter, 0.0, None)
     with np.errstate(divide="ignore"):
         return np.where(inside & (guard > 0), width * height / np.where(guard > 0, guard, 1.0), 0.0)
@@ -137,8 +141,9 @@ def _statistics_of(diameter: np.ndarray, weight: np.ndarray, field_area_px: floa
     d32 = volume.sum() / (weight * diameter**2).sum()
     d43 = (volume * diameter).sum() / volume.sum()
     area_fraction = (weight * np.pi * diameter**2 / 4.0).sum() / field_area_px
-    return np.array([mean, sd, d10, d50, d90, dv10, dv50, dv90, d32, d43,
-                     (dv90 - dv10) / dv50, sd / mean, area_fraction])
+    return np.array(
+        [mean, sd, d10, d50, d90, dv10, dv50, dv90, d32, d43, (dv90 - dv10) / dv50, sd / mean, area_fraction]
+    )
 
 
 def statistic_draws(
@@ -180,8 +185,7 @@ def statistic_draws(
     for k in range(settings.draws):
         exists = rng.random(n) < p
         drawn = np.clip(diameter + 2.0 * sd * rng.standard_normal(n), 0.05 * diameter, None)
-        draws[k] = _statistics_of(drawn, border_weights(x_px, y_px, drawn, field, settings.border) * exists,
-                                  field_area)
+        draws[k] = _statistics_of(drawn, border_weights(x_px, y_px, drawn, field, settings.border) * exists, field_area)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a statistic with no droplet in any draw stays NaN
         return values, draws - np.nanmedian(draws, axis=0) + values
@@ -230,18 +234,21 @@ def size_statistics(
     ``settings.level`` interval) and ``unit`` (``"µm"``, ``"px"`` or ``""``).
     """
     discrepancy = discrepancy or {}
-    values, draws = statistic_draws(x_px, y_px, radius_px, field, sd_radius_px=sd_radius_px, p_exists=p_exists,
-                                    settings=settings)
-    draws = with_discrepancy(draws, np.array([discrepancy.get(name, 0.0) for name in STATISTIC_NAMES[1:]]),
-                             settings.seed)
+    values, draws = statistic_draws(
+        x_px, y_px, radius_px, field, sd_radius_px=sd_radius_px, p_exists=p_exists, settings=settings
+    )
+    draws = with_discrepancy(
+        draws, np.array([discrepancy.get(name, 0.0) for name in STATISTIC_NAMES[1:]]), settings.seed
+    )
     tail = 0.5 * (1.0 - settings.level)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanquantile(draws, [tail, 1.0 - tail], axis=0)
     low = np.maximum(low, 0.0)  # every statistic is non-negative; a recentred draw need not be
     # The fit's one count (``droplet_core.measurements.counting``): the expected number, in its interval.
-    count = droplet_count(p_exists, int(np.size(radius_px)),
-                          float(np.hypot(count_discrepancy, discrepancy.get("count", 0.0))))
+    count = droplet_count(
+        p_exists, int(np.size(radius_px)), float(np.hypot(count_discrepancy, discrepancy.get("count", 0.0)))
+    )
     rows = [("count", "Count", float(count.count), float(count.low), float(count.high), "")]
     for (name, label, kind), value, lo, hi in zip(STATISTICS[1:], values, low, high):
         rows.append((name, label, value, lo, hi, "px" if kind == "length" else ""))

@@ -117,7 +117,11 @@ def make_layout(shape: tuple[int, int, int], radius_px: np.ndarray, extent: floa
 
 def per_pixel(layout: Layout, droplet_values):
     """Gather ``(n, ...)`` droplet values to the ``(L, ...)`` patch pixels (sorted indices)."""
-    return jnp.asarray(droplet_values).at[jnp.asarray(layout.droplet)].get(indices_are_sorted=True, mode="promise_in_bounds")
+    return (
+        jnp.asarray(droplet_values)
+        .at[jnp.asarray(layout.droplet)]
+        .get(indices_are_sorted=True, mode="promise_in_bounds")
+    )
 
 
 def patch_geometry(layout: Layout, x_px, y_px):

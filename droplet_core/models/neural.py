@@ -212,8 +212,14 @@ def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
     ``radius`` is pinned only by where the detector started it.
     """
     radius = np.minimum(np.asarray(values["radius"]), np.asarray(spec.layout.radius_cap_px))
-    return outline_columns(droplet_looks(values, spec), EXTENT, values["x"], values["y"], radius,
-                           composition_and_uncertainty_columns(values, uncertainty))
+    return outline_columns(
+        droplet_looks(values, spec),
+        EXTENT,
+        values["x"],
+        values["y"],
+        radius,
+        composition_and_uncertainty_columns(values, uncertainty),
+    )
 
 
 def droplet_looks(values: dict, spec: ModelSpec) -> np.ndarray:
@@ -235,13 +241,16 @@ def droplet_looks(values: dict, spec: ModelSpec) -> np.ndarray:
         mix = np.zeros((LOOKS_PER_CALL, types), np.float32)
         count = min(LOOKS_PER_CALL, len(radius) - start)
         r[:count], mix[:count] = radius[start : start + count], composition[start : start + count]
-        features = np.concatenate([
-            np.broadcast_to(bg, (LOOKS_PER_CALL, cells, c)),
-            np.broadcast_to(u.ravel()[None, :, None], (LOOKS_PER_CALL, cells, 1)),
-            np.broadcast_to(v.ravel()[None, :, None], (LOOKS_PER_CALL, cells, 1)),
-            np.broadcast_to(r[:, None, None], (LOOKS_PER_CALL, cells, 1)),
-            np.broadcast_to(mix[:, None, :], (LOOKS_PER_CALL, cells, types)),
-        ], axis=2)
+        features = np.concatenate(
+            [
+                np.broadcast_to(bg, (LOOKS_PER_CALL, cells, c)),
+                np.broadcast_to(u.ravel()[None, :, None], (LOOKS_PER_CALL, cells, 1)),
+                np.broadcast_to(v.ravel()[None, :, None], (LOOKS_PER_CALL, cells, 1)),
+                np.broadcast_to(r[:, None, None], (LOOKS_PER_CALL, cells, 1)),
+                np.broadcast_to(mix[:, None, :], (LOOKS_PER_CALL, cells, types)),
+            ],
+            axis=2,
+        )
         drawn = np.asarray(_draw(params, features.reshape(-1, feature_count(spec)), c))
         looks.append(drawn.reshape(LOOKS_PER_CALL, cells, c)[:count] - bg)
     looks = np.concatenate(looks) if looks else np.zeros((0, cells, c), np.float32)

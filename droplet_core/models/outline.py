@@ -120,8 +120,9 @@ def _fit_circles(px: np.ndarray, py: np.ndarray, use: np.ndarray) -> tuple[np.nd
     return centre_x, centre_y, np.sqrt(np.maximum(solved[:, 2] + centre_x**2 + centre_y**2, 1e-12))
 
 
-def outline_columns(looks: np.ndarray, extent: float, x: np.ndarray, y: np.ndarray, radius: np.ndarray,
-                    columns: dict) -> dict:
+def outline_columns(
+    looks: np.ndarray, extent: float, x: np.ndarray, y: np.ndarray, radius: np.ndarray, columns: dict
+) -> dict:
     """The outline's ``x``, ``y``, ``radius``, ``edge_width`` and ``in_focus`` (fit px) of droplets
     whose looks ``(n, m, m)`` (minus the background, on a grid of ``-extent..extent`` of their
     model ``radius`` ``(n,)``) are drawn at ``x``, ``y`` ``(n,)``; ``columns`` (the variant's

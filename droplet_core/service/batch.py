@@ -57,8 +57,20 @@ from droplet_core.settings import FitSettings
 
 FITTED, STORED, FAILED = "fitted", "stored", "failed"
 SUMMARY_COLUMNS = (
-    "image", "fit_id", "status", "droplet_count", "count_low_90", "count_high_90", "median_radius", "rmse",
-    "fit_quality", "fit_problems", "seconds", "error", "pixel_size_um", "pixel_size_origin",
+    "image",
+    "fit_id",
+    "status",
+    "droplet_count",
+    "count_low_90",
+    "count_high_90",
+    "median_radius",
+    "rmse",
+    "fit_quality",
+    "fit_problems",
+    "seconds",
+    "error",
+    "pixel_size_um",
+    "pixel_size_origin",
 )
 FITS_FOLDER = "fits"
 IMAGE_COLUMN = "image"
@@ -153,8 +165,12 @@ def find_images(patterns: Sequence[str]) -> list[BatchImage]:
     (``"a.tif"``, or ``"day1/a.tif"`` for a recursive pattern); folders are left out.
     """
     paths = sorted(
-        {os.path.abspath(path) for pattern in patterns for path in glob.glob(pattern, recursive=True)
-         if os.path.isfile(path)}
+        {
+            os.path.abspath(path)
+            for pattern in patterns
+            for path in glob.glob(pattern, recursive=True)
+            if os.path.isfile(path)
+        }
     )
     if not paths:
         return []
@@ -227,7 +243,10 @@ class SubmittedBatch:
 
 
 def submit_batch(
-    images: Sequence[BatchImage], settings: FitSettings, executor: Executor, store_root: str | os.PathLike,
+    images: Sequence[BatchImage],
+    settings: FitSettings,
+    executor: Executor,
+    store_root: str | os.PathLike,
     pixel_size_um: float | None = None,
 ) -> SubmittedBatch:
     """Hand one ``fit_image`` task per image to ``executor`` and return at once.
@@ -339,8 +358,10 @@ def unpack_uploads(files: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 members = [
-                    info for info in archive.infolist()
-                    if not info.is_dir() and info.filename.lower().endswith(IMAGE_SUFFIXES)
+                    info
+                    for info in archive.infolist()
+                    if not info.is_dir()
+                    and info.filename.lower().endswith(IMAGE_SUFFIXES)
                     and not any(part.startswith((".", "__MACOSX")) for part in info.filename.split("/"))
                 ]
                 if len(members) > MAX_ARCHIVE_MEMBERS:

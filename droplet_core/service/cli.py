@@ -59,20 +59,37 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     defaults = FitSettings()
     parser.add_argument("--model", choices=variant_names(), default=defaults.model)
     parser.add_argument("--channel", choices=CHANNELS, help="default: grey (rgb for neural)")
-    parser.add_argument("--downscale", type=_whole_or_auto("downscale"), default=defaults.downscale, help="integer factor or 'auto'")
-    parser.add_argument("--droplets", type=_whole_or_auto("the droplet count"), default=defaults.droplets, help="maximum count or 'auto'")
-    parser.add_argument("--steps", type=int, default=defaults.steps,
-                        help="SVI steps; with --appearance-from, the most Levenberg-Marquardt iterations")
+    parser.add_argument(
+        "--downscale", type=_whole_or_auto("downscale"), default=defaults.downscale, help="integer factor or 'auto'"
+    )
+    parser.add_argument(
+        "--droplets",
+        type=_whole_or_auto("the droplet count"),
+        default=defaults.droplets,
+        help="maximum count or 'auto'",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=defaults.steps,
+        help="SVI steps; with --appearance-from, the most Levenberg-Marquardt iterations",
+    )
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--mask-types", type=int, default=defaults.mask_types)
     parser.add_argument("--mask-size", type=int, default=defaults.mask_size)
     parser.add_argument("--crop", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"))
-    parser.add_argument("--initializer", choices=INITIALIZERS, default=defaults.initializer,
-                        help="where droplets start: 'encoder', the trained detector network (default), or 'log', "
-                             "Laplacian-of-Gaussian candidates")
     parser.add_argument(
-        "--pixel-size", type=_pixel_size, metavar="SIZE",
+        "--initializer",
+        choices=INITIALIZERS,
+        default=defaults.initializer,
+        help="where droplets start: 'encoder', the trained detector network (default), or 'log', "
+        "Laplacian-of-Gaussian candidates",
+    )
+    parser.add_argument(
+        "--pixel-size",
+        type=_pixel_size,
+        metavar="SIZE",
         help="pixel size for the µm columns and statistics, e.g. 0.65um or 650nm (default: from the file, else pixels)",
     )
     parser.add_argument(
@@ -86,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m droplet_core", description="Probabilistic droplet fitting.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    fit = commands.add_parser("fit", help="fit a model to an image and write droplets.csv, reconstruction.png, fit.json")
+    fit = commands.add_parser(
+        "fit", help="fit a model to an image and write droplets.csv, reconstruction.png, fit.json"
+    )
     fit.add_argument("image", type=Path)
     fit.add_argument("--out", type=Path, required=True, help="output folder")
     _add_fit_options(fit)
@@ -105,14 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     track = commands.add_parser(
         "track", help="fit every frame of a time-lapse stack, follow the droplets: tracks.csv, events.csv, frames.csv"
     )
-    track.add_argument("stack", type=Path, help="multi-page TIFF / OME-TIFF, video, zip of images, or a folder of images")
+    track.add_argument(
+        "stack", type=Path, help="multi-page TIFF / OME-TIFF, video, zip of images, or a folder of images"
+    )
     track.add_argument("--out", type=Path, required=True, help="output folder")
     _add_fit_options(track)
-    track.add_argument("--frame-interval", metavar="INTERVAL", help="time between frames, e.g. 2s or 500ms "
-                       "(default: from the file, else times are frame numbers)")
+    track.add_argument(
+        "--frame-interval",
+        metavar="INTERVAL",
+        help="time between frames, e.g. 2s or 500ms (default: from the file, else times are frame numbers)",
+    )
     track.add_argument("--first-frame", type=int, default=1, help="frame fitted in full first (1-based, default 1)")
-    track.add_argument("--search-range", type=float, default=0.0,
-                       help="farthest move of a droplet between frames, px, drift removed (default: from the radii)")
+    track.add_argument(
+        "--search-range",
+        type=float,
+        default=0.0,
+        help="farthest move of a droplet between frames, px, drift removed (default: from the radii)",
+    )
     track.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     scene = commands.add_parser("scene", help="write a synthetic scene.png and its truth.csv")
@@ -130,20 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("image", type=Path)
     detect.add_argument("--out", type=Path, required=True, help="output folder")
     detect.add_argument("--channel", choices=CHANNELS, default="rgb", help="default: rgb")
-    detect.add_argument("--downscale", type=_whole_or_auto("downscale"), default=0,
-                        help="finest pyramid level (integer factor; default 'auto': full resolution)")
+    detect.add_argument(
+        "--downscale",
+        type=_whole_or_auto("downscale"),
+        default=0,
+        help="finest pyramid level (integer factor; default 'auto': full resolution)",
+    )
     detect.add_argument("--threshold", type=float, default=0.5, help="presence probability a droplet needs")
     detect.add_argument("--min-radius", type=float, default=0.0, help="smallest radius kept, px of the image")
 
-    stats = commands.add_parser(
-        "stats", help="size statistics with 90 %% intervals of a stored fit (no refitting)"
-    )
+    stats = commands.add_parser("stats", help="size statistics with 90 %% intervals of a stored fit (no refitting)")
     stats.add_argument("fit", metavar="FIT_ID_OR_DIR", help="a fit id in the store, or a fit's output folder")
     stats.add_argument("--pixel-size", type=_pixel_size, metavar="SIZE", help="e.g. 0.65um (default: as recorded)")
     # droplet_core.measurements.size_statistics.BORDER_HANDLING, spelled out: that module loads pandas,
     # which the other commands do not need.
-    stats.add_argument("--border", choices=("miles-lantuejoul", "keep-all"), default="miles-lantuejoul",
-                       help="droplets cut by the image edge: Miles-Lantuéjoul correction (default) or keep all")
+    stats.add_argument(
+        "--border",
+        choices=("miles-lantuejoul", "keep-all"),
+        default="miles-lantuejoul",
+        help="droplets cut by the image edge: Miles-Lantuéjoul correction (default) or keep all",
+    )
     stats.add_argument("--csv", type=Path, help="also write the table to this CSV file")
 
     train = commands.add_parser("train-encoder", help="train the detector network on synthetic scenes")
@@ -208,7 +242,12 @@ def _fit(args) -> int:
         )
 
     result, from_store = load_or_fit(
-        image, sha256_bytes(data), settings, store, image_bytes=data, appearance_source=source,
+        image,
+        sha256_bytes(data),
+        settings,
+        store,
+        image_bytes=data,
+        appearance_source=source,
         progress=None if args.quiet else report,
     )
     if from_store:
@@ -255,8 +294,14 @@ def _batch(args) -> int:
         print(f"[{finished}/{total}] {outcome.image}: {what}", file=sys.stderr)
 
     with dask_executor(args.scheduler, args.workers) as executor:
-        outcomes = run_batch(images, settings, executor, store.root, on_outcome=None if args.quiet else report,
-                             pixel_size_um=args.pixel_size)
+        outcomes = run_batch(
+            images,
+            settings,
+            executor,
+            store.root,
+            on_outcome=None if args.quiet else report,
+            pixel_size_um=args.pixel_size,
+        )
     write_batch_outputs(outcomes, store, args.out)
     fitted = sum(outcome.succeeded for outcome in outcomes)
     if not fitted:
@@ -283,8 +328,12 @@ def _track(args) -> int:
     interval = parse_frame_interval(args.frame_interval) if args.frame_interval else None
     if args.search_range < 0:
         raise ValueError("--search-range must not be negative")
-    settings = TimelapseSettings(fit=_settings_from_args(args, None), first_frame=args.first_frame - 1,
-                                 search_range_px=args.search_range, frame_interval_s=interval)
+    settings = TimelapseSettings(
+        fit=_settings_from_args(args, None),
+        first_frame=args.first_frame - 1,
+        search_range_px=args.search_range,
+        frame_interval_s=interval,
+    )
 
     def report(done, total, frame):
         where = "from the store" if frame.from_store else f"{frame.seconds:.1f} s"
@@ -295,8 +344,10 @@ def _track(args) -> int:
     tables = analyse_stack(stack, settings, fits, store)
     write_tables(tables, args.out)
     kinds = tables.events["kind"].value_counts()
-    print(f"track: {stack.n_frames} frames, {tables.tracks['track'].nunique()} tracks, "
-          f"{int(kinds.get('coalescence', 0))} coalescences, {len(tables.events)} events -> {args.out}")
+    print(
+        f"track: {stack.n_frames} frames, {tables.tracks['track'].nunique()} tracks, "
+        f"{int(kinds.get('coalescence', 0))} coalescences, {len(tables.events)} events -> {args.out}"
+    )
     return 0
 
 
@@ -331,8 +382,9 @@ def _stats(args) -> int:
     report = FitReport.from_dict(record)
     table = fit_statistics(droplets, report, pixel_size, StatisticsSettings(border=args.border))
     print(f"fit {report.fit_id}: pixel size {pixel_size.describe()}; border: {args.border}")
-    shown = table.assign(interval_90=[f"{low:.4g} - {high:.4g}"
-                                      for low, high in zip(table["low_90"], table["high_90"])])
+    shown = table.assign(
+        interval_90=[f"{low:.4g} - {high:.4g}" for low, high in zip(table["low_90"], table["high_90"])]
+    )
     print(shown[["label", "value", "interval_90", "unit"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.csv:
         table.to_csv(args.csv, index=False, float_format="%.6g")
@@ -378,8 +430,12 @@ def _detect(args) -> int:
         "method": "encoder",
         "image_sha256": sha256_bytes(data),
         "image_shape": list(image.shape),
-        "settings": {"channel": args.channel, "downscale": factor, "threshold": args.threshold,
-                     "min_radius_px": args.min_radius},
+        "settings": {
+            "channel": args.channel,
+            "downscale": factor,
+            "threshold": args.threshold,
+            "min_radius_px": args.min_radius,
+        },
         "architecture": dataclasses.asdict(architecture),
         "weights": str(detector_net.WEIGHTS_DIR / detector_net.WEIGHTS_FILE),
         "droplet_count": len(droplets),
@@ -387,10 +443,13 @@ def _detect(args) -> int:
         "note": "the detector network finds droplets but renders no reconstruction; overlay.png shows them",
         "device": jax_device_description(),
         "versions": library_versions(),
-        "timings": {"load_s": round(loaded - started, 4), "detect_s": round(computed - loaded, 4),
-                    "total_s": round(time.perf_counter() - started, 4)},
+        "timings": {
+            "load_s": round(loaded - started, 4),
+            "detect_s": round(computed - loaded, 4),
+            "total_s": round(time.perf_counter() - started, 4),
+        },
         "timings_note": "detect_s includes loading the weights and compiling the network for each pyramid "
-                        "level's size, once per process",
+        "level's size, once per process",
     }
     (args.out / "fit.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     print(f"detect: {len(droplets)} droplets, {info['timings']['detect_s']:.2f} s -> {args.out}")
@@ -406,7 +465,9 @@ def _train_encoder(args) -> int:
     params, record = detector_training.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
     detector_training.save_weights(params, record, args.out)
     last = record["curve"][-1] if record["curve"] else {}
-    print(f"train-encoder: {record['steps']} steps, validation F1 {last.get('validation_f1_default', float('nan')):.3f} -> {args.out}")
+    print(
+        f"train-encoder: {record['steps']} steps, validation F1 {last.get('validation_f1_default', float('nan')):.3f} -> {args.out}"
+    )
     return 0
 
 
@@ -415,8 +476,15 @@ def main(argv: list[str] | None = None) -> int:
     # A malformed TIFF becomes one ImageError line (or loads); tifffile logs its complaints about it
     # (as warnings and errors), which would add lines.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    commands = {"fit": _fit, "batch": _batch, "track": _track, "scene": _scene, "stats": _stats, "detect": _detect,
-                "train-encoder": _train_encoder}
+    commands = {
+        "fit": _fit,
+        "batch": _batch,
+        "track": _track,
+        "scene": _scene,
+        "stats": _stats,
+        "detect": _detect,
+        "train-encoder": _train_encoder,
+    }
     try:
         return commands[args.command](args)
     # FitError is a ValueError; importing it here would load the fit engine for every command.

@@ -68,8 +68,13 @@ class JobFiles:
     def write_progress(self, progress: FitProgress) -> None:
         """Replace ``progress.json`` (atomically: readers never see half a file)."""
         self._losses.append(float(progress.loss))
-        record = {"step": int(progress.step), "loss": float(progress.loss), "elapsed_s": float(progress.elapsed_s),
-                  "droplets": int(progress.droplets), "losses": self._losses}
+        record = {
+            "step": int(progress.step),
+            "loss": float(progress.loss),
+            "elapsed_s": float(progress.elapsed_s),
+            "droplets": int(progress.droplets),
+            "losses": self._losses,
+        }
         self.folder.mkdir(parents=True, exist_ok=True)
         handle, work = tempfile.mkstemp(prefix=".progress-", dir=self.folder)
         with os.fdopen(handle, "w") as file:
@@ -146,8 +151,15 @@ def compute_fit(
             reused = {}
             if settings.appearance_from is not None:
                 reused["appearance_source"] = store.load(settings.appearance_from)
-            result = fit_fn(image, settings, image_sha256=image_sha256, progress=progress, stop=stop,
-                            warm_start=warm_start, **reused)
+            result = fit_fn(
+                image,
+                settings,
+                image_sha256=image_sha256,
+                progress=progress,
+                stop=stop,
+                warm_start=warm_start,
+                **reused,
+            )
         except (ValueError, StoreError) as exc:  # FitError, bad settings, a missing source: a message for the user
             return FitOutcome(FAILED, None, one_line(str(exc)) or type(exc).__name__), None
         if result.status == DONE and result.fit_id != key:
@@ -186,8 +198,9 @@ def fit_on_worker(
         return FitOutcome(FAILED, None, one_line(str(exc)))
     if files.is_set():
         return FitOutcome(STOPPED, None, None)
-    outcome, _ = compute_fit(image, image_sha256, settings, store, fit_fn, progress=files.write_progress,
-                             stop=files, warm_start=warm_start)
+    outcome, _ = compute_fit(
+        image, image_sha256, settings, store, fit_fn, progress=files.write_progress, stop=files, warm_start=warm_start
+    )
     return outcome
 
 

@@ -65,7 +65,6 @@ _CAPACITY_REFRESH_S = 2.0
 _CLOSE_WAIT_S = 30.0
 
 
-
 class QueueFull(ValueError):
     """A session asked for more fits than its share of the queue (``session_limit``)."""
 
@@ -312,8 +311,13 @@ class JobRegistry:
     queue : scheduler address and per-session limit; in-process, default limit when None.
     """
 
-    def __init__(self, store: FitStore, fit_fn: FitFunction | None = None, max_workers: int = 1,
-                 queue: QueueSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: FitStore,
+        fit_fn: FitFunction | None = None,
+        max_workers: int = 1,
+        queue: QueueSettings | None = None,
+    ) -> None:
         self.store = store
         self.queue_settings = queue or QueueSettings()
         self._fit_fn = fit_fn
@@ -424,11 +428,14 @@ class JobRegistry:
 
     def _check_session_limit(self, session: str) -> None:
         held = self._queue.queued(session) + sum(
-            isinstance(work, FitJob) and work.lane == session for work in self._running)
+            isinstance(work, FitJob) and work.lane == session for work in self._running
+        )
         limit = self.queue_settings.session_limit
         if held >= limit:
-            raise QueueFull(f"you have {held} fit{'s' if held != 1 else ''} queued or running, the most one "
-                            f"session may have at once ({limit}); wait for one to finish or stop it")
+            raise QueueFull(
+                f"you have {held} fit{'s' if held != 1 else ''} queued or running, the most one "
+                f"session may have at once ({limit}); wait for one to finish or stop it"
+            )
 
     def _enqueue(self, work: FitJob | _Task) -> None:
         """Queue ``work`` (lock held) and make sure the workers run."""
@@ -566,8 +573,16 @@ class JobRegistry:
 
     def _run_here(self, job: FitJob) -> None:
         image, image_sha256, warm_start = job._request
-        outcome, result = compute_fit(image, image_sha256, job.settings, self.store, self._fit_fn,
-                                      progress=job._report, stop=job._stop, warm_start=warm_start)
+        outcome, result = compute_fit(
+            image,
+            image_sha256,
+            job.settings,
+            self.store,
+            self._fit_fn,
+            progress=job._report,
+            stop=job._stop,
+            warm_start=warm_start,
+        )
         if result is not None:
             job._finish_with(result)
         else:
@@ -639,9 +654,16 @@ class JobRegistry:
                 # An uploaded image is in the store, which the workers read: the task then
                 # stays small, and a retry on another worker finds its input there too.
                 future = client.submit(
-                    fit_on_worker, None if self.store.has_image(image_sha256) else image, image_sha256, work.settings,
-                    warm_start.fit_id if warm_start is not None else None, str(self.store.root), work.token,
-                    self._fit_fn, key=f"droplet-fit-{work.fit_id}-{work.token[:8]}", pure=False,
+                    fit_on_worker,
+                    None if self.store.has_image(image_sha256) else image,
+                    image_sha256,
+                    work.settings,
+                    warm_start.fit_id if warm_start is not None else None,
+                    str(self.store.root),
+                    work.token,
+                    self._fit_fn,
+                    key=f"droplet-fit-{work.fit_id}-{work.token[:8]}",
+                    pure=False,
                 )
             elif work.future.set_running_or_notify_cancel():
                 future = client.submit(work.fn, *work.args, pure=False, **work.kwargs)
@@ -695,8 +717,10 @@ def _cluster_failure(error: BaseException) -> str:
     from distributed import KilledWorker
 
     if isinstance(error, KilledWorker):
-        return ("the Dask worker computing this fit died (out of memory, or shut down) on every try; nothing of it "
-                "was stored: press Fit to try again")
+        return (
+            "the Dask worker computing this fit died (out of memory, or shut down) on every try; nothing of it "
+            "was stored: press Fit to try again"
+        )
     return one_line(f"the Dask cluster could not run this fit: {type(error).__name__}: {error}")
 
 

@@ -86,8 +86,15 @@ def load_or_fit(
     if settings.appearance_from is not None and appearance_source is None:
         appearance_source = store.load(settings.appearance_from)
     result = run_fit(
-        image, settings, image_sha256=image_sha256, progress=progress, stop=stop, warm_start=warm_start,
-        appearance_source=appearance_source, start_from=start_from, fit_id=key,
+        image,
+        settings,
+        image_sha256=image_sha256,
+        progress=progress,
+        stop=stop,
+        warm_start=warm_start,
+        appearance_source=appearance_source,
+        start_from=start_from,
+        fit_id=key,
     )
     if image_bytes is not None:
         result = replace(result, report=result.report.with_file_pixel_size(image_bytes))

@@ -173,7 +173,9 @@ class FitStore:
             }
             warm_start = {} if result.warm_start is None else result.warm_start._asdict()
             for prefix, values in (
-                (_PARAMS_PREFIX, result.params), (_APPEARANCE_PREFIX, result.appearance), (_WARM_START_PREFIX, warm_start)
+                (_PARAMS_PREFIX, result.params),
+                (_APPEARANCE_PREFIX, result.appearance),
+                (_WARM_START_PREFIX, warm_start),
             ):
                 for name, value in values.items():
                     arrays[prefix + name] = _as_plain_array(prefix + name, value)
@@ -306,7 +308,7 @@ class FitStore:
 
 def _take_prefixed(arrays: dict, prefix: str) -> dict:
     """The entries of ``arrays`` whose name starts with ``prefix``, with the prefix removed."""
-    return {name[len(prefix):]: value for name, value in arrays.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: value for name, value in arrays.items() if name.startswith(prefix)}
 
 
 def _warm_start(stored: dict, params: dict) -> WarmStartState | None:

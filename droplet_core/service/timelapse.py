@@ -62,10 +62,32 @@ MIN_PART_FRACTION = 0.1
 MIN_VOLUME_JITTER = 0.02
 JITTER_RADIUS_RATIO = 1.5
 MIN_JITTER_STEPS = 20
-TRACK_COLUMNS = ("frame", "time_s", "track", "x_px", "y_px", "radius_px", "sd_x_px", "sd_y_px", "sd_radius_px",
-                 "p_exists", "volume_px3", "sd_volume_px3")
-EVENT_COLUMNS = ("frame", "time_s", "kind", "tracks_before", "tracks_after", "x_px", "y_px", "volume_before_px3",
-                 "volume_after_px3", "sd_volume_px3")
+TRACK_COLUMNS = (
+    "frame",
+    "time_s",
+    "track",
+    "x_px",
+    "y_px",
+    "radius_px",
+    "sd_x_px",
+    "sd_y_px",
+    "sd_radius_px",
+    "p_exists",
+    "volume_px3",
+    "sd_volume_px3",
+)
+EVENT_COLUMNS = (
+    "frame",
+    "time_s",
+    "kind",
+    "tracks_before",
+    "tracks_after",
+    "x_px",
+    "y_px",
+    "volume_before_px3",
+    "volume_after_px3",
+    "sd_volume_px3",
+)
 EVENT_KINDS = ("coalescence", "splitting", "appearance", "disappearance", "entered_field", "left_field")
 RECORDS_FOLDER = "timelapses"
 SHIFT_HIGHPASS_SIGMA_PX = 8.0
@@ -208,12 +230,21 @@ def fit_stack(
             previous = fitted[previous_index][1]
             source = sources[previous_index]
             shift_x, shift_y = field_shift_px(stack.frames[previous_index], frame)
-            moved_droplets = previous.droplets.assign(x=previous.droplets["x"] + shift_x,
-                                                      y=previous.droplets["y"] + shift_y)
-            moved = dataclasses.replace(previous, droplets=_with_new_detections(
-                moved_droplets, detect_droplets(frame, downscale=source.report.downscale, crop=settings.fit.crop)))
-            reuse = dataclasses.replace(settings.fit, appearance_from=source.fit_id,
-                                        downscale=source.report.downscale, steps=settings.reuse_iterations)
+            moved_droplets = previous.droplets.assign(
+                x=previous.droplets["x"] + shift_x, y=previous.droplets["y"] + shift_y
+            )
+            moved = dataclasses.replace(
+                previous,
+                droplets=_with_new_detections(
+                    moved_droplets, detect_droplets(frame, downscale=source.report.downscale, crop=settings.fit.crop)
+                ),
+            )
+            reuse = dataclasses.replace(
+                settings.fit,
+                appearance_from=source.fit_id,
+                downscale=source.report.downscale,
+                steps=settings.reuse_iterations,
+            )
             result, from_store = load_or_fit(frame, sha, reuse, store, appearance_source=source, start_from=moved)
             kind = REUSE
             if max(result.report.rmse) > settings.refit_rmse_ratio * max(source.report.rmse):
@@ -258,17 +289,23 @@ def droplets_of_frames(results: Sequence[FitResult], frames: Sequence[int]) -> p
     tables = []
     for frame, result in zip(frames, results):
         droplets = result.droplets
-        table = pd.DataFrame({
-            "frame": frame,
-            "x_px": droplets["x"].to_numpy(float),
-            "y_px": droplets["y"].to_numpy(float),
-            "radius_px": droplets["radius"].to_numpy(float),
-        })
+        table = pd.DataFrame(
+            {
+                "frame": frame,
+                "x_px": droplets["x"].to_numpy(float),
+                "y_px": droplets["y"].to_numpy(float),
+                "radius_px": droplets["radius"].to_numpy(float),
+            }
+        )
         for name in ("sd_x", "sd_y", "sd_radius"):
             table[f"{name}_px"] = droplets[name].to_numpy(float) if name in droplets else np.nan
         table["p_exists"] = droplets["p_exists"].to_numpy(float) if "p_exists" in droplets else 1.0
         tables.append(table)
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TRACK_COLUMNS[:1] + TRACK_COLUMNS[3:10])
+    return (
+        pd.concat(tables, ignore_index=True)
+        if tables
+        else pd.DataFrame(columns=TRACK_COLUMNS[:1] + TRACK_COLUMNS[3:10])
+    )
 
 
 def link_droplets(
@@ -306,7 +343,9 @@ def link_droplets(
     table = droplets[droplets["p_exists"] >= LINK_MIN_P_EXISTS].reset_index(drop=True)
     drift = np.cumsum(np.asarray(shifts_px, float).reshape(-1, 2), axis=0)
     frames = table["frame"].to_numpy(int)
-    features = pd.DataFrame({"frame": frames, "x": table["x_px"] - drift[frames, 0], "y": table["y_px"] - drift[frames, 1]})
+    features = pd.DataFrame(
+        {"frame": frames, "x": table["x_px"] - drift[frames, 0], "y": table["y_px"] - drift[frames, 1]}
+    )
     reach = search_range_px or max(2.0, 0.6 * float(np.median(table["radius_px"])) if len(table) else 2.0)
     options = dict(search_range=reach, memory=memory_frames, adaptive_stop=0.2 * reach, adaptive_step=0.9)
     n_frames = len(drift)
@@ -318,10 +357,18 @@ def link_droplets(
         features = trackpy.link(features, **options)
     else:
         features["particle"] = np.zeros(0, int)
-    field_drift = pd.DataFrame({"frame": np.arange(n_frames), "drift_x_px": drift[:, 0] + left["x"].to_numpy(),
-                                "drift_y_px": drift[:, 1] + left["y"].to_numpy()})
-    tracks = table.assign(track=_renumbered(features["particle"].to_numpy(int), frames),
-                          x_aligned_px=features["x"].to_numpy(float), y_aligned_px=features["y"].to_numpy(float))
+    field_drift = pd.DataFrame(
+        {
+            "frame": np.arange(n_frames),
+            "drift_x_px": drift[:, 0] + left["x"].to_numpy(),
+            "drift_y_px": drift[:, 1] + left["y"].to_numpy(),
+        }
+    )
+    tracks = table.assign(
+        track=_renumbered(features["particle"].to_numpy(int), frames),
+        x_aligned_px=features["x"].to_numpy(float),
+        y_aligned_px=features["y"].to_numpy(float),
+    )
     tracks["time_s"] = frame_times_s(int(frames.max(initial=0)) + 1, frame_interval_s)[frames]
     tracks["volume_px3"] = 4.0 / 3.0 * np.pi * tracks["radius_px"] ** 3
     tracks["sd_volume_px3"] = 4.0 * np.pi * tracks["radius_px"] ** 2 * tracks["sd_radius_px"].fillna(0.0)
@@ -337,8 +384,9 @@ def _renumbered(particles: np.ndarray, frames: np.ndarray) -> np.ndarray:
     return np.array([mapping[p] for p in particles], dtype=int)
 
 
-def find_events(tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int],
-                frame_interval_s: float | None = None) -> pd.DataFrame:
+def find_events(
+    tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int], frame_interval_s: float | None = None
+) -> pd.DataFrame:
     """Coalescence, splitting, appearance and disappearance read from ``link_droplets``'s tracks.
 
     At every frame ``f``: droplets whose track ended at ``f - 1`` and lie within
@@ -372,7 +420,10 @@ def find_events(tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int],
         ended = before[before["track"].map(spans["max"]) == frame - 1]
         started = now[now["track"].map(spans["min"]) == frame]
         # (kind, the one droplet, the tracks that end / start around it, its own track on the other side)
-        for kind, ones, others, other_side in (("coalescence", now, ended, before), ("splitting", before, started, now)):
+        for kind, ones, others, other_side in (
+            ("coalescence", now, ended, before),
+            ("splitting", before, started, now),
+        ):
             used, used_one = (used_ends, used_starts) if kind == "coalescence" else (used_starts, used_ends)
             for row in ones.itertuples(index=False):
                 parts = _nearby(others[~others["track"].isin(used)], row)
@@ -393,28 +444,79 @@ def find_events(tracks: pd.DataFrame, n_frames: int, shape_hw: tuple[int, int],
                     continue
                 if not own.empty:
                     change = abs(volume_one - float(own["volume_px3"].iloc[0]))
-                    if change < VOLUME_Z * volume_jitter(steps, row.radius_px) * volume_one or abs(change - taken) > CHANGE_TOLERANCE * taken:
+                    if (
+                        change < VOLUME_Z * volume_jitter(steps, row.radius_px) * volume_one
+                        or abs(change - taken) > CHANGE_TOLERANCE * taken
+                    ):
                         continue
                 used.update(parts["track"].tolist())
                 if own.empty:
                     used_one.add(row.track)
                 ids = ";".join(str(t) for t in sorted(members["track"].unique()))
                 if kind == "coalescence":
-                    events.append((frame, times[frame], kind, ids, str(row.track), row.x_px, row.y_px,
-                                   volume_parts, volume_one, sd))
+                    events.append(
+                        (
+                            frame,
+                            times[frame],
+                            kind,
+                            ids,
+                            str(row.track),
+                            row.x_px,
+                            row.y_px,
+                            volume_parts,
+                            volume_one,
+                            sd,
+                        )
+                    )
                 else:
-                    events.append((frame, times[frame], kind, str(row.track), ids, row.x_px, row.y_px,
-                                   volume_one, volume_parts, sd))
+                    events.append(
+                        (
+                            frame,
+                            times[frame],
+                            kind,
+                            str(row.track),
+                            ids,
+                            row.x_px,
+                            row.y_px,
+                            volume_one,
+                            volume_parts,
+                            sd,
+                        )
+                    )
         for row in ended.itertuples(index=False):
             if row.track not in used_ends:
                 kind = "left_field" if _at_border(row, height, width) else "disappearance"
-                events.append((frame, times[frame], kind, str(row.track), "", row.x_px, row.y_px,
-                               row.volume_px3, 0.0, row.sd_volume_px3))
+                events.append(
+                    (
+                        frame,
+                        times[frame],
+                        kind,
+                        str(row.track),
+                        "",
+                        row.x_px,
+                        row.y_px,
+                        row.volume_px3,
+                        0.0,
+                        row.sd_volume_px3,
+                    )
+                )
         for row in started.itertuples(index=False):
             if row.track not in used_starts:
                 kind = "entered_field" if _at_border(row, height, width) else "appearance"
-                events.append((frame, times[frame], kind, "", str(row.track), row.x_px, row.y_px,
-                               0.0, row.volume_px3, row.sd_volume_px3))
+                events.append(
+                    (
+                        frame,
+                        times[frame],
+                        kind,
+                        "",
+                        str(row.track),
+                        row.x_px,
+                        row.y_px,
+                        0.0,
+                        row.volume_px3,
+                        row.sd_volume_px3,
+                    )
+                )
     table = pd.DataFrame(events, columns=list(EVENT_COLUMNS))
     return table.astype({"frame": int}).sort_values(["frame", "kind"], kind="stable").reset_index(drop=True)
 
@@ -454,11 +556,18 @@ def _nearby(candidates: pd.DataFrame, row) -> pd.DataFrame:
 def _at_border(row, height: int, width: int, radii: float = 1.0) -> bool:
     """Whether ``row``'s droplet lies within ``radii`` of its radii and a pixel of the field's edge."""
     margin = radii * row.radius_px + 1.0
-    return bool(row.x_px < margin or row.y_px < margin or row.x_px > width - 1 - margin or row.y_px > height - 1 - margin)
+    return bool(
+        row.x_px < margin or row.y_px < margin or row.x_px > width - 1 - margin or row.y_px > height - 1 - margin
+    )
 
 
-def frame_table(results: Sequence[FitResult], fits: Sequence[FrameFit], drift: pd.DataFrame,
-                frame_interval_s: float | None, n_frames: int) -> pd.DataFrame:
+def frame_table(
+    results: Sequence[FitResult],
+    fits: Sequence[FrameFit],
+    drift: pd.DataFrame,
+    frame_interval_s: float | None,
+    n_frames: int,
+) -> pd.DataFrame:
     """Per-frame statistics: ``frame``, ``time_s``, ``fit_id``, ``fit_kind``, ``seconds``,
     the field's shift from the previous frame (image registration) and its drift from frame 0
     (``link_droplets``), px, the count with its 90 % interval, mean and median radius (px),
@@ -470,20 +579,35 @@ def frame_table(results: Sequence[FitResult], fits: Sequence[FrameFit], drift: p
     for fit, result in zip(fits, results):
         drift_x, drift_y = drift.loc[fit.frame, "drift_x_px"], drift.loc[fit.frame, "drift_y_px"]
         droplets = result.droplets
-        count = count_of_table(droplets, result.report.uncertainty.count_discrepancy if result.report.uncertainty else 0.0)
+        count = count_of_table(
+            droplets, result.report.uncertainty.count_discrepancy if result.report.uncertainty else 0.0
+        )
         weights = droplets["p_exists"].to_numpy(float) if "p_exists" in droplets else np.ones(len(droplets))
         radius = droplets["radius"].to_numpy(float)
         row = {
-            "frame": fit.frame, "time_s": times[fit.frame], "fit_id": fit.fit_id, "fit_kind": fit.kind,
-            "seconds": round(fit.seconds, 3), "shift_x_px": fit.shift_x_px, "shift_y_px": fit.shift_y_px,
-            "drift_x_px": drift_x, "drift_y_px": drift_y,
-            "droplet_count": count.count, "count_low_90": count.low, "count_high_90": count.high,
+            "frame": fit.frame,
+            "time_s": times[fit.frame],
+            "fit_id": fit.fit_id,
+            "fit_kind": fit.kind,
+            "seconds": round(fit.seconds, 3),
+            "shift_x_px": fit.shift_x_px,
+            "shift_y_px": fit.shift_y_px,
+            "drift_x_px": drift_x,
+            "drift_y_px": drift_y,
+            "droplet_count": count.count,
+            "count_low_90": count.low,
+            "count_high_90": count.high,
             "mean_radius_px": float(np.average(radius, weights=weights)) if weights.sum() > 0 else np.nan,
             "median_radius_px": float(np.median(radius[weights >= 0.5])) if (weights >= 0.5).any() else np.nan,
             "rmse": max(result.report.rmse),
         }
-        row.update({f"{name}": value for name, value in statistics_wide(fit_statistics(droplets, result.report)).items()
-                    if not name.startswith("count")})
+        row.update(
+            {
+                f"{name}": value
+                for name, value in statistics_wide(fit_statistics(droplets, result.report)).items()
+                if not name.startswith("count")
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -497,7 +621,9 @@ class TimelapseTables:
     frames: pd.DataFrame
 
 
-def analyse_stack(stack: Stack, settings: TimelapseSettings, fits: Sequence[FrameFit], store: FitStore) -> TimelapseTables:
+def analyse_stack(
+    stack: Stack, settings: TimelapseSettings, fits: Sequence[FrameFit], store: FitStore
+) -> TimelapseTables:
     """Tracks, events and per-frame statistics of a stack whose frames ``fit_stack`` fitted."""
     results = [store.load(fit.fit_id) for fit in fits]
     frames = [fit.frame for fit in fits]
@@ -510,10 +636,16 @@ def analyse_stack(stack: Stack, settings: TimelapseSettings, fits: Sequence[Fram
         row = fit.frame if fit.frame > settings.first_frame else fit.frame + 1
         if fit.frame != settings.first_frame and row < stack.n_frames:
             shifts[row] = sign * np.array([fit.shift_x_px, fit.shift_y_px])
-    in_order = [dataclasses.replace(fit, shift_x_px=shifts[fit.frame, 0], shift_y_px=shifts[fit.frame, 1]) for fit in fits]
-    tracks, drift = link_droplets(droplets_of_frames(results, frames), shifts,
-                                  search_range_px=settings.search_range_px, memory_frames=settings.memory_frames,
-                                  frame_interval_s=interval)
+    in_order = [
+        dataclasses.replace(fit, shift_x_px=shifts[fit.frame, 0], shift_y_px=shifts[fit.frame, 1]) for fit in fits
+    ]
+    tracks, drift = link_droplets(
+        droplets_of_frames(results, frames),
+        shifts,
+        search_range_px=settings.search_range_px,
+        memory_frames=settings.memory_frames,
+        frame_interval_s=interval,
+    )
     events = find_events(tracks, stack.n_frames, stack.frames.shape[1:3], interval)
     return TimelapseTables(tracks, events, frame_table(results, in_order, drift, interval, stack.n_frames))
 
@@ -522,7 +654,9 @@ def write_tables(tables: TimelapseTables, out_dir: str | Path) -> Path:
     """Write ``tracks.csv``, ``events.csv`` and ``frames.csv`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tables.tracks.drop(columns=["x_aligned_px", "y_aligned_px"]).to_csv(out / "tracks.csv", index=False, float_format="%.6g")
+    tables.tracks.drop(columns=["x_aligned_px", "y_aligned_px"]).to_csv(
+        out / "tracks.csv", index=False, float_format="%.6g"
+    )
     tables.events.to_csv(out / "events.csv", index=False, float_format="%.6g")
     tables.frames.to_csv(out / "frames.csv", index=False, float_format="%.6g")
     return out
@@ -557,8 +691,13 @@ def run_timelapse(
         return None
     folder = record_folder(store, record_id)
     write_tables(analyse_stack(stack, settings, fits, store), folder)
-    record = {"stack_sha256": stack_sha256, "settings": settings.to_dict(), "problems": list(stack.problems),
-              "names": list(stack.names), "frames": [dataclasses.asdict(fit) for fit in fits]}
+    record = {
+        "stack_sha256": stack_sha256,
+        "settings": settings.to_dict(),
+        "problems": list(stack.problems),
+        "names": list(stack.names),
+        "frames": [dataclasses.asdict(fit) for fit in fits],
+    }
     (folder / "record.json").write_text(json.dumps(record, indent=1))
     return record_id
 
@@ -573,7 +712,8 @@ def load_timelapse(store: FitStore, record_id: str) -> tuple[dict, TimelapseTabl
     tables = TimelapseTables(
         pd.read_csv(folder / "tracks.csv"),
         pd.read_csv(folder / "events.csv", dtype={"tracks_before": str, "tracks_after": str}).fillna(
-            {"tracks_before": "", "tracks_after": ""}),
+            {"tracks_before": "", "tracks_after": ""}
+        ),
         pd.read_csv(folder / "frames.csv"),
     )
     return record, tables

@@ -214,12 +214,20 @@ def render_fluorescence(
     blurred = np.flatnonzero(~in_focus)
     if len(blurred):
         reach = 1.0 + 3.0 * defocus_sd_px[blurred] / radius[blurred]
-        canvas = paint(canvas, x[blurred], y[blurred], radius[blurred], lambda m, *f: defocused(blurred[m], *f),
-                       extent=reach, margin_px=2)
+        canvas = paint(
+            canvas,
+            x[blurred],
+            y[blurred],
+            radius[blurred],
+            lambda m, *f: defocused(blurred[m], *f),
+            extent=reach,
+            margin_px=2,
+        )
     sharp = np.flatnonzero(in_focus)
     contacts = _contacts(settings, x[sharp], y[sharp], radius[sharp], look.contact_gap_px)
-    canvas = paint(canvas, x[sharp], y[sharp], radius[sharp], lambda m, *f: emission(sharp[m], *f),
-                   contacts=contacts)[..., 0]
+    canvas = paint(canvas, x[sharp], y[sharp], radius[sharp], lambda m, *f: emission(sharp[m], *f), contacts=contacts)[
+        ..., 0
+    ]
     if look.haze > 0 and n:
         canvas = canvas + look.haze * ndimage.gaussian_filter(canvas, 2.0 * float(np.median(radius)))
     signal = (look.background_level + canvas) * light
@@ -298,8 +306,9 @@ def render_brightfield(
     canvas = (light[..., None] * np.asarray(settings.background_rgb, dtype=np.float32)).astype(np.float32)
     margin = int(np.ceil(3.0 * look.halo_width_px)) + 1  # the halo is 5 % of its peak 3 widths out
     shader = _brightfield_shader(look, radius, rim_width, rim_transmission, centre_gain, specular_gain)
-    canvas = paint(canvas, x, y, radius, shader, margin_px=margin,
-                   contacts=_contacts(settings, x, y, radius, look.contact_gap_px))
+    canvas = paint(
+        canvas, x, y, radius, shader, margin_px=margin, contacts=_contacts(settings, x, y, radius, look.contact_gap_px)
+    )
     # Inclusions: small particles inside large droplets, clear of the rim.
     hosts = np.flatnonzero((radius >= look.inclusion_min_radius_px) & ~bubble)
     counts = np.zeros(n, dtype=int)

@@ -222,9 +222,7 @@ def edge_fields(
     return qx / scale, qy / scale, edge
 
 
-def contacts_of(
-    x: np.ndarray, y: np.ndarray, radius: np.ndarray, gap_px: float = 0.0
-) -> tuple[np.ndarray, np.ndarray]:
+def contacts_of(x: np.ndarray, y: np.ndarray, radius: np.ndarray, gap_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Radical-line cuts of overlapping droplets, for ``edge_fields``.
 
     Returns

@@ -57,8 +57,12 @@ _SUPERSAMPLE = 3
 FAMILIES = ("seed", "fluorescence", "brightfield", "phase", "packed")
 PLACEMENTS = ("random", "packed")
 # Which look (SceneSettings field) each family draws with; the seed's look is SceneSettings' own fields.
-_LOOK_OF_FAMILY = {"fluorescence": "fluorescence", "brightfield": "brightfield", "packed": "brightfield",
-                   "phase": "phase"}
+_LOOK_OF_FAMILY = {
+    "fluorescence": "fluorescence",
+    "brightfield": "brightfield",
+    "packed": "brightfield",
+    "phase": "phase",
+}
 
 
 @dataclass(frozen=True)
@@ -175,27 +179,68 @@ class SceneSettings:
 _FAMILY_PRESETS = {
     "seed": {},
     "fluorescence": dict(
-        n_droplets=110, radius_min_px=4.0, radius_max_px=45.0, radius_median_px=14.0, radius_log_sd=0.5,
-        min_distance_fraction=0.8, background_variation=0.15, blur_sigma_px=1.8, jpeg_quality=None,
+        n_droplets=110,
+        radius_min_px=4.0,
+        radius_max_px=45.0,
+        radius_median_px=14.0,
+        radius_log_sd=0.5,
+        min_distance_fraction=0.8,
+        background_variation=0.15,
+        blur_sigma_px=1.8,
+        jpeg_quality=None,
     ),
     "brightfield": dict(
-        n_droplets=160, radius_min_px=3.0, radius_max_px=70.0, radius_median_px=9.0, radius_log_sd=0.9,
-        min_distance_fraction=1.1, background_rgb=(0.80, 0.79, 0.74), background_variation=0.08,
-        blur_sigma_px=0.8, noise_sd=0.012, jpeg_quality=92,
+        n_droplets=160,
+        radius_min_px=3.0,
+        radius_max_px=70.0,
+        radius_median_px=9.0,
+        radius_log_sd=0.9,
+        min_distance_fraction=1.1,
+        background_rgb=(0.80, 0.79, 0.74),
+        background_variation=0.08,
+        blur_sigma_px=0.8,
+        noise_sd=0.012,
+        jpeg_quality=92,
     ),
     "phase": dict(
-        n_droplets=160, radius_min_px=3.0, radius_max_px=40.0, radius_median_px=9.0, radius_log_sd=0.6,
-        min_distance_fraction=1.1, background_rgb=(0.50, 0.50, 0.50), background_variation=0.08,
-        blur_sigma_px=0.7, noise_sd=0.012, jpeg_quality=92,
+        n_droplets=160,
+        radius_min_px=3.0,
+        radius_max_px=40.0,
+        radius_median_px=9.0,
+        radius_log_sd=0.6,
+        min_distance_fraction=1.1,
+        background_rgb=(0.50, 0.50, 0.50),
+        background_variation=0.08,
+        blur_sigma_px=0.7,
+        noise_sd=0.012,
+        jpeg_quality=92,
     ),
     "packed": dict(
-        n_droplets=20_000, radius_min_px=8.0, radius_max_px=35.0, radius_median_px=15.0, radius_log_sd=0.3,
-        placement="packed", background_rgb=(0.42, 0.42, 0.40), background_variation=0.08, blur_sigma_px=0.8,
-        noise_sd=0.012, jpeg_quality=92,
+        n_droplets=20_000,
+        radius_min_px=8.0,
+        radius_max_px=35.0,
+        radius_median_px=15.0,
+        radius_log_sd=0.3,
+        placement="packed",
+        background_rgb=(0.42, 0.42, 0.40),
+        background_variation=0.08,
+        blur_sigma_px=0.8,
+        noise_sd=0.012,
+        jpeg_quality=92,
         brightfield=BrightfieldLook(
-            body_transmission=1.55, rim_width=0.14, rim_transmission=0.45, rim_asymmetry=0.3, centre_gain=0.25,
-            centre_size=0.45, centre_offset=0.1, specular_gain=0.7, specular_size=0.07, halo_gain=0.0,
-            bubble_fraction=0.0, inclusions_per_droplet=0.0, contact_gap_px=1.0,
+            body_transmission=1.55,
+            rim_width=0.14,
+            rim_transmission=0.45,
+            rim_asymmetry=0.3,
+            centre_gain=0.25,
+            centre_size=0.45,
+            centre_offset=0.1,
+            specular_gain=0.7,
+            specular_size=0.07,
+            halo_gain=0.0,
+            bubble_fraction=0.0,
+            inclusions_per_droplet=0.0,
+            contact_gap_px=1.0,
         ),
     ),
 }
@@ -255,15 +300,26 @@ def random_family_settings(
     sample = draw_radii(np.random.default_rng(0), 256, median, log_sd, r_min, r_max)
     coverage = float(rng.choice([rng.uniform(0.02, 0.15), rng.uniform(0.2, 0.55)]))
     common = dict(
-        width_px=size_px, height_px=size_px, radius_min_px=r_min, radius_max_px=r_max, radius_median_px=median,
-        radius_log_sd=log_sd, n_droplets=int(max(3, coverage * size_px**2 / np.mean(np.pi * sample**2))),
-        min_distance_fraction=float(rng.uniform(0.85, 1.4)), background_variation=float(rng.uniform(0.0, 0.2)),
-        blur_sigma_px=float(rng.uniform(0.3, 1.5)), noise_sd=float(rng.uniform(0.003, 0.03)),
+        width_px=size_px,
+        height_px=size_px,
+        radius_min_px=r_min,
+        radius_max_px=r_max,
+        radius_median_px=median,
+        radius_log_sd=log_sd,
+        n_droplets=int(max(3, coverage * size_px**2 / np.mean(np.pi * sample**2))),
+        min_distance_fraction=float(rng.uniform(0.85, 1.4)),
+        background_variation=float(rng.uniform(0.0, 0.2)),
+        blur_sigma_px=float(rng.uniform(0.3, 1.5)),
+        noise_sd=float(rng.uniform(0.003, 0.03)),
         jpeg_quality=None if rng.uniform() < 0.4 else int(rng.integers(70, 98)),
     )
     if packed:
-        common.update(placement="packed", n_droplets=20_000, packed_area_fraction=float(rng.uniform(0.85, 0.92)),
-                      packing_flattening=float(rng.uniform(0.01, 0.08)))
+        common.update(
+            placement="packed",
+            n_droplets=20_000,
+            packed_area_fraction=float(rng.uniform(0.85, 0.92)),
+            packing_flattening=float(rng.uniform(0.01, 0.08)),
+        )
     if family == "seed":
         return SceneSettings(**common, **_random_seed_look(rng))
     if family == "fluorescence":
@@ -271,35 +327,49 @@ def random_family_settings(
         colour = np.clip(rng.uniform(0.0, 1.0, 3) + rng.uniform(0.0, 0.4), 0.0, 1.0)
         emission = (1.0, 1.0, 1.0) if grey else tuple(float(v) for v in colour)
         look = FluorescenceLook(
-            emission_rgb=emission, background_level=float(rng.uniform(0.0, 0.15)),
-            droplet_level=float(rng.uniform(0.25, 0.9)), brightness_log_sd=float(rng.uniform(0.0, 0.35)),
-            edge_brightening=float(rng.uniform(0.0, 0.8)), dome=float(rng.uniform(0.0, 1.0) ** 2),
-            out_of_focus_fraction=float(rng.uniform(0.0, 0.3)), haze=float(rng.uniform(0.0, 0.1)),
+            emission_rgb=emission,
+            background_level=float(rng.uniform(0.0, 0.15)),
+            droplet_level=float(rng.uniform(0.25, 0.9)),
+            brightness_log_sd=float(rng.uniform(0.0, 0.35)),
+            edge_brightening=float(rng.uniform(0.0, 0.8)),
+            dome=float(rng.uniform(0.0, 1.0) ** 2),
+            out_of_focus_fraction=float(rng.uniform(0.0, 0.3)),
+            haze=float(rng.uniform(0.0, 0.1)),
             photons_full_scale=float(np.exp(rng.uniform(np.log(8.0), np.log(2000.0)))),
-            read_noise_photons=float(rng.uniform(0.0, 2.0)), contact_gap_px=float(rng.uniform(0.0, 2.5)),
+            read_noise_photons=float(rng.uniform(0.0, 2.0)),
+            contact_gap_px=float(rng.uniform(0.0, 2.5)),
         )
         return SceneSettings(**{**common, "jpeg_quality": None}, family=family, fluorescence=look)
     if family == "phase":
         look = PhaseLook(
-            mode="dic" if rng.uniform() < 0.4 else "phase", phase_per_radius_px=float(rng.uniform(0.05, 0.3)),
-            phase_saturation=float(rng.uniform(0.8, 2.0)), index_sign=float(rng.choice([1.0, -1.0], p=[0.75, 0.25])),
-            contrast=float(rng.uniform(0.25, 0.7)), halo_sigma_px=float(rng.uniform(2.0, 15.0)),
-            shear_angle_deg=float(rng.uniform(0.0, 360.0)), shear_px=float(rng.uniform(0.7, 2.0)),
+            mode="dic" if rng.uniform() < 0.4 else "phase",
+            phase_per_radius_px=float(rng.uniform(0.05, 0.3)),
+            phase_saturation=float(rng.uniform(0.8, 2.0)),
+            index_sign=float(rng.choice([1.0, -1.0], p=[0.75, 0.25])),
+            contrast=float(rng.uniform(0.25, 0.7)),
+            halo_sigma_px=float(rng.uniform(2.0, 15.0)),
+            shear_angle_deg=float(rng.uniform(0.0, 360.0)),
+            shear_px=float(rng.uniform(0.7, 2.0)),
         )
         grey = float(rng.uniform(0.3, 0.7))
         tint = tuple(float(v) for v in np.clip(grey * (1.0 + rng.uniform(-0.08, 0.08, 3)), 0.0, 1.0))
         return SceneSettings(**common, family=family, background_rgb=tint, phase=look)
     base = _FAMILY_PRESETS["packed"]["brightfield"] if family == "packed" else BrightfieldLook()
     look = dataclasses.replace(
-        base, body_transmission=float(base.body_transmission * rng.uniform(0.9, 1.15)),
-        rim_width=float(rng.uniform(0.08, 0.35)), rim_transmission=float(rng.uniform(0.05, 0.7)),
-        rim_asymmetry=float(rng.uniform(0.0, 0.8)), light_angle_deg=float(rng.uniform(0.0, 360.0)),
-        centre_gain=float(rng.uniform(0.0, 0.6)), centre_size=float(rng.uniform(0.15, 0.5)),
+        base,
+        body_transmission=float(base.body_transmission * rng.uniform(0.9, 1.15)),
+        rim_width=float(rng.uniform(0.08, 0.35)),
+        rim_transmission=float(rng.uniform(0.05, 0.7)),
+        rim_asymmetry=float(rng.uniform(0.0, 0.8)),
+        light_angle_deg=float(rng.uniform(0.0, 360.0)),
+        centre_gain=float(rng.uniform(0.0, 0.6)),
+        centre_size=float(rng.uniform(0.15, 0.5)),
         specular_gain=float(rng.uniform(0.0, 0.8)) if rng.uniform() < 0.5 else 0.0,
         halo_gain=float(rng.uniform(0.0, 0.25)),
         bubble_fraction=float(rng.uniform(0.0, 0.4)) if family == "brightfield" else 0.0,
         bubble_radius_range_px=(r_min, max(r_min, min(r_max, 4.0 * r_min))),
-        inclusion_min_radius_px=float(max(8.0, 3.0 * r_min)), inclusions_per_droplet=float(rng.uniform(0.0, 3.0)),
+        inclusion_min_radius_px=float(max(8.0, 3.0 * r_min)),
+        inclusions_per_droplet=float(rng.uniform(0.0, 3.0)),
         contact_gap_px=float(rng.uniform(0.0, 2.0)),
     )
     level = float(rng.uniform(0.3, 0.55)) if family == "packed" else float(rng.uniform(0.55, 0.9))
@@ -323,10 +393,14 @@ def _random_seed_look(rng: np.random.Generator) -> dict:
         background_rgb=tuple(float(v) for v in np.clip(background, 0.05, 0.95)),
         palette_rgb=tuple(tuple(float(v) for v in c) for c in palette),
         composition_concentration=tuple(float(v) for v in rng.uniform(0.2, 1.0, n_colours)),
-        rim_darkness=float(rng.uniform(0.0, 0.6)), rim_width=float(rng.uniform(0.15, 0.45)),
-        shading=float(rng.uniform(0.0, 0.4)), caustic_rgb=tuple(float(v) for v in caustic),
-        caustic_strength=float(rng.uniform(0.0, 1.0)), caustic_offset=float(rng.uniform(0.3, 0.8)),
-        caustic_size=float(rng.uniform(0.2, 0.5)), caustic_spill=float(rng.uniform(0.0, 0.8)),
+        rim_darkness=float(rng.uniform(0.0, 0.6)),
+        rim_width=float(rng.uniform(0.15, 0.45)),
+        shading=float(rng.uniform(0.0, 0.4)),
+        caustic_rgb=tuple(float(v) for v in caustic),
+        caustic_strength=float(rng.uniform(0.0, 1.0)),
+        caustic_offset=float(rng.uniform(0.3, 0.8)),
+        caustic_size=float(rng.uniform(0.2, 0.5)),
+        caustic_spill=float(rng.uniform(0.0, 0.8)),
         caustic_onset_radius_px=float(rng.uniform(1.0, 3.0)),
     )
 
@@ -394,16 +468,21 @@ def _render(seed: int, settings: SceneSettings) -> tuple[np.ndarray, pd.DataFram
         else:
             image, columns = render_brightfield(rng, settings, x, y, radius, bubble)
         image = image + rng.normal(0.0, settings.noise_sd, size=image.shape)
-    truth = pd.DataFrame({"x": x, "y": y, "radius": radius, **columns,
-                          "contacts": contact_counts(x, y, radius, 0.5)})
+    truth = pd.DataFrame({"x": x, "y": y, "radius": radius, **columns, "contacts": contact_counts(x, y, radius, 0.5)})
     return image, truth
 
 
 def _render_seed(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.ndarray, pd.DataFrame]:
     """The seed family: image ``(h, w, 3)`` float with noise, and truth; the same draws in the same order as ever."""
     radii = np.sort(
-        draw_radii(rng, settings.n_droplets, settings.radius_median_px, settings.radius_log_sd,
-                   settings.radius_min_px, settings.radius_max_px)
+        draw_radii(
+            rng,
+            settings.n_droplets,
+            settings.radius_median_px,
+            settings.radius_log_sd,
+            settings.radius_min_px,
+            settings.radius_max_px,
+        )
     )[::-1]
     x, y, radius, _ = place_random(rng, radii, settings.width_px, settings.height_px, settings.min_distance_fraction)
     k = len(settings.palette_rgb)
@@ -421,8 +500,13 @@ def _render_seed(rng: np.random.Generator, settings: SceneSettings) -> tuple[np.
 
 
 def render_seed_droplets(
-    x: np.ndarray, y: np.ndarray, radius: np.ndarray, composition: np.ndarray, settings: SceneSettings,
-    background_seed: int, noise_seed: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    radius: np.ndarray,
+    composition: np.ndarray,
+    settings: SceneSettings,
+    background_seed: int,
+    noise_seed: int,
 ) -> np.ndarray:
     """Given droplets drawn in the seed family's look, as ``make_scene`` renders them.
 
@@ -440,8 +524,9 @@ def render_seed_droplets(
     """
     image = _background(np.random.default_rng(background_seed), settings)
     colours = np.asarray(composition, dtype=np.float64) @ np.asarray(settings.palette_rgb, dtype=np.float64)
-    image = _paint_droplets(image, np.asarray(x, float), np.asarray(y, float), np.asarray(radius, float), colours,
-                            settings)
+    image = _paint_droplets(
+        image, np.asarray(x, float), np.asarray(y, float), np.asarray(radius, float), colours, settings
+    )
     if settings.blur_sigma_px > 0:
         image = ndimage.gaussian_filter(image, sigma=(settings.blur_sigma_px, settings.blur_sigma_px, 0))
     image = image + np.random.default_rng(noise_seed).normal(0.0, settings.noise_sd, size=image.shape)
@@ -548,9 +633,10 @@ def _droplet_layers(
     distance = np.hypot(u, v)
     inside = (distance <= 1.0)[..., None]
     strength = settings.caustic_strength * -np.expm1(-((radius / settings.caustic_onset_radius_px) ** 2))
-    caustic = strength[:, None, None, None] * np.exp(
-        -(u**2 + (v - settings.caustic_offset) ** 2) / (2.0 * settings.caustic_size**2)
-    )[..., None]
+    caustic = (
+        strength[:, None, None, None]
+        * np.exp(-(u**2 + (v - settings.caustic_offset) ** 2) / (2.0 * settings.caustic_size**2))[..., None]
+    )
     rim = settings.rim_darkness * np.clip((distance - (1.0 - settings.rim_width)) / settings.rim_width, 0.0, 1.0)
     brightness = (1.0 - rim) * (1.0 + settings.shading * np.clip(v, -1.0, 1.0))
     body = colours[:, None, None, :] * brightness[..., None]

@@ -39,9 +39,16 @@ class StackSceneSettings:
     coalescing_radius_px : the smallest radius of a droplet that coalesces (0: any).
     """
 
-    scene: SceneSettings = SceneSettings(width_px=200, height_px=160, n_droplets=70, radius_min_px=3.0,
-                                         radius_max_px=8.0, radius_median_px=4.5, radius_log_sd=0.3,
-                                         min_distance_fraction=1.25)
+    scene: SceneSettings = SceneSettings(
+        width_px=200,
+        height_px=160,
+        n_droplets=70,
+        radius_min_px=3.0,
+        radius_max_px=8.0,
+        radius_median_px=4.5,
+        radius_log_sd=0.3,
+        min_distance_fraction=1.25,
+    )
     n_frames: int = 8
     drift_px: tuple[float, float] = (1.0, 0.5)
     brownian_sd_px: float = 0.25
@@ -56,7 +63,9 @@ class StackSceneSettings:
             raise ValueError("coalescences, brownian_sd_px and growth_sd must not be negative")
 
 
-def make_stack(seed: int, settings: StackSceneSettings = StackSceneSettings()) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+def make_stack(
+    seed: int, settings: StackSceneSettings = StackSceneSettings()
+) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """Render a synthetic movie.
 
     Returns
@@ -73,8 +82,16 @@ def make_stack(seed: int, settings: StackSceneSettings = StackSceneSettings()) -
     # Droplets start over the field and the strip that the drift carries into it.
     extra_x, extra_y = int(np.ceil(abs(dx) * t)), int(np.ceil(abs(dy) * t))
     area_scale = (width + extra_x) * (height + extra_y) / (width * height)
-    radii = np.sort(draw_radii(rng, int(scene.n_droplets * area_scale), scene.radius_median_px, scene.radius_log_sd,
-                               scene.radius_min_px, scene.radius_max_px))[::-1]
+    radii = np.sort(
+        draw_radii(
+            rng,
+            int(scene.n_droplets * area_scale),
+            scene.radius_median_px,
+            scene.radius_log_sd,
+            scene.radius_min_px,
+            scene.radius_max_px,
+        )
+    )[::-1]
     x0, y0, r0, _ = place_random(rng, radii, width + extra_x, height + extra_y, scene.min_distance_fraction)
     x0 = x0 - (extra_x if dx > 0 else 0)
     y0 = y0 - (extra_y if dy > 0 else 0)
@@ -90,8 +107,9 @@ def make_stack(seed: int, settings: StackSceneSettings = StackSceneSettings()) -
     event_frames = np.linspace(1, t - 1, settings.coalescences + 2)[1:-1].round().astype(int) if t > 2 else []
     events = []
     for frame in event_frames:
-        pair = _coalescing_pair(x[frame], y[frame], radius[frame], alive[frame], width, height,
-                                settings.coalescing_radius_px)
+        pair = _coalescing_pair(
+            x[frame], y[frame], radius[frame], alive[frame], width, height, settings.coalescing_radius_px
+        )
         if pair is None:
             continue
         a, b = pair
@@ -111,16 +129,23 @@ def make_stack(seed: int, settings: StackSceneSettings = StackSceneSettings()) -
         alive[frame:, -1] = True
         alive[frame:, [a, b]] = False
         composition = np.concatenate([composition, (weight * composition[a] + (1 - weight) * composition[b])[None]])
-        events.append((frame, "coalescence", f"{min(a, b)};{max(a, b)}", str(alive.shape[1] - 1),
-                       x[frame, -1], y[frame, -1]))
+        events.append(
+            (frame, "coalescence", f"{min(a, b)};{max(a, b)}", str(alive.shape[1] - 1), x[frame, -1], y[frame, -1])
+        )
 
     render = dataclasses.replace(scene, width_px=width + 2 * MARGIN_PX, height_px=height + 2 * MARGIN_PX)
     frames, rows = [], []
     for frame in range(t):
-        show = alive[frame] & _inside(x[frame], y[frame], -MARGIN_PX / 2, width + MARGIN_PX / 2,
-                                      height + MARGIN_PX / 2)
-        image = render_seed_droplets(x[frame, show] + MARGIN_PX, y[frame, show] + MARGIN_PX, radius[frame, show],
-                                     composition[show], render, background_seed=seed, noise_seed=seed * 1000 + frame)
+        show = alive[frame] & _inside(x[frame], y[frame], -MARGIN_PX / 2, width + MARGIN_PX / 2, height + MARGIN_PX / 2)
+        image = render_seed_droplets(
+            x[frame, show] + MARGIN_PX,
+            y[frame, show] + MARGIN_PX,
+            radius[frame, show],
+            composition[show],
+            render,
+            background_seed=seed,
+            noise_seed=seed * 1000 + frame,
+        )
         frames.append(image[MARGIN_PX : MARGIN_PX + height, MARGIN_PX : MARGIN_PX + width])
         seen = np.flatnonzero(alive[frame] & _inside(x[frame], y[frame], 0.0, width - 1.0, height - 1.0))
         rows.extend((frame, int(i), x[frame, i], y[frame, i], radius[frame, i]) for i in seen)
@@ -137,8 +162,11 @@ def _coalescing_pair(x, y, radius, alive, width: int, height: int, min_radius_px
     """The two living droplets of at least ``min_radius_px`` well inside the field whose gap is
     the smallest, and whose merged droplet would not touch a third."""
     margin = 3.0 * np.nanmax(radius)
-    ok = np.flatnonzero(alive & _inside(x, y, margin, width - 1 - margin, height - 1 - margin)
-                        & (np.nan_to_num(radius) >= min_radius_px))
+    ok = np.flatnonzero(
+        alive
+        & _inside(x, y, margin, width - 1 - margin, height - 1 - margin)
+        & (np.nan_to_num(radius) >= min_radius_px)
+    )
     best, best_gap = None, np.inf
     for a in ok:
         others = np.flatnonzero(alive)
@@ -176,7 +204,9 @@ class TrackScore:
     droplet_frames: int
 
 
-def score_tracks(tracks: pd.DataFrame, events: pd.DataFrame, truth: pd.DataFrame, true_events: pd.DataFrame) -> TrackScore:
+def score_tracks(
+    tracks: pd.DataFrame, events: pd.DataFrame, truth: pd.DataFrame, true_events: pd.DataFrame
+) -> TrackScore:
     """Score ``link_droplets``' tracks (``x_px``, ``y_px``, ``radius_px``, ``track``, ``frame``) and
     ``find_events``' events against ``make_stack``'s truth."""
     assigned = {}
@@ -198,17 +228,28 @@ def score_tracks(tracks: pd.DataFrame, events: pd.DataFrame, truth: pd.DataFrame
     found_coalescences = events[events["kind"] == "coalescence"] if len(events) else events
     hits = 0
     for row in true_events.itertuples(index=False):
-        near = found_coalescences[(abs(found_coalescences["frame"] - row.frame) <= 1)
-                                  & (np.hypot(found_coalescences["x_px"] - row.x, found_coalescences["y_px"] - row.y)
-                                     <= 2.0 * truth["radius"].max())]
+        near = found_coalescences[
+            (abs(found_coalescences["frame"] - row.frame) <= 1)
+            & (
+                np.hypot(found_coalescences["x_px"] - row.x, found_coalescences["y_px"] - row.y)
+                <= 2.0 * truth["radius"].max()
+            )
+        ]
         hits += not near.empty
     found_true = 0
     for row in found_coalescences.itertuples(index=False):
-        near = true_events[(abs(true_events["frame"] - row.frame) <= 1)
-                           & (np.hypot(true_events["x"] - row.x_px, true_events["y"] - row.y_px)
-                              <= 2.0 * truth["radius"].max())]
+        near = true_events[
+            (abs(true_events["frame"] - row.frame) <= 1)
+            & (np.hypot(true_events["x"] - row.x_px, true_events["y"] - row.y_px) <= 2.0 * truth["radius"].max())
+        ]
         found_true += not near.empty
     precision = found_true / len(found_coalescences) if len(found_coalescences) else float(len(true_events) == 0)
     recall = hits / len(true_events) if len(true_events) else 1.0
-    return TrackScore(followed / counted if counted else 1.0, 1000.0 * switches / max(len(truth), 1), precision, recall,
-                      counted, len(truth))
+    return TrackScore(
+        followed / counted if counted else 1.0,
+        1000.0 * switches / max(len(truth), 1),
+        precision,
+        recall,
+        counted,
+        len(truth),
+    )
