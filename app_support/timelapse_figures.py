@@ -15,7 +15,7 @@ from app_support.figures import (
     _image_trace,
     circle_outlines,
 )
-from droplet_core.inference.uncertainty import interval_half_width
+from droplet_core.intervals import interval_half_width
 
 PATH_COLOUR = "#ffd60a"
 EVENT_COLOURS = {

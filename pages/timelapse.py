@@ -15,12 +15,13 @@ import zipfile
 
 import streamlit as st
 
-import app
+from app_support import app
 from app_support.timelapse_figures import (
     frame_overlay_figure,
     over_time_figure,
     track_radius_figure,
 )
+from droplet_core.fit_ids import is_valid_fit_id
 from droplet_core.imaging.stacks import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -28,7 +29,7 @@ from droplet_core.imaging.stacks import (
     parse_frame_interval,
     read_stack,
 )
-from droplet_core.service.store import StoreError, is_valid_fit_id
+from droplet_core.service.store import StoreError
 from droplet_core.service.timelapse import (
     TimelapseSettings,
     load_timelapse,

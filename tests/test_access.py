@@ -16,6 +16,8 @@ from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import demo_image_bytes
 
+pytestmark = pytest.mark.slow  # drives the app with AppTest
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PASSWORD = "droplets-in-the-lab"
 OIDC_SECRETS = {

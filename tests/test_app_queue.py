@@ -13,6 +13,8 @@ from test_jobs import WAIT_S, FakeFit
 
 from droplet_core.service.jobs import QueueSettings
 
+pytestmark = pytest.mark.slow  # drives the app with AppTest
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
@@ -32,7 +34,7 @@ def press_fit(at: AppTest, seed: int) -> None:
 
 @pytest.fixture
 def gated_queue(monkeypatch):
-    import app
+    from app_support import app
 
     registry = app.registry()
     fake = FakeFit()

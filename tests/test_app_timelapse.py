@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from droplet_core.synthetic.scenes import encode_png
 from droplet_core.synthetic.stack_scenes import make_stack
+
+pytestmark = pytest.mark.slow  # fits a stack through the app
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 FIT_TIMEOUT_S = 400

@@ -33,7 +33,7 @@ EXAMPLE = ROOT.parent / "shared" / "data" / "example.jpg"
 FRAMES = 5
 STEP_PX = 8  # of the example: 2 px a frame at the 4x coarsened frames
 
-pytestmark = pytest.mark.skipif(not EXAMPLE.exists(), reason=f"{EXAMPLE} is missing")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not EXAMPLE.exists(), reason=f"{EXAMPLE} is missing")]
 
 
 def example_stack(path) -> None:

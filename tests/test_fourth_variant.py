@@ -35,6 +35,8 @@ from droplet_core.service.requests import load_or_fit
 from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
 
+pytestmark = pytest.mark.slow  # fits a scene with the fourth variant
+
 # -- the variant (everything a variant module needs) ------------------------------------------
 
 EXTENT = 1.5

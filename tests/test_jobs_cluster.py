@@ -17,6 +17,8 @@ from droplet_core.service.jobs import JobRegistry, QueueSettings
 from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
 
+pytestmark = pytest.mark.slow  # a Dask cluster of worker processes
+
 TIMEOUT_S = 60
 
 

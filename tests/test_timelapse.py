@@ -19,6 +19,8 @@ from droplet_core.service import timelapse
 from droplet_core.service.store import FitStore
 from droplet_core.synthetic.stack_scenes import make_stack, score_tracks
 
+pytestmark = pytest.mark.slow  # fits stacks of frames
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = 0
 
