@@ -180,7 +180,7 @@ def calibrate(models: list[str], seeds: list[int], kinds: list[str]) -> None:
         errors = pd.concat([kind_errors.assign(weight=1.0 / len(kind_errors)) for kind_errors in pooled])
         factors[model] = {c: discrepancy_factor(errors, c) for c in COORDINATES}
         # The count's relative error, root-mean-square over the scenes.
-        relative = [(row["found"] - row["true"]) / row["found"] for row in rows]
+        relative = [(row["found"] - row["true"]) / max(row["found"], 1) for row in rows]  # a fit may find none
         count_factors[model] = round(float(np.sqrt(np.mean(np.square(relative)))), 4)
         print(f"{model}: {factors[model]}, count {count_factors[model]} from {len(errors)} droplets", flush=True)
     record = {
