@@ -22,9 +22,9 @@ from app_support import access, app, state
 from app_support.batch_figures import droplet_count_figure, radius_distribution_figure
 from app_support.size_figures import batch_statistics_figure
 from droplet_core.fit_ids import is_valid_fit_id
+from droplet_core.imaging.images import IMAGE_SUFFIXES
 from droplet_core.service.batch import (
     FAILED,
-    IMAGE_SUFFIXES,
     SubmittedBatch,
     submit_batch,
     summary_table,

@@ -17,6 +17,7 @@ import io
 import os
 import re
 import warnings
+import zipfile
 
 import numpy as np
 import tifffile
@@ -24,6 +25,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from skimage.transform import downscale_local_mean
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# File names of images Droplet reads (also inside zip archives).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MIN_SIDE_PX = 8
 
 # Classic TIFF and BigTIFF, little- and big-endian: these go to tifffile, which reads
@@ -328,3 +331,15 @@ def to_original_px(coord_fit, factor: int):
 def to_fit_px(coord, factor: int):
     """Inverse of ``to_original_px``: original position -> fit-pixel position."""
     return (coord - (factor - 1) / 2.0) / factor
+
+
+def archive_image_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The image files of a zip archive (``IMAGE_SUFFIXES``), without folders, hidden files and
+    macOS resource forks, in the archive's order."""
+    return [
+        info
+        for info in archive.infolist()
+        if not info.is_dir()
+        and info.filename.lower().endswith(IMAGE_SUFFIXES)
+        and not any(part.startswith((".", "__MACOSX")) for part in info.filename.split("/"))
+    ]

@@ -24,10 +24,9 @@ import numpy as np
 import tifffile
 
 from droplet_core.imaging import images
-from droplet_core.imaging.images import ImageError
+from droplet_core.imaging.images import IMAGE_SUFFIXES, ImageError, archive_image_members
 
 DEFAULT_MAX_FRAMES = 1000
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 # Axes tifffile names that can hold frames over time, most specific first.
 _FRAME_AXES = ("T", "I", "Z", "Q")
@@ -145,13 +144,7 @@ def _zip_members(name: str, data: bytes) -> list[tuple[str, bytes]]:
     """The image members of a zip archive, in natural order (folders and hidden files skipped)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = [
-                info
-                for info in archive.infolist()
-                if not info.is_dir()
-                and info.filename.lower().endswith(IMAGE_SUFFIXES)
-                and not any(part.startswith((".", "__MACOSX")) for part in info.filename.split("/"))
-            ]
+            members = archive_image_members(archive)
             found = [(info.filename, archive.read(info)) for info in members]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError) as exc:
         raise StackError(f"{name} is not a readable zip archive: {' '.join(str(exc).split())}") from exc

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from droplet_core.imaging.images import archive_image_members
 from droplet_core.imaging.units import (
     UNKNOWN,
     PixelSize,
@@ -74,7 +75,6 @@ SUMMARY_COLUMNS = (
 )
 FITS_FOLDER = "fits"
 IMAGE_COLUMN = "image"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Limits on an uploaded zip archive (the app's Batch page), against zip bombs.
 MAX_ARCHIVE_MEMBERS = 1000
 MAX_ARCHIVE_BYTES = 2 * 2**30
@@ -340,7 +340,7 @@ def write_batch_outputs(outcomes: Sequence[ImageOutcome], store: FitStore, out_d
 
 def unpack_uploads(files: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """Uploaded ``(name, bytes)`` files as single images: each zip archive is replaced by its
-    image members (``IMAGE_SUFFIXES``; folders, hidden files and others skipped).
+    image members (``images.archive_image_members``).
 
     Names are reduced to the file name and made unique (``a.png``, ``a (2).png``).
 
@@ -357,13 +357,7 @@ def unpack_uploads(files: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]
             continue
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                members = [
-                    info
-                    for info in archive.infolist()
-                    if not info.is_dir()
-                    and info.filename.lower().endswith(IMAGE_SUFFIXES)
-                    and not any(part.startswith((".", "__MACOSX")) for part in info.filename.split("/"))
-                ]
+                members = archive_image_members(archive)
                 if len(members) > MAX_ARCHIVE_MEMBERS:
                     raise ValueError(f"{name} holds {len(members)} images; at most {MAX_ARCHIVE_MEMBERS} per archive")
                 if sum(info.file_size for info in members) > MAX_ARCHIVE_BYTES:
