@@ -206,7 +206,10 @@ def judge_fit(
     if count and doubtful > MAX_DOUBTFUL_FRACTION:
         problems.append(f"{doubtful:.0%} of the droplets found probably do not exist.")
     blank = structure_to_noise < MIN_STRUCTURE_TO_NOISE
-    failed = blank or explained < MIN_EXPLAINED_PARTLY or doubtful > 2 * MAX_DOUBTFUL_FRACTION
+    # A texture taken for droplets leaves about as many droplet-shaped spots as it draws likely
+    # droplets.
+    spotted = spots >= max(MIN_SPOTS_FLAGGED, 2 * MAX_SPOTS_PER_DROPLET * count * (1.0 - doubtful))
+    failed = blank or explained < MIN_EXPLAINED_PARTLY or doubtful > 2 * MAX_DOUBTFUL_FRACTION or spotted
     quality = "failed" if failed else ("partial" if problems else "good")
     if problems and len(advice) < 2:
         advice.append("Try another channel, another model or another downscale, and compare the residual.")
