@@ -15,4 +15,7 @@ if REPO not in sys.path:
 
 from app_support.app import main  # noqa: E402 - needs the path above
 
-main()
+# Streamlit runs this script as ``__main__``; a process spawned from a session (a Dask worker of
+# a local cluster) imports it again as ``__mp_main__`` and must not start an app.
+if __name__ == "__main__":
+    main()
