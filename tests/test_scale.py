@@ -138,3 +138,9 @@ def test_an_independent_renderers_packed_emulsion_is_not_split_into_fragments():
     # (issue 13 asks for 0.05; the pressed droplets' lit side still pulls them this far).
     assert abs(score["dx_r"]) <= 0.15 and abs(score["dy_r"]) <= 0.15, score
     assert score["radius_error"] <= 0.1, score
+
+
+def test_the_largest_fit_radius_is_the_largest_patch_with_room_to_grow():
+    from droplet_core.models.common import GROWTH_ROOM, RADIUS_CAPS_PX
+
+    assert scale.MAX_FIT_RADIUS_PX == pytest.approx(RADIUS_CAPS_PX[-1] / GROWTH_ROOM)

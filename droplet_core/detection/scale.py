@@ -24,7 +24,6 @@ from scipy.spatial import cKDTree
 from droplet_core.detection import detector_net
 from droplet_core.imaging import images
 from droplet_core.imaging.channels import extract_channel
-from droplet_core.models.common import GROWTH_ROOM, RADIUS_CAPS_PX
 
 # Radius band (px of a pyramid level) the detector is trusted with at that level: it was
 # trained on droplets of 1-24 px, and sizes the larger ones short. Neighbouring levels'
@@ -40,10 +39,11 @@ MIN_FIT_RADIUS_PX = 1.5
 # The typical droplet spans at least this radius (fit px): enough pixels on its edge for a
 # radius to within a few percent.
 MEDIAN_FIT_RADIUS_PX = 4.0
-# The largest radius (fit px) a droplet patch can draw with room to grow (the largest of
-# ``models.common.RADIUS_CAPS_PX`` over its ``GROWTH_ROOM``): a coarser fit would lose
-# the small droplets of a polydisperse image sooner than a few large patches cost.
-MAX_FIT_RADIUS_PX = RADIUS_CAPS_PX[-1] / GROWTH_ROOM
+# The largest radius (fit px) a droplet patch can draw with room to grow: the largest of
+# ``models.common.RADIUS_CAPS_PX`` over its ``GROWTH_ROOM`` (written out: detection must not
+# load the models, which import numpyro; tests/test_scale.py checks they agree). A coarser fit
+# would lose the small droplets of a polydisperse image sooner than a few large patches cost.
+MAX_FIT_RADIUS_PX = 64.0 / 1.25
 # Fits larger than this many pixels take minutes on a laptop: the downscale grows until below.
 MAX_FIT_PIXELS = 1_600_000
 # Below this many detections the droplets' size is not measured: the pixel budget decides.
