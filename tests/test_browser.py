@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from app_support.app import PAGE_SPECS
+
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -182,7 +184,7 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 settle(page, 2.0)
                 page.wait_for_selector(".st-key-channels_fig .js-plotly-plot", timeout=60_000)
                 assert "500 × 400 px" in metric_value(page, "Size")
-                assert page.locator("[data-testid='stSidebarNav'] a").count() == 6  # no legacy menu
+                assert page.locator("[data-testid='stSidebarNav'] a").count() == len(PAGE_SPECS)  # no legacy menu
                 assert "demo scene" in sidebar_text(page) and "none yet" in sidebar_text(page)
                 assert_no_exception(page, "image page")
                 shot(page, "image")
@@ -341,7 +343,7 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 settle(fresh, 2.0)
                 fresh.wait_for_selector(".st-key-overlay .js-plotly-plot", timeout=60_000)
                 assert metric_value(fresh, "Droplets") == count
-                assert fresh.locator("[data-testid='stSidebarNav'] a").count() == 6
+                assert fresh.locator("[data-testid='stSidebarNav'] a").count() == len(PAGE_SPECS)
                 assert fresh.locator("[data-testid='stProgress']").count() == 0
                 assert "demo scene" in sidebar_text(fresh) and f"{count} droplets" in sidebar_text(fresh)
                 assert_no_exception(fresh, "share link")
