@@ -68,7 +68,7 @@ from droplet_core.inference.uncertainty import (
 )
 from droplet_core.inference.verdict import judge_fit
 from droplet_core.measurements.counting import count_of_table
-from droplet_core.models.common import ModelSpec, bucket_size, make_layout
+from droplet_core.models.common import ModelSpec, bucket_size, make_layout, saturation_levels
 from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.results import (
     FitReport,
@@ -373,7 +373,7 @@ def run_fit(
     detected = time.perf_counter()
 
     layout = make_layout(observed.shape, anchors[:, 2], variant.EXTENT)
-    spec = ModelSpec(layout, polarity, settings.mask_types, settings.mask_size)
+    spec = ModelSpec(layout, polarity, settings.mask_types, settings.mask_size, *saturation_levels(observed))
     programs = programs_for(settings.model, spec)
     sites, guide = programs.sites, programs.guide
     fixed = _fixed_appearance(variant, settings, appearance_source, sites, guide)

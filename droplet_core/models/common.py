@@ -288,17 +288,38 @@ class ModelSpec:
 
     ``polarity`` is +1 when droplets are brighter than the background in the fitted channel
     and -1 when darker (single-channel variants start their droplets with that sign).
-    ``mask_types`` and ``mask_size`` configure templates and neural.
+    ``mask_types`` and ``mask_size`` configure templates and neural. ``floor`` and
+    ``ceiling`` are where the camera saturated the channel (``saturation_levels``): a drawn
+    image is clipped there, and only there.
     """
 
     layout: Layout
     polarity: float
     mask_types: int
     mask_size: int
+    floor: float = 0.0
+    ceiling: float = 1.0
 
     def tree_flatten(self):
-        return (self.layout,), (self.polarity, self.mask_types, self.mask_size)
+        return (self.layout,), (self.polarity, self.mask_types, self.mask_size, self.floor, self.ceiling)
 
     @classmethod
     def tree_unflatten(cls, static, children):
         return cls(*children, *static)
+
+
+# A channel saturated at 0 (or 1) where at least this share of its pixels sits there.
+SATURATED_SHARE = 1e-4
+
+
+def saturation_levels(observed: np.ndarray) -> tuple[float, float]:
+    """Floor and ceiling ``ModelSpec`` clips a drawn ``(h, w, c)`` image to: 0 and 1 where the
+    channel has pixels there (the camera clipped them), else unbounded.
+
+    A dim image (16-bit fluorescence uses a tenth of the range) never reaches 0: clipping the
+    drawing there would let a droplet's look sink below the background unseen, and its edge
+    drift outwards with it.
+    """
+    floor = 0.0 if np.mean(observed <= 0.0) >= SATURATED_SHARE else -np.inf
+    ceiling = 1.0 if np.mean(observed >= 1.0) >= SATURATED_SHARE else np.inf
+    return floor, ceiling

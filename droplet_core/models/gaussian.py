@@ -51,7 +51,7 @@ def render(background, x, y, sigma, amplitude, spec: ModelSpec):
     s = capped_radius(layout, sigma)
     values = per_pixel(layout, amplitude) * jnp.exp(-(dx**2 + dy**2) / (2.0 * s**2))
     droplets = splat(layout, values[:, None], flat, inside).reshape(layout.height, layout.width, layout.channels)
-    return jnp.clip(background + spec.polarity * droplets, 0.0, 1.0)
+    return jnp.clip(background + spec.polarity * droplets, spec.floor, spec.ceiling)
 
 
 def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict | None = None) -> dict:

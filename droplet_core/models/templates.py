@@ -5,7 +5,7 @@ a droplet's look is the composition-weighted sum of the masks. Unlike the seed, 
 drawn in units of the droplet's radius (cells span -1.5..1.5 radii) and may be signed, so
 one set of masks describes droplets of every size and both the bright caustic and the dark
 rim; each droplet gets an explicit radius. Masks are sampled bilinearly at sub-pixel
-positions; the image is clipped to [0, 1].
+positions; the image is clipped where the camera saturated it (``saturation_levels``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def render(background, x, y, radius, droplet_masks, spec: ModelSpec):
     flat, u, v, inside = _mask_cells(x, y, radius, spec)
     values = bilinear_sample(layout, droplet_masks, u, v)
     droplets = splat(layout, values[:, None], flat, inside).reshape(layout.height, layout.width, layout.channels)
-    return jnp.clip(background + droplets, 0.0, 1.0)
+    return jnp.clip(background + droplets, spec.floor, spec.ceiling)
 
 
 def _mask_cells(x, y, radius, spec: ModelSpec):
