@@ -57,7 +57,7 @@ SCALE_MIN_P_EXISTS = 0.7
 # threshold, since the fit weighs every candidate's evidence (``p_exists``) and switches
 # off those the image does not support; the detector is shy of droplets unlike its
 # training scenes.
-CANDIDATE_THRESHOLD = 0.35
+CANDIDATE_THRESHOLD = 0.25
 # Quantile of the detected radii that the downscale keeps resolvable (the small droplets).
 SMALL_RADIUS_QUANTILE = 0.1
 
