@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from droplet_core.fit_ids import fit_key
 from droplet_core.results import FitResult
 from droplet_core.service.fair_queue import FairQueue, estimated_seconds
 from droplet_core.service.fit_tasks import (
@@ -46,6 +45,7 @@ from droplet_core.service.fit_tasks import (
     one_line,
     remove_stale_job_files,
 )
+from droplet_core.service.requests import request_key
 from droplet_core.service.store import FitStore, StoreError
 from droplet_core.settings import FitProgress, FitSettings
 
@@ -369,8 +369,7 @@ class JobRegistry:
         QueueFull
             ``session`` already has ``session_limit`` fits queued or running.
         """
-        parent_fit_id = warm_start.fit_id if warm_start is not None else None
-        key = fit_key(image_sha256, settings, parent_fit_id)
+        key = request_key(image_sha256, settings, warm_start)
         with self._cond:
             existing = self._jobs.get(key)
             if existing is not None and _reusable(existing):
