@@ -46,6 +46,14 @@ def _zip_bytes(fit_id: str, root: str, version: str, pixel_size: PixelSize) -> b
     return zip_outputs(app.load_fit(fit_id), pixel_size)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _droplets_csv(fit_id: str, root: str, version: str, pixel_size: PixelSize, rows: tuple[int, ...]) -> bytes:
+    """The droplet table as CSV (only ``rows`` when given): formatting thousands of rows takes
+    a few tenths of a second, too long for every script run."""
+    table = droplet_table(app.load_fit(fit_id).droplets, pixel_size)
+    return table.iloc[list(rows) or slice(None)].to_csv(index=False, float_format="%.6g").encode()
+
+
 @st.cache_data(show_spinner="Size statistics ...", max_entries=16)
 def _statistics_px(fit_id: str, root: str, version: str):
     """In px: a new pixel size only rescales them (``in_micrometres``)."""
@@ -210,10 +218,7 @@ d1, d2 = st.columns(2)
 with d1:
     st.download_button(
         "Download droplets (CSV)" + (" — selection" if selected else ""),
-        droplet_table(droplets, pixel_size)
-        .iloc[selected or slice(None)]
-        .to_csv(index=False, float_format="%.6g")
-        .encode(),
+        _droplets_csv(result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size, tuple(selected)),
         file_name=f"droplets-{result.fit_id[:8]}.csv",
         mime="text/csv",
         icon=":material/download:",
