@@ -4,6 +4,8 @@ the model's drawing / their difference with linked zoom, the droplet table, size
 
 from __future__ import annotations
 
+from functools import partial
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -48,8 +50,7 @@ def _zip_bytes(fit_id: str, root: str, version: str, pixel_size: PixelSize) -> b
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _droplets_csv(fit_id: str, root: str, version: str, pixel_size: PixelSize, rows: tuple[int, ...]) -> bytes:
-    """The droplet table as CSV (only ``rows`` when given): formatting thousands of rows takes
-    a few tenths of a second, too long for every script run."""
+    """The droplet table as CSV (only ``rows`` when given)."""
     table = droplet_table(app.load_fit(fit_id).droplets, pixel_size)
     return table.iloc[list(rows) or slice(None)].to_csv(index=False, float_format="%.6g").encode()
 
@@ -214,11 +215,13 @@ else:
 st.dataframe(
     droplet_table_view(table), height=360, width="stretch", hide_index=True, column_config=droplet_column_config(table)
 )
+# The files are made when a button is clicked (in a thread of their own), not on every run:
+# the zip takes about a second.
 d1, d2 = st.columns(2)
 with d1:
     st.download_button(
         "Download droplets (CSV)" + (" — selection" if selected else ""),
-        _droplets_csv(result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size, tuple(selected)),
+        partial(_droplets_csv, result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size, tuple(selected)),
         file_name=f"droplets-{result.fit_id[:8]}.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -228,7 +231,7 @@ with d2:
     st.download_button(
         "Download the whole fit (zip: droplets.csv, statistics.csv, labels.tif, Fiji ROI set, "
         "reconstruction.png, fit.json)",
-        _zip_bytes(result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size),
+        partial(_zip_bytes, result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size),
         file_name=f"fit-{result.fit_id[:8]}.zip",
         mime="application/zip",
         icon=":material/folder_zip:",
