@@ -19,9 +19,10 @@ import streamlit as st
 
 from app_support import app
 
-# Figures kept in all: a few sessions' current fits and display settings. The largest (a
-# few thousand droplets over a 3-megapixel image) take a few MB each.
-FIGURES_KEPT = 48
+# Figures kept in all (the least recently used go first): the pages of a few fits, each in a
+# few display settings. The largest, 4,500 droplets with their uncertainty bands over the
+# 3-megapixel example image, holds about 7 MB, so the cache stays under about 170 MB.
+FIGURES_KEPT = 24
 
 
 @st.cache_resource(show_spinner=False, max_entries=FIGURES_KEPT)
