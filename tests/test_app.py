@@ -270,6 +270,35 @@ def test_share_link_restores_fit_in_new_session(fitted, page):
         assert metric(at, "Droplets") == str(FitStore().load(fit_id).report.count.count)
 
 
+def test_results_figures_are_built_once_per_fit_and_display_setting(fitted, monkeypatch):
+    from app_support import figure_cache, figures
+
+    built = []
+    real_overlay = figures.overlay_figure
+    monkeypatch.setattr(figures, "overlay_figure", lambda *args, **kw: built.append(kw) or real_overlay(*args, **kw))
+    figure_cache._figure.clear()
+    sessions = []
+    for _ in range(2):  # two sessions open the share link, each runs the page twice
+        at = new_app()
+        at.query_params["fit"] = fitted["fit_id"]
+        at.switch_page("pages/results.py").run()
+        at.run()
+        assert not at.exception
+        sessions.append(at)
+    assert len(built) == 1
+    first = figure(sessions[0], "overlay")
+    assert figure(sessions[1], "overlay") == first
+    # Another setting is another figure: hiding the doubtful candidates leaves out their markers.
+    droplets = FitStore().load(fitted["fit_id"]).droplets
+    sessions[1].slider(key="w_hide_below").set_value(0.5).run()
+    assert len(built) == 2
+    markers = figure(sessions[1], "overlay")["data"][-1]["x"]
+    likely = int((droplets["p_exists"] >= 0.5).sum())
+    assert len(base64.b64decode(markers["bdata"])) // np.dtype(markers["dtype"]).itemsize == likely
+    sessions[0].run()
+    assert len(built) == 2 and figure(sessions[0], "overlay") == first
+
+
 def test_compare_share_link(fitted):
     at = new_app()
     at.query_params["fits"] = fitted["fit_id"]
