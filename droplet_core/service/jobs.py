@@ -37,7 +37,6 @@ from droplet_core.service.fit_tasks import (
     FAILED,
     RUNNING,
     STOPPED,
-    FitFunction,
     FitOutcome,
     JobFiles,
     compute_fit,
@@ -45,7 +44,7 @@ from droplet_core.service.fit_tasks import (
     one_line,
     remove_stale_job_files,
 )
-from droplet_core.service.requests import request_key
+from droplet_core.service.requests import FitFunction, request_key
 from droplet_core.service.store import FitStore, StoreError
 from droplet_core.settings import FitProgress, FitSettings
 
@@ -301,8 +300,9 @@ class JobRegistry:
     Parameters
     ----------
     store : where finished fits are looked up and saved.
-    fit_fn : the fit function, called as ``fit_fn(image, settings, image_sha256=...,
-        progress=..., stop=..., warm_start=...)``; ``droplet_core.inference.engine.run_fit`` when None
+    fit_fn : the fit function, called as ``requests.load_or_fit`` calls it (``fit_fn(image,
+        settings, image_sha256=..., progress=..., stop=..., warm_start=...)``, and
+        ``appearance_source=`` for a reuse fit); ``droplet_core.inference.engine.run_fit`` when None
         (imported on first use, so importing this module does not load JAX). On a cluster
         it must be importable by the workers.
     max_workers : in-process fits computed at once; more wait in the queue. One suits a
