@@ -208,6 +208,8 @@ st.caption(
 # -- the droplet table --------------------------------------------------------------------
 st.subheader("Droplet table")
 table = shown.iloc[selected] if selected else shown
+# The selection's rows in the whole table (``shown`` leaves out the hidden candidates).
+selected_rows = tuple(int(row) for row in droplets.index.get_indexer(table.index)) if selected else ()
 if selected:
     st.markdown(f"**{len(selected)} of {len(shown)} droplets selected**")
 else:
@@ -221,7 +223,7 @@ d1, d2 = st.columns(2)
 with d1:
     st.download_button(
         "Download droplets (CSV)" + (" — selection" if selected else ""),
-        partial(_droplets_csv, result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size, tuple(selected)),
+        partial(_droplets_csv, result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size, selected_rows),
         file_name=f"droplets-{result.fit_id[:8]}.csv",
         mime="text/csv",
         icon=":material/download:",
