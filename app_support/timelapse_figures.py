@@ -130,30 +130,14 @@ def over_time_figure(
         row=1,
         col=1,
     )
-    fig.add_trace(
-        go.Scatter(
-            x=t,
-            y=frames["droplet_count"],
-            mode="lines+markers",
-            line=dict(color=BAND_COLOUR),
-            name="count",
-            showlegend=False,
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=t,
-            y=frames["mean_radius_px"],
-            mode="lines+markers",
-            line=dict(color=BAND_COLOUR),
-            name="mean radius",
-            showlegend=False,
-        ),
-        row=2,
-        col=1,
-    )
+    for row, (column, name) in enumerate((("droplet_count", "count"), ("mean_radius_px", "mean radius")), start=1):
+        fig.add_trace(
+            go.Scatter(
+                x=t, y=frames[column], mode="lines+markers", line=dict(color=BAND_COLOUR), name=name, showlegend=False
+            ),
+            row=row,
+            col=1,
+        )
     if len(tracks):
         edges = np.linspace(0.0, float(tracks["radius_px"].max()) * 1.05, RADIUS_BINS + 1)
         times = frames.set_index("frame")["time_s"]

@@ -30,29 +30,26 @@ import argparse
 import asyncio
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.app_server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    EXCEPTION,
+    IDLE,
+    free_port,
+    stop,
+    streamlit_command,
+    wait_for_health,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-EXCEPTION = "[data-testid='stException']"
 FIT_LOG_ENV = "DROPLET_BENCH_FIT_LOG"
 STEPS_INDEX = 2  # the Fit page's "Steps" options 50, 100, 150, ...: 150 steps
 
@@ -66,12 +63,6 @@ class SessionRecord:
     fit_id: str | None = None
     droplets: str | None = None
     error: str | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def count_fits() -> None:
@@ -101,21 +92,7 @@ def serve(port: int) -> None:
     from streamlit.web import cli
 
     count_fits()
-    sys.argv = [
-        "streamlit",
-        "run",
-        str(ROOT / "app.py"),
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--global.developmentMode",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    sys.argv = ["streamlit", *streamlit_command(ROOT / "app.py", port)]
     cli.main()
 
 
@@ -147,18 +124,12 @@ def start_server(store: Path, fit_log: Path, log: Path, extra_env: dict | None =
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return proc, base
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
+    try:
+        wait_for_health(base, proc, log, timeout_s=90)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, base
 
 
 async def settle(page, timeout_ms: int) -> None:
@@ -343,12 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             peak = peak_rss_mb(proc.pid)
         finally:
             for each in [proc, *reversed(cluster)]:
-                each.terminate()
-                try:
-                    each.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    each.kill()
-                    each.wait()
+                stop(each, timeout_s=15)
         passed = report(records, fit_log.read_text().split(), server_log.read_text(), wall_s)
         report_server_times(run_times.read_text(), peak)
     assert passed, "load check failed (see above)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_support import app
+from app_support import app, figure_cache
 from app_support.figures import compare_overlays_figure, compare_radius_figure
 from app_support.pixel_size import pixel_size_for
 from app_support.size_figures import compare_distributions_figure
@@ -105,10 +105,16 @@ panels = []
 for r in results:
     image = app.image_for_fit(r)
     if image is not None:
-        panels.append((app.fit_short_label(r.report), app.for_display(image), r.droplets))
+        panels.append((app.fit_short_label(r.report), image, r.droplets, r.fit_id))
 if panels:
+    shown = panels[:4]
     st.plotly_chart(
-        compare_overlays_figure(panels[:4], height=560),
+        figure_cache.figure(
+            ("compare overlays", tuple((label, fit_id) for label, _, _, fit_id in shown), app.display_percentiles()),
+            lambda: compare_overlays_figure(
+                [(label, app.for_display(image), droplets) for label, image, droplets, _ in shown], height=560
+            ),
+        ),
         key="compare_overlays",
         width="stretch",
         config={"scrollZoom": True},
@@ -120,8 +126,12 @@ if panels:
 
 # -- sizes (further size statistics go in this section) ----------------------------------------
 st.subheader("Sizes")
+radius_tables = {app.fit_short_label(r.report): r.droplets for r in results}
 st.plotly_chart(
-    compare_radius_figure({app.fit_short_label(r.report): r.droplets for r in results}, height=380),
+    figure_cache.figure(
+        ("compare radius", tuple((app.fit_short_label(r.report), r.fit_id) for r in results)),
+        lambda: compare_radius_figure(radius_tables, height=380),
+    ),
     key="compare_radius",
     width="stretch",
 )
@@ -137,7 +147,10 @@ diameters = {
     for r in results
 }
 st.plotly_chart(
-    compare_distributions_figure(diameters, "µm" if in_um else "px", log_axis),
+    figure_cache.figure(
+        ("compare distributions", tuple(r.fit_id for r in results), tuple(sizes.values()), in_um, log_axis),
+        lambda: compare_distributions_figure(diameters, "µm" if in_um else "px", log_axis),
+    ),
     key="compare_distributions",
     width="stretch",
     config={"toImageButtonOptions": {"format": "svg", "filename": "size-distributions"}},

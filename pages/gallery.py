@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app_support import app
+from app_support import app, figure_cache
 from app_support.figures import (
     Placement,
     composition_columns,
@@ -61,7 +61,13 @@ if images is None or images.size == 0:
         icon=":material/info:",
     )
 else:
-    st.plotly_chart(gallery_figure(images, types=tile_types, captions=captions), key="gallery_fig", width="stretch")
+    st.plotly_chart(
+        figure_cache.figure(
+            ("gallery", result.fit_id), lambda: gallery_figure(images, types=tile_types, captions=captions)
+        ),
+        key="gallery_fig",
+        width="stretch",
+    )
 
 app.share_box("gallery", {"fit": result.fit_id})
 
@@ -73,13 +79,16 @@ if types is not None:
     image = app.image_for_fit(result)
     if image is not None:
         st.plotly_chart(
-            overlay_figure(
-                app.for_display(image),
-                result.droplets,
-                Placement(),
-                colour_by_type=True,
-                crop=result.settings.crop,
-                height=600,
+            figure_cache.figure(
+                ("type overlay", result.fit_id, app.display_percentiles()),
+                lambda: overlay_figure(
+                    app.for_display(image),
+                    result.droplets,
+                    Placement(),
+                    colour_by_type=True,
+                    crop=result.settings.crop,
+                    height=600,
+                ),
             ),
             key="type_overlay",
             width="stretch",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_support import access, app, state
+from app_support import access, app, figure_cache, state
 from app_support.figures import channels_figure, image_figure
 from app_support.pixel_size import pixel_size_field
 from droplet_core.imaging.channels import CHANNEL_LABELS
@@ -130,7 +130,10 @@ st.caption(
 )
 pixel_size_field(sha)
 st.plotly_chart(
-    image_figure(app.for_display(image), crop=crop, height=620),
+    figure_cache.figure(
+        ("image", sha, app.display_percentiles(), crop),
+        lambda: image_figure(app.for_display(image), crop=crop, height=620),
+    ),
     key="image_fig",
     width="stretch",
     config={"scrollZoom": True},
@@ -139,8 +142,13 @@ st.plotly_chart(
 # -- channels ---------------------------------------------------------------------------
 st.subheader("Channels")
 st.caption("Every channel side by side: pick the one where droplets stand out best from the background.")
-thumbs = {name: app.for_display(channel) for name, channel in app.channel_thumbnails(sha).items()}
-st.plotly_chart(channels_figure(thumbs, CHANNEL_LABELS), key="channels_fig", width="stretch")
+channels = figure_cache.figure(
+    ("channels", sha, app.display_percentiles()),
+    lambda: channels_figure(
+        {name: app.for_display(channel) for name, channel in app.channel_thumbnails(sha).items()}, CHANNEL_LABELS
+    ),
+)
+st.plotly_chart(channels, key="channels_fig", width="stretch")
 channel = st.selectbox(
     "Channel to fit (for the one-channel models)",
     app.SINGLE_CHANNELS,

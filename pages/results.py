@@ -4,9 +4,12 @@ the model's drawing / their difference with linked zoom, the droplet table, size
 
 from __future__ import annotations
 
+from functools import partial
+
+import plotly.graph_objects as go
 import streamlit as st
 
-from app_support import app
+from app_support import app, figure_cache
 from app_support.figures import (
     Placement,
     fit_placement,
@@ -43,6 +46,13 @@ if result is None:
 @st.cache_data(show_spinner=False, max_entries=8)
 def _zip_bytes(fit_id: str, root: str, version: str, pixel_size: PixelSize) -> bytes:
     return zip_outputs(app.load_fit(fit_id), pixel_size)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _droplets_csv(fit_id: str, root: str, version: str, pixel_size: PixelSize, rows: tuple[int, ...]) -> bytes:
+    """The droplet table as CSV (only ``rows`` when given)."""
+    table = droplet_table(app.load_fit(fit_id).droplets, pixel_size)
+    return table.iloc[list(rows) or slice(None)].to_csv(index=False, float_format="%.6g").encode()
 
 
 @st.cache_data(show_spinner="Size statistics ...", max_entries=16)
@@ -135,14 +145,17 @@ if image is None:  # show the fitted channel in its place
     image, overlay_placement = result.observed, placement
 else:
     overlay_placement = Placement()
-overlay = overlay_figure(
-    app.for_display(image),
-    shown,
-    placement=overlay_placement,
-    crop=settings.crop,
-    height=760,
-    show_uncertainty=show_uncertainty,
-    doubtful_below=DOUBTFUL_BELOW,
+overlay = figure_cache.figure(
+    ("results overlay", result.fit_id, app.display_percentiles(), overlay_placement, hide_below, show_uncertainty),
+    lambda: overlay_figure(
+        app.for_display(image),
+        shown,
+        placement=overlay_placement,
+        crop=settings.crop,
+        height=760,
+        show_uncertainty=show_uncertainty,
+        doubtful_below=DOUBTFUL_BELOW,
+    ),
 )
 event = st.plotly_chart(
     overlay,
@@ -167,16 +180,24 @@ selected = sorted(set(i for i in selected if 0 <= i < len(shown)))
 
 # -- reconstruction / residual / original -------------------------------------------------
 st.subheader("How well the model draws the image")
-residual, scale = residual_rgb(result.residual)
-observed = result.observed
-limits = stretch_limits(observed, app.display_percentiles())
-panels = [
-    ("Image (fitted channel)", apply_stretch(observed, limits)),
-    ("The model's drawing", apply_stretch(result.reconstruction, limits)),
-    (f"Difference (±{scale:.3f})", residual),
-]
+
+
+def fit_panels() -> go.Figure:
+    residual, scale = residual_rgb(result.residual)
+    limits = stretch_limits(result.observed, app.display_percentiles())
+    panels = [
+        ("Image (fitted channel)", apply_stretch(result.observed, limits)),
+        ("The model's drawing", apply_stretch(result.reconstruction, limits)),
+        (f"Difference (±{scale:.3f})", residual),
+    ]
+    return panels_figure(panels, placement, height=460)
+
+
 st.plotly_chart(
-    panels_figure(panels, placement, height=460), key="panels", width="stretch", config={"scrollZoom": True}
+    figure_cache.figure(("results panels", result.fit_id, app.display_percentiles()), fit_panels),
+    key="panels",
+    width="stretch",
+    config={"scrollZoom": True},
 )
 st.caption(
     "Zoom or pan one panel and the others follow. Difference = image − drawing: red where the image is "
@@ -187,6 +208,8 @@ st.caption(
 # -- the droplet table --------------------------------------------------------------------
 st.subheader("Droplet table")
 table = shown.iloc[selected] if selected else shown
+# The selection's rows in the whole table (``shown`` leaves out the hidden candidates).
+selected_rows = tuple(int(row) for row in droplets.index.get_indexer(table.index)) if selected else ()
 if selected:
     st.markdown(f"**{len(selected)} of {len(shown)} droplets selected**")
 else:
@@ -194,14 +217,13 @@ else:
 st.dataframe(
     droplet_table_view(table), height=360, width="stretch", hide_index=True, column_config=droplet_column_config(table)
 )
+# The files are made when a button is clicked (in a thread of their own), not on every run:
+# the zip takes about a second.
 d1, d2 = st.columns(2)
 with d1:
     st.download_button(
         "Download droplets (CSV)" + (" — selection" if selected else ""),
-        droplet_table(droplets, pixel_size)
-        .iloc[selected or slice(None)]
-        .to_csv(index=False, float_format="%.6g")
-        .encode(),
+        partial(_droplets_csv, result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size, selected_rows),
         file_name=f"droplets-{result.fit_id[:8]}.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -211,7 +233,7 @@ with d2:
     st.download_button(
         "Download the whole fit (zip: droplets.csv, statistics.csv, labels.tif, Fiji ROI set, "
         "reconstruction.png, fit.json)",
-        _zip_bytes(result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size),
+        partial(_zip_bytes, result.fit_id, app.store_root(), app.CACHE_VERSION, pixel_size),
         file_name=f"fit-{result.fit_id[:8]}.zip",
         mime="application/zip",
         icon=":material/folder_zip:",
@@ -232,7 +254,10 @@ log_axis = st.toggle("Logarithmic diameter axis", key="size_log_axis")
 diameters = 2.0 * droplets["radius"].to_numpy(float) * (pixel_size.length_um or 1.0)
 # The camera button saves SVG (vector, for papers) with Plotly's own export.
 st.plotly_chart(
-    size_distribution_figure(diameters, statistics, unit, log_axis),
+    figure_cache.figure(
+        ("size distribution", result.fit_id, pixel_size, log_axis),
+        lambda: size_distribution_figure(diameters, statistics, unit, log_axis),
+    ),
     key="size_distribution",
     width="stretch",
     config={"toImageButtonOptions": {"format": "svg", "filename": f"size-distribution-{result.fit_id[:8]}"}},
@@ -241,7 +266,13 @@ s1, s2 = st.columns([2, 3])
 with s1:
     st.dataframe(statistics_display_table(statistics), hide_index=True, width="stretch", key="size_statistics")
 with s2:
-    st.plotly_chart(statistics_interval_figure(statistics), key="size_intervals", width="stretch")
+    st.plotly_chart(
+        figure_cache.figure(
+            ("size intervals", result.fit_id, pixel_size), lambda: statistics_interval_figure(statistics)
+        ),
+        key="size_intervals",
+        width="stretch",
+    )
 st.download_button(
     "Download the statistics (CSV)",
     statistics.to_csv(index=False, float_format="%.6g").encode(),
@@ -259,5 +290,9 @@ with st.expander("Advanced: the fit's full record (fit.json) and loss curve"):
         f" · {report.total_steps_done} iterations · on {report.device}"
     )
     if len(result.losses):
-        st.plotly_chart(loss_figure(result.losses, height=240), key="results_loss", width="stretch")
+        st.plotly_chart(
+            figure_cache.figure(("loss", result.fit_id), lambda: loss_figure(result.losses, height=240)),
+            key="results_loss",
+            width="stretch",
+        )
     st.json(report.to_dict(), expanded=False)

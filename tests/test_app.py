@@ -8,6 +8,7 @@ reused. The store is a temporary folder (``DROPLET_STORE``, set in conftest.py).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -66,6 +67,12 @@ def figure(at: AppTest, key: str) -> dict:
         if chart.key == key:
             return json.loads(chart.proto.spec)
     raise AssertionError(f"no chart {key!r}; have {[c.key for c in at.get('plotly_chart')]}")
+
+
+def gaps(trace: dict) -> int:
+    """The gaps (NaN) in a line trace's x, which Plotly sends as a binary typed array."""
+    x = trace["x"]
+    return int(np.isnan(np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"])).sum())
 
 
 def png_bytes(width: int, height: int) -> bytes:
@@ -191,7 +198,7 @@ def test_results_show_count_interval_and_uncertainty_bands(fitted):
     assert not at.exception
     bands = [trace for trace in figure(at, "overlay")["data"] if trace.get("name") in ("90 % bands", "unsure droplets")]
     # Three outlines per droplet (inner and outer radius, position ellipse), separated by gaps.
-    assert sum(trace["x"].count(None) for trace in bands) >= 3 * len(stored.droplets)
+    assert sum(gaps(trace) for trace in bands) >= 3 * len(stored.droplets)
     centres = figure(at, "overlay")["data"][-1]
     assert "P(exists)" in centres["hovertemplate"] and "(90 %)" in centres["hovertemplate"]
 
@@ -261,6 +268,35 @@ def test_share_link_restores_fit_in_new_session(fitted, page):
     assert at.session_state["fit_id"] == fit_id
     if page == "results":
         assert metric(at, "Droplets") == str(FitStore().load(fit_id).report.count.count)
+
+
+def test_results_figures_are_built_once_per_fit_and_display_setting(fitted, monkeypatch):
+    from app_support import figure_cache, figures
+
+    built = []
+    real_overlay = figures.overlay_figure
+    monkeypatch.setattr(figures, "overlay_figure", lambda *args, **kw: built.append(kw) or real_overlay(*args, **kw))
+    figure_cache._figure.clear()
+    sessions = []
+    for _ in range(2):  # two sessions open the share link, each runs the page twice
+        at = new_app()
+        at.query_params["fit"] = fitted["fit_id"]
+        at.switch_page("pages/results.py").run()
+        at.run()
+        assert not at.exception
+        sessions.append(at)
+    assert len(built) == 1
+    first = figure(sessions[0], "overlay")
+    assert figure(sessions[1], "overlay") == first
+    # Another setting is another figure: hiding the doubtful candidates leaves out their markers.
+    droplets = FitStore().load(fitted["fit_id"]).droplets
+    sessions[1].slider(key="w_hide_below").set_value(0.5).run()
+    assert len(built) == 2
+    markers = figure(sessions[1], "overlay")["data"][-1]["x"]
+    likely = int((droplets["p_exists"] >= 0.5).sum())
+    assert len(base64.b64decode(markers["bdata"])) // np.dtype(markers["dtype"]).itemsize == likely
+    sessions[0].run()
+    assert len(built) == 2 and figure(sessions[0], "overlay") == first
 
 
 def test_compare_share_link(fitted):

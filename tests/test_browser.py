@@ -16,32 +16,28 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from app_support.app import PAGE_SPECS
+from bench.app_server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    EXCEPTION,
+    IDLE,
+    free_port,
+    stop,
+    streamlit_command,
+    wait_for_health,
+)
 
-CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-EXCEPTION = "[data-testid='stException']"
 VIEWPORT = {"width": 1400, "height": 1700}
 FLUORESCENCE = ROOT.parent / "shared" / "data" / "dna_droplets_fluorescence.tif"
 
@@ -51,58 +47,19 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def streamlit_server(store: Path, log: Path):
     port = free_port()
     env = dict(os.environ, DROPLET_STORE=str(store))
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app.py",
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--global.developmentMode",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-        "--browser.gatherUsageStats",
-        "false",
-        "--client.toolbarMode",
-        "minimal",
-    ]
+    cmd = [sys.executable, "-m", "streamlit", *streamlit_command("app.py", port), "--client.toolbarMode", "minimal"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"streamlit did not start:\n{log.read_text()}")
-            time.sleep(0.3)
+        wait_for_health(base, proc, log, timeout_s=60)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def settle(page, pause: float = 1.0) -> None:

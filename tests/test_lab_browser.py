@@ -9,20 +9,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     ROOT,
     VIEWPORT,
     assert_no_exception,
-    free_port,
     metric_value,
     settle,
 )
+
+from bench.app_server import CHROMIUM, CHROMIUM_ARGS, SERVER_OPTIONS, free_port, wait_for_health
 
 PASSWORD = "lab-test-password"
 
@@ -31,20 +28,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
 ]
-
-
-def wait_for_health(base: str, proc: subprocess.Popen, log) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"lab.sh did not start the app:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 def test_one_fit_through_the_lab_server(tmp_path):
@@ -63,12 +46,7 @@ def test_one_fit_through_the_lab_server(tmp_path):
                 str(port),
                 "--scheduler-port",
                 str(free_port()),
-                "--server.headless",
-                "true",
-                "--global.developmentMode",
-                "false",
-                "--server.fileWatcherType",
-                "none",
+                *SERVER_OPTIONS,
             ],
             cwd=ROOT,
             env=env,
@@ -78,7 +56,7 @@ def test_one_fit_through_the_lab_server(tmp_path):
         )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for_health(base, lab, log)
+        wait_for_health(base, lab, log, timeout_s=120)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport=VIEWPORT)

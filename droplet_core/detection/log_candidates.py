@@ -100,7 +100,7 @@ def strong_peaks(
     """
     _, signed = contrast_image(channel)
     mean = signed.mean(axis=2)
-    contrast = smoothed_contrast(signed)
+    contrast = smoothed_contrast(mean)
     peaks = peak_local_max(
         np.abs(contrast), min_distance=min_separation_px, threshold_abs=min_contrast, exclude_border=False
     )
@@ -143,10 +143,10 @@ def laplacian_of_gaussian_at(image: np.ndarray, rows: np.ndarray, cols: np.ndarr
     return np.concatenate(responses, axis=1) if responses else np.zeros((len(sigmas), 0))
 
 
-def smoothed_contrast(signed: np.ndarray) -> np.ndarray:
-    """``(h, w)`` deviation from the background (``contrast_image``'s signed ``(h, w, c)``)
-    averaged over channels and smoothed by a 1 px Gaussian: what peaks are found in."""
-    return ndimage.gaussian_filter(signed.mean(axis=2), 1.0)
+def smoothed_contrast(mean_signed: np.ndarray) -> np.ndarray:
+    """``(h, w)`` deviation from the background (``contrast_image``'s signed ``(h, w, c)``
+    averaged over channels, ``(h, w)``) smoothed by a 1 px Gaussian: what peaks are found in."""
+    return ndimage.gaussian_filter(mean_signed, 1.0)
 
 
 def centre_contrast(signed: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -161,7 +161,7 @@ def centre_contrast(signed: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
     -------
     ``(n,)`` deviation averaged over channels and smoothed by a 1 px Gaussian.
     """
-    smoothed = smoothed_contrast(signed)
+    smoothed = smoothed_contrast(signed.mean(axis=2))
     rows = np.clip(np.asarray(y).astype(int), 0, smoothed.shape[0] - 1)
     cols = np.clip(np.asarray(x).astype(int), 0, smoothed.shape[1] - 1)
     return smoothed[rows, cols]

@@ -268,13 +268,17 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
 
 
-def encode_png(image_uint8: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 ``(h, w, 3)`` or ``(h, w)`` image (``to_uint8`` makes one of a float image)."""
+def encode_png(image_uint8: np.ndarray, compress_level: int = 6) -> bytes:
+    """PNG bytes of a uint8 ``(h, w, 3)`` or ``(h, w)`` image (``to_uint8`` makes one of a float image).
+
+    ``compress_level`` 0-9 (zlib): 6 is Pillow's default (the bytes, hence their sha256,
+    stay as they were); 1 encodes about four times faster for about 12 % more bytes.
+    """
     image_uint8 = np.asarray(image_uint8)
     if image_uint8.dtype != np.uint8:
         raise ValueError(f"encode_png needs uint8 pixels, not {image_uint8.dtype}")
     buffer = io.BytesIO()
-    Image.fromarray(image_uint8).save(buffer, format="PNG")
+    Image.fromarray(image_uint8).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

@@ -1,7 +1,7 @@
 """What runs a fit wherever it runs: in a thread of the app, or as a task on a Dask worker.
 
-``compute_fit`` takes a fit from the store or computes and stores it, and turns every
-failure into a ``FitOutcome`` with a one-line message. ``fit_on_worker`` wraps it for a
+``compute_fit`` takes a fit from the store or computes and stores it (``requests.load_or_fit``),
+and turns every failure into a ``FitOutcome`` with a one-line message. ``fit_on_worker`` wraps it for a
 cluster: the worker reads the uploaded image from the shared store, reports progress and
 learns about Stop through ``JobFiles`` (``<store>/jobs/<token>/progress.json`` and ``stop``),
 stores the result itself (atomically, ``droplet_core.service.store``) and sends back only the outcome.
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from droplet_core.fit_ids import fit_key
 from droplet_core.results import FitResult
+from droplet_core.service.requests import FitFunction, StoreSaveError, load_or_fit, request_key
 from droplet_core.service.store import FitStore, StoreError
 from droplet_core.settings import FitProgress, FitSettings
 
@@ -38,8 +38,6 @@ STOP_FILE = "stop"
 STALE_JOB_FILES_S = 3600.0
 
 RUNNING, DONE, STOPPED, FAILED = "running", "done", "stopped", "failed"
-
-FitFunction = Callable[..., FitResult]
 
 
 @dataclass(frozen=True)
@@ -138,38 +136,32 @@ def compute_fit(
 
     Returns
     -------
-    The outcome, and the result when there is one.
+    The outcome, and the result when there is one. A bad request (``ValueError``, which
+    includes ``FitError``, or ``StoreError``) fails with its own message for the user; any
+    other error, a result the store cannot keep included, fails as ``"fit failed: ..."``.
     """
-    key = fit_key(image_sha256, settings, warm_start.fit_id if warm_start is not None else None)
+    key = request_key(image_sha256, settings, warm_start)
     try:
-        if store.has(key):
-            # Another session or process stored this fit while the request was queued.
-            result = store.load(key)
-            return FitOutcome(result.status, result.fit_id, None), result
-        fit_fn = fit_fn or default_fit_fn()
-        try:
-            reused = {}
-            if settings.appearance_from is not None:
-                reused["appearance_source"] = store.load(settings.appearance_from)
-            result = fit_fn(
-                image,
-                settings,
-                image_sha256=image_sha256,
-                progress=progress,
-                stop=stop,
-                warm_start=warm_start,
-                **reused,
-            )
-        except (ValueError, StoreError) as exc:  # FitError, bad settings, a missing source: a message for the user
-            return FitOutcome(FAILED, None, one_line(str(exc)) or type(exc).__name__), None
-        if result.status == DONE and result.fit_id != key:
-            # The store would file it where no later request looks: a key bug, not a fit.
-            raise RuntimeError(f"fit returned id {result.fit_id}, expected {key}")
-        store.save(result)
-        return FitOutcome(result.status, result.fit_id, None), result
+        # The store may hold this fit by now: another session or process stored it while
+        # the request was queued.
+        result = load_or_fit(
+            image,
+            image_sha256,
+            settings,
+            store,
+            warm_start=warm_start,
+            progress=progress,
+            stop=stop,
+            fit_id=key,
+            fit_fn=fit_fn,
+        ).result
+    except (ValueError, StoreError) as exc:  # FitError, bad settings, a missing source: a message for the user
+        return FitOutcome(FAILED, None, one_line(str(exc)) or type(exc).__name__), None
     except Exception as exc:
         logger.exception("fit %s failed", key)
-        return FitOutcome(FAILED, None, one_line(f"fit failed: {type(exc).__name__}: {exc}")), None
+        failure = exc.__cause__ if isinstance(exc, StoreSaveError) else exc
+        return FitOutcome(FAILED, None, one_line(f"fit failed: {type(failure).__name__}: {failure}")), None
+    return FitOutcome(result.status, result.fit_id, None), result
 
 
 def fit_on_worker(
@@ -206,9 +198,3 @@ def fit_on_worker(
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def default_fit_fn() -> FitFunction:
-    from droplet_core.inference.engine import run_fit  # lazy: the fit engine loads JAX
-
-    return run_fit

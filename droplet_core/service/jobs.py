@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from droplet_core.fit_ids import fit_key
 from droplet_core.results import FitResult
 from droplet_core.service.fair_queue import FairQueue, estimated_seconds
 from droplet_core.service.fit_tasks import (
@@ -38,7 +37,6 @@ from droplet_core.service.fit_tasks import (
     FAILED,
     RUNNING,
     STOPPED,
-    FitFunction,
     FitOutcome,
     JobFiles,
     compute_fit,
@@ -46,6 +44,7 @@ from droplet_core.service.fit_tasks import (
     one_line,
     remove_stale_job_files,
 )
+from droplet_core.service.requests import FitFunction, request_key
 from droplet_core.service.store import FitStore, StoreError
 from droplet_core.settings import FitProgress, FitSettings
 
@@ -301,8 +300,9 @@ class JobRegistry:
     Parameters
     ----------
     store : where finished fits are looked up and saved.
-    fit_fn : the fit function, called as ``fit_fn(image, settings, image_sha256=...,
-        progress=..., stop=..., warm_start=...)``; ``droplet_core.inference.engine.run_fit`` when None
+    fit_fn : the fit function, called as ``requests.load_or_fit`` calls it (``fit_fn(image,
+        settings, image_sha256=..., progress=..., stop=..., warm_start=...)``, and
+        ``appearance_source=`` for a reuse fit); ``droplet_core.inference.engine.run_fit`` when None
         (imported on first use, so importing this module does not load JAX). On a cluster
         it must be importable by the workers.
     max_workers : in-process fits computed at once; more wait in the queue. One suits a
@@ -369,8 +369,7 @@ class JobRegistry:
         QueueFull
             ``session`` already has ``session_limit`` fits queued or running.
         """
-        parent_fit_id = warm_start.fit_id if warm_start is not None else None
-        key = fit_key(image_sha256, settings, parent_fit_id)
+        key = request_key(image_sha256, settings, warm_start)
         with self._cond:
             existing = self._jobs.get(key)
             if existing is not None and _reusable(existing):
