@@ -13,7 +13,7 @@ import pytest
 from droplet_core.detection import scale
 from droplet_core.detection.matching import match_pairs
 from droplet_core.inference.engine import run_fit
-from droplet_core.models.outline import outline
+from droplet_core.models.outline import outline, outline_columns
 from droplet_core.models.templates import EXTENT
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import family_settings, make_scene
@@ -100,6 +100,20 @@ def test_a_blurred_edge_reads_wider():
     blurred = -0.3 / (1.0 + np.exp((distance - 1.0) / 0.12))[None]
     assert outline(blurred, EXTENT).edge_width[0] > 2.0 * outline(sharp, EXTENT).edge_width[0]
     assert outline(blurred, EXTENT).edge[0] == pytest.approx(1.0, rel=0.05)
+
+
+def test_large_sharp_droplets_are_in_focus_and_blurred_ones_are_not():
+    # Looks on the templates' own 15-cell grid: a large droplet's sharp edge spans a cell,
+    # many pixels, and must not read as out of focus beside small droplets.
+    size = 15
+    axis = np.linspace(-EXTENT, EXTENT, size)
+    distance = np.hypot(*np.meshgrid(axis, axis))
+    sharp = 0.3 * np.clip((1.0 - distance) / 0.2 + 0.5, 0.0, 1.0)
+    blurred = 0.15 / (1.0 + np.exp((distance - 1.0) / 0.25))
+    looks = np.stack([sharp] * 5 + [blurred])
+    radius = np.array([2.0, 3.0, 4.0, 30.0, 40.0, 20.0])
+    columns = outline_columns(looks, EXTENT, np.zeros(6), np.zeros(6), radius, {})
+    assert columns["in_focus"].tolist() == [True] * 5 + [False]
 
 
 def scored(truth, found):

@@ -27,8 +27,10 @@ OUTLINE_STEP = 0.03
 OUTLINE_OUTLIER_MADS = 3.0
 
 
-# A droplet whose edge is this many times wider than the image's median droplet edge is out
-# of focus (in focus, every edge is about as wide as the microscope's blur).
+# A droplet whose edge is this many times wider than the image's median droplet edge, and
+# than a cell of the grid its look is drawn on, is out of focus (in focus, every edge is
+# about as wide as the microscope's blur, or as the cell where that is finer: a large
+# droplet's edge spans a cell of its own look, many pixels).
 OUT_OF_FOCUS_EDGE_RATIO = 2.0
 
 
@@ -129,6 +131,8 @@ def outline_columns(
     other columns) come along with ``sd_radius`` scaled to the outline."""
     drawn = outline(looks, extent)
     edge_width_px = drawn.edge_width * radius
+    cell_px = 2.0 * extent / (looks.shape[-1] - 1) * drawn.edge * radius
+    sharpest_px = np.maximum(np.median(edge_width_px), cell_px)
     columns = dict(columns)
     if "sd_radius" in columns:
         columns["sd_radius"] = columns["sd_radius"] * drawn.edge
@@ -138,5 +142,5 @@ def outline_columns(
         "radius": drawn.edge * radius,
         **columns,
         "edge_width": edge_width_px,
-        "in_focus": edge_width_px <= OUT_OF_FOCUS_EDGE_RATIO * np.median(edge_width_px),
+        "in_focus": edge_width_px <= OUT_OF_FOCUS_EDGE_RATIO * sharpest_px,
     }
