@@ -10,9 +10,16 @@ from bench.generality import (
     score,
     score_detector,
     second_variant,
+    within_image,
 )
 
 pytestmark = pytest.mark.slow  # runs the generality bench's fits
+
+
+def test_droplets_cut_by_the_border_are_told_apart():
+    circles = pd.DataFrame({"x": [5.0, 3.0, 50.0, 96.0], "y": [5.0, 40.0, 97.0, 50.0], "radius": [5.0, 4.0, 2.0, 4.0]})
+    # A 100 x 100 image: pixel centres 0..99; the second and fourth circles reach past its edges.
+    assert within_image(circles, (100, 100, 3)).tolist() == [True, False, True, False]
 
 
 def test_score_ignores_out_of_focus_droplets_and_measures_bias():
