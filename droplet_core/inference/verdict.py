@@ -207,8 +207,11 @@ def judge_fit(
         problems.append(f"{doubtful:.0%} of the droplets found probably do not exist.")
     blank = structure_to_noise < MIN_STRUCTURE_TO_NOISE
     # A texture taken for droplets leaves about as many droplet-shaped spots as it draws likely
-    # droplets.
-    spotted = spots >= max(MIN_SPOTS_FLAGGED, 2 * MAX_SPOTS_PER_DROPLET * count * (1.0 - doubtful))
+    # droplets, or many spots and much of its structure unexplained.
+    likely = count * (1.0 - doubtful)
+    spotted = spots >= max(MIN_SPOTS_FLAGGED, 2 * MAX_SPOTS_PER_DROPLET * likely) or (
+        explained < MIN_EXPLAINED and spots >= max(MIN_SPOTS_FLAGGED, MAX_SPOTS_PER_DROPLET * likely)
+    )
     failed = blank or explained < MIN_EXPLAINED_PARTLY or doubtful > 2 * MAX_DOUBTFUL_FRACTION or spotted
     quality = "failed" if failed else ("partial" if problems else "good")
     if problems and len(advice) < 2:
