@@ -144,8 +144,9 @@ class TimelapseSettings:
 @dataclass(frozen=True)
 class FrameFit:
     """One frame's fit: its index, stored fit id, kind (``full``, ``reuse``, ``refit``),
-    seconds taken (0 when it came from the store) and the field's shift from the frame
-    fitted before it (px)."""
+    seconds taken (0 when it came from the store), the field's shift from the frame
+    fitted before it (px), and where a fitted frame's seconds went (``steps_s``: the
+    registration, the detector, the fit, its uncertainty and verdict, the rest)."""
 
     frame: int
     fit_id: str
@@ -154,6 +155,7 @@ class FrameFit:
     shift_x_px: float
     shift_y_px: float
     from_store: bool
+    steps_s: dict = dataclasses.field(default_factory=dict)
 
 
 def stack_id(stack: Stack, settings: TimelapseSettings) -> str:
@@ -213,6 +215,7 @@ def fit_stack(
     """
     # The fit engine and detector load JAX; linking tables needs none of it.
     from droplet_core.detection.in_image import detect_droplets
+    from droplet_core.inference.moved_start import moved_warm_start
 
     fitted: dict[int, tuple[FrameFit, FitResult]] = {}
     sources: dict[int, FitResult] = {}
@@ -222,6 +225,7 @@ def fit_stack(
             break
         started = time.perf_counter()
         frame, sha = stack.frames[index], stack.frame_sha256[index]
+        steps_s = {}
         if previous_index is None:
             result, from_store = load_or_fit(frame, sha, settings.fit, store)
             record = FrameFit(index, result.fit_id, FULL, 0.0, 0.0, 0.0, from_store)
@@ -230,43 +234,60 @@ def fit_stack(
             previous = fitted[previous_index][1]
             source = sources[previous_index]
             shift_x, shift_y = field_shift_px(stack.frames[previous_index], frame)
+            registered = time.perf_counter()
             moved_droplets = previous.droplets.assign(
                 x=previous.droplets["x"] + shift_x, y=previous.droplets["y"] + shift_y
             )
-            moved = dataclasses.replace(
-                previous,
-                droplets=_with_new_detections(
-                    moved_droplets, detect_droplets(frame, downscale=source.report.downscale, crop=settings.fit.crop)
-                ),
+            new = new_detections(
+                moved_droplets, detect_droplets(frame, downscale=source.report.downscale, crop=settings.fit.crop)
             )
+            detected = time.perf_counter()
             reuse = dataclasses.replace(
                 settings.fit,
                 appearance_from=source.fit_id,
                 downscale=source.report.downscale,
                 steps=settings.reuse_iterations,
             )
-            result, from_store = load_or_fit(frame, sha, reuse, store, appearance_source=source, start_from=moved)
+            warm = moved_warm_start(previous, (shift_x, shift_y), new)
+            start = (
+                {"warm_start": warm}
+                if warm is not None
+                else {
+                    "start_from": dataclasses.replace(
+                        previous, droplets=pd.concat([moved_droplets, new], ignore_index=True)
+                    )
+                }
+            )
+            steps_s = {"registration": registered - started, "detection": detected - registered}
+            result, from_store = load_or_fit(frame, sha, reuse, store, appearance_source=source, **start)
             kind = REUSE
             if max(result.report.rmse) > settings.refit_rmse_ratio * max(source.report.rmse):
                 result, from_store = load_or_fit(frame, sha, settings.fit, store)
                 kind = REFIT
             sources[index] = result if kind == REFIT else source
             record = FrameFit(index, result.fit_id, kind, 0.0, shift_x, shift_y, from_store)
-        record = dataclasses.replace(record, seconds=0.0 if record.from_store else time.perf_counter() - started)
+        seconds = 0.0 if record.from_store else time.perf_counter() - started
+        if not record.from_store:
+            timings = result.report.timings
+            steps_s.update({"fit": timings.fit_s, "uncertainty": timings.uncertainty_s})
+            steps_s["other"] = seconds - sum(steps_s.values())
+        record = dataclasses.replace(record, seconds=seconds, steps_s={k: round(v, 3) for k, v in steps_s.items()})
         fitted[index] = (record, result)
         if progress is not None:
             progress(done + 1, len(order), record)
     return [fitted[index][0] for index in sorted(fitted)]
 
 
-def _with_new_detections(droplets: pd.DataFrame, detections: pd.DataFrame) -> pd.DataFrame:
-    """``droplets`` (x, y, radius px) plus the ``detections`` that show a droplet grown at once
-    (larger by over ``NEW_RADIUS_RATIO`` than every droplet within its radius, as a coalescence's
-    product is) or a new one (no droplet within its radius, ``p_exists`` >= ``NEW_MIN_P_EXISTS``).
-    Started from the previous frame alone, such a droplet takes a frame or two to be reached."""
+def new_detections(droplets: pd.DataFrame, detections: pd.DataFrame) -> pd.DataFrame:
+    """The ``detections`` (x, y, radius px, ``p_exists``) that show a droplet grown at once beside
+    ``droplets`` (larger by over ``NEW_RADIUS_RATIO`` than every droplet within its radius, as a
+    coalescence's product is) or a new one (no droplet within its radius, ``p_exists`` >=
+    ``NEW_MIN_P_EXISTS``). Started from the previous frame alone, such a droplet takes a frame
+    or two to be reached."""
+    columns = ["x", "y", "radius", "p_exists"]
     detections = detections[detections["p_exists"] >= LINK_MIN_P_EXISTS]
     if detections.empty or droplets.empty:
-        return droplets
+        return pd.DataFrame(columns=columns, dtype=float)
     tree = cKDTree(droplets[["x", "y"]].to_numpy(float))
     radii = droplets["radius"].to_numpy(float)
     new = []
@@ -275,7 +296,7 @@ def _with_new_detections(droplets: pd.DataFrame, detections: pd.DataFrame) -> pd
         grown = bool(near) and all(radii[i] * NEW_RADIUS_RATIO < row.radius for i in near)
         if grown or (not near and row.p_exists >= NEW_MIN_P_EXISTS):
             new.append({"x": row.x, "y": row.y, "radius": row.radius, "p_exists": row.p_exists})
-    return pd.concat([droplets, pd.DataFrame(new)], ignore_index=True) if new else droplets
+    return pd.DataFrame(new, columns=columns, dtype=float)
 
 
 def frame_times_s(n_frames: int, frame_interval_s: float | None) -> np.ndarray:
