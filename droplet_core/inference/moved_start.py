@@ -31,8 +31,10 @@ PLACED_SITES = ("x", "y", "radius")
 SPARE_FRACTION = 0.2
 SPARE_MIN = 16
 SMALLEST_RADIUS_PX = 0.5
-# A droplet is covered by a new one when it overlaps it by more than this fraction of its own radius.
-COVERED_FRACTION = 0.5
+# A smaller droplet is taken in by a new one when it overlaps the new one's halo (this many of
+# its radii) by more than this fraction of its own radius.
+HALO_RADII = 1.5
+OVERLAP_FRACTION = 0.5
 
 
 def moved_warm_start(
@@ -45,7 +47,8 @@ def moved_warm_start(
     previous : the previous frame's fit (same image size, model and downscale).
     shift_px : ``(dx, dy)`` the field's shift from that frame to this one (px of the frames).
     new_droplets : ``x``, ``y``, ``radius`` (px of the frames, outline radius) of droplets to
-        switch on; active droplets they cover (``COVERED_FRACTION``) are switched off.
+        switch on; smaller active droplets that those ``grown`` at once (all, without the
+        column) take in (``HALO_RADII``) are switched off.
 
     Returns
     -------
@@ -83,12 +86,14 @@ def moved_warm_start(
     new_y = images.to_fit_px(new_droplets["y"].to_numpy(float) - origin_y, factor)
     new_radius = new_droplets["radius"].to_numpy(float) / factor
     drawn_radius = np.exp(params["radius_auto_loc"]) * drawn_per_model
-    for x, y, radius in zip(new_x, new_y, new_radius):
-        # What it grew from lies within it (a coalescence's smaller part only by half its
-        # radius, beside the larger one); neighbours that touch it stay.
-        covered = (
-            np.hypot(params["x_auto_loc"] - x, params["y_auto_loc"] - y) < radius + COVERED_FRACTION * drawn_radius
-        )
+    grown = new_droplets["grown"].to_numpy(bool) if "grown" in new_droplets else np.ones(len(new_x), bool)
+    for x, y, radius in zip(new_x[grown], new_y[grown], new_radius[grown]):
+        # What it grew from: the smaller droplets it covers, or whose look overlaps its halo
+        # (a coalescence's smaller part can sit that far out, and kept as it was it fits that
+        # halo, frame after frame). A neighbour switched off by mistake leaves a residual
+        # peak the fit switches on again.
+        distance = np.hypot(params["x_auto_loc"] - x, params["y_auto_loc"] - y)
+        covered = (distance < HALO_RADII * radius + OVERLAP_FRACTION * drawn_radius) & (drawn_radius < radius)
         active[covered] = 0.0
     typical = {name: np.median(params[name][on], axis=0) for name in per_droplet} if on.any() else {}
     needed = int(active.sum()) + len(new_x)

@@ -95,6 +95,9 @@ SHIFT_HIGHPASS_SIGMA_PX = 8.0
 # confident one where there was none.
 NEW_RADIUS_RATIO = 1.15
 NEW_MIN_P_EXISTS = 0.9
+# Two droplets of the largest size coalesce into one cbrt(2) = 1.26 times as large: a detection far
+# larger than every droplet so far is a texture or a cluster taken for one droplet.
+NEW_MAX_RADIUS_RATIO = 1.4
 
 
 @dataclass(frozen=True)
@@ -280,13 +283,17 @@ def fit_stack(
 
 def new_detections(droplets: pd.DataFrame, detections: pd.DataFrame) -> pd.DataFrame:
     """The ``detections`` (x, y, radius px, ``p_exists``) that show a droplet grown at once beside
-    ``droplets`` (larger by over ``NEW_RADIUS_RATIO`` than every droplet within its radius, as a
-    coalescence's product is) or a new one (no droplet within its radius, ``p_exists`` >=
-    ``NEW_MIN_P_EXISTS``). Started from the previous frame alone, such a droplet takes a frame
-    or two to be reached."""
-    columns = ["x", "y", "radius", "p_exists"]
-    detections = detections[detections["p_exists"] >= LINK_MIN_P_EXISTS]
-    if detections.empty or droplets.empty:
+    ``droplets`` (``grown``: larger by over ``NEW_RADIUS_RATIO`` than every droplet within its
+    radius, as a coalescence's product is) or a new one (no droplet within its radius,
+    ``p_exists`` >= ``NEW_MIN_P_EXISTS``), at most ``NEW_MAX_RADIUS_RATIO`` times as large as the
+    largest droplet. Started from the previous frame alone, such a droplet takes a frame or two
+    to be reached."""
+    columns = ["x", "y", "radius", "p_exists", "grown"]
+    if droplets.empty:
+        return pd.DataFrame(columns=columns, dtype=float)
+    largest = NEW_MAX_RADIUS_RATIO * float(droplets["radius"].max())
+    detections = detections[(detections["p_exists"] >= LINK_MIN_P_EXISTS) & (detections["radius"] <= largest)]
+    if detections.empty:
         return pd.DataFrame(columns=columns, dtype=float)
     tree = cKDTree(droplets[["x", "y"]].to_numpy(float))
     radii = droplets["radius"].to_numpy(float)
@@ -295,8 +302,8 @@ def new_detections(droplets: pd.DataFrame, detections: pd.DataFrame) -> pd.DataF
         near = tree.query_ball_point((row.x, row.y), row.radius)
         grown = bool(near) and all(radii[i] * NEW_RADIUS_RATIO < row.radius for i in near)
         if grown or (not near and row.p_exists >= NEW_MIN_P_EXISTS):
-            new.append({"x": row.x, "y": row.y, "radius": row.radius, "p_exists": row.p_exists})
-    return pd.DataFrame(new, columns=columns, dtype=float)
+            new.append({"x": row.x, "y": row.y, "radius": row.radius, "p_exists": row.p_exists, "grown": grown})
+    return pd.DataFrame(new, columns=columns).astype({name: float for name in columns[:4]} | {"grown": bool})
 
 
 def frame_times_s(n_frames: int, frame_interval_s: float | None) -> np.ndarray:
