@@ -2,9 +2,10 @@
 
 ``fit_stack`` fits the first (or a chosen) frame in full and every later frame with that
 fit's appearance held fixed (``droplet_core.inference.reuse_fit``'s Levenberg-Marquardt), starting from
-the previous frame's droplets moved by the whole field's shift between the two frames
-(phase correlation); droplets are added and removed as the residual demands, as in any
-reuse fit. A frame the reused appearance draws badly (RMSE over ``refit_rmse_ratio`` times
+the previous frame's fit itself (``droplet_core.inference.moved_start``: every droplet's own
+parameters) moved by the whole field's shift between the two frames (phase correlation),
+with the detector's droplets that appeared or grew at once (``new_detections``) switched on;
+droplets are added and removed as the residual demands, as in any reuse fit. A frame the reused appearance draws badly (RMSE over ``refit_rmse_ratio`` times
 the full fit's: focus, illumination or the droplets' look changed) gets a full fit of its own,
 whose appearance the following frames then reuse. Frames are fitted outwards from the first
 one, so frames before it are fitted backwards. Every frame's fit is a stored fit with the
