@@ -126,6 +126,23 @@ def test_a_frame_starts_from_the_previous_fit_moved_with_the_field(fitted):
     assert (kept | placed[:n] | ~was_on | (distance < halo)).all()
 
 
+def test_only_sure_detections_of_grown_or_new_droplets_start_a_frame():
+    droplets = pd.DataFrame({"x": [10.0, 30.0, 50.0], "y": [10.0, 10.0, 10.0], "radius": [3.0, 3.0, 3.0]})
+    detections = pd.DataFrame(
+        [
+            (10.0, 10.0, 4.0, 0.95),  # grown at once over a droplet: kept
+            (30.0, 10.0, 4.0, 0.7),  # as large, but unsure (a cluster of small droplets looks so)
+            (50.0, 10.0, 3.2, 0.99),  # the droplet there, measured a little larger
+            (80.0, 40.0, 3.0, 0.95),  # a new droplet: kept
+            (80.0, 10.0, 3.0, 0.6),  # an unsure new one
+            (100.0, 40.0, 6.0, 0.99),  # twice the largest droplet: a texture, not a droplet
+        ],
+        columns=["x", "y", "radius", "p_exists"],
+    )
+    new = timelapse.new_detections(droplets, detections)
+    assert list(zip(new["x"], new["y"], new["grown"])) == [(10.0, 10.0, True), (80.0, 40.0, False)]
+
+
 def test_a_frame_that_looks_different_gets_a_full_fit(movie):
     frames = movie[0][:3].copy()
     frames[2] = 255 - frames[2]  # a look the first frame's appearance cannot draw
