@@ -3,9 +3,9 @@
 Started from the previous frame's droplet table, a reuse fit begins from each droplet's
 outline (centre and edge of its drawn look) and from compositions fitted afresh: neither is
 where the model's own parameters were, and on the benchmark's movies the first iteration's
-RMSE was 2.7 times the converged one, so every frame used all its iterations to get back. The
-previous fit's own parameters, moved by the field's shift, start it within the droplets'
-own motion (1.6 times), and the fit converges in fewer iterations to a lower RMSE.
+RMSE was about 2.8 times the converged one, so every frame used all its iterations to get
+back. The previous fit's own parameters, moved by the field's shift, start it within the
+droplets' own motion (about 1.7 times), and the fit reaches a lower RMSE in fewer iterations.
 
 Droplets a detector shows to have appeared or grown at once (a coalescence's product) are
 switched on in free slots, and the droplets they cover switched off; slots are added (to a
