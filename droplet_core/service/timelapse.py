@@ -5,9 +5,10 @@ fit's appearance held fixed (``droplet_core.inference.reuse_fit``'s Levenberg-Ma
 the previous frame's fit itself (``droplet_core.inference.moved_start``: every droplet's own
 parameters) moved by the whole field's shift between the two frames (phase correlation),
 with the detector's droplets that appeared or grew at once (``new_detections``) switched on;
-droplets are added and removed as the residual demands, as in any reuse fit. A frame the reused appearance draws badly (RMSE over ``refit_rmse_ratio`` times
-the full fit's: focus, illumination or the droplets' look changed) gets a full fit of its own,
-whose appearance the following frames then reuse. Frames are fitted outwards from the first
+droplets are added and removed as the residual demands, as in any reuse fit. A frame the
+reused appearance draws badly (RMSE over ``refit_rmse_ratio`` times the full fit's: focus,
+illumination or the droplets' look changed) gets a full fit of its own, whose appearance the
+following frames then reuse. Frames are fitted outwards from the first
 one, so frames before it are fitted backwards. Every frame's fit is a stored fit with the
 usual per-droplet uncertainty, keyed by its frame and the fit it started from: an interrupted
 stack resumes where it stopped.
@@ -92,8 +93,8 @@ EVENT_COLUMNS = (
 EVENT_KINDS = ("coalescence", "splitting", "appearance", "disappearance", "entered_field", "left_field")
 RECORDS_FOLDER = "timelapses"
 SHIFT_HIGHPASS_SIGMA_PX = 8.0
-# Detections added to a reuse frame's start: a droplet larger by this ratio than those it covers, or a
-# confident one where there was none.
+# Detections added to a reuse frame's start: confident ones, of a droplet larger by this ratio than
+# those it covers or of one where there was none.
 NEW_RADIUS_RATIO = 1.15
 NEW_MIN_P_EXISTS = 0.9
 # Two droplets of the largest size coalesce into one cbrt(2) = 1.26 times as large: a detection far
