@@ -14,7 +14,8 @@ baseline only, and nothing in ``droplet_core`` was tuned on any of them.
 For each scored movie (this run, fresh store, so the first fit compiles as a user's first does):
 
 - seconds of the first frame's full fit, and of every later frame (appearance reused,
-  started from the previous frame's droplets), with their ratio to the first fit;
+  started from the previous frame's droplets), with their ratio to the first fit, and the
+  median split of a later frame's seconds by step (``FrameFit.steps_s``);
 - track quality (``score_tracks``): the fraction of true tracks followed without an identity
   switch (matched in all frames but at most one, always to one track), identity switches per
   1000 true droplet-frames, and coalescence precision and recall (within a frame and two
@@ -96,6 +97,15 @@ def baseline_tables(
     return tracks, find_events(tracks, len(frames_uint8), frames_uint8.shape[1:3])
 
 
+def step_split(fits) -> str:
+    """The median seconds of each step of the frames fitted (``FrameFit.steps_s``): registration,
+    detection, the reuse fit, its uncertainty, table and verdict, and the rest (store, start)."""
+    steps = pd.DataFrame([fit.steps_s for fit in fits if fit.steps_s])
+    if steps.empty:
+        return "none fitted"
+    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in steps.median().items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=10)
@@ -134,6 +144,7 @@ def main() -> None:
                 f"first fit {first:.1f} s, later frames {later.mean():.2f} s median {np.median(later):.2f} s "
                 f"(ratio {later.mean() / first:.2f}); fit kinds {dict(pd.Series(kinds).value_counts())}"
             )
+            print(f"movie {seed}: median seconds of a later frame by step: {step_split(fits[1:])}")
             for name, score in (("droplet", ours), ("trackpy", theirs)):
                 rows.append(
                     {

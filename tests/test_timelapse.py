@@ -14,7 +14,9 @@ import pytest
 import tifffile
 from PIL import Image
 
+from droplet_core.imaging import images
 from droplet_core.imaging.stacks import read_stack
+from droplet_core.inference.moved_start import HALO_RADII, moved_warm_start
 from droplet_core.service import timelapse
 from droplet_core.service.store import FitStore
 from droplet_core.synthetic.stack_scenes import make_stack, score_tracks
@@ -93,6 +95,52 @@ def test_stack_fit_resumes_from_the_store(fitted):
     again = timelapse.fit_stack(stack, settings, store)
     assert [fit.fit_id for fit in again] == [fit.fit_id for fit in fits]
     assert all(fit.from_store for fit in again)
+
+
+def test_a_frame_starts_from_the_previous_fit_moved_with_the_field(fitted):
+    store, fits = fitted[2], fitted[3]
+    previous = store.load(fits[0].fit_id)
+    factor = previous.report.downscale
+    n = len(previous.warm_start.active)
+    # A droplet grown at once (a coalescence's product) 2 px right of and 1 px above one of the fit's droplets.
+    grown_over = int(np.flatnonzero(previous.warm_start.active)[0])
+    x = float(images.to_original_px(previous.params["x_auto_loc"][grown_over], factor)) + 2.0
+    y = float(images.to_original_px(previous.params["y_auto_loc"][grown_over], factor)) - 1.0
+    new = pd.DataFrame({"x": [x], "y": [y], "radius": [2.0 * previous.droplets["radius"].max()]})
+    start = moved_warm_start(previous, (2.0, -1.0), new)
+
+    x_fit, y_fit = start.params["x_auto_loc"], start.params["y_auto_loc"]
+    placed = np.isclose(images.to_original_px(x_fit, factor), x) & np.isclose(images.to_original_px(y_fit, factor), y)
+    assert placed.sum() == 1 and start.warm_start.active[placed] == 1.0 and start.losses.size == 0
+    # Every other droplet that stays on is where the field's shift took it, and anchored there.
+    kept = (start.warm_start.active[:n] > 0) & (previous.warm_start.active > 0) & ~placed[:n]
+    np.testing.assert_allclose(x_fit[:n][kept], previous.params["x_auto_loc"][kept] + 2.0 / factor, atol=1e-4)
+    np.testing.assert_allclose(y_fit[:n][kept], previous.params["y_auto_loc"][kept] - 1.0 / factor, atol=1e-4)
+    np.testing.assert_allclose(start.warm_start.anchors[:n][kept, :2], np.stack([x_fit, y_fit], axis=1)[:n][kept])
+    # What the new droplet covers is switched off; droplets clear of its halo stay on.
+    distance = np.hypot(x_fit[:n] - x_fit[placed], y_fit[:n] - y_fit[placed])
+    reach = new["radius"][0] / factor
+    was_on = previous.warm_start.active > 0
+    assert not (kept & (distance < reach)).any() and (was_on & (distance < reach)).sum() >= 1
+    halo = HALO_RADII * reach + previous.droplets["radius"].max() / factor
+    assert (kept | placed[:n] | ~was_on | (distance < halo)).all()
+
+
+def test_only_sure_detections_of_grown_or_new_droplets_start_a_frame():
+    droplets = pd.DataFrame({"x": [10.0, 30.0, 50.0], "y": [10.0, 10.0, 10.0], "radius": [3.0, 3.0, 3.0]})
+    detections = pd.DataFrame(
+        [
+            (10.0, 10.0, 4.0, 0.95),  # grown at once over a droplet: kept
+            (30.0, 10.0, 4.0, 0.7),  # as large, but unsure (a cluster of small droplets looks so)
+            (50.0, 10.0, 3.2, 0.99),  # the droplet there, measured a little larger
+            (80.0, 40.0, 3.0, 0.95),  # a new droplet: kept
+            (80.0, 10.0, 3.0, 0.6),  # an unsure new one
+            (100.0, 40.0, 6.0, 0.99),  # twice the largest droplet: a texture, not a droplet
+        ],
+        columns=["x", "y", "radius", "p_exists"],
+    )
+    new = timelapse.new_detections(droplets, detections)
+    assert list(zip(new["x"], new["y"], new["grown"])) == [(10.0, 10.0, True), (80.0, 40.0, False)]
 
 
 def test_a_frame_that_looks_different_gets_a_full_fit(movie):

@@ -1,0 +1,138 @@
+"""Start a time-lapse frame's fit from the previous frame's fit itself, moved with the field.
+
+Started from the previous frame's droplet table, a reuse fit begins from each droplet's
+outline (centre and edge of its drawn look) and from compositions fitted afresh: neither is
+where the model's own parameters were, and on the benchmark's movies the first iteration's
+RMSE was about 2.8 times the converged one, so every frame used all its iterations to get
+back. The previous fit's own parameters, moved by the field's shift, start it within the
+droplets' own motion (about 1.7 times), and the fit reaches a lower RMSE in fewer iterations.
+
+Droplets a detector shows to have appeared or grown at once (a coalescence's product) are
+switched on in free slots, and the droplets they cover switched off; slots are added (to a
+``bucket_size``, so compiled programs are shared) where too few are left free for the droplets
+the residual may add.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from droplet_core.imaging import images
+from droplet_core.models.common import bucket_size
+from droplet_core.results import FitResult, WarmStartState
+
+# The sites whose guide locations are placed directly: positions in fit px (a real support,
+# unconstrained as they are) and the radius (a positive support, unconstrained as its log).
+PLACED_SITES = ("x", "y", "radius")
+# Free slots kept for droplets the residual adds: this fraction of the droplets, at least this many.
+SPARE_FRACTION = 0.2
+SPARE_MIN = 16
+SMALLEST_RADIUS_PX = 0.5
+# A smaller droplet is taken in by a new one when it overlaps the new one's halo (this many of
+# its radii) by more than this fraction of its own radius.
+HALO_RADII = 1.5
+OVERLAP_FRACTION = 0.5
+
+
+def moved_warm_start(
+    previous: FitResult, shift_px: tuple[float, float], new_droplets: pd.DataFrame
+) -> FitResult | None:
+    """``previous`` as a warm start for the next frame: its droplets moved by the field's shift.
+
+    Parameters
+    ----------
+    previous : the previous frame's fit (same image size, model and downscale).
+    shift_px : ``(dx, dy)`` the field's shift from that frame to this one (px of the frames).
+    new_droplets : ``x``, ``y``, ``radius`` (px of the frames, outline radius) of droplets to
+        switch on; smaller active droplets that those ``grown`` at once (all, without the
+        column) take in (``HALO_RADII``) are switched off.
+
+    Returns
+    -------
+    A ``FitResult`` to pass as ``warm_start``: its guide locations and anchors (each active
+    droplet's anchor at its moved position and drawn size) moved, slots switched, its losses
+    empty; or None when its model has no ``x``, ``y`` and ``radius`` sites to move.
+    """
+    params = previous.params
+    if previous.warm_start is None or any(f"{site}_auto_loc" not in params for site in PLACED_SITES):
+        return None
+    factor = previous.report.downscale
+    origin_x, origin_y = previous.report.crop_origin
+    anchors = np.array(previous.warm_start.anchors, np.float32)
+    active = np.array(previous.warm_start.active, np.float32)
+    n = len(active)
+    per_droplet = [name for name, value in params.items() if np.ndim(value) >= 1 and np.shape(value)[0] == n]
+    params = {name: np.array(value) for name, value in params.items()}
+    params["x_auto_loc"] += np.float32(shift_px[0] / factor)
+    params["y_auto_loc"] += np.float32(shift_px[1] / factor)
+    anchors[:, 0] += np.float32(shift_px[0] / factor)
+    anchors[:, 1] += np.float32(shift_px[1] / factor)
+    on = active > 0
+    model_radius = np.exp(params["radius_auto_loc"])
+    # The drawn outline reaches beyond the model's radius by a ratio set by the droplets' look.
+    drawn_per_model = (
+        float(np.median(previous.droplets["radius"]) / factor / np.median(model_radius[on]))
+        if on.any() and len(previous.droplets)
+        else 1.0
+    )
+    anchors[on] = np.stack(
+        [params["x_auto_loc"][on], params["y_auto_loc"][on], model_radius[on] * drawn_per_model], axis=1
+    )
+
+    new_x = images.to_fit_px(new_droplets["x"].to_numpy(float) - origin_x, factor)
+    new_y = images.to_fit_px(new_droplets["y"].to_numpy(float) - origin_y, factor)
+    new_radius = new_droplets["radius"].to_numpy(float) / factor
+    drawn_radius = np.exp(params["radius_auto_loc"]) * drawn_per_model
+    grown = new_droplets["grown"].to_numpy(bool) if "grown" in new_droplets else np.ones(len(new_x), bool)
+    for x, y, radius in zip(new_x[grown], new_y[grown], new_radius[grown]):
+        # What it grew from: the smaller droplets it covers, or whose look overlaps its halo
+        # (a coalescence's smaller part can sit that far out, and kept as it was it fits that
+        # halo, frame after frame). A neighbour switched off by mistake leaves a residual
+        # peak the fit switches on again.
+        distance = np.hypot(params["x_auto_loc"] - x, params["y_auto_loc"] - y)
+        covered = (distance < HALO_RADII * radius + OVERLAP_FRACTION * drawn_radius) & (drawn_radius < radius)
+        active[covered] = 0.0
+    typical = {name: np.median(params[name][on], axis=0) for name in per_droplet} if on.any() else {}
+    needed = int(active.sum()) + len(new_x)
+    slots = bucket_size(needed + max(SPARE_MIN, int(np.ceil(SPARE_FRACTION * needed))))
+    if slots > n:
+        params, anchors, active = _with_slots(params, anchors, active, per_droplet, typical, slots)
+    free = np.flatnonzero(active == 0)[: len(new_x)]
+    chosen = slice(0, len(free))
+    for name in per_droplet:
+        if name in typical:
+            params[name][free] = typical[name]
+    params["x_auto_loc"][free] = new_x[chosen]
+    params["y_auto_loc"][free] = new_y[chosen]
+    params["radius_auto_loc"][free] = np.log(np.maximum(new_radius[chosen] / drawn_per_model, SMALLEST_RADIUS_PX))
+    anchors[free] = np.stack([new_x[chosen], new_y[chosen], new_radius[chosen]], axis=1)
+    active[free] = 1.0
+    return dataclasses.replace(
+        previous,
+        params=params,
+        warm_start=WarmStartState(anchors, active, previous.warm_start.polarity),
+        losses=np.zeros(0, np.float32),
+    )
+
+
+def _with_slots(params: dict, anchors: np.ndarray, active: np.ndarray, per_droplet: list, typical: dict, slots: int):
+    """``params``, ``anchors`` and ``active`` grown to ``slots`` slots: inactive ones with the
+    ``typical`` droplet's parameters, anchored like the larger droplets (so their patches can
+    draw most droplets)."""
+    extra = slots - len(active)
+    params = dict(params)
+    for name in per_droplet:
+        value = params[name]
+        fill = typical.get(name, np.zeros(value.shape[1:], value.dtype))
+        params[name] = np.concatenate([value, np.broadcast_to(fill, (extra, *value.shape[1:])).astype(value.dtype)])
+    spare = np.tile(np.median(anchors[active > 0], axis=0) if (active > 0).any() else anchors[0], (extra, 1))
+    if (active > 0).any():
+        spare[:, 2] = np.percentile(anchors[active > 0, 2], 90)
+    return (
+        params,
+        np.concatenate([anchors, spare.astype(np.float32)]),
+        np.concatenate([active, np.zeros(extra, np.float32)]),
+    )
