@@ -334,7 +334,8 @@ def run_fit(
     image_sha256 : sha256 of the uploaded bytes (part of the result's id).
     progress : called with a ``FitProgress`` after every chunk of ``CHUNK_STEPS`` steps.
     stop : when set, the fit ends after the current chunk with status ``"stopped"``.
-    warm_start : an earlier result of the same image, model and channel to continue from.
+    warm_start : an earlier result of the same image (or of a similar one: a time-lapse's
+        previous frame, its droplets moved with the field), model and channel to continue from.
     appearance_source : the stored fit named by ``settings.appearance_from``, whose learned
         appearance is held fixed.
     fit_id : the key of this request (``fit_ids.fit_key``) when the caller has computed it
@@ -349,7 +350,7 @@ def run_fit(
     """
     started = time.perf_counter()
     variant = load_variant(settings.model)
-    region = prepare_region(image, settings, detect=start_from is None)
+    region = prepare_region(image, settings, detect=start_from is None and warm_start is None)
     factor, origin = region.factor, region.origin
     observed = extract_channel(region.rgb, settings.channel).astype(np.float32)
     key = jax.random.PRNGKey(settings.seed)

@@ -69,7 +69,7 @@ def load_or_fit(
     store : where fits are looked up and saved.
     image_bytes : the uploaded file's bytes, when there is a file: the pixel size it
         carries is recorded with a new fit.
-    warm_start : an earlier fit of the same image to continue from.
+    warm_start : an earlier fit of the same image (or of a time-lapse's previous frame) to continue from.
     appearance_source : the fit named by ``settings.appearance_from``; loaded from
         ``store`` when not given.
     start_from : a fit of a similar image (a time-lapse's previous frame) whose droplets

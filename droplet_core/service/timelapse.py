@@ -256,10 +256,8 @@ def fit_stack(
                 steps=settings.reuse_iterations,
             )
             warm = moved_warm_start(previous, (shift_x, shift_y), new)
-            # The warm start's slots are the fit's start; given as ``start_from`` too, the fit runs
-            # no detector of its own (the keys and the fit are the warm start's alone).
             start = (
-                {"warm_start": warm, "start_from": warm}
+                {"warm_start": warm}
                 if warm is not None
                 else {
                     "start_from": dataclasses.replace(
