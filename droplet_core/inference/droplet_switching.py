@@ -34,9 +34,11 @@ MAX_RADIUS_PX = 12.0
 PRUNE_FRACTION_OF_MEDIAN = 0.2
 PRUNE_NOISE_SDS = 1.0
 PRUNE_MULTIPLE_OF_MEDIAN = 3.0
-# A droplet that shrinks below a pixel of the fitted image is a spike fitting a highlight or
-# noise: nothing smaller can be resolved.
-PRUNE_BELOW_RADIUS_PX = 1.0
+# A droplet that shrinks below three quarters of a pixel of the fitted image is a spike fitting
+# a highlight or noise: nothing smaller can be resolved. (Droplets of 1 px, drawn with the
+# image's blur, are fitted at about 1 px; a limit of 1 px switched them off and on from frame
+# to frame of a time-lapse, breaking their tracks.)
+PRUNE_BELOW_RADIUS_PX = 0.75
 # Droplets do not nest: a centre inside a larger droplet is a highlight or rim of that one.
 MERGE_FRACTION_OF_RADIUS = 1.0
 # Of two such droplets the much larger one stays (the smaller is its highlight, rim or
