@@ -131,7 +131,7 @@ def outline_columns(
     other columns) come along with ``sd_radius`` scaled to the outline."""
     drawn = outline(looks, extent)
     edge_width_px = drawn.edge_width * radius
-    cell_px = 2.0 * extent / (looks.shape[-1] - 1) * drawn.edge * radius
+    cell_px = 2.0 * extent / (looks.shape[-1] - 1) * radius
     sharpest_px = np.maximum(np.median(edge_width_px), cell_px)
     columns = dict(columns)
     if "sd_radius" in columns:
