@@ -71,6 +71,7 @@ class FakeFit:
         self.gated = gated
         self.fail = fail
         self.calls = 0
+        self.seeds_run: list[int] = []
         self.started = threading.Event()
         self._chunks = threading.Semaphore(0)
 
@@ -80,6 +81,7 @@ class FakeFit:
 
     def __call__(self, image, settings, *, image_sha256, progress=None, stop=None, warm_start=None):
         self.calls += 1
+        self.seeds_run.append(settings.seed)
         self.started.set()
         parent = warm_start.fit_id if warm_start is not None else None
         step = 0
