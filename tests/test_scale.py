@@ -154,6 +154,44 @@ def test_an_independent_renderers_packed_emulsion_is_not_split_into_fragments():
     assert score["radius_error"] <= 0.1, score
 
 
+def ring(n, distance_px, radius_px, p_exists=0.9, centre=(100.0, 100.0)):
+    angle = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return pd.DataFrame(
+        {
+            "x": centre[0] + distance_px * np.cos(angle),
+            "y": centre[1] + distance_px * np.sin(angle),
+            "radius": radius_px,
+            "p_exists": p_exists,
+        }
+    )
+
+
+def test_a_blob_holding_many_sure_droplets_is_a_cluster_and_they_stand():
+    blob = pd.DataFrame({"x": [100.0], "y": [100.0], "radius": [40.0], "p_exists": [0.8]})
+    # Six sure droplets of 6 px, each seen at two neighbouring levels.
+    parts = ring(6, 18.0, 6.0)
+    found = scale.outermost_droplets(pd.concat([blob, parts, parts.assign(radius=5.0)], ignore_index=True))
+    assert len(found) == 6 and found["radius"].max() == 6.0
+
+
+def test_a_droplet_keeps_its_rim_pieces_inclusions_and_faint_spots_inside():
+    droplet = pd.DataFrame({"x": [100.0], "y": [100.0], "radius": [40.0], "p_exists": [0.8]})
+    rim = ring(12, 37.0, 4.0)
+    inclusions = ring(4, 15.0, 5.0)
+    faint = ring(8, 20.0, 3.0, p_exists=0.4)
+    found = scale.outermost_droplets(pd.concat([droplet, rim, inclusions, faint], ignore_index=True))
+    assert found[["x", "y", "radius"]].to_numpy().tolist() == [[100.0, 100.0, 40.0]]
+
+
+def test_small_droplets_crowded_together_are_not_taken_for_one_large_one():
+    # The independent renderer's seed-like scene: droplets of 1-9 px, 2000 of them; a coarse
+    # level sees some tight groups as one blob.
+    image, truth = second_renderer.render("seedlike", 7, width_px=500, height_px=400)
+    found = scale.detect_in_image(image, threshold=scale.CANDIDATE_THRESHOLD)
+    assert found["radius"].max() <= 1.5 * truth["radius"].max()
+    assert len(found) >= 0.85 * len(truth)
+
+
 def test_the_largest_fit_radius_is_the_largest_patch_with_room_to_grow():
     from droplet_core.models.common import GROWTH_ROOM, RADIUS_CAPS_PX
 

@@ -58,6 +58,15 @@ SCALE_MIN_P_EXISTS = 0.7
 # off those the image does not support; the detector is shy of droplets unlike its
 # training scenes.
 CANDIDATE_THRESHOLD = 0.25
+# A detection holding at least this many distinct sure smaller ones is a cluster, not a
+# droplet: on the generality scenes and the real images a droplet's rim, inclusions and
+# highlights make at most 4, the clusters of small droplets a coarse level sees as one
+# blob 4-19 (example.jpg: 5-19).
+CLUSTER_MIN_DROPLETS = 5
+# ... counting detections under this fraction of its radius (a neighbour seen at another
+# level is as large) whose centre lies within this fraction of it (not its rim).
+CLUSTER_PART_RADIUS = 0.5
+CLUSTER_CENTRE_WITHIN = 0.8
 # Quantile of the detected radii that the downscale keeps resolvable (the small droplets).
 SMALL_RADIUS_QUANTILE = 0.1
 
@@ -137,19 +146,53 @@ def pyramid_detections(
     return pd.concat(found, ignore_index=True)
 
 
-def outermost_droplets(table: pd.DataFrame) -> pd.DataFrame:
-    """The detections of ``table`` not nested in a larger one, largest first: droplets do not
-    nest, so a centre inside a larger droplet is its rim, highlight or inclusion (or the
-    same droplet seen at a neighbouring level)."""
-    order = np.argsort(-table["radius"].to_numpy(), kind="stable")
-    xy = table[["x", "y"]].to_numpy(float)[order]
-    radius = table["radius"].to_numpy(float)[order]
+def _outermost(xy: np.ndarray, radius_px: np.ndarray) -> np.ndarray:
+    """Indices of the circles (centres ``(n, 2)``, radii ``(n,)``) whose centre lies in no larger one, largest first."""
+    order = np.argsort(-radius_px, kind="stable")
     suppressed = np.zeros(len(order), dtype=bool)
     if len(order):
-        for i, inside in enumerate(cKDTree(xy).query_ball_point(xy, radius)):
+        for i, inside in enumerate(cKDTree(xy[order]).query_ball_point(xy[order], radius_px[order])):
             if not suppressed[i]:
                 suppressed[[j for j in inside if j > i]] = True
-    return table.iloc[order[~suppressed]].reset_index(drop=True)
+    return order[~suppressed]
+
+
+def clusters(table: pd.DataFrame) -> np.ndarray:
+    """Which detections of ``table`` (columns as ``pyramid_detections``) are clusters of droplets.
+
+    A coarse level sees a tight group of small droplets as one round blob. A droplet's rim,
+    inclusions and highlights make a few smaller detections inside it; a cluster holds at
+    least ``CLUSTER_MIN_DROPLETS`` distinct sure ones (``p_exists >= SCALE_MIN_P_EXISTS``,
+    under ``CLUSTER_PART_RADIUS`` of its radius, centres within ``CLUSTER_CENTRE_WITHIN`` of it).
+
+    Returns
+    -------
+    (n,) bool, True for a cluster.
+    """
+    xy = table[["x", "y"]].to_numpy(float)
+    radius = table["radius"].to_numpy(float)
+    sure = np.flatnonzero(table["p_exists"].to_numpy(float) >= SCALE_MIN_P_EXISTS)
+    is_cluster = np.zeros(len(table), dtype=bool)
+    if not len(sure):
+        return is_cluster
+    within = cKDTree(xy[sure]).query_ball_point(xy, CLUSTER_CENTRE_WITHIN * radius)
+    for i, near in enumerate(within):
+        parts = sure[near]
+        parts = parts[radius[parts] < CLUSTER_PART_RADIUS * radius[i]]
+        if len(parts) >= CLUSTER_MIN_DROPLETS:
+            is_cluster[i] = len(_outermost(xy[parts], radius[parts])) >= CLUSTER_MIN_DROPLETS
+    return is_cluster
+
+
+def outermost_droplets(table: pd.DataFrame, split_clusters: bool = True) -> pd.DataFrame:
+    """The detections of ``table`` not nested in a larger one, largest first: droplets do not
+    nest, so a centre inside a larger droplet is its rim, highlight or inclusion (or the
+    same droplet seen at a neighbouring level). With ``split_clusters`` (``table`` then needs
+    ``p_exists``), ``clusters`` are dropped first, so that the droplets they hold stand."""
+    if split_clusters:
+        table = table[~clusters(table)]
+    kept = _outermost(table[["x", "y"]].to_numpy(float), table["radius"].to_numpy(float))
+    return table.iloc[kept].reset_index(drop=True)
 
 
 def detect_in_image(

@@ -118,7 +118,7 @@ def residual_peaks(
     peaks = strong_peaks(residual, RESIDUAL_PEAK_NOISE_SDS * spread, min_radius_px=MIN_RADIUS_PX, max_radius_px=largest)
     peaks = peaks[peaks["contrast"] * polarity > 0]
     # A blob far larger than a few pixels has many local maxima inside it; they are one blob.
-    peaks = outermost_droplets(peaks)
+    peaks = outermost_droplets(peaks, split_clusters=False)
     peaks = peaks.iloc[np.argsort(-np.abs(peaks["contrast"].to_numpy()), kind="stable")]
     if peaks.empty or index.size == 0:
         return peaks.to_numpy(np.float32).reshape(-1, 4)
