@@ -112,10 +112,12 @@ def upload_image(page, path: Path) -> None:
 
 def set_fit_effort(page, steps: str, arrow_rights: int) -> None:
     """Set the Fit page's effort slider (in its Advanced expander) by keyboard: Home is its
-    fewest iterations, each ArrowRight the next option; then check it shows ``steps``."""
+    fewest iterations, each ArrowRight the next option; then check it shows ``steps``. The
+    expander is closed again, as the screenshots show it."""
     expander = page.locator("[data-testid='stExpander']", has_text="fitting effort").first
+    summary = expander.locator("summary")
     if expander.locator("details[open]").count() == 0:
-        expander.locator("summary").click()
+        summary.click()
     slider = page.locator(".st-key-w_steps input[type='range']")
     slider.focus()
     slider.press("Home")
@@ -123,6 +125,7 @@ def set_fit_effort(page, steps: str, arrow_rights: int) -> None:
         slider.press("ArrowRight")
     settle(page)
     assert steps in page.locator(".st-key-w_steps").inner_text().split(), page.locator(".st-key-w_steps").inner_text()
+    summary.click()
 
 
 def shot(page, name: str) -> None:
