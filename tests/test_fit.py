@@ -134,7 +134,11 @@ def test_fit_is_bit_identical_across_processes(tmp_path):
         )
         for hash_seed, path in zip(("1", "2"), paths)
     ]
-    assert [process.wait(timeout=600) for process in processes] == [0, 0]
+    try:
+        assert [process.wait(timeout=600) for process in processes] == [0, 0]
+    finally:
+        for process in processes:
+            process.kill()
     np.testing.assert_array_equal(np.load(paths[0]), np.load(paths[1]))
 
 
