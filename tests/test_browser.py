@@ -110,6 +110,24 @@ def upload_image(page, path: Path) -> None:
     settle(page, 2.0)
 
 
+def set_fit_effort(page, steps: str, arrow_rights: int) -> None:
+    """Set the Fit page's effort slider (in its Advanced expander) by keyboard: Home is its
+    fewest iterations, each ArrowRight the next option; then check it shows ``steps``. The
+    expander is closed again, as the screenshots show it."""
+    expander = page.locator("[data-testid='stExpander']", has_text="fitting effort").first
+    summary = expander.locator("summary")
+    if expander.locator("details[open]").count() == 0:
+        summary.click()
+    slider = page.locator(".st-key-w_steps input[type='range']")
+    slider.focus()
+    slider.press("Home")
+    for _ in range(arrow_rights):
+        slider.press("ArrowRight")
+    settle(page)
+    assert steps in page.locator(".st-key-w_steps").inner_text().split(), page.locator(".st-key-w_steps").inner_text()
+    summary.click()
+
+
 def shot(page, name: str) -> None:
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / f"{name}.png"))
@@ -195,10 +213,11 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 assert_no_exception(page, "gallery page")
                 shot(page, "gallery")
 
-                # A second fit (the quicker gaussian model) so Compare has two fits to show.
+                # A second fit (the quicker gaussian model, at the least effort) so Compare has two fits to show.
                 go(page, "Fit")
                 page.locator(".st-key-w_model").get_by_text("gaussian", exact=True).click()
                 settle(page)
+                set_fit_effort(page, "50", arrow_rights=0)
                 page.get_by_role("button", name="Fit", exact=True).click()
                 page.wait_for_selector("[data-testid='stMetricValue']:has-text('gaussian')", timeout=150_000)
                 page.wait_for_selector(".st-key-fit_overlay .js-plotly-plot", timeout=60_000)
@@ -214,10 +233,13 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 go(page, "Fit")
                 page.locator(".st-key-w_model").get_by_text("templates", exact=True).click()
                 settle(page)
+                set_fit_effort(page, "150", arrow_rights=2)  # the default again: at most 150 iterations
                 page.locator(".st-key-w_appearance_from input").click()
                 page.get_by_role("option").filter(has_text="templates").first.click()
                 settle(page)
                 page.get_by_role("button", name="Fit", exact=True).click()
+                # Until the new fit is drawn the gaussian fit's 50 iterations still show: wait for the model first.
+                page.wait_for_selector("[data-testid='stMetricValue']:has-text('templates')", timeout=150_000)
                 wait_for_metric(page, "Iterations", lambda v: v.isdigit() and 1 <= int(v) < 150)  # converged
                 settle(page)
                 assert_no_exception(page, "reuse fit")
