@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
+from scipy import ndimage
 
 from droplet_core.imaging import images
 from droplet_core.imaging.stacks import read_stack
@@ -143,6 +144,25 @@ def test_only_sure_detections_of_grown_or_new_droplets_start_a_frame():
     assert list(zip(new["x"], new["y"], new["grown"])) == [(10.0, 10.0, True), (80.0, 40.0, False)]
 
 
+def test_a_grown_detection_must_have_changed_the_frame_where_it_is():
+    rng = np.random.default_rng(4)
+    reference = np.repeat(ndimage.gaussian_filter(rng.uniform(size=(60, 80)), 2.0)[:, :, None], 3, axis=2)
+    # Moved by (2, 1) px: the first row and columns wrap round, the rest is the field moved.
+    moving = np.roll(reference, (1, 2), axis=(0, 1)) + rng.normal(0.0, 0.002, reference.shape)
+    rows, columns = np.mgrid[:60, :80]
+    moving[np.hypot(columns - 20, rows - 30) <= 4] += 0.1  # a coalescence's product, say
+    change = timelapse.field_change_sds(reference, moving, (2.0, 1.0))
+    assert np.sqrt(np.mean(change[25:36, 15:26] ** 2)) > 10 * np.sqrt(np.mean(change[5:, 50:70] ** 2)) > 0
+    droplets = pd.DataFrame({"x": [20.0, 50.0], "y": [30.0, 30.0], "radius": [3.0, 3.0]})
+    detections = pd.DataFrame(
+        [(20.0, 30.0, 4.0, 0.99), (50.0, 30.0, 4.0, 0.99)],  # both grown; only the first changed the frame
+        columns=["x", "y", "radius", "p_exists"],
+    )
+    assert len(timelapse.new_detections(droplets, detections)) == 2
+    new = timelapse.new_detections(droplets, detections, change)
+    assert list(zip(new["x"], new["grown"])) == [(20.0, True)]
+
+
 def test_a_frame_that_looks_different_gets_a_full_fit(movie):
     frames = movie[0][:3].copy()
     frames[2] = 255 - frames[2]  # a look the first frame's appearance cannot draw
@@ -217,6 +237,28 @@ def test_splitting_and_a_droplet_that_takes_in_a_neighbour():
     events = timelapse.find_events(_track_rows(rows), 2, (100, 100))
     found = {(e.frame, e.kind, e.tracks_before, e.tracks_after) for e in events.itertuples()}
     assert found == {(1, "splitting", "0", "0;1"), (1, "coalescence", "2;3", "2")}
+
+
+def test_a_droplet_lost_in_a_cluster_did_not_coalesce_with_a_neighbour_that_grew():
+    grown = np.cbrt(1.9**3 + 1.6**3)  # 2 grew by exactly the volume of 0, which is lost
+    rows = [
+        (0, 0, 50, 50, 1.6),
+        (0, 1, 52.5, 50, 1.8),
+        (1, 1, 52.5, 50, 1.8),
+        (0, 2, 46, 50, 1.9),
+        (1, 2, 46, 50, grown),
+    ]
+    rows += [
+        (frame, 10 + i, 80, 10 + 12 * i, 2.0 * (1 + 0.003 * (-1) ** (i + frame))) for i in range(6) for frame in (0, 1)
+    ]
+
+    def kinds(table):
+        return {(e.kind, e.tracks_before) for e in timelapse.find_events(table, 2, (100, 100)).itertuples()}
+
+    # 0 touches 1, which is nearer (in summed radii) than 2: 0 was lost, not taken in by 2.
+    assert kinds(_track_rows(rows)) == {("disappearance", "0")}
+    # With nothing nearer, the same change is a coalescence.
+    assert kinds(_track_rows([row for row in rows if row[1] != 1])) == {("coalescence", "0;2")}
 
 
 def test_linking_removes_a_large_drift():
