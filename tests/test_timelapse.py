@@ -224,8 +224,8 @@ def test_splitting_and_a_droplet_that_takes_in_a_neighbour():
     big = np.cbrt(6.0**3 + 3.0**3)
     rows = [
         (0, 0, 50, 50, big),
-        (1, 0, 50, 50, 6.0),
-        (1, 1, 57.5, 50, 3.0),  # 0 splits off 1
+        (1, 0, 49.2, 50, 6.0),
+        (1, 1, 57.5, 50, 3.0),  # 0 splits off 1 (their centre of volume stays at 50)
         (0, 2, 20, 20, 5.0),
         (0, 3, 27, 20, 3.0),
         (1, 2, 21, 20, np.cbrt(5.0**3 + 3.0**3)),  # 2 takes in 3
@@ -240,13 +240,14 @@ def test_splitting_and_a_droplet_that_takes_in_a_neighbour():
 
 
 def test_a_droplet_lost_in_a_cluster_did_not_coalesce_with_a_neighbour_that_grew():
-    grown = np.cbrt(1.9**3 + 1.6**3)  # 2 grew by exactly the volume of 0, which is lost
+    grown = np.cbrt(1.9**3 + 1.6**3)  # 2 grew by exactly the volume of 0, which is lost,
+    centre = (45 * 1.9**3 + 50 * 1.6**3) / (1.9**3 + 1.6**3)  # and moved to their centre of volume
     rows = [
         (0, 0, 50, 50, 1.6),
         (0, 1, 52.5, 50, 1.8),
         (1, 1, 52.5, 50, 1.8),
-        (0, 2, 46, 50, 1.9),
-        (1, 2, 46, 50, grown),
+        (0, 2, 45, 50, 1.9),
+        (1, 2, centre, 50, grown),
     ]
     rows += [
         (frame, 10 + i, 80, 10 + 12 * i, 2.0 * (1 + 0.003 * (-1) ** (i + frame))) for i in range(6) for frame in (0, 1)
@@ -259,6 +260,23 @@ def test_a_droplet_lost_in_a_cluster_did_not_coalesce_with_a_neighbour_that_grew
     assert kinds(_track_rows(rows)) == {("disappearance", "0")}
     # With nothing nearer, the same change is a coalescence.
     assert kinds(_track_rows([row for row in rows if row[1] != 1])) == {("coalescence", "0;2")}
+
+
+def test_a_droplet_that_grew_where_it_was_did_not_take_in_its_lost_neighbour():
+    # 1 grows by the volume of 0, which is lost: a coalescence only if 1 moved to their
+    # common centre of volume (coalescing droplets keep it), not where it stayed in place.
+    grown = np.cbrt(4.0**3 + 2.5**3)
+    centre = (40 * 4.0**3 + 46 * 2.5**3) / (4.0**3 + 2.5**3)
+    steady = [
+        (frame, 10 + i, 80, 10 + 12 * i, 4.0 * (1 + 0.003 * (-1) ** (i + frame))) for i in range(6) for frame in (0, 1)
+    ]
+
+    def kinds(x_after):
+        rows = [(0, 0, 46, 50, 2.5), (0, 1, 40, 50, 4.0), (1, 1, x_after, 50, grown), *steady]
+        return {(e.kind, e.tracks_before) for e in timelapse.find_events(_track_rows(rows), 2, (100, 100)).itertuples()}
+
+    assert kinds(centre) == {("coalescence", "0;1")}
+    assert kinds(40.0) == {("disappearance", "0")}
 
 
 def test_linking_removes_a_large_drift():

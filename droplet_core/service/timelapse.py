@@ -467,7 +467,7 @@ def find_events(
 
     At every frame ``f``: droplets whose track ended at ``f - 1`` and lie within
     ``EVENT_REACH`` summed radii of one droplet at ``f`` (a new track, or one that goes on
-    and takes them in), nearer to it than to any other droplet at ``f`` (in summed radii),
+    and takes them in), nearer to it than to any other larger droplet at ``f`` (in summed radii),
     coalesced into it when the volumes agree (within ``VOLUME_Z``
     standard deviations of the fits' radii or ``VOLUME_TOLERANCE`` of the volume); splitting
     is the same backwards in time. Other track ends are disappearances (``left_field`` within
@@ -476,7 +476,8 @@ def find_events(
     by the edge are measured too poorly to weigh volumes); where its track goes on through
     the event, its own volume must change by the parts' volume (within ``CHANGE_TOLERANCE``),
     and by more than ``VOLUME_Z`` times the frame-to-frame jitter of droplets of its size
-    (``volume_jitter``),
+    (``volume_jitter``), and it must lie nearer the members' common centre of volume than where
+    it was (``_at_common_centre``),
     so that a small droplet found or lost beside a large one is not taken for an event.
 
     Returns
@@ -502,9 +503,9 @@ def find_events(
             ("splitting", before, started, now),
         ):
             used, used_one = (used_ends, used_starts) if kind == "coalescence" else (used_starts, used_ends)
-            # A droplet joins (or leaves) the droplet it lies nearest, in summed radii: a small
-            # droplet lost in a cluster is not taken for a coalescence with a neighbour that
-            # grew beside it.
+            # A droplet joins (or leaves) the larger droplet it lies nearest, in summed radii: a
+            # small droplet lost in a cluster is not taken for a coalescence with a neighbour
+            # that grew beside it.
             joins = _nearest_tracks(others, ones)
             for row in ones.itertuples(index=False):
                 candidates = others[~others["track"].isin(used) & (joins == row.track)]
@@ -529,6 +530,7 @@ def find_events(
                     if (
                         change < VOLUME_Z * volume_jitter(steps, row.radius_px) * volume_one
                         or abs(change - taken) > CHANGE_TOLERANCE * taken
+                        or not _at_common_centre(row, own.iloc[0], members)
                     ):
                         continue
                 used.update(parts["track"].tolist())
@@ -630,14 +632,30 @@ def volume_jitter(steps: tuple[np.ndarray, np.ndarray], radius_px: float) -> flo
 
 
 def _nearest_tracks(parts: pd.DataFrame, droplets: pd.DataFrame) -> np.ndarray:
-    """``(len(parts),)`` the track of the droplet in ``droplets`` nearest each of ``parts``, in
-    units of their summed radii (drift-removed positions); -1 where ``droplets`` is empty."""
+    """``(len(parts),)`` the track of the droplet in ``droplets``, larger than the part (as what
+    a droplet joins is), nearest each of ``parts`` in units of their summed radii (drift-removed
+    positions); -1 where none is larger."""
     if parts.empty or droplets.empty:
         return np.full(len(parts), -1)
     dx = parts["x_aligned_px"].to_numpy(float)[:, None] - droplets["x_aligned_px"].to_numpy(float)[None, :]
     dy = parts["y_aligned_px"].to_numpy(float)[:, None] - droplets["y_aligned_px"].to_numpy(float)[None, :]
-    reach = parts["radius_px"].to_numpy(float)[:, None] + droplets["radius_px"].to_numpy(float)[None, :]
-    return droplets["track"].to_numpy()[np.argmin(np.hypot(dx, dy) / reach, axis=1)]
+    part_radius, radius = parts["radius_px"].to_numpy(float)[:, None], droplets["radius_px"].to_numpy(float)[None, :]
+    distance = np.where(radius > part_radius, np.hypot(dx, dy) / (part_radius + radius), np.inf)
+    nearest = droplets["track"].to_numpy()[np.argmin(distance, axis=1)]
+    return np.where(np.isfinite(distance.min(axis=1)), nearest, -1)
+
+
+def _at_common_centre(one, own, members: pd.DataFrame) -> bool:
+    """Whether droplet ``one`` lies nearer the volume-weighted centre of ``members`` (the droplets
+    it became or came from, in the other frame; drift-removed positions) than to ``own``, the
+    one of them on its own track. Coalescing droplets keep their common centre of volume, so a
+    droplet that takes in a neighbour moves towards it; one that only grew over a neighbour
+    the fit lost stays where it was (in clusters of small droplets, a fit's error)."""
+    weights = members["volume_px3"].to_numpy(float)
+    centre_x = float(np.average(members["x_aligned_px"], weights=weights))
+    centre_y = float(np.average(members["y_aligned_px"], weights=weights))
+    to_centre = np.hypot(one.x_aligned_px - centre_x, one.y_aligned_px - centre_y)
+    return bool(to_centre < np.hypot(one.x_aligned_px - own["x_aligned_px"], one.y_aligned_px - own["y_aligned_px"]))
 
 
 def _nearby(candidates: pd.DataFrame, row) -> pd.DataFrame:
