@@ -279,6 +279,17 @@ def test_a_droplet_that_grew_where_it_was_did_not_take_in_its_lost_neighbour():
     assert kinds(40.0) == {("disappearance", "0")}
 
 
+def test_a_part_the_fit_still_draws_beside_the_new_droplet_is_one_of_its_parts():
+    # 0 and 1 coalesce into 2 at frame 1, but the fit draws 1 for one frame more, overlapping 2.
+    merged = np.cbrt(5.0**3 + 4.0**3)
+    centre = (40 * 5.0**3 + 48.5 * 4.0**3) / (5.0**3 + 4.0**3)
+    rows = [(0, 0, 40, 50, 5.0), (0, 1, 48.5, 50, 4.0), (1, 1, 48.5, 50, 4.0)]
+    rows += [(frame, 2, centre, 50, merged) for frame in (1, 2)]
+    events = timelapse.find_events(_track_rows(rows), 3, (100, 100))
+    found = {(e.frame, e.kind, e.tracks_before, e.tracks_after) for e in events.itertuples()}
+    assert found == {(1, "coalescence", "0;1", "2")}
+
+
 def test_linking_removes_a_large_drift():
     rng = np.random.default_rng(1)
     x0, y0 = rng.uniform(20, 180, 40), rng.uniform(20, 140, 40)

@@ -478,7 +478,9 @@ def find_events(
     and by more than ``VOLUME_Z`` times the frame-to-frame jitter of droplets of its size
     (``volume_jitter``), and it must lie nearer the members' common centre of volume than where
     it was (``_at_common_centre``),
-    so that a small droplet found or lost beside a large one is not taken for an event.
+    so that a small droplet found or lost beside a large one is not taken for an event. A part
+    the fit still draws in the first frame of a new droplet it overlaps (its track ends there)
+    is one of that droplet's parts too, with its volume before.
 
     Returns
     -------
@@ -497,6 +499,9 @@ def find_events(
         now, before = by_frame.get(frame, empty), by_frame.get(frame - 1, empty)
         ended = before[before["track"].map(spans["max"]) == frame - 1]
         started = now[now["track"].map(spans["min"]) == frame]
+        # Tracks seen for the last time now: one that overlaps a droplet new now was taken in by
+        # it, though the fit still draws it for this frame (droplets do not overlap).
+        last_seen = now[now["track"].map(spans["max"]) == frame]
         # (kind, the one droplet, the tracks that end / start around it, its own track on the other side)
         for kind, ones, others, other_side in (
             ("coalescence", now, ended, before),
@@ -511,6 +516,9 @@ def find_events(
                 candidates = others[~others["track"].isin(used) & (joins == row.track)]
                 parts = _nearby(candidates, row)
                 own = other_side[other_side["track"] == row.track]
+                if kind == "coalescence" and own.empty:
+                    lingering = _overlapping(last_seen[~last_seen["track"].isin(used)], row)
+                    parts = pd.concat([parts, before[before["track"].isin(lingering["track"])]])
                 members = pd.concat([parts, own])
                 if parts.empty or len(members) < 2 or _at_border(row, height, width, EVENT_REACH):
                     continue
@@ -643,6 +651,12 @@ def _nearest_tracks(parts: pd.DataFrame, droplets: pd.DataFrame) -> np.ndarray:
     distance = np.where(radius > part_radius, np.hypot(dx, dy) / (part_radius + radius), np.inf)
     nearest = droplets["track"].to_numpy()[np.argmin(distance, axis=1)]
     return np.where(np.isfinite(distance.min(axis=1)), nearest, -1)
+
+
+def _overlapping(candidates: pd.DataFrame, row) -> pd.DataFrame:
+    """``candidates`` smaller than ``row``'s droplet that overlap it (nearer than their summed radii)."""
+    distance = np.hypot(candidates["x_aligned_px"] - row.x_aligned_px, candidates["y_aligned_px"] - row.y_aligned_px)
+    return candidates[(distance < candidates["radius_px"] + row.radius_px) & (candidates["radius_px"] < row.radius_px)]
 
 
 def _at_common_centre(one, own, members: pd.DataFrame) -> bool:
