@@ -153,14 +153,16 @@ def test_a_grown_detection_must_have_changed_the_frame_where_it_is():
     moving[np.hypot(columns - 20, rows - 30) <= 4] += 0.1  # a coalescence's product, say
     change = timelapse.field_change_sds(reference, moving, (2.0, 1.0))
     assert np.sqrt(np.mean(change[25:36, 15:26] ** 2)) > 10 * np.sqrt(np.mean(change[5:, 50:70] ** 2)) > 0
-    droplets = pd.DataFrame({"x": [20.0, 50.0], "y": [30.0, 30.0], "radius": [3.0, 3.0]})
+    droplets = pd.DataFrame({"x": [20.0, 50.0, 50.0], "y": [30.0, 30.0, 10.0], "radius": [2.0, 2.0, 4.0]})
     detections = pd.DataFrame(
-        [(20.0, 30.0, 4.0, 0.99), (50.0, 30.0, 4.0, 0.99)],  # both grown; only the first changed the frame
+        # All grown; only the first changed the frame. The third is far larger than the droplet it
+        # covers (not two droplets read as one): the fit drew it too small, which the detection mends.
+        [(20.0, 30.0, 2.5, 0.99), (50.0, 30.0, 2.5, 0.99), (50.0, 10.0, 5.5, 0.99)],
         columns=["x", "y", "radius", "p_exists"],
     )
-    assert len(timelapse.new_detections(droplets, detections)) == 2
+    assert len(timelapse.new_detections(droplets, detections)) == 3
     new = timelapse.new_detections(droplets, detections, change)
-    assert list(zip(new["x"], new["grown"])) == [(20.0, True)]
+    assert list(zip(new["x"], new["y"], new["grown"])) == [(20.0, 30.0, True), (50.0, 10.0, True)]
 
 
 def test_a_frame_that_looks_different_gets_a_full_fit(movie):
