@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m bench.timelapse                       # 2 scored movies of 10 frames (about 10 minutes on 2 cores)
     python -m bench.timelapse --frames 5 --movies 1 # quicker
+    python -m bench.timelapse --seeds 3 4           # unscored movies, for looking at what goes wrong
 
 Movies (``droplet_core.synthetic.stack_scenes``): the default 500x400 scene of about 1500 droplets
 (radii 1-10 px), drifting (1.0, 0.5) px a frame, Brownian steps of 0.25 px, growth rates of
@@ -110,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--movies", type=int, default=2, help="scored movies (seeds 1..N)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="these movies' seeds instead of 1..N")
     parser.add_argument("--coalescences", type=int, default=3)
     args = parser.parse_args()
     settings = movie_settings(args.frames, args.coalescences)
@@ -125,7 +127,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         store = FitStore(os.path.join(folder, "store"))
-        for seed in range(1, args.movies + 1):
+        for seed in args.seeds or range(1, args.movies + 1):
             frames, truth, true_events = make_stack(seed, settings)
             stack = as_stack(frames)
             timelapse = TimelapseSettings()

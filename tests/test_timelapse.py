@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
+from scipy import ndimage
 
 from droplet_core.imaging import images
 from droplet_core.imaging.stacks import read_stack
@@ -143,6 +144,27 @@ def test_only_sure_detections_of_grown_or_new_droplets_start_a_frame():
     assert list(zip(new["x"], new["y"], new["grown"])) == [(10.0, 10.0, True), (80.0, 40.0, False)]
 
 
+def test_a_grown_detection_must_have_changed_the_frame_where_it_is():
+    rng = np.random.default_rng(4)
+    reference = np.repeat(ndimage.gaussian_filter(rng.uniform(size=(60, 80)), 2.0)[:, :, None], 3, axis=2)
+    # Moved by (2, 1) px: the first row and columns wrap round, the rest is the field moved.
+    moving = np.roll(reference, (1, 2), axis=(0, 1)) + rng.normal(0.0, 0.002, reference.shape)
+    rows, columns = np.mgrid[:60, :80]
+    moving[np.hypot(columns - 20, rows - 30) <= 4] += 0.1  # a coalescence's product, say
+    change = timelapse.field_change_sds(reference, moving, (2.0, 1.0))
+    assert np.sqrt(np.mean(change[25:36, 15:26] ** 2)) > 10 * np.sqrt(np.mean(change[5:, 50:70] ** 2)) > 0
+    droplets = pd.DataFrame({"x": [20.0, 50.0, 50.0], "y": [30.0, 30.0, 10.0], "radius": [2.0, 2.0, 4.0]})
+    detections = pd.DataFrame(
+        # All grown; only the first changed the frame. The third is far larger than the droplet it
+        # covers (not two droplets read as one): the fit drew it too small, which the detection mends.
+        [(20.0, 30.0, 2.5, 0.99), (50.0, 30.0, 2.5, 0.99), (50.0, 10.0, 5.5, 0.99)],
+        columns=["x", "y", "radius", "p_exists"],
+    )
+    assert len(timelapse.new_detections(droplets, detections)) == 3
+    new = timelapse.new_detections(droplets, detections, change)
+    assert list(zip(new["x"], new["y"], new["grown"])) == [(20.0, 30.0, True), (50.0, 10.0, True)]
+
+
 def test_a_frame_that_looks_different_gets_a_full_fit(movie):
     frames = movie[0][:3].copy()
     frames[2] = 255 - frames[2]  # a look the first frame's appearance cannot draw
@@ -204,8 +226,8 @@ def test_splitting_and_a_droplet_that_takes_in_a_neighbour():
     big = np.cbrt(6.0**3 + 3.0**3)
     rows = [
         (0, 0, 50, 50, big),
-        (1, 0, 50, 50, 6.0),
-        (1, 1, 57.5, 50, 3.0),  # 0 splits off 1
+        (1, 0, 49.2, 50, 6.0),
+        (1, 1, 57.5, 50, 3.0),  # 0 splits off 1 (their centre of volume stays at 50)
         (0, 2, 20, 20, 5.0),
         (0, 3, 27, 20, 3.0),
         (1, 2, 21, 20, np.cbrt(5.0**3 + 3.0**3)),  # 2 takes in 3
@@ -217,6 +239,57 @@ def test_splitting_and_a_droplet_that_takes_in_a_neighbour():
     events = timelapse.find_events(_track_rows(rows), 2, (100, 100))
     found = {(e.frame, e.kind, e.tracks_before, e.tracks_after) for e in events.itertuples()}
     assert found == {(1, "splitting", "0", "0;1"), (1, "coalescence", "2;3", "2")}
+
+
+def test_a_droplet_lost_in_a_cluster_did_not_coalesce_with_a_neighbour_that_grew():
+    grown = np.cbrt(1.9**3 + 1.6**3)  # 2 grew by exactly the volume of 0, which is lost,
+    centre = (45 * 1.9**3 + 50 * 1.6**3) / (1.9**3 + 1.6**3)  # and moved to their centre of volume
+    rows = [
+        (0, 0, 50, 50, 1.6),
+        (0, 1, 52.5, 50, 1.8),
+        (1, 1, 52.5, 50, 1.8),
+        (0, 2, 45, 50, 1.9),
+        (1, 2, centre, 50, grown),
+    ]
+    rows += [
+        (frame, 10 + i, 80, 10 + 12 * i, 2.0 * (1 + 0.003 * (-1) ** (i + frame))) for i in range(6) for frame in (0, 1)
+    ]
+
+    def kinds(table):
+        return {(e.kind, e.tracks_before) for e in timelapse.find_events(table, 2, (100, 100)).itertuples()}
+
+    # 0 touches 1, which is nearer (in summed radii) than 2: 0 was lost, not taken in by 2.
+    assert kinds(_track_rows(rows)) == {("disappearance", "0")}
+    # With nothing nearer, the same change is a coalescence.
+    assert kinds(_track_rows([row for row in rows if row[1] != 1])) == {("coalescence", "0;2")}
+
+
+def test_a_droplet_that_grew_where_it_was_did_not_take_in_its_lost_neighbour():
+    # 1 grows by the volume of 0, which is lost: a coalescence only if 1 moved to their
+    # common centre of volume (coalescing droplets keep it), not where it stayed in place.
+    grown = np.cbrt(4.0**3 + 2.5**3)
+    centre = (40 * 4.0**3 + 46 * 2.5**3) / (4.0**3 + 2.5**3)
+    steady = [
+        (frame, 10 + i, 80, 10 + 12 * i, 4.0 * (1 + 0.003 * (-1) ** (i + frame))) for i in range(6) for frame in (0, 1)
+    ]
+
+    def kinds(x_after):
+        rows = [(0, 0, 46, 50, 2.5), (0, 1, 40, 50, 4.0), (1, 1, x_after, 50, grown), *steady]
+        return {(e.kind, e.tracks_before) for e in timelapse.find_events(_track_rows(rows), 2, (100, 100)).itertuples()}
+
+    assert kinds(centre) == {("coalescence", "0;1")}
+    assert kinds(40.0) == {("disappearance", "0")}
+
+
+def test_a_part_the_fit_still_draws_beside_the_new_droplet_is_one_of_its_parts():
+    # 0 and 1 coalesce into 2 at frame 1, but the fit draws 1 for one frame more, overlapping 2.
+    merged = np.cbrt(5.0**3 + 4.0**3)
+    centre = (40 * 5.0**3 + 48.5 * 4.0**3) / (5.0**3 + 4.0**3)
+    rows = [(0, 0, 40, 50, 5.0), (0, 1, 48.5, 50, 4.0), (1, 1, 48.5, 50, 4.0)]
+    rows += [(frame, 2, centre, 50, merged) for frame in (1, 2)]
+    events = timelapse.find_events(_track_rows(rows), 3, (100, 100))
+    found = {(e.frame, e.kind, e.tracks_before, e.tracks_after) for e in events.itertuples()}
+    assert found == {(1, "coalescence", "0;1", "2")}
 
 
 def test_linking_removes_a_large_drift():

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
+from droplet_core.inference import verdict as verdict_filters
 from droplet_core.inference.engine import run_fit
 from droplet_core.inference.verdict import FitVerdict, judge_fit, noise_sd_estimate
 from droplet_core.measurements.counting import (
@@ -94,6 +96,22 @@ def test_judge_fit_sees_an_unexplained_image_and_a_perfect_reconstruction():
     at_cap = judge_fit(image, image, np.full(20, 12.0), np.ones(20), (1.0, 12.0))
     assert at_cap.at_radius_limit_fraction == 1.0 and "downscale" in " ".join(at_cap.advice)
     assert FitVerdict.from_dict(missed.to_dict()) == missed
+
+
+@pytest.mark.parametrize("sigma_px", [0.7, 6.0, 36.2, 102.4])
+def test_filters_on_the_dct_are_ndimages_reflect_filters(sigma_px):
+    # The verdict filters products of DCT-II coefficients; they must be scipy.ndimage's own
+    # filters with its reflect border, including kernels longer than the image (the high-pass).
+    image = np.random.default_rng(5).normal(size=(90, 120, 1))
+    spectrum = verdict_filters._spectrum(image)
+    height, width = image.shape[:2]
+    blurred = verdict_filters._image(spectrum * verdict_filters._transfer(height, width, sigma_px, (0, 0))[:, :, None])
+    assert np.allclose(blurred[:, :, 0], ndimage.gaussian_filter(image[:, :, 0], sigma_px), rtol=0, atol=1e-12)
+    laplacian = verdict_filters._transfer(height, width, sigma_px, (2, 0)) + verdict_filters._transfer(
+        height, width, sigma_px, (0, 2)
+    )
+    expected = sigma_px**2 * np.abs(ndimage.gaussian_laplace(image[:, :, 0], sigma_px))
+    assert np.allclose(verdict_filters._log_magnitude(spectrum, laplacian, sigma_px), expected, rtol=0, atol=1e-12)
 
 
 def test_noise_estimate_ignores_the_droplets():

@@ -100,6 +100,19 @@ NEW_MIN_P_EXISTS = 0.9
 # Two droplets of the largest size coalesce into one cbrt(2) = 1.26 times as large: a detection far
 # larger than every droplet so far is a texture or a cluster taken for one droplet.
 NEW_MAX_RADIUS_RATIO = 1.4
+# A droplet grown at once changed the frame where it is: the root mean square, over its disk (and a
+# pixel), of the frame less the previous frame moved with the field, in robust sds of that
+# difference over the whole frame. Where it is not, the detector took touching droplets for one
+# (blurred small droplets look so): on an unscored movie (seed 3 of ``bench.timelapse``'s, 10
+# frames) the three true coalescences changed their disks by 8-9 sds, the 266 other grown
+# detections by at most 3.4 (motion and noise), and the three false coalescences came from these.
+GROWN_MIN_CHANGE_SDS = 5.0
+# The detector reads touching droplets as one droplet of about their joint volume: the test applies
+# where the detection's volume is at most this many times that of the droplets it covers. A
+# detection far larger than those is a droplet the fit drew too small or in pieces (one cut by
+# the border, say), which it mends: without this, counts on the small movie of
+# tests/test_timelapse.py crept up by 1-2 droplets a frame at the border.
+GROWN_CLUSTER_VOLUME_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -246,7 +259,9 @@ def fit_stack(
                 x=previous.droplets["x"] + shift_x, y=previous.droplets["y"] + shift_y
             )
             new = new_detections(
-                moved_droplets, detect_droplets(frame, downscale=source.report.downscale, crop=settings.fit.crop)
+                moved_droplets,
+                detect_droplets(frame, downscale=source.report.downscale, crop=settings.fit.crop),
+                field_change_sds(stack.frames[previous_index], frame, (shift_x, shift_y)),
             )
             detected = time.perf_counter()
             reuse = dataclasses.replace(
@@ -285,14 +300,32 @@ def fit_stack(
     return [fitted[index][0] for index in sorted(fitted)]
 
 
-def new_detections(droplets: pd.DataFrame, detections: pd.DataFrame) -> pd.DataFrame:
+def field_change_sds(reference: np.ndarray, moving: np.ndarray, shift_px: tuple[float, float]) -> np.ndarray:
+    """``(h, w)`` how ``moving`` differs from ``reference`` (``(h, w, 3)`` frames) moved by the
+    field's ``shift_px`` ``(dx, dy)``: their grey difference in robust sds of itself (1.4826
+    median absolute deviation over the frame, i.e. the noise and the droplets' own motion)."""
+    moved = ndimage.shift(reference.mean(axis=2, dtype=np.float64), (shift_px[1], shift_px[0]), order=3, mode="nearest")
+    difference = moving.mean(axis=2, dtype=np.float64) - moved
+    spread = 1.4826 * float(np.median(np.abs(difference - np.median(difference))))
+    return difference / max(spread, 1e-9)
+
+
+def new_detections(
+    droplets: pd.DataFrame, detections: pd.DataFrame, change_sds: np.ndarray | None = None
+) -> pd.DataFrame:
     """The ``detections`` (x, y, radius px, ``p_exists``) that show a droplet grown at once beside
     ``droplets`` (``grown``: larger by over ``NEW_RADIUS_RATIO`` than every droplet within its
     radius, as a coalescence's product is) or a new one (no droplet within its radius), with
     ``p_exists`` >= ``NEW_MIN_P_EXISTS`` (a less sure detection over a few small droplets is
     often their cluster taken for one droplet) and at most ``NEW_MAX_RADIUS_RATIO`` times as
     large as the largest droplet. Started from the previous frame alone, such a droplet takes a frame or two
-    to be reached."""
+    to be reached.
+
+    ``change_sds`` ``(h, w)`` (``field_change_sds`` since the previous frame), where given, must
+    show a grown droplet's disk changed by ``GROWN_MIN_CHANGE_SDS`` where its volume is within
+    ``GROWN_CLUSTER_VOLUME_RATIO`` of the droplets it covers: a grown detection switches off
+    the droplets it covers, and where the frame did not change there, they are still there (the
+    detector took touching droplets for one)."""
     columns = ["x", "y", "radius", "p_exists", "grown"]
     if droplets.empty:
         return pd.DataFrame(columns=columns, dtype=float)
@@ -306,9 +339,27 @@ def new_detections(droplets: pd.DataFrame, detections: pd.DataFrame) -> pd.DataF
     for row in detections.itertuples(index=False):
         near = tree.query_ball_point((row.x, row.y), row.radius)
         grown = bool(near) and all(radii[i] * NEW_RADIUS_RATIO < row.radius for i in near)
+        if (
+            grown
+            and change_sds is not None
+            and row.radius**3 <= GROWN_CLUSTER_VOLUME_RATIO * sum(radii[i] ** 3 for i in near)
+            and _disk_rms(change_sds, row.x, row.y, row.radius + 1.0) < GROWN_MIN_CHANGE_SDS
+        ):
+            continue
         if grown or not near:
             new.append({"x": row.x, "y": row.y, "radius": row.radius, "p_exists": row.p_exists, "grown": grown})
     return pd.DataFrame(new, columns=columns).astype({name: float for name in columns[:4]} | {"grown": bool})
+
+
+def _disk_rms(image: np.ndarray, x: float, y: float, radius_px: float) -> float:
+    """Root mean square of ``image`` ``(h, w)`` over the pixels within ``radius_px`` of ``(x, y)``
+    (0 where none is in the image)."""
+    height, width = image.shape
+    rows = slice(max(int(np.floor(y - radius_px)), 0), min(int(np.ceil(y + radius_px)) + 1, height))
+    columns = slice(max(int(np.floor(x - radius_px)), 0), min(int(np.ceil(x + radius_px)) + 1, width))
+    yy, xx = np.mgrid[rows, columns]
+    inside = np.hypot(xx - x, yy - y) <= radius_px
+    return float(np.sqrt(np.mean(image[rows, columns][inside] ** 2))) if inside.any() else 0.0
 
 
 def frame_times_s(n_frames: int, frame_interval_s: float | None) -> np.ndarray:
@@ -424,7 +475,8 @@ def find_events(
 
     At every frame ``f``: droplets whose track ended at ``f - 1`` and lie within
     ``EVENT_REACH`` summed radii of one droplet at ``f`` (a new track, or one that goes on
-    and takes them in) coalesced into it when the volumes agree (within ``VOLUME_Z``
+    and takes them in), nearer to it than to any other larger droplet at ``f`` (in summed radii),
+    coalesced into it when the volumes agree (within ``VOLUME_Z``
     standard deviations of the fits' radii or ``VOLUME_TOLERANCE`` of the volume); splitting
     is the same backwards in time. Other track ends are disappearances (``left_field`` within
     a radius and a pixel of the border) and other starts appearances (``entered_field``).
@@ -432,8 +484,11 @@ def find_events(
     by the edge are measured too poorly to weigh volumes); where its track goes on through
     the event, its own volume must change by the parts' volume (within ``CHANGE_TOLERANCE``),
     and by more than ``VOLUME_Z`` times the frame-to-frame jitter of droplets of its size
-    (``volume_jitter``),
-    so that a small droplet found or lost beside a large one is not taken for an event.
+    (``volume_jitter``), and it must lie nearer the members' common centre of volume than where
+    it was (``_at_common_centre``),
+    so that a small droplet found or lost beside a large one is not taken for an event. A part
+    the fit still draws in the first frame of a new droplet it overlaps (its track ends there)
+    is one of that droplet's parts too, with its volume before.
 
     Returns
     -------
@@ -452,15 +507,26 @@ def find_events(
         now, before = by_frame.get(frame, empty), by_frame.get(frame - 1, empty)
         ended = before[before["track"].map(spans["max"]) == frame - 1]
         started = now[now["track"].map(spans["min"]) == frame]
+        # Tracks seen for the last time now: one that overlaps a droplet new now was taken in by
+        # it, though the fit still draws it for this frame (droplets do not overlap).
+        last_seen = now[now["track"].map(spans["max"]) == frame]
         # (kind, the one droplet, the tracks that end / start around it, its own track on the other side)
         for kind, ones, others, other_side in (
             ("coalescence", now, ended, before),
             ("splitting", before, started, now),
         ):
             used, used_one = (used_ends, used_starts) if kind == "coalescence" else (used_starts, used_ends)
+            # A droplet joins (or leaves) the larger droplet it lies nearest, in summed radii: a
+            # small droplet lost in a cluster is not taken for a coalescence with a neighbour
+            # that grew beside it.
+            joins = _nearest_tracks(others, ones)
             for row in ones.itertuples(index=False):
-                parts = _nearby(others[~others["track"].isin(used)], row)
+                candidates = others[~others["track"].isin(used) & (joins == row.track)]
+                parts = _nearby(candidates, row)
                 own = other_side[other_side["track"] == row.track]
+                if kind == "coalescence" and own.empty:
+                    lingering = _overlapping(last_seen[~last_seen["track"].isin(used)], row)
+                    parts = pd.concat([parts, before[before["track"].isin(lingering["track"])]])
                 members = pd.concat([parts, own])
                 if parts.empty or len(members) < 2 or _at_border(row, height, width, EVENT_REACH):
                     continue
@@ -480,6 +546,7 @@ def find_events(
                     if (
                         change < VOLUME_Z * volume_jitter(steps, row.radius_px) * volume_one
                         or abs(change - taken) > CHANGE_TOLERANCE * taken
+                        or not _at_common_centre(row, own.iloc[0], members)
                     ):
                         continue
                 used.update(parts["track"].tolist())
@@ -578,6 +645,39 @@ def volume_jitter(steps: tuple[np.ndarray, np.ndarray], radius_px: float) -> flo
     if chosen.size == 0:
         return MIN_VOLUME_JITTER
     return max(float(1.4826 * np.median(np.abs(chosen))), MIN_VOLUME_JITTER)
+
+
+def _nearest_tracks(parts: pd.DataFrame, droplets: pd.DataFrame) -> np.ndarray:
+    """``(len(parts),)`` the track of the droplet in ``droplets``, larger than the part (as what
+    a droplet joins is), nearest each of ``parts`` in units of their summed radii (drift-removed
+    positions); -1 where none is larger."""
+    if parts.empty or droplets.empty:
+        return np.full(len(parts), -1)
+    dx = parts["x_aligned_px"].to_numpy(float)[:, None] - droplets["x_aligned_px"].to_numpy(float)[None, :]
+    dy = parts["y_aligned_px"].to_numpy(float)[:, None] - droplets["y_aligned_px"].to_numpy(float)[None, :]
+    part_radius, radius = parts["radius_px"].to_numpy(float)[:, None], droplets["radius_px"].to_numpy(float)[None, :]
+    distance = np.where(radius > part_radius, np.hypot(dx, dy) / (part_radius + radius), np.inf)
+    nearest = droplets["track"].to_numpy()[np.argmin(distance, axis=1)]
+    return np.where(np.isfinite(distance.min(axis=1)), nearest, -1)
+
+
+def _overlapping(candidates: pd.DataFrame, row) -> pd.DataFrame:
+    """``candidates`` smaller than ``row``'s droplet that overlap it (nearer than their summed radii)."""
+    distance = np.hypot(candidates["x_aligned_px"] - row.x_aligned_px, candidates["y_aligned_px"] - row.y_aligned_px)
+    return candidates[(distance < candidates["radius_px"] + row.radius_px) & (candidates["radius_px"] < row.radius_px)]
+
+
+def _at_common_centre(one, own, members: pd.DataFrame) -> bool:
+    """Whether droplet ``one`` lies nearer the volume-weighted centre of ``members`` (the droplets
+    it became or came from, in the other frame; drift-removed positions) than to ``own``, the
+    one of them on its own track. Coalescing droplets keep their common centre of volume, so a
+    droplet that takes in a neighbour moves towards it; one that only grew over a neighbour
+    the fit lost stays where it was (in clusters of small droplets, a fit's error)."""
+    weights = members["volume_px3"].to_numpy(float)
+    centre_x = float(np.average(members["x_aligned_px"], weights=weights))
+    centre_y = float(np.average(members["y_aligned_px"], weights=weights))
+    to_centre = np.hypot(one.x_aligned_px - centre_x, one.y_aligned_px - centre_y)
+    return bool(to_centre < np.hypot(one.x_aligned_px - own["x_aligned_px"], one.y_aligned_px - own["y_aligned_px"]))
 
 
 def _nearby(candidates: pd.DataFrame, row) -> pd.DataFrame:
