@@ -31,6 +31,10 @@ OUTLINE_OUTLIER_MADS = 3.0
 # Droplets the table shows (not doubtful: ``measurements.counting.DOUBTFUL_BELOW``) press the
 # outlines of the droplets they overlap.
 PRESSING_MIN_P_EXISTS = 0.5
+# ... when their outlines overlap by more than this fraction of the smaller radius. Droplets
+# that merely touch overlap a little through the blur; refitting those moved small droplets'
+# radii from frame to frame of a time-lapse, and their volumes made false coalescences.
+PRESSED_OVERLAP_FRACTION = 0.1
 
 
 # A droplet whose edge is this many times wider than the image's median droplet edge, and
@@ -191,8 +195,9 @@ def _pressed_against(
     outermost step of that look is the neighbour's side of the line: outlines of a packed
     emulsion came out 10 % large. Two overlapping circles meet on their radical line (for
     droplets pressed flat, the contact), so a ray's edge point lies no further out than
-    that line. Only droplets the table shows (``p_exists >= PRESSING_MIN_P_EXISTS``) press.
-    Droplets that do not overlap are unchanged.
+    that line. Only droplets the table shows (``p_exists >= PRESSING_MIN_P_EXISTS``) press,
+    and only where outlines overlap by more than ``PRESSED_OVERLAP_FRACTION`` of the smaller
+    radius; other droplets are unchanged.
     """
     shown = np.flatnonzero(p_exists >= PRESSING_MIN_P_EXISTS)
     centre = np.stack([x + drawn.centre_x * radius, y + drawn.centre_y * radius], axis=1)
@@ -202,7 +207,8 @@ def _pressed_against(
     pairs = cKDTree(centre[shown]).query_pairs(2.0 * float(edge_px[shown].max()), output_type="ndarray")
     pairs = shown[pairs] if pairs.size else np.zeros((0, 2), int)
     gap = np.hypot(*(centre[pairs[:, 0]] - centre[pairs[:, 1]]).T) if len(pairs) else np.zeros(0)
-    pairs = pairs[gap < edge_px[pairs[:, 0]] + edge_px[pairs[:, 1]]]
+    smaller = np.minimum(edge_px[pairs[:, 0]], edge_px[pairs[:, 1]])
+    pairs = pairs[gap < edge_px[pairs[:, 0]] + edge_px[pairs[:, 1]] - PRESSED_OVERLAP_FRACTION * smaller]
     if not len(pairs):
         return drawn
     # Each pair pressing both ways: droplet a's rays against neighbour b's circle.
