@@ -15,6 +15,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.spatial import cKDTree
 
+from droplet_core.measurements.counting import DOUBTFUL_BELOW
+
 # Along each ray the droplet's edge is the outermost local maximum of the look's radial
 # gradient that reaches this fraction of the droplet's typical (median over rays) largest
 # gradient: the outer edge of the rim or body, however bright or dark each side is drawn
@@ -28,10 +30,8 @@ OUTLINE_STEP = 0.03
 OUTLINE_OUTLIER_MADS = 3.0
 
 
-# Droplets the table shows (not doubtful: ``measurements.counting.DOUBTFUL_BELOW``) press the
-# outlines of the droplets they overlap.
-PRESSING_MIN_P_EXISTS = 0.5
-# ... when their outlines overlap by more than this fraction of the smaller radius. Droplets
+# Droplets the table shows (``p_exists`` not below ``DOUBTFUL_BELOW``) press the outlines of
+# the droplets they overlap, when their outlines overlap by more than this fraction of the smaller radius. Droplets
 # that merely touch overlap a little through the blur; refitting those moved small droplets'
 # radii from frame to frame of a time-lapse, and their volumes made false coalescences.
 PRESSED_OVERLAP_FRACTION = 0.1
@@ -195,18 +195,17 @@ def _pressed_against(
     outermost step of that look is the neighbour's side of the line: outlines of a packed
     emulsion came out 10 % large. Two overlapping circles meet on their radical line (for
     droplets pressed flat, the contact), so a ray's edge point lies no further out than
-    that line. Only droplets the table shows (``p_exists >= PRESSING_MIN_P_EXISTS``) press,
+    that line. Only droplets the table shows (``p_exists >= DOUBTFUL_BELOW``) press,
     and only where outlines overlap by more than ``PRESSED_OVERLAP_FRACTION`` of the smaller
     radius; other droplets are unchanged.
     """
-    shown = np.flatnonzero(p_exists >= PRESSING_MIN_P_EXISTS)
-    centre = np.stack([x + drawn.centre_x * radius, y + drawn.centre_y * radius], axis=1)
-    edge_px = drawn.edge * radius
+    shown = np.flatnonzero(p_exists >= DOUBTFUL_BELOW)
     if shown.size < 2:
         return drawn
-    pairs = cKDTree(centre[shown]).query_pairs(2.0 * float(edge_px[shown].max()), output_type="ndarray")
-    pairs = shown[pairs] if pairs.size else np.zeros((0, 2), int)
-    gap = np.hypot(*(centre[pairs[:, 0]] - centre[pairs[:, 1]]).T) if len(pairs) else np.zeros(0)
+    centre = np.stack([x + drawn.centre_x * radius, y + drawn.centre_y * radius], axis=1)
+    edge_px = drawn.edge * radius
+    pairs = shown[cKDTree(centre[shown]).query_pairs(2.0 * float(edge_px[shown].max()), output_type="ndarray")]
+    gap = np.hypot(*(centre[pairs[:, 0]] - centre[pairs[:, 1]]).T)
     smaller = np.minimum(edge_px[pairs[:, 0]], edge_px[pairs[:, 1]])
     pairs = pairs[gap < edge_px[pairs[:, 0]] + edge_px[pairs[:, 1]] - PRESSED_OVERLAP_FRACTION * smaller]
     if not len(pairs):
