@@ -18,8 +18,9 @@ sessions (Playwright contexts in one headless Chromium) at once:
 It prints the sessions that completed with no error (no exception on any page, the same
 fit id and droplet count as every other session), the browsers' wall times (median / max:
 opening the app, opening the Fit page, opening the share link, and the wait for the fit),
-the server's own time per script run by page (median / 95th percentile), the server
-process's peak memory, and asserts that the identical concurrent requests were computed once.
+the server's own time per script run by page (median / 95th percentile; wall time, and the
+CPU time of the run's own script thread, which no browser or worker sharing the cores adds
+to), the server process's peak memory, and asserts that the identical concurrent requests were computed once.
 Browsers and server share this machine's cores, so the browsers' times include the
 browsers' own cost; the server-side times do not.
 """
@@ -221,23 +222,29 @@ def percentile_95(values: list[float]) -> float:
 
 
 def report_server_times(run_times: str, peak_rss_mb: float | None) -> None:
-    """Server-side seconds per script run, by page, and the server's peak memory."""
-    by_page: dict[str, list[float]] = {}
+    """Server-side seconds per script run, by page (wall and the run's own CPU), and the
+    server's peak memory."""
+    by_page: dict[str, list[tuple[float, float]]] = {}
     for line in run_times.splitlines():
-        page, seconds = line.split("\t")
-        by_page.setdefault(page, []).append(float(seconds))
-    print(f"server time per script run{'':<2}{'runs':>6}{'median s':>10}{'p95 s':>8}{'max s':>8}")
-    for page, values in sorted(by_page.items()):
+        page, wall_s, cpu_s = line.split("\t")
+        by_page.setdefault(page, []).append((float(wall_s), float(cpu_s)))
+    print(
+        f"server time per script run{'':<2}{'runs':>6}{'wall: median':>14}{'p95':>7}{'max':>7}"
+        f"{'CPU: median':>13}{'p95':>7}{'max':>7}"
+    )
+
+    def row(label: str, runs: list[tuple[float, float]]) -> None:
+        wall, cpu = [w for w, _ in runs], [c for _, c in runs]
         print(
-            f"  {page:<26}{len(values):>6}{statistics.median(values):>10.3f}{percentile_95(values):>8.3f}"
-            f"{max(values):>8.3f}"
+            f"  {label:<26}{len(runs):>6}{statistics.median(wall):>14.3f}{percentile_95(wall):>7.3f}{max(wall):>7.3f}"
+            f"{statistics.median(cpu):>13.3f}{percentile_95(cpu):>7.3f}{max(cpu):>7.3f}"
         )
-    others = [v for page, values in by_page.items() if page != "Fit" for v in values]
+
+    for page, runs in sorted(by_page.items()):
+        row(page, runs)
+    others = [run for page, runs in by_page.items() if page != "Fit" for run in runs]
     if others:
-        print(
-            f"  {'all pages but Fit':<26}{len(others):>6}{statistics.median(others):>10.3f}"
-            f"{percentile_95(others):>8.3f}{max(others):>8.3f}"
-        )
+        row("all pages but Fit", others)
     if peak_rss_mb is not None:
         print(f"app server peak memory (VmHWM): {peak_rss_mb:.0f} MB")
 
