@@ -30,6 +30,8 @@ class FitSettings:
     seed : PRNG seed; the fit is deterministic given it.
     mask_types : number of learned droplet types (templates, neural composition length).
     mask_size : side of each learned mask, in cells spanning -1.5..1.5 radii (templates).
+        21 cells (0.15 radii each) resolve a brightfield rim's thin lit side and the
+        flattened contacts of packed droplets, which 15 blurred into the body.
     crop : optional region of interest ``(x0, y0, x1, y1)`` in pixels of the image as
         given (x = column, y = row, end exclusive), applied before downscaling.
     appearance_from : id of a stored fit of the same model whose learned appearance
@@ -48,7 +50,7 @@ class FitSettings:
     learning_rate: float = 0.02
     seed: int = 0
     mask_types: int = 6
-    mask_size: int = 15
+    mask_size: int = 21
     crop: tuple[int, int, int, int] | None = None
     appearance_from: str | None = None
     initializer: str = "encoder"
