@@ -59,9 +59,23 @@ def test_small_droplets_in_a_large_image_are_fitted_under_the_pixel_limit():
 
 
 def test_a_huge_droplet_brings_the_downscale_up_to_what_a_fit_draws():
-    choice = scale.choose_downscale(detections([2.0] * 20 + [300.0]), 800, 800)
+    table = detections([2.0] * 20 + [300.0])
+    table.loc[20, ["x", "y"]] = 400.0  # in the middle of the image
+    choice = scale.choose_downscale(table, 800, 800)
     assert 300.0 / choice.factor <= scale.MAX_FIT_RADIUS_PX
     assert "largest" in choice.reason
+
+
+def test_a_droplet_mostly_outside_the_image_does_not_set_the_downscale():
+    """Its size is a guess from a small part of its outline (the detector oversizes such ones)."""
+    table = detections([4.0] * 20 + [120.0, 120.0])
+    table["y"] = 200.0
+    table.loc[20, ["x", "y"]] = (-40.0, 200.0)  # a third of its disk in the image
+    table.loc[21, ["x", "y"]] = (-40.0, 200.0)
+    assert scale.choose_downscale(table.drop(index=21), 400, 400).factor == 1
+    table.loc[21, "x"] = 20.0  # most of it in the image: it sets the scale
+    choice = scale.choose_downscale(table, 400, 400)
+    assert choice.factor == 3 and "largest droplet (120 px)" in choice.reason
 
 
 def test_without_droplets_the_pixel_budget_decides():

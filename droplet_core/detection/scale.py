@@ -63,6 +63,11 @@ CANDIDATE_THRESHOLD = 0.25
 # highlights make at most 4, the clusters of small droplets a coarse level sees as one
 # blob 4-19 (example.jpg: 5-19).
 CLUSTER_MIN_DROPLETS = 5
+# Coarse levels see strips of small droplets along the image border as large droplets cut
+# by it, with p_exists 0.3-0.5 (example.jpg, the second renderer's seed-like scenes): a
+# detection cut by the border at a level coarser than the finest needs this presence
+# probability even when lower candidates are asked for.
+CUT_COARSE_MIN_P_EXISTS = detector_net.DEFAULT_THRESHOLD
 # A cluster cut by the image border shows only the droplets of its visible part: it needs
 # CLUSTER_MIN_DROPLETS times the visible share of its disk, and at least
 # CLUSTER_MIN_DROPLETS_CUT (the coarsest levels see strips of small droplets along the
@@ -72,6 +77,8 @@ CLUSTER_MIN_DROPLETS_CUT = 2
 # level is as large) whose centre lies within this fraction of it (not its rim).
 CLUSTER_PART_RADIUS = 0.5
 CLUSTER_CENTRE_WITHIN = 0.8
+# The largest droplet sets the fit's scale only when at least this share of its disk is in the image.
+MIN_VISIBLE_TO_SIZE = 0.5
 # Quantile of the detected radii that the downscale keeps resolvable (the small droplets).
 SMALL_RADIUS_QUANTILE = 0.1
 
@@ -143,7 +150,8 @@ def pyramid_detections(
     -------
     DataFrame ``x`` (column), ``y`` (row), ``radius`` (px of ``image``), ``p_exists``, ``level``
     (the downscale factor it was found at), ``visible_fraction`` (of the disk's area inside
-    the image); ``outermost_droplets`` merges the levels.
+    the image); ``outermost_droplets`` merges the levels. Droplets cut by the border found
+    at a coarser level than the finest need ``CUT_COARSE_MIN_P_EXISTS``.
     """
     region = images.downscale(image, downscale)
     factors = pyramid_factors(*region.shape[:2])
@@ -158,7 +166,13 @@ def pyramid_detections(
         found.append(table.assign(level=factor * downscale))
     table = pd.concat(found, ignore_index=True)
     height, width = region.shape[:2]
-    return table.assign(visible_fraction=visible_fraction(table, height * downscale, width * downscale))
+    table = table.assign(visible_fraction=visible_fraction(table, height * downscale, width * downscale))
+    doubtful_cut = (
+        (table["level"] > factors[0] * downscale)
+        & (table["visible_fraction"] < 1.0 - 1e-6)
+        & (table["p_exists"] < CUT_COARSE_MIN_P_EXISTS)
+    )
+    return table[~doubtful_cut].reset_index(drop=True)
 
 
 def visible_fraction(table: pd.DataFrame, height: int, width: int) -> np.ndarray:
@@ -246,9 +260,10 @@ def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> Scale
     """The fit's downscale for an ``height x width`` image with ``detections`` (px of that image).
 
     The coarsest factor at which the small droplets (``SMALL_RADIUS_QUANTILE`` of the
-    radii of the detections with ``p_exists >= SCALE_MIN_P_EXISTS``) keep ``MIN_FIT_RADIUS_PX``, at least the factor that brings the largest droplet
-    within ``MAX_FIT_RADIUS_PX``, and at least the factor that keeps the fit under
-    ``MAX_FIT_PIXELS``.
+    radii of the detections with ``p_exists >= SCALE_MIN_P_EXISTS``) keep ``MIN_FIT_RADIUS_PX``,
+    at least the factor that brings the largest droplet (of those with at least
+    ``MIN_VISIBLE_TO_SIZE`` of their disk in the image, if any) within ``MAX_FIT_RADIUS_PX``,
+    and at least the factor that keeps the fit under ``MAX_FIT_PIXELS``.
     """
     confident = detections[detections["p_exists"] >= SCALE_MIN_P_EXISTS] if detections is not None else None
     radii = confident["radius"].to_numpy(float) if confident is not None else np.zeros(0)
@@ -265,14 +280,18 @@ def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> Scale
         )
     small, median, large = np.quantile(radii, [SMALL_RADIUS_QUANTILE, 0.5, 0.9])
     by_small = max(1, min(int(np.floor(small / MIN_FIT_RADIUS_PX)), int(np.floor(median / MEDIAN_FIT_RADIUS_PX))))
-    by_large = max(1, int(np.ceil(radii.max() / MAX_FIT_RADIUS_PX)))
+    # A droplet mostly outside the image shows too little of its outline to be sized well
+    # (the detector sizes such ones up to a third too large): it does not set the scale.
+    sized = visible_fraction(confident, height, width) >= MIN_VISIBLE_TO_SIZE
+    largest = radii[sized].max() if sized.any() else radii.max()
+    by_large = max(1, int(np.ceil(largest / MAX_FIT_RADIUS_PX)))
     by_pixels = images.auto_downscale_factor(height, width, MAX_FIT_PIXELS)
     factor = max(by_small, by_large, by_pixels)
     sizes = f"droplet radii {small:.3g}-{large:.3g} px (10th-90th percentile, median {median:.3g} px)"
     if factor == by_small:
         reason = f"{sizes}: at {factor}x the small droplets still span {small / factor:.1f} px, the median {median / factor:.1f} px"
     elif factor == by_large:
-        reason = f"{sizes}: {factor}x brings the largest droplet ({radii.max():.0f} px) within what a fit draws"
+        reason = f"{sizes}: {factor}x brings the largest droplet ({largest:.0f} px) within what a fit draws"
     else:
         reason = f"{sizes}: {factor}x keeps the fit under {MAX_FIT_PIXELS:,} pixels"
     return ScaleChoice(factor, reason, float(small), float(median), float(large), int(radii.size))
