@@ -18,14 +18,16 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from droplet_core.detection import detector_net, detector_training
-from droplet_core.detection.matching import match_droplets
+from droplet_core.detection.in_image import detect_droplets
+from droplet_core.detection.matching import match_droplets, match_pairs
 from droplet_core.settings import FitSettings
-from droplet_core.synthetic.scenes import SceneSettings, make_scene, write_scene
+from droplet_core.synthetic.scenes import SceneSettings, family_settings, make_scene, write_scene
 
 pytestmark = pytest.mark.slow  # runs and trains the detector network, in subprocesses and AppTest
 
 REPO = Path(__file__).resolve().parents[1]
 SCENE_SEED = 7
+BORDER_RECALL_BOUND = 0.93
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,31 @@ def test_positions_are_in_pixels_of_the_image_as_given(scene):
     found = detector_net.to_image_px(detector_net.detect(channel), factor)
     scaled = crop_truth.assign(x=2 * crop_truth.x + 0.5, y=2 * crop_truth.y + 0.5, radius=2 * crop_truth.radius)
     assert match_droplets(scaled, found).f1 > 0.85
+
+
+def test_droplets_cut_by_the_image_border_are_found():
+    """Our scenes' droplets cut by the image border (their centres inside it, as the truth
+    has them) are found nearly as often as the others: the earlier weights, trained with
+    contradictory labels at the crops' sides, found 86 % of these 330 (packed 78 %,
+    fluorescence 77 %) and 94 % of the 1844 uncut ones; the fine-tuned ones 94.5 % and 95 %."""
+    found_cut = found_uncut = n_cut = n_uncut = 0
+    for family in ("seed", "fluorescence", "brightfield", "phase", "packed"):
+        settings = family_settings(
+            family, width_px=250, height_px=200, n_droplets=family_settings(family).n_droplets // 4
+        )
+        for seed in (3, 4, 5, 6):
+            rgb, truth = make_scene(seed, settings)
+            truth = truth[truth["in_focus"]] if "in_focus" in truth.columns else truth
+            found = detect_droplets(rgb.astype(np.float32) / 255.0)
+            matched = np.zeros(len(truth), dtype=bool)
+            matched[match_pairs(truth.reset_index(drop=True), found)[0]] = True
+            x, y, r = (truth[c].to_numpy(float) for c in ("x", "y", "radius"))
+            cut = (x < r) | (y < r) | (x + r > 249) | (y + r > 199)
+            found_cut, n_cut = found_cut + matched[cut].sum(), n_cut + cut.sum()
+            found_uncut, n_uncut = found_uncut + matched[~cut].sum(), n_uncut + (~cut).sum()
+    assert n_cut == 330
+    assert found_cut / n_cut >= BORDER_RECALL_BOUND, (found_cut, n_cut)
+    assert found_uncut / n_uncut >= 0.94, (found_uncut, n_uncut)
 
 
 def test_thresholds_filter_the_cached_output(scene):

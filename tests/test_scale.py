@@ -59,9 +59,23 @@ def test_small_droplets_in_a_large_image_are_fitted_under_the_pixel_limit():
 
 
 def test_a_huge_droplet_brings_the_downscale_up_to_what_a_fit_draws():
-    choice = scale.choose_downscale(detections([2.0] * 20 + [300.0]), 800, 800)
+    table = detections([2.0] * 20 + [300.0])
+    table.loc[20, ["x", "y"]] = 400.0  # in the middle of the image
+    choice = scale.choose_downscale(table, 800, 800)
     assert 300.0 / choice.factor <= scale.MAX_FIT_RADIUS_PX
     assert "largest" in choice.reason
+
+
+def test_a_droplet_mostly_outside_the_image_does_not_set_the_downscale():
+    """Its size is a guess from a small part of its outline (the detector oversizes such ones)."""
+    table = detections([4.0] * 20 + [120.0, 120.0])
+    table["y"] = 200.0
+    table.loc[20, ["x", "y"]] = (-40.0, 200.0)  # a third of its disk in the image
+    table.loc[21, ["x", "y"]] = (-40.0, 200.0)
+    assert scale.choose_downscale(table.drop(index=21), 400, 400).factor == 1
+    table.loc[21, "x"] = 20.0  # most of it in the image: it sets the scale
+    choice = scale.choose_downscale(table, 400, 400)
+    assert choice.factor == 3 and "largest droplet (120 px)" in choice.reason
 
 
 def test_without_droplets_the_pixel_budget_decides():
@@ -196,6 +210,31 @@ def test_a_blob_holding_many_sure_droplets_is_a_cluster_and_they_stand():
     parts = ring(6, 18.0, 6.0)
     found = scale.outermost_droplets(pd.concat([blob, parts, parts.assign(radius=5.0)], ignore_index=True))
     assert len(found) == 6 and found["radius"].max() == 6.0
+
+
+def test_visible_fraction_of_disks_cut_by_the_border():
+    disks = pd.DataFrame({"x": [-0.5, 50.0, -0.5, 50.0], "y": [50.0, 50.0, -0.5, 119.5], "radius": 10.0})
+    share = scale.visible_fraction(disks, 120, 100)
+    np.testing.assert_allclose(share, [0.5, 1.0, 0.25, 0.5], atol=1e-9)
+    # A disk cut at half its radius keeps the segment's share, 1 - (acos(1/2) - sqrt(3)/4) / pi.
+    cut = scale.visible_fraction(disks.assign(x=[4.5, 50.0, 50.0, 50.0], y=50.0), 120, 100)[0]
+    assert cut == pytest.approx(1 - (np.pi / 3 - np.sqrt(3) / 4) / np.pi)
+
+
+def test_a_blob_cut_by_the_border_is_a_cluster_by_the_droplets_of_its_visible_part():
+    """Half of a blob of small droplets lies outside the image: its three visible droplets make
+    it a cluster, while a droplet cut in half keeps the two pieces inside it."""
+    blob = pd.DataFrame({"x": [0.0], "y": [100.0], "radius": [40.0], "p_exists": [0.8]})
+    parts = ring(6, 18.0, 6.0, centre=(0.0, 100.0))
+    parts = parts[parts["x"] > 0]
+    table = pd.concat([blob, parts], ignore_index=True)
+    table = table.assign(visible_fraction=scale.visible_fraction(table, 200, 200))
+    found = scale.outermost_droplets(table)
+    assert len(parts) == 3 and len(found) == 3 and found["radius"].max() == 6.0
+    pieces = table.iloc[[0, 1, 2]]
+    assert scale.outermost_droplets(pieces)["radius"].tolist() == [40.0]
+    # Without the border (the same detections in the middle of an image) it takes five.
+    assert len(scale.outermost_droplets(table.drop(columns="visible_fraction"))) == 1
 
 
 def test_a_droplet_keeps_its_rim_pieces_inclusions_and_faint_spots_inside():

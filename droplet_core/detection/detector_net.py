@@ -15,8 +15,10 @@ droplet density).
 
 The network is trained by ``droplet_core.detection.detector_training``; the weights
 shipped in ``droplet_core/detection/encoder_weights/`` were made by
-``python -m droplet_core train-encoder --out droplet_core/detection/encoder_weights``; its
-``training.json`` records the architecture, settings, seeds, versions and the training curve.
+``python -m droplet_core train-encoder`` and then fine-tuned by
+``python -m droplet_core.detection.detector_training --init-weights``; their
+``training.json`` records the command, the weights it started from (checksum and
+command), the architecture, settings, seeds, versions and the training curve.
 
 Coordinates follow the project's contract: ``x`` = column, ``y`` = row, pixel centre at
 its integer index, ``radius`` in pixels of the image given.

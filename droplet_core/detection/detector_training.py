@@ -6,12 +6,29 @@ JPEG quality), from scene seeds ``TRAIN_SEED_BASE`` and up (benchmarks and tests
 below 10 000), and validates on scenes from ``VALIDATION_SEED_BASE`` and up. ``save_weights``
 writes the weights, ``training.json`` (settings, seeds, versions, the training curve) and
 the curve as a PNG (``curve_png``).
+
+Image borders. A training crop cut from inside a scene cuts droplets as an image border
+does, but there the visible part of a droplet whose centre lies just outside the crop (no
+target) looks like that of one whose centre lies just inside (a target): labelling the one
+a droplet and the other not taught the network to doubt every droplet cut by a border
+(p_exists 0.1-0.5 for half droplets). A real image border, like a scene's, holds the
+centres of the droplets it cuts, so the presence loss ignores the non-droplet cells next
+to a side of the crop that is cut from inside the scene (``TrainSettings.edge_ignore_cells``),
+and a share of the crops lies on the scene's own border (``border_crop_share``), where
+every label is right. Tiny droplets (radius under ``small_radius_px``) weigh more in the
+presence loss (``small_weight``): they are few of the cells and the faintest.
+
+``python -m droplet_core.detection.detector_training`` also fine-tunes saved weights
+(``--init-weights``); ``training.json`` then records their checksum and how they were made.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +50,7 @@ from droplet_core.detection.detector_net import (
     EncoderArchitecture,
     decode,
     init_params,
+    load_weights,
     normalise,
     raw_from_output,
 )
@@ -73,6 +91,14 @@ class TrainSettings:
     learning_rate : peak Adam learning rate (cosine decay over ``minutes``).
     validate_every : steps between validation F1 evaluations.
     validation_scenes : validation scenes (half default-looking, half randomised).
+    border_crop_share : chance that a crop's side lies on the scene's border, per side
+        (the crop is otherwise placed uniformly).
+    edge_ignore_cells : non-droplet cells within this many cells of a crop side cut from
+        inside the scene are left out of the presence loss (a droplet centred just outside
+        that side looks like one centred just inside).
+    small_radius_px, small_weight : droplet cells of a radius under ``small_radius_px``
+        weigh ``small_weight`` in the presence loss (other cells 1).
+    init_weights : folder of saved weights to start from (fine-tuning); empty for fresh ones.
     """
 
     seed: int = 0
@@ -85,6 +111,11 @@ class TrainSettings:
     learning_rate: float = 3e-3
     validate_every: int = 250
     validation_scenes: int = 6
+    border_crop_share: float = 0.2
+    edge_ignore_cells: int = 3
+    small_radius_px: float = 2.0
+    small_weight: float = 3.0
+    init_weights: str = ""
 
 
 def random_scene_settings(rng: np.random.Generator, size_px: int) -> SceneSettings:
@@ -105,7 +136,7 @@ def random_scene_settings(rng: np.random.Generator, size_px: int) -> SceneSettin
     palette = []
     for _ in range(n_colours):
         if darker:
-            palette.append(np.clip(background * rng.uniform(0.3, 0.9) + rng.uniform(-0.15, 0.15, 3), 0.02, 0.98))
+            palette.append(np.clip(background * rng.uniform(0.3, 0.95) + rng.uniform(-0.15, 0.15, 3), 0.02, 0.98))
         else:
             palette.append(np.clip(background + rng.uniform(0.1, 0.4) + rng.uniform(-0.1, 0.1, 3), 0.02, 0.98))
     caustic = np.clip(rng.uniform(0.7, 1.0, 3) - rng.uniform(0.0, 0.5) * np.eye(3)[rng.integers(3)], 0.0, 1.0)
@@ -157,18 +188,56 @@ def targets(truth: pd.DataFrame, height: int, width: int) -> np.ndarray:
     return grid
 
 
-def loss_terms(params, architecture: EncoderArchitecture, features: jnp.ndarray, target: jnp.ndarray):
-    """Presence BCE over all cells plus L1 offset and log-radius errors over droplet cells.
+def loss_terms(
+    params, architecture: EncoderArchitecture, features: jnp.ndarray, target: jnp.ndarray, weight: jnp.ndarray
+):
+    """Presence BCE over the cells, weighted by ``weight`` ``(b, hc, wc)`` (0: ignored), plus
+    L1 offset and log-radius errors over droplet cells.
 
     Returns the total loss and ``(bce, offset, radius)`` terms, all scalars.
     """
     out = Encoder(architecture).apply({"params": params}, features)
     presence = target[..., 0]
-    bce = optax.sigmoid_binary_cross_entropy(out[..., 0], presence).mean()
+    cells = (weight > 0).sum() + 1.0
+    bce = (optax.sigmoid_binary_cross_entropy(out[..., 0], presence) * weight).sum() / cells
     count = presence.sum() + 1.0
     offset = (jnp.abs(out[..., 1:3] - target[..., 1:3]).sum(-1) * presence).sum() / count
     radius = (jnp.abs(out[..., 3] - target[..., 3]) * presence).sum() / count
     return 20.0 * bce + offset + radius, (bce, offset, radius)
+
+
+def presence_weights(target: np.ndarray, scene_sides: np.ndarray, settings: TrainSettings) -> np.ndarray:
+    """Presence-loss weights ``(b, hc, wc)`` of a batch of crop targets ``(b, hc, wc, 4)``.
+
+    ``scene_sides`` ``(b, 4)`` says for each crop whether its top, bottom, left and right
+    side lie on the scene's border. Droplet cells under ``settings.small_radius_px`` weigh
+    ``small_weight``; non-droplet cells within ``edge_ignore_cells`` of a side cut from
+    inside the scene weigh 0; the rest 1.
+    """
+    presence = target[..., 0] > 0.5
+    small = presence & (target[..., 3] < np.log(settings.small_radius_px))
+    weight = np.where(small, settings.small_weight, 1.0).astype(np.float32)
+    band = settings.edge_ignore_cells
+    near_cut = np.zeros(presence.shape, dtype=bool)
+    if band:
+        for k, (top, bottom, left, right) in enumerate(scene_sides):
+            near_cut[k, :band] |= not top
+            near_cut[k, -band:] |= not bottom
+            near_cut[k, :, :band] |= not left
+            near_cut[k, :, -band:] |= not right
+    weight[near_cut & ~presence] = 0.0
+    return weight
+
+
+def crop_origins(rng: np.random.Generator, n: int, scene_px: int, settings: TrainSettings) -> np.ndarray:
+    """Crop origins ``(n,)`` in cells along one axis: on the scene's first or last cell row
+    with chance ``border_crop_share`` each, else uniform."""
+    last = (scene_px - settings.crop_px) // STRIDE
+    uniform = rng.integers(0, last + 1, n)
+    side = rng.uniform(size=n)
+    return np.where(
+        side < settings.border_crop_share, 0, np.where(side < 2 * settings.border_crop_share, last, uniform)
+    )
 
 
 def _scene_example(seed: int, size_px: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -228,14 +297,20 @@ def train(
 
     key = jax.random.PRNGKey(settings.seed)
     init_key, key = jax.random.split(key)
-    params = init_params(architecture, init_key)
+    if settings.init_weights:
+        start = init_weights_record(settings.init_weights)
+        architecture, params = load_weights(settings.init_weights)
+    else:
+        params = init_params(architecture, init_key)
     optimiser = optax.inject_hyperparams(optax.adam)(learning_rate=settings.learning_rate)
     opt_state = optimiser.init(params)
     budget_s = 60.0 * settings.minutes
 
     @jax.jit
-    def step(params, opt_state, features, target, learning_rate):
-        (loss, terms), grads = jax.value_and_grad(loss_terms, has_aux=True)(params, architecture, features, target)
+    def step(params, opt_state, features, target, weight, learning_rate):
+        (loss, terms), grads = jax.value_and_grad(loss_terms, has_aux=True)(
+            params, architecture, features, target, weight
+        )
         opt_state.hyperparams["learning_rate"] = learning_rate
         updates, opt_state = optimiser.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, terms
@@ -268,8 +343,10 @@ def train(
         warmup = min(1.0, (n_steps + 1) / 100.0)
         learning_rate = settings.learning_rate * warmup * 0.5 * (1.0 + np.cos(np.pi * fraction))
         index = rng.integers(0, len(pool), settings.batch)
-        top = rng.integers(0, (settings.scene_px - settings.crop_px) // STRIDE + 1, settings.batch)
-        left = rng.integers(0, (settings.scene_px - settings.crop_px) // STRIDE + 1, settings.batch)
+        top = crop_origins(rng, settings.batch, settings.scene_px, settings)
+        left = crop_origins(rng, settings.batch, settings.scene_px, settings)
+        last = (settings.scene_px - settings.crop_px) // STRIDE
+        scene_sides = np.stack([top == 0, top == last, left == 0, left == last], axis=1)
         flip = rng.uniform(size=settings.batch) < 0.5
         features = np.stack(
             [
@@ -283,8 +360,15 @@ def train(
         features[flip] = features[flip, :, ::-1]
         target[flip] = target[flip, :, ::-1]
         target[flip, ..., 1] *= -1.0
+        scene_sides[flip] = scene_sides[flip][:, [0, 1, 3, 2]]
+        weight = presence_weights(target, scene_sides, settings)
         params, opt_state, loss, terms = step(
-            params, opt_state, jnp.asarray(features), jnp.asarray(target), jnp.float32(learning_rate)
+            params,
+            opt_state,
+            jnp.asarray(features),
+            jnp.asarray(target),
+            jnp.asarray(weight),
+            jnp.float32(learning_rate),
         )
         n_steps += 1
         losses.append(float(loss))
@@ -306,9 +390,8 @@ def train(
                 f"varied {f1_varied:.3f}  {point['seconds']:.0f} s"
             )
     record = {
-        "command": "python -m droplet_core train-encoder --out DIR "
-        f"--minutes {settings.minutes:g} --seed {settings.seed}"
-        + (f" --steps {settings.max_steps}" if settings.max_steps else ""),
+        "command": training_command(settings),
+        **({"init_weights": start} if settings.init_weights else {}),
         "architecture": dataclasses.asdict(architecture),
         "stride_px": STRIDE,
         "train_settings": dataclasses.asdict(settings),
@@ -326,6 +409,35 @@ def train(
         "parameter_count": int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params))),
     }
     return params, record
+
+
+def training_command(settings: TrainSettings) -> str:
+    """The command line that trains with ``settings`` (``--out DIR`` for the output folder)."""
+    if not settings.init_weights:
+        return (
+            f"python -m droplet_core train-encoder --out DIR --minutes {settings.minutes:g} --seed {settings.seed}"
+            + (f" --steps {settings.max_steps}" if settings.max_steps else "")
+        )
+    return (
+        f"python -m droplet_core.detection.detector_training --out DIR --init-weights INIT "
+        f"--minutes {settings.minutes:g} --seed {settings.seed} --steps {settings.max_steps} "
+        f"--learning-rate {settings.learning_rate:g}"
+    )
+
+
+def init_weights_record(folder: str) -> dict:
+    """What ``training.json`` says of the weights a fine-tune started from: their SHA-256 and
+    how they were made (their own ``command`` and ``steps``, and their start if fine-tuned too)."""
+    path = Path(folder)
+    record = json.loads((path / RECORD_FILE).read_text())
+    start = {
+        "sha256": hashlib.sha256((path / WEIGHTS_FILE).read_bytes()).hexdigest(),
+        "command": record["command"],
+        "steps": record["steps"],
+    }
+    if "init_weights" in record:
+        start["init_weights"] = record["init_weights"]
+    return start
 
 
 def save_weights(params: dict, record: dict, out_dir: str | Path) -> Path:
@@ -367,3 +479,30 @@ def curve_png(record: dict, size: tuple[int, int] = (640, 320)) -> Image.Image:
             )
     draw.text((margin, height - margin + 8), f"step 0 .. {len(losses)}", fill="black")
     return image
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train (or with ``--init-weights`` fine-tune) the encoder and save it; see ``train``."""
+    parser = argparse.ArgumentParser(description="train or fine-tune the detector network on synthetic scenes")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the weights, training.json, curve")
+    parser.add_argument("--init-weights", default="", help="folder of saved weights to start from")
+    parser.add_argument("--minutes", type=float, default=TrainSettings.minutes)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=0, help="stop after this many steps (default: time only)")
+    parser.add_argument("--learning-rate", type=float, default=TrainSettings.learning_rate)
+    args = parser.parse_args(argv)
+    settings = TrainSettings(
+        seed=args.seed,
+        minutes=args.minutes,
+        max_steps=args.steps,
+        learning_rate=args.learning_rate,
+        init_weights=args.init_weights,
+    )
+    params, record = train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    save_weights(params, record, args.out)
+    print(f"{record['steps']} steps, validation F1 {record['curve'][-1]['validation_f1_default']:.3f} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

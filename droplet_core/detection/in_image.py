@@ -48,11 +48,13 @@ def detect_droplets(
     threshold: float = detector_net.DEFAULT_THRESHOLD,
     downscale: int = 1,
     crop: tuple[int, int, int, int] | None = None,
+    weights_dir: str | None = None,
 ) -> pd.DataFrame:
     """Droplets of every size in an uploaded ``(H, W, 3)`` image, in its pixels: the merged
-    ``pyramid_detections_in_image`` (same arguments and columns)."""
+    ``pyramid_detections_in_image`` (same arguments and columns; ``weights_dir``: the
+    detector's weights, default the shipped ones)."""
     region = images.crop(image, crop) if crop is not None else image
-    return _shifted(scale.detect_in_image(region, channel, threshold, downscale), crop)
+    return _shifted(scale.detect_in_image(region, channel, threshold, downscale, weights_dir), crop)
 
 
 def _shifted(table: pd.DataFrame, crop: tuple[int, int, int, int] | None) -> pd.DataFrame:

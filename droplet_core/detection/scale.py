@@ -63,10 +63,22 @@ CANDIDATE_THRESHOLD = 0.25
 # highlights make at most 4, the clusters of small droplets a coarse level sees as one
 # blob 4-19 (example.jpg: 5-19).
 CLUSTER_MIN_DROPLETS = 5
+# Coarse levels see strips of small droplets along the image border as large droplets cut
+# by it, with p_exists 0.3-0.5 (example.jpg, the second renderer's seed-like scenes): a
+# detection cut by the border at a level coarser than the finest needs this presence
+# probability even when lower candidates are asked for.
+CUT_COARSE_MIN_P_EXISTS = detector_net.DEFAULT_THRESHOLD
+# A cluster cut by the image border shows only the droplets of its visible part: it needs
+# CLUSTER_MIN_DROPLETS times the visible share of its disk, and at least
+# CLUSTER_MIN_DROPLETS_CUT (the coarsest levels see strips of small droplets along the
+# border as large droplets cut by it).
+CLUSTER_MIN_DROPLETS_CUT = 2
 # ... counting detections under this fraction of its radius (a neighbour seen at another
 # level is as large) whose centre lies within this fraction of it (not its rim).
 CLUSTER_PART_RADIUS = 0.5
 CLUSTER_CENTRE_WITHIN = 0.8
+# The largest droplet sets the fit's scale only when at least this share of its disk is in the image.
+MIN_VISIBLE_TO_SIZE = 0.5
 # Quantile of the detected radii that the downscale keeps resolvable (the small droplets).
 SMALL_RADIUS_QUANTILE = 0.1
 
@@ -118,7 +130,11 @@ def pyramid_factors(height: int, width: int) -> list[int]:
 
 
 def pyramid_detections(
-    image: np.ndarray, channel: str = "rgb", threshold: float = detector_net.DEFAULT_THRESHOLD, downscale: int = 1
+    image: np.ndarray,
+    channel: str = "rgb",
+    threshold: float = detector_net.DEFAULT_THRESHOLD,
+    downscale: int = 1,
+    weights_dir: str | None = None,
 ) -> pd.DataFrame:
     """Every pyramid level's detections in an ``(H, W, 3)`` RGB image, before merging.
 
@@ -128,22 +144,50 @@ def pyramid_detections(
     channel : the channel the detector looks at (``droplet_core.imaging.channels``; 1 or 3 channels).
     threshold : presence probability a detection needs.
     downscale : the pyramid's finest level (a fit at that downscale can draw nothing finer).
+    weights_dir : the detector's weights (default: the shipped ones).
 
     Returns
     -------
     DataFrame ``x`` (column), ``y`` (row), ``radius`` (px of ``image``), ``p_exists``, ``level``
-    (the downscale factor it was found at); ``outermost_droplets`` merges the levels.
+    (the downscale factor it was found at), ``visible_fraction`` (of the disk's area inside
+    the image); ``outermost_droplets`` merges the levels. Droplets cut by the border found
+    at a coarser level than the finest need ``CUT_COARSE_MIN_P_EXISTS``.
     """
     region = images.downscale(image, downscale)
     factors = pyramid_factors(*region.shape[:2])
     found = []
     for factor in factors:
-        table = detector_net.detect(extract_channel(images.downscale(region, factor), channel), threshold)
+        table = detector_net.detect(
+            extract_channel(images.downscale(region, factor), channel), threshold, weights_dir=weights_dir
+        )
         low = LEVEL_BAND_PX[0] if factor != factors[0] else 0.0
         high = LEVEL_BAND_PX[1] if factor != factors[-1] else np.inf
         table = detector_net.to_image_px(table[(table["radius"] >= low) & (table["radius"] < high)], factor * downscale)
         found.append(table.assign(level=factor * downscale))
-    return pd.concat(found, ignore_index=True)
+    table = pd.concat(found, ignore_index=True)
+    height, width = region.shape[:2]
+    table = table.assign(visible_fraction=visible_fraction(table, height * downscale, width * downscale))
+    doubtful_cut = (
+        (table["level"] > factors[0] * downscale)
+        & (table["visible_fraction"] < 1.0 - 1e-6)
+        & (table["p_exists"] < CUT_COARSE_MIN_P_EXISTS)
+    )
+    return table[~doubtful_cut].reset_index(drop=True)
+
+
+def visible_fraction(table: pd.DataFrame, height: int, width: int) -> np.ndarray:
+    """``(n,)`` share of each disk (``x``, ``y``, ``radius``, px) inside an ``height x width`` image.
+
+    The product of the shares each of the four sides leaves (circular segments): exact for
+    a disk cut by one side, close for one cut by two at a corner.
+    """
+    x, y, r = (table[c].to_numpy(float) for c in ("x", "y", "radius"))
+    r = np.maximum(r, 1e-9)
+    share = np.ones(len(table))
+    for distance in (x + 0.5, width - 0.5 - x, y + 0.5, height - 0.5 - y):
+        d = np.clip(distance / r, -1.0, 1.0)
+        share *= 1.0 - (np.arccos(d) - d * np.sqrt(1.0 - d**2)) / np.pi
+    return share
 
 
 def _outermost(xy: np.ndarray, radius_px: np.ndarray) -> np.ndarray:
@@ -163,7 +207,9 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
     A coarse level sees a tight group of small droplets as one round blob. A droplet's rim,
     inclusions and highlights make a few smaller detections inside it; a cluster holds at
     least ``CLUSTER_MIN_DROPLETS`` distinct sure ones (``p_exists >= SCALE_MIN_P_EXISTS``,
-    under ``CLUSTER_PART_RADIUS`` of its radius, centres within ``CLUSTER_CENTRE_WITHIN`` of it).
+    under ``CLUSTER_PART_RADIUS`` of its radius, centres within ``CLUSTER_CENTRE_WITHIN`` of it),
+    or, cut by the image border (``visible_fraction``, where ``table`` has it), that many
+    times the visible share of its disk, at least ``CLUSTER_MIN_DROPLETS_CUT``.
 
     Returns
     -------
@@ -175,12 +221,14 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
     is_cluster = np.zeros(len(table), dtype=bool)
     if not len(sure):
         return is_cluster
+    visible = table["visible_fraction"].to_numpy(float) if "visible_fraction" in table else np.ones(len(table))
+    needed = np.maximum(np.ceil(CLUSTER_MIN_DROPLETS * visible), CLUSTER_MIN_DROPLETS_CUT)
     within = cKDTree(xy[sure]).query_ball_point(xy, CLUSTER_CENTRE_WITHIN * radius)
     for i, near in enumerate(within):
         parts = sure[near]
         parts = parts[radius[parts] < CLUSTER_PART_RADIUS * radius[i]]
-        if len(parts) >= CLUSTER_MIN_DROPLETS:
-            is_cluster[i] = len(_outermost(xy[parts], radius[parts])) >= CLUSTER_MIN_DROPLETS
+        if len(parts) >= needed[i]:
+            is_cluster[i] = len(_outermost(xy[parts], radius[parts])) >= needed[i]
     return is_cluster
 
 
@@ -196,20 +244,26 @@ def outermost_droplets(table: pd.DataFrame, split_clusters: bool = True) -> pd.D
 
 
 def detect_in_image(
-    image: np.ndarray, channel: str = "rgb", threshold: float = detector_net.DEFAULT_THRESHOLD, downscale: int = 1
+    image: np.ndarray,
+    channel: str = "rgb",
+    threshold: float = detector_net.DEFAULT_THRESHOLD,
+    downscale: int = 1,
+    weights_dir: str | None = None,
 ) -> pd.DataFrame:
     """Droplets of every size in an ``(H, W, 3)`` RGB image, in its pixels: the merged
     ``pyramid_detections`` (same arguments and columns)."""
-    return outermost_droplets(pyramid_detections(image, channel, threshold, downscale))
+    merged = outermost_droplets(pyramid_detections(image, channel, threshold, downscale, weights_dir))
+    return merged.drop(columns="visible_fraction")
 
 
 def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> ScaleChoice:
     """The fit's downscale for an ``height x width`` image with ``detections`` (px of that image).
 
     The coarsest factor at which the small droplets (``SMALL_RADIUS_QUANTILE`` of the
-    radii of the detections with ``p_exists >= SCALE_MIN_P_EXISTS``) keep ``MIN_FIT_RADIUS_PX``, at least the factor that brings the largest droplet
-    within ``MAX_FIT_RADIUS_PX``, and at least the factor that keeps the fit under
-    ``MAX_FIT_PIXELS``.
+    radii of the detections with ``p_exists >= SCALE_MIN_P_EXISTS``) keep ``MIN_FIT_RADIUS_PX``,
+    at least the factor that brings the largest droplet (of those with at least
+    ``MIN_VISIBLE_TO_SIZE`` of their disk in the image, if any) within ``MAX_FIT_RADIUS_PX``,
+    and at least the factor that keeps the fit under ``MAX_FIT_PIXELS``.
     """
     confident = detections[detections["p_exists"] >= SCALE_MIN_P_EXISTS] if detections is not None else None
     radii = confident["radius"].to_numpy(float) if confident is not None else np.zeros(0)
@@ -226,14 +280,18 @@ def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> Scale
         )
     small, median, large = np.quantile(radii, [SMALL_RADIUS_QUANTILE, 0.5, 0.9])
     by_small = max(1, min(int(np.floor(small / MIN_FIT_RADIUS_PX)), int(np.floor(median / MEDIAN_FIT_RADIUS_PX))))
-    by_large = max(1, int(np.ceil(radii.max() / MAX_FIT_RADIUS_PX)))
+    # A droplet mostly outside the image shows too little of its outline to be sized well
+    # (the detector sizes such ones up to a third too large): it does not set the scale.
+    sized = visible_fraction(confident, height, width) >= MIN_VISIBLE_TO_SIZE
+    largest = radii[sized].max() if sized.any() else radii.max()
+    by_large = max(1, int(np.ceil(largest / MAX_FIT_RADIUS_PX)))
     by_pixels = images.auto_downscale_factor(height, width, MAX_FIT_PIXELS)
     factor = max(by_small, by_large, by_pixels)
     sizes = f"droplet radii {small:.3g}-{large:.3g} px (10th-90th percentile, median {median:.3g} px)"
     if factor == by_small:
         reason = f"{sizes}: at {factor}x the small droplets still span {small / factor:.1f} px, the median {median / factor:.1f} px"
     elif factor == by_large:
-        reason = f"{sizes}: {factor}x brings the largest droplet ({radii.max():.0f} px) within what a fit draws"
+        reason = f"{sizes}: {factor}x brings the largest droplet ({largest:.0f} px) within what a fit draws"
     else:
         reason = f"{sizes}: {factor}x keeps the fit under {MAX_FIT_PIXELS:,} pixels"
     return ScaleChoice(factor, reason, float(small), float(median), float(large), int(radii.size))
