@@ -163,6 +163,11 @@ def test_a_grown_detection_must_have_changed_the_frame_where_it_is():
     assert len(timelapse.new_detections(droplets, detections)) == 3
     new = timelapse.new_detections(droplets, detections, change)
     assert list(zip(new["x"], new["y"], new["grown"])) == [(20.0, 30.0, True), (50.0, 10.0, True)]
+    # Less sure (p_exists 0.7): taken only where the frame changed, however large.
+    unsure = detections.assign(p_exists=0.7)
+    assert timelapse.new_detections(droplets, unsure).empty
+    new = timelapse.new_detections(droplets, unsure, change)
+    assert list(zip(new["x"], new["y"], new["grown"])) == [(20.0, 30.0, True)]
 
 
 def test_a_frame_that_looks_different_gets_a_full_fit(movie):
