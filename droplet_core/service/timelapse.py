@@ -104,10 +104,10 @@ NEW_RADIUS_RATIO = 1.15
 NEW_MIN_P_EXISTS = 0.9
 # A less sure grown detection (the detector's p_exists at least this) is taken where the frame
 # changed over its disk (``GROWN_MIN_CHANGE_SDS``): on unscored movies (seeds 3-7 of
-# ``bench.timelapse``'s, 6 coalescences each, 45 frames) the detector read 3 coalescences' products
-# at p_exists 0.54-0.77, the fit then kept drawing both parts and the coalescence was missed; those
-# were the only such detections whose disk changed by 5 sds (the ~30 others, over clusters of small
-# droplets, by at most 3.1).
+# ``bench.timelapse``'s, 6 coalescences each, 45 later frames) the detector read 3 coalescences'
+# products at p_exists 0.54-0.77 (at one the fit then kept drawing both parts for the rest of the
+# movie); those were the only such detections whose disk changed by 5 sds (the ~30 others, over
+# clusters of small droplets, by at most 3.1).
 GROWN_CHANGED_MIN_P_EXISTS = 0.5
 # Two droplets of the largest size coalesce into one cbrt(2) = 1.26 times as large: a detection far
 # larger than every droplet so far is a texture or a cluster taken for one droplet.
