@@ -163,6 +163,11 @@ def test_a_grown_detection_must_have_changed_the_frame_where_it_is():
     assert len(timelapse.new_detections(droplets, detections)) == 3
     new = timelapse.new_detections(droplets, detections, change)
     assert list(zip(new["x"], new["y"], new["grown"])) == [(20.0, 30.0, True), (50.0, 10.0, True)]
+    # Less sure (p_exists 0.7): taken only where the frame changed, however large.
+    unsure = detections.assign(p_exists=0.7)
+    assert timelapse.new_detections(droplets, unsure).empty
+    new = timelapse.new_detections(droplets, unsure, change)
+    assert list(zip(new["x"], new["y"], new["grown"])) == [(20.0, 30.0, True)]
 
 
 def test_a_frame_that_looks_different_gets_a_full_fit(movie):
@@ -290,6 +295,60 @@ def test_a_part_the_fit_still_draws_beside_the_new_droplet_is_one_of_its_parts()
     events = timelapse.find_events(_track_rows(rows), 3, (100, 100))
     found = {(e.frame, e.kind, e.tracks_before, e.tracks_after) for e in events.itertuples()}
     assert found == {(1, "coalescence", "0;1", "2")}
+
+
+def test_a_part_the_fit_draws_two_frames_more_beside_the_new_droplet_is_one_of_its_parts():
+    # 0 and 1 coalesce into 2 at frame 1; the fit draws 1 for two frames more, overlapping 2.
+    merged = np.cbrt(5.0**3 + 4.0**3)
+    centre = (40 * 5.0**3 + 48.5 * 4.0**3) / (5.0**3 + 4.0**3)
+    rows = [(0, 0, 40, 50, 5.0), *[(frame, 1, 48.5, 50, 4.0) for frame in (0, 1, 2)]]
+    rows += [(frame, 2, centre, 50, merged) for frame in (1, 2, 3)]
+    events = timelapse.find_events(_track_rows(rows), 4, (100, 100))
+    found = {(e.frame, e.kind, e.tracks_before, e.tracks_after) for e in events.itertuples()}
+    assert found == {(1, "coalescence", "0;1", "2")}
+
+
+def _steady(frames, radius_px, jitter):
+    """Droplets that stay as they are, their radii alternating by ``jitter`` (a fraction) from frame to frame."""
+    return [
+        (frame, 100 + i, 80 + 12 * (i % 2), 6 + 4 * i, radius_px * (1 + jitter * (-1) ** (i + frame)))
+        for i in range(24)
+        for frame in frames
+    ]
+
+
+def test_a_pressed_droplet_that_grew_when_its_small_neighbour_was_lost_took_nothing_in():
+    # 0 (4.25 px) grows by 20 % of its volume when 1 beside it is lost: more than the droplets'
+    # jitter (5.3 % of the volume, from radii alternating by 0.6 %), and within half the volume of 1
+    # of it; but 1's own volume is within that jitter. (A droplet whose outline the neighbour
+    # pressed grows by the cap it lost, whatever the neighbour's volume.)
+    def kinds(part_radius_px, grown_px):
+        part_x = 40 + 4.25 + part_radius_px - 0.5
+        weights = np.array([4.25, part_radius_px]) ** 3
+        centre = np.average([40, part_x], weights=weights)
+        rows = [(0, 0, 40, 50, 4.25), (0, 1, part_x, 50, part_radius_px), (1, 0, centre, 50, grown_px)]
+        table = _track_rows(rows + _steady((0, 1), 4.3, 0.006))
+        return {(e.kind, e.tracks_before) for e in timelapse.find_events(table, 2, (100, 100)).itertuples()}
+
+    assert kinds(2.21, 4.52) == {("disappearance", "1")}
+    # A neighbour whose volume stands above the jitter, taken in whole: a coalescence.
+    assert kinds(2.8, np.cbrt(4.25**3 + 2.8**3)) == {("coalescence", "0;1")}
+
+
+def test_a_droplet_drawn_only_since_the_frame_before_took_nothing_in():
+    # 1 grows by the volume of 0, which is lost, and moves to their common centre of volume; but
+    # 1 was first drawn in the frame before (switched on at a residual peak, its size unsettled).
+    grown = np.cbrt(4.0**3 + 2.5**3)
+    centre = (40 * 4.0**3 + 46 * 2.5**3) / (4.0**3 + 2.5**3)
+
+    def kinds(first_frame_of_1):
+        rows = [*[(frame, 0, 46, 50, 2.5) for frame in (0, 1)], (2, 1, centre, 50, grown)]
+        rows += [(frame, 1, 40, 50, 4.0) for frame in range(first_frame_of_1, 2)]
+        table = _track_rows(rows + _steady((0, 1, 2), 4.0, 0.003))
+        return {(e.kind, e.tracks_before) for e in timelapse.find_events(table, 3, (100, 100)).itertuples()}
+
+    assert ("coalescence", "0;1") in kinds(0)
+    assert ("coalescence", "0;1") not in kinds(1)
 
 
 def test_linking_removes_a_large_drift():
