@@ -176,7 +176,9 @@ def test_pure_noise_is_never_a_good_fit_and_loses_nothing():
 
 def test_a_failed_fit_says_so_on_fit_and_results_pages():
     at = open_app()
-    upload(at, "blotches.png", noise_png(blotch_px=1.5))
+    # Blotches of 2 px: the detector takes finer ones (1-1.5 px) for faint tiny droplets and the
+    # fit then explains three quarters of the texture, a "partial" fit rather than a failed one.
+    upload(at, "blotches.png", noise_png(blotch_px=2.0))
     run_fit_page(at)
     assert any("did not explain the image" in e for e in texts(at.error)), texts(at.error)
     assert any("channel" in e for e in texts(at.error))
