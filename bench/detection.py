@@ -41,6 +41,7 @@ from droplet_core import use_compilation_cache
 from droplet_core.detection.detector_net import overlay_png
 from droplet_core.detection.in_image import detect_droplets
 from droplet_core.detection.matching import MatchScore, match_droplets, match_pairs
+from droplet_core.imaging.display import stretch_contrast
 from droplet_core.imaging.images import load_image, read_image_bytes, sha256_bytes
 from droplet_core.inference.engine import run_fit
 from droplet_core.settings import FitSettings
@@ -157,10 +158,8 @@ def detector_only(quick: bool, seeds: list[int], weights_dir: str | None, overla
     )
     if overlays is not None:
         overlays.mkdir(parents=True, exist_ok=True)
-        grey = real.mean(axis=2)
-        low, high = np.percentile(grey, [0.5, 99.8])  # the dim 16-bit image stretched to be seen
-        stretched = np.repeat(np.clip((grey - low) / (high - low), 0.0, 1.0)[..., None], 3, axis=2)
-        overlay_png(stretched, found).save(overlays / "detections_fluorescence.png")
+        # The dim 16-bit image stretched to be seen.
+        overlay_png(stretch_contrast(real, (0.5, 99.8)), found).save(overlays / "detections_fluorescence.png")
         example = load_image(read_image_bytes(EXAMPLE_IMAGE))
         on_example = detect_droplets(example, weights_dir=weights_dir)
         print(f"{EXAMPLE_IMAGE.name}: {len(on_example)} droplets")

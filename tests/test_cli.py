@@ -137,6 +137,7 @@ def test_fit_reuses_the_store_and_an_earlier_appearance(small_scene_dir, tmp_pat
         (["fit", "SCENE", "--droplets", "-3", "--out", "OUT"], "at least 1"),
         (["fit", "SCENE"], "--out"),
         (["fit", "SCENE", "--appearance-from", "0123456789abcdef0123456789abcdef", "--out", "OUT"], "no stored fit"),
+        (["train-encoder", "--out", "OUT", "--init-weights", "OUT"], "no encoder.msgpack"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(scene_dir, tmp_path, args, message):

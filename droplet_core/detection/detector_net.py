@@ -16,7 +16,7 @@ droplet density).
 The network is trained by ``droplet_core.detection.detector_training``; the weights
 shipped in ``droplet_core/detection/encoder_weights/`` were made by
 ``python -m droplet_core train-encoder`` and then fine-tuned by
-``python -m droplet_core.detection.detector_training --init-weights``; their
+``python -m droplet_core train-encoder --init-weights``; their
 ``training.json`` records the command, the weights it started from (checksum and
 command), the architecture, settings, seeds, versions and the training curve.
 

@@ -18,17 +18,15 @@ and a share of the crops lies on the scene's own border (``border_crop_share``),
 every label is right. Tiny droplets (radius under ``small_radius_px``) weigh more in the
 presence loss (``small_weight``): they are few of the cells and the faintest.
 
-``python -m droplet_core.detection.detector_training`` also fine-tunes saved weights
-(``--init-weights``); ``training.json`` then records their checksum and how they were made.
+``python -m droplet_core train-encoder --init-weights DIR`` fine-tunes saved weights;
+``training.json`` then records their checksum and how they were made.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,15 +411,10 @@ def train(
 
 def training_command(settings: TrainSettings) -> str:
     """The command line that trains with ``settings`` (``--out DIR`` for the output folder)."""
-    if not settings.init_weights:
-        return (
-            f"python -m droplet_core train-encoder --out DIR --minutes {settings.minutes:g} --seed {settings.seed}"
-            + (f" --steps {settings.max_steps}" if settings.max_steps else "")
-        )
     return (
-        f"python -m droplet_core.detection.detector_training --out DIR --init-weights INIT "
-        f"--minutes {settings.minutes:g} --seed {settings.seed} --steps {settings.max_steps} "
-        f"--learning-rate {settings.learning_rate:g}"
+        f"python -m droplet_core train-encoder --out DIR --minutes {settings.minutes:g} --seed {settings.seed}"
+        + (f" --steps {settings.max_steps}" if settings.max_steps else "")
+        + (f" --learning-rate {settings.learning_rate:g} --init-weights INIT" if settings.init_weights else "")
     )
 
 
@@ -479,30 +472,3 @@ def curve_png(record: dict, size: tuple[int, int] = (640, 320)) -> Image.Image:
             )
     draw.text((margin, height - margin + 8), f"step 0 .. {len(losses)}", fill="black")
     return image
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Train (or with ``--init-weights`` fine-tune) the encoder and save it; see ``train``."""
-    parser = argparse.ArgumentParser(description="train or fine-tune the detector network on synthetic scenes")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the weights, training.json, curve")
-    parser.add_argument("--init-weights", default="", help="folder of saved weights to start from")
-    parser.add_argument("--minutes", type=float, default=TrainSettings.minutes)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=0, help="stop after this many steps (default: time only)")
-    parser.add_argument("--learning-rate", type=float, default=TrainSettings.learning_rate)
-    args = parser.parse_args(argv)
-    settings = TrainSettings(
-        seed=args.seed,
-        minutes=args.minutes,
-        max_steps=args.steps,
-        learning_rate=args.learning_rate,
-        init_weights=args.init_weights,
-    )
-    params, record = train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    save_weights(params, record, args.out)
-    print(f"{record['steps']} steps, validation F1 {record['curve'][-1]['validation_f1_default']:.3f} -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

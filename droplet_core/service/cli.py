@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--minutes", type=float, default=25.0, help="training time budget (default 25)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--steps", type=int, default=0, help="stop after this many steps (default: time only)")
+    train.add_argument("--learning-rate", type=float, default=3e-3, help="peak Adam learning rate (default 0.003)")
+    train.add_argument("--init-weights", default="", metavar="DIR", help="fine-tune these saved weights")
     return parser
 
 
@@ -459,9 +461,17 @@ def _detect(args) -> int:
 def _train_encoder(args) -> int:
     from droplet_core.detection import detector_training
 
-    if args.minutes <= 0 or args.steps < 0:
-        raise ValueError("--minutes must be positive and --steps not negative")
-    settings = detector_training.TrainSettings(minutes=args.minutes, seed=args.seed, max_steps=args.steps)
+    if args.minutes <= 0 or args.steps < 0 or args.learning_rate <= 0:
+        raise ValueError("--minutes and --learning-rate must be positive and --steps not negative")
+    if args.init_weights and not (Path(args.init_weights) / detector_training.WEIGHTS_FILE).is_file():
+        raise ValueError(f"--init-weights: no {detector_training.WEIGHTS_FILE} in {args.init_weights}")
+    settings = detector_training.TrainSettings(
+        minutes=args.minutes,
+        seed=args.seed,
+        max_steps=args.steps,
+        learning_rate=args.learning_rate,
+        init_weights=args.init_weights,
+    )
     params, record = detector_training.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
     detector_training.save_weights(params, record, args.out)
     last = record["curve"][-1] if record["curve"] else {}
