@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.spatial import cKDTree
 
 from droplet_core.detection import scale
 from droplet_core.detection.matching import match_pairs
@@ -244,6 +245,30 @@ def test_a_droplet_keeps_its_rim_pieces_inclusions_and_faint_spots_inside():
     faint = ring(8, 20.0, 3.0, p_exists=0.4)
     found = scale.outermost_droplets(pd.concat([droplet, rim, inclusions, faint], ignore_index=True))
     assert found[["x", "y", "radius"]].to_numpy().tolist() == [[100.0, 100.0, 40.0]]
+
+
+def test_a_sure_droplet_at_the_edge_of_an_oversized_neighbour_stands():
+    """A large droplet sized a fifth too large (36 px for 30) takes in the centre of the 8 px
+    droplet pressed against it: a sure detection there stands, a doubtful one (a rim piece
+    of the large droplet, as far as the detector can tell) does not."""
+    large = pd.DataFrame({"x": [100.0], "y": [100.0], "radius": [36.0], "p_exists": [0.95]})
+    beside = pd.DataFrame({"x": [100.0 + 30.0 + 4.0], "y": [100.0], "radius": [8.0], "p_exists": [0.9]})
+    found = scale.outermost_droplets(pd.concat([large, beside], ignore_index=True))
+    assert found["radius"].tolist() == [36.0, 8.0]
+    doubtful = scale.outermost_droplets(pd.concat([large, beside.assign(p_exists=0.4)], ignore_index=True))
+    assert doubtful["radius"].tolist() == [36.0]
+    # Deeper inside it is the large droplet's own inclusion or rim, however sure.
+    inside = scale.outermost_droplets(pd.concat([large, beside.assign(x=100.0 + 28.0)], ignore_index=True))
+    assert inside["radius"].tolist() == [36.0]
+
+
+def test_small_droplets_of_a_packed_emulsion_are_found_beside_large_ones():
+    # The independent renderer's packed emulsion: radii 8-35 px, every droplet pressed against
+    # its neighbours; the detector sizes the large ones too large.
+    image, truth = second_renderer.render("packed", 6, width_px=256, height_px=256)
+    found = scale.detect_in_image(image, threshold=scale.CANDIDATE_THRESHOLD)
+    distance, _ = cKDTree(found[["x", "y"]].to_numpy()).query(truth[["x", "y"]].to_numpy())
+    assert np.mean(distance < 0.5 * truth["radius"].to_numpy()) >= 0.95
 
 
 def test_small_droplets_crowded_together_are_not_taken_for_one_large_one():

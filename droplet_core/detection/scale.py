@@ -77,6 +77,11 @@ CLUSTER_MIN_DROPLETS_CUT = 2
 # level is as large) whose centre lies within this fraction of it (not its rim).
 CLUSTER_PART_RADIUS = 0.5
 CLUSTER_CENTRE_WITHIN = 0.8
+# The detector sizes a large droplet among pressed neighbours up to a third too large, and its
+# disk then takes in the centres of the small droplets beside it. A sure detection is nested in
+# a larger one only with its centre this many of its own radii inside the larger one's edge
+# (a rim piece's centre lies on the rim, at 0.5-1 of its radius inside a well-sized disk).
+NEIGHBOUR_DEPTH = 0.5
 # The largest droplet sets the fit's scale only when at least this share of its disk is in the image.
 MIN_VISIBLE_TO_SIZE = 0.5
 # Quantile of the detected radii that the downscale keeps resolvable (the small droplets).
@@ -190,14 +195,23 @@ def visible_fraction(table: pd.DataFrame, height: int, width: int) -> np.ndarray
     return share
 
 
-def _outermost(xy: np.ndarray, radius_px: np.ndarray) -> np.ndarray:
-    """Indices of the circles (centres ``(n, 2)``, radii ``(n,)``) whose centre lies in no larger one, largest first."""
+def _outermost(xy: np.ndarray, radius_px: np.ndarray, depth_needed: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the circles (centres ``(n, 2)``, radii ``(n,)``) whose centre lies in no larger one, largest first.
+
+    With ``depth_needed`` ``(n,)``, a circle's centre must lie that many of its own radii
+    inside the larger one's edge to count as in it.
+    """
     order = np.argsort(-radius_px, kind="stable")
     suppressed = np.zeros(len(order), dtype=bool)
     if len(order):
-        for i, inside in enumerate(cKDTree(xy[order]).query_ball_point(xy[order], radius_px[order])):
-            if not suppressed[i]:
-                suppressed[[j for j in inside if j > i]] = True
+        xy, radius_px = xy[order], radius_px[order]
+        depth_needed = np.zeros(len(order)) if depth_needed is None else depth_needed[order]
+        for i, inside in enumerate(cKDTree(xy).query_ball_point(xy, radius_px)):
+            if suppressed[i]:
+                continue
+            inside = np.array([j for j in inside if j > i], dtype=int)
+            depth = radius_px[i] - np.hypot(*(xy[inside] - xy[i]).T)
+            suppressed[inside[depth >= depth_needed[inside] * radius_px[inside]]] = True
     return order[~suppressed]
 
 
@@ -237,9 +251,11 @@ def outermost_droplets(table: pd.DataFrame, split_clusters: bool = True) -> pd.D
     nest, so a centre inside a larger droplet is its rim, highlight or inclusion (or the
     same droplet seen at a neighbouring level). With ``split_clusters`` (``table`` then needs
     ``p_exists``), ``clusters`` are dropped first, so that the droplets they hold stand."""
+    depth_needed = None
     if split_clusters:
         table = table[~clusters(table)]
-    kept = _outermost(table[["x", "y"]].to_numpy(float), table["radius"].to_numpy(float))
+        depth_needed = np.where(table["p_exists"].to_numpy(float) >= SCALE_MIN_P_EXISTS, NEIGHBOUR_DEPTH, 0.0)
+    kept = _outermost(table[["x", "y"]].to_numpy(float), table["radius"].to_numpy(float), depth_needed)
     return table.iloc[kept].reset_index(drop=True)
 
 
