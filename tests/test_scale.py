@@ -271,6 +271,24 @@ def test_small_droplets_of_a_packed_emulsion_are_found_beside_large_ones():
     assert np.mean(distance < 0.5 * truth["radius"].to_numpy()) >= 0.95
 
 
+def test_grains_of_photon_noise_are_not_droplets_but_dim_droplets_in_it_are():
+    """A dim fluorescence field of 20 photons a pixel: the detector alone takes hundreds of
+    noise grains for droplets of 1-3 px (400 of them here); those that do not stand out of the
+    noise are dropped, while droplets 60 % brighter than the field are all kept."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:256, :256]
+    centres = [(60.0, 60.0, 4.0), (180.0, 70.0, 6.0), (90.0, 190.0, 10.0), (200.0, 200.0, 3.0)]
+    photons = np.full((256, 256), 20.0)
+    for x, y, r in centres:
+        photons[np.hypot(xx - x, yy - y) <= r] *= 1.6
+    image = rng.poisson(photons).astype(np.float32)
+    image = np.repeat((image / image.max())[:, :, None], 3, axis=2)
+    found = scale.detect_in_image(image, "grey", threshold=0.5)
+    assert len(found) <= 30
+    distance, _ = cKDTree(found[["x", "y"]].to_numpy()).query([c[:2] for c in centres])
+    assert np.all(distance < [c[2] for c in centres])
+
+
 def test_small_droplets_crowded_together_are_not_taken_for_one_large_one():
     # The independent renderer's seed-like scene: droplets of 1-9 px, 2000 of them; a coarse
     # level sees some tight groups as one blob.
