@@ -125,9 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         "track", help="fit every frame of a time-lapse stack, follow the droplets: tracks.csv, events.csv, frames.csv"
     )
     track.add_argument(
-        "stack", type=Path, help="multi-page TIFF / OME-TIFF, video, zip of images, or a folder of images"
+        "stacks",
+        type=Path,
+        nargs="+",
+        metavar="STACK",
+        help="multi-page TIFF / OME-TIFF, video, zip of images, or a folder of images; several run on Dask",
     )
-    track.add_argument("--out", type=Path, required=True, help="output folder")
+    track.add_argument("--out", type=Path, required=True, help="output folder (one subfolder per stack for several)")
     _add_fit_options(track)
     track.add_argument(
         "--frame-interval",
@@ -141,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="farthest move of a droplet between frames, px, drift removed (default: from the radii)",
     )
+    track.add_argument(
+        "--chunk-frames",
+        type=int,
+        help="fit parts of this many frames side by side on Dask, each starting with a full fit",
+    )
+    track.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler; default: a local cluster")
+    track.add_argument("--workers", type=int, help="run on a local Dask cluster of this many worker processes")
     track.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     scene = commands.add_parser("scene", help="write a synthetic scene.png and its truth.csv")
@@ -324,33 +335,71 @@ def _track(args) -> int:
 
     if args.appearance_from:
         raise ValueError("track learns the appearance on its first frame; --appearance-from is not used here")
-    stack = read_stack_path(args.stack)
-    for problem in stack.problems:
-        print(f"warning: {problem}", file=sys.stderr)
     interval = parse_frame_interval(args.frame_interval) if args.frame_interval else None
     if args.search_range < 0:
         raise ValueError("--search-range must not be negative")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError("--workers must be at least 1")
     settings = TimelapseSettings(
         fit=_settings_from_args(args, None),
         first_frame=args.first_frame - 1,
         search_range_px=args.search_range,
         frame_interval_s=interval,
     )
+    store = FitStore()
+    if len(args.stacks) > 1 or args.chunk_frames or args.workers or args.scheduler:
+        return _track_on_dask(args, settings, store)
+    stack = read_stack_path(args.stacks[0])
+    for problem in stack.problems:
+        print(f"warning: {problem}", file=sys.stderr)
 
     def report(done, total, frame):
         where = "from the store" if frame.from_store else f"{frame.seconds:.1f} s"
         print(f"[{done}/{total}] frame {frame.frame + 1}: {frame.kind} fit, {where}", file=sys.stderr)
 
-    store = FitStore()
     fits = fit_stack(stack, settings, store, progress=None if args.quiet else report)
     tables = analyse_stack(stack, settings, fits, store)
     write_tables(tables, args.out)
-    kinds = tables.events["kind"].value_counts()
-    print(
-        f"track: {stack.n_frames} frames, {tables.tracks['track'].nunique()} tracks, "
-        f"{int(kinds.get('coalescence', 0))} coalescences, {len(tables.events)} events -> {args.out}"
-    )
+    print(_track_summary(stack.n_frames, tables, args.out))
     return 0
+
+
+def _track_on_dask(args, settings, store) -> int:
+    from droplet_core.service.batch import dask_executor
+    from droplet_core.service.stack_batch import output_folders, track_stacks
+    from droplet_core.service.timelapse import write_tables
+
+    def report(done, total, path):
+        print(f"[{done}/{total}] part of {path} fitted", file=sys.stderr)
+
+    with dask_executor(args.scheduler, args.workers or 2) as executor:
+        outcomes = track_stacks(
+            args.stacks,
+            settings,
+            executor,
+            store,
+            chunk_frames=args.chunk_frames,
+            progress=None if args.quiet else report,
+        )
+    folders = [args.out] if len(args.stacks) == 1 else output_folders(args.stacks, args.out)
+    for outcome, folder in zip(outcomes, folders):
+        if outcome.error is not None:
+            print(f"warning: {outcome.path}: {outcome.error}", file=sys.stderr)
+            continue
+        write_tables(outcome.tables, folder)
+        print(_track_summary(outcome.n_frames, outcome.tables, folder, outcome.parts))
+    if all(outcome.error is not None for outcome in outcomes):
+        raise ImageError(f"none of the {len(outcomes)} stacks could be fitted: {outcomes[0].error}")
+    return 0
+
+
+def _track_summary(n_frames: int, tables, out: Path, parts: int = 1) -> str:
+    kinds = tables.events["kind"].value_counts()
+    in_parts = f" in {parts} parts" if parts > 1 else ""
+    return (
+        f"track: {n_frames} frames{in_parts}, {tables.tracks['track'].nunique()} tracks, "
+        f"{int(kinds.get('coalescence', 0))} coalescences, {len(tables.events)} events -> {out}"
+    )
 
 
 def _stats(args) -> int:
