@@ -168,6 +168,12 @@ def test_a_grown_detection_must_have_changed_the_frame_where_it_is():
     assert timelapse.new_detections(droplets, unsure).empty
     new = timelapse.new_detections(droplets, unsure, change)
     assert list(zip(new["x"], new["y"], new["grown"])) == [(20.0, 30.0, True)]
+    # Parts of 0.72 of each other's radius grow the larger by 1.11 times only: grown where the
+    # frame changed, and where it did not, the detector's sizing spread.
+    slightly = detections.iloc[:2].assign(radius=2.22)
+    assert timelapse.new_detections(droplets, slightly).empty
+    new = timelapse.new_detections(droplets, slightly, change)
+    assert list(zip(new["x"], new["y"], new["grown"])) == [(20.0, 30.0, True)]
 
 
 def test_a_frame_that_looks_different_gets_a_full_fit(movie):

@@ -102,6 +102,11 @@ SHIFT_HIGHPASS_SIGMA_PX = 8.0
 # those it covers or of one where there was none.
 NEW_RADIUS_RATIO = 1.15
 NEW_MIN_P_EXISTS = 0.9
+# A coalescence grows the larger part by less than NEW_RADIUS_RATIO when the smaller part is under
+# 0.83 of its radius (0.72 of it: by 1.11). A detection larger by this ratio only is grown where
+# the frame changed over its disk (``GROWN_MIN_CHANGE_SDS``): its size alone is within what the
+# detector's sizing spreads.
+CHANGED_RADIUS_RATIO = 1.08
 # A less sure grown detection (the detector's p_exists at least this) is taken where the frame
 # changed over its disk (``GROWN_MIN_CHANGE_SDS``): on unscored movies (seeds 3-7 of
 # ``bench.timelapse``'s, 6 coalescences each, 45 later frames) the detector read 3 coalescences'
@@ -352,12 +357,16 @@ def new_detections(
     new = []
     for row in detections.itertuples(index=False):
         near = tree.query_ball_point((row.x, row.y), row.radius)
-        grown = bool(near) and all(radii[i] * NEW_RADIUS_RATIO < row.radius for i in near)
+        ratio = min((row.radius / radii[i] for i in near), default=np.inf)
+        grown = bool(near) and ratio > NEW_RADIUS_RATIO
+        changed = change_sds is not None and (
+            _disk_rms(change_sds, row.x, row.y, row.radius + 1.0) >= GROWN_MIN_CHANGE_SDS
+        )
+        grown = grown or (bool(near) and ratio > CHANGED_RADIUS_RATIO and changed)
         sure = row.p_exists >= NEW_MIN_P_EXISTS
         if not (grown or sure):
             continue
         if grown and change_sds is not None:
-            changed = _disk_rms(change_sds, row.x, row.y, row.radius + 1.0) >= GROWN_MIN_CHANGE_SDS
             cluster = row.radius**3 <= GROWN_CLUSTER_VOLUME_RATIO * sum(radii[i] ** 3 for i in near)
             if not changed and (cluster or not sure):
                 continue
