@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 # Part of every fit key: bump it when the model maths or the output format change, so
 # fits made by older code are recomputed instead of served.
-CODE_VERSION = "11"  # 11: masks of 21 cells; the detector retrained for border-cut and tiny droplets
+CODE_VERSION = "12"  # 12: an outline's edge is the middle of a plateau of equal radial steps (11: masks of 21 cells)
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
