@@ -5,6 +5,7 @@ Run from the repository root::
     python -m bench.timelapse                       # 2 scored movies of 10 frames (about 10 minutes on 2 cores)
     python -m bench.timelapse --frames 5 --movies 1 # quicker
     python -m bench.timelapse --seeds 3 4           # unscored movies, for looking at what goes wrong
+    python -m bench.timelapse --seeds 3 4 --reuse-iterations 3  # what fewer iterations a later frame cost
 
 Movies (``droplet_core.synthetic.stack_scenes``): the default 500x400 scene of about 1500 droplets
 (radii 1-10 px), drifting (1.0, 0.5) px a frame, Brownian steps of 0.25 px, growth rates of
