@@ -5,6 +5,7 @@ Run from the repository root::
     python -m bench.timelapse                       # 2 scored movies of 10 frames (about 10 minutes on 2 cores)
     python -m bench.timelapse --frames 5 --movies 1 # quicker
     python -m bench.timelapse --seeds 3 4           # unscored movies, for looking at what goes wrong
+    python -m bench.timelapse --seeds 3 4 --reuse-iterations 3  # what fewer iterations a later frame cost
 
 Movies (``droplet_core.synthetic.stack_scenes``): the default 500x400 scene of about 1500 droplets
 (radii 1-10 px), drifting (1.0, 0.5) px a frame, Brownian steps of 0.25 px, growth rates of
@@ -113,6 +114,12 @@ def main() -> None:
     parser.add_argument("--movies", type=int, default=2, help="scored movies (seeds 1..N)")
     parser.add_argument("--seeds", type=int, nargs="+", help="these movies' seeds instead of 1..N")
     parser.add_argument("--coalescences", type=int, default=3)
+    parser.add_argument(
+        "--reuse-iterations",
+        type=int,
+        default=TimelapseSettings.reuse_iterations,
+        help="most iterations of a later frame",
+    )
     args = parser.parse_args()
     settings = movie_settings(args.frames, args.coalescences)
 
@@ -130,7 +137,7 @@ def main() -> None:
         for seed in args.seeds or range(1, args.movies + 1):
             frames, truth, true_events = make_stack(seed, settings)
             stack = as_stack(frames)
-            timelapse = TimelapseSettings()
+            timelapse = TimelapseSettings(reuse_iterations=args.reuse_iterations)
             fits = fit_stack(stack, timelapse, store)
             tables = analyse_stack(stack, timelapse, fits, store)
             first = fits[0].seconds
@@ -144,7 +151,8 @@ def main() -> None:
                 f"movie {seed}: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]}, "
                 f"{int(truth.groupby('frame').size().mean())} droplets a frame, {len(true_events)} coalescences; "
                 f"first fit {first:.1f} s, later frames {later.mean():.2f} s median {np.median(later):.2f} s "
-                f"(ratio {later.mean() / first:.2f}); fit kinds {dict(pd.Series(kinds).value_counts())}"
+                f"(ratio {later.mean() / first:.2f}); fit kinds {dict(pd.Series(kinds).value_counts())}; "
+                f"load average {os.getloadavg()[0]:.2f}"
             )
             print(f"movie {seed}: median seconds of a later frame by step: {step_split(fits[1:])}")
             for name, score in (("droplet", ours), ("trackpy", theirs)):

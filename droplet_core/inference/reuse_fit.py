@@ -270,14 +270,17 @@ def _solved_shading(residual: np.ndarray, values: dict, height: int, width: int)
     """``(rows, columns, c)`` shading grid that best explains the image less its droplets.
 
     ``residual`` ``(h * w, c)`` is observed minus reconstruction; adding back the current
-    shading gives the background's share to fit (the clip to [0, 1] is ignored).
+    shading ``S`` gives the background's share to fit (the clip to [0, 1] is ignored). Its
+    projection on the basis is the residual's plus ``(R^T R) S (C^T C)``, so the shading image
+    is never drawn (that and projecting it took most of the time).
     """
     rows_weights, columns_weights = shading_basis(height, width)
+    rows_gram, columns_gram = rows_weights.T @ rows_weights, columns_weights.T @ columns_weights
     shading = np.moveaxis(np.asarray(values["bg_shading"], np.float64), 2, 0)  # (c, rows, columns)
-    target = np.moveaxis(residual.reshape(height, width, -1), 2, 0) + rows_weights @ shading @ columns_weights.T
-    projected = rows_weights.T @ target @ columns_weights
-    solved = np.linalg.solve(rows_weights.T @ rows_weights, projected)
-    solved = np.linalg.solve(columns_weights.T @ columns_weights, np.swapaxes(solved, 1, 2))  # (c, columns, rows)
+    residual_image = np.moveaxis(residual.reshape(height, width, -1), 2, 0)
+    projected = rows_weights.T @ residual_image @ columns_weights + rows_gram @ shading @ columns_gram
+    solved = np.linalg.solve(rows_gram, projected)
+    solved = np.linalg.solve(columns_gram, np.swapaxes(solved, 1, 2))  # (c, columns, rows)
     return np.transpose(solved, (2, 1, 0)).astype(np.float32)
 
 

@@ -1,0 +1,54 @@
+"""The outline read-out's edge rule: the middle of a plateau of equal radial steps, whatever the arithmetic.
+
+Checked against known truth: drawn looks whose edge is a ramp of constant slope, and looks
+of a fit's six masks mixed by random compositions, read with products that round differently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from droplet_core.models import outline as outline_module
+from droplet_core.models.outline import outline
+from droplet_core.models.templates import EXTENT, disk_profile, envelope
+
+
+def ramp_look(size: int, inner: float, outer: float) -> np.ndarray:
+    """``(size, size)`` dark disk whose edge falls linearly from ``inner`` to ``outer`` radii."""
+    axis = np.linspace(-EXTENT, EXTENT, size)
+    distance = np.hypot(*np.meshgrid(axis, axis))
+    return -0.3 * np.clip((outer - distance) / (outer - inner), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("inner, outer", [(0.8, 1.2), (0.7, 1.1), (0.9, 1.4)])
+def test_the_edge_of_a_ramp_is_its_middle(inner, outer):
+    # Along the rays that follow the grid the bilinear look is the ramp itself: its radial
+    # gradient is the same all along it, every point of it is a maximum, and the edge is its
+    # middle (before, the outermost point that float rounding let pass).
+    look = ramp_look(61, inner, outer)[None]
+    _, points = outline_module._outline_and_edge_points(look, EXTENT)
+    along_grid = np.isclose(np.mod(points.angle, np.pi / 2), 0.0)
+    assert points.found[0, along_grid].all()
+    np.testing.assert_allclose(points.distance[0, along_grid], 0.5 * (inner + outer), atol=0.02)
+
+
+def mixed_looks(count: int, seed: int) -> np.ndarray:
+    """``(count, 21, 21)`` looks mixed from six disk-like masks of the templates' 21-cell grid, as a fit draws them."""
+    rng = np.random.default_rng(seed)
+    masks = -0.3 * disk_profile(21)[None] * (1.0 + 0.3 * rng.normal(size=(6, 21, 21))) * envelope(21)
+    return np.einsum("nt,tij->nij", rng.uniform(0.0, 1.0, size=(count, 6)), masks).astype(np.float32)
+
+
+def test_outlines_do_not_depend_on_float_rounding():
+    looks = mixed_looks(300, seed=1)
+    read = outline(looks, EXTENT)
+    # The same looks read in float64 with a dense product: every step rounds differently.
+    rays = outline_module._ray_sampling(21, EXTENT)
+    dense = rays._replace(profile_and_gradient=rays.profile_and_gradient.toarray().astype(np.float64))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(outline_module, "_ray_sampling", lambda size, extent: dense)
+        exact = outline(looks.astype(np.float64), EXTENT)
+    for field in ("centre_x", "centre_y", "edge"):
+        np.testing.assert_allclose(getattr(read, field), getattr(exact, field), atol=1e-6)
+    np.testing.assert_allclose(read.edge_width, exact.edge_width, rtol=1e-5)
