@@ -39,6 +39,7 @@ from droplet_core.measurements.counting import DropletCount
 from droplet_core.results import FitReport, FitResult, Timings
 from droplet_core.service.cli import main
 from droplet_core.service.store import FitStore
+from droplet_core.synthetic.scenes import SceneSettings, make_scene
 
 CASES_PER_FORMAT = 170  # three formats: a little over 500 malformed inputs in all
 
@@ -349,7 +350,9 @@ def test_malformed_files_through_the_command_line(tmp_path, monkeypatch, capsys,
         ("nan.tif", lambda: tiff_bytes(np.full((16, 16), np.nan, np.float32)), "NaN"),
         ("bomb.png", lambda: bomb_png(12_000), "too large"),
         ("row.png", lambda: png_bytes(np.zeros((1, 100_000), np.uint8)), "too small"),
-        ("wrong.tif", lambda: png_bytes(np.random.default_rng(3).integers(0, 255, (24, 32, 3), dtype=np.uint8)), 0),
+        # A PNG named .tif, read by its content; droplets in it, so the fit has candidates (noise
+        # alone has none: the detector keeps only what stands out of the pixel noise).
+        ("wrong.tif", lambda: png_bytes(make_scene(3, SceneSettings(width_px=48, height_px=40, n_droplets=8))[0]), 0),
         ("flat.png", lambda: png_bytes(np.full((16, 16), 128, np.uint8)), None),  # fits, or "no droplets"
         ("offset.tif", lambda: b"II*\x00\x08\x00\x00\x00", "corrupt"),  # tifffile logs a warning
     ],

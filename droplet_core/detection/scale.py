@@ -83,6 +83,8 @@ CLUSTER_CENTRE_WITHIN = 0.8
 # a larger one only with its centre this many of its own radii inside the larger one's edge
 # (a rim piece's centre lies on the rim, at 0.5-1 of its radius inside a well-sized disk).
 NEIGHBOUR_DEPTH = 0.5
+# ... where the larger one is at least this many times its radius.
+NEIGHBOUR_RADIUS_RATIO = 2.0
 # A detection is a droplet only where its disk or its rim stands out of its surroundings by
 # this many standard errors of the pixel noise: the detector takes the grains of photon noise
 # in a dim fluorescence image for droplets of 1-3 px (our scenes: 0.1-2.2 standard errors at
@@ -250,7 +252,7 @@ def _outermost(xy: np.ndarray, radius_px: np.ndarray, depth_needed: np.ndarray |
     """Indices of the circles (centres ``(n, 2)``, radii ``(n,)``) whose centre lies in no larger one, largest first.
 
     With ``depth_needed`` ``(n,)``, a circle's centre must lie that many of its own radii
-    inside the larger one's edge to count as in it.
+    inside the edge of one ``NEIGHBOUR_RADIUS_RATIO`` times as large to count as in it.
     """
     order = np.argsort(-radius_px, kind="stable")
     suppressed = np.zeros(len(order), dtype=bool)
@@ -262,7 +264,11 @@ def _outermost(xy: np.ndarray, radius_px: np.ndarray, depth_needed: np.ndarray |
                 continue
             inside = np.array([j for j in inside if j > i], dtype=int)
             depth = radius_px[i] - np.hypot(*(xy[inside] - xy[i]).T)
-            suppressed[inside[depth >= depth_needed[inside] * radius_px[inside]]] = True
+            # Only beside a much larger droplet: one of similar size with its centre inside is the
+            # same droplet seen at another level, or a coalescence's part seen beside its product.
+            beside = radius_px[i] >= NEIGHBOUR_RADIUS_RATIO * radius_px[inside]
+            needed = np.where(beside, depth_needed[inside], 0.0)
+            suppressed[inside[depth >= needed * radius_px[inside]]] = True
     return order[~suppressed]
 
 
