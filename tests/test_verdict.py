@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from droplet_core.imaging.images import noise_sd_estimate
 from droplet_core.inference import verdict as verdict_filters
 from droplet_core.inference.engine import run_fit
-from droplet_core.inference.verdict import FitVerdict, judge_fit, noise_sd_estimate
+from droplet_core.inference.verdict import FitVerdict, judge_fit
 from droplet_core.measurements.counting import (
     count_of_table,
     doubtful_mask,

@@ -24,7 +24,6 @@ from scipy.spatial import cKDTree
 from droplet_core.detection import detector_net
 from droplet_core.imaging import images
 from droplet_core.imaging.channels import extract_channel
-from droplet_core.inference.verdict import noise_sd_estimate
 
 # Radius band (px of a pyramid level) the detector is trusted with at that level: it was
 # trained on droplets of 1-24 px, and sizes the larger ones short. Neighbouring levels'
@@ -193,7 +192,7 @@ def contrast_ses(image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
 
     The larger of two contrasts, the disk's middle (within 0.7 radii) and its rim (0.7-1.1
     radii) against the median of the ring around it (1.3-2 radii), each over the standard
-    error of that difference under the pixel noise (``noise_sd_estimate``). Centres are
+    error of that difference under the pixel noise (``images.noise_sd_estimate``). Centres are
     taken to the nearest pixel and radii to the nearest half pixel.
 
     Parameters
@@ -202,7 +201,7 @@ def contrast_ses(image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
     table : detections, ``x``, ``y``, ``radius`` in px of ``image``.
     """
     grey = image.mean(axis=2)
-    noise_sd = noise_sd_estimate(grey[:, :, None])
+    noise_sd = images.noise_sd_estimate(grey[:, :, None])
     height, width = grey.shape
     x = np.rint(table["x"].to_numpy(float)).astype(int)
     y = np.rint(table["y"].to_numpy(float)).astype(int)

@@ -33,6 +33,7 @@ import numpy as np
 from scipy import fft, ndimage
 from skimage.feature import peak_local_max
 
+from droplet_core.imaging.images import noise_sd_estimate
 from droplet_core.measurements.counting import DOUBTFUL_BELOW
 
 # A fit explains the image when at least this share of the image's droplet-scale
@@ -238,24 +239,6 @@ def judge_fit(
         problems=tuple(problems),
         advice=tuple(dict.fromkeys(advice)),
     )
-
-
-# Immerkaer's noise filter: the difference of two Laplacians, which cancels any locally
-# linear image; its L2 norm is 6, so a white-noise image of sd s gives a response of sd 6 s.
-_NOISE_FILTER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
-
-
-def noise_sd_estimate(image: np.ndarray) -> float:
-    """Pixel noise sd of an ``(h, w, c)`` image, averaged over channels.
-
-    Immerkaer's filter with a robust (median) spread instead of the mean absolute value,
-    so droplet edges, which the filter does not cancel, barely move the estimate.
-    """
-    sds = []
-    for c in range(image.shape[2]):
-        response = ndimage.convolve(image[:, :, c], _NOISE_FILTER, mode="reflect")[1:-1, 1:-1]
-        sds.append(1.4826 * float(np.median(np.abs(response))) / 6.0)
-    return max(float(np.mean(sds)), 1e-6)
 
 
 def _spectrum(image: np.ndarray) -> np.ndarray:

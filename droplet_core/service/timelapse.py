@@ -357,12 +357,13 @@ def new_detections(
     new = []
     for row in detections.itertuples(index=False):
         near = tree.query_ball_point((row.x, row.y), row.radius)
-        ratio = min((row.radius / radii[i] for i in near), default=np.inf)
-        grown = bool(near) and ratio > NEW_RADIUS_RATIO
-        changed = change_sds is not None and (
-            _disk_rms(change_sds, row.x, row.y, row.radius + 1.0) >= GROWN_MIN_CHANGE_SDS
+        ratio = min(row.radius / radii[i] for i in near) if near else 0.0
+        changed = (
+            change_sds is not None
+            and ratio > CHANGED_RADIUS_RATIO
+            and _disk_rms(change_sds, row.x, row.y, row.radius + 1.0) >= GROWN_MIN_CHANGE_SDS
         )
-        grown = grown or (bool(near) and ratio > CHANGED_RADIUS_RATIO and changed)
+        grown = ratio > NEW_RADIUS_RATIO or changed
         sure = row.p_exists >= NEW_MIN_P_EXISTS
         if not (grown or sure):
             continue
