@@ -247,6 +247,21 @@ def test_a_droplet_keeps_its_rim_pieces_inclusions_and_faint_spots_inside():
     assert found[["x", "y", "radius"]].to_numpy().tolist() == [[100.0, 100.0, 40.0]]
 
 
+def test_a_droplet_with_a_textured_inside_is_no_cluster():
+    """Grains of a droplet's textured inside (a real packed brightfield emulsion: 5-59 grains of
+    2-3 px in droplets of 33 px) are sure detections too, and many: the droplet stands and
+    they are its texture. Droplets of 6 px in the same blob make it a cluster (above)."""
+    droplet = pd.DataFrame({"x": [100.0], "y": [100.0], "radius": [36.0], "p_exists": [0.9]})
+    rng = np.random.default_rng(3)
+    angle, distance = rng.uniform(0, 2 * np.pi, 20), 26.0 * np.sqrt(rng.uniform(0, 1, 20))
+    grains = pd.DataFrame(
+        {"x": 100 + distance * np.cos(angle), "y": 100 + distance * np.sin(angle), "radius": 2.5, "p_exists": 0.9}
+    )
+    assert len(scale.outermost_droplets(grains)) >= scale.CLUSTER_MIN_DROPLETS
+    found = scale.outermost_droplets(pd.concat([droplet, grains], ignore_index=True))
+    assert found[["x", "y", "radius"]].to_numpy().tolist() == [[100.0, 100.0, 36.0]]
+
+
 def test_a_sure_droplet_at_the_edge_of_an_oversized_neighbour_stands():
     """A large droplet sized a fifth too large (36 px for 30) takes in the centre of the 8 px
     droplet pressed against it: a sure detection there stands, a doubtful one (a rim piece

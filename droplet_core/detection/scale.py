@@ -77,6 +77,20 @@ CLUSTER_MIN_DROPLETS_CUT = 2
 # level is as large) whose centre lies within this fraction of it (not its rim).
 CLUSTER_PART_RADIUS = 0.5
 CLUSTER_CENTRE_WITHIN = 0.8
+# Grains of a large droplet's textured inside (cells, debris, a rough surface) are sure
+# detections too: in a real packed brightfield emulsion (droplets of 33 px holding 5-59
+# grains of 2-3 px) two thirds of the droplets were taken for clusters, and the fit was
+# chosen for the grains' size. A droplet is likely itself (its rim; p_exists 0.5-1.0 there),
+# its grains are small (a median of 0.04-0.07 of its radius) and stay inside its rim (the
+# outermost one's far edge at a median of 0.8 of its radius). The droplets a coarse level
+# sees as one blob are a fair share of its size (example.jpg: a median of 0.14-0.24), or
+# fill it to its edge (our dense seed scene: droplets of 1-9 px under a blob of 30 px, the
+# outermost's far edge at 0.93 of it), or the blob is doubtful (the second renderer's
+# seed-like scene: droplets of 2 px under one of 29 px with p_exists 0.31). A likely
+# detection whose parts' median radius is under the first fraction of its own, and whose
+# parts reach no further than the second, holds texture, not droplets.
+TEXTURE_PART_RADIUS = 0.1
+TEXTURE_REACH = 0.9
 # The detector sizes a large droplet among pressed neighbours up to a third too large, and its
 # disk then takes in the centres of the small droplets beside it. A sure detection is nested in
 # a larger one only with its centre this many of its own radii inside the larger one's edge
@@ -279,7 +293,10 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
     least ``CLUSTER_MIN_DROPLETS`` distinct sure ones (``p_exists >= SCALE_MIN_P_EXISTS``,
     under ``CLUSTER_PART_RADIUS`` of its radius, centres within ``CLUSTER_CENTRE_WITHIN`` of it),
     or, cut by the image border (``visible_fraction``, where ``table`` has it), that many
-    times the visible share of its disk, at least ``CLUSTER_MIN_DROPLETS_CUT``.
+    times the visible share of its disk, at least ``CLUSTER_MIN_DROPLETS_CUT``; unless it is
+    likely itself (``detector_net.DEFAULT_THRESHOLD``) and they are the grains of its texture
+    (their median radius under ``TEXTURE_PART_RADIUS`` of its, none reaching ``TEXTURE_REACH``
+    of it from its centre).
 
     Returns
     -------
@@ -287,7 +304,8 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
     """
     xy = table[["x", "y"]].to_numpy(float)
     radius = table["radius"].to_numpy(float)
-    sure = np.flatnonzero(table["p_exists"].to_numpy(float) >= SCALE_MIN_P_EXISTS)
+    p_exists = table["p_exists"].to_numpy(float)
+    sure = np.flatnonzero(p_exists >= SCALE_MIN_P_EXISTS)
     is_cluster = np.zeros(len(table), dtype=bool)
     if not len(sure):
         return is_cluster
@@ -298,7 +316,14 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
         parts = sure[near]
         parts = parts[radius[parts] < CLUSTER_PART_RADIUS * radius[i]]
         if len(parts) >= needed[i]:
-            is_cluster[i] = len(_outermost(xy[parts], radius[parts])) >= needed[i]
+            parts = parts[_outermost(xy[parts], radius[parts])]
+            reach = np.hypot(*(xy[parts] - xy[i]).T) + radius[parts]
+            texture = (
+                p_exists[i] >= detector_net.DEFAULT_THRESHOLD
+                and np.median(radius[parts]) < TEXTURE_PART_RADIUS * radius[i]
+                and reach.max() < TEXTURE_REACH * radius[i]
+            )
+            is_cluster[i] = len(parts) >= needed[i] and not texture
     return is_cluster
 
 
