@@ -262,6 +262,21 @@ def test_a_droplet_with_a_textured_inside_is_no_cluster():
     assert found[["x", "y", "radius"]].to_numpy().tolist() == [[100.0, 100.0, 36.0]]
 
 
+def test_the_scale_choice_names_the_downscale_for_the_large_droplets_of_two_sizes():
+    """Grains of 2 px beside droplets of 36 px: the fit keeps the grains resolvable, and says
+    which downscale would fit the droplets; radii spread evenly over 1:50 are one population."""
+    rng = np.random.default_rng(0)
+
+    def detections(radius_px):
+        xy = rng.uniform(100, 900, (len(radius_px), 2))
+        return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "radius": radius_px, "p_exists": 0.9})
+
+    two_sizes = scale.choose_downscale(detections(np.r_[np.full(60, 2.0), np.full(300, 36.0)]), 1000, 1000)
+    assert two_sizes.factor == 1 and "downscale 9x fits the large ones" in two_sizes.reason
+    spread = scale.choose_downscale(detections(3.0 * 50.0 ** rng.uniform(0, 1, 400)), 1000, 1000)
+    assert "two sizes" not in spread.reason
+
+
 def test_a_sure_droplet_at_the_edge_of_an_oversized_neighbour_stands():
     """A large droplet sized a fifth too large (36 px for 30) takes in the centre of the 8 px
     droplet pressed against it: a sure detection there stands, a doubtful one (a rim piece

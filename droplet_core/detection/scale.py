@@ -107,6 +107,11 @@ MIN_CONTRAST_SES = 3.0
 MIN_VISIBLE_TO_SIZE = 0.5
 # Quantile of the detected radii that the downscale keeps resolvable (the small droplets).
 SMALL_RADIUS_QUANTILE = 0.1
+# Detections whose small droplets are under this fraction of the median are two populations
+# (a 1:50 emulsion whose radii spread evenly in log puts its 10th percentile at 0.21 of its
+# median; a real packed emulsion's grains of dirt and texture beside its droplets at 0.05):
+# the scale keeps the small ones, and the reason says which downscale would fit the large.
+TWO_SIZES_RATIO = 0.1
 
 
 @dataclass(frozen=True)
@@ -391,4 +396,10 @@ def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> Scale
         reason = f"{sizes}: {factor}x brings the largest droplet ({largest:.0f} px) within what a fit draws"
     else:
         reason = f"{sizes}: {factor}x keeps the fit under {MAX_FIT_PIXELS:,} pixels"
+    for_large = max(int(np.floor(median / MEDIAN_FIT_RADIUS_PX)), by_large, by_pixels)
+    if small < TWO_SIZES_RATIO * median and for_large > factor:
+        reason += (
+            f"; they fall in two sizes, so if the small ones are not droplets (dirt, grains, a "
+            f"droplet's texture), downscale {for_large}x fits the large ones"
+        )
     return ScaleChoice(factor, reason, float(small), float(median), float(large), int(radii.size))

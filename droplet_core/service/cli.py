@@ -274,6 +274,8 @@ def _fit(args) -> int:
         f"RMSE {', '.join(f'{v:.4f}' for v in fit.rmse)}, "
         f"{fit.timings.total_s:.1f} s on {fit.device}; pixel size {pixel_size.describe()} -> {args.out}"
     )
+    if fit.downscale_choice:
+        print(f"downscale {fit.downscale}x, chosen from the droplets' size: {fit.downscale_choice['reason']}")
     if fit.verdict is not None:
         advice = f" {' '.join(fit.verdict.advice)}" if fit.verdict.advice else ""
         print(f"fit quality: {fit.verdict.quality}: {fit.verdict.headline}{advice}")
