@@ -289,6 +289,28 @@ def test_grains_of_photon_noise_are_not_droplets_but_dim_droplets_in_it_are():
     assert np.all(distance < [c[2] for c in centres])
 
 
+def test_faint_dic_droplets_stand_out_by_their_relief():
+    """DIC droplets are lit on one side and shaded on the other: their middle and their rim's
+    mean are the field's, so only the relief (one half of the rim against the other) shows
+    them. Our renderer's faint DIC scene: every droplet stands out by it (by the middle and
+    the rim's mean alone, half of them did not)."""
+    settings = family_settings(
+        "phase",
+        mode="dic",
+        contrast=0.2,
+        noise_sd=0.02,
+        width_px=256,
+        height_px=256,
+        n_droplets=60,
+        radius_min_px=3.0,
+        radius_max_px=12.0,
+        radius_median_px=6.0,
+    )
+    rgb, truth = make_scene(3, settings)
+    ses = scale.contrast_ses(rgb.astype(np.float32) / 255.0, truth)
+    assert np.all(ses >= scale.MIN_CONTRAST_SES)
+
+
 def test_small_droplets_crowded_together_are_not_taken_for_one_large_one():
     # The independent renderer's seed-like scene: droplets of 1-9 px, 2000 of them; a coarse
     # level sees some tight groups as one blob.

@@ -89,6 +89,8 @@ NEIGHBOUR_RADIUS_RATIO = 2.0
 # in a dim fluorescence image for droplets of 1-3 px (our scenes: 0.1-2.2 standard errors at
 # the median; droplets of the seed kind 14, the faintest 1.6).
 MIN_CONTRAST_SES = 3.0
+# Directions (rad) along which a detection's rim is split into halves to measure its relief.
+RELIEF_DIRECTIONS_RAD = np.pi * np.arange(4) / 4
 # The largest droplet sets the fit's scale only when at least this share of its disk is in the image.
 MIN_VISIBLE_TO_SIZE = 0.5
 # Quantile of the detected radii that the downscale keeps resolvable (the small droplets).
@@ -190,10 +192,13 @@ def pyramid_detections(
 def contrast_ses(image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
     """``(n,)`` how far each detection stands out of its surroundings, in standard errors.
 
-    The larger of two contrasts, the disk's middle (within 0.7 radii) and its rim (0.7-1.1
-    radii) against the median of the ring around it (1.3-2 radii), each over the standard
-    error of that difference under the pixel noise (``images.noise_sd_estimate``). Centres are
-    taken to the nearest pixel and radii to the nearest half pixel.
+    The largest of three contrasts, each over the standard error of that difference under
+    the pixel noise (``images.noise_sd_estimate``): the disk's middle (within 0.7 radii) and
+    its rim (0.7-1.1 radii) against the median of the ring around it (1.3-2 radii), and the
+    rim's relief, one half of the rim against the opposite half (the largest of four
+    directions): a DIC droplet is lit on one side and shaded on the other, so its rim's mean
+    and its middle are the field's, while a grain of noise is no brighter on one side than
+    on the other. Centres are taken to the nearest pixel and radii to the nearest half pixel.
 
     Parameters
     ----------
@@ -229,6 +234,23 @@ def contrast_ses(image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
             mean = np.where(inside[:, zone], values[:, zone], 0.0).sum(axis=1) / np.maximum(count, 1)
             error = noise_sd * np.sqrt(1.0 / np.maximum(count, 1) + 1.0 / np.maximum(ring_count, 1))
             ses[chosen] = np.where(seen, np.maximum(ses[chosen], np.abs(mean - ring_level) / error), ses[chosen])
+        rim = (distance >= 0.7) & (distance <= 1.1)
+        for angle in RELIEF_DIRECTIONS_RAD:
+            along = dx * np.cos(angle) + dy * np.sin(angle)
+            halves = [rim & (along > 0), rim & (along < 0)]
+            counts = [inside[:, half].sum(axis=1) for half in halves]
+            means = [
+                np.where(inside[:, half], values[:, half], 0.0).sum(axis=1) / np.maximum(count, 1)
+                for half, count in zip(halves, counts)
+            ]
+            seen = (counts[0] > 0) & (counts[1] > 0) & (ring_count > 0)
+            ring_error = 1.0 / np.maximum(ring_count, 1)
+            lit, shaded = (
+                (means[k] - ring_level) / (noise_sd * np.sqrt(1.0 / np.maximum(counts[k], 1) + ring_error))
+                for k in (0, 1)
+            )
+            relief = np.where(lit * shaded < 0, np.minimum(np.abs(lit), np.abs(shaded)), 0.0)
+            ses[chosen] = np.where(seen, np.maximum(ses[chosen], relief), ses[chosen])
     return ses
 
 
