@@ -262,6 +262,21 @@ def test_a_sure_droplet_at_the_edge_of_an_oversized_neighbour_stands():
     assert inside["radius"].tolist() == [36.0]
 
 
+def test_a_doubtful_oversized_disk_does_not_swallow_a_surer_droplet_beside_it():
+    """A coarse level sizes a crowded fluorescent droplet a third too large (30 px, doubtful)
+    and its disk takes in the centre of the sure 17 px droplet beside it: that one stands. The
+    same droplet seen at two levels (centres together) is still one, and beside a surer
+    disk of similar size nothing changes."""
+    oversized = pd.DataFrame({"x": [100.0], "y": [100.0], "radius": [30.0], "p_exists": [0.55]})
+    beside = pd.DataFrame({"x": [100.0 + 26.0], "y": [100.0], "radius": [17.0], "p_exists": [0.95]})
+    found = scale.outermost_droplets(pd.concat([oversized, beside], ignore_index=True))
+    assert found["radius"].tolist() == [30.0, 17.0]
+    same = scale.outermost_droplets(pd.concat([oversized, beside.assign(x=102.0)], ignore_index=True))
+    assert same["radius"].tolist() == [30.0]
+    surer = scale.outermost_droplets(pd.concat([oversized.assign(p_exists=0.99), beside], ignore_index=True))
+    assert surer["radius"].tolist() == [30.0]
+
+
 def test_small_droplets_of_a_packed_emulsion_are_found_beside_large_ones():
     # The independent renderer's packed emulsion: radii 8-35 px, every droplet pressed against
     # its neighbours; the detector sizes the large ones too large.

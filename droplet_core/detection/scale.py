@@ -269,17 +269,21 @@ def visible_fraction(table: pd.DataFrame, height: int, width: int) -> np.ndarray
     return share
 
 
-def _outermost(xy: np.ndarray, radius_px: np.ndarray, depth_needed: np.ndarray | None = None) -> np.ndarray:
+def _outermost(
+    xy: np.ndarray, radius_px: np.ndarray, depth_needed: np.ndarray | None = None, p_exists: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of the circles (centres ``(n, 2)``, radii ``(n,)``) whose centre lies in no larger one, largest first.
 
     With ``depth_needed`` ``(n,)``, a circle's centre must lie that many of its own radii
-    inside the edge of one ``NEIGHBOUR_RADIUS_RATIO`` times as large to count as in it.
+    inside the edge of one ``NEIGHBOUR_RADIUS_RATIO`` times as large to count as in it, or
+    of any larger one less probable than itself (``p_exists`` ``(n,)``, where given).
     """
     order = np.argsort(-radius_px, kind="stable")
     suppressed = np.zeros(len(order), dtype=bool)
     if len(order):
         xy, radius_px = xy[order], radius_px[order]
         depth_needed = np.zeros(len(order)) if depth_needed is None else depth_needed[order]
+        p_exists = np.zeros(len(order)) if p_exists is None else p_exists[order]
         for i, inside in enumerate(cKDTree(xy).query_ball_point(xy, radius_px)):
             if suppressed[i]:
                 continue
@@ -287,7 +291,9 @@ def _outermost(xy: np.ndarray, radius_px: np.ndarray, depth_needed: np.ndarray |
             depth = radius_px[i] - np.hypot(*(xy[inside] - xy[i]).T)
             # Only beside a much larger droplet: one of similar size with its centre inside is the
             # same droplet seen at another level, or a coalescence's part seen beside its product.
-            beside = radius_px[i] >= NEIGHBOUR_RADIUS_RATIO * radius_px[inside]
+            # Or beside a less probable one: a coarse level sizes a droplet among crowded
+            # neighbours too large, and a doubtful disk must not swallow a surer droplet beside it.
+            beside = (radius_px[i] >= NEIGHBOUR_RADIUS_RATIO * radius_px[inside]) | (p_exists[inside] > p_exists[i])
             needed = np.where(beside, depth_needed[inside], 0.0)
             suppressed[inside[depth >= needed * radius_px[inside]]] = True
     return order[~suppressed]
@@ -329,11 +335,12 @@ def outermost_droplets(table: pd.DataFrame, split_clusters: bool = True) -> pd.D
     nest, so a centre inside a larger droplet is its rim, highlight or inclusion (or the
     same droplet seen at a neighbouring level). With ``split_clusters`` (``table`` then needs
     ``p_exists``), ``clusters`` are dropped first, so that the droplets they hold stand."""
-    depth_needed = None
+    depth_needed = p_exists = None
     if split_clusters:
         table = table[~clusters(table)]
-        depth_needed = np.where(table["p_exists"].to_numpy(float) >= SCALE_MIN_P_EXISTS, NEIGHBOUR_DEPTH, 0.0)
-    kept = _outermost(table[["x", "y"]].to_numpy(float), table["radius"].to_numpy(float), depth_needed)
+        p_exists = table["p_exists"].to_numpy(float)
+        depth_needed = np.where(p_exists >= SCALE_MIN_P_EXISTS, NEIGHBOUR_DEPTH, 0.0)
+    kept = _outermost(table[["x", "y"]].to_numpy(float), table["radius"].to_numpy(float), depth_needed, p_exists)
     return table.iloc[kept].reset_index(drop=True)
 
 
