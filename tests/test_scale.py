@@ -213,6 +213,17 @@ def test_a_blob_holding_many_sure_droplets_is_a_cluster_and_they_stand():
     assert len(found) == 6 and found["radius"].max() == 6.0
 
 
+def test_a_doubtful_blob_holding_four_sure_droplets_is_a_cluster():
+    """Four sure droplets inside a blob the detector doubts (p 0.45) make it a cluster; inside
+    a sure droplet they are its rim, inclusions and highlights."""
+    parts = ring(4, 18.0, 6.0)
+    doubtful = pd.DataFrame({"x": [100.0], "y": [100.0], "radius": [40.0], "p_exists": [0.45]})
+    found = scale.outermost_droplets(pd.concat([doubtful, parts], ignore_index=True))
+    assert len(found) == 4 and found["radius"].max() == 6.0
+    sure = scale.outermost_droplets(pd.concat([doubtful.assign(p_exists=0.8), parts], ignore_index=True))
+    assert sure["radius"].tolist() == [40.0]
+
+
 def test_visible_fraction_of_disks_cut_by_the_border():
     disks = pd.DataFrame({"x": [-0.5, 50.0, -0.5, 50.0], "y": [50.0, 50.0, -0.5, 119.5], "radius": 10.0})
     share = scale.visible_fraction(disks, 120, 100)

@@ -63,6 +63,9 @@ CANDIDATE_THRESHOLD = 0.25
 # highlights make at most 4, the clusters of small droplets a coarse level sees as one
 # blob 4-19 (example.jpg: 5-19).
 CLUSTER_MIN_DROPLETS = 5
+# ... or this many, where the detector doubts the blob itself (p_exists under its threshold): on the
+# second renderer's seed-like scene 7 a doubtful 13.5 px blob at 4x (p 0.45) held 4 sure droplets.
+CLUSTER_MIN_DROPLETS_DOUBTFUL = 4
 # Coarse levels see strips of small droplets along the image border as large droplets cut
 # by it, with p_exists 0.3-0.5 (example.jpg, the second renderer's seed-like scenes): a
 # detection cut by the border at a level coarser than the finest needs this presence
@@ -304,7 +307,8 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
 
     A coarse level sees a tight group of small droplets as one round blob. A droplet's rim,
     inclusions and highlights make a few smaller detections inside it; a cluster holds at
-    least ``CLUSTER_MIN_DROPLETS`` distinct sure ones (``p_exists >= SCALE_MIN_P_EXISTS``,
+    least ``CLUSTER_MIN_DROPLETS`` (``CLUSTER_MIN_DROPLETS_DOUBTFUL`` where the detector doubts
+    the blob) distinct sure ones (``p_exists >= SCALE_MIN_P_EXISTS``,
     under ``CLUSTER_PART_RADIUS`` of its radius, centres within ``CLUSTER_CENTRE_WITHIN`` of it),
     or, cut by the image border (``visible_fraction``, where ``table`` has it), that many
     times the visible share of its disk, at least ``CLUSTER_MIN_DROPLETS_CUT``.
@@ -315,12 +319,14 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
     """
     xy = table[["x", "y"]].to_numpy(float)
     radius = table["radius"].to_numpy(float)
-    sure = np.flatnonzero(table["p_exists"].to_numpy(float) >= SCALE_MIN_P_EXISTS)
+    p_exists = table["p_exists"].to_numpy(float)
+    sure = np.flatnonzero(p_exists >= SCALE_MIN_P_EXISTS)
     is_cluster = np.zeros(len(table), dtype=bool)
     if not len(sure):
         return is_cluster
     visible = table["visible_fraction"].to_numpy(float) if "visible_fraction" in table else np.ones(len(table))
-    needed = np.maximum(np.ceil(CLUSTER_MIN_DROPLETS * visible), CLUSTER_MIN_DROPLETS_CUT)
+    least = np.where(p_exists < detector_net.DEFAULT_THRESHOLD, CLUSTER_MIN_DROPLETS_DOUBTFUL, CLUSTER_MIN_DROPLETS)
+    needed = np.maximum(np.ceil(least * visible), CLUSTER_MIN_DROPLETS_CUT)
     within = cKDTree(xy[sure]).query_ball_point(xy, CLUSTER_CENTRE_WITHIN * radius)
     for i, near in enumerate(within):
         parts = sure[near]
