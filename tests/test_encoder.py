@@ -111,7 +111,7 @@ def test_shipped_weights_match_their_training_record():
 def test_coarse_training_scenes_are_drawn_larger_and_downscaled():
     """Scenes drawn as a coarse pyramid level sees them: the training size, droplets within the
     training radii, the truth disks where the image differs from its field (the truth follows the
-    block-mean downscale). Shares of zero leave a scene as it was."""
+    block-mean downscale). A scene the options leave alone (the seed kind) is as it was."""
     seeds = range(detector_training.TRAIN_SEED_BASE, detector_training.TRAIN_SEED_BASE + 12)
     plain = {seed: detector_training._scene_example(seed, 96) for seed in seeds}
     varied = {seed: detector_training._scene_example(seed, 96, 1.0, 1.0) for seed in seeds}
