@@ -108,6 +108,30 @@ def test_shipped_weights_match_their_training_record():
     assert len(record["loss_by_step"]) == record["steps"]
 
 
+def test_coarse_training_scenes_are_drawn_larger_and_downscaled():
+    """Scenes drawn as a coarse pyramid level sees them: the training size, droplets within the
+    training radii, the truth disks where the image differs from its field (the truth follows the
+    block-mean downscale). A scene the options leave alone (the seed kind) is as it was."""
+    seeds = range(detector_training.TRAIN_SEED_BASE, detector_training.TRAIN_SEED_BASE + 12)
+    plain = {seed: detector_training._scene_example(seed, 96) for seed in seeds}
+    varied = {seed: detector_training._scene_example(seed, 96, 1.0, 1.0) for seed in seeds}
+    changed = [seed for seed in seeds if not np.array_equal(plain[seed][0], varied[seed][0])]
+    assert changed
+    for seed in seeds:
+        if seed not in changed:
+            assert np.array_equal(plain[seed][1], varied[seed][1])
+    for seed in changed:
+        features, _, truth = varied[seed]
+        assert features.shape == (96, 96, 2)
+        assert truth["radius"].max() <= detector_net.FAMILY_RADIUS_RANGE_PX[1]
+        rows, cols = np.mgrid[:96, :96]
+        inside = np.zeros((96, 96), dtype=bool)
+        for x, y, r in truth[["x", "y", "radius"]].to_numpy():
+            inside |= np.hypot(cols - x, rows - y) <= r
+        if 0.05 < inside.mean() < 0.6:  # not packed: its bodies are the field, its contacts differ
+            assert features[inside, 1].mean() > 1.5 * features[~inside, 1].mean()
+
+
 def test_unknown_initializer_is_refused():
     assert FitSettings().initializer == "encoder"
     with pytest.raises(ValueError, match="initializer"):

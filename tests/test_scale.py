@@ -213,6 +213,17 @@ def test_a_blob_holding_many_sure_droplets_is_a_cluster_and_they_stand():
     assert len(found) == 6 and found["radius"].max() == 6.0
 
 
+def test_a_doubtful_blob_holding_four_sure_droplets_is_a_cluster():
+    """Four sure droplets inside a blob the detector doubts (p 0.45) make it a cluster; inside
+    a sure droplet they are its rim, inclusions and highlights."""
+    parts = ring(4, 18.0, 6.0)
+    doubtful = pd.DataFrame({"x": [100.0], "y": [100.0], "radius": [40.0], "p_exists": [0.45]})
+    found = scale.outermost_droplets(pd.concat([doubtful, parts], ignore_index=True))
+    assert len(found) == 4 and found["radius"].max() == 6.0
+    sure = scale.outermost_droplets(pd.concat([doubtful.assign(p_exists=0.8), parts], ignore_index=True))
+    assert sure["radius"].tolist() == [40.0]
+
+
 def test_visible_fraction_of_disks_cut_by_the_border():
     disks = pd.DataFrame({"x": [-0.5, 50.0, -0.5, 50.0], "y": [50.0, 50.0, -0.5, 119.5], "radius": 10.0})
     share = scale.visible_fraction(disks, 120, 100)
@@ -292,6 +303,21 @@ def test_a_sure_droplet_at_the_edge_of_an_oversized_neighbour_stands():
     assert inside["radius"].tolist() == [36.0]
 
 
+def test_a_doubtful_oversized_disk_does_not_swallow_a_surer_droplet_beside_it():
+    """A coarse level sizes a crowded fluorescent droplet a third too large (30 px, doubtful)
+    and its disk takes in the centre of the sure 17 px droplet beside it: that one stands. The
+    same droplet seen at two levels (centres together) is still one, and beside a surer
+    disk of similar size nothing changes."""
+    oversized = pd.DataFrame({"x": [100.0], "y": [100.0], "radius": [30.0], "p_exists": [0.55]})
+    beside = pd.DataFrame({"x": [100.0 + 26.0], "y": [100.0], "radius": [17.0], "p_exists": [0.95]})
+    found = scale.outermost_droplets(pd.concat([oversized, beside], ignore_index=True))
+    assert found["radius"].tolist() == [30.0, 17.0]
+    same = scale.outermost_droplets(pd.concat([oversized, beside.assign(x=102.0)], ignore_index=True))
+    assert same["radius"].tolist() == [30.0]
+    surer = scale.outermost_droplets(pd.concat([oversized.assign(p_exists=0.99), beside], ignore_index=True))
+    assert surer["radius"].tolist() == [30.0]
+
+
 def test_small_droplets_of_a_packed_emulsion_are_found_beside_large_ones():
     # The independent renderer's packed emulsion: radii 8-35 px, every droplet pressed against
     # its neighbours; the detector sizes the large ones too large.
@@ -317,6 +343,28 @@ def test_grains_of_photon_noise_are_not_droplets_but_dim_droplets_in_it_are():
     assert len(found) <= 30
     distance, _ = cKDTree(found[["x", "y"]].to_numpy()).query([c[:2] for c in centres])
     assert np.all(distance < [c[2] for c in centres])
+
+
+def test_faint_dic_droplets_stand_out_by_their_relief():
+    """DIC droplets are lit on one side and shaded on the other: their middle and their rim's
+    mean are the field's, so only the relief (one half of the rim against the other) shows
+    them. Our renderer's faint DIC scene: every droplet stands out by it (by the middle and
+    the rim's mean alone, half of them did not)."""
+    settings = family_settings(
+        "phase",
+        mode="dic",
+        contrast=0.2,
+        noise_sd=0.02,
+        width_px=256,
+        height_px=256,
+        n_droplets=60,
+        radius_min_px=3.0,
+        radius_max_px=12.0,
+        radius_median_px=6.0,
+    )
+    rgb, truth = make_scene(3, settings)
+    ses = scale.contrast_ses(rgb.astype(np.float32) / 255.0, truth)
+    assert np.all(ses >= scale.MIN_CONTRAST_SES)
 
 
 def test_small_droplets_crowded_together_are_not_taken_for_one_large_one():

@@ -18,6 +18,17 @@ and a share of the crops lies on the scene's own border (``border_crop_share``),
 every label is right. Tiny droplets (radius under ``small_radius_px``) weigh more in the
 presence loss (``small_weight``): they are few of the cells and the faintest.
 
+Coarse pyramid levels. The pyramid detector (``droplet_core.detection.scale``) sees a large
+droplet block-mean downscaled, where everything the optics draw at a fixed size in the
+image's pixels (a DIC shear, a phase halo, the blur, a rim of a few pixels) has shrunk with
+it: a 27 px DIC droplet at 4x is a 7 px disk with a relief a quarter of a pixel wide, which no
+scene drawn at its own size shows. A share of the scenes of the other families
+(``TrainSettings.coarse_share``) is drawn ``COARSE_FACTORS`` times larger, droplets, field
+and all, and block-mean downscaled to the training size, as such a level sees them.
+Fluorescent droplets at different depths overlap in projection; the scenes' random
+placement keeps them 0.85 of a contact apart or more, so a share of the fluorescence scenes
+(``TrainSettings.overlap_share``) lets them overlap (``OVERLAP_DISTANCE_FRACTION``).
+
 ``python -m droplet_core train-encoder --init-weights DIR`` fine-tunes saved weights;
 ``training.json`` then records their checksum and how they were made.
 """
@@ -53,6 +64,7 @@ from droplet_core.detection.detector_net import (
     raw_from_output,
 )
 from droplet_core.detection.matching import match_droplets
+from droplet_core.imaging import images
 from droplet_core.imaging.channels import extract_channel
 from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.synthetic.scenes import (
@@ -69,6 +81,11 @@ VALIDATION_SEED_BASE = 20_000
 RADIUS_RANGE_PX = (1.0, 10.0)
 # Share of training scenes of the seed's kind; the rest are drawn from the other families.
 SEED_KIND_SHARE = 0.5
+# Factors a coarse-level scene is drawn larger by before its block-mean downscale (the pyramid's
+# octave and the half octaves either side of it).
+COARSE_FACTORS = (2, 3, 4)
+# Range of ``min_distance_fraction`` of the overlapping fluorescence scenes (the preset: 0.8).
+OVERLAP_DISTANCE_FRACTION = (0.6, 0.85)
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,9 @@ class TrainSettings:
     small_radius_px, small_weight : droplet cells of a radius under ``small_radius_px``
         weigh ``small_weight`` in the presence loss (other cells 1).
     init_weights : folder of saved weights to start from (fine-tuning); empty for fresh ones.
+    coarse_share : share of the other families' scenes drawn ``COARSE_FACTORS`` times larger
+        and block-mean downscaled, as a coarse pyramid level sees them.
+    overlap_share : share of the fluorescence scenes whose droplets overlap.
     """
 
     seed: int = 0
@@ -114,6 +134,8 @@ class TrainSettings:
     small_radius_px: float = 2.0
     small_weight: float = 3.0
     init_weights: str = ""
+    coarse_share: float = 0.0
+    overlap_share: float = 0.0
 
 
 def random_scene_settings(rng: np.random.Generator, size_px: int) -> SceneSettings:
@@ -238,22 +260,41 @@ def crop_origins(rng: np.random.Generator, n: int, scene_px: int, settings: Trai
     )
 
 
-def _scene_example(seed: int, size_px: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def _scene_example(
+    seed: int, size_px: int, coarse_share: float = 0.0, overlap_share: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Features, targets and truth of training/validation scene ``seed`` (randomised settings).
 
     A share ``SEED_KIND_SHARE`` of the scenes is of the seed's kind (``random_scene_settings``),
     the rest of the other families (fluorescence, brightfield, phase contrast, packed
-    emulsions; ``scenes.random_family_settings``). The channel fed to the network is RGB or
-    grey at random (the fits' default channel is grey); horizontal flips happen at batch time.
+    emulsions; ``scenes.random_family_settings``); of those, a share ``coarse_share`` is drawn
+    larger and block-mean downscaled, and a share ``overlap_share`` of the fluorescence scenes
+    has overlapping droplets (see the module text). Both draw from their own random stream,
+    so a scene they leave alone is the same as with shares of zero. The channel fed to the
+    network is RGB or grey at random (the fits' default channel is grey); horizontal flips
+    happen at batch time.
     """
     rng = np.random.default_rng(seed)
+    variation = np.random.default_rng([seed, 1])
+    factor = 1
     if rng.uniform() < SEED_KIND_SHARE:
         settings = random_scene_settings(rng, size_px)
     else:
         others = tuple(family for family in FAMILIES if family != "seed")
-        settings = random_family_settings(rng, size_px, FAMILY_RADIUS_RANGE_PX, others)
+        if variation.uniform() < coarse_share:
+            factor = int(variation.choice(COARSE_FACTORS))
+        low, high = FAMILY_RADIUS_RANGE_PX
+        settings = random_family_settings(rng, factor * size_px, (factor * low, factor * high), others)
+        if settings.family == "fluorescence" and variation.uniform() < overlap_share:
+            settings = dataclasses.replace(
+                settings, min_distance_fraction=float(variation.uniform(*OVERLAP_DISTANCE_FRACTION))
+            )
     rgb, truth = make_scene(seed, settings)
-    channel = extract_channel(rgb.astype(np.float32) / 255.0, "rgb" if rng.uniform() < 0.5 else "grey")
+    image = images.downscale(rgb.astype(np.float32) / 255.0, factor)
+    truth = truth.assign(
+        x=images.to_fit_px(truth["x"], factor), y=images.to_fit_px(truth["y"], factor), radius=truth["radius"] / factor
+    )
+    channel = extract_channel(image, "rgb" if rng.uniform() < 0.5 else "grey")
     return normalise(channel), targets(truth, size_px, size_px), truth
 
 
@@ -282,7 +323,10 @@ def train(
     if settings.crop_px % STRIDE or settings.crop_px > settings.scene_px:
         raise ValueError("crop_px must be a multiple of the stride and at most scene_px")
     started = time.perf_counter()
-    pool = [_scene_example(TRAIN_SEED_BASE + i, settings.scene_px) for i in range(settings.pool_scenes)]
+    pool = [
+        _scene_example(TRAIN_SEED_BASE + i, settings.scene_px, settings.coarse_share, settings.overlap_share)
+        for i in range(settings.pool_scenes)
+    ]
     features_pool = np.stack([p[0] for p in pool])
     targets_pool = np.stack([p[1] for p in pool])
     n_val = settings.validation_scenes
@@ -415,6 +459,8 @@ def training_command(settings: TrainSettings) -> str:
         f"python -m droplet_core train-encoder --out DIR --minutes {settings.minutes:g} --seed {settings.seed}"
         + (f" --steps {settings.max_steps}" if settings.max_steps else "")
         + (f" --learning-rate {settings.learning_rate:g} --init-weights INIT" if settings.init_weights else "")
+        + (f" --coarse-share {settings.coarse_share:g}" if settings.coarse_share else "")
+        + (f" --overlap-share {settings.overlap_share:g}" if settings.overlap_share else "")
     )
 
 

@@ -63,6 +63,9 @@ CANDIDATE_THRESHOLD = 0.25
 # highlights make at most 4, the clusters of small droplets a coarse level sees as one
 # blob 4-19 (example.jpg: 5-19).
 CLUSTER_MIN_DROPLETS = 5
+# ... or this many, where the detector doubts the blob itself (p_exists under its threshold): on the
+# second renderer's seed-like scene 7 a doubtful 13.5 px blob at 4x (p 0.45) held 4 sure droplets.
+CLUSTER_MIN_DROPLETS_DOUBTFUL = 4
 # Coarse levels see strips of small droplets along the image border as large droplets cut
 # by it, with p_exists 0.3-0.5 (example.jpg, the second renderer's seed-like scenes): a
 # detection cut by the border at a level coarser than the finest needs this presence
@@ -103,6 +106,8 @@ NEIGHBOUR_RADIUS_RATIO = 2.0
 # in a dim fluorescence image for droplets of 1-3 px (our scenes: 0.1-2.2 standard errors at
 # the median; droplets of the seed kind 14, the faintest 1.6).
 MIN_CONTRAST_SES = 3.0
+# Directions (rad) along which a detection's rim is split into halves to measure its relief.
+RELIEF_DIRECTIONS_RAD = np.pi * np.arange(4) / 4
 # The largest droplet sets the fit's scale only when at least this share of its disk is in the image.
 MIN_VISIBLE_TO_SIZE = 0.5
 # Quantile of the detected radii that the downscale keeps resolvable (the small droplets).
@@ -209,10 +214,13 @@ def pyramid_detections(
 def contrast_ses(image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
     """``(n,)`` how far each detection stands out of its surroundings, in standard errors.
 
-    The larger of two contrasts, the disk's middle (within 0.7 radii) and its rim (0.7-1.1
-    radii) against the median of the ring around it (1.3-2 radii), each over the standard
-    error of that difference under the pixel noise (``images.noise_sd_estimate``). Centres are
-    taken to the nearest pixel and radii to the nearest half pixel.
+    The largest of three contrasts, each over the standard error of that difference under
+    the pixel noise (``images.noise_sd_estimate``): the disk's middle (within 0.7 radii) and
+    its rim (0.7-1.1 radii) against the median of the ring around it (1.3-2 radii), and the
+    rim's relief, one half of the rim against the opposite half (the largest of four
+    directions): a DIC droplet is lit on one side and shaded on the other, so its rim's mean
+    and its middle are the field's, while a grain of noise is no brighter on one side than
+    on the other. Centres are taken to the nearest pixel and radii to the nearest half pixel.
 
     Parameters
     ----------
@@ -248,6 +256,23 @@ def contrast_ses(image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
             mean = np.where(inside[:, zone], values[:, zone], 0.0).sum(axis=1) / np.maximum(count, 1)
             error = noise_sd * np.sqrt(1.0 / np.maximum(count, 1) + 1.0 / np.maximum(ring_count, 1))
             ses[chosen] = np.where(seen, np.maximum(ses[chosen], np.abs(mean - ring_level) / error), ses[chosen])
+        rim = (distance >= 0.7) & (distance <= 1.1)
+        for angle in RELIEF_DIRECTIONS_RAD:
+            along = dx * np.cos(angle) + dy * np.sin(angle)
+            halves = [rim & (along > 0), rim & (along < 0)]
+            counts = [inside[:, half].sum(axis=1) for half in halves]
+            means = [
+                np.where(inside[:, half], values[:, half], 0.0).sum(axis=1) / np.maximum(count, 1)
+                for half, count in zip(halves, counts)
+            ]
+            seen = (counts[0] > 0) & (counts[1] > 0) & (ring_count > 0)
+            ring_error = 1.0 / np.maximum(ring_count, 1)
+            lit, shaded = (
+                (means[k] - ring_level) / (noise_sd * np.sqrt(1.0 / np.maximum(counts[k], 1) + ring_error))
+                for k in (0, 1)
+            )
+            relief = np.where(lit * shaded < 0, np.minimum(np.abs(lit), np.abs(shaded)), 0.0)
+            ses[chosen] = np.where(seen, np.maximum(ses[chosen], relief), ses[chosen])
     return ses
 
 
@@ -266,17 +291,21 @@ def visible_fraction(table: pd.DataFrame, height: int, width: int) -> np.ndarray
     return share
 
 
-def _outermost(xy: np.ndarray, radius_px: np.ndarray, depth_needed: np.ndarray | None = None) -> np.ndarray:
+def _outermost(
+    xy: np.ndarray, radius_px: np.ndarray, depth_needed: np.ndarray | None = None, p_exists: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of the circles (centres ``(n, 2)``, radii ``(n,)``) whose centre lies in no larger one, largest first.
 
     With ``depth_needed`` ``(n,)``, a circle's centre must lie that many of its own radii
-    inside the edge of one ``NEIGHBOUR_RADIUS_RATIO`` times as large to count as in it.
+    inside the edge of one ``NEIGHBOUR_RADIUS_RATIO`` times as large to count as in it, or
+    of any larger one less probable than itself (``p_exists`` ``(n,)``, where given).
     """
     order = np.argsort(-radius_px, kind="stable")
     suppressed = np.zeros(len(order), dtype=bool)
     if len(order):
         xy, radius_px = xy[order], radius_px[order]
         depth_needed = np.zeros(len(order)) if depth_needed is None else depth_needed[order]
+        p_exists = np.zeros(len(order)) if p_exists is None else p_exists[order]
         for i, inside in enumerate(cKDTree(xy).query_ball_point(xy, radius_px)):
             if suppressed[i]:
                 continue
@@ -284,7 +313,9 @@ def _outermost(xy: np.ndarray, radius_px: np.ndarray, depth_needed: np.ndarray |
             depth = radius_px[i] - np.hypot(*(xy[inside] - xy[i]).T)
             # Only beside a much larger droplet: one of similar size with its centre inside is the
             # same droplet seen at another level, or a coalescence's part seen beside its product.
-            beside = radius_px[i] >= NEIGHBOUR_RADIUS_RATIO * radius_px[inside]
+            # Or beside a less probable one: a coarse level sizes a droplet among crowded
+            # neighbours too large, and a doubtful disk must not swallow a surer droplet beside it.
+            beside = (radius_px[i] >= NEIGHBOUR_RADIUS_RATIO * radius_px[inside]) | (p_exists[inside] > p_exists[i])
             needed = np.where(beside, depth_needed[inside], 0.0)
             suppressed[inside[depth >= needed * radius_px[inside]]] = True
     return order[~suppressed]
@@ -295,7 +326,8 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
 
     A coarse level sees a tight group of small droplets as one round blob. A droplet's rim,
     inclusions and highlights make a few smaller detections inside it; a cluster holds at
-    least ``CLUSTER_MIN_DROPLETS`` distinct sure ones (``p_exists >= SCALE_MIN_P_EXISTS``,
+    least ``CLUSTER_MIN_DROPLETS`` (``CLUSTER_MIN_DROPLETS_DOUBTFUL`` where the detector doubts
+    the blob) distinct sure ones (``p_exists >= SCALE_MIN_P_EXISTS``,
     under ``CLUSTER_PART_RADIUS`` of its radius, centres within ``CLUSTER_CENTRE_WITHIN`` of it),
     or, cut by the image border (``visible_fraction``, where ``table`` has it), that many
     times the visible share of its disk, at least ``CLUSTER_MIN_DROPLETS_CUT``; unless it is
@@ -315,7 +347,8 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
     if not len(sure):
         return is_cluster
     visible = table["visible_fraction"].to_numpy(float) if "visible_fraction" in table else np.ones(len(table))
-    needed = np.maximum(np.ceil(CLUSTER_MIN_DROPLETS * visible), CLUSTER_MIN_DROPLETS_CUT)
+    least = np.where(p_exists < detector_net.DEFAULT_THRESHOLD, CLUSTER_MIN_DROPLETS_DOUBTFUL, CLUSTER_MIN_DROPLETS)
+    needed = np.maximum(np.ceil(least * visible), CLUSTER_MIN_DROPLETS_CUT)
     within = cKDTree(xy[sure]).query_ball_point(xy, CLUSTER_CENTRE_WITHIN * radius)
     for i, near in enumerate(within):
         parts = sure[near]
@@ -337,11 +370,12 @@ def outermost_droplets(table: pd.DataFrame, split_clusters: bool = True) -> pd.D
     nest, so a centre inside a larger droplet is its rim, highlight or inclusion (or the
     same droplet seen at a neighbouring level). With ``split_clusters`` (``table`` then needs
     ``p_exists``), ``clusters`` are dropped first, so that the droplets they hold stand."""
-    depth_needed = None
+    depth_needed = p_exists = None
     if split_clusters:
         table = table[~clusters(table)]
-        depth_needed = np.where(table["p_exists"].to_numpy(float) >= SCALE_MIN_P_EXISTS, NEIGHBOUR_DEPTH, 0.0)
-    kept = _outermost(table[["x", "y"]].to_numpy(float), table["radius"].to_numpy(float), depth_needed)
+        p_exists = table["p_exists"].to_numpy(float)
+        depth_needed = np.where(p_exists >= SCALE_MIN_P_EXISTS, NEIGHBOUR_DEPTH, 0.0)
+    kept = _outermost(table[["x", "y"]].to_numpy(float), table["radius"].to_numpy(float), depth_needed, p_exists)
     return table.iloc[kept].reset_index(drop=True)
 
 

@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=0, help="stop after this many steps (default: time only)")
     train.add_argument("--learning-rate", type=float, default=3e-3, help="peak Adam learning rate (default 0.003)")
     train.add_argument("--init-weights", default="", metavar="DIR", help="fine-tune these saved weights")
+    train.add_argument(
+        "--coarse-share", type=float, default=0.0, help="share of scenes drawn as a coarse pyramid level sees them"
+    )
+    train.add_argument("--overlap-share", type=float, default=0.0, help="share of fluorescence scenes that overlap")
     return parser
 
 
@@ -514,6 +518,8 @@ def _train_encoder(args) -> int:
 
     if args.minutes <= 0 or args.steps < 0 or args.learning_rate <= 0:
         raise ValueError("--minutes and --learning-rate must be positive and --steps not negative")
+    if not (0.0 <= args.coarse_share <= 1.0 and 0.0 <= args.overlap_share <= 1.0):
+        raise ValueError("--coarse-share and --overlap-share are shares between 0 and 1")
     if args.init_weights and not (Path(args.init_weights) / detector_training.WEIGHTS_FILE).is_file():
         raise ValueError(f"--init-weights: no {detector_training.WEIGHTS_FILE} in {args.init_weights}")
     settings = detector_training.TrainSettings(
@@ -522,6 +528,8 @@ def _train_encoder(args) -> int:
         max_steps=args.steps,
         learning_rate=args.learning_rate,
         init_weights=args.init_weights,
+        coarse_share=args.coarse_share,
+        overlap_share=args.overlap_share,
     )
     params, record = detector_training.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
     detector_training.save_weights(params, record, args.out)
