@@ -28,6 +28,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,71 +266,124 @@ def fit_stack(
     -------
     The frames fitted, in frame order (all of them unless stopped).
     """
-    # The fit engine and detector load JAX; linking tables needs none of it.
-    from droplet_core.detection.in_image import detect_droplets
-    from droplet_core.inference.moved_start import moved_warm_start
-
     fitted: dict[int, tuple[FrameFit, FitResult]] = {}
     sources: dict[int, FitResult] = {}
     order = frame_order(stack.n_frames, settings.first_frame)
-    for done, (index, previous_index) in enumerate(order):
-        if stop is not None and stop.is_set():
-            break
-        started = time.perf_counter()
-        frame, sha = stack.frames[index], stack.frame_sha256[index]
-        steps_s = {}
-        if previous_index is None:
-            result, from_store = load_or_fit(frame, sha, settings.fit, store)
-            record = FrameFit(index, result.fit_id, FULL, 0.0, 0.0, 0.0, from_store)
-            sources[index] = result
-        else:
-            previous = fitted[previous_index][1]
-            source = sources[previous_index]
-            shift_x, shift_y = field_shift_px(stack.frames[previous_index], frame)
-            registered = time.perf_counter()
-            moved_droplets = previous.droplets.assign(
-                x=previous.droplets["x"] + shift_x, y=previous.droplets["y"] + shift_y
+    # A frame's look (registration, detector, change of the frame) needs only the frames, so the
+    # next frame's is taken in a thread while this one is fitted: the fit's host-side algebra
+    # leaves a core idle much of the time.
+    ahead = ThreadPoolExecutor(max_workers=1)
+    looks: dict[int, tuple[float, Future]] = {}
+
+    def look_ahead(position: int, downscale: float) -> None:
+        if position < len(order) and order[position][1] is not None:
+            index, previous_index = order[position]
+            looks[index] = (
+                downscale,
+                ahead.submit(_frame_look, stack.frames, index, previous_index, downscale, settings.fit.crop),
             )
-            new = new_detections(
-                moved_droplets,
-                detect_droplets(frame, downscale=source.report.downscale, crop=settings.fit.crop),
-                field_change_sds(stack.frames[previous_index], frame, (shift_x, shift_y)),
+
+    try:
+        for done, (index, previous_index) in enumerate(order):
+            if stop is not None and stop.is_set():
+                break
+            record, result, steps_s, started = _fitted_frame(
+                stack, settings, store, index, previous_index, fitted, sources, looks, look_ahead, done
             )
-            detected = time.perf_counter()
-            reuse = dataclasses.replace(
-                settings.fit,
-                appearance_from=source.fit_id,
-                downscale=source.report.downscale,
-                steps=settings.reuse_iterations,
-            )
-            warm = moved_warm_start(previous, (shift_x, shift_y), new)
-            start = (
-                {"warm_start": warm}
-                if warm is not None
-                else {
-                    "start_from": dataclasses.replace(
-                        previous, droplets=pd.concat([moved_droplets, new], ignore_index=True)
-                    )
-                }
-            )
-            steps_s = {"registration": registered - started, "detection": detected - registered}
-            result, from_store = load_or_fit(frame, sha, reuse, store, appearance_source=source, **start)
-            kind = REUSE
-            if max(result.report.rmse) > settings.refit_rmse_ratio * max(source.report.rmse):
-                result, from_store = load_or_fit(frame, sha, settings.fit, store)
-                kind = REFIT
-            sources[index] = result if kind == REFIT else source
-            record = FrameFit(index, result.fit_id, kind, 0.0, shift_x, shift_y, from_store)
-        seconds = 0.0 if record.from_store else time.perf_counter() - started
-        if not record.from_store:
-            timings = result.report.timings
-            steps_s.update({"fit": timings.fit_s, "uncertainty": timings.uncertainty_s})
-            steps_s["other"] = seconds - sum(steps_s.values())
-        record = dataclasses.replace(record, seconds=seconds, steps_s={k: round(v, 3) for k, v in steps_s.items()})
-        fitted[index] = (record, result)
-        if progress is not None:
-            progress(done + 1, len(order), record)
+            seconds = 0.0 if record.from_store else time.perf_counter() - started
+            if not record.from_store:
+                timings = result.report.timings
+                steps_s.update({"fit": timings.fit_s, "uncertainty": timings.uncertainty_s})
+                steps_s["other"] = seconds - sum(v for k, v in steps_s.items() if k not in LOOK_STEPS)
+            record = dataclasses.replace(record, seconds=seconds, steps_s={k: round(v, 3) for k, v in steps_s.items()})
+            fitted[index] = (record, result)
+            if progress is not None:
+                progress(done + 1, len(order), record)
+    finally:
+        ahead.shutdown(wait=True, cancel_futures=True)
     return [fitted[index][0] for index in sorted(fitted)]
+
+
+# Steps of a frame's look, taken in a thread (``FrameFit.steps_s``): their seconds overlap the
+# fit of the frame before; ``waited`` is how long the frame's fit waited for them.
+LOOK_STEPS = ("registration", "detection")
+
+
+@dataclass(frozen=True, eq=False)
+class _Look:
+    """A later frame seen against the one it starts from: the field's shift (dx, dy) px, the
+    detector's droplets, ``field_change_sds`` ``(h, w)``, and the seconds each took."""
+
+    shift_px: tuple[float, float]
+    detections: pd.DataFrame
+    change_sds: np.ndarray
+    registration_s: float
+    detection_s: float
+
+
+def _frame_look(frames: np.ndarray, index: int, previous_index: int, downscale: float, crop) -> _Look:
+    """``_Look`` of frame ``index`` of ``frames`` ``(t, h, w, 3)`` from frame ``previous_index``,
+    the detector run at the appearance source's ``downscale``."""
+    # The detector and the fit engine load JAX; linking tables needs none of it.
+    from droplet_core.detection.in_image import detect_droplets
+
+    started = time.perf_counter()
+    shift = field_shift_px(frames[previous_index], frames[index])
+    change = field_change_sds(frames[previous_index], frames[index], shift)
+    registered = time.perf_counter()
+    detections = detect_droplets(frames[index], downscale=downscale, crop=crop)
+    return _Look(shift, detections, change, registered - started, time.perf_counter() - registered)
+
+
+def _fitted_frame(stack, settings, store, index, previous_index, fitted, sources, looks, look_ahead, done):
+    """One frame of ``fit_stack``: ``(FrameFit, FitResult, steps_s, started)``; the next frame's
+    look is started (``look_ahead``) before this frame's fit."""
+    from droplet_core.inference.moved_start import moved_warm_start
+
+    started = time.perf_counter()
+    frame, sha = stack.frames[index], stack.frame_sha256[index]
+    steps_s = {}
+    if previous_index is None:
+        result, from_store = load_or_fit(frame, sha, settings.fit, store)
+        record = FrameFit(index, result.fit_id, FULL, 0.0, 0.0, 0.0, from_store)
+        sources[index] = result
+        look_ahead(done + 1, result.report.downscale)
+    else:
+        previous = fitted[previous_index][1]
+        source = sources[previous_index]
+        downscale = source.report.downscale
+        if index not in looks or looks[index][0] != downscale:
+            look_ahead(done, downscale)
+        look = looks.pop(index)[1].result()
+        waited = time.perf_counter() - started
+        look_ahead(done + 1, downscale)
+        shift_x, shift_y = look.shift_px
+        moved_droplets = previous.droplets.assign(
+            x=previous.droplets["x"] + shift_x, y=previous.droplets["y"] + shift_y
+        )
+        new = new_detections(moved_droplets, look.detections, look.change_sds)
+        reuse = dataclasses.replace(
+            settings.fit, appearance_from=source.fit_id, downscale=downscale, steps=settings.reuse_iterations
+        )
+        warm = moved_warm_start(previous, (shift_x, shift_y), new)
+        start = (
+            {"warm_start": warm}
+            if warm is not None
+            else {
+                "start_from": dataclasses.replace(
+                    previous, droplets=pd.concat([moved_droplets, new], ignore_index=True)
+                )
+            }
+        )
+        steps_s = {"registration": look.registration_s, "detection": look.detection_s, "waited": waited}
+        result, from_store = load_or_fit(frame, sha, reuse, store, appearance_source=source, **start)
+        kind = REUSE
+        if max(result.report.rmse) > settings.refit_rmse_ratio * max(source.report.rmse):
+            result, from_store = load_or_fit(frame, sha, settings.fit, store)
+            kind = REFIT
+        sources[index] = result if kind == REFIT else source
+        record = FrameFit(index, result.fit_id, kind, 0.0, shift_x, shift_y, from_store)
+    return record, result, steps_s, started
 
 
 def field_change_sds(reference: np.ndarray, moving: np.ndarray, shift_px: tuple[float, float]) -> np.ndarray:
