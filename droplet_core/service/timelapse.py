@@ -199,7 +199,8 @@ class FrameFit:
     """One frame's fit: its index, stored fit id, kind (``full``, ``reuse``, ``refit``),
     seconds taken (0 when it came from the store), the field's shift from the frame
     fitted before it (px), and where a fitted frame's seconds went (``steps_s``: the
-    registration, the detector, the fit, its uncertainty and verdict, the rest)."""
+    registration and the detector, taken in a thread while the frame before was fitted
+    (``LOOK_STEPS``), the wait for them, the fit, its uncertainty and verdict, the rest)."""
 
     frame: int
     fit_id: str
