@@ -61,11 +61,6 @@ DAMPING_DOWN, DAMPING_UP = 1.0 / 3.0, 10.0
 DAMPING_RANGE = (1e-4, 1e4)
 # Steps tried per iteration: a droplet whose first step did not help tries a more damped one.
 TRIES = 2
-# An iteration that switched no droplets, after one that computed the Jacobian, reuses it (with the
-# residual and the prior's gradient brought up to date): the forward differences are one render per
-# parameter, most of an iteration's time, and after the first iterations droplets move by a small
-# fraction of their size between iterations, so the image's derivatives barely change.
-REUSE_JACOBIAN = True
 
 
 def fit_with_fixed_appearance(
@@ -156,7 +151,12 @@ def fit_with_fixed_appearance(
         locs = {name: np.asarray(params[f"{name}_auto_loc"]) for name in per_droplet}
         evaluate_at = at_locs(evaluate, params, observed_j, jnp.asarray(anchors), spec)
         prior_curvature = stacked_prior_curvature(prior_curvature, locs)
-        if reusable is not None and REUSE_JACOBIAN and not tidied:
+        # An iteration that switched no droplets, after one that computed the Jacobian, reuses it
+        # with the residual and the prior's gradient brought up to date: the forward differences
+        # (a render per parameter) are most of an iteration's time, and droplets move by a small
+        # fraction of their size from one iteration to the next. (On unscored movies this cost
+        # tracks followed 0.003-0.008 and RMSE about 1.5 %; see docs/benchmarks.md.)
+        if reusable is not None and not tidied:
             blocks, gram = _brought_up_to_date(*reusable, evaluate_at, locs, prior_curvature, active)
             reusable = None
         else:
