@@ -13,9 +13,11 @@ iterations, where SVI needs hundreds of steps, and to a lower RMSE: on the examp
 reaches the RMSE of the 150-step SVI fit whose masks it reuses (0.0185) after 4 iterations
 and ends at 0.0165 after 11 (``bench/amortised.py``).
 
-Every iteration costs a render per droplet parameter (forward differences) and two for the
-trial steps, all run by the fit's compiled ``evaluate``, which the fit that learned the
-appearance compiled: a reuse fit compiles no large program. The algebra runs on the host in
+An iteration costs a render per droplet parameter (forward differences) and two for the
+trial steps (one that switched no droplets, after one that computed the derivatives, reuses
+them and renders once to bring the residual up to date), all run by the fit's compiled
+``evaluate``, which the fit that learned the appearance compiled: a reuse fit compiles no
+large program. The algebra runs on the host in
 numpy, so on a GPU, where SVI steps are cheap, a reuse fit gains little (``bench/device.py``).
 The droplet count is decided as in SVI (``droplet_core.inference.droplet_switching``): missed droplets are
 switched on after the first iteration and every other iteration after, and negligible ones
