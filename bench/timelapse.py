@@ -25,8 +25,8 @@ For each scored movie (this run, fresh store, so the first fit compiles as a use
 - the same for the baseline: trackpy ``locate`` tuned for F1 on frame 0 of the tuning movie
   (``bench.classical.tune_trackpy``), ``trackpy.link`` with its own ``compute_drift`` /
   ``subtract_drift`` and the same search range, and the same event rules
-  (``droplet_core.service.timelapse.find_events``; without per-droplet sds, volumes must agree within
-  the tolerance alone).
+  (``droplet_core.service.timelapse.find_events``, with the same changes of the frames; without
+  per-droplet sds, volumes must agree within the tolerance alone).
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ from droplet_core.service.store import FitStore
 from droplet_core.service.timelapse import (
     TimelapseSettings,
     analyse_stack,
+    field_shift_px,
     find_events,
     fit_stack,
+    frame_changes,
     link_droplets,
 )
 from droplet_core.synthetic.scenes import SceneSettings
@@ -96,12 +98,16 @@ def baseline_tables(
         )
     droplets = pd.concat(rows, ignore_index=True)
     tracks, _ = link_droplets(droplets, np.zeros((len(frames_uint8), 2)), search_range_px=search_range_px)
-    return tracks, find_events(tracks, len(frames_uint8), frames_uint8.shape[1:3])
+    # The same image evidence for events as Droplet's: each frame's change since the one before.
+    frames = frames_uint8.astype(np.float32) / 255.0
+    shifts = np.array([(0.0, 0.0)] + [field_shift_px(a, b) for a, b in zip(frames[:-1], frames[1:])])
+    return tracks, find_events(tracks, len(frames), frames.shape[1:3], frame_change=frame_changes(frames, shifts))
 
 
 def step_split(fits) -> str:
-    """The median seconds of each step of the frames fitted (``FrameFit.steps_s``): registration,
-    detection, the reuse fit, its uncertainty, table and verdict, and the rest (store, start)."""
+    """The median seconds of each step of the frames fitted (``FrameFit.steps_s``): registration and
+    detection (taken while the frame before was fitted), the wait for them, the reuse fit, its
+    uncertainty, table and verdict, and the rest (store, start)."""
     steps = pd.DataFrame([fit.steps_s for fit in fits if fit.steps_s])
     if steps.empty:
         return "none fitted"

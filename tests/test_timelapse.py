@@ -176,6 +176,20 @@ def test_a_grown_detection_must_have_changed_the_frame_where_it_is():
     assert list(zip(new["x"], new["y"], new["grown"])) == [(20.0, 30.0, True)]
 
 
+def test_a_detection_overlapping_droplets_a_gap_apart_grew_from_them():
+    # Parts of 4 px 13 px apart (a gap of 5 px): their product's centre lies beyond both radii,
+    # but it overlaps each by more than half its radius, so it grew from them.
+    droplets = pd.DataFrame({"x": [20.0, 33.0, 66.5], "y": [30.0, 30.0, 30.0], "radius": [4.0, 4.0, 4.0]})
+    product = (26.5, 30.0, np.cbrt(2 * 4.0**3), 0.99)
+    touching = (60.0, 30.0, 3.0, 0.99)  # a new droplet that only touches the one beside it
+    detections = pd.DataFrame([product, touching], columns=["x", "y", "radius", "p_exists"])
+    new = timelapse.new_detections(droplets, detections)
+    assert list(zip(new["x"], new["grown"])) == [(26.5, True), (60.0, False)]
+    # Where the frame did not change, the detector read the two as one: not taken.
+    still = timelapse.new_detections(droplets, detections, np.zeros((60, 100)))
+    assert list(zip(still["x"], still["grown"])) == [(60.0, False)]
+
+
 def test_a_frame_that_looks_different_gets_a_full_fit(movie):
     frames = movie[0][:3].copy()
     frames[2] = 255 - frames[2]  # a look the first frame's appearance cannot draw
@@ -423,3 +437,50 @@ def test_track_command_refuses_a_stack_with_no_usable_frame(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+def _changed_over(shape_hw, *disks):
+    """``frame_change`` for ``find_events``: 10 sds of change over the ``disks`` (x, y, radius px)
+    in every frame, none elsewhere."""
+    rows, columns = np.mgrid[: shape_hw[0], : shape_hw[1]]
+    change = np.zeros(shape_hw)
+    for x, y, radius in disks:
+        change[np.hypot(columns - x, rows - y) <= radius] = 10.0
+    return lambda frame: change
+
+
+def test_a_coalescence_changed_the_frame_where_its_parts_were():
+    # Two droplets of 1.8 and 1.1 px become one of their joint volume at their centre of volume,
+    # as when the fit drew one droplet as two and then as one: a coalescence by the tracks alone.
+    merged = np.cbrt(1.8**3 + 1.1**3)
+    centre = (50 * 1.8**3 + 54 * 1.1**3) / (1.8**3 + 1.1**3)
+    rows = [(frame, 0, 50, 50, 1.8) for frame in (0, 1)] + [(frame, 1, 54, 50, 1.1) for frame in (0, 1)]
+    rows += [(2, 2, centre, 50, merged), *_steady((0, 1, 2), 1.8, 0.003)]
+
+    def kinds(frame_change):
+        events = timelapse.find_events(_track_rows(rows), 3, (100, 100), frame_change=frame_change)
+        return {(e.kind, e.tracks_before) for e in events.itertuples()}
+
+    assert ("coalescence", "0;1") in kinds(None)
+    # The frame did not change where they were: the fit re-drew them, nothing coalesced.
+    assert ("coalescence", "0;1") not in kinds(_changed_over((100, 100)))
+    assert ("coalescence", "0;1") in kinds(_changed_over((100, 100), (50, 50, 3.0), (54, 50, 2.0)))
+    # Changed over one part only: the other is still there.
+    assert ("coalescence", "0;1") not in kinds(_changed_over((100, 100), (54, 50, 2.0)))
+
+
+def test_a_large_droplet_taking_in_a_small_one_is_seen_where_the_frame_changed():
+    # 0 (10 px) takes in 1 (4 px, 6 % of the volume) and moves to their centre of volume: the
+    # volumes alone are within the jitter of droplets of 10 px (0.6 % of the radius, about 4 %
+    # of the volume, alternating), so only the frame shows that 1 went.
+    grown = np.cbrt(10.0**3 + 4.0**3)
+    centre = (40 * 10.0**3 + 54.5 * 4.0**3) / (10.0**3 + 4.0**3)
+    rows = [*[(frame, 0, 40, 50, 10.0) for frame in (0, 1)], *[(frame, 1, 54.5, 50, 4.0) for frame in (0, 1)]]
+    rows += [(2, 0, centre, 50, grown), *_steady((0, 1, 2), 10.0, 0.006)]
+
+    def kinds(frame_change):
+        events = timelapse.find_events(_track_rows(rows), 3, (100, 200), frame_change=frame_change)
+        return {(e.kind, e.tracks_before) for e in events.itertuples()}
+
+    assert kinds(None) == {("disappearance", "1")}
+    assert kinds(_changed_over((100, 200), (54.5, 50, 5.0))) == {("coalescence", "0;1")}

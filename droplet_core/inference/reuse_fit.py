@@ -13,9 +13,11 @@ iterations, where SVI needs hundreds of steps, and to a lower RMSE: on the examp
 reaches the RMSE of the 150-step SVI fit whose masks it reuses (0.0185) after 4 iterations
 and ends at 0.0165 after 11 (``bench/amortised.py``).
 
-Every iteration costs a render per droplet parameter (forward differences) and two for the
-trial steps, all run by the fit's compiled ``evaluate``, which the fit that learned the
-appearance compiled: a reuse fit compiles no large program. The algebra runs on the host in
+An iteration costs a render per droplet parameter (forward differences) and two for the
+trial steps (one that switched no droplets, after one that computed the derivatives, reuses
+them and renders once to bring the residual up to date), all run by the fit's compiled
+``evaluate``, which the fit that learned the appearance compiled: a reuse fit compiles no
+large program. The algebra runs on the host in
 numpy, so on a GPU, where SVI steps are cheap, a reuse fit gains little (``bench/device.py``).
 The droplet count is decided as in SVI (``droplet_core.inference.droplet_switching``): missed droplets are
 switched on after the first iteration and every other iteration after, and negligible ones
@@ -108,6 +110,8 @@ def fit_with_fixed_appearance(
     flat_observed = observed.reshape(layout.n_pixels, channels).astype(np.float64)
     params = dict(params)
     damping = np.full(layout.n_droplets, INITIAL_DAMPING)
+    # The Jacobian, its Gram matrices and the locations it was computed at, while reusable.
+    reusable: tuple | None = None
     losses, status, first_iteration_s, previous_rmse = [], "done", 0.0, np.inf
 
     def evaluated(params, anchors, active):
@@ -148,13 +152,26 @@ def fit_with_fixed_appearance(
         params["bg_shading_auto_loc"] = _solved_shading(residual, values, height, width)
         locs = {name: np.asarray(params[f"{name}_auto_loc"]) for name in per_droplet}
         evaluate_at = at_locs(evaluate, params, observed_j, jnp.asarray(anchors), spec)
-        blocks = droplet_jacobian(evaluate_at, locs, active, layout, variant.radius_px(values))
+        prior_curvature = stacked_prior_curvature(prior_curvature, locs)
+        # An iteration that switched no droplets, after one that computed the Jacobian, reuses it
+        # with the residual and the prior's gradient brought up to date: the forward differences
+        # (a render per parameter) are most of an iteration's time, and droplets move by a small
+        # fraction of their size from one iteration to the next. (On unscored movies this cost
+        # tracks followed 0.003-0.008 and RMSE about 1.5 %; see docs/benchmarks.md.)
+        if reusable is not None and not tidied:
+            blocks, gram = _brought_up_to_date(*reusable, evaluate_at, locs, prior_curvature, active)
+            reusable = None
+        else:
+            blocks = droplet_jacobian(evaluate_at, locs, active, layout, variant.radius_px(values))
+            gram = blocks.gram()
+            reusable = (blocks, gram, locs)
         noise_sd = max(float(np.sqrt(np.mean((flat_observed - blocks.fitted) ** 2))), 1e-6)
         step, damping = _damped_step(
             blocks,
+            gram,
             evaluate_at,
             locs,
-            stacked_prior_curvature(prior_curvature, locs),
+            prior_curvature,
             flat_observed,
             active,
             noise_sd,
@@ -229,14 +246,34 @@ class _OutlinesOfActive:
         return drawn
 
 
-def _damped_step(blocks, evaluate_at, locs, prior_curvature, flat_observed, active, noise_sd, damping):
+def _brought_up_to_date(blocks, gram, computed_at, evaluate_at, locs, prior_curvature, active):
+    """``(blocks, gram)`` of a Jacobian computed at the locations ``computed_at`` for use at
+    ``locs``: the reconstruction and log prior drawn anew (one render), the image's derivatives
+    kept, and the prior's gradient moved by its exact curvature ``(n, d)`` over the change."""
+    fitted, log_prior = evaluate_at(locs, active)
+    moved = _stacked(locs) - _stacked(computed_at)
+    return blocks._replace(
+        fitted=np.asarray(fitted).reshape(len(blocks.fitted), -1),
+        log_prior=np.asarray(log_prior, np.float64),
+        prior_gradient=blocks.prior_gradient - prior_curvature * moved,
+    ), gram
+
+
+def _stacked(locs: dict) -> np.ndarray:
+    """``(n, d)`` the per-droplet locations side by side, in the order of ``locs`` (``by_site`` undone)."""
+    return np.concatenate([np.reshape(value, (len(locs["x"]), -1)) for value in locs.values()], axis=1).astype(
+        np.float64
+    )
+
+
+def _damped_step(blocks, gram, evaluate_at, locs, prior_curvature, flat_observed, active, noise_sd, damping):
     """One Levenberg-Marquardt step of every droplet: ``(n, d)`` the change of its
     unconstrained parameters (0 where the step did not lower its objective), and the new
-    ``(n,)`` damping."""
+    ``(n,)`` damping. ``gram`` ``(n, d, d)`` is ``blocks.gram()``."""
     d = len(blocks.jacobian)
     on = active > 0
     data = flat_observed[blocks.pixels]
-    curvature = blocks.gram() / noise_sd**2
+    curvature = gram / noise_sd**2
     diagonal = np.einsum("nii->ni", curvature).copy()
     curvature[:, np.arange(d), np.arange(d)] += np.maximum(prior_curvature, 0.0) + 1e-12
     gradient = blocks.project(data - blocks.fitted[blocks.pixels]) / noise_sd**2 + blocks.prior_gradient
