@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 # Part of every fit key: bump it when the model maths or the output format change, so
 # fits made by older code are recomputed instead of served.
-# 12: plateau-middle outline edges; sure detections beside an oversized one; detections out of the noise
-CODE_VERSION = "12"
+# 13: textured droplets are no clusters; relief of DIC detections; reuse fits reuse their Jacobian
+CODE_VERSION = "13"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
