@@ -55,14 +55,14 @@ def image_paths(sources: list[str]) -> list[Path]:
 def fit_image(path: Path, out: Path) -> tuple[pd.DataFrame, dict, float]:
     """The droplet table and ``fit.json`` of ``python -m droplet_core fit`` with default
     settings, and the seconds of a second, timed fit of the mirrored image."""
-    run = _cli_fit(path, out)
+    droplets, fit = _cli_fit(path, out)
     with tempfile.TemporaryDirectory(prefix="droplet-real-") as folder:
-        mirrored = Path(folder) / f"mirrored{path.suffix if path.suffix.lower() != '.bmp' else '.png'}"
+        mirrored = Path(folder) / f"mirrored{path.suffix}"
         _mirrored_copy(path, mirrored)
         started = time.perf_counter()
         _cli_fit(mirrored, Path(folder) / "fit")
         seconds = time.perf_counter() - started
-    return run[0], run[1], seconds
+    return droplets, fit, seconds
 
 
 def _cli_fit(path: Path, out: Path) -> tuple[pd.DataFrame, dict]:
