@@ -40,7 +40,7 @@ from droplet_core.inference.uncertainty import (
     at_locs,
     by_site,
     droplet_jacobian,
-    stacked_prior_curvature,
+    stacked_by_site,
 )
 from droplet_core.models.common import ModelSpec, shading_basis
 from droplet_core.results import OptimiserRun
@@ -138,7 +138,7 @@ def fit_with_fixed_appearance(
                 add,
                 prune=iteration > TIDY_FIRST,
             )
-        values, fitted, prior_curvature = evaluation.values, evaluation.reconstruction, evaluation.prior_curvature
+        values, fitted = evaluation.values, evaluation.reconstruction
         values = {k: np.asarray(v) for k, v in values.items()}
         residual = flat_observed - np.asarray(fitted, np.float64).reshape(layout.n_pixels, channels)
         rmse = float(np.sqrt(np.mean(residual**2)))
@@ -152,7 +152,7 @@ def fit_with_fixed_appearance(
         params["bg_shading_auto_loc"] = _solved_shading(residual, values, height, width)
         locs = {name: np.asarray(params[f"{name}_auto_loc"]) for name in per_droplet}
         evaluate_at = at_locs(evaluate, params, observed_j, jnp.asarray(anchors), spec)
-        prior_curvature = stacked_prior_curvature(prior_curvature, locs)
+        prior_curvature = stacked_by_site(evaluation.prior_curvature, locs)
         # An iteration that switched no droplets, after one that computed the Jacobian, reuses it
         # with the residual and the prior's gradient brought up to date: the forward differences
         # (a render per parameter) are most of an iteration's time, and droplets move by a small
@@ -251,19 +251,12 @@ def _brought_up_to_date(blocks, gram, computed_at, evaluate_at, locs, prior_curv
     ``locs``: the reconstruction and log prior drawn anew (one render), the image's derivatives
     kept, and the prior's gradient moved by its exact curvature ``(n, d)`` over the change."""
     fitted, log_prior = evaluate_at(locs, active)
-    moved = _stacked(locs) - _stacked(computed_at)
+    moved = stacked_by_site(locs, locs).astype(np.float64) - stacked_by_site(computed_at, locs).astype(np.float64)
     return blocks._replace(
         fitted=np.asarray(fitted).reshape(len(blocks.fitted), -1),
         log_prior=np.asarray(log_prior, np.float64),
         prior_gradient=blocks.prior_gradient - prior_curvature * moved,
     ), gram
-
-
-def _stacked(locs: dict) -> np.ndarray:
-    """``(n, d)`` the per-droplet locations side by side, in the order of ``locs`` (``by_site`` undone)."""
-    return np.concatenate([np.reshape(value, (len(locs["x"]), -1)) for value in locs.values()], axis=1).astype(
-        np.float64
-    )
 
 
 def _damped_step(blocks, gram, evaluate_at, locs, prior_curvature, flat_observed, active, noise_sd, damping):

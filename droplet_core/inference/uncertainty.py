@@ -163,9 +163,10 @@ def by_site(columns: np.ndarray, locs: dict) -> dict:
     return split
 
 
-def stacked_prior_curvature(prior_curvature: dict, locs: dict) -> np.ndarray:
-    """``(n, d)`` the per-site prior curvatures side by side, in the order of ``locs``."""
-    return np.concatenate([np.reshape(prior_curvature[name], (len(locs["x"]), -1)) for name in locs], axis=1)
+def stacked_by_site(per_site: dict, locs: dict) -> np.ndarray:
+    """``(n, d)`` per-droplet values of every site (``(n,)`` or ``(n, k)`` each, as ``locs``) side
+    by side, in the order of ``locs``: ``by_site`` undone."""
+    return np.concatenate([np.reshape(per_site[name], (len(locs["x"]), -1)) for name in locs], axis=1)
 
 
 def droplet_uncertainty(
@@ -207,7 +208,7 @@ def droplet_uncertainty(
 
     curvature = blocks.gram() / noise_sd**2
     diagonal = np.einsum("nii->ni", curvature)
-    prior = np.maximum(stacked_prior_curvature(prior_curvature, locs), 0.0)
+    prior = np.maximum(stacked_by_site(prior_curvature, locs), 0.0)
     curvature[:, np.arange(d), np.arange(d)] += prior + RIDGE * (diagonal.mean(axis=1, keepdims=True) + 1e-12)
     covariance = np.linalg.inv(curvature)
 
