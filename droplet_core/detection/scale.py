@@ -15,7 +15,7 @@ limited by what a fit can draw and afford.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -130,6 +130,8 @@ class ScaleChoice:
     radius_small_px, radius_median_px, radius_large_px : 10th, 50th and 90th percentile of
         the detected droplets' radii, px of the image given (NaN when none were measured).
     detections : number of droplets the pyramid detector found.
+    factor_for_large : where the detections fall in two sizes, the coarser downscale that
+        fits the large ones (if the small ones are not droplets); else None.
     """
 
     factor: int
@@ -138,6 +140,7 @@ class ScaleChoice:
     radius_median_px: float
     radius_large_px: float
     detections: int
+    factor_for_large: int | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -147,7 +150,23 @@ class ScaleChoice:
             "radius_median_px": _rounded(self.radius_median_px),
             "radius_large_px": _rounded(self.radius_large_px),
             "detections": self.detections,
+            "factor_for_large": self.factor_for_large,
         }
+
+    def for_large_ones(self) -> ScaleChoice:
+        """The choice of ``factor_for_large`` once the fit at ``factor`` did not explain the
+        image: its small detections were then a texture, not droplets."""
+        sizes = _sizes(self.radius_small_px, self.radius_median_px, self.radius_large_px)
+        reason = (
+            f"{sizes}: they fall in two sizes, and at {self.factor}x the fit did not explain the image, "
+            f"so the small ones were taken for a texture, not droplets: {self.factor_for_large}x fits "
+            "the large ones"
+        )
+        return replace(self, factor=self.factor_for_large, reason=reason, factor_for_large=None)
+
+
+def _sizes(small: float, median: float, large: float) -> str:
+    return f"droplet radii {small:.3g}-{large:.3g} px (10th-90th percentile, median {median:.3g} px)"
 
 
 def _rounded(value: float) -> float | None:
@@ -423,7 +442,7 @@ def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> Scale
     by_large = max(1, int(np.ceil(largest / MAX_FIT_RADIUS_PX)))
     by_pixels = images.auto_downscale_factor(height, width, MAX_FIT_PIXELS)
     factor = max(by_small, by_large, by_pixels)
-    sizes = f"droplet radii {small:.3g}-{large:.3g} px (10th-90th percentile, median {median:.3g} px)"
+    sizes = _sizes(small, median, large)
     if factor == by_small:
         reason = f"{sizes}: at {factor}x the small droplets still span {small / factor:.1f} px, the median {median / factor:.1f} px"
     elif factor == by_large:
@@ -431,9 +450,12 @@ def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> Scale
     else:
         reason = f"{sizes}: {factor}x keeps the fit under {MAX_FIT_PIXELS:,} pixels"
     for_large = max(int(np.floor(median / MEDIAN_FIT_RADIUS_PX)), by_large, by_pixels)
-    if small < TWO_SIZES_RATIO * median and for_large > factor:
+    two_sizes = small < TWO_SIZES_RATIO * median and for_large > factor
+    if two_sizes:
         reason += (
             f"; they fall in two sizes, so if the small ones are not droplets (dirt, grains, a "
             f"droplet's texture), downscale {for_large}x fits the large ones"
         )
-    return ScaleChoice(factor, reason, float(small), float(median), float(large), int(radii.size))
+    return ScaleChoice(
+        factor, reason, float(small), float(median), float(large), int(radii.size), for_large if two_sizes else None
+    )

@@ -23,7 +23,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from types import ModuleType
 from typing import NamedTuple
 
@@ -349,8 +349,59 @@ def run_fit(
     FitResult with droplets in pixels of the uploaded image.
     """
     started = time.perf_counter()
-    variant = load_variant(settings.model)
     region = prepare_region(image, settings, detect=start_from is None and warm_start is None)
+    fit_region = partial(
+        _fit_region,
+        image,
+        settings=settings,
+        started=started,
+        image_sha256=image_sha256,
+        progress=progress,
+        stop=stop,
+        warm_start=warm_start,
+        appearance_source=appearance_source,
+        fit_id=fit_id,
+        start_from=start_from,
+    )
+    result = fit_region(region)
+    scale = region.scale
+    # Droplets in two sizes are fitted at the scale of the small ones; where that fit fails,
+    # the small ones were a texture (grains inside droplets the detector did not find
+    # whole), and the large droplets are fitted at their own scale.
+    if scale is not None and scale.factor_for_large and result.report.status == "done" and not _explained(result):
+        coarse = fit_region(_at_scale(image, settings, region, scale.for_large_ones()))
+        if _explained(coarse):
+            return coarse
+    return result
+
+
+def _explained(result: FitResult) -> bool:
+    return result.report.verdict is not None and result.report.verdict.quality != "failed"
+
+
+def _at_scale(image: np.ndarray, settings: FitSettings, region: Region, choice: ScaleChoice) -> Region:
+    """``region`` of the uploaded ``(H, W, 3)`` ``image`` downscaled as ``choice`` says."""
+    cropped = images.crop(image, settings.crop) if settings.crop is not None else image
+    return region._replace(rgb=images.downscale(cropped, choice.factor), factor=choice.factor, scale=choice)
+
+
+def _fit_region(
+    image: np.ndarray,
+    region: Region,
+    *,
+    settings: FitSettings,
+    started: float,
+    image_sha256: str,
+    progress: Callable[[FitProgress], None] | None,
+    stop: threading.Event | None,
+    warm_start: FitResult | None,
+    appearance_source: FitResult | None,
+    fit_id: str | None,
+    start_from: FitResult | None,
+) -> FitResult:
+    """``run_fit`` of the uploaded ``image`` in its prepared ``region`` (same arguments;
+    ``started`` is when the request began, ``time.perf_counter()``)."""
+    variant = load_variant(settings.model)
     factor, origin = region.factor, region.origin
     observed = extract_channel(region.rgb, settings.channel).astype(np.float32)
     key = jax.random.PRNGKey(settings.seed)
