@@ -14,9 +14,10 @@ import pytest
 import tifffile
 from PIL import Image
 from scipy import ndimage
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from droplet_core.imaging import images
-from droplet_core.imaging.stacks import read_stack
+from droplet_core.imaging.stacks import Stack, read_stack
 from droplet_core.inference.moved_start import HALO_RADII, moved_warm_start
 from droplet_core.service import timelapse
 from droplet_core.service.store import FitStore
@@ -484,3 +485,23 @@ def test_a_large_droplet_taking_in_a_small_one_is_seen_where_the_frame_changed()
 
     assert kinds(None) == {("disappearance", "1")}
     assert kinds(_changed_over((100, 200), (54.5, 50, 5.0))) == {("coalescence", "0;1")}
+
+
+def test_a_stack_is_fitted_with_one_blas_thread(monkeypatch, tmp_path):
+    """A reuse frame's many small products and solves, with the next frame's look in a thread
+    beside them, ran far slower with a second BLAS thread waiting for a core; the limit
+    holds while frames are fitted and is lifted after."""
+    seen = []
+
+    def fitted_frame(stack, settings, store, index, *rest):
+        seen.append([info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"])
+        return timelapse.FrameFit(index, "fit", timelapse.FULL, 0.0, 0.0, 0.0, True), None, {}, 0.0
+
+    monkeypatch.setattr(timelapse, "_fitted_frame", fitted_frame)
+    frames = np.zeros((2, 8, 8, 3), np.float32)
+    stack = Stack(frames, ("frame 1", "frame 2"), ("a" * 64, "b" * 64), None, ())
+    with threadpool_limits(limits=2, user_api="blas"):
+        timelapse.fit_stack(stack, timelapse.TimelapseSettings(), FitStore(tmp_path))
+        after = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    assert seen and all(threads == [timelapse.STACK_BLAS_THREADS] * len(threads) for threads in seen)
+    assert after and set(after) == {2}
