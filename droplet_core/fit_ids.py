@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 # Part of every fit key: bump it when the model maths or the output format change, so
 # fits made by older code are recomputed instead of served.
-# 13: textured droplets are no clusters; relief of DIC detections; reuse fits reuse their Jacobian
-CODE_VERSION = "13"
+# 14: residual peaks on any droplet's rim refused; faint droplets kept; two-size fits redone at the large scale
+CODE_VERSION = "14"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
