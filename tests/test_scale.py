@@ -367,6 +367,36 @@ def test_faint_dic_droplets_stand_out_by_their_relief():
     assert np.all(ses >= scale.MIN_CONTRAST_SES)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="blind spot of the shipped weights; fine-tunes with --coarse-share that fix it cost other "
+    "scenes (docs/benchmarks.md, 'Instant detection', session 13)",
+)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_mid_size_dic_droplets_are_found_at_a_coarse_level(seed):
+    """Our renderer's DIC droplets of 20-32 px: the pyramid sees them mid-band at 4x, where a
+    relief drawn a pixel wide has shrunk to a quarter of a pixel, a look no training scene
+    drawn at its own size showed. Session 10's (shipped) weights find 31 of 32 and 33 of 34;
+    a fine-tune with training scenes drawn as a coarse level sees them (``--coarse-share
+    0.35``) finds all, as weights that fix the blind spot must (then drop the xfail)."""
+    settings = family_settings(
+        "phase",
+        mode="dic",
+        width_px=384,
+        height_px=384,
+        n_droplets=40,
+        radius_min_px=20.0,
+        radius_max_px=32.0,
+        radius_median_px=25.3,
+        radius_log_sd=0.3,
+    )
+    rgb, truth = make_scene(seed, settings)
+    found = scale.detect_in_image(rgb.astype(np.float32) / 255.0)
+    true_index, _ = match_pairs(truth, found)
+    assert len(true_index) == len(truth)
+    assert len(true_index) >= 0.85 * len(found)
+
+
 def test_small_droplets_crowded_together_are_not_taken_for_one_large_one():
     # The independent renderer's seed-like scene: droplets of 1-9 px, 2000 of them; a coarse
     # level sees some tight groups as one blob.
