@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from scipy.spatial import cKDTree
 
 from droplet_core.detection.log_candidates import strong_peaks
-from droplet_core.detection.scale import MIN_VISIBLE_TO_SIZE, outermost_droplets, visible_fraction
+from droplet_core.detection.scale import outermost_droplets
 from droplet_core.models.common import Layout, ModelSpec
 
 if TYPE_CHECKING:
@@ -32,13 +31,7 @@ MAX_RADIUS_PX = 12.0
 # A droplet is negligible when its strongest effect on the image is below this fraction of
 # the median droplet's, or below this many noise standard deviations. One whose effect is
 # far above the median is a point-like spike fitting a highlight or an edge, not a droplet.
-# (A fifth of the median lost the faint droplets beside dark bubbles of brightfield scenes,
-# at 0.15-0.2 of the median and many noise sds strong.)
-PRUNE_FRACTION_OF_MEDIAN = 0.1
-# A droplet mostly outside the image (under ``MIN_VISIBLE_TO_SIZE`` of its disk in it) shows
-# too little of itself to tell a faint droplet from the field's shading at the border: weak
-# ones there were large disks fitted to a darker image edge.
-PRUNE_FRACTION_OF_MEDIAN_CUT = 0.2
+PRUNE_FRACTION_OF_MEDIAN = 0.2
 PRUNE_NOISE_SDS = 1.0
 PRUNE_MULTIPLE_OF_MEDIAN = 3.0
 # A droplet that shrinks below three quarters of a pixel of the fitted image is a spike fitting
@@ -59,29 +52,19 @@ EDGE_BAND_FRACTION = 0.15
 RESIDUAL_PEAK_NOISE_SDS = 6.0
 
 
-def prune_and_merge(
-    values: dict,
-    strength: np.ndarray,
-    active: np.ndarray,
-    drawn_radius_px: np.ndarray,
-    image_shape_px: tuple[int, int],
-) -> np.ndarray:
+def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray, drawn_radius_px: np.ndarray) -> np.ndarray:
     """New ``(n,)`` active mask: drop negligible droplets, keep the stronger of near-duplicates.
 
     ``values`` are the fit's current per-droplet values (fit px), ``strength`` ``(n,)`` each
     droplet's strongest effect on the image (channel units), ``drawn_radius_px`` ``(n,)``
-    how far each droplet is drawn (``Variant.drawn_radius_px``), ``image_shape_px`` the fitted
-    image's ``(h, w)``.
+    how far each droplet is drawn (``Variant.drawn_radius_px``).
     """
     active = active.copy()
     on = active > 0
     if not on.any():
         return active
     typical = float(np.median(strength[on]))
-    disks = pd.DataFrame({"x": values["x"], "y": values["y"], "radius": drawn_radius_px})
-    mostly_in = visible_fraction(disks, *image_shape_px) >= MIN_VISIBLE_TO_SIZE
-    fraction = np.where(mostly_in, PRUNE_FRACTION_OF_MEDIAN, PRUNE_FRACTION_OF_MEDIAN_CUT)
-    floor = np.maximum(fraction * typical, PRUNE_NOISE_SDS * float(values["noise"]))
+    floor = max(PRUNE_FRACTION_OF_MEDIAN * typical, PRUNE_NOISE_SDS * float(values["noise"]))
     radius = drawn_radius_px
     # Only a small droplet can be a spike: a large one may well stand out (a thick dark rim).
     spike = (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical) & (radius <= np.median(radius[on]))
@@ -228,7 +211,7 @@ def tidy(
     values = {k: np.asarray(v) for k, v in evaluated.values.items()}
     reconstruction, strength = evaluated.reconstruction, evaluated.strength
     drawn = variant.drawn_radius_px(values)
-    kept = prune_and_merge(values, np.asarray(strength), active, drawn, observed.shape[:2]) if prune else active
+    kept = prune_and_merge(values, np.asarray(strength), active, drawn) if prune else active
     if not add:
         return params, anchors, kept
     # Peaks are looked for outside the droplets active before pruning: a peak inside a
