@@ -327,6 +327,10 @@ def run_fit(
 ) -> FitResult:
     """Fit ``settings.model`` to an uploaded ``(H, W, 3)`` float image in [0, 1].
 
+    An automatic downscale follows the detected droplets' size; where they fall in two sizes
+    and the fit at the small ones' scale fails its verdict, the large ones' scale is fitted too
+    and its result returned when it does not fail (``ScaleChoice.factor_for_large``).
+
     Parameters
     ----------
     image : (H, W, 3) float32 RGB as uploaded.
