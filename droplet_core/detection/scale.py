@@ -268,31 +268,32 @@ def contrast_ses(image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
         ring_level[whole] = np.median(values[whole][:, ring_zone], axis=1)
         for k in np.flatnonzero(~whole & (ring_count > 0)):
             ring_level[k] = np.median(values[k, ring_zone][inside[k, ring_zone]])
+        ring = (ring_level, ring_count)
         for inner, outer in ((0.0, 0.7), (0.7, 1.1)):
-            zone = (distance >= inner) & (distance <= outer)
-            count = inside[:, zone].sum(axis=1)
-            seen = (count > 0) & (ring_count > 0)
-            mean = np.where(inside[:, zone], values[:, zone], 0.0).sum(axis=1) / np.maximum(count, 1)
-            error = noise_sd * np.sqrt(1.0 / np.maximum(count, 1) + 1.0 / np.maximum(ring_count, 1))
-            ses[chosen] = np.where(seen, np.maximum(ses[chosen], np.abs(mean - ring_level) / error), ses[chosen])
+            zone_ses, seen = _against_ring((distance >= inner) & (distance <= outer), inside, values, ring, noise_sd)
+            ses[chosen] = np.where(seen, np.maximum(ses[chosen], np.abs(zone_ses)), ses[chosen])
         rim = (distance >= 0.7) & (distance <= 1.1)
         for angle in RELIEF_DIRECTIONS_RAD:
             along = dx * np.cos(angle) + dy * np.sin(angle)
-            halves = [rim & (along > 0), rim & (along < 0)]
-            counts = [inside[:, half].sum(axis=1) for half in halves]
-            means = [
-                np.where(inside[:, half], values[:, half], 0.0).sum(axis=1) / np.maximum(count, 1)
-                for half, count in zip(halves, counts)
-            ]
-            seen = (counts[0] > 0) & (counts[1] > 0) & (ring_count > 0)
-            ring_error = 1.0 / np.maximum(ring_count, 1)
-            lit, shaded = (
-                (means[k] - ring_level) / (noise_sd * np.sqrt(1.0 / np.maximum(counts[k], 1) + ring_error))
-                for k in (0, 1)
-            )
+            lit, lit_seen = _against_ring(rim & (along > 0), inside, values, ring, noise_sd)
+            shaded, shaded_seen = _against_ring(rim & (along < 0), inside, values, ring, noise_sd)
             relief = np.where(lit * shaded < 0, np.minimum(np.abs(lit), np.abs(shaded)), 0.0)
-            ses[chosen] = np.where(seen, np.maximum(ses[chosen], relief), ses[chosen])
+            ses[chosen] = np.where(lit_seen & shaded_seen, np.maximum(ses[chosen], relief), ses[chosen])
     return ses
+
+
+def _against_ring(
+    zone: np.ndarray, inside: np.ndarray, values: np.ndarray, ring: tuple[np.ndarray, np.ndarray], noise_sd: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``contrast_ses``' mean over a ``zone`` ``(k,)`` of every detection's patch (``values``
+    ``(n, k)``, ``inside`` the image where True) less its ring's level, in standard errors of
+    that difference, and ``(n,)`` where both were seen. ``ring`` is ``(level, pixel count)``,
+    ``(n,)`` each."""
+    ring_level, ring_count = ring
+    count = inside[:, zone].sum(axis=1)
+    mean = np.where(inside[:, zone], values[:, zone], 0.0).sum(axis=1) / np.maximum(count, 1)
+    error = noise_sd * np.sqrt(1.0 / np.maximum(count, 1) + 1.0 / np.maximum(ring_count, 1))
+    return (mean - ring_level) / error, (count > 0) & (ring_count > 0)
 
 
 def visible_fraction(table: pd.DataFrame, height: int, width: int) -> np.ndarray:

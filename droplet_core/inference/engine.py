@@ -128,13 +128,17 @@ def prepare_region(image: np.ndarray, settings: FitSettings, detect: bool = True
         detections = detect_droplets(
             image, threshold=CANDIDATE_THRESHOLD, downscale=settings.downscale or 1, crop=settings.crop
         )
-    origin = (0, 0)
-    if settings.crop is not None:
-        image = images.crop(image, settings.crop)
-        origin = images.crop_origin(settings.crop)
+    image, origin = _cropped(image, settings)
     choice = None if settings.downscale else choose_downscale(detections, *image.shape[:2])
     factor = settings.downscale or choice.factor
     return Region(images.downscale(image, factor), factor, origin, choice, detections)
+
+
+def _cropped(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, tuple[int, int]]:
+    """The uploaded ``(H, W, 3)`` ``image`` cropped as ``settings.crop`` says, and the crop's ``(x0, y0)``."""
+    if settings.crop is None:
+        return image, (0, 0)
+    return images.crop(image, settings.crop), images.crop_origin(settings.crop)
 
 
 def prepare_channel(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, int, tuple[int, int]]:
@@ -385,8 +389,9 @@ def _explained(result: FitResult) -> bool:
 
 def _at_scale(image: np.ndarray, settings: FitSettings, region: Region, choice: ScaleChoice) -> Region:
     """``region`` of the uploaded ``(H, W, 3)`` ``image`` downscaled as ``choice`` says."""
-    cropped = images.crop(image, settings.crop) if settings.crop is not None else image
-    return region._replace(rgb=images.downscale(cropped, choice.factor), factor=choice.factor, scale=choice)
+    return region._replace(
+        rgb=images.downscale(_cropped(image, settings)[0], choice.factor), factor=choice.factor, scale=choice
+    )
 
 
 def _fit_region(
