@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from scipy.spatial import cKDTree
 
 from droplet_core.detection.log_candidates import strong_peaks
-from droplet_core.detection.scale import outermost_droplets
+from droplet_core.detection.scale import MIN_VISIBLE_TO_SIZE, outermost_droplets, visible_fraction
 from droplet_core.models.common import Layout, ModelSpec
 
 if TYPE_CHECKING:
@@ -31,7 +32,14 @@ MAX_RADIUS_PX = 12.0
 # A droplet is negligible when its strongest effect on the image is below this fraction of
 # the median droplet's, or below this many noise standard deviations. One whose effect is
 # far above the median is a point-like spike fitting a highlight or an edge, not a droplet.
-PRUNE_FRACTION_OF_MEDIAN = 0.2
+# (A fifth lost the faint droplets beside dark bubbles of brightfield scenes, at 0.15-0.2 of
+# the median and many noise sds strong.)
+PRUNE_FRACTION_OF_MEDIAN = 0.1
+# A weak disk far larger than the median droplet, or mostly outside the image, is the field's
+# shading more likely than a faint droplet (such disks at a tenth covered dozens of droplets of
+# a seed-like scene, and a darker image edge): for them the floor is a fifth.
+PRUNE_FRACTION_OF_MEDIAN_UNUSUAL = 0.2
+UNUSUAL_MULTIPLE_OF_MEDIAN_RADIUS = 2.0
 PRUNE_NOISE_SDS = 1.0
 PRUNE_MULTIPLE_OF_MEDIAN = 3.0
 # A droplet that shrinks below three quarters of a pixel of the fitted image is a spike fitting
@@ -52,20 +60,32 @@ EDGE_BAND_FRACTION = 0.15
 RESIDUAL_PEAK_NOISE_SDS = 6.0
 
 
-def prune_and_merge(values: dict, strength: np.ndarray, active: np.ndarray, drawn_radius_px: np.ndarray) -> np.ndarray:
+def prune_and_merge(
+    values: dict,
+    strength: np.ndarray,
+    active: np.ndarray,
+    drawn_radius_px: np.ndarray,
+    image_shape_px: tuple[int, int],
+) -> np.ndarray:
     """New ``(n,)`` active mask: drop negligible droplets, keep the stronger of near-duplicates.
 
     ``values`` are the fit's current per-droplet values (fit px), ``strength`` ``(n,)`` each
     droplet's strongest effect on the image (channel units), ``drawn_radius_px`` ``(n,)``
-    how far each droplet is drawn (``Variant.drawn_radius_px``).
+    how far each droplet is drawn (``Variant.drawn_radius_px``), ``image_shape_px`` the fitted
+    image's ``(h, w)``.
     """
     active = active.copy()
     on = active > 0
     if not on.any():
         return active
     typical = float(np.median(strength[on]))
-    floor = max(PRUNE_FRACTION_OF_MEDIAN * typical, PRUNE_NOISE_SDS * float(values["noise"]))
     radius = drawn_radius_px
+    disks = pd.DataFrame({"x": values["x"], "y": values["y"], "radius": radius})
+    unusual = (radius > UNUSUAL_MULTIPLE_OF_MEDIAN_RADIUS * float(np.median(radius[on]))) | (
+        visible_fraction(disks, *image_shape_px) < MIN_VISIBLE_TO_SIZE
+    )
+    fraction = np.where(unusual, PRUNE_FRACTION_OF_MEDIAN_UNUSUAL, PRUNE_FRACTION_OF_MEDIAN)
+    floor = np.maximum(fraction * typical, PRUNE_NOISE_SDS * float(values["noise"]))
     # Only a small droplet can be a spike: a large one may well stand out (a thick dark rim).
     spike = (strength > PRUNE_MULTIPLE_OF_MEDIAN * typical) & (radius <= np.median(radius[on]))
     negligible = (strength < floor) | spike | (radius < PRUNE_BELOW_RADIUS_PX)
@@ -211,7 +231,7 @@ def tidy(
     values = {k: np.asarray(v) for k, v in evaluated.values.items()}
     reconstruction, strength = evaluated.reconstruction, evaluated.strength
     drawn = variant.drawn_radius_px(values)
-    kept = prune_and_merge(values, np.asarray(strength), active, drawn) if prune else active
+    kept = prune_and_merge(values, np.asarray(strength), active, drawn, observed.shape[:2]) if prune else active
     if not add:
         return params, anchors, kept
     # Peaks are looked for outside the droplets active before pruning: a peak inside a
