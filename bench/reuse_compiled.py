@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m bench.reuse_compiled                      # frame 2 of bench.timelapse's movie 1
     python -m bench.reuse_compiled --store /tmp/rc      # keep the full fit of frame 1 for the next run
+    DROPLET_COMPILATION_CACHE= python -m bench.reuse_compiled  # the compile time without JAX's persistent cache
 
 The movie is ``bench.timelapse``'s (500x400, about 1500 droplets). Frame 1 gets a full fit
 (from ``--store`` when it holds it); frame 2 a reuse fit started as ``fit_stack`` starts it
@@ -12,9 +13,10 @@ The movie is ``bench.timelapse``'s (500x400, about 1500 droplets). Frame 1 gets 
 - one iteration's step, from the same inputs (the first iteration of the reuse fit, its
   background solved): the host's with a new Jacobian (forward differences, a render per
   parameter) and reusing one (what every other iteration does), and the compiled programs'
-  alike; the compile time; the largest difference of the compiled step from the host's,
+  alike, taking turns, each the fastest of ``--repeats`` in wall and in process CPU seconds
+  (the CPU seconds are less swayed by other work on the machine); the compile time; the largest difference of the compiled step from the host's,
   and from the host's algebra on the compiled (exact) Jacobian;
-- whole reuse fits on each path, back to back (``--repeats`` each, the fastest kept): seconds,
+- whole reuse fits on each path, taking turns (``--repeats`` each, the fastest kept): seconds,
   their ratio, F1 and median radius error against the truth, and how far each droplet of
   the host's fit lies from the nearest of the compiled fit's, and their radii's difference.
 """
@@ -27,6 +29,7 @@ import hashlib
 import os
 import tempfile
 import time
+from functools import partial
 
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +41,7 @@ from droplet_core.detection.matching import match_droplets
 from droplet_core.inference import engine, reuse_compiled, reuse_fit
 from droplet_core.inference.engine import run_fit
 from droplet_core.inference.moved_start import moved_warm_start
-from droplet_core.inference.uncertainty import DropletJacobian, at_locs, droplet_jacobian, stacked_by_site
+from droplet_core.inference.uncertainty import DropletJacobian, at_locs, by_site, droplet_jacobian, stacked_by_site
 from droplet_core.service.requests import load_or_fit
 from droplet_core.service.store import FitStore
 from droplet_core.service.timelapse import TimelapseSettings, field_shift_px
@@ -151,25 +154,27 @@ def captured_reuse_fit(**fit_kwargs) -> tuple:
     return captured[0], result
 
 
-def on_path(path: str, **fit_kwargs) -> tuple[float, object]:
-    """Seconds and result of ``run_fit(**fit_kwargs)`` with the reuse step forced to ``path``."""
+def on_path(path: str, **fit_kwargs):
+    """``run_fit(**fit_kwargs)`` with the reuse step forced to ``path``."""
     os.environ[reuse_compiled.PATH_VARIABLE] = path
     try:
-        started = time.perf_counter()
-        result = run_fit(**fit_kwargs)
-        return time.perf_counter() - started, result
+        return run_fit(**fit_kwargs)
     finally:
         del os.environ[reuse_compiled.PATH_VARIABLE]
 
 
-def timed(function, *args, repeats: int) -> tuple[float, object]:
-    """Fastest seconds of ``repeats`` calls of ``function(*args)``, and its last result."""
-    best = np.inf
+def fastest(functions: dict, repeats: int) -> tuple[dict, dict, dict]:
+    """Each of ``functions`` (name -> no-argument callable) called ``repeats`` times, taking
+    turns (the machine's load then weighs on all alike): the fastest wall seconds and
+    process CPU seconds (all threads) of each, and each one's last result."""
+    wall, cpu, results = dict.fromkeys(functions, np.inf), dict.fromkeys(functions, np.inf), {}
     for _ in range(repeats):
-        started = time.perf_counter()
-        result = function(*args)
-        best = min(best, time.perf_counter() - started)
-    return best, result
+        for name, function in functions.items():
+            started, started_cpu = time.perf_counter(), time.process_time()
+            results[name] = function()
+            wall[name] = min(wall[name], time.perf_counter() - started)
+            cpu[name] = min(cpu[name], time.process_time() - started_cpu)
+    return wall, cpu, results
 
 
 def main() -> None:
@@ -215,44 +220,60 @@ def main() -> None:
     started = time.perf_counter()
     compiled_step(inputs)
     first_call_s = time.perf_counter() - started
-    compiled_s, (step, damping) = timed(compiled_step, inputs, repeats=args.repeats)
     linearisation = reuse_compiled.linearised(*(inputs[name] for name in LINEARISED_ARGS), inputs["radius_px"])
-    compiled_reused_s, _ = timed(compiled_step, inputs, linearisation, repeats=args.repeats)
-    host_s, (host, host_damping) = timed(host_step, inputs, repeats=args.repeats)
     evaluate_at = at_locs(inputs["evaluate"], inputs["params"], inputs["observed"], inputs["anchors"], inputs["spec"])
     blocks = droplet_jacobian(evaluate_at, inputs["locs"], inputs["active"], inputs["spec"].layout, inputs["radius_px"])
-    host_reused_s, _ = timed(host_step, inputs, blocks, repeats=args.repeats)
+    wall, cpu, steps = fastest(
+        {
+            "host": lambda: host_step(inputs),
+            "compiled": lambda: compiled_step(inputs),
+            "host reused": lambda: host_step(inputs, blocks),
+            "compiled reused": lambda: compiled_step(inputs, linearisation),
+        },
+        args.repeats,
+    )
+    (step, damping), (host, host_damping) = steps["compiled"], steps["host"]
     algebra, algebra_damping = host_step(inputs, exact_blocks(inputs))
+    for kind, suffix in (("new Jacobian", ""), ("Jacobian reused", " reused")):
+        host_key, compiled_key = "host" + suffix, "compiled" + suffix
+        print(
+            f"one iteration's step, {kind}: host {wall[host_key]:.3f} s (CPU {cpu[host_key]:.3f} s), compiled "
+            f"{wall[compiled_key]:.3f} s (CPU {cpu[compiled_key]:.3f} s); ratio compiled / host "
+            f"{wall[compiled_key] / wall[host_key]:.2f} (CPU {cpu[compiled_key] / cpu[host_key]:.2f})"
+        )
     print(
-        f"one iteration's step, new Jacobian: host {host_s:.3f} s, compiled {compiled_s:.3f} s "
-        f"(ratio {compiled_s / host_s:.2f}); Jacobian reused: host {host_reused_s:.3f} s, compiled "
-        f"{compiled_reused_s:.3f} s (ratio {compiled_reused_s / host_reused_s:.2f}); "
-        f"compile {first_call_s - compiled_s:.1f} s; load {os.getloadavg()[0]:.2f}"
+        f"  first call less a later one (compiling, or reading JAX's persistent cache): "
+        f"{first_call_s - wall['compiled']:.1f} s; load {os.getloadavg()[0]:.2f}"
     )
     print(
-        f"  step difference, largest: from the host's {np.abs(step - host)[on].max():.3g} "
-        f"(host's largest step {np.abs(host[on]).max():.3g}; damping same for "
-        f"{np.mean(np.isclose(damping, host_damping, rtol=1e-5)[on]):.1%} of droplets), from the host's "
-        f"algebra on the compiled Jacobian {np.abs(step - algebra)[on].max():.3g} (damping same for "
-        f"{np.mean(np.isclose(damping, algebra_damping, rtol=1e-5)[on]):.1%})"
+        "  step difference from the host's, largest, by site (unconstrained units): "
+        + ", ".join(
+            f"{name} {np.abs(change[on]).max():.3g} (median {np.median(np.abs(change[on])):.2g}; host's largest "
+            f"step {np.abs(by_site(host, inputs['locs'])[name][on]).max():.3g})"
+            for name, change in by_site(step - host, inputs["locs"]).items()
+        )
+        + f"; damping same for {np.mean(np.isclose(damping, host_damping, rtol=1e-5)[on]):.1%} of droplets"
+    )
+    print(
+        f"  from the host's algebra on the compiled (exact) Jacobian: {np.abs(step - algebra)[on].max():.3g}; "
+        f"damping same for {np.mean(np.isclose(damping, algebra_damping, rtol=1e-5)[on]):.1%}"
     )
 
-    seconds = {"host": [], "compiled": []}
-    results = {}
-    on_path("compiled", **fit_kwargs)  # compiles this fit's program once, as a stack's first reuse frame does
-    for _ in range(args.repeats):
-        for path in seconds:
-            spent, results[path] = on_path(path, **fit_kwargs)
-            seconds[path].append(spent)
+    on_path("compiled", **fit_kwargs)  # compiles this fit's programs once, as a stack's first reuse frame does
+    wall, cpu, results = fastest(
+        {path: partial(on_path, path, **fit_kwargs) for path in ("host", "compiled")}, args.repeats
+    )
     frame_truth = truth[truth["frame"] == 1]
     for path, result in results.items():
         score = match_droplets(frame_truth, result.droplets)
         print(
-            f"reuse fit, {path}: {min(seconds[path]):.2f} s (runs {', '.join(f'{s:.2f}' for s in seconds[path])}), "
-            f"{len(result.droplets)} droplets, F1 {score.f1:.4f}, median radius error "
-            f"{score.median_radius_error:.4f}, RMSE {max(result.report.rmse):.5f}"
+            f"reuse fit, {path}: {wall[path]:.2f} s (CPU {cpu[path]:.2f} s), {len(result.droplets)} droplets, "
+            f"F1 {score.f1:.4f}, median radius error {score.median_radius_error:.4f}, RMSE {max(result.report.rmse):.5f}"
         )
-    print(f"  ratio compiled / host {min(seconds['compiled']) / min(seconds['host']):.2f}; load {os.getloadavg()}")
+    print(
+        f"  ratio compiled / host {wall['compiled'] / wall['host']:.2f} (CPU {cpu['compiled'] / cpu['host']:.2f}); "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     host_droplets, compiled_droplets = results["host"].droplets, results["compiled"].droplets
     distance_px, nearest = cKDTree(compiled_droplets[["x", "y"]].to_numpy()).query(host_droplets[["x", "y"]].to_numpy())
     radius_change = np.abs(host_droplets["radius"].to_numpy() - compiled_droplets["radius"].to_numpy()[nearest])
