@@ -64,6 +64,20 @@ def test_compiled_step_is_the_host_algebra_on_the_same_jacobian(inputs):
     assert np.any(damping > reuse_fit.INITIAL_DAMPING)
 
 
+def test_compiled_step_is_the_host_algebra_for_a_model_of_three_channels():
+    image, _ = scene_image(3)
+    settings = FitSettings(model="neural", channel="rgb", steps=100, downscale=1)
+    full = run_fit(image, settings, image_sha256="a" * 64)
+    other, _ = scene_image(4)
+    reuse = FitSettings(model="neural", channel="rgb", steps=2, downscale=1, appearance_from=full.fit_id)
+    fit_args, _ = captured_reuse_fit(image=other, settings=reuse, image_sha256="b" * 64, appearance_source=full)
+    rgb = first_iteration(fit_args)
+    assert rgb["observed"].shape[2] == 3
+    step, damping = compiled_step(rgb)
+    expected_step, expected_damping = host_step(rgb, exact_blocks(rgb))
+    assert_same_step(step, damping, expected_step, expected_damping, rgb["active"])
+
+
 def test_a_reused_linearisation_is_brought_up_to_date_as_on_the_host(inputs):
     """After a step, the Jacobian of the locations before it is reused (every other iteration)."""
     args = tuple(inputs[name] for name in LINEARISED_ARGS)
