@@ -103,6 +103,9 @@ def fit_with_fixed_appearance(
     -------
     OptimiserRun whose ``losses`` are the negative log posterior density where each iteration started.
     """
+    from droplet_core.inference import reuse_compiled  # it imports this module's constants
+
+    compiled = reuse_compiled.compiled_chosen()
     started = time.perf_counter() if started is None else started
     layout = spec.layout
     height, width, channels = observed.shape
@@ -153,6 +156,15 @@ def fit_with_fixed_appearance(
         locs = {name: np.asarray(params[f"{name}_auto_loc"]) for name in per_droplet}
         evaluate_at = at_locs(evaluate, params, observed_j, jnp.asarray(anchors), spec)
         prior_curvature = stacked_by_site(evaluation.prior_curvature, locs)
+        if compiled:  # what follows, reusing the Jacobian alike, compiled for JAX's device
+            args = (evaluate, tuple(per_droplet), params, observed_j, anchors, active, spec)
+            if reusable is None or tidied:
+                reusable = linearisation = reuse_compiled.linearised(*args, variant.radius_px(values))
+            else:
+                linearisation, reusable = reusable, None
+            params, damping = reuse_compiled.stepped(*args, prior_curvature, linearisation, damping)
+            first_iteration_s = first_iteration_s or time.perf_counter() - iteration_started
+            continue
         # An iteration that switched no droplets, after one that computed the Jacobian, reuses it
         # with the residual and the prior's gradient brought up to date: the forward differences
         # (a render per parameter) are most of an iteration's time, and droplets move by a small
