@@ -30,16 +30,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from droplet_core.inference.droplet_switching import tidy
 from droplet_core.inference.uncertainty import (
+    DropletJacobian,
     at_locs,
     by_site,
     droplet_jacobian,
+    droplet_uncertainty,
+    laplace_of_blocks,
     stacked_by_site,
 )
 from droplet_core.models.common import ModelSpec, shading_basis
@@ -47,7 +50,7 @@ from droplet_core.results import OptimiserRun
 from droplet_core.settings import FitProgress
 
 if TYPE_CHECKING:
-    from droplet_core.inference.guide import MeanFieldGuide
+    from droplet_core.inference.guide import Evaluation, MeanFieldGuide
     from droplet_core.models import Variant
 
 # Droplets are switched on and off before iteration TIDY_FIRST (the first that looks at a residual drawn by
@@ -63,6 +66,18 @@ DAMPING_DOWN, DAMPING_UP = 1.0 / 3.0, 10.0
 DAMPING_RANGE = (1e-4, 1e4)
 # Steps tried per iteration: a droplet whose first step did not help tries a more damped one.
 TRIES = 2
+
+
+class ReuseRun(NamedTuple):
+    """What ``fit_with_fixed_appearance`` reached: the optimiser's ``run``, the fit evaluated at
+    ``run.params`` (``evaluation``, its ``values["noise"]`` the run's), and the last iteration's
+    ``jacobian`` with its ``gram`` ``(n, d, d)`` for the Laplace uncertainty (None when no
+    iteration took a step)."""
+
+    run: OptimiserRun
+    evaluation: Evaluation
+    jacobian: DropletJacobian | None
+    gram: np.ndarray | None
 
 
 def fit_with_fixed_appearance(
@@ -81,7 +96,7 @@ def fit_with_fixed_appearance(
     progress: Callable[[FitProgress], None] | None = None,
     stop: threading.Event | None = None,
     started: float | None = None,
-) -> OptimiserRun:
+) -> ReuseRun:
     """Fit droplets and background with the appearance in ``params`` held fixed.
 
     Parameters
@@ -101,7 +116,7 @@ def fit_with_fixed_appearance(
 
     Returns
     -------
-    OptimiserRun whose ``losses`` are the negative log posterior density where each iteration started.
+    ReuseRun: its ``run``'s ``losses`` are the negative log posterior density where each iteration started.
     """
     started = time.perf_counter() if started is None else started
     layout = spec.layout
@@ -112,6 +127,8 @@ def fit_with_fixed_appearance(
     damping = np.full(layout.n_droplets, INITIAL_DAMPING)
     # The Jacobian, its Gram matrices and the locations it was computed at, while reusable.
     reusable: tuple | None = None
+    # The last iteration's Jacobian and Gram matrices, for the Laplace uncertainty at the end.
+    last_jacobian: tuple = (None, None)
     losses, status, first_iteration_s, previous_rmse = [], "done", 0.0, np.inf
 
     def evaluated(params, anchors, active):
@@ -165,6 +182,7 @@ def fit_with_fixed_appearance(
             blocks = droplet_jacobian(evaluate_at, locs, active, layout, variant.radius_px(values))
             gram = blocks.gram()
             reusable = (blocks, gram, locs)
+        last_jacobian = (blocks, gram)
         noise_sd = max(float(np.sqrt(np.mean((flat_observed - blocks.fitted) ** 2))), 1e-6)
         step, damping = _damped_step(
             blocks,
@@ -201,7 +219,10 @@ def fit_with_fixed_appearance(
     )
     params["noise_auto_loc"] = guide.unconstrained({"noise": np.float32(max(rmse, 1e-6))})["noise"]
     params = {name: np.asarray(value) for name, value in params.items()}
-    return OptimiserRun(
+    # The noise changes no rendering, log prior or curvature: the last evaluation stands for one at ``params``.
+    noise = guide.constrained({"noise": params["noise_auto_loc"]})["noise"]
+    evaluation = evaluation._replace(values={**evaluation.values, "noise": noise})
+    run = OptimiserRun(
         params,
         anchors,
         active,
@@ -211,6 +232,34 @@ def fit_with_fixed_appearance(
         first_iteration_s,
         losses[-1] if losses else None,
     )
+    return ReuseRun(run, evaluation, *last_jacobian)
+
+
+def reuse_uncertainty(
+    reuse: ReuseRun,
+    evaluate_at: Callable,
+    locs: dict,
+    prior_curvature: dict,
+    observed: np.ndarray,
+    noise_sd: float,
+    radius_px: np.ndarray,
+    layout,
+) -> tuple[dict, np.ndarray]:
+    """``droplet_uncertainty`` of a reuse fit (same arguments, ``active`` the run's) from its last
+    iteration's Jacobian: the derivatives and each droplet's own pixels kept, the reconstruction
+    and log prior those of the end (one render, of the background, where a new Jacobian takes
+    one per parameter and two). Droplets move by a small fraction of their size in the last
+    iterations; droplets switched off at the end keep their pixels, and get ``p_exists`` 0.
+    Without a Jacobian (no iteration ran) the uncertainty is taken anew."""
+    active = reuse.run.active
+    evaluation = reuse.evaluation
+    if reuse.jacobian is None:
+        return droplet_uncertainty(evaluate_at, locs, prior_curvature, observed, active, layout, noise_sd, radius_px)
+    fitted = np.asarray(evaluation.reconstruction).reshape(layout.n_pixels, -1)
+    blocks = reuse.jacobian._replace(fitted=fitted, log_prior=np.asarray(evaluation.log_prior, np.float64))
+    background, _ = evaluate_at(locs, np.zeros_like(active))
+    background = np.asarray(background).reshape(layout.n_pixels, -1)
+    return laplace_of_blocks(blocks, reuse.gram, background, prior_curvature, locs, observed, active, noise_sd)
 
 
 def _tidied(evaluated, evaluation, params, observed, anchors, active, spec, guide, variant, add: bool, prune: bool):
