@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from droplet_core.detection.matching import match_droplets
-from droplet_core.inference.droplet_switching import residual_peaks
 from droplet_core.inference import engine
+from droplet_core.inference.droplet_switching import residual_peaks
 from droplet_core.inference.engine import run_fit
 from droplet_core.inference.reuse_fit import _solved_shading
 from droplet_core.inference.uncertainty import droplet_uncertainty

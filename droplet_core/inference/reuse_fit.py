@@ -22,7 +22,8 @@ numpy, so on a GPU, where SVI steps are cheap, a reuse fit gains little (``bench
 The droplet count is decided as in SVI (``droplet_core.inference.droplet_switching``): missed droplets are
 switched on after the first iteration and every other iteration after, and negligible ones
 and duplicates switched off. The result is the posterior mode; the guide's scales are set
-afterwards from the Laplace approximation at it.
+afterwards from the Laplace approximation at it, from the last iteration's Jacobian
+(``reuse_uncertainty``).
 """
 
 from __future__ import annotations
