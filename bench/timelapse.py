@@ -22,6 +22,9 @@ For each scored movie (this run, fresh store, so the first fit compiles as a use
   switch (matched in all frames but at most one, always to one track), identity switches per
   1000 true droplet-frames, and coalescence precision and recall (within a frame and two
   largest radii);
+- the reported uncertainty of the later frames (reuse fits): the fraction of true droplets
+  (matched by ``droplet_core.detection.matching.match_pairs``) inside the 90 % intervals of x, y
+  and radius (normal, from ``sd_x_px``, ``sd_y_px``, ``sd_radius_px``);
 - the same for the baseline: trackpy ``locate`` tuned for F1 on frame 0 of the tuning movie
   (``bench.classical.tune_trackpy``), ``trackpy.link`` with its own ``compute_drift`` /
   ``subtract_drift`` and the same search range, and the same event rules
@@ -39,8 +42,10 @@ import time
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from bench import classical
+from droplet_core.detection.matching import match_pairs
 from droplet_core.imaging.stacks import Stack
 from droplet_core.service.store import FitStore
 from droplet_core.service.timelapse import (
@@ -60,6 +65,7 @@ from droplet_core.synthetic.stack_scenes import (
 )
 
 TUNING_SEED = 100
+COVERAGE_LEVEL = 0.9
 
 
 def movie_settings(frames: int, coalescences: int) -> StackSceneSettings:
@@ -102,6 +108,22 @@ def baseline_tables(
     frames = frames_uint8.astype(np.float32) / 255.0
     shifts = np.array([(0.0, 0.0)] + [field_shift_px(a, b) for a, b in zip(frames[:-1], frames[1:])])
     return tracks, find_events(tracks, len(frames), frames.shape[1:3], frame_change=frame_changes(frames, shifts))
+
+
+def later_coverage(tracks: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """Fraction of the true droplets of frames after the first, matched to a tracked droplet,
+    whose x, y and radius lie in that droplet's central ``COVERAGE_LEVEL`` interval."""
+    half_width = norm.ppf(0.5 + COVERAGE_LEVEL / 2.0)
+    inside = {coordinate: [] for coordinate in ("x", "y", "radius")}
+    for frame, true in truth[truth["frame"] > 0].groupby("frame"):
+        found = tracks[tracks["frame"] == frame]
+        true_index, found_index = match_pairs(
+            true.reset_index(drop=True), found.rename(columns={"x_px": "x", "y_px": "y"}).reset_index(drop=True)
+        )
+        for coordinate, values in inside.items():
+            error = found[f"{coordinate}_px"].to_numpy()[found_index] - true[coordinate].to_numpy()[true_index]
+            values.append(np.abs(error) <= half_width * found[f"sd_{coordinate}_px"].to_numpy()[found_index])
+    return {coordinate: float(np.mean(np.concatenate(values))) for coordinate, values in inside.items()}
 
 
 def step_split(fits) -> str:
@@ -161,6 +183,11 @@ def main() -> None:
                 f"load average {os.getloadavg()[0]:.2f}"
             )
             print(f"movie {seed}: median seconds of a later frame by step: {step_split(fits[1:])}")
+            coverage = later_coverage(tables.tracks, truth)
+            print(
+                f"movie {seed}: {COVERAGE_LEVEL:.0%} intervals of later frames hold the truth: "
+                + ", ".join(f"{coordinate} {share:.3f}" for coordinate, share in coverage.items())
+            )
             for name, score in (("droplet", ours), ("trackpy", theirs)):
                 rows.append(
                     {

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from droplet_core.detection.matching import match_droplets
+from droplet_core.inference import engine
 from droplet_core.inference.droplet_switching import residual_peaks
 from droplet_core.inference.engine import run_fit
 from droplet_core.inference.reuse_fit import _solved_shading
+from droplet_core.inference.uncertainty import droplet_uncertainty
 from droplet_core.models.common import SHADING_GRID, shading_basis
 from droplet_core.settings import FitSettings
 from droplet_core.synthetic.scenes import SceneSettings, make_scene
@@ -94,3 +96,26 @@ def test_a_reuse_fit_is_deterministic_and_stops_on_request(source_fit):
     assert stopped.status == "stopped"
     assert stopped.report.steps_done == 1
     assert len(stopped.droplets) > 0
+
+
+def test_a_reuse_fits_uncertainty_from_its_last_jacobian_is_the_one_taken_anew(source_fit, monkeypatch):
+    """The Laplace sds of a reuse fit come from its last iteration's Jacobian (one render); taken
+    anew at the end (a render per parameter) they differ by a small fraction, and nothing else
+    in the table does."""
+    image, _ = scene_image(8)
+    settings = FitSettings(downscale=1, appearance_from=source_fit.fit_id)
+    reused = run_fit(image, settings, image_sha256="e" * 64, appearance_source=source_fit)
+
+    def taken_anew(reuse, evaluate_at, locs, prior_curvature, observed, noise_sd, radius_px, layout):
+        active = reuse.run.active
+        return droplet_uncertainty(evaluate_at, locs, prior_curvature, observed, active, layout, noise_sd, radius_px)
+
+    monkeypatch.setattr(engine, "reuse_uncertainty", taken_anew)
+    anew = run_fit(image, settings, image_sha256="e" * 64, appearance_source=source_fit)
+    uncertain = ["sd_x", "sd_y", "sd_radius", "p_exists", "in_focus"]
+    pd.testing.assert_frame_equal(reused.droplets.drop(columns=uncertain), anew.droplets.drop(columns=uncertain))
+    for column in ("sd_x", "sd_y", "sd_radius"):
+        ratio = reused.droplets[column].to_numpy() / anew.droplets[column].to_numpy()
+        assert np.median(np.abs(ratio - 1.0)) < 0.02, column
+        assert np.percentile(np.abs(ratio - 1.0), 90) < 0.1, column
+    assert np.mean(np.abs(reused.droplets["p_exists"] - anew.droplets["p_exists"]) > 0.05) < 0.02

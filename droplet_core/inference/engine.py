@@ -59,7 +59,7 @@ from droplet_core.inference.guide import (
     OrderedTraceELBO,
     latent_sites,
 )
-from droplet_core.inference.reuse_fit import fit_with_fixed_appearance
+from droplet_core.inference.reuse_fit import fit_with_fixed_appearance, reuse_uncertainty
 from droplet_core.inference.uncertainty import (
     at_locs,
     droplet_uncertainty,
@@ -446,7 +446,7 @@ def _fit_region(
     init_params.update(guide.initial_params(fixed, FROZEN_SCALE))
     per_droplet = [name for name, site in sites.items() if site.per_droplet]
     if fixed:
-        run = fit_with_fixed_appearance(
+        reuse = fit_with_fixed_appearance(
             programs.evaluate,
             init_params,
             per_droplet,
@@ -462,6 +462,7 @@ def _fit_region(
             stop=stop,
             started=started,
         )
+        run = reuse.run
     else:
         run = _run_svi(
             programs,
@@ -481,19 +482,23 @@ def _fit_region(
     fitted = time.perf_counter()
 
     observed_j, anchors_j = jnp.asarray(observed), jnp.asarray(anchors)
-    evaluation = programs.evaluate(params, observed_j, anchors_j, jnp.asarray(active), spec)
+    # A reuse fit ends evaluated at its parameters, with the Jacobian of its last iteration.
+    evaluation = (
+        reuse.evaluation if fixed else programs.evaluate(params, observed_j, anchors_j, jnp.asarray(active), spec)
+    )
     values = {k: np.asarray(v) for k, v in evaluation.values.items()}
     locs = {name: params[f"{name}_auto_loc"] for name in per_droplet}
-    sds, p_exists = droplet_uncertainty(
-        at_locs(programs.evaluate, params, observed_j, anchors_j, spec),
-        locs,
-        {name: np.asarray(curvature) for name, curvature in evaluation.prior_curvature.items()},
-        observed,
-        active,
-        layout,
-        float(values["noise"]),
-        variant.radius_px(values),
-    )
+    evaluate_at = at_locs(programs.evaluate, params, observed_j, anchors_j, spec)
+    prior_curvature = {name: np.asarray(curvature) for name, curvature in evaluation.prior_curvature.items()}
+    noise_sd, radius_px = float(values["noise"]), variant.radius_px(values)
+    if fixed:
+        sds, p_exists = reuse_uncertainty(
+            reuse, evaluate_at, locs, prior_curvature, observed, noise_sd, radius_px, layout
+        )
+    else:
+        sds, p_exists = droplet_uncertainty(
+            evaluate_at, locs, prior_curvature, observed, active, layout, noise_sd, radius_px
+        )
     if fixed:
         # Levenberg-Marquardt found the mode; the posterior's spread is the Laplace one.
         params.update({f"{name}_auto_scale": sd.astype(np.float32) for name, sd in sds.items()})

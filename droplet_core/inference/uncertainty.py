@@ -204,16 +204,34 @@ def droplet_uncertainty(
     blocks = droplet_jacobian(evaluate, locs, active, layout, radius_px)
     background, _ = evaluate(locs, np.zeros_like(active))
     background = np.asarray(background).reshape(layout.n_pixels, -1)
+    return laplace_of_blocks(blocks, blocks.gram(), background, prior_curvature, locs, observed, active, noise_sd)
+
+
+def laplace_of_blocks(
+    blocks: DropletJacobian,
+    gram: np.ndarray,
+    background: np.ndarray,
+    prior_curvature: dict,
+    locs: dict,
+    observed: np.ndarray,
+    active: np.ndarray,
+    noise_sd: float,
+) -> tuple[dict, np.ndarray]:
+    """``droplet_uncertainty`` from derivatives already taken: ``blocks`` (its ``fitted`` and
+    ``log_prior`` at the optimum), ``gram`` ``(n, d, d)`` its ``blocks.gram()``, ``background``
+    ``(h * w, c)`` the reconstruction without droplets; the other arguments and the returns as
+    ``droplet_uncertainty``'s."""
+    active = np.asarray(active, np.float32)
     d = len(blocks.jacobian)
 
-    curvature = blocks.gram() / noise_sd**2
+    curvature = gram / noise_sd**2
     diagonal = np.einsum("nii->ni", curvature)
     prior = np.maximum(stacked_by_site(prior_curvature, locs), 0.0)
     curvature[:, np.arange(d), np.arange(d)] += prior + RIDGE * (diagonal.mean(axis=1, keepdims=True) + 1e-12)
     covariance = np.linalg.inv(curvature)
 
     pixels = blocks.pixels
-    data = observed.reshape(layout.n_pixels, -1)[pixels]
+    data = observed.reshape(len(background), -1)[pixels]
     gain = ((data - background[pixels]) ** 2 - (data - blocks.fitted[pixels]) ** 2).sum(axis=1) / (2.0 * noise_sd**2)
     log_likelihood_gain = blocks.per_droplet(gain)
     _, log_det = np.linalg.slogdet(covariance)
