@@ -17,8 +17,10 @@ An iteration costs a render per droplet parameter (forward differences) and two 
 trial steps (one that switched no droplets, after one that computed the derivatives, reuses
 them and renders once to bring the residual up to date), all run by the fit's compiled
 ``evaluate``, which the fit that learned the appearance compiled: a reuse fit compiles no
-large program. The algebra runs on the host in
-numpy, so on a GPU, where SVI steps are cheap, a reuse fit gains little (``bench/device.py``).
+large program. On CPU the algebra runs on the host in
+numpy; where JAX's default device is not the CPU each step runs as compiled programs on it
+instead (``droplet_core.inference.reuse_compiled``, forward-mode derivatives), since there
+the host's algebra and copies cost more than the renders.
 The droplet count is decided as in SVI (``droplet_core.inference.droplet_switching``): missed droplets are
 switched on after the first iteration and every other iteration after, and negligible ones
 and duplicates switched off. The result is the posterior mode; the guide's scales are set
