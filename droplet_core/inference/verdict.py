@@ -274,18 +274,41 @@ def _transfer(height: int, width: int, sigma_px: float, orders: tuple[int, int])
     return np.outer(_axis_transfer(height, sigma_px, orders[0]), _axis_transfer(width, sigma_px, orders[1]))
 
 
-# Transfer factors are kept for a few image sizes: the frames of a stack, fitted one after the
-# other, are all the same size (14 factors of 1.6 MB at 500x400).
-@functools.lru_cache(maxsize=32)
+# The transfer factors of one image size are kept (a verdict takes 14): the frames of a stack,
+# fitted one after the other, are all the same size. Only for fitted images up to this many
+# pixels (14 factors of 8 MB at 1024x1024), so that an app server does not keep gigabytes.
+CACHED_TRANSFER_MAX_PIXELS = 1024 * 1024
+
+
 def _high_pass(height: int, width: int, sigma_px: float) -> np.ndarray:
     """``(h, w)`` the factor of each DCT-II coefficient for the image less its Gaussian blur (read-only)."""
-    return _read_only(1.0 - _transfer(height, width, sigma_px, (0, 0)))
+    return _kept(_high_pass_factors, height, width, sigma_px)
 
 
-@functools.lru_cache(maxsize=32)
 def _laplacian(height: int, width: int, sigma_px: float) -> np.ndarray:
     """``(h, w)`` the factor of each DCT-II coefficient for the Laplacian of Gaussian (read-only)."""
-    return _read_only(_transfer(height, width, sigma_px, (2, 0)) + _transfer(height, width, sigma_px, (0, 2)))
+    return _kept(_laplacian_factors, height, width, sigma_px)
+
+
+def _high_pass_factors(height: int, width: int, sigma_px: float) -> np.ndarray:
+    return 1.0 - _transfer(height, width, sigma_px, (0, 0))
+
+
+def _laplacian_factors(height: int, width: int, sigma_px: float) -> np.ndarray:
+    return _transfer(height, width, sigma_px, (2, 0)) + _transfer(height, width, sigma_px, (0, 2))
+
+
+def _kept(factors, height: int, width: int, sigma_px: float) -> np.ndarray:
+    """``factors(height, width, sigma_px)``, read-only, from the cache for images up to
+    ``CACHED_TRANSFER_MAX_PIXELS``."""
+    if height * width <= CACHED_TRANSFER_MAX_PIXELS:
+        return _cached_factors(factors, height, width, sigma_px)
+    return _read_only(factors(height, width, sigma_px))
+
+
+@functools.lru_cache(maxsize=14)
+def _cached_factors(factors, height: int, width: int, sigma_px: float) -> np.ndarray:
+    return _read_only(factors(height, width, sigma_px))
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
