@@ -495,13 +495,12 @@ def _fit_region(
         sds, p_exists = reuse_uncertainty(
             reuse, evaluate_at, locs, prior_curvature, observed, noise_sd, radius_px, layout
         )
+        # Levenberg-Marquardt found the mode; the posterior's spread is the Laplace one.
+        params.update({f"{name}_auto_scale": sd.astype(np.float32) for name, sd in sds.items()})
     else:
         sds, p_exists = droplet_uncertainty(
             evaluate_at, locs, prior_curvature, observed, active, layout, noise_sd, radius_px
         )
-    if fixed:
-        # Levenberg-Marquardt found the mode; the posterior's spread is the Laplace one.
-        params.update({f"{name}_auto_scale": sd.astype(np.float32) for name, sd in sds.items()})
     uncertainty = _constrained_sds(guide, locs, sds)
     uncertainty["p_exists"] = p_exists
     reconstruction = np.asarray(evaluation.reconstruction, np.float32)
