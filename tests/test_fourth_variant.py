@@ -66,7 +66,7 @@ def model(observed, anchors, active, spec: ModelSpec):
 def initial_values(observed, candidates, spec: ModelSpec, key, appearance=None) -> dict:
     del spec, key, appearance
     return {
-        **initial_background(observed),
+        **initial_background(observed, candidates),
         "noise": np.float32(0.05),
         "x": candidates[:, 0].astype(np.float32),
         "y": candidates[:, 1].astype(np.float32),

@@ -12,8 +12,12 @@ import pytest
 from scipy.spatial import cKDTree
 
 from droplet_core.detection import scale
+from droplet_core.detection.log_candidates import centre_contrast, contrast_image
 from droplet_core.detection.matching import match_pairs
+from droplet_core.imaging.channels import extract_channel
+from droplet_core.imaging.images import load_image
 from droplet_core.inference.engine import run_fit
+from droplet_core.models.common import background_level
 from droplet_core.models.outline import outline, outline_columns
 from droplet_core.models.templates import EXTENT
 from droplet_core.settings import FitSettings
@@ -325,6 +329,37 @@ def test_small_droplets_of_a_packed_emulsion_are_found_beside_large_ones():
     found = scale.detect_in_image(image, threshold=scale.CANDIDATE_THRESHOLD)
     distance, _ = cKDTree(found[["x", "y"]].to_numpy()).query(truth[["x", "y"]].to_numpy())
     assert np.mean(distance < 0.5 * truth["radius"].to_numpy()) >= 0.95
+
+
+def packed_fluorescence(seed: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """The independent renderer's packed fluorescence (512², radii 5-45 px) as a user's file loads."""
+    raw, truth = second_renderer.render("fluorescence", seed, density="packed")
+    return load_image(second_renderer.encode(raw)), truth
+
+
+def test_large_droplets_cut_by_the_border_of_a_packed_emulsion_are_candidates():
+    # The coarse levels see them with p_exists 0.3-0.5, as they see strips of small droplets
+    # along the border; unlike those strips they hold no sure smaller droplet.
+    image, truth = packed_fluorescence(5)
+    cut = truth[(scale.visible_fraction(truth, *image.shape[:2]) < 1) & truth["in_focus"] & (truth["radius"] >= 15)]
+    found = scale.detect_in_image(image, threshold=scale.CANDIDATE_THRESHOLD)
+    distance, _ = cKDTree(found[["x", "y"]].to_numpy()).query(cut[["x", "y"]].to_numpy())
+    assert len(cut) >= 15
+    assert np.all(distance < 0.5 * cut["radius"].to_numpy())
+
+
+def test_the_background_of_a_packed_emulsion_is_read_between_its_droplets():
+    # Droplets cover three quarters of the image, so its median pixel is a droplet's: against
+    # it, dim droplets have no contrast or the wrong sign, and a fit started them with no look.
+    image, truth = packed_fluorescence(5)
+    grey = extract_channel(image, "grey")
+    shown = truth[truth["in_focus"]]
+    x, y = shown["x"].to_numpy(), shown["y"].to_numpy()
+    background = background_level(grey, shown[["x", "y", "radius"]].to_numpy())
+    against_background = centre_contrast(contrast_image(grey, background)[1], x, y)
+    against_median = centre_contrast(contrast_image(grey)[1], x, y)
+    assert np.all(against_background > 0)
+    assert np.mean(against_median <= 0) > 0.05
 
 
 def test_grains_of_photon_noise_are_not_droplets_but_dim_droplets_in_it_are():

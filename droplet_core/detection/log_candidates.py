@@ -14,14 +14,15 @@ from skimage.feature import blob_log, peak_local_max
 SQRT2 = float(np.sqrt(2.0))
 
 
-def contrast_image(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def contrast_image(channel: np.ndarray, background: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Deviation from the background of a ``(h, w, c)`` channel.
 
     Returns the magnitude ``(h, w)`` (Euclidean over channels) and the signed deviation
-    ``(h, w, c)``, both relative to the per-channel median (the background of a crowded
-    droplet image is its most common value).
+    ``(h, w, c)``, both relative to ``background`` ``(c,)``, by default the per-channel median
+    (the background of a droplet image whose droplets cover under half of it).
     """
-    signed = channel - np.median(channel, axis=(0, 1), keepdims=True)
+    level = np.median(channel, axis=(0, 1)) if background is None else np.asarray(background)
+    signed = channel - np.reshape(level, (1, 1, -1))
     return np.sqrt(np.sum(signed**2, axis=2)), signed
 
 

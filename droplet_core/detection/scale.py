@@ -68,8 +68,10 @@ CLUSTER_MIN_DROPLETS = 5
 CLUSTER_MIN_DROPLETS_DOUBTFUL = 4
 # Coarse levels see strips of small droplets along the image border as large droplets cut
 # by it, with p_exists 0.3-0.5 (example.jpg, the second renderer's seed-like scenes): a
-# detection cut by the border at a level coarser than the finest needs this presence
-# probability even when lower candidates are asked for.
+# detection cut by the border at a level coarser than the finest that holds a sure smaller
+# detection (as ``clusters`` counts them; those strips held 2-16) needs this presence
+# probability even when lower candidates are asked for. Large droplets cut by the border of
+# the second renderer's packed fluorescence are seen with p_exists 0.3-0.5 too, and hold none.
 CUT_COARSE_MIN_P_EXISTS = detector_net.DEFAULT_THRESHOLD
 # A cluster cut by the image border shows only the droplets of its visible part: it needs
 # CLUSTER_MIN_DROPLETS times the visible share of its disk, and at least
@@ -222,10 +224,12 @@ def pyramid_detections(
     table = pd.concat(found, ignore_index=True)
     height, width = region.shape[:2]
     table = table.assign(visible_fraction=visible_fraction(table, height * downscale, width * downscale))
+    holds_sure = np.array([len(parts) > 0 for parts in _sure_parts(table)], dtype=bool)
     doubtful_cut = (
         (table["level"] > factors[0] * downscale)
         & (table["visible_fraction"] < 1.0 - 1e-6)
         & (table["p_exists"] < CUT_COARSE_MIN_P_EXISTS)
+        & holds_sure
     )
     return table[~doubtful_cut].reset_index(drop=True)
 
@@ -362,17 +366,11 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
     xy = table[["x", "y"]].to_numpy(float)
     radius = table["radius"].to_numpy(float)
     p_exists = table["p_exists"].to_numpy(float)
-    sure = np.flatnonzero(p_exists >= SCALE_MIN_P_EXISTS)
     is_cluster = np.zeros(len(table), dtype=bool)
-    if not len(sure):
-        return is_cluster
     visible = table["visible_fraction"].to_numpy(float) if "visible_fraction" in table else np.ones(len(table))
     least = np.where(p_exists < detector_net.DEFAULT_THRESHOLD, CLUSTER_MIN_DROPLETS_DOUBTFUL, CLUSTER_MIN_DROPLETS)
     needed = np.maximum(np.ceil(least * visible), CLUSTER_MIN_DROPLETS_CUT)
-    within = cKDTree(xy[sure]).query_ball_point(xy, CLUSTER_CENTRE_WITHIN * radius)
-    for i, near in enumerate(within):
-        parts = sure[near]
-        parts = parts[radius[parts] < CLUSTER_PART_RADIUS * radius[i]]
+    for i, parts in enumerate(_sure_parts(table)):
         if len(parts) >= needed[i]:
             parts = parts[_outermost(xy[parts], radius[parts])]
             reach = np.hypot(*(xy[parts] - xy[i]).T) + radius[parts]
@@ -383,6 +381,20 @@ def clusters(table: pd.DataFrame) -> np.ndarray:
             )
             is_cluster[i] = len(parts) >= needed[i] and not texture
     return is_cluster
+
+
+def _sure_parts(table: pd.DataFrame) -> list[np.ndarray]:
+    """For each detection of ``table`` (``x``, ``y``, ``radius``, ``p_exists``), the indices of the
+    sure ones (``p_exists >= SCALE_MIN_P_EXISTS``) that could be droplets it holds: under
+    ``CLUSTER_PART_RADIUS`` of its radius, centres within ``CLUSTER_CENTRE_WITHIN`` of it."""
+    xy = table[["x", "y"]].to_numpy(float)
+    radius = table["radius"].to_numpy(float)
+    sure = np.flatnonzero(table["p_exists"].to_numpy(float) >= SCALE_MIN_P_EXISTS)
+    if not len(sure):
+        return [sure] * len(table)
+    within = cKDTree(xy[sure]).query_ball_point(xy, CLUSTER_CENTRE_WITHIN * radius)
+    near = [sure[np.asarray(found, dtype=int)] for found in within]
+    return [parts[radius[parts] < CLUSTER_PART_RADIUS * r] for parts, r in zip(near, radius)]
 
 
 def outermost_droplets(table: pd.DataFrame, split_clusters: bool = True) -> pd.DataFrame:

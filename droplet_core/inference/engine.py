@@ -68,7 +68,7 @@ from droplet_core.inference.uncertainty import (
 )
 from droplet_core.inference.verdict import judge_fit
 from droplet_core.measurements.counting import count_of_table
-from droplet_core.models.common import ModelSpec, bucket_size, make_layout, saturation_levels
+from droplet_core.models.common import ModelSpec, background_level, bucket_size, make_layout, saturation_levels
 from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.results import (
     FitReport,
@@ -169,7 +169,8 @@ def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> 
         # Droplets far below a fit pixel cannot be drawn at this downscale.
         table = table[table["radius"] >= MIN_DRAWN_RADIUS_PX].head(settings.droplets or None)
         table["radius"] = table["radius"].clip(MIN_RADIUS_PX, MAX_FIT_RADIUS_PX)
-        table["contrast"] = centre_contrast(contrast_image(observed)[1], table["x"], table["y"])
+        background = background_level(observed, table[["x", "y", "radius"]].to_numpy())
+        table["contrast"] = centre_contrast(contrast_image(observed, background)[1], table["x"], table["y"])
     else:
         largest = (
             MAX_RADIUS_PX
@@ -196,7 +197,8 @@ def _start_candidates(droplets: pd.DataFrame, observed: np.ndarray, factor: int,
     x = images.to_fit_px(table["x"].to_numpy() - origin[0], factor)
     y = images.to_fit_px(table["y"].to_numpy() - origin[1], factor)
     radius = np.clip(table["radius"].to_numpy() / factor, MIN_RADIUS_PX, MAX_FIT_RADIUS_PX)
-    contrast = centre_contrast(contrast_image(observed)[1], x, y)
+    background = background_level(observed, np.stack([x, y, radius], axis=1))
+    contrast = centre_contrast(contrast_image(observed, background)[1], x, y)
     return np.stack([x, y, radius, np.asarray(contrast)], axis=1).astype(np.float32)
 
 

@@ -252,11 +252,39 @@ def shading_basis(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def initial_background(observed: np.ndarray) -> dict:
-    """Initial values of the background sites for an ``(h, w, c)`` channel: flat at the median."""
+# Where droplets cover most of the image (packed emulsions, crowded fluorescence) the median
+# pixel is a droplet's, not the background's: on the second renderer's packed fluorescence the
+# dim droplets then had no contrast against it, started with no look, and were switched off.
+# The background is read between the candidates' disks instead, where enough of it is left.
+BACKGROUND_OUTSIDE_RADII = 1.1
+MIN_BACKGROUND_FRACTION = 0.02
+
+
+def background_level(observed: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """``(c,)`` background of an ``(h, w, c)`` channel: the median of the pixels outside every
+    candidate's disk (``candidates`` ``(n, >=3)``: x, y, radius in pixels of ``observed``), or of
+    all pixels where the disks leave under ``MIN_BACKGROUND_FRACTION`` of them."""
+    height, width = observed.shape[:2]
+    covered = np.zeros((height, width), bool)
+    for x, y, radius in np.unique(np.asarray(candidates)[:, :3], axis=0):
+        reach = BACKGROUND_OUTSIDE_RADII * radius
+        r0, r1 = max(int(y - reach), 0), min(int(np.ceil(y + reach)) + 1, height)
+        c0, c1 = max(int(x - reach), 0), min(int(np.ceil(x + reach)) + 1, width)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        rows, cols = np.ogrid[r0:r1, c0:c1]
+        covered[r0:r1, c0:c1] |= (cols - x) ** 2 + (rows - y) ** 2 <= reach**2
+    if covered.mean() > 1.0 - MIN_BACKGROUND_FRACTION:
+        return np.median(observed, axis=(0, 1))
+    return np.median(observed[~covered], axis=0)
+
+
+def initial_background(observed: np.ndarray, candidates: np.ndarray) -> dict:
+    """Initial values of the background sites for an ``(h, w, c)`` channel: flat at the
+    ``background_level`` between the ``(n, >=3)`` candidates."""
     channels = observed.shape[2]
     return {
-        "bg": np.median(observed, axis=(0, 1)).astype(np.float32),
+        "bg": background_level(observed, candidates).astype(np.float32),
         "bg_shading": np.zeros((*SHADING_GRID, channels), np.float32),
     }
 

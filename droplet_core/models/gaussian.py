@@ -60,7 +60,7 @@ def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict 
     Blobs have no learned appearance, so there is none to reuse."""
     del key, appearance
     return {
-        **initial_background(observed),
+        **initial_background(observed, candidates),
         "noise": np.float32(0.05),
         "x": candidates[:, 0].astype(np.float32),
         "y": candidates[:, 1].astype(np.float32),

@@ -183,7 +183,7 @@ def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict 
     flat_weights.update(appearance or {})
     return {
         **flat_weights,
-        **initial_background(observed),
+        **initial_background(observed, candidates),
         "noise": np.float32(0.05),
         "x": candidates[:, 0].astype(np.float32),
         "y": candidates[:, 1].astype(np.float32),

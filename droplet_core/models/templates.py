@@ -129,7 +129,7 @@ def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict 
         masks = np.asarray(appearance["masks"])
         composition = least_squares_composition(observed, candidates, masks, spec)
     return {
-        **initial_background(observed),
+        **initial_background(observed, candidates),
         "noise": np.float32(0.05),
         "masks": masks.astype(np.float32),
         "x": candidates[:, 0].astype(np.float32),
