@@ -68,6 +68,7 @@ from droplet_core.inference.uncertainty import (
 )
 from droplet_core.inference.verdict import judge_fit
 from droplet_core.measurements.counting import count_of_table
+from droplet_core.measurements.focus import with_edge_blur
 from droplet_core.models.common import ModelSpec, background_level, bucket_size, make_layout, saturation_levels
 from droplet_core.provenance import jax_device_description, library_versions
 from droplet_core.results import (
@@ -510,6 +511,8 @@ def _fit_region(
     droplets = with_model_discrepancy(
         _droplet_table(variant.droplet_columns(values, uncertainty, spec), active, factor, origin), discrepancy
     )
+    # Blur is measured where it is sharpest: in the uploaded image, not the downscaled one.
+    droplets = with_edge_blur(droplets, extract_channel(image, settings.channel).mean(axis=2))
     count = count_of_table(droplets, count_discrepancy)
     verdict = judge_fit(
         observed,
