@@ -205,6 +205,8 @@ def _hover(droplets: pd.DataFrame) -> tuple[np.ndarray, str]:
         extra.append(("p_exists", "P(exists) %{customdata[%d]:.3f}"))
     if "amplitude" in droplets.columns:
         extra.append(("amplitude", "amplitude %{customdata[%d]:.3f}"))
+    if "edge_width" in droplets.columns:
+        extra.append(("edge_width", "edge blur %{customdata[%d]:.1f} px"))
     for col in composition_columns(droplets):
         extra.append((col, f"type {col[12:]} " + "%{customdata[%d]:.2f}"))
     columns = [name for name, _ in fields] + [name for name, _ in extra]
@@ -233,7 +235,8 @@ def droplet_traces(
     The marker trace is LAST; its point index equals the droplet's row in ``droplets``
     (its customdata[0] holds the row index too), for hover and box/lasso selection.
     With ``doubtful_below``, droplets whose ``p_exists`` is below it (probably not
-    droplets) are outlined dashed in grey, in a trace of their own.
+    droplets) are outlined dashed in grey, in a trace of their own; droplets out of focus
+    (``in_focus`` False) are outlined dotted, in another.
     """
     traces: list = []
     if droplets.empty:
@@ -244,16 +247,27 @@ def droplet_traces(
         if doubtful_below is not None and "p_exists" in droplets.columns
         else np.zeros(len(droplets), bool)
     )
-    groups = [(None, ~doubtful)] if types is None else [(t, (types == t) & ~doubtful) for t in np.unique(types)]
-    if doubtful.any():
-        xs, ys = circle_outlines(droplets["x"][doubtful], droplets["y"][doubtful], droplets["radius"][doubtful])
+    blurred = (
+        ~droplets["in_focus"].to_numpy(bool) & ~doubtful
+        if "in_focus" in droplets.columns
+        else np.zeros(len(droplets), bool)
+    )
+    plain = ~doubtful & ~blurred
+    groups = [(None, plain)] if types is None else [(t, (types == t) & plain) for t in np.unique(types)]
+    for mask, colour, dash, label in (
+        (doubtful, DOUBTFUL_COLOUR, "dash", "doubtful (probably not droplets)"),
+        (blurred, ring_colour, "dot", "out of focus"),
+    ):
+        if not mask.any():
+            continue
+        xs, ys = circle_outlines(droplets["x"][mask], droplets["y"][mask], droplets["radius"][mask])
         traces.append(
             go.Scatter(
                 x=xs,
                 y=ys,
                 mode="lines",
-                line=dict(color=DOUBTFUL_COLOUR, width=1.0, dash="dash"),
-                name="doubtful (probably not droplets)",
+                line=dict(color=colour, width=1.0, dash=dash),
+                name=label,
                 hoverinfo="skip",
                 showlegend=show_legend,
             )
@@ -275,7 +289,7 @@ def droplet_traces(
                 line=dict(color=colour, width=1.0),
                 name=name if t is None else f"type {t}",
                 hoverinfo="skip",
-                showlegend=show_legend and (t is not None or bool(doubtful.any())),
+                showlegend=show_legend and (t is not None or bool(doubtful.any() or blurred.any())),
                 legendgroup=f"{name}-{t}",
             )
         )

@@ -286,6 +286,9 @@ def test_demo_fit_overlay_and_share_link(tmp_path):
                 go(page, "Results")
                 page.wait_for_selector(".st-key-overlay .js-plotly-plot", timeout=60_000)
                 assert_no_exception(page, "fluorescence results")
+                # Its dim, blurred blobs are drawn dotted, as out of focus.
+                legend = page.locator(".st-key-overlay .legendtext").all_text_contents()
+                assert "out of focus" in legend, legend
                 shot(page, "results_fluorescence")
 
                 # Back to the demo: its fit is current again.
