@@ -136,6 +136,8 @@ def fit_with_fixed_appearance(
     # The last iteration's Jacobian and Gram matrices, for the Laplace uncertainty at the end.
     last_jacobian: tuple = (None, None)
     losses, status, first_iteration_s, previous_rmse = [], "done", 0.0, np.inf
+    # The evaluation of the parameters the fit converged at, where it did (no need to render them again).
+    converged = None
     outlines = _DrawnOutlines(variant, layout.n_droplets)
 
     def evaluated(params, anchors, active):
@@ -171,6 +173,7 @@ def fit_with_fixed_appearance(
             elapsed_s = time.perf_counter() - started
             progress(FitProgress(iteration + 1, max_iterations, losses[-1], elapsed_s, int(active.sum())))
         if not tidied and rmse > (1.0 - CONVERGED_RMSE_FRACTION) * previous_rmse:
+            converged = evaluation
             break
         previous_rmse = rmse
         params["bg_shading_auto_loc"] = _solved_shading(residual, values, height, width)
@@ -217,7 +220,7 @@ def fit_with_fixed_appearance(
             first_iteration_s = time.perf_counter() - iteration_started
     params, anchors, active, evaluation = _tidied(
         evaluated,
-        evaluated(params, anchors, active),
+        evaluated(params, anchors, active) if converged is None else converged,
         params,
         observed,
         anchors,
