@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from droplet_core.inference import reuse_compiled
+from droplet_core.inference.damping import DAMPING_DOWN, DAMPING_RANGE, DAMPING_UP, INITIAL_DAMPING, TRIES
 from droplet_core.inference.droplet_switching import tidy
 from droplet_core.inference.uncertainty import (
     DropletJacobian,
@@ -62,13 +64,6 @@ TIDY_FIRST = 1
 TIDY_EVERY = 2
 # Converged: an iteration without switching droplets lowered the RMSE by less than this fraction.
 CONVERGED_RMSE_FRACTION = 0.01
-# Levenberg-Marquardt damping, relative to each block's diagonal: where it starts, and how
-# it shrinks after a step that helped and grows after one that did not.
-INITIAL_DAMPING = 0.1
-DAMPING_DOWN, DAMPING_UP = 1.0 / 3.0, 10.0
-DAMPING_RANGE = (1e-4, 1e4)
-# Steps tried per iteration: a droplet whose first step did not help tries a more damped one.
-TRIES = 2
 
 
 class ReuseRun(NamedTuple):
@@ -121,8 +116,6 @@ def fit_with_fixed_appearance(
     -------
     ReuseRun: its ``run``'s ``losses`` are the negative log posterior density where each iteration started.
     """
-    from droplet_core.inference import reuse_compiled  # it imports this module's constants
-
     compiled = reuse_compiled.compiled_chosen()
     started = time.perf_counter() if started is None else started
     layout = spec.layout
