@@ -39,6 +39,7 @@ from scipy.spatial import cKDTree
 from bench.timelapse import movie_settings
 from droplet_core.detection.matching import match_droplets
 from droplet_core.inference import engine, reuse_compiled, reuse_fit
+from droplet_core.inference.damping import INITIAL_DAMPING
 from droplet_core.inference.engine import run_fit
 from droplet_core.inference.moved_start import moved_warm_start
 from droplet_core.inference.uncertainty import DropletJacobian, at_locs, by_site, droplet_jacobian, stacked_by_site
@@ -71,7 +72,7 @@ def first_iteration(fit_args: tuple) -> dict:
         "spec": spec,
         "prior_curvature": stacked_by_site(evaluation.prior_curvature, locs),
         "radius_px": variant.radius_px(values),
-        "damping": np.full(layout.n_droplets, reuse_fit.INITIAL_DAMPING),
+        "damping": np.full(layout.n_droplets, INITIAL_DAMPING),
         "locs": locs,
         "flat_observed": flat_observed,
     }

@@ -127,9 +127,9 @@ def later_coverage(tracks: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float
 
 
 def step_split(fits) -> str:
-    """The median seconds of each step of the frames fitted (``FrameFit.steps_s``): registration and
-    detection (taken while the frame before was fitted), the wait for them, the reuse fit, its
-    uncertainty, table and verdict, and the rest (store, start)."""
+    """The median seconds of each step of the frames fitted (``FrameFit.steps_s``): registration,
+    detection and the image's part of the verdict (taken while the frame before was fitted), the
+    wait for them, the reuse fit, its uncertainty, table and verdict, and the rest (store, start)."""
     steps = pd.DataFrame([fit.steps_s for fit in fits if fit.steps_s])
     if steps.empty:
         return "none fitted"

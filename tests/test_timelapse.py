@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from droplet_core.imaging import images
 from droplet_core.imaging.stacks import Stack, read_stack
 from droplet_core.inference.moved_start import HALO_RADII, moved_warm_start
 from droplet_core.service import timelapse
+from droplet_core.service.requests import StoreSaveError
 from droplet_core.service.store import FitStore
 from droplet_core.synthetic.stack_scenes import make_stack, score_tracks
 
@@ -505,3 +508,24 @@ def test_a_stack_is_fitted_with_one_blas_thread(monkeypatch, tmp_path):
         after = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
     assert seen and all(threads == [timelapse.STACK_BLAS_THREADS] * len(threads) for threads in seen)
     assert after and set(after) == {2}
+
+
+def test_a_fit_being_saved_counts_as_stored_and_a_failed_save_is_reported(tmp_path):
+    """``fit_stack`` saves each frame's fit in a thread while the next frame is fitted."""
+    release, kept = threading.Event(), []
+
+    class SlowStore(FitStore):
+        def save(self, result):
+            release.wait()
+            if result.fit_id == "unwritable":
+                raise OSError("disk full")
+            kept.append(result.fit_id)
+
+    saving = timelapse._SavedAside(SlowStore(tmp_path))
+    saving.save(SimpleNamespace(fit_id="first"))
+    assert saving.has("first") and not kept
+    release.set()
+    saving.save(SimpleNamespace(fit_id="unwritable"))
+    with pytest.raises(StoreSaveError, match="disk full"):
+        saving.close()
+    assert kept == ["first"]

@@ -99,6 +99,25 @@ def test_judge_fit_sees_an_unexplained_image_and_a_perfect_reconstruction():
     assert FitVerdict.from_dict(missed.to_dict()) == missed
 
 
+def test_a_verdict_readied_ahead_is_the_one_judged_cold(monkeypatch):
+    # A time-lapse readies the image's part of each frame's verdict in another thread; the
+    # verdict must not change, and must not take that part again.
+    image = bright_disks(6.0, 20, 160, seed=3)[:, :, :1]
+    missed_half = image.copy()
+    missed_half[:, 80:] = float(np.median(image))
+    verdict_filters._observed_sides.clear()
+    cold = judge_fit(image, missed_half, np.full(10, 6.0), np.ones(10), (1.0, 12.0))
+    assert cold.residual_spots >= 5
+    verdict_filters._observed_sides.clear()
+    verdict_filters.ready_verdict(image, (1.0, 12.0))
+
+    def taken_again(*args):
+        raise AssertionError("the image's part of the verdict was taken again")
+
+    monkeypatch.setattr(verdict_filters, "_spot_threshold", taken_again)
+    assert judge_fit(image, missed_half, np.full(10, 6.0), np.ones(10), (1.0, 12.0)) == cold
+
+
 @pytest.mark.parametrize("sigma_px", [0.7, 6.0, 36.2, 102.4])
 def test_filters_on_the_dct_are_ndimages_reflect_filters(sigma_px):
     # The verdict filters products of DCT-II coefficients; they must be scipy.ndimage's own

@@ -66,7 +66,7 @@ from droplet_core.inference.uncertainty import (
     model_discrepancy,
     with_model_discrepancy,
 )
-from droplet_core.inference.verdict import judge_fit
+from droplet_core.inference.verdict import judge_fit, ready_verdict
 from droplet_core.measurements.counting import count_of_table
 from droplet_core.measurements.focus import with_edge_blur
 from droplet_core.models.common import ModelSpec, background_level, bucket_size, make_layout, saturation_levels
@@ -146,6 +146,15 @@ def prepare_channel(image: np.ndarray, settings: FitSettings) -> tuple[np.ndarra
     """``prepare_region``'s ``(h, w, c)`` fit channel, downscale factor and crop origin."""
     region = prepare_region(image, settings)
     return extract_channel(region.rgb, settings.channel).astype(np.float32), region.factor, region.origin
+
+
+def ready_judgement(image: np.ndarray, settings: FitSettings) -> None:
+    """Work out ahead the part of a fit's verdict that depends on the image alone
+    (``verdict.ready_verdict``), for a fit of the uploaded ``(H, W, 3)`` ``image`` with
+    ``settings``, which must set the downscale (as a time-lapse's later frames do)."""
+    region = prepare_region(image, settings, detect=False)
+    observed = extract_channel(region.rgb, settings.channel).astype(np.float32)
+    ready_verdict(observed, (MIN_RADIUS_PX, MAX_FIT_RADIUS_PX))
 
 
 def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> np.ndarray:

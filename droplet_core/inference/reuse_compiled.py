@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from droplet_core.inference.reuse_fit import DAMPING_DOWN, DAMPING_RANGE, DAMPING_UP, TRIES
+from droplet_core.inference.damping import DAMPING_DOWN, DAMPING_RANGE, DAMPING_UP, TRIES
 from droplet_core.models.common import ModelSpec, nearest_droplet_pixels
 
 # Environment variable choosing a reuse fit's step: "compiled" (this module), "host"

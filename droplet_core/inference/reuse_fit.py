@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from droplet_core.inference import reuse_compiled
+from droplet_core.inference.damping import DAMPING_DOWN, DAMPING_RANGE, DAMPING_UP, INITIAL_DAMPING, TRIES
 from droplet_core.inference.droplet_switching import tidy
 from droplet_core.inference.uncertainty import (
     DropletJacobian,
@@ -62,13 +64,6 @@ TIDY_FIRST = 1
 TIDY_EVERY = 2
 # Converged: an iteration without switching droplets lowered the RMSE by less than this fraction.
 CONVERGED_RMSE_FRACTION = 0.01
-# Levenberg-Marquardt damping, relative to each block's diagonal: where it starts, and how
-# it shrinks after a step that helped and grows after one that did not.
-INITIAL_DAMPING = 0.1
-DAMPING_DOWN, DAMPING_UP = 1.0 / 3.0, 10.0
-DAMPING_RANGE = (1e-4, 1e4)
-# Steps tried per iteration: a droplet whose first step did not help tries a more damped one.
-TRIES = 2
 
 
 class ReuseRun(NamedTuple):
@@ -121,8 +116,6 @@ def fit_with_fixed_appearance(
     -------
     ReuseRun: its ``run``'s ``losses`` are the negative log posterior density where each iteration started.
     """
-    from droplet_core.inference import reuse_compiled  # it imports this module's constants
-
     compiled = reuse_compiled.compiled_chosen()
     started = time.perf_counter() if started is None else started
     layout = spec.layout
@@ -136,6 +129,8 @@ def fit_with_fixed_appearance(
     # The last iteration's Jacobian and Gram matrices, for the Laplace uncertainty at the end.
     last_jacobian: tuple = (None, None)
     losses, status, first_iteration_s, previous_rmse = [], "done", 0.0, np.inf
+    # The evaluation of the parameters the fit converged at, where it did (no need to render them again).
+    converged = None
     outlines = _DrawnOutlines(variant, layout.n_droplets)
 
     def evaluated(params, anchors, active):
@@ -171,6 +166,7 @@ def fit_with_fixed_appearance(
             elapsed_s = time.perf_counter() - started
             progress(FitProgress(iteration + 1, max_iterations, losses[-1], elapsed_s, int(active.sum())))
         if not tidied and rmse > (1.0 - CONVERGED_RMSE_FRACTION) * previous_rmse:
+            converged = evaluation
             break
         previous_rmse = rmse
         params["bg_shading_auto_loc"] = _solved_shading(residual, values, height, width)
@@ -217,7 +213,7 @@ def fit_with_fixed_appearance(
             first_iteration_s = time.perf_counter() - iteration_started
     params, anchors, active, evaluation = _tidied(
         evaluated,
-        evaluated(params, anchors, active),
+        evaluated(params, anchors, active) if converged is None else converged,
         params,
         observed,
         anchors,

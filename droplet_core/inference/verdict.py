@@ -27,7 +27,11 @@ filter is exactly such a product (symmetric convolution), so the figures are
 from __future__ import annotations
 
 import functools
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import fft, ndimage
@@ -152,19 +156,14 @@ def judge_fit(
     -------
     FitVerdict
     """
-    observed = np.asarray(observed, np.float64)
-    residual = observed - np.asarray(reconstruction, np.float64)
     min_radius_px, max_radius_px = float(radius_limits_px[0]), float(radius_limits_px[1])
-    high_pass_sigma = 2.0 * max_radius_px
-    noise_sd = noise_sd_estimate(observed)
-    height, width = observed.shape[:2]
-    high_pass = _high_pass(height, width, high_pass_sigma)
-    observed_band_spectrum = _spectrum(observed) * high_pass[:, :, None]
-    residual_band_spectrum = _spectrum(residual) * high_pass[:, :, None]
-    observed_band = _image(observed_band_spectrum)
+    seen = _observed_side(observed, min_radius_px, max_radius_px)
+    noise_sd, observed_power = seen.noise_sd, seen.band_power
+    residual = np.asarray(observed, np.float64) - np.asarray(reconstruction, np.float64)
+    height, width = residual.shape[:2]
+    residual_band_spectrum = _spectrum(residual) * _high_pass(height, width, 2.0 * max_radius_px)[:, :, None]
     residual_band = _image(residual_band_spectrum)
     noise_power = noise_sd**2
-    observed_power = float(np.mean(observed_band**2))
     residual_power = float(np.mean(residual_band**2))
     structure_power = observed_power - noise_power
     structure_to_noise = max(structure_power, 0.0) / noise_power
@@ -175,7 +174,7 @@ def judge_fit(
     relative_rmse = float(np.sqrt(np.mean(residual**2)) / max(np.sqrt(observed_power), 1e-6))
 
     spots, spot_radius = _residual_spots(
-        observed_band_spectrum, residual_band_spectrum, noise_sd, min_radius_px, max_radius_px
+        seen.spot_threshold, residual_band_spectrum, noise_sd, min_radius_px, max_radius_px
     )
     radius = np.asarray(radius_fit_px, np.float64)
     count = radius.size
@@ -316,41 +315,114 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
+class _ObservedSide(NamedTuple):
+    """What a verdict takes from the observed ``(h, w, c)`` image alone: its noise sd, its band's
+    (the high-pass's) power, and the least LoG response of a residual spot (None where the
+    image shows no droplet-scale blob, so the residual has no spots)."""
+
+    noise_sd: float
+    band_power: float
+    spot_threshold: float | None
+
+
+# The observed sides of the last few images judged or readied (``ready_verdict``), by content:
+# a time-lapse readies each frame's in the thread that takes its look while the frame before
+# is fitted, and its verdict then only looks at the residual.
+KEPT_OBSERVED_SIDES = 4
+_observed_sides: OrderedDict = OrderedDict()
+_observed_sides_lock = threading.Lock()
+
+
+def ready_verdict(observed: np.ndarray, radius_limits_px: tuple[float, float]) -> None:
+    """Work out ahead what ``judge_fit`` of ``observed`` with ``radius_limits_px`` takes from the
+    observed image alone, so that a later ``judge_fit`` of the same image skips it (thread-safe)."""
+    _observed_side(observed, float(radius_limits_px[0]), float(radius_limits_px[1]))
+
+
+def _observed_side(observed: np.ndarray, min_radius_px: float, max_radius_px: float) -> _ObservedSide:
+    """``_ObservedSide`` of ``observed`` ``(h, w, c)``, kept for ``KEPT_OBSERVED_SIDES`` images."""
+    observed = np.ascontiguousarray(observed)
+    key = (
+        hashlib.blake2b(observed.view(np.uint8), digest_size=16).hexdigest(),
+        observed.shape,
+        observed.dtype.str,
+        min_radius_px,
+        max_radius_px,
+    )
+    with _observed_sides_lock:
+        if key in _observed_sides:
+            _observed_sides.move_to_end(key)
+            return _observed_sides[key]
+    observed = np.asarray(observed, np.float64)
+    height, width = observed.shape[:2]
+    noise_sd = noise_sd_estimate(observed)
+    band_spectrum = _spectrum(observed) * _high_pass(height, width, 2.0 * max_radius_px)[:, :, None]
+    seen = _ObservedSide(
+        noise_sd,
+        float(np.mean(_image(band_spectrum) ** 2)),
+        _spot_threshold(band_spectrum, noise_sd, min_radius_px, max_radius_px),
+    )
+    with _observed_sides_lock:
+        _observed_sides[key] = seen
+        while len(_observed_sides) > KEPT_OBSERVED_SIDES:
+            _observed_sides.popitem(last=False)
+    return seen
+
+
+def _spot_radii(min_radius_px: float, max_radius_px: float) -> np.ndarray:
+    """The LoG scales' radii (fit px) at which spots are looked for."""
+    octaves = np.log2(max(max_radius_px / max(min_radius_px, 1.0), 1.0))
+    return np.geomspace(max(min_radius_px, 1.0), max_radius_px, max(int(np.ceil(octaves * SCALES_PER_OCTAVE)) + 1, 2))
+
+
+def _best_log_response(band_spectrum: np.ndarray, noise_sd: float, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(h, w)`` the strongest |LoG| response over the scales of ``radii`` of the band given as its
+    ``_spectrum``, in noise sds of that scale, and the index of the scale that gave it."""
+    height, width, channels = band_spectrum.shape
+    best = np.zeros((height, width))
+    scale = np.zeros((height, width), int)
+    for index, radius in enumerate(radii):
+        sigma = radius / np.sqrt(2.0)
+        noise_response = noise_sd * _log_kernel_norm(sigma) * np.sqrt(channels)
+        response = _log_magnitude(band_spectrum, _laplacian(height, width, sigma), sigma) / noise_response
+        scale[response > best] = index
+        best = np.maximum(best, response)
+    return best, scale
+
+
+def _spot_threshold(
+    observed_band_spectrum: np.ndarray, noise_sd: float, min_radius_px: float, max_radius_px: float
+) -> float | None:
+    """The least LoG response (noise sds) of a residual spot: ``SPOT_NOISE_SDS``, or a fraction
+    of the image's typical droplet response where that is more; None where the observed band
+    (given as its ``_spectrum``) has no droplet-scale blob."""
+    observed_best, _ = _best_log_response(observed_band_spectrum, noise_sd, _spot_radii(min_radius_px, max_radius_px))
+    observed_peaks = peak_local_max(
+        observed_best, min_distance=max(int(min_radius_px), 1), threshold_abs=SPOT_NOISE_SDS, exclude_border=False
+    )
+    if len(observed_peaks) == 0:
+        return None
+    typical = float(np.median(observed_best[tuple(observed_peaks.T)]))
+    return max(SPOT_NOISE_SDS, SPOT_FRACTION_OF_DROPLET * typical)
+
+
 def _residual_spots(
-    observed_band_spectrum: np.ndarray,
+    threshold: float | None,
     residual_band_spectrum: np.ndarray,
     noise_sd: float,
     min_radius_px: float,
     max_radius_px: float,
 ) -> tuple[int, float]:
-    """Strong droplet-shaped blobs of the residual (see the module docstring): their number
-    and their median radius (fit px, the best LoG scale; 0 when there are none). The bands
-    are given as their ``_spectrum``."""
-    height, width, channels = residual_band_spectrum.shape
-    octaves = np.log2(max(max_radius_px / max(min_radius_px, 1.0), 1.0))
-    radii = np.geomspace(max(min_radius_px, 1.0), max_radius_px, max(int(np.ceil(octaves * SCALES_PER_OCTAVE)) + 1, 2))
-    residual_best = np.zeros((height, width))
-    residual_scale = np.zeros((height, width), int)
-    observed_best = np.zeros((height, width))
-    for index, radius in enumerate(radii):
-        sigma = radius / np.sqrt(2.0)
-        noise_response = noise_sd * _log_kernel_norm(sigma) * np.sqrt(channels)
-        laplacian = _laplacian(height, width, sigma)
-        response = _log_magnitude(residual_band_spectrum, laplacian, sigma) / noise_response
-        residual_scale[response > residual_best] = index
-        residual_best = np.maximum(residual_best, response)
-        observed_best = np.maximum(
-            observed_best, _log_magnitude(observed_band_spectrum, laplacian, sigma) / noise_response
-        )
-    separation = max(int(min_radius_px), 1)
-    observed_peaks = peak_local_max(
-        observed_best, min_distance=separation, threshold_abs=SPOT_NOISE_SDS, exclude_border=False
-    )
-    if len(observed_peaks) == 0:
+    """Strong droplet-shaped blobs of the residual (see the module docstring), at least
+    ``threshold`` (``_spot_threshold``; None: none) strong: their number and their median radius
+    (fit px, the best LoG scale; 0 when there are none). The band is given as its ``_spectrum``."""
+    if threshold is None:
         return 0, 0.0
-    typical = float(np.median(observed_best[tuple(observed_peaks.T)]))
-    threshold = max(SPOT_NOISE_SDS, SPOT_FRACTION_OF_DROPLET * typical)
-    spots = peak_local_max(residual_best, min_distance=separation, threshold_abs=threshold, exclude_border=False)
+    radii = _spot_radii(min_radius_px, max_radius_px)
+    residual_best, residual_scale = _best_log_response(residual_band_spectrum, noise_sd, radii)
+    spots = peak_local_max(
+        residual_best, min_distance=max(int(min_radius_px), 1), threshold_abs=threshold, exclude_border=False
+    )
     if len(spots) == 0:
         return 0, 0.0
     return len(spots), float(np.median(radii[residual_scale[tuple(spots.T)]]))

@@ -47,7 +47,7 @@ from droplet_core.measurements.counting import count_of_table
 from droplet_core.measurements.readout import fit_statistics
 from droplet_core.measurements.size_statistics import statistics_wide
 from droplet_core.results import FitResult
-from droplet_core.service.requests import load_or_fit
+from droplet_core.service.requests import StoreSaveError, load_or_fit
 from droplet_core.service.store import FitStore
 from droplet_core.settings import FitSettings
 
@@ -207,8 +207,9 @@ class FrameFit:
     """One frame's fit: its index, stored fit id, kind (``full``, ``reuse``, ``refit``),
     seconds taken (0 when it came from the store), the field's shift from the frame
     fitted before it (px), and where a fitted frame's seconds went (``steps_s``: the
-    registration and the detector, taken in a thread while the frame before was fitted
-    (``LOOK_STEPS``), the wait for them, the fit, its uncertainty and verdict, the rest)."""
+    registration, the detector and the image's part of the verdict, taken in a thread while
+    the frame before was fitted (``LOOK_STEPS``), the wait for them, the fit, its uncertainty,
+    table and verdict, the rest)."""
 
     frame: int
     fit_id: str
@@ -261,7 +262,8 @@ def fit_stack(
     progress: Callable[[int, int, FrameFit], None] | None = None,
     stop: threading.Event | None = None,
 ) -> list[FrameFit]:
-    """Fit every frame of ``stack`` (see the module docstring); each fit goes into ``store``.
+    """Fit every frame of ``stack`` (see the module docstring); each fit goes into ``store``
+    (saved in a thread while the next frame is fitted; all are saved when this returns).
 
     Parameters
     ----------
@@ -278,6 +280,7 @@ def fit_stack(
     fitted: dict[int, tuple[FrameFit, FitResult]] = {}
     sources: dict[int, FitResult] = {}
     order = frame_order(stack.n_frames, settings.first_frame)
+    saving = _SavedAside(store)
     # A frame's look (registration, detector, change of the frame) needs only the frames, so the
     # next frame's is taken in a thread while this one is fitted: the fit's host-side algebra
     # leaves a core idle much of the time.
@@ -289,7 +292,13 @@ def fit_stack(
             index, previous_index = order[position]
             looks[index] = (
                 downscale,
-                ahead.submit(_frame_look, stack.frames, index, previous_index, downscale, settings.fit.crop),
+                ahead.submit(
+                    _frame_look,
+                    stack.frames,
+                    index,
+                    previous_index,
+                    dataclasses.replace(settings.fit, downscale=downscale),
+                ),
             )
 
     try:
@@ -298,7 +307,7 @@ def fit_stack(
                 if stop is not None and stop.is_set():
                     break
                 record, result, steps_s, started = _fitted_frame(
-                    stack, settings, store, index, previous_index, fitted, sources, looks, look_ahead, done
+                    stack, settings, saving, index, previous_index, fitted, sources, looks, look_ahead, done
                 )
                 seconds = 0.0 if record.from_store else time.perf_counter() - started
                 if not record.from_store:
@@ -313,38 +322,87 @@ def fit_stack(
                     progress(done + 1, len(order), record)
     finally:
         ahead.shutdown(wait=True, cancel_futures=True)
+        saving.close()
     return [fitted[index][0] for index in sorted(fitted)]
+
+
+class _SavedAside:
+    """``store`` as ``fit_stack`` uses it: each fit is saved in a thread (``save`` returns at once)
+    while the next frame is fitted, since writing a frame's files took 0.04-0.09 s of its
+    critical path. A fit being saved counts as stored (``has``) and is loaded once saved;
+    ``close`` waits for every save. A save that failed raises ``StoreSaveError`` at the next
+    save, load or close."""
+
+    def __init__(self, store: FitStore):
+        self._store = store
+        self._saver = ThreadPoolExecutor(max_workers=1)
+        self._saving: dict[str, Future] = {}
+
+    def has(self, fit_id: str) -> bool:
+        return fit_id in self._saving or self._store.has(fit_id)
+
+    def load(self, fit_id: str) -> FitResult:
+        self._saved(fit_id)
+        return self._store.load(fit_id)
+
+    def save(self, result: FitResult) -> None:
+        for fit_id in [fit_id for fit_id, future in self._saving.items() if future.done()]:
+            self._saved(fit_id)
+        self._saving[result.fit_id] = self._saver.submit(self._store.save, result)
+
+    def close(self) -> None:
+        try:
+            for fit_id in list(self._saving):
+                self._saved(fit_id)
+        finally:
+            self._saver.shutdown(wait=True)
+
+    def _saved(self, fit_id: str) -> None:
+        """Wait for the save of ``fit_id`` (if under way), raising ``StoreSaveError`` where it failed."""
+        future = self._saving.pop(fit_id, None)
+        if future is None:
+            return
+        try:
+            future.result()
+        except (ValueError, OSError) as exc:
+            raise StoreSaveError(f"fit {fit_id} cannot be stored: {type(exc).__name__}: {exc}") from exc
 
 
 # Steps of a frame's look, taken in a thread (``FrameFit.steps_s``): their seconds overlap the
 # fit of the frame before; ``waited`` is how long the frame's fit waited for them.
-LOOK_STEPS = ("registration", "detection")
+LOOK_STEPS = ("registration", "detection", "verdict")
 
 
 @dataclass(frozen=True, eq=False)
 class _Look:
     """A later frame seen against the one it starts from: the field's shift (dx, dy) px, the
-    detector's droplets, ``field_change_sds`` ``(h, w)``, and the seconds each took."""
+    detector's droplets, ``field_change_sds`` ``(h, w)``, and the seconds each step took
+    (``LOOK_STEPS``)."""
 
     shift_px: tuple[float, float]
     detections: pd.DataFrame
     change_sds: np.ndarray
-    registration_s: float
-    detection_s: float
+    steps_s: dict
 
 
-def _frame_look(frames: np.ndarray, index: int, previous_index: int, downscale: float, crop) -> _Look:
+def _frame_look(frames: np.ndarray, index: int, previous_index: int, fit: FitSettings) -> _Look:
     """``_Look`` of frame ``index`` of ``frames`` ``(t, h, w, 3)`` from frame ``previous_index``,
-    the detector run at the appearance source's ``downscale``."""
+    the detector run at the downscale of ``fit`` (the reuse fit's settings). The image's part
+    of the frame's verdict is worked out too (``engine.ready_judgement``): the fit's host work
+    holds the main thread, and this thread has time to spare."""
     # The detector and the fit engine load JAX; linking tables needs none of it.
     from droplet_core.detection.in_image import detect_droplets
+    from droplet_core.inference.engine import ready_judgement
 
     started = time.perf_counter()
     shift = field_shift_px(frames[previous_index], frames[index])
     change = field_change_sds(frames[previous_index], frames[index], shift)
     registered = time.perf_counter()
-    detections = detect_droplets(frames[index], downscale=downscale, crop=crop)
-    return _Look(shift, detections, change, registered - started, time.perf_counter() - registered)
+    detections = detect_droplets(frames[index], downscale=fit.downscale, crop=fit.crop)
+    detected = time.perf_counter()
+    ready_judgement(frames[index], fit)
+    seconds = (registered - started, detected - registered, time.perf_counter() - detected)
+    return _Look(shift, detections, change, dict(zip(LOOK_STEPS, seconds)))
 
 
 def _fitted_frame(stack, settings, store, index, previous_index, fitted, sources, looks, look_ahead, done):
@@ -387,7 +445,7 @@ def _fitted_frame(stack, settings, store, index, previous_index, fitted, sources
                 )
             }
         )
-        steps_s = {"registration": look.registration_s, "detection": look.detection_s, "waited": waited}
+        steps_s = {**look.steps_s, "waited": waited}
         result, from_store = load_or_fit(frame, sha, reuse, store, appearance_source=source, **start)
         kind = REUSE
         if max(result.report.rmse) > settings.refit_rmse_ratio * max(source.report.rmse):
