@@ -769,7 +769,7 @@ def _droplet_table(columns: dict, active: np.ndarray, factor: int, origin: tuple
     table = pd.DataFrame({name: np.asarray(value)[keep] for name, value in columns.items()})
     table["x"] = images.to_original_px(table["x"].to_numpy(), factor) + origin[0]
     table["y"] = images.to_original_px(table["y"].to_numpy(), factor) + origin[1]
-    for name in ("radius", "sd_x", "sd_y", "sd_radius", "edge_width"):
+    for name in ("radius", "sd_x", "sd_y", "sd_radius"):
         if name in table:
             table[name] = table[name] * factor
     return table.sort_values(["y", "x"], kind="stable").reset_index(drop=True)

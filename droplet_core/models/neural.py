@@ -204,7 +204,7 @@ def _random_start(key, n: int, types: int, channels: int, features: int):
 
 def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
     """Per-droplet columns in fit px: x, y, radius, composition_0.., sd_x, sd_y, sd_radius,
-    p_exists, edge_width, in_focus.
+    p_exists.
 
     ``x``, ``y`` and ``radius`` are the centre and edge of each droplet's drawn outline
     (``outline.outline_columns`` of ``droplet_looks``): the optics model draws at

@@ -47,26 +47,17 @@ OUTLINE_OUTLIER_MADS = 3.0
 PRESSED_OVERLAP_FRACTION = 0.1
 
 
-# A droplet whose edge is this many times wider than the image's median droplet edge, and
-# than a cell of the grid its look is drawn on, is out of focus (in focus, every edge is
-# about as wide as the microscope's blur, or as the cell where that is finer: a large
-# droplet's edge spans a cell of its own look, many pixels).
-OUT_OF_FOCUS_EDGE_RATIO = 2.0
-
-
 class Outline(NamedTuple):
     """Each droplet's drawn outline ``(n,)``, in units of the model's radius: the centre's
-    offset from the model's ``x``, ``y``, the edge radius, and the edge's width (the look's
-    contrast over its steepest slope at the edge: about the blur's width)."""
+    offset from the model's ``x``, ``y`` and the edge radius."""
 
     centre_x: np.ndarray
     centre_y: np.ndarray
     edge: np.ndarray
-    edge_width: np.ndarray
 
 
 def outline(droplet_masks: np.ndarray, extent: float) -> Outline:
-    """Centre, edge radius and edge width of each droplet's drawn look (``Outline``).
+    """Centre and edge radius of each droplet's drawn look (``Outline``).
 
     Along ``OUTLINE_ANGLES`` rays from the grid's centre, the edge is the outermost strong
     step of the look (``OUTLINE_GRADIENT_FRACTION``); a circle fitted to those points by
@@ -94,35 +85,27 @@ def _outline_and_edge_points(droplet_masks: np.ndarray, extent: float) -> tuple[
     rays = _ray_sampling(size, extent)
     flat = np.asarray(droplet_masks, np.float32).reshape(n, size * size)
     chunks = [_ray_edges(flat[start : start + OUTLINE_CHUNK], rays) for start in range(0, max(n, 1), OUTLINE_CHUNK)]
-    edge_index, found, typical, contrast = (np.concatenate(field) for field in zip(*chunks))
+    edge_index, found = (np.concatenate(field) for field in zip(*chunks))
     points = EdgePoints(rays.angle, rays.rho[0] - OUTLINE_STEP * edge_index, found)
     centre_x, centre_y, radius, usable = _robust_circles(points)
     drawn = Outline(
         np.where(usable, centre_x, 0.0).astype(np.float32),
         np.where(usable, centre_y, 0.0).astype(np.float32),
         np.where(usable, radius, 1.0).astype(np.float32),
-        (OUTLINE_STEP * contrast / np.maximum(typical, 1e-12)).astype(np.float32),
     )
     return drawn, points
 
 
-def _ray_edges(flat_masks: np.ndarray, rays: Rays) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _ray_edges(flat_masks: np.ndarray, rays: Rays) -> tuple[np.ndarray, np.ndarray]:
     """Along ``rays`` of looks ``(k, m * m)``: the edge's ray point and whether there is one
-    ``(k, a)`` (``_outermost_strong_peak``), the typical (median over rays) largest radial step
-    and the median contrast within the model's radius ``(k,)``.
+    ``(k, a)`` (``_outermost_strong_peak``, against the typical (median over rays) largest radial
+    step).
 
-    One sparse product gives each ray's profile and its radial gradient (4 and about 8 mask
-    cells a ray point): a dense ``(k, m * m) @ (m * m, rays)`` product and ``np.gradient``
-    took 4 times as long.
+    One sparse product gives each ray's radial gradient (about 8 mask cells a ray point): a
+    dense ``(k, m * m) @ (m * m, rays)`` product and ``np.gradient`` took 4 times as long.
     """
-    k, points = len(flat_masks), rays.angle.size * rays.rho.size
-    read = flat_masks @ rays.profile_and_gradient
-    profile = read[:, :points].reshape(k, rays.angle.size, rays.rho.size)
-    step = np.abs(read[:, points:].reshape(profile.shape))
-    typical = np.median(step.max(axis=2), axis=1)
-    edge_index, found = _outermost_strong_peak(step, typical)
-    contrast = np.median(np.abs(profile[..., rays.rho <= 1.0]), axis=(1, 2))
-    return edge_index, found, typical, contrast
+    step = np.abs((flat_masks @ rays.gradient).reshape(len(flat_masks), rays.angle.size, rays.rho.size))
+    return _outermost_strong_peak(step, np.median(step.max(axis=2), axis=1))
 
 
 def _outermost_strong_peak(step: np.ndarray, typical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,13 +160,13 @@ def _robust_circles(points: EdgePoints) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 class Rays(NamedTuple):
     """The rays of ``outline`` on a grid of ``m`` cells a side: angles ``(a,)``, radii ``(s,)``
-    (from the grid's ``extent`` inwards, radii) and the sparse ``(m * m, 2 * a * s)`` matrix
-    that reads a flattened look's value at every ray point (bilinearly, angle-major) and then
-    its radial gradient there (as ``np.gradient`` along each ray, per ray point)."""
+    (from the grid's ``extent`` inwards, radii) and the sparse ``(m * m, a * s)`` matrix that
+    reads a flattened look's radial gradient at every ray point (angle-major; ``np.gradient``
+    along each ray of the look sampled bilinearly)."""
 
     angle: np.ndarray
     rho: np.ndarray
-    profile_and_gradient: sparse.csc_array
+    gradient: sparse.csc_array
 
 
 @lru_cache(maxsize=4)
@@ -203,10 +186,9 @@ def _ray_sampling(size: int, extent: float) -> Rays:
         inside = (cu >= 0) & (cu < size) & (cv >= 0) & (cv < size)
         np.add.at(weights, (rows[inside], (cv * size + cu)[inside]), w[inside])
     along = weights.reshape(angle.size, rho.size, -1)
-    gradient = np.gradient(along, axis=1).reshape(weights.shape)
-    read = np.concatenate([weights, gradient]).T.astype(np.float32)
-    read[np.abs(read) < 1e-12] = 0.0
-    return Rays(angle, rho, sparse.csc_array(read))
+    gradient = np.gradient(along, axis=1).reshape(weights.shape).T.astype(np.float32)
+    gradient[np.abs(gradient) < 1e-12] = 0.0
+    return Rays(angle, rho, sparse.csc_array(gradient))
 
 
 def _fit_circles(px: np.ndarray, py: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -223,7 +205,7 @@ def _fit_circles(px: np.ndarray, py: np.ndarray, use: np.ndarray) -> tuple[np.nd
 def outline_columns(
     looks: np.ndarray, extent: float, x: np.ndarray, y: np.ndarray, radius: np.ndarray, columns: dict
 ) -> dict:
-    """The outline's ``x``, ``y``, ``radius``, ``edge_width`` and ``in_focus`` (fit px) of droplets
+    """The outline's ``x``, ``y`` and ``radius`` (fit px) of droplets
     whose looks ``(n, m, m)`` (minus the background, on a grid of ``-extent..extent`` of their
     model ``radius`` ``(n,)``) are drawn at ``x``, ``y`` ``(n,)``; ``columns`` (the variant's
     other columns) come along with ``sd_radius`` scaled to the outline. Where ``columns``
@@ -233,9 +215,6 @@ def outline_columns(
     radius = np.asarray(radius, np.float64)
     if "p_exists" in columns:
         drawn = _pressed_against(drawn, points, np.asarray(x), np.asarray(y), radius, np.asarray(columns["p_exists"]))
-    edge_width_px = drawn.edge_width * radius
-    cell_px = 2.0 * extent / (looks.shape[-1] - 1) * radius
-    sharpest_px = np.maximum(np.median(edge_width_px), cell_px)
     columns = dict(columns)
     if "sd_radius" in columns:
         columns["sd_radius"] = columns["sd_radius"] * drawn.edge
@@ -244,8 +223,6 @@ def outline_columns(
         "y": np.asarray(y) + drawn.centre_y * radius,
         "radius": drawn.edge * radius,
         **columns,
-        "edge_width": edge_width_px,
-        "in_focus": edge_width_px <= OUT_OF_FOCUS_EDGE_RATIO * sharpest_px,
     }
 
 
@@ -295,4 +272,4 @@ def _pressed_against(
     fields = [np.array(field, copy=True) for field in drawn[:3]]
     for field, value in zip(fields, (centre_x, centre_y, edge)):
         field[pressed] = value
-    return Outline(*fields, drawn.edge_width)
+    return Outline(*fields)

@@ -196,7 +196,7 @@ def composed_masks(values: dict) -> np.ndarray:
 
 def droplet_columns(values: dict, uncertainty: dict, spec: ModelSpec) -> dict:
     """Per-droplet columns in fit px: x, y, radius, amplitude, composition_0.., sd_x, sd_y,
-    sd_radius, p_exists, edge_width, in_focus.
+    sd_radius, p_exists.
 
     ``x``, ``y`` and ``radius`` are the centre and edge of each droplet's drawn outline
     (``outline.outline_columns``), not the model's own ``x``, ``y``, ``radius``: moving (or
