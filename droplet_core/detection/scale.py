@@ -71,7 +71,9 @@ CLUSTER_MIN_DROPLETS_DOUBTFUL = 4
 # detection cut by the border at a level coarser than the finest that holds a sure smaller
 # detection (as ``clusters`` counts them; those strips held 2-16) needs this presence
 # probability even when lower candidates are asked for. Large droplets cut by the border of
-# the second renderer's packed fluorescence are seen with p_exists 0.3-0.5 too, and hold none.
+# the second renderer's packed fluorescence are seen with p_exists 0.3-0.5 too, and hold none;
+# they stand where at least half of the disk is in the image (MIN_VISIBLE_TO_SIZE; theirs:
+# 0.56-0.99), since a doubtful disk mostly outside it is as often a dark or shifted image edge.
 CUT_COARSE_MIN_P_EXISTS = detector_net.DEFAULT_THRESHOLD
 # A cluster cut by the image border shows only the droplets of its visible part: it needs
 # CLUSTER_MIN_DROPLETS times the visible share of its disk, and at least
@@ -229,7 +231,7 @@ def pyramid_detections(
         (table["level"] > factors[0] * downscale)
         & (table["visible_fraction"] < 1.0 - 1e-6)
         & (table["p_exists"] < CUT_COARSE_MIN_P_EXISTS)
-        & holds_sure
+        & (holds_sure | (table["visible_fraction"] < MIN_VISIBLE_TO_SIZE))
     )
     return table[~doubtful_cut].reset_index(drop=True)
 
