@@ -121,7 +121,9 @@ def setup(name: str, observed: np.ndarray, seed_value: int) -> tuple:
         ],
         axis=1,
     ).astype(np.float32)
-    init_values = variant.initial_values(observed, candidates, spec, jax.random.PRNGKey(seed_value))
+    # Random candidates say nothing of where the background is: it starts at the median pixel.
+    background = np.median(observed, axis=(0, 1))
+    init_values = variant.initial_values(observed, candidates, background, spec, jax.random.PRNGKey(seed_value))
     return (lambda observed: seed_model(observed, spec)), init_values
 
 

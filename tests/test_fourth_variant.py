@@ -63,10 +63,10 @@ def model(observed, anchors, active, spec: ModelSpec):
     numpyro.sample("obs", dist.Normal(image, noise).to_event(3), obs=observed)
 
 
-def initial_values(observed, candidates, spec: ModelSpec, key, appearance=None) -> dict:
+def initial_values(observed, candidates, background, spec: ModelSpec, key, appearance=None) -> dict:
     del spec, key, appearance
     return {
-        **initial_background(observed, candidates),
+        **initial_background(background, observed.shape[2]),
         "noise": np.float32(0.05),
         "x": candidates[:, 0].astype(np.float32),
         "y": candidates[:, 1].astype(np.float32),

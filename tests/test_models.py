@@ -11,6 +11,7 @@ from droplet_core.models.common import (
     PADDING_OFFSET_PX,
     Layout,
     ModelSpec,
+    background_level,
     bucket_size,
     make_layout,
 )
@@ -21,6 +22,33 @@ def test_bucket_sizes_hold_the_count_and_waste_little():
         size = bucket_size(count)
         assert count <= size <= count * 1.125
     assert bucket_size(3000) == bucket_size(3050)
+
+
+def test_background_is_read_between_droplets_that_cover_most_of_the_image():
+    # A packed field: bright disks of radius 6-14 px on a hexagonal grid cover about 80 % of a
+    # dark background (0.1), so the median pixel is a droplet's.
+    rng = np.random.default_rng(3)
+    rows, cols = np.mgrid[0:200, 0:240]
+    centres = [
+        (x + 12.0 * (j % 2), y)
+        for j, y in enumerate(np.arange(10.0, 200.0, 21.0))
+        for x in np.arange(10.0, 240.0, 24.0)
+    ]
+    x, y = np.array(centres).T
+    radius = rng.uniform(9.0, 11.5, len(x))
+    image = np.full((200, 240), 0.1)
+    for cx, cy, r in zip(x, y, radius):
+        image[(cols - cx) ** 2 + (rows - cy) ** 2 <= r**2] = rng.uniform(0.5, 0.9)
+    observed = (image + rng.normal(0.0, 0.01, image.shape))[..., None].astype(np.float32)
+    assert np.median(observed) > 0.4
+    candidates = np.stack([x, y, radius], axis=1)
+    assert abs(background_level(observed, candidates)[0] - 0.1) < 0.01
+    # Disks covering everything leave no background to read: the median of all pixels.
+    everywhere = np.array([[120.0, 100.0, 400.0]])
+    assert background_level(observed, everywhere)[0] == np.median(observed)
+    # Disks wholly outside the image cover nothing.
+    outside = np.array([[-50.0, -50.0, 10.0], [400.0, 100.0, 20.0]])
+    assert background_level(observed, outside)[0] == np.median(observed)
 
 
 def test_layout_padding_draws_nothing():
@@ -62,6 +90,6 @@ def test_least_squares_compositions_start_near_the_truth():
     observed = observed + rng.normal(0.0, 0.01, observed.shape).astype(np.float32)
     candidates = np.stack([x, y, radius, np.zeros(n, np.float32)], axis=1)
 
-    start = templates.least_squares_composition(observed, candidates, masks, spec)
+    start = templates.least_squares_composition(observed, candidates, np.array([0.5], np.float32), masks, spec)
     assert start.shape == (n, types)
     assert np.median(np.abs(start - truth)) < 0.5 * np.median(np.abs(0.5 - truth))

@@ -157,8 +157,9 @@ def ready_judgement(image: np.ndarray, settings: FitSettings) -> None:
     ready_verdict(observed, (MIN_RADIUS_PX, MAX_FIT_RADIUS_PX))
 
 
-def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> np.ndarray:
-    """``(n, 4)`` detector candidates x, y, radius, contrast in fit pixels (strongest first).
+def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, 4)`` detector candidates x, y, radius, contrast in fit pixels (strongest first), and
+    the ``(c,)`` background between them (``background_level``).
 
     ``settings.initializer`` picks the detector: the trained encoder on every level of an
     image pyramid (``droplet_core.detection.scale``; most probable first), which looks at the RGB
@@ -193,14 +194,18 @@ def _candidates(observed: np.ndarray, region: Region, settings: FitSettings) -> 
             max_radius_px=largest,
             max_count=settings.droplets or None,
         )
+        background = background_level(observed, table[["x", "y", "radius"]].to_numpy())
     if table.empty:
         raise FitError("no droplet candidates found in this channel; try another channel or a smaller downscale")
-    return table[["x", "y", "radius", "contrast"]].to_numpy(np.float32)
+    return table[["x", "y", "radius", "contrast"]].to_numpy(np.float32), background
 
 
-def _start_candidates(droplets: pd.DataFrame, observed: np.ndarray, factor: int, origin: tuple[int, int]) -> np.ndarray:
+def _start_candidates(
+    droplets: pd.DataFrame, observed: np.ndarray, factor: int, origin: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """``(n, 4)`` candidates x, y, radius, contrast in fit pixels from an earlier fit's droplet
-    table (pixels of its uploaded image), most probable first."""
+    table (pixels of its uploaded image), most probable first, and the ``(c,)`` background
+    between them."""
     if droplets.empty:
         raise FitError("the fit to start from has no droplets")
     table = droplets.sort_values("p_exists", ascending=False, kind="stable") if "p_exists" in droplets else droplets
@@ -209,7 +214,7 @@ def _start_candidates(droplets: pd.DataFrame, observed: np.ndarray, factor: int,
     radius = np.clip(table["radius"].to_numpy() / factor, MIN_RADIUS_PX, MAX_FIT_RADIUS_PX)
     background = background_level(observed, np.stack([x, y, radius], axis=1))
     contrast = centre_contrast(contrast_image(observed, background)[1], x, y)
-    return np.stack([x, y, radius, np.asarray(contrast)], axis=1).astype(np.float32)
+    return np.stack([x, y, radius, np.asarray(contrast)], axis=1).astype(np.float32), background
 
 
 def learning_rates(settings: FitSettings, warm: bool) -> np.ndarray:
@@ -434,7 +439,7 @@ def _fit_region(
         active = warm_start.warm_start.active.astype(np.float32)
         polarity = warm_start.warm_start.polarity
     else:
-        found = (
+        found, background = (
             _candidates(observed, region, settings)
             if start_from is None
             else _start_candidates(start_from.droplets, observed, factor, origin)
@@ -453,7 +458,7 @@ def _fit_region(
     if warm_start is not None:
         init_params = dict(warm_start.params)
     else:
-        init_values = variant.initial_values(observed, candidates, spec, init_key, fixed or None)
+        init_values = variant.initial_values(observed, candidates, background, spec, init_key, fixed or None)
         init_params = guide.initial_params(init_values, GUIDE_INIT_SCALE)
     init_params.update(guide.initial_params(fixed, FROZEN_SCALE))
     per_droplet = [name for name, site in sites.items() if site.per_droplet]

@@ -26,9 +26,10 @@ class Variant(Protocol):
         ``y`` (fit px) in a plate named ``"droplets"``, and deterministic sites
         ``reconstruction`` ``(h, w, c)`` and ``strength`` ``(n,)`` (each droplet's
         strongest effect on the image, channel units).
-    initial_values(observed, candidates, spec, key, appearance) : ``{site: value}`` to start
-        from, given detector ``candidates`` ``(n, 4)`` x, y, radius, contrast (fit px) and a
-        reused ``appearance`` (``{site: value}`` held fixed, or None).
+    initial_values(observed, candidates, background, spec, key, appearance) : ``{site: value}``
+        to start from, given detector ``candidates`` ``(n, 4)`` x, y, radius, contrast (fit px),
+        the ``(c,)`` ``background`` between them (``common.background_level``) and a reused
+        ``appearance`` (``{site: value}`` held fixed, or None).
     added_droplet_values(peaks, values, active) : ``{site: (k, ...)}`` starting values, other
         than ``x`` and ``y``, of droplets switched on at residual ``peaks`` ``(k, 4)``, given
         the fit's current ``values`` and ``active`` mask.
@@ -47,7 +48,9 @@ class Variant(Protocol):
 
     def model(self, observed, anchors, active, spec: ModelSpec) -> None: ...
 
-    def initial_values(self, observed, candidates, spec: ModelSpec, key, appearance: dict | None = None) -> dict: ...
+    def initial_values(
+        self, observed, candidates, background, spec: ModelSpec, key, appearance: dict | None = None
+    ) -> dict: ...
 
     def added_droplet_values(self, peaks: np.ndarray, values: dict, active: np.ndarray) -> dict: ...
 

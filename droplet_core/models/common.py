@@ -264,27 +264,37 @@ def background_level(observed: np.ndarray, candidates: np.ndarray) -> np.ndarray
     """``(c,)`` background of an ``(h, w, c)`` channel: the median of the pixels outside every
     candidate's disk (``candidates`` ``(n, >=3)``: x, y, radius in pixels of ``observed``), or of
     all pixels where the disks leave under ``MIN_BACKGROUND_FRACTION`` of them."""
-    height, width = observed.shape[:2]
-    covered = np.zeros((height, width), bool)
-    for x, y, radius in np.unique(np.asarray(candidates)[:, :3], axis=0):
-        reach = BACKGROUND_OUTSIDE_RADII * radius
-        r0, r1 = max(int(y - reach), 0), min(int(np.ceil(y + reach)) + 1, height)
-        c0, c1 = max(int(x - reach), 0), min(int(np.ceil(x + reach)) + 1, width)
-        if r0 >= r1 or c0 >= c1:
-            continue
-        rows, cols = np.ogrid[r0:r1, c0:c1]
-        covered[r0:r1, c0:c1] |= (cols - x) ** 2 + (rows - y) ** 2 <= reach**2
+    covered = _covered_by_disks(observed.shape[:2], np.asarray(candidates)[:, :3], BACKGROUND_OUTSIDE_RADII)
     if covered.mean() > 1.0 - MIN_BACKGROUND_FRACTION:
         return np.median(observed, axis=(0, 1))
     return np.median(observed[~covered], axis=0)
 
 
-def initial_background(observed: np.ndarray, candidates: np.ndarray) -> dict:
-    """Initial values of the background sites for an ``(h, w, c)`` channel: flat at the
-    ``background_level`` between the ``(n, >=3)`` candidates."""
-    channels = observed.shape[2]
+def _covered_by_disks(shape: tuple[int, int], disks: np.ndarray, scale: float) -> np.ndarray:
+    """``shape`` bool image of the pixels within ``scale`` radii of any of the ``disks``
+    ``(n, 3)`` (x, y, radius, px). Disks of one whole-pixel reach are drawn together, so a
+    fit's thousands of droplets cost a few array operations, not a Python loop each."""
+    height, width = shape
+    covered = np.zeros(shape, bool)
+    x, y, reach = np.unique(disks, axis=0).T
+    reach = scale * reach
+    half = np.ceil(reach).astype(int) + 1
+    for size in np.unique(half):
+        gx, gy, greach = (a[half == size, None, None] for a in (x, y, reach))
+        offsets = np.arange(-size, size + 1)
+        rows = np.round(gy).astype(int) + offsets[None, :, None]
+        cols = np.round(gx).astype(int) + offsets[None, None, :]
+        inside = (cols - gx) ** 2 + (rows - gy) ** 2 <= greach**2
+        inside &= (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+        covered[np.broadcast_to(rows, inside.shape)[inside], np.broadcast_to(cols, inside.shape)[inside]] = True
+    return covered
+
+
+def initial_background(background: np.ndarray, channels: int) -> dict:
+    """Initial values of the background sites: flat at ``background`` ``(c,)`` (channel units,
+    ``background_level``) over ``channels`` channels."""
     return {
-        "bg": background_level(observed, candidates).astype(np.float32),
+        "bg": np.broadcast_to(np.asarray(background, np.float32), (channels,)).copy(),
         "bg_shading": np.zeros((*SHADING_GRID, channels), np.float32),
     }
 

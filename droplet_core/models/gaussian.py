@@ -54,13 +54,13 @@ def render(background, x, y, sigma, amplitude, spec: ModelSpec):
     return jnp.clip(background + spec.polarity * droplets, spec.floor, spec.ceiling)
 
 
-def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
+def initial_values(observed, candidates, background, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
     """Start at the detector's candidates ``(n, 4)``: x, y, radius, contrast (fit px, channel units).
 
     Blobs have no learned appearance, so there is none to reuse."""
     del key, appearance
     return {
-        **initial_background(observed, candidates),
+        **initial_background(background, observed.shape[2]),
         "noise": np.float32(0.05),
         "x": candidates[:, 0].astype(np.float32),
         "y": candidates[:, 1].astype(np.float32),

@@ -168,7 +168,7 @@ def droplet_strength(optics, bg, radius, composition):
     return jnp.max(jnp.abs(values - bg), axis=(1, 2))
 
 
-def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
+def initial_values(observed, candidates, background, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
     """Start at the detector's candidates ``(n, 4)`` (x, y, radius, contrast); optics weights from
     the prior, or those of a reused ``appearance`` (``{"optics/...": weights}``)."""
     composition, weights = _random_start(
@@ -183,7 +183,7 @@ def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict 
     flat_weights.update(appearance or {})
     return {
         **flat_weights,
-        **initial_background(observed, candidates),
+        **initial_background(background, observed.shape[2]),
         "noise": np.float32(0.05),
         "x": candidates[:, 0].astype(np.float32),
         "y": candidates[:, 1].astype(np.float32),

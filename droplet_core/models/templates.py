@@ -109,7 +109,7 @@ def disk_profile(size: int) -> np.ndarray:
     return np.clip(1.5 - distance, 0.0, 1.0)
 
 
-def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
+def initial_values(observed, candidates, background, spec: ModelSpec, key, appearance: dict | None = None) -> dict:
     """Start at the detector's candidates ``(n, 4)`` (x, y, radius, contrast) with disk-like masks.
 
     The masks start as slightly different disks so the types can specialise. With a reused
@@ -127,9 +127,9 @@ def initial_values(observed, candidates, spec: ModelSpec, key, appearance: dict 
         composition = np.clip(composition * scale[:, None] / types * 2.0, 0.02, 0.98)
     else:
         masks = np.asarray(appearance["masks"])
-        composition = least_squares_composition(observed, candidates, masks, spec)
+        composition = least_squares_composition(observed, candidates, background, masks, spec)
     return {
-        **initial_background(observed, candidates),
+        **initial_background(background, observed.shape[2]),
         "noise": np.float32(0.05),
         "masks": masks.astype(np.float32),
         "x": candidates[:, 0].astype(np.float32),
@@ -147,12 +147,12 @@ COMPOSITION_RIDGE = 0.3
 COMPOSITION_PRIOR_CENTRE = 0.5
 
 
-def least_squares_composition(observed, candidates, masks, spec: ModelSpec) -> np.ndarray:
+def least_squares_composition(observed, candidates, background, masks, spec: ModelSpec) -> np.ndarray:
     """``(n, types)`` compositions that best draw each droplet with fixed ``masks``.
 
     The image is linear in the compositions once the masks and the droplets' places are
     known, so each droplet's composition solves a small least-squares problem over its
-    patch: the observed ``(h, w, 1)`` channel less its median (the background), against the
+    patch: the observed ``(h, w, 1)`` channel less its ``background`` ``(1,)``, against the
     masks drawn at the candidate's x, y and radius (``candidates`` ``(n, 4)``). Neighbours
     that overlap a patch are ignored; the fit corrects that. Clipped to the prior's
     support.
@@ -165,7 +165,7 @@ def least_squares_composition(observed, candidates, masks, spec: ModelSpec) -> n
         for a in _drawn_types(candidates[:, 0], candidates[:, 1], np.maximum(candidates[:, 2], 0.5), shaped, spec)
     )
     drawn = drawn * inside[:, None]
-    target = (observed[..., 0] - np.median(observed)).ravel()[flat] * inside
+    target = (observed[..., 0] - background[0]).ravel()[flat] * inside
     starts = np.searchsorted(layout.droplet, np.arange(n))
     normal = np.zeros((n, types, types))
     for t in range(types):
