@@ -106,7 +106,7 @@ def drawn_disk(size, centre_x, centre_y, edge, highlight=None):
 @pytest.mark.parametrize("centre, edge", [((0.0, 0.0), 1.0), ((0.12, -0.08), 0.9), ((-0.1, 0.15), 1.1)])
 def test_outline_reads_the_edge_not_the_highlight(centre, edge):
     mask = drawn_disk(61, *centre, edge, highlight=(centre[0], centre[1] + 0.5 * edge, 0.2))
-    centre_x, centre_y, radius = outline(mask, EXTENT)
+    centre_x, centre_y, radius = outline(mask, EXTENT, np.array([8.0]))
     assert centre_x[0] == pytest.approx(centre[0], abs=0.03)
     assert centre_y[0] == pytest.approx(centre[1], abs=0.03)
     assert radius[0] == pytest.approx(edge, rel=0.04)
@@ -116,7 +116,7 @@ def test_a_blurred_edge_is_read_at_its_middle():
     axis = np.linspace(-EXTENT, EXTENT, 61)
     distance = np.hypot(*np.meshgrid(axis, axis))
     blurred = -0.3 / (1.0 + np.exp((distance - 1.0) / 0.12))[None]
-    assert outline(blurred, EXTENT).edge[0] == pytest.approx(1.0, rel=0.05)
+    assert outline(blurred, EXTENT, np.array([8.0])).edge[0] == pytest.approx(1.0, rel=0.05)
 
 
 @pytest.mark.parametrize("neighbours_shown", [True, False])

@@ -230,7 +230,7 @@ def drawn_radius_px(values: dict) -> np.ndarray:
     """``(n,)`` radii in fit px of the droplets as drawn: the edge of each droplet's outline
     (``outline.outline``), which can lie well beyond the model's own ``radius`` (the masks
     reach 1.4 radii)."""
-    return outline(composed_masks(values), EXTENT).edge * values["radius"]
+    return outline(composed_masks(values), EXTENT, values["radius"]).edge * values["radius"]
 
 
 def added_droplet_values(peaks: np.ndarray, values: dict, active: np.ndarray) -> dict:
