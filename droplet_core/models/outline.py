@@ -43,7 +43,7 @@ OUTLINE_OUTLIER_MADS = 3.0
 # fifth of the rays: too many for one rejection, which left the seed kind's droplets of 2.5 px
 # and more 0.09 radii too high and 0.04 radii small. Outlines of droplets of at least
 # OUTLINE_STRICT_MIN_RADIUS_PX are refitted until OUTLINE_STRICT_ROUNDS fits without the points
-# more than OUTLINE_STRICT_MADS deviations inside the circle (then 0.01 radii off); points
+# more than OUTLINE_STRICT_MADS deviations inside the circle (then 0.02-0.03 radii off); points
 # outside stay judged by OUTLINE_OUTLIER_MADS, since the outline is the outermost edge (rejecting
 # them too shrank phase-contrast droplets). Smaller droplets keep the single rejection: their
 # looks are drawn below the blur, and the strict fit moved those of 1-2.5 px 0.1-0.19 radii down.
