@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 # Part of every fit key: bump it when the model maths or the output format change, so
 # fits made by older code are recomputed instead of served.
 # 14: residual peaks on any droplet's rim refused; faint droplets kept; two-size fits redone at the large scale
-# 17: outlines of droplets of 2.5 px and more fitted without inner features; intervals recalibrated
+# 17: outlines of droplets of 2.5 px and more fitted without inner features; one background per fit
 CODE_VERSION = "17"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")

@@ -270,12 +270,13 @@ def test_auto_count_adds_droplets_the_detector_missed(monkeypatch, small_scene):
     detected = engine._candidates
 
     def starved(observed, region, settings):
-        return detected(observed, region, settings)[::3]  # two candidates in three go missing
+        found, background = detected(observed, region, settings)
+        return found[::3], background  # two candidates in three go missing
 
     monkeypatch.setattr(engine, "_candidates", starved)
     settings = FitSettings(steps=400, downscale=1)
     region = engine.prepare_region(image, settings)
-    start = starved(extract_channel(region.rgb, settings.channel).astype(np.float32), region, settings)
+    start, _ = starved(extract_channel(region.rgb, settings.channel).astype(np.float32), region, settings)
     before = match_droplets(truth, pd.DataFrame(start[:, :3], columns=["x", "y", "radius"]))
     assert before.recall < 0.35, before
     result = run_fit(image, settings, image_sha256="f" * 64)
@@ -291,7 +292,8 @@ def test_a_reused_appearance_adds_missed_droplets_within_its_first_iterations(mo
     detected = engine._candidates
 
     def starved(observed, region, settings):
-        return detected(observed, region, settings)[::3]
+        found, background = detected(observed, region, settings)
+        return found[::3], background
 
     monkeypatch.setattr(engine, "_candidates", starved)
     # One chunk of SVI is too short for the fit's own checkpoints; the reuse fit's first
