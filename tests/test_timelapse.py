@@ -18,9 +18,10 @@ from PIL import Image
 from scipy import ndimage
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from droplet_core.detection.scale import visible_fraction
 from droplet_core.imaging import images
 from droplet_core.imaging.stacks import Stack, read_stack
-from droplet_core.inference.moved_start import HALO_RADII, moved_warm_start
+from droplet_core.inference.moved_start import HALO_RADII, LEFT_FIELD_VISIBLE, moved_warm_start
 from droplet_core.service import timelapse
 from droplet_core.service.requests import StoreSaveError
 from droplet_core.service.store import FitStore
@@ -128,7 +129,29 @@ def test_a_frame_starts_from_the_previous_fit_moved_with_the_field(fitted):
     was_on = previous.warm_start.active > 0
     assert not (kept & (distance < reach)).any() and (was_on & (distance < reach)).sum() >= 1
     halo = HALO_RADII * reach + previous.droplets["radius"].max() / factor
-    assert (kept | placed[:n] | ~was_on | (distance < halo)).all()
+    anchors = start.warm_start.anchors[:n]
+    moved = pd.DataFrame({"x": anchors[:, 0], "y": anchors[:, 1], "radius": anchors[:, 2]})
+    left_field = visible_fraction(moved, *previous.observed.shape[:2]) < LEFT_FIELD_VISIBLE
+    assert (kept | placed[:n] | ~was_on | (distance < halo) | left_field).all()
+
+
+def test_droplets_the_field_carries_out_of_the_frame_are_switched_off(fitted):
+    # Fitted on, the sliver of a droplet mostly out of the frame grew it (2.7 px to 21 px on the
+    # browser test's example stack): such droplets have left the field.
+    store, fits = fitted[2], fitted[3]
+    previous = store.load(fits[0].fit_id)
+    shift_px = -20.0
+    start = moved_warm_start(previous, (shift_px, 0.0), pd.DataFrame({"x": [], "y": [], "radius": []}))
+    was_on = previous.warm_start.active > 0
+    n = len(was_on)
+    x, y, drawn_radius = start.warm_start.anchors[:n].T
+    height, width = previous.observed.shape[:2]
+    outside = was_on & (x < -0.7 * drawn_radius)
+    margin = drawn_radius + 1.0
+    inside = was_on & (x > margin) & (x < width - margin) & (y > margin) & (y < height - margin)
+    assert outside.sum() >= 5 and inside.sum() >= 0.5 * was_on.sum()
+    assert not start.warm_start.active[:n][outside].any()
+    assert start.warm_start.active[:n][inside].all()
 
 
 def test_only_sure_detections_of_grown_or_new_droplets_start_a_frame():

@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from droplet_core.detection.scale import visible_fraction
 from droplet_core.imaging import images
 from droplet_core.models.common import bucket_size
 from droplet_core.results import FitResult, WarmStartState
@@ -35,6 +36,10 @@ SMALLEST_RADIUS_PX = 0.5
 # its radii) by more than this fraction of its own radius.
 HALO_RADII = 1.5
 OVERLAP_FRACTION = 0.5
+# A droplet the field carries out of the frame has left it once less than this share of its disk
+# is inside: what is left is too little to size, and fitted on, the sliver grew it (a droplet of
+# 2.7 px at the left edge of the browser test's example stack became one of 21 px).
+LEFT_FIELD_VISIBLE = 0.25
 
 
 def moved_warm_start(
@@ -81,6 +86,9 @@ def moved_warm_start(
     anchors[on] = np.stack(
         [params["x_auto_loc"][on], params["y_auto_loc"][on], model_radius[on] * drawn_per_model], axis=1
     )
+    moved = pd.DataFrame({"x": anchors[:, 0], "y": anchors[:, 1], "radius": anchors[:, 2]})
+    active[on & (visible_fraction(moved, *previous.observed.shape[:2]) < LEFT_FIELD_VISIBLE)] = 0.0
+    on = active > 0
 
     new_x = images.to_fit_px(new_droplets["x"].to_numpy(float) - origin_x, factor)
     new_y = images.to_fit_px(new_droplets["y"].to_numpy(float) - origin_y, factor)
