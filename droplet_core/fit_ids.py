@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 # fits made by older code are recomputed instead of served.
 # 14: residual peaks on any droplet's rim refused; faint droplets kept; two-size fits redone at the large scale
 # 17: outlines of droplets of 2.5 px and more fitted without inner features; one background per fit
-CODE_VERSION = "17"
+# 18: droplets pruned against the smaller of the residual's spread and the pixel noise
+CODE_VERSION = "18"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

@@ -10,7 +10,7 @@ import pytest
 
 from droplet_core.detection.matching import match_droplets
 from droplet_core.inference import engine
-from droplet_core.inference.droplet_switching import residual_peaks
+from droplet_core.inference.droplet_switching import residual_peaks, residual_spread
 from droplet_core.inference.engine import run_fit
 from droplet_core.inference.reuse_fit import _solved_shading
 from droplet_core.inference.uncertainty import droplet_uncertainty
@@ -53,8 +53,9 @@ def test_residual_peaks_keep_only_the_droplets_polarity():
         residual[..., 0] += contrast * np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / 8.0)
     residual += np.random.default_rng(1).normal(0.0, 0.005, residual.shape).astype(np.float32)
     none_active = {"x": np.zeros(1), "y": np.zeros(1), "radius": np.ones(1)}
-    dark = residual_peaks(residual, none_active, none_active["radius"], np.zeros(1), polarity=-1.0)
-    bright = residual_peaks(residual, none_active, none_active["radius"], np.zeros(1), polarity=1.0)
+    spread = residual_spread(residual)
+    dark = residual_peaks(residual, none_active, none_active["radius"], np.zeros(1), -1.0, spread)
+    bright = residual_peaks(residual, none_active, none_active["radius"], np.zeros(1), 1.0, spread)
     assert [tuple(p[:2]) for p in dark] == [(16.0, 16.0)]
     assert [tuple(p[:2]) for p in bright] == [(48.0, 40.0)]
 

@@ -604,6 +604,7 @@ def _run_svi(
     """SVI from ``init_params`` in jitted chunks of ``CHUNK_STEPS`` steps, with droplets switched
     on and off at ``SWITCHING_AT`` fractions of the run (``run_fit``'s arguments)."""
     observed_j, anchors_j = jnp.asarray(observed), jnp.asarray(anchors)
+    pixel_noise_sd = images.noise_sd_estimate(observed)
     state = programs.init(
         key,
         observed_j,
@@ -623,7 +624,7 @@ def _run_svi(
             break
         if done in checkpoints:
             state, anchors, active = _switch_droplets(
-                programs, state, observed, anchors, active, spec, settings.droplets == 0
+                programs, state, observed, pixel_noise_sd, anchors, active, spec, settings.droplets == 0
             )
             anchors_j = jnp.asarray(anchors)
         n_steps = min(CHUNK_STEPS, settings.steps - done)
@@ -649,7 +650,9 @@ def _run_svi(
     if status == "done" and settings.droplets == 0:
         # Droplets added at the last checkpoint had no later pruning: a highlight or rim
         # piece taken for a droplet is switched off here, with the duplicates.
-        state, anchors, active = _switch_droplets(programs, state, observed, anchors, active, spec, False)
+        state, anchors, active = _switch_droplets(
+            programs, state, observed, pixel_noise_sd, anchors, active, spec, False
+        )
     params = {k: np.asarray(v) for k, v in programs.guide_params(state).items()}
     return OptimiserRun(
         params,
@@ -698,7 +701,9 @@ def _with_spare_slots(candidates: np.ndarray, spare: bool) -> np.ndarray:
     return np.concatenate([candidates, slots.astype(np.float32)])
 
 
-def _switch_droplets(programs: Programs, state, observed, anchors, active, spec: ModelSpec, add: bool):
+def _switch_droplets(
+    programs: Programs, state, observed, pixel_noise_sd: float, anchors, active, spec: ModelSpec, add: bool
+):
     """``droplet_switching.tidy`` of an SVI ``state``: the new droplets' guide locations are written
     into the optimiser state in place, so Adam's moments and the learning-rate schedule of
     every other parameter carry on."""
@@ -714,6 +719,7 @@ def _switch_droplets(programs: Programs, state, observed, anchors, active, spec:
         spec,
         programs.guide,
         programs.variant,
+        pixel_noise_sd,
         add,
         prune=True,
     )

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from droplet_core.imaging.images import noise_sd_estimate
 from droplet_core.inference import reuse_compiled
 from droplet_core.inference.damping import DAMPING_DOWN, DAMPING_RANGE, DAMPING_UP, INITIAL_DAMPING, TRIES
 from droplet_core.inference.droplet_switching import tidy
@@ -122,6 +123,7 @@ def fit_with_fixed_appearance(
     height, width, channels = observed.shape
     observed_j = jnp.asarray(observed)
     flat_observed = observed.reshape(layout.n_pixels, channels).astype(np.float64)
+    pixel_noise_sd = noise_sd_estimate(observed)
     params = dict(params)
     damping = np.full(layout.n_droplets, INITIAL_DAMPING)
     # The Jacobian, its Gram matrices and the locations it was computed at, while reusable.
@@ -154,6 +156,7 @@ def fit_with_fixed_appearance(
                 spec,
                 guide,
                 outlines,
+                pixel_noise_sd,
                 add,
                 prune=iteration > TIDY_FIRST,
             )
@@ -221,6 +224,7 @@ def fit_with_fixed_appearance(
         spec,
         guide,
         outlines,
+        pixel_noise_sd,
         False,
         prune=True,
     )
@@ -274,12 +278,14 @@ def reuse_uncertainty(
     return laplace_of_blocks(blocks, reuse.gram, background, prior_curvature, locs, observed, active, noise_sd)
 
 
-def _tidied(evaluated, evaluation, params, observed, anchors, active, spec, guide, outlines, add: bool, prune: bool):
+def _tidied(
+    evaluated, evaluation, params, observed, anchors, active, spec, guide, outlines, pixel_noise_sd, add, prune
+):
     """``droplet_switching.tidy`` at ``evaluation`` (``evaluated(params, anchors, active)``):
     ``(params, anchors, active, evaluation)``, evaluated again where droplets changed.
     ``outlines`` is the fit's ``_DrawnOutlines``."""
     params, tidied_anchors, tidied_active = tidy(
-        evaluation, params, observed, anchors, active, spec, guide, outlines.of(active), add, prune
+        evaluation, params, observed, anchors, active, spec, guide, outlines.of(active), pixel_noise_sd, add, prune
     )
     # A slot switched on or off, or given a new droplet (a pruned one's slot can be refilled at once).
     outlines.forget((tidied_active != active) | np.any(tidied_anchors != anchors, axis=1))
