@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 # 14: residual peaks on any droplet's rim refused; faint droplets kept; two-size fits redone at the large scale
 # 17: outlines of droplets of 2.5 px and more fitted without inner features; one background per fit
 # 18: droplets pruned against the smaller of the residual's spread and the pixel noise
-CODE_VERSION = "18"
+# 19: an outline's edge is a step of 0.45 of the look's typical largest one, not 0.5
+CODE_VERSION = "19"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

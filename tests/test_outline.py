@@ -76,4 +76,4 @@ def test_a_caustic_at_the_lower_edge_moves_no_outline_of_a_droplet_of_a_few_pixe
     # One rejection of outlying edge points (what droplets below a few pixels get) leaves
     # enough of the caustic's rim points to move the outline up and shrink it.
     loose = outline(look, EXTENT, np.array([0.5 * outline_module.OUTLINE_STRICT_MIN_RADIUS_PX]))
-    assert loose.centre_y[0] < -0.05 and loose.edge[0] < 0.97
+    assert loose.centre_y[0] < -0.03 and loose.edge[0] < 0.985
