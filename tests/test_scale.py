@@ -173,12 +173,31 @@ def test_an_independent_renderers_packed_emulsion_is_not_split_into_fragments():
     image, truth = second_renderer.render("packed", 7, width_px=384, height_px=384)
     result = run_fit(image, FitSettings(), image_sha256="2" * 64)
     score = scored(truth, result.droplets)
-    assert score["f1"] >= 0.85, score
-    # Whole droplets, not rim pieces: centres within a tenth or so of a radius on average
-    # (issue 13 asks for 0.05; the pressed droplets' lit side still pulls them this far:
-    # 0.13-0.15 r on this scene, with outlines that stop at their contacts or not).
-    assert abs(score["dx_r"]) <= 0.16 and abs(score["dy_r"]) <= 0.16, score
-    assert score["radius_error"] <= 0.1, score
+    assert score["f1"] >= 0.95, score
+    # Whole droplets, not rim pieces, and centred on their outlines: the thin rim on the lit
+    # side is their edge (with the bright body's edge inside it taken instead, every droplet
+    # read 0.13-0.15 radii away from the light).
+    assert abs(score["dx_r"]) <= 0.05 and abs(score["dy_r"]) <= 0.05, score
+    assert score["radius_error"] <= 0.05, score
+
+
+@pytest.mark.slow
+def test_dim_droplets_of_a_packed_emulsion_are_kept():
+    # Mid-grey droplets between brighter neighbours are drawn 0.05-0.07 above the shading
+    # between them, under the residual's rms (0.07: the look draws the bright, uneven insides
+    # imperfectly); pruned against it, four of them were lost here (recall 0.90).
+    settings = family_settings("packed", width_px=250, height_px=200)
+    rgb, truth = make_scene(
+        1, family_settings("packed", width_px=250, height_px=200, n_droplets=settings.n_droplets // 4)
+    )
+    result = run_fit(rgb.astype(np.float32) / 255.0, FitSettings(), image_sha256="3" * 64)
+    found = result.droplets[result.droplets["p_exists"] >= 0.5]
+    true_index, _ = match_pairs(truth, found)
+    inside = scale.visible_fraction(truth, *rgb.shape[:2]) == 1
+    assert np.isin(np.flatnonzero(inside), true_index).all(), truth[
+        inside & ~np.isin(np.arange(len(truth)), true_index)
+    ]
+    assert scored(truth, result.droplets)["f1"] >= 0.95
 
 
 def ring(n, distance_px, radius_px, p_exists=0.9, centre=(100.0, 100.0)):
