@@ -21,7 +21,7 @@ from droplet_core.models.common import background_level
 from droplet_core.models.outline import outline, outline_columns
 from droplet_core.models.templates import EXTENT
 from droplet_core.settings import FitSettings
-from droplet_core.synthetic.scenes import family_settings, make_scene
+from droplet_core.synthetic.scenes import demo_image_bytes, demo_truth, family_settings, make_scene
 from tests import second_renderer
 
 
@@ -229,6 +229,37 @@ def test_a_doubtful_blob_holding_four_sure_droplets_is_a_cluster():
     assert len(found) == 4 and found["radius"].max() == 6.0
     sure = scale.outermost_droplets(pd.concat([doubtful.assign(p_exists=0.8), parts], ignore_index=True))
     assert sure["radius"].tolist() == [40.0]
+
+
+def test_a_doubtful_blob_around_a_certain_droplet_of_a_third_its_size_is_a_cluster():
+    """A doubtful blob (p 0.36) of 16 px around a ring of small droplets holds one of 6 px the
+    detector is certain of (0.99): the droplets stand. A doubtful droplet's inner texture seen
+    as a part of that size is less certain (0.75), and a likely blob keeps such a part inside."""
+    blob = pd.DataFrame({"x": [100.0], "y": [100.0], "radius": [16.0], "p_exists": [0.36]})
+    part = pd.DataFrame({"x": [92.0], "y": [96.0], "radius": [6.0], "p_exists": [0.99]})
+    found = scale.outermost_droplets(pd.concat([blob, part], ignore_index=True))
+    assert found["radius"].tolist() == [6.0]
+    texture = scale.outermost_droplets(pd.concat([blob, part.assign(p_exists=0.75)], ignore_index=True))
+    assert texture["radius"].tolist() == [16.0]
+    likely = scale.outermost_droplets(pd.concat([blob.assign(p_exists=0.6), part], ignore_index=True))
+    assert likely["radius"].tolist() == [16.0]
+    # A certain part under a quarter of the blob's radius is its highlight or inclusion.
+    small = scale.outermost_droplets(pd.concat([blob, part.assign(radius=3.5)], ignore_index=True))
+    assert small["radius"].tolist() == [16.0]
+
+
+@pytest.mark.slow
+def test_the_demo_fit_draws_no_droplet_over_a_ring_of_small_ones():
+    """The demo image holds a ring of 7 droplets of 1-6 px around an empty middle, which the
+    4x pyramid level sees as a doubtful 16 px droplet; drawn by the fit, it hid the ring."""
+    data = demo_image_bytes()
+    truth = demo_truth()
+    result = run_fit(load_image(data), FitSettings(), image_sha256="4" * 64)
+    shown = result.droplets[result.droplets["p_exists"] >= 0.5].reset_index(drop=True)
+    assert shown["radius"].max() <= 1.25 * truth["radius"].max()
+    true_index, _ = match_pairs(truth, shown)
+    missed = truth.drop(index=true_index)
+    assert (missed["radius"] < 2.0).all(), missed
 
 
 def test_visible_fraction_of_disks_cut_by_the_border():
