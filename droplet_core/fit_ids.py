@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 # 18: droplets pruned against the smaller of the residual's spread and the pixel noise
 # 19: an outline's edge is a step of 0.45 of the look's typical largest one, not 0.5
 # 20: a doubtful blob around an all but certain droplet a quarter its size or more is a cluster
-CODE_VERSION = "20"
+# 21: ... or 0.15 of its size or more
+CODE_VERSION = "21"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

@@ -243,9 +243,20 @@ def test_a_doubtful_blob_around_a_certain_droplet_of_a_third_its_size_is_a_clust
     assert texture["radius"].tolist() == [16.0]
     likely = scale.outermost_droplets(pd.concat([blob.assign(p_exists=0.6), part], ignore_index=True))
     assert likely["radius"].tolist() == [16.0]
-    # A certain part under a quarter of the blob's radius is its highlight or inclusion.
-    small = scale.outermost_droplets(pd.concat([blob, part.assign(radius=3.5)], ignore_index=True))
+    # A certain part of under 0.15 of the blob's radius is its highlight or inclusion.
+    small = scale.outermost_droplets(pd.concat([blob, part.assign(radius=2.0)], ignore_index=True))
     assert small["radius"].tolist() == [16.0]
+
+
+def test_a_doubtful_blob_over_two_phase_droplets_gives_way_to_them():
+    """Our sparse phase scene 1: the 8x level sees two droplets of 9 px and the shading between
+    them as a doubtful droplet of 50 px, with the droplets (certain of one) at 0.19 of its radius."""
+    settings = family_settings("phase", n_droplets=family_settings("phase").n_droplets // 3)
+    rgb, truth = make_scene(1, settings)
+    found = scale.detect_in_image(rgb.astype(np.float32) / 255.0, threshold=scale.CANDIDATE_THRESHOLD)
+    assert found["radius"].max() <= 1.5 * truth["radius"].max()
+    true_index, _ = match_pairs(truth, found)
+    assert len(true_index) == len(truth)
 
 
 @pytest.mark.slow

@@ -66,16 +66,17 @@ CLUSTER_MIN_DROPLETS = 5
 # ... or this many, where the detector doubts the blob itself (p_exists under its threshold): on the
 # second renderer's seed-like scene 7 a doubtful 13.5 px blob at 4x (p 0.45) held 4 sure droplets.
 CLUSTER_MIN_DROPLETS_DOUBTFUL = 4
-# ... or one, where the detector doubts the blob and is all but certain of a part at least a
-# quarter of its size: that is a droplet with its neighbours seen as one. The demo scene's
+# ... or one, where the detector doubts the blob and is all but certain of a part at least
+# 0.15 of its size: that is a droplet with its neighbours seen as one. The demo scene's
 # doubtful 16 px blob (p_exists 0.36) over a ring of 7 droplets around an empty middle held
-# one of 6.4 px (p_exists 0.99); on the generality scenes three more such blobs (p_exists
-# 0.27-0.41) held a true droplet of 0.29-0.39 of their radius (p_exists 0.74-1.0), and all
+# one of 6.4 px (p_exists 0.99); on the generality scenes four more such blobs (p_exists
+# 0.27-0.41) held a true droplet of 0.19-0.39 of their radius (p_exists 0.74-1.0), and all
 # of them, drawn by the fit, hid their parts. On real brightfield emulsions doubtful true
 # droplets hold their inner texture as parts of 0.29-0.42 of their radius, with p_exists
-# 0.72-0.75.
+# 0.72-0.75; at 0.1 of the radius a doubtful blob of the second renderer's sparse
+# brightfield scene 1 (24 px) would give way to two false parts of 3-4 px.
 CLUSTER_CERTAIN_PART_P_EXISTS = 0.95
-CLUSTER_CERTAIN_PART_RADIUS = 0.25
+CLUSTER_CERTAIN_PART_RADIUS = 0.15
 # Coarse levels see strips of small droplets along the image border as large droplets cut
 # by it, with p_exists 0.3-0.5 (example.jpg, the second renderer's seed-like scenes): a
 # detection cut by the border at a level coarser than the finest that holds a sure smaller
