@@ -74,7 +74,7 @@ CLUSTER_MIN_DROPLETS_DOUBTFUL = 4
 # of them, drawn by the fit, hid their parts. On real brightfield emulsions doubtful true
 # droplets hold their inner texture as parts of 0.29-0.42 of their radius, with p_exists
 # 0.72-0.75; at 0.1 of the radius a doubtful blob of the second renderer's sparse
-# brightfield scene 1 (24 px) would give way to two false parts of 3-4 px.
+# brightfield scene 1 (24 px) would give way to two false parts of 3-4 px (the certain one 0.12).
 CLUSTER_CERTAIN_PART_P_EXISTS = 0.95
 CLUSTER_CERTAIN_PART_RADIUS = 0.15
 # Coarse levels see strips of small droplets along the image border as large droplets cut
