@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 # 19: an outline's edge is a step of 0.45 of the look's typical largest one, not 0.5
 # 20: a doubtful blob around an all but certain droplet a quarter its size or more is a cluster
 # 21: ... or 0.15 of its size or more
-CODE_VERSION = "21"
+# 22: a time-lapse frame starts its droplet switching from the outline ratios of the previous
+#     frame's table
+CODE_VERSION = "22"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

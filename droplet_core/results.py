@@ -27,12 +27,16 @@ class WarmStartState(NamedTuple):
 
     ``anchors`` ``(n, 3)`` are each slot's detector x, y, radius (fit px), ``active``
     ``(n,)`` 1.0 for a droplet in the model and 0.0 for a switched-off or spare slot,
-    ``polarity`` +1.0 when droplets are brighter than the background, -1.0 when darker.
+    ``polarity`` +1.0 when droplets are brighter than the background, -1.0 when darker,
+    ``drawn_ratio`` ``(n,)`` each active slot's outline radius in the droplet table over its
+    model radius (NaN for other slots; None for fits stored before it was kept), which a
+    continued fit's droplet switching starts from instead of reading every outline again.
     """
 
     anchors: np.ndarray
     active: np.ndarray
     polarity: float
+    drawn_ratio: np.ndarray | None = None
 
 
 class OptimiserRun(NamedTuple):

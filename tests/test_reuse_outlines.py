@@ -35,3 +35,12 @@ def test_outlines_are_read_once_and_again_where_a_slot_changes():
     outlines.forget(np.array([False, True, False, True]))
     np.testing.assert_allclose(outlines.of(np.ones(4)).drawn_radius_px(later), [6.0, 3.0, 2.0, 10.0])
     assert variant.read == [3, 2]
+
+
+def test_known_ratios_are_not_read_again():
+    variant = _LookScaledVariant()
+    outlines = _DrawnOutlines(variant, 4, known_ratio=np.array([2.0, np.nan, 1.0, np.nan], np.float32))
+    values = {"radius": np.array([2.0, 3.0, 4.0, 5.0]), "look": np.array([0.5, 0.25, 0.0, 1.0])}
+    drawn = outlines.of(np.array([1.0, 1.0, 1.0, 0.0])).drawn_radius_px(values)
+    np.testing.assert_allclose(drawn, [4.0, 3.75, 4.0, 5.0])
+    assert variant.read == [1]

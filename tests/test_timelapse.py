@@ -16,6 +16,7 @@ import pytest
 import tifffile
 from PIL import Image
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from droplet_core.detection.scale import visible_fraction
@@ -133,6 +134,35 @@ def test_a_frame_starts_from_the_previous_fit_moved_with_the_field(fitted):
     moved = pd.DataFrame({"x": anchors[:, 0], "y": anchors[:, 1], "radius": anchors[:, 2]})
     left_field = visible_fraction(moved, *previous.observed.shape[:2]) < LEFT_FIELD_VISIBLE
     assert (kept | placed[:n] | ~was_on | (distance < halo) | left_field).all()
+
+
+def test_a_frame_starts_from_the_outline_ratios_of_the_previous_table(fitted):
+    store, fits = fitted[2], fitted[3]
+    previous = store.load(fits[0].fit_id)
+    factor = previous.report.downscale
+    on = previous.warm_start.active > 0
+    ratio = previous.warm_start.drawn_ratio
+    assert np.isfinite(ratio[on]).all() and np.isnan(ratio[~on]).all()
+    # Each slot's ratio times its model radius is the radius the table shows at its outline.
+    model_x, model_y = previous.params["x_auto_loc"][on], previous.params["y_auto_loc"][on]
+    table = previous.droplets
+    row = cKDTree(table[["x", "y"]].to_numpy() / factor).query(np.stack([model_x, model_y], axis=1))[1]
+    carried_px = ratio[on] * np.exp(previous.params["radius_auto_loc"][on]) * factor
+    assert np.mean(np.isclose(carried_px, table["radius"].to_numpy()[row], rtol=1e-3)) >= 0.95
+
+    grown_over = int(np.flatnonzero(on)[0])
+    x = float(images.to_original_px(previous.params["x_auto_loc"][grown_over], factor))
+    y = float(images.to_original_px(previous.params["y_auto_loc"][grown_over], factor))
+    new = pd.DataFrame({"x": [x], "y": [y], "radius": [2.0 * table["radius"].max()]})
+    start = moved_warm_start(previous, (2.0, -1.0), new)
+    n = len(on)
+    placed = np.isclose(images.to_original_px(start.params["x_auto_loc"], factor), x) & np.isclose(
+        images.to_original_px(start.params["y_auto_loc"], factor), y
+    )
+    kept = (start.warm_start.active[:n] > 0) & on & ~placed[:n]
+    assert kept.sum() >= 0.9 * on.sum()
+    np.testing.assert_array_equal(start.warm_start.drawn_ratio[:n][kept], ratio[kept])
+    assert placed.sum() == 1 and np.isnan(start.warm_start.drawn_ratio[placed]).all()
 
 
 def test_droplets_the_field_carries_out_of_the_frame_are_switched_off(fitted):

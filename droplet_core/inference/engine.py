@@ -475,6 +475,7 @@ def _fit_region(
             variant,
             max_iterations=settings.steps,
             add=settings.droplets == 0,
+            drawn_ratio=None if warm_start is None else warm_start.warm_start.drawn_ratio,
             progress=progress,
             stop=stop,
             started=started,
@@ -522,9 +523,9 @@ def _fit_region(
     uncertainty["p_exists"] = p_exists
     reconstruction = np.asarray(evaluation.reconstruction, np.float32)
     discrepancy, count_discrepancy = model_discrepancy(settings.model)
-    droplets = with_model_discrepancy(
-        _droplet_table(variant.droplet_columns(values, uncertainty, spec), active, factor, origin), discrepancy
-    )
+    columns = variant.droplet_columns(values, uncertainty, spec)
+    droplets = with_model_discrepancy(_droplet_table(columns, active, factor, origin), discrepancy)
+    drawn_ratio = np.where(active > 0, np.asarray(columns["radius"]) / radius_px, np.nan).astype(np.float32)
     # Blur is measured where it is sharpest: in the uploaded image, not the downscaled one.
     droplets = with_edge_blur(droplets, extract_channel(image, settings.channel).mean(axis=2))
     count = count_of_table(droplets, count_discrepancy)
@@ -581,7 +582,7 @@ def _fit_region(
         reconstruction=reconstruction,
         losses=all_losses.astype(np.float32),
         params=params,
-        warm_start=WarmStartState(np.asarray(anchors), active, polarity),
+        warm_start=WarmStartState(np.asarray(anchors), active, polarity, drawn_ratio),
         appearance=appearance,
     )
 

@@ -69,6 +69,8 @@ def moved_warm_start(
     anchors = np.array(previous.warm_start.anchors, np.float32)
     active = np.array(previous.warm_start.active, np.float32)
     n = len(active)
+    known_ratio = previous.warm_start.drawn_ratio
+    drawn_ratio = np.full(n, np.nan, np.float32) if known_ratio is None else np.array(known_ratio, np.float32)
     per_droplet = [name for name, value in params.items() if np.ndim(value) >= 1 and np.shape(value)[0] == n]
     params = {name: np.array(value) for name, value in params.items()}
     params["x_auto_loc"] += np.float32(shift_px[0] / factor)
@@ -108,7 +110,9 @@ def moved_warm_start(
     slots = bucket_size(needed + max(SPARE_MIN, int(np.ceil(SPARE_FRACTION * needed))))
     if slots > n:
         params, anchors, active = _with_slots(params, anchors, active, per_droplet, typical, slots)
+        drawn_ratio = np.concatenate([drawn_ratio, np.full(slots - n, np.nan, np.float32)])
     free = np.flatnonzero(active == 0)[: len(new_x)]
+    drawn_ratio[free] = np.nan
     chosen = slice(0, len(free))
     for name in per_droplet:
         if name in typical:
@@ -121,7 +125,7 @@ def moved_warm_start(
     return dataclasses.replace(
         previous,
         params=params,
-        warm_start=WarmStartState(anchors, active, previous.warm_start.polarity),
+        warm_start=WarmStartState(anchors, active, previous.warm_start.polarity, drawn_ratio),
         losses=np.zeros(0, np.float32),
     )
 

@@ -92,6 +92,7 @@ def fit_with_fixed_appearance(
     *,
     max_iterations: int,
     add: bool,
+    drawn_ratio: np.ndarray | None = None,
     progress: Callable[[FitProgress], None] | None = None,
     stop: threading.Event | None = None,
     started: float | None = None,
@@ -110,6 +111,9 @@ def fit_with_fixed_appearance(
     spec : the fit's model spec; guide : its ``MeanFieldGuide``; variant : its model variant.
     max_iterations : most iterations; the fit stops earlier once converged.
     add : whether droplets may be switched on (the automatic droplet count).
+    drawn_ratio : (n,) each slot's drawn radius over its model radius where it is known (a
+        warm start's ``WarmStartState.drawn_ratio``; NaN, or None for all, where the outline
+        is read).
     progress, stop : as for ``run_fit``, per iteration.
     started : ``time.perf_counter()`` at the start of the fit, for progress reports.
 
@@ -133,7 +137,7 @@ def fit_with_fixed_appearance(
     losses, status, first_iteration_s, previous_rmse = [], "done", 0.0, np.inf
     # The evaluation of the parameters the fit converged at, where it did (no need to render them again).
     converged = None
-    outlines = _DrawnOutlines(variant, layout.n_droplets)
+    outlines = _DrawnOutlines(variant, layout.n_droplets, drawn_ratio)
 
     def evaluated(params, anchors, active):
         return evaluate(params, observed_j, jnp.asarray(anchors), jnp.asarray(active), spec)
@@ -303,12 +307,16 @@ class _DrawnOutlines:
     Droplet switching looks at active droplets alone, and reading outlines was most of its
     time. A droplet's look changes from one tidy to the next, but the ratio hardly does
     (movie 4 of ``bench.timelapse``: median 0.4 %, at most 4.6 %, jitter of the outline's ray
-    steps more than the look's change); the droplet table reads every outline anew.
+    steps more than the look's change); the droplet table reads every outline anew. A
+    continued fit (a time-lapse frame) takes the ratios its start's table read
+    (``known_ratio``, NaN where unknown) instead of reading them first.
     """
 
-    def __init__(self, variant: Variant, n_droplets: int):
+    def __init__(self, variant: Variant, n_droplets: int, known_ratio: np.ndarray | None = None):
         self._variant = variant
-        self._ratio = np.full(n_droplets, np.nan, np.float32)
+        self._ratio = (
+            np.full(n_droplets, np.nan, np.float32) if known_ratio is None else np.array(known_ratio, np.float32)
+        )
         self._on = np.zeros(n_droplets, bool)
 
     def __getattr__(self, name: str):

@@ -172,6 +172,7 @@ class FitStore:
                 "losses": _as_plain_array("losses", result.losses),
             }
             warm_start = {} if result.warm_start is None else result.warm_start._asdict()
+            warm_start = {name: value for name, value in warm_start.items() if value is not None}
             for prefix, values in (
                 (_PARAMS_PREFIX, result.params),
                 (_APPEARANCE_PREFIX, result.appearance),
@@ -317,7 +318,7 @@ def _warm_start(stored: dict, params: dict) -> WarmStartState | None:
         stored = {field: params.pop(name) for field, name in _LEGACY_WARM_START_PARAMS.items()}
     if not stored:
         return None
-    return WarmStartState(stored["anchors"], stored["active"], float(stored["polarity"]))
+    return WarmStartState(stored["anchors"], stored["active"], float(stored["polarity"]), stored.get("drawn_ratio"))
 
 
 def _check_storable(result: FitResult) -> None:
