@@ -177,7 +177,7 @@ def main() -> None:
             kinds = [fit.kind for fit in fits]
             print(
                 f"movie {seed}: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]}, "
-                f"{int(truth.groupby('frame').size().mean())} droplets a frame, {len(true_events)} coalescences; "
+                f"{int(truth.groupby('frame').size().mean())} droplets a frame, {(true_events['kind'] == 'coalescence').sum()} coalescences; "
                 f"first fit {first:.1f} s, later frames {later.mean():.2f} s median {np.median(later):.2f} s "
                 f"(ratio {later.mean() / first:.2f}); fit kinds {dict(pd.Series(kinds).value_counts())}; "
                 f"load average {os.getloadavg()[0]:.2f}"

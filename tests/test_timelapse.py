@@ -26,7 +26,7 @@ from droplet_core.inference.moved_start import HALO_RADII, LEFT_FIELD_VISIBLE, m
 from droplet_core.service import timelapse
 from droplet_core.service.requests import StoreSaveError
 from droplet_core.service.store import FitStore
-from droplet_core.synthetic.stack_scenes import make_stack, score_tracks
+from droplet_core.synthetic.stack_scenes import StackSceneSettings, make_stack, score_tracks
 
 pytestmark = pytest.mark.slow  # fits stacks of frames
 
@@ -66,6 +66,33 @@ def test_synthetic_stack_has_its_scripted_truth(movie):
         assert len(before) == 2 and len(after) == 1
         assert (after["radius"] ** 3).sum() == pytest.approx((before["radius"] ** 3).sum())
         assert truth[truth["track"].isin(parts)]["frame"].max() == event.frame - 1
+
+
+def test_long_synthetic_stack_grows_to_its_neighbours_and_dissolves_the_shrunk():
+    # 80 frames of 3 % growth-rate sd: unchecked, radii would grow up to tenfold into their
+    # neighbours and shrink to nothing.
+    settings = StackSceneSettings(n_frames=80, growth_sd=0.03, coalescences=0)
+    _, truth, events = make_stack(SEED, settings)
+    scene = settings.scene
+    spacing = scene.min_distance_fraction
+    assert truth["radius"].min() >= settings.vanish_radius_fraction * scene.radius_min_px
+    gone = events[events["kind"] == "disappearance"]
+    assert len(gone) >= 5
+    for event in gone.itertuples(index=False):
+        rows = truth[truth["track"] == int(event.tracks_before)]
+        assert rows["frame"].max() == event.frame - 1
+    grew = 0
+    for frame in range(1, settings.n_frames):
+        before = truth[truth["frame"] == frame - 1].set_index("track")
+        now = truth[truth["frame"] == frame].set_index("track")
+        both = now.index.intersection(before.index)
+        grown = both[now.loc[both, "radius"].to_numpy() > before.loc[both, "radius"].to_numpy()]
+        grew += len(grown)
+        for track in grown:
+            others = both[both != track]
+            distance = np.hypot(now.loc[others, "x"] - now.loc[track, "x"], now.loc[others, "y"] - now.loc[track, "y"])
+            assert (distance >= spacing * (now.loc[track, "radius"] + before.loc[others, "radius"]) - 1e-9).all()
+    assert grew > 500
 
 
 def test_first_frame_full_then_reuse_and_drift_measured(fitted):

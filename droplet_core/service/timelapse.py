@@ -723,7 +723,13 @@ def find_events(
             # small droplet lost in a cluster is not taken for a coalescence with a neighbour
             # that grew beside it.
             joins = _nearest_tracks(others, ones)
-            for row in ones.itertuples(index=False):
+            # Only a droplet that some part joins, or (coalescence) one new now, which lingering
+            # droplets may have joined, can have parts: a pass over every droplet of every frame
+            # took most of a 100-frame stack's analysis.
+            may_have_parts = ones["track"].isin(joins)
+            if kind == "coalescence":
+                may_have_parts |= ~ones["track"].isin(other_side["track"])
+            for row in ones[may_have_parts].itertuples(index=False):
                 candidates = others[~others["track"].isin(used) & (joins == row.track)]
                 parts = _nearby(candidates, row)
                 own = other_side[other_side["track"] == row.track]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 from droplet_core.detection.matching import match_pairs
 from droplet_core.synthetic.scene_geometry import draw_radii, place_random
@@ -34,7 +35,11 @@ class StackSceneSettings:
     n_frames : frames.
     drift_px : the field's shift per frame (dx, dy).
     brownian_sd_px : sd of each droplet's own step per frame and axis.
-    growth_sd : sd of the droplets' growth rates (relative radius change per frame).
+    growth_sd : sd of the droplets' growth rates (relative radius change per frame). A growing
+        droplet stops where it would come closer to a neighbour than the scene places droplets
+        (``scene.min_distance_fraction``): only the scripted coalescences merge droplets.
+    vanish_radius_fraction : a droplet that shrinks below this fraction of the scene's smallest
+        radius dissolves (a ``disappearance`` event).
     coalescences : pairs of neighbours that coalesce, spread over the movie.
     coalescing_radius_px : the smallest radius of a droplet that coalesces (0: any).
     """
@@ -53,6 +58,7 @@ class StackSceneSettings:
     drift_px: tuple[float, float] = (1.0, 0.5)
     brownian_sd_px: float = 0.25
     growth_sd: float = 0.01
+    vanish_radius_fraction: float = 1.0
     coalescences: int = 2
     coalescing_radius_px: float = 0.0
 
@@ -72,8 +78,10 @@ def make_stack(
     -------
     frames : uint8 ``(t, h, w, 3)``.
     truth : ``TRUTH_COLUMNS``, one row per droplet whose centre is in a frame.
-    events : ``frame`` (the first frame after it), ``kind`` (``coalescence``),
-        ``tracks_before`` (two track ids, ``;``-joined), ``tracks_after``, ``x``, ``y``.
+    events : ``frame`` (the first frame after it), ``kind`` (``coalescence`` or
+        ``disappearance``), ``tracks_before`` (``;``-joined track ids: a coalescence's two, the
+        dissolved droplet's), ``tracks_after`` (the merged droplet's; empty for a disappearance),
+        ``x``, ``y`` (where the merged droplet begins, where the dissolved one was last).
     """
     rng = np.random.default_rng(seed)
     scene, t = settings.scene, settings.n_frames
@@ -100,13 +108,26 @@ def make_stack(
     steps[0] = 0.0
     x = x0[None, :] + dx * np.arange(t)[:, None] + np.cumsum(steps[..., 0], axis=0)
     y = y0[None, :] + dy * np.arange(t)[:, None] + np.cumsum(steps[..., 1], axis=0)
-    radius = r0[None, :] * (1.0 + rng.normal(0.0, settings.growth_sd, n))[None, :] ** np.arange(t)[:, None]
-    alive = np.ones((t, n), bool)
+    rates = rng.normal(0.0, settings.growth_sd, n)
     composition = rng.dirichlet(scene.composition_concentration, size=n)
+    radius = np.full((t, n), np.nan)
+    radius[0] = r0
+    alive = np.zeros((t, n), bool)
+    alive[0] = True
 
-    event_frames = np.linspace(1, t - 1, settings.coalescences + 2)[1:-1].round().astype(int) if t > 2 else []
+    event_frames = set(np.linspace(1, t - 1, settings.coalescences + 2)[1:-1].round().astype(int)) if t > 2 else set()
     events = []
-    for frame in event_frames:
+    for frame in range(1, t):
+        radius[frame], alive[frame] = _grown(
+            x[frame], y[frame], radius[frame - 1], rates, alive[frame - 1], scene, settings.vanish_radius_fraction
+        )
+        seen_gone = (
+            alive[frame - 1] & ~alive[frame] & _inside(x[frame - 1], y[frame - 1], 0.0, width - 1.0, height - 1.0)
+        )
+        for gone in np.flatnonzero(seen_gone):
+            events.append((frame, "disappearance", str(gone), "", x[frame - 1, gone], y[frame - 1, gone]))
+        if frame not in event_frames:
+            continue
         pair = _coalescing_pair(
             x[frame], y[frame], radius[frame], alive[frame], width, height, settings.coalescing_radius_px
         )
@@ -119,15 +140,14 @@ def make_stack(
         merged_y = weight * y[frame - 1, a] + (1 - weight) * y[frame - 1, b]
         # The merged droplet: a new track from `frame` on, moving with the field from where the pair was.
         later = np.arange(frame, t)
-        x = np.concatenate([x, np.full((t, 1), np.nan)], axis=1)
-        y = np.concatenate([y, np.full((t, 1), np.nan)], axis=1)
-        radius = np.concatenate([radius, np.full((t, 1), np.nan)], axis=1)
+        x, y, radius = (np.concatenate([values, np.full((t, 1), np.nan)], axis=1) for values in (x, y, radius))
         x[later, -1] = merged_x + dx * (later - frame + 1)
         y[later, -1] = merged_y + dy * (later - frame + 1)
-        radius[later, -1] = np.cbrt(volume)
+        radius[frame, -1] = np.cbrt(volume)
+        rates = np.append(rates, 0.0)
         alive = np.concatenate([alive, np.zeros((t, 1), bool)], axis=1)
-        alive[frame:, -1] = True
-        alive[frame:, [a, b]] = False
+        alive[frame, -1] = True
+        alive[frame, [a, b]] = False
         composition = np.concatenate([composition, (weight * composition[a] + (1 - weight) * composition[b])[None]])
         events.append(
             (frame, "coalescence", f"{min(a, b)};{max(a, b)}", str(alive.shape[1] - 1), x[frame, -1], y[frame, -1])
@@ -152,6 +172,38 @@ def make_stack(
     truth = pd.DataFrame(rows, columns=list(TRUTH_COLUMNS))
     event_table = pd.DataFrame(events, columns=["frame", "kind", "tracks_before", "tracks_after", "x", "y"])
     return np.stack(frames), truth, event_table
+
+
+def _grown(
+    x: np.ndarray,
+    y: np.ndarray,
+    radius_px: np.ndarray,
+    rates: np.ndarray,
+    alive: np.ndarray,
+    scene: SceneSettings,
+    vanish_radius_fraction: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The droplets ``(n,)`` a frame later, at positions ``x``, ``y`` px: their radii px (NaN for
+    the dead) and which are alive. Each living droplet's radius changes by its relative ``rate``,
+    a growing one only while it keeps the scene's ``min_distance_fraction`` from every neighbour
+    (as they were); one below ``vanish_radius_fraction`` of ``scene.radius_min_px`` dissolves."""
+    living = np.flatnonzero(alive)
+    before = radius_px[living]
+    after = before * (1.0 + rates[living])
+    spacing = scene.min_distance_fraction
+    centres = np.column_stack([x[living], y[living]])
+    pairs = cKDTree(centres).query_pairs(spacing * 2.0 * max(after.max(), before.max()), output_type="ndarray")
+    distance = np.hypot(*(centres[pairs[:, 0]] - centres[pairs[:, 1]]).T)
+    room = np.full(len(living), np.inf)
+    np.minimum.at(room, pairs[:, 0], distance / spacing - before[pairs[:, 1]])
+    np.minimum.at(room, pairs[:, 1], distance / spacing - before[pairs[:, 0]])
+    after = np.where(after > before, np.minimum(after, np.maximum(before, room)), after)
+    radius = np.full(radius_px.shape, np.nan)
+    radius[living] = after
+    now_alive = np.zeros_like(alive)
+    now_alive[living] = after >= vanish_radius_fraction * scene.radius_min_px
+    radius[~now_alive] = np.nan
+    return radius, now_alive
 
 
 def _inside(x: np.ndarray, y: np.ndarray, low: float, high_x: float, high_y: float) -> np.ndarray:
@@ -226,6 +278,7 @@ def score_tracks(
         switches += sum(a != b for a, b in zip(seen, seen[1:]))
         followed += len(set(seen)) == 1 and len(seen) >= len(matches) - 1
     found_coalescences = events[events["kind"] == "coalescence"] if len(events) else events
+    true_events = true_events[true_events["kind"] == "coalescence"]
     hits = 0
     for row in true_events.itertuples(index=False):
         near = found_coalescences[
