@@ -4,12 +4,14 @@ Run from the repository root::
 
     python -m bench.timelapse                       # 2 scored movies of 10 frames (about 10 minutes on 2 cores)
     python -m bench.timelapse --frames 5 --movies 1 # quicker
+    python -m bench.timelapse --frames 100 --seeds 8  # a 100-frame stack (about 10 minutes)
     python -m bench.timelapse --seeds 3 4           # unscored movies, for looking at what goes wrong
     python -m bench.timelapse --seeds 3 4 --reuse-iterations 3  # what fewer iterations a later frame cost
 
 Movies (``droplet_core.synthetic.stack_scenes``): the default 500x400 scene of about 1500 droplets
 (radii 1-10 px), drifting (1.0, 0.5) px a frame, Brownian steps of 0.25 px, growth rates of
-1 % sd, droplets entering and leaving with the drift, and ``--coalescences`` scripted
+1 % sd (a growing droplet stops at its neighbours, a shrinking one dissolves below the
+scene's smallest radius), droplets entering and leaving with the drift, and ``--coalescences`` scripted
 coalescences of droplets of at least 4 px radius. Seeds 1.. are scored; seed 100 tunes the
 baseline only, and nothing in ``droplet_core`` was tuned on any of them.
 
