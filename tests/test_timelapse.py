@@ -473,6 +473,24 @@ def test_linking_removes_a_large_drift():
     np.testing.assert_allclose(drift["drift_x_px"], np.arange(5) * 6.0, atol=0.1)
 
 
+def test_droplets_at_the_border_do_not_count_in_the_drift():
+    rng = np.random.default_rng(3)
+    x0, y0 = rng.uniform(20, 180, 30), rng.uniform(20, 140, 30)
+    rows = []
+    for frame in range(5):
+        rows.extend((frame, x0[i] + frame + rng.normal(0, 0.1), y0[i] + rng.normal(0, 0.1), 3.0) for i in range(30))
+        # Droplets cut by the right edge, which a fit can leave in place while the field moves.
+        rows.extend((frame, 199.0, y, 4.0) for y in (30.0, 90.0, 120.0))
+    droplets = pd.DataFrame(rows, columns=["frame", "x_px", "y_px", "radius_px"]).assign(
+        sd_x_px=0.1, sd_y_px=0.1, sd_radius_px=0.1, p_exists=1.0
+    )
+    shifts = np.zeros((5, 2))
+    _, drift = timelapse.link_droplets(droplets, shifts, search_range_px=2.0, shape_hw=(160, 200))
+    np.testing.assert_allclose(drift["drift_x_px"], np.arange(5.0), atol=0.1)
+    _, dragged = timelapse.link_droplets(droplets, shifts, search_range_px=2.0)
+    assert dragged["drift_x_px"].iloc[-1] < 4.0 - 0.2
+
+
 def test_track_command_writes_the_three_tables(fitted, movie, tmp_path):
     frames = movie[0]
     folder = tmp_path / "frames"

@@ -633,7 +633,10 @@ def link_droplets(
         linked = trackpy.link(features, **options)
         if shape_hw is not None:
             linked = linked[~_near_border(table, *shape_hw)]
-        left = trackpy.compute_drift(linked).reindex(range(n_frames)).interpolate(limit_direction="both").fillna(0.0)
+        # compute_drift starts at the first frame with a step; frame 0 is where the drift is 0.
+        left = trackpy.compute_drift(linked).reindex(range(n_frames))
+        left.iloc[0] = left.iloc[0].fillna(0.0)
+        left = left.interpolate(limit_direction="both").fillna(0.0)
         features = trackpy.subtract_drift(features.set_index("frame", drop=False), left).reset_index(drop=True)
         features = trackpy.link(features, **options)
     else:
