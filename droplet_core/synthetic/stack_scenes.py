@@ -39,7 +39,7 @@ class StackSceneSettings:
         droplet stops where it would come closer to a neighbour than the scene places droplets
         (``scene.min_distance_fraction``): only the scripted coalescences merge droplets.
     vanish_radius_fraction : a droplet that shrinks below this fraction of the scene's smallest
-        radius dissolves (a ``disappearance`` event).
+        radius dissolves (a ``disappearance`` event where it was in the field).
     coalescences : pairs of neighbours that coalesce, spread over the movie.
     coalescing_radius_px : the smallest radius of a droplet that coalesces (0: any).
     """
@@ -188,6 +188,8 @@ def _grown(
     a growing one only while it keeps the scene's ``min_distance_fraction`` from every neighbour
     (as they were); one below ``vanish_radius_fraction`` of ``scene.radius_min_px`` dissolves."""
     living = np.flatnonzero(alive)
+    if living.size == 0:
+        return np.full(radius_px.shape, np.nan), alive.copy()
     before = radius_px[living]
     after = before * (1.0 + rates[living])
     spacing = scene.min_distance_fraction
