@@ -632,7 +632,7 @@ def link_droplets(
     if len(table):
         linked = trackpy.link(features, **options)
         if shape_hw is not None:
-            linked = linked[~_near_border(table, *shape_hw)]
+            linked = linked[~_within_border(table["x_px"], table["y_px"], table["radius_px"], *shape_hw).to_numpy()]
         # compute_drift starts at the first frame with a step; frame 0 is where the drift is 0.
         left = trackpy.compute_drift(linked).reindex(range(n_frames))
         left.iloc[0] = left.iloc[0].fillna(0.0)
@@ -658,14 +658,6 @@ def link_droplets(
     tracks["sd_volume_px3"] = 4.0 * np.pi * tracks["radius_px"] ** 2 * tracks["sd_radius_px"].fillna(0.0)
     columns = [*TRACK_COLUMNS, "x_aligned_px", "y_aligned_px"]
     return tracks[columns].sort_values(["frame", "track"], kind="stable").reset_index(drop=True), field_drift
-
-
-def _near_border(droplets: pd.DataFrame, height: int, width: int) -> np.ndarray:
-    """``(len(droplets),)`` whether each droplet (``x_px``, ``y_px``, ``radius_px``) lies within its
-    radius and a pixel of the field's edge (``_at_border`` of every row)."""
-    x, y = droplets["x_px"].to_numpy(float), droplets["y_px"].to_numpy(float)
-    margin = droplets["radius_px"].to_numpy(float) + 1.0
-    return (x < margin) | (y < margin) | (x > width - 1 - margin) | (y > height - 1 - margin)
 
 
 def _renumbered(particles: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -950,10 +942,14 @@ def _nearby(candidates: pd.DataFrame, row) -> pd.DataFrame:
 
 def _at_border(row, height: int, width: int, radii: float = 1.0) -> bool:
     """Whether ``row``'s droplet lies within ``radii`` of its radii and a pixel of the field's edge."""
-    margin = radii * row.radius_px + 1.0
-    return bool(
-        row.x_px < margin or row.y_px < margin or row.x_px > width - 1 - margin or row.y_px > height - 1 - margin
-    )
+    return bool(_within_border(row.x_px, row.y_px, row.radius_px, height, width, radii))
+
+
+def _within_border(x_px, y_px, radius_px, height: int, width: int, radii: float = 1.0):
+    """Whether droplets at ``x_px``, ``y_px`` (numbers or arrays alike) lie within ``radii`` of their
+    ``radius_px`` and a pixel of the field's edge."""
+    margin = radii * radius_px + 1.0
+    return (x_px < margin) | (y_px < margin) | (x_px > width - 1 - margin) | (y_px > height - 1 - margin)
 
 
 def frame_table(
