@@ -18,11 +18,12 @@ be told apart from an interval that is too narrow.
 
 A reliability plot (empirical against nominal coverage) is written as a PNG.
 
-The reported sds are the Laplace sd widened by a model-discrepancy term proportional to
-the radius (``droplet_core.inference.uncertainty.with_model_discrepancy``). ``--calibrate`` fits that
-term's factor per model and coordinate on calibration scenes of every family
-(``CALIBRATION_SEEDS``, never the scored ones) so that their pooled 90 % intervals cover 90 %
-of the truth (every family weighing the same), and the
+The reported sds are the Laplace sd widened by a model-discrepancy term that grows with a
+power of the radius (``droplet_core.inference.uncertainty.with_model_discrepancy``). ``--calibrate``
+fits that term per model and coordinate on calibration scenes of every family
+(``CALIBRATION_SEEDS``, never the scored ones): for each power of ``RADIUS_POWERS`` the factor
+whose pooled 90 % intervals cover 90 % of the truth (every family weighing the same), and of
+those the power whose families' coverages lie closest to 90 %; and the
 count's relative error (root-mean-square over those scenes); it writes
 ``droplet_core/inference/calibration.json``; the scored scenes then test it.
 """
@@ -40,7 +41,7 @@ from PIL import Image, ImageDraw
 from droplet_core.detection.matching import match_pairs
 from droplet_core.imaging.images import sha256_bytes
 from droplet_core.inference.engine import run_fit
-from droplet_core.inference.uncertainty import CALIBRATION_FILE, laplace_sd
+from droplet_core.inference.uncertainty import CALIBRATION_FILE, discrepancy_sd, laplace_sd
 from droplet_core.intervals import interval_half_width
 from droplet_core.settings import FitSettings, default_channel
 from droplet_core.synthetic.scenes import (
@@ -53,6 +54,9 @@ from droplet_core.synthetic.scenes import (
 )
 
 COORDINATES = ("x", "y", "radius")
+# Powers of the radius the discrepancy may grow with; ``--calibrate`` takes, per coordinate,
+# the one whose calibrated intervals cover most evenly across the scene kinds.
+RADIUS_POWERS = (1.0, 0.75, 0.5, 0.25, 0.0)
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 CONTROL_NOISE_SD = 0.02
 CALIBRATION_SEEDS = (100, 101, 102, 103)
@@ -69,16 +73,19 @@ def fit_scene(rgb_uint8: np.ndarray, settings: FitSettings):
     return run_fit(image, settings, image_sha256=sha256_bytes(encode_png(rgb_uint8)))
 
 
-def scene_errors(truth: pd.DataFrame, found: pd.DataFrame, discrepancy: dict[str, float]) -> pd.DataFrame:
+def scene_errors(
+    truth: pd.DataFrame, found: pd.DataFrame, discrepancy: dict[str, float], radius_power: dict[str, float] | None
+) -> pd.DataFrame:
     """Per matched true droplet: error, reported sd and Laplace sd (the reported one less the
-    fit's ``discrepancy`` term) of x, y and radius (px), and the fitted radius."""
+    fit's ``discrepancy`` term, growing with ``radius_power``) of x, y and radius (px), and the
+    fitted radius."""
     t, f = match_pairs(truth, found)
     true, fit = truth.iloc[t].reset_index(drop=True), found.iloc[f].reset_index(drop=True)
     columns = {"radius": fit["radius"].to_numpy(float)}
     for c in COORDINATES:
         columns[f"err_{c}"] = fit[c].to_numpy(float) - true[c].to_numpy(float)
         columns[f"sd_{c}"] = fit[f"sd_{c}"].to_numpy(float)
-        columns[f"laplace_sd_{c}"] = laplace_sd(fit, c, discrepancy)
+        columns[f"laplace_sd_{c}"] = laplace_sd(fit, c, discrepancy, radius_power)
     return pd.DataFrame(columns)
 
 
@@ -88,18 +95,38 @@ def coverage(errors: pd.DataFrame, coordinate: str, level: float) -> float:
     return float(np.mean(np.abs(errors[f"err_{coordinate}"].to_numpy()) <= half))
 
 
-def discrepancy_factor(errors: pd.DataFrame, coordinate: str, level: float = 0.9) -> float:
-    """The discrepancy sd per px of radius whose widened intervals cover ``level`` of ``errors``
-    (weighted by its ``weight`` column when it has one)."""
-    error = np.abs(errors[f"err_{coordinate}"].to_numpy())
-    laplace, radius = errors[f"laplace_sd_{coordinate}"].to_numpy(), errors["radius"].to_numpy()
+def covered(errors: pd.DataFrame, coordinate: str, factor: float, power: float, level: float) -> np.ndarray:
+    """``(n,)`` whether each of ``errors``' truths lies in its Laplace interval widened by the
+    discrepancy of ``factor`` per px of radius growing with ``power``."""
+    laplace = errors[f"laplace_sd_{coordinate}"].to_numpy()
+    half = interval_half_width(np.hypot(laplace, discrepancy_sd(errors["radius"], factor, power)), level)
+    return np.abs(errors[f"err_{coordinate}"].to_numpy()) <= half
+
+
+def discrepancy_factor(errors: pd.DataFrame, coordinate: str, power: float = 1.0, level: float = 0.9) -> float:
+    """The discrepancy sd per px of radius (``discrepancy_sd``, growing with ``power``) whose widened
+    intervals cover ``level`` of ``errors`` (weighted by its ``weight`` column when it has one)."""
     weight = errors["weight"].to_numpy() if "weight" in errors else np.ones(len(errors))
     low, high = 0.0, 2.0
     for _ in range(50):
         factor = 0.5 * (low + high)
-        covered = np.average(error <= interval_half_width(np.hypot(laplace, factor * radius), level), weights=weight)
-        low, high = (factor, high) if covered < level else (low, factor)
+        coverage_now = np.average(covered(errors, coordinate, factor, power, level), weights=weight)
+        low, high = (factor, high) if coverage_now < level else (low, factor)
     return round(high, 4)
+
+
+def calibrated_discrepancy(errors: pd.DataFrame, coordinate: str, level: float = 0.9) -> tuple[float, float]:
+    """The factor and power (of ``RADIUS_POWERS``) of ``coordinate``'s discrepancy: each power's
+    factor covers ``level`` of the pooled, weighted ``errors``; the power is the one whose scene
+    kinds' (``kind`` column) coverages lie closest to ``level`` (least squares)."""
+    best = None
+    for power in RADIUS_POWERS:
+        factor = discrepancy_factor(errors, coordinate, power, level)
+        by_kind = [covered(group, coordinate, factor, power, level).mean() for _, group in errors.groupby("kind")]
+        spread = float(np.sum((np.asarray(by_kind) - level) ** 2))
+        if best is None or spread < best[0]:
+            best = (spread, factor, power)
+    return best[1], best[2]
 
 
 def evaluate(kind: str, seed: int, model: str = "templates") -> tuple[dict, pd.DataFrame]:
@@ -121,7 +148,8 @@ def evaluate(kind: str, seed: int, model: str = "templates") -> tuple[dict, pd.D
             model="gaussian", channel="r", downscale=1, steps=600, droplets=len(truth), initializer="log"
         )
     result = fit_scene(rgb, settings)
-    errors = scene_errors(truth, result.droplets, result.report.uncertainty.discrepancy_per_radius)
+    method = result.report.uncertainty
+    errors = scene_errors(truth, result.droplets, method.discrepancy_per_radius, method.discrepancy_radius_power)
     if kind == "control":
         # The model is exact here: its intervals are the Laplace ones, with no discrepancy.
         errors = errors.assign(**{f"sd_{c}": errors[f"laplace_sd_{c}"] for c in COORDINATES})
@@ -172,26 +200,39 @@ def reliability_png(curves: dict[str, dict[str, list[float]]], path: Path) -> No
 
 def calibrate(models: list[str], seeds: list[int], kinds: list[str]) -> None:
     """Fit the discrepancy factors on ``seeds`` of every kind and write them to ``CALIBRATION_FILE``."""
-    factors, count_factors = {}, {}
+    factors, powers, count_factors = {}, {}, {}
     for model in models:
         by_kind = {kind: [evaluate(kind, seed, model) for seed in seeds] for kind in kinds}
         # Every kind weighs the same: the seed kind's crowded scenes hold ten times the
         # droplets of a fluorescence scene, and would otherwise set the factor alone.
         pooled = [pd.concat([e for _, e in runs]) for runs in by_kind.values()]
-        errors = pd.concat([kind_errors.assign(weight=1.0 / len(kind_errors)) for kind_errors in pooled])
-        factors[model] = {c: discrepancy_factor(errors, c) for c in COORDINATES}
+        errors = pd.concat(
+            [e.assign(weight=1.0 / len(e), kind=kind) for kind, e in zip(by_kind, pooled)], ignore_index=True
+        )
+        fitted = {c: calibrated_discrepancy(errors, c) for c in COORDINATES}
+        factors[model] = {c: factor for c, (factor, _) in fitted.items()}
+        powers[model] = {c: power for c, (_, power) in fitted.items()}
         # The count's relative error, root-mean-square over the seed kind's crowded scenes:
         # the other families' scenes hold a few dozen droplets, where one missed droplet is
         # several percent, and their errors made the seed kind's count intervals cover 100 %.
         count_runs = by_kind.get(COUNT_KIND) or [run for runs in by_kind.values() for run in runs]
         relative = [(row["found"] - row["true"]) / max(row["found"], 1) for row, _ in count_runs]
         count_factors[model] = round(float(np.sqrt(np.mean(np.square(relative)))), 4)
-        print(f"{model}: {factors[model]}, count {count_factors[model]} from {len(errors)} droplets", flush=True)
+        print(
+            f"{model}: {factors[model]}, radius powers {powers[model]}, count {count_factors[model]}"
+            f" from {len(errors)} droplets",
+            flush=True,
+        )
     # Models not refitted keep their factors and the command that fitted them.
     record = json.loads(CALIBRATION_FILE.read_text()) if CALIBRATION_FILE.exists() else {}
     command = f"python -m bench.calibration --calibrate --seeds {' '.join(map(str, seeds))} --kinds {' '.join(kinds)}"
     record.update(calibration_scene_seeds=seeds, calibration_scene_kinds=kinds, level=0.9)
-    for key, fitted in (("discrepancy_per_radius", factors), ("count_discrepancy", count_factors), ("commands", {})):
+    for key, fitted in (
+        ("discrepancy_per_radius", factors),
+        ("discrepancy_radius_power", powers),
+        ("count_discrepancy", count_factors),
+        ("commands", {}),
+    ):
         record[key] = {**record.get(key, {}), **fitted}
     record["commands"].update({model: f"{command} --models {model}" for model in models})
     record.pop("command", None)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 # 21: ... or 0.15 of its size or more
 # 22: a time-lapse frame starts its droplet switching from the outline ratios of the previous
 #     frame's table
-CODE_VERSION = "22"
+# 23: the model discrepancy of the intervals grows with a calibrated power of the radius
+CODE_VERSION = "23"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

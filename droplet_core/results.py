@@ -75,12 +75,14 @@ class Timings:
 @dataclass(frozen=True)
 class UncertaintyMethod:
     """How a fit's uncertainties were computed: the method and the calibrated model
-    discrepancy added to it (sd per px of radius of ``x``, ``y``, ``radius``, and the
-    count's relative sd)."""
+    discrepancy added to it (sd per px of radius of ``x``, ``y``, ``radius`` at
+    ``uncertainty.DISCREPANCY_REFERENCE_RADIUS_PX``, the count's relative sd, and the power of
+    the radius each sd grows with: 1 where missing, as in fits before it was recorded)."""
 
     method: str = "laplace"
     discrepancy_per_radius: dict | None = None
     count_discrepancy: float = 0.0
+    discrepancy_radius_power: dict | None = None
 
 
 # fit.json keys of the count, which ``FitReport`` holds as one ``DropletCount``.

@@ -9,7 +9,7 @@ from scipy.stats import binom
 
 from droplet_core.detection.matching import match_pairs
 from droplet_core.inference.engine import run_fit
-from droplet_core.inference.uncertainty import laplace_sd, with_model_discrepancy
+from droplet_core.inference.uncertainty import DISCREPANCY_REFERENCE_RADIUS_PX, laplace_sd, with_model_discrepancy
 from droplet_core.intervals import interval_half_width
 from droplet_core.measurements.counting import count_interval
 from droplet_core.settings import FitSettings
@@ -39,9 +39,10 @@ def test_intervals_cover_the_truth_about_90_percent(quiet_fit):
     found, true = result.droplets.iloc[f], truth.iloc[t]
     # The model is exact here: the Laplace part of the reported sd, without the discrepancy
     # calibrated for crowded scenes the model cannot draw exactly, is what is tested.
-    discrepancy = result.report.uncertainty.discrepancy_per_radius
+    method = result.report.uncertainty
     inside = [
-        np.abs(found[c].to_numpy() - true[c].to_numpy()) <= interval_half_width(laplace_sd(found, c, discrepancy))
+        np.abs(found[c].to_numpy() - true[c].to_numpy())
+        <= interval_half_width(laplace_sd(found, c, method.discrepancy_per_radius, method.discrepancy_radius_power))
         for c in ("x", "y", "radius")
     ]
     coverage = [float(np.mean(i)) for i in inside]
@@ -56,9 +57,10 @@ def test_sds_grow_with_the_noise(quiet_fit):
     noisy = fit_blobs(image, len(truth))
     # The Laplace part scales with the noise (3x here); the calibrated model discrepancy
     # added in quadrature does not, so it is taken out as in the coverage test.
-    discrepancy = quiet.report.uncertainty.discrepancy_per_radius
-    ratio = np.median(laplace_sd(noisy.droplets, "x", discrepancy)) / np.median(
-        laplace_sd(quiet.droplets, "x", discrepancy)
+    method = quiet.report.uncertainty
+    discrepancy = (method.discrepancy_per_radius, method.discrepancy_radius_power)
+    ratio = np.median(laplace_sd(noisy.droplets, "x", *discrepancy)) / np.median(
+        laplace_sd(quiet.droplets, "x", *discrepancy)
     )
     assert 2.0 <= ratio <= 4.5, ratio
 
@@ -77,6 +79,18 @@ def test_model_discrepancy_widens_in_quadrature_and_can_be_undone():
     np.testing.assert_allclose(widened["sd_x"], np.hypot([0.03, 0.04], [0.04, 0.08]))
     np.testing.assert_allclose(widened["sd_y"], table["sd_y"])
     np.testing.assert_allclose(laplace_sd(widened, "radius", {"x": 0.02, "radius": 0.1}), table["sd_radius"])
+
+
+def test_a_discrepancy_growing_slower_than_the_radius():
+    # At the reference radius the factor is the sd per px of radius whatever the power; at four
+    # times it, a square root's discrepancy is twice that of the reference, not four times.
+    reference = DISCREPANCY_REFERENCE_RADIUS_PX
+    table = pd.DataFrame({"radius": [reference, 4.0 * reference], "sd_x": [0.0, 0.0], "sd_y": [0.05, 0.05]})
+    per_radius, power = {"x": 0.05, "y": 0.05}, {"x": 0.5}
+    widened = with_model_discrepancy(table, per_radius, power)
+    np.testing.assert_allclose(widened["sd_x"], [0.05 * reference, 0.1 * reference])
+    np.testing.assert_allclose(widened["sd_y"], np.hypot(0.05, [0.05 * reference, 0.2 * reference]))
+    np.testing.assert_allclose(laplace_sd(widened, "y", per_radius, power), table["sd_y"])
 
 
 def test_count_interval():

@@ -522,13 +522,15 @@ def _fit_region(
     uncertainty = _constrained_sds(guide, locs, sds)
     uncertainty["p_exists"] = p_exists
     reconstruction = np.asarray(evaluation.reconstruction, np.float32)
-    discrepancy, count_discrepancy = model_discrepancy(settings.model)
+    discrepancy = model_discrepancy(settings.model)
     columns = variant.droplet_columns(values, uncertainty, spec)
-    droplets = with_model_discrepancy(_droplet_table(columns, active, factor, origin), discrepancy)
+    droplets = with_model_discrepancy(
+        _droplet_table(columns, active, factor, origin), discrepancy.per_radius, discrepancy.radius_power
+    )
     drawn_ratio = np.where(active > 0, np.asarray(columns["radius"]) / radius_px, np.nan).astype(np.float32)
     # Blur is measured where it is sharpest: in the uploaded image, not the downscaled one.
     droplets = with_edge_blur(droplets, extract_channel(image, settings.channel).mean(axis=2))
-    count = count_of_table(droplets, count_discrepancy)
+    count = count_of_table(droplets, discrepancy.count)
     verdict = judge_fit(
         observed,
         reconstruction,
@@ -566,7 +568,7 @@ def _fit_region(
         ),
         count=count,
         verdict=verdict,
-        uncertainty=UncertaintyMethod("laplace", discrepancy, count_discrepancy),
+        uncertainty=UncertaintyMethod("laplace", discrepancy.per_radius, discrepancy.count, discrepancy.radius_power),
         candidate_count=int(len(anchors)),
         downscale=factor,
         downscale_choice=None if region.scale is None else region.scale.to_dict(),

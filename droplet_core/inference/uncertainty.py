@@ -36,8 +36,14 @@ from scipy.special import expit
 from droplet_core.models.common import Layout, nearest_droplet_pixels
 
 # Written by ``python -m bench.calibration --calibrate``: per model, the model-discrepancy
-# sd per px of radius for x, y and radius, and the count's relative sd.
+# sd per px of radius (at ``DISCREPANCY_REFERENCE_RADIUS_PX``) for x, y and radius, the power
+# of the radius it grows with, and the count's relative sd.
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+# The radius at which the discrepancy's factor is its sd per px of radius. Grown in proportion
+# to the radius (power 1), the y and radius intervals of large droplets were several times
+# their errors (a 30 px fluorescence droplet's y sd was 3.6 px; 99-100 % of them covered) while
+# the seed kind's droplets of 1-3 px were barely covered.
+DISCREPANCY_REFERENCE_RADIUS_PX = 4.0
 # Forward-difference step in each unconstrained parameter (px for positions, log units
 # for radii): small against a droplet (the derivative's error is about step / radius),
 # large against float32 rounding of the image.
@@ -258,33 +264,61 @@ def _sum_by_droplet(per_row: np.ndarray, starts: np.ndarray, total: int) -> np.n
     return sums
 
 
-def model_discrepancy(model: str) -> tuple[dict[str, float], float]:
-    """Calibrated model discrepancy of ``model``: sd per px of radius for ``x``, ``y`` and
-    ``radius``, and the count's relative sd (empty and 0 when it was not calibrated)."""
+class ModelDiscrepancy(NamedTuple):
+    """A model's calibrated discrepancy (``calibration.json``): for ``x``, ``y`` and ``radius``,
+    the sd per px of radius at ``DISCREPANCY_REFERENCE_RADIUS_PX`` and the power of the radius
+    it grows with (1 where missing); the count's relative sd."""
+
+    per_radius: dict[str, float]
+    radius_power: dict[str, float]
+    count: float
+
+
+def model_discrepancy(model: str) -> ModelDiscrepancy:
+    """Calibrated model discrepancy of ``model`` (empty and 0 when it was not calibrated)."""
     if not CALIBRATION_FILE.exists():
-        return {}, 0.0
+        return ModelDiscrepancy({}, {}, 0.0)
     record = json.loads(CALIBRATION_FILE.read_text())
-    return record["discrepancy_per_radius"].get(model, {}), record["count_discrepancy"].get(model, 0.0)
+    return ModelDiscrepancy(
+        record["discrepancy_per_radius"].get(model, {}),
+        record.get("discrepancy_radius_power", {}).get(model, {}),
+        record["count_discrepancy"].get(model, 0.0),
+    )
 
 
-def with_model_discrepancy(droplets: pd.DataFrame, per_radius: dict[str, float]) -> pd.DataFrame:
+def discrepancy_sd(radius_px: np.ndarray, per_radius: float, radius_power: float = 1.0) -> np.ndarray:
+    """``(n,)`` the discrepancy's sd (px) for droplets of ``radius_px`` ``(n,)``: ``per_radius``
+    times the radius at ``DISCREPANCY_REFERENCE_RADIUS_PX``, growing as the radius to ``radius_power``."""
+    reference = DISCREPANCY_REFERENCE_RADIUS_PX
+    return per_radius * reference * (np.asarray(radius_px, float) / reference) ** radius_power
+
+
+def with_model_discrepancy(
+    droplets: pd.DataFrame, per_radius: dict[str, float], radius_power: dict[str, float] | None = None
+) -> pd.DataFrame:
     """``droplets`` with ``sd_x``, ``sd_y``, ``sd_radius`` widened by the model's discrepancy.
 
     The Laplace sd says how well the data pin a droplet down *within* the model; where the
     model cannot draw the droplet exactly (blur, highlights the masks only approximate),
     its estimate is off by more than that. That error grows with the droplet, so it is
-    modelled as an independent normal of sd ``per_radius[c] * radius``, added in quadrature.
+    modelled as an independent normal of sd ``discrepancy_sd`` (``per_radius[c]`` and
+    ``radius_power[c]``, 1 where missing), added in quadrature.
     """
+    radius_power = radius_power or {}
     widened = droplets.copy()
     for coordinate, factor in per_radius.items():
         column = f"sd_{coordinate}"
         if column in widened:
-            widened[column] = np.hypot(widened[column], factor * widened["radius"])
+            discrepancy = discrepancy_sd(widened["radius"], factor, radius_power.get(coordinate, 1.0))
+            widened[column] = np.hypot(widened[column], discrepancy)
     return widened
 
 
-def laplace_sd(droplets: pd.DataFrame, coordinate: str, per_radius: dict[str, float]) -> np.ndarray:
+def laplace_sd(
+    droplets: pd.DataFrame, coordinate: str, per_radius: dict[str, float], radius_power: dict[str, float] | None = None
+) -> np.ndarray:
     """``(n,)`` the Laplace part of ``sd_<coordinate>`` (``with_model_discrepancy`` undone)."""
     sd = droplets[f"sd_{coordinate}"].to_numpy(float)
-    discrepancy = per_radius.get(coordinate, 0.0) * droplets["radius"].to_numpy(float)
+    power = (radius_power or {}).get(coordinate, 1.0)
+    discrepancy = discrepancy_sd(droplets["radius"], per_radius.get(coordinate, 0.0), power)
     return np.sqrt(np.maximum(sd**2 - discrepancy**2, 0.0))
