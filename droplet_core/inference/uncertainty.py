@@ -39,10 +39,10 @@ from droplet_core.models.common import Layout, nearest_droplet_pixels
 # sd per px of radius (at ``DISCREPANCY_REFERENCE_RADIUS_PX``) for x, y and radius, the power
 # of the radius it grows with, and the count's relative sd.
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
-# The radius at which the discrepancy's factor is its sd per px of radius. Grown in proportion
-# to the radius (power 1), the y and radius intervals of large droplets were several times
-# their errors (a 30 px fluorescence droplet's y sd was 3.6 px; 99-100 % of them covered) while
-# the seed kind's droplets of 1-3 px were barely covered.
+# The radius at which the discrepancy's factor is its sd per px of radius. In proportion to the
+# radius (power 1) no y factor served every size: the one that covered the seed kind's droplets of
+# 1-3 px made a 30 px fluorescence droplet's y sd 3.6 px (99-100 % of large droplets covered),
+# and the pooled one left the seed kind at 0.81.
 DISCREPANCY_REFERENCE_RADIUS_PX = 4.0
 # Forward-difference step in each unconstrained parameter (px for positions, log units
 # for radii): small against a droplet (the derivative's error is about step / radius),
