@@ -473,7 +473,9 @@ def test_linking_removes_a_large_drift():
     np.testing.assert_allclose(drift["drift_x_px"], np.arange(5) * 6.0, atol=0.1)
 
 
-def test_droplets_at_the_border_do_not_count_in_the_drift():
+def droplets_drifting_past_the_border() -> pd.DataFrame:
+    """30 droplets moving 1 px a frame in x for 5 frames, and 3 cut by the right edge of a
+    200 x 160 field that stay put."""
     rng = np.random.default_rng(3)
     x0, y0 = rng.uniform(20, 180, 30), rng.uniform(20, 140, 30)
     rows = []
@@ -481,14 +483,29 @@ def test_droplets_at_the_border_do_not_count_in_the_drift():
         rows.extend((frame, x0[i] + frame + rng.normal(0, 0.1), y0[i] + rng.normal(0, 0.1), 3.0) for i in range(30))
         # Droplets cut by the right edge, which a fit can leave in place while the field moves.
         rows.extend((frame, 199.0, y, 4.0) for y in (30.0, 90.0, 120.0))
-    droplets = pd.DataFrame(rows, columns=["frame", "x_px", "y_px", "radius_px"]).assign(
+    return pd.DataFrame(rows, columns=["frame", "x_px", "y_px", "radius_px"]).assign(
         sd_x_px=0.1, sd_y_px=0.1, sd_radius_px=0.1, p_exists=1.0
     )
+
+
+def test_droplets_at_the_border_do_not_count_in_the_drift():
+    droplets = droplets_drifting_past_the_border()
     shifts = np.zeros((5, 2))
     _, drift = timelapse.link_droplets(droplets, shifts, search_range_px=2.0, shape_hw=(160, 200))
     np.testing.assert_allclose(drift["drift_x_px"], np.arange(5.0), atol=0.1)
     _, dragged = timelapse.link_droplets(droplets, shifts, search_range_px=2.0)
     assert dragged["drift_x_px"].iloc[-1] < 4.0 - 0.2
+
+
+def test_droplets_in_any_order_are_linked_alike():
+    droplets = droplets_drifting_past_the_border()
+    shuffled = droplets.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    tracks, drift = timelapse.link_droplets(shuffled, np.zeros((5, 2)), search_range_px=2.0, shape_hw=(160, 200))
+    np.testing.assert_allclose(drift["drift_x_px"], np.arange(5.0), atol=0.1)
+    assert tracks["track"].nunique() == 33
+    steps = tracks.sort_values(["track", "frame"]).groupby("track")["x_px"].diff().dropna()
+    # Each track moves with its droplet: 1 px a frame, or not at all at the border.
+    assert (((steps - 1.0).abs() < 0.5) | (steps.abs() < 0.5)).all()
 
 
 def test_track_command_writes_the_three_tables(fitted, movie, tmp_path):

@@ -622,8 +622,14 @@ def link_droplets(
     table = droplets[droplets["p_exists"] >= LINK_MIN_P_EXISTS].reset_index(drop=True)
     drift = np.cumsum(np.asarray(shifts_px, float).reshape(-1, 2), axis=0)
     frames = table["frame"].to_numpy(int)
+    # trackpy sorts by frame (not stably): ``row`` brings its answers back to the table's order.
     features = pd.DataFrame(
-        {"frame": frames, "x": table["x_px"] - drift[frames, 0], "y": table["y_px"] - drift[frames, 1]}
+        {
+            "row": np.arange(len(table)),
+            "frame": frames,
+            "x": table["x_px"] - drift[frames, 0],
+            "y": table["y_px"] - drift[frames, 1],
+        }
     )
     reach = search_range_px or max(2.0, 0.6 * float(np.median(table["radius_px"])) if len(table) else 2.0)
     options = dict(search_range=reach, memory=memory_frames, adaptive_stop=0.2 * reach, adaptive_step=0.9)
@@ -632,13 +638,14 @@ def link_droplets(
     if len(table):
         linked = trackpy.link(features, **options)
         if shape_hw is not None:
-            linked = linked[~_within_border(table["x_px"], table["y_px"], table["radius_px"], *shape_hw).to_numpy()]
+            at_border = _within_border(table["x_px"], table["y_px"], table["radius_px"], *shape_hw).to_numpy()
+            linked = linked[~at_border[linked["row"].to_numpy()]]
         # compute_drift starts at the first frame with a step; frame 0 is where the drift is 0.
         left = trackpy.compute_drift(linked).reindex(range(n_frames))
         left.iloc[0] = left.iloc[0].fillna(0.0)
         left = left.interpolate(limit_direction="both").fillna(0.0)
         features = trackpy.subtract_drift(features.set_index("frame", drop=False), left).reset_index(drop=True)
-        features = trackpy.link(features, **options)
+        features = trackpy.link(features, **options).sort_values("row")
     else:
         features["particle"] = np.zeros(0, int)
     field_drift = pd.DataFrame(
