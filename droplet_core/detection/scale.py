@@ -32,13 +32,14 @@ from droplet_core.imaging.channels import extract_channel
 LEVEL_BAND_PX = (3.0, 12.0)
 # A sure detection just outside its level's band (within a factor STRAY_BAND_MARGIN of it)
 # still stands where no level saw the droplet within its band: the second renderer's
-# phase-contrast droplet of 25 px (a grey middle in a dark rim) was seen at 2x as 19 fit px,
-# at 4x with p_exists 0.12 and at 8x as 2.9 fit px (p_exists 0.94), so no level kept it and
-# the fit drew its rim as eight small droplets. A fine level sees a large droplet and sizes it
-# short: every such detection (p_exists 0.72-0.88) on the generality scenes of seeds 1-4
-# was a droplet no level had kept. A coarse level's blobs under its band are as often a
+# phase-contrast droplet of 25 px (a grey middle in a dark rim) was seen at 2x as 19 px of
+# that level, at 4x with p_exists 0.12 and at 8x as 2.9 px (p_exists 0.94), so no level kept
+# it and the fit drew its rim as eight small droplets. Above a fine level's band is a large
+# droplet, roughly sized: every such detection (p_exists 0.72-0.88) on the generality scenes
+# of seeds 1-4 was a droplet no level had kept. A coarse level's blobs under its band are as often a
 # halo's piece or noise as a droplet: there, of those entirely in the image, p_exists of 0.9
-# and more held 11 missed droplets and one false one, 0.82-0.89 six and four, less 5 and 17.
+# and more held 11 missed droplets and one false one, 0.82-0.89 six and four, less 5 and 17;
+# of those cut by the border, 1 and 25.
 STRAY_BAND_MARGIN = 0.75
 STRAY_ABOVE_MIN_P_EXISTS = detector_net.DEFAULT_THRESHOLD
 STRAY_BELOW_MIN_P_EXISTS = 0.9
