@@ -262,9 +262,8 @@ def test_a_doubtful_blob_over_two_phase_droplets_gives_way_to_them():
 @pytest.mark.parametrize("seed", [6, 12])
 def test_a_droplet_no_level_sizes_within_its_band_is_still_found(seed):
     """The second renderer's phase-contrast droplets of 10-40 px: on these scenes one of them
-    was seen by no level within its band (sized too large by the finer level, too small by
-    the coarser, doubted by the one between) and was lost; sure detections just outside
-    their band stand where nothing else claims the place."""
+    was kept by no level (each saw it outside its band, or doubted it) and was lost; sure
+    detections just outside their band stand where nothing else claims the place."""
     image, truth = second_renderer.render("phase", seed)
     found = scale.detect_in_image(image.astype(np.float32), threshold=scale.CANDIDATE_THRESHOLD)
     large = truth[truth["radius"] > 10.0].reset_index(drop=True)
