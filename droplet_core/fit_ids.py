@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 # 22: a time-lapse frame starts its droplet switching from the outline ratios of the previous
 #     frame's table
 # 23: the model discrepancy of the intervals grows with a calibrated power of the radius
-# 24: a sure detection outside its level's radius band stands where no level saw its droplet
+# 24: a sure detection outside its level's radius band starts the fit where no level saw its
+#     droplet (it does not set the scale)
 CODE_VERSION = "24"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")

@@ -50,6 +50,15 @@ def test_downscale_keeps_the_small_droplets_resolvable():
     assert "small droplets" in choice.reason and choice.detections == 200
 
 
+def test_detections_outside_their_band_do_not_decide_the_downscale():
+    large = detections([40.0] * 20)
+    gaps = detections([10.0] * 20).assign(x=lambda t: t["x"] + 500.0)
+    alone = scale.choose_downscale(large, 1000, 1000).factor
+    both = pd.concat([large.assign(in_band=True), gaps.assign(in_band=False)], ignore_index=True)
+    assert scale.choose_downscale(both, 1000, 1000).factor == alone
+    assert scale.choose_downscale(both.assign(in_band=True), 1000, 1000).factor < alone
+
+
 def test_faint_small_detections_do_not_decide_the_downscale():
     confident = detections(np.full(100, 30.0), p_exists=0.95)
     noise = detections(np.full(30, 1.5), p_exists=0.55)

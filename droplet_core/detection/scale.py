@@ -39,7 +39,10 @@ LEVEL_BAND_PX = (3.0, 12.0)
 # of seeds 1-4 was a droplet no level had kept. A coarse level's blobs under its band are as often a
 # halo's piece or noise as a droplet: there, of those entirely in the image, p_exists of 0.9
 # and more held 11 missed droplets and one false one, 0.82-0.89 six and four, less 5 and 17;
-# of those cut by the border, 1 and 25.
+# of those cut by the border, 1 and 25. They start fits but do not set the scale
+# (``choose_downscale``): in a real hexagonally packed emulsion the 4x level saw 39 of the dark
+# gaps between droplets of 40 px as sure blobs of 10 px, and counted there, they brought the
+# fit from 8x to 6x, where it drew four droplets' textured insides as clusters of small ones.
 STRAY_BAND_MARGIN = 0.75
 STRAY_ABOVE_MIN_P_EXISTS = detector_net.DEFAULT_THRESHOLD
 STRAY_BELOW_MIN_P_EXISTS = 0.9
@@ -235,7 +238,8 @@ def pyramid_detections(
     (the downscale factor it was found at), ``visible_fraction`` (of the disk's area inside
     the image); ``outermost_droplets`` merges the levels. Droplets cut by the border found
     at a coarser level than the finest need ``CUT_COARSE_MIN_P_EXISTS``. Sure detections
-    just outside their level's band are added where no other claims their place (``STRAY_*``).
+    just outside their level's band are added where no other claims their place (``STRAY_*``),
+    with ``in_band`` False (True for the others).
     """
     region = images.downscale(image, downscale)
     factors = pyramid_factors(*region.shape[:2])
@@ -262,7 +266,7 @@ def pyramid_detections(
     strays = pd.concat(strays, ignore_index=True)
     strays = strays.assign(visible_fraction=visible_fraction(strays, height * downscale, width * downscale))
     strays = strays[~strays["below"] | (strays["visible_fraction"] >= 1.0 - 1e-6)].drop(columns="below")
-    table = pd.concat([table, _unclaimed(strays, table)], ignore_index=True)
+    table = pd.concat([table.assign(in_band=True), _unclaimed(strays, table).assign(in_band=False)], ignore_index=True)
     holds_sure = np.array([len(parts) > 0 for parts in _sure_parts(table)], dtype=bool)
     doubtful_cut = (
         (table["level"] > factors[0] * downscale)
@@ -486,19 +490,22 @@ def detect_in_image(
     """Droplets of every size in an ``(H, W, 3)`` RGB image, in its pixels: the merged
     ``pyramid_detections`` (same arguments and columns)."""
     merged = outermost_droplets(pyramid_detections(image, channel, threshold, downscale, weights_dir))
-    return merged.drop(columns="visible_fraction")
+    return merged.drop(columns=["visible_fraction", "in_band"])
 
 
 def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> ScaleChoice:
     """The fit's downscale for an ``height x width`` image with ``detections`` (px of that image).
 
     The coarsest factor at which the small droplets (``SMALL_RADIUS_QUANTILE`` of the
-    radii of the detections with ``p_exists >= SCALE_MIN_P_EXISTS``) keep ``MIN_FIT_RADIUS_PX``,
+    radii of the detections with ``p_exists >= SCALE_MIN_P_EXISTS``, of those seen within their
+    level's band where ``detections`` has ``in_band``) keep ``MIN_FIT_RADIUS_PX``,
     at least the factor that brings the largest droplet (of those with at least
     ``MIN_VISIBLE_TO_SIZE`` of their disk in the image, if any) within ``MAX_FIT_RADIUS_PX``,
     and at least the factor that keeps the fit under ``MAX_FIT_PIXELS``.
     """
     confident = detections[detections["p_exists"] >= SCALE_MIN_P_EXISTS] if detections is not None else None
+    if confident is not None and "in_band" in confident:
+        confident = confident[confident["in_band"]]
     radii = confident["radius"].to_numpy(float) if confident is not None else np.zeros(0)
     if radii.size < MIN_DETECTIONS_FOR_SCALE:
         factor = images.auto_downscale_factor(height, width, FALLBACK_FIT_PIXELS)
