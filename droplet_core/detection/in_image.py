@@ -49,12 +49,13 @@ def detect_droplets(
     downscale: int = 1,
     crop: tuple[int, int, int, int] | None = None,
     weights_dir: str | None = None,
+    with_band: bool = False,
 ) -> pd.DataFrame:
     """Droplets of every size in an uploaded ``(H, W, 3)`` image, in its pixels: the merged
     ``pyramid_detections_in_image`` (same arguments and columns; ``weights_dir``: the
-    detector's weights, default the shipped ones)."""
+    detector's weights, default the shipped ones; ``with_band``: keep ``in_band``)."""
     region = images.crop(image, crop) if crop is not None else image
-    return _shifted(scale.detect_in_image(region, channel, threshold, downscale, weights_dir), crop)
+    return _shifted(scale.detect_in_image(region, channel, threshold, downscale, weights_dir, with_band), crop)
 
 
 def _shifted(table: pd.DataFrame, crop: tuple[int, int, int, int] | None) -> pd.DataFrame:

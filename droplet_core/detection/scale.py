@@ -486,11 +486,12 @@ def detect_in_image(
     threshold: float = detector_net.DEFAULT_THRESHOLD,
     downscale: int = 1,
     weights_dir: str | None = None,
+    with_band: bool = False,
 ) -> pd.DataFrame:
     """Droplets of every size in an ``(H, W, 3)`` RGB image, in its pixels: the merged
-    ``pyramid_detections`` (same arguments and columns)."""
+    ``pyramid_detections`` (same arguments and columns, ``in_band`` only ``with_band``)."""
     merged = outermost_droplets(pyramid_detections(image, channel, threshold, downscale, weights_dir))
-    return merged.drop(columns=["visible_fraction", "in_band"])
+    return merged.drop(columns=["visible_fraction"] if with_band else ["visible_fraction", "in_band"])
 
 
 def choose_downscale(detections: pd.DataFrame, height: int, width: int) -> ScaleChoice:

@@ -37,7 +37,7 @@ from numpyro.handlers import seed, substitute, trace
 from numpyro.infer import SVI
 from numpyro.optim import optax_to_numpyro
 
-from droplet_core.detection.in_image import pyramid_detections_in_image
+from droplet_core.detection.in_image import detect_droplets
 from droplet_core.detection.log_candidates import (
     centre_contrast,
     contrast_image,
@@ -48,7 +48,6 @@ from droplet_core.detection.scale import (
     MAX_FIT_RADIUS_PX,
     ScaleChoice,
     choose_downscale,
-    outermost_droplets,
 )
 from droplet_core.fit_ids import fit_key
 from droplet_core.imaging import images
@@ -127,12 +126,13 @@ def prepare_region(image: np.ndarray, settings: FitSettings, detect: bool = True
     """
     detections = None
     if not settings.downscale or (detect and settings.initializer == "encoder"):
-        # Merged here rather than by ``detect_droplets``, which drops ``in_band``: detections
-        # outside their level's band start fits but do not set the scale.
-        detections = outermost_droplets(
-            pyramid_detections_in_image(
-                image, threshold=CANDIDATE_THRESHOLD, downscale=settings.downscale or 1, crop=settings.crop
-            )
+        # With ``in_band``: detections outside their level's band start fits but do not set the scale.
+        detections = detect_droplets(
+            image,
+            threshold=CANDIDATE_THRESHOLD,
+            downscale=settings.downscale or 1,
+            crop=settings.crop,
+            with_band=True,
         )
     image, origin = _cropped(image, settings)
     choice = None if settings.downscale else choose_downscale(detections, *image.shape[:2])
