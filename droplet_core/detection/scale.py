@@ -243,6 +243,7 @@ def pyramid_detections(
     """
     region = images.downscale(image, downscale)
     factors = pyramid_factors(*region.shape[:2])
+    image_hw = (region.shape[0] * downscale, region.shape[1] * downscale)
     found, strays = [], []
     for factor in factors:
         seen = extract_channel(images.downscale(region, factor), channel)
@@ -250,23 +251,24 @@ def pyramid_detections(
         table = table[contrast_ses(seen, table) >= MIN_CONTRAST_SES]
         low = LEVEL_BAND_PX[0] if factor != factors[0] else 0.0
         high = LEVEL_BAND_PX[1] if factor != factors[-1] else np.inf
+        table = table.assign(level=factor * downscale)
         in_band = (table["radius"] >= low) & (table["radius"] < high)
-        found.append(detector_net.to_image_px(table[in_band], factor * downscale).assign(level=factor * downscale))
+        found.append(detector_net.to_image_px(table[in_band], factor * downscale))
         above = (table["radius"] >= high) & (table["radius"] < high / STRAY_BAND_MARGIN)
         below = (table["radius"] < low) & (table["radius"] >= STRAY_BAND_MARGIN * low)
-        stray = table[
-            (above & (table["p_exists"] >= STRAY_ABOVE_MIN_P_EXISTS))
-            | (below & (table["p_exists"] >= STRAY_BELOW_MIN_P_EXISTS))
-        ]
-        stray = detector_net.to_image_px(stray, factor * downscale).assign(level=factor * downscale)
-        strays.append(stray.assign(below=stray["radius"] < low * factor * downscale))
-    height, width = region.shape[:2]
+        stray = detector_net.to_image_px(table, factor * downscale)
+        stray = stray.assign(visible_fraction=visible_fraction(stray, *image_hw))
+        whole = stray["visible_fraction"] >= 1.0 - 1e-6
+        strays.append(
+            stray[
+                (above & (stray["p_exists"] >= STRAY_ABOVE_MIN_P_EXISTS))
+                | (below & whole & (stray["p_exists"] >= STRAY_BELOW_MIN_P_EXISTS))
+            ]
+        )
     table = pd.concat(found, ignore_index=True)
-    table = table.assign(visible_fraction=visible_fraction(table, height * downscale, width * downscale))
-    strays = pd.concat(strays, ignore_index=True)
-    strays = strays.assign(visible_fraction=visible_fraction(strays, height * downscale, width * downscale))
-    strays = strays[~strays["below"] | (strays["visible_fraction"] >= 1.0 - 1e-6)].drop(columns="below")
-    table = pd.concat([table.assign(in_band=True), _unclaimed(strays, table).assign(in_band=False)], ignore_index=True)
+    table = table.assign(visible_fraction=visible_fraction(table, *image_hw))
+    stray = _unclaimed(pd.concat(strays, ignore_index=True), table)
+    table = pd.concat([table.assign(in_band=True), stray.assign(in_band=False)], ignore_index=True)
     holds_sure = np.array([len(parts) > 0 for parts in _sure_parts(table)], dtype=bool)
     doubtful_cut = (
         (table["level"] > factors[0] * downscale)
@@ -283,16 +285,17 @@ def _unclaimed(strays: pd.DataFrame, in_band: pd.DataFrame) -> pd.DataFrame:
     ``in_band``'s disks or of a stray already kept, and whose disk holds no centre of those.
     A stray that holds another detection is mis-sized or a cluster; one inside another is
     its part."""
-    kept: list[int] = []
-    xy = in_band[["x", "y"]].to_numpy(float)
-    radius = in_band["radius"].to_numpy(float)
+    claimed_xy = [in_band[["x", "y"]].to_numpy(float)]
+    claimed_radius = [in_band["radius"].to_numpy(float)]
+    kept = []
     for i in np.argsort(-strays["p_exists"].to_numpy(float), kind="stable"):
-        stray = strays.iloc[i]
-        claimed_xy = np.concatenate([xy, strays.iloc[kept][["x", "y"]].to_numpy(float)])
-        claimed_radius = np.concatenate([radius, strays.iloc[kept]["radius"].to_numpy(float)])
-        distance = np.hypot(claimed_xy[:, 0] - stray["x"], claimed_xy[:, 1] - stray["y"])
-        if not np.any((distance < claimed_radius) | (distance < stray["radius"])):
+        x, y, radius = strays[["x", "y", "radius"]].to_numpy(float)[i]
+        xy, radii = np.concatenate(claimed_xy), np.concatenate(claimed_radius)
+        distance = np.hypot(xy[:, 0] - x, xy[:, 1] - y)
+        if not np.any((distance < radii) | (distance < radius)):
             kept.append(int(i))
+            claimed_xy.append([[x, y]])
+            claimed_radius.append([radius])
     return strays.iloc[kept]
 
 
