@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 # 23: the model discrepancy of the intervals grows with a calibrated power of the radius
 # 24: a sure detection outside its level's radius band starts the fit where no level saw its
 #     droplet (it does not set the scale)
-CODE_VERSION = "24"
+# 25: a time-lapse frame starts droplets under 2 fit px at their detections in that frame
+CODE_VERSION = "25"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

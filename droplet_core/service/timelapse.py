@@ -435,7 +435,7 @@ def _fitted_frame(stack, settings, store, index, previous_index, fitted, sources
         reuse = dataclasses.replace(
             settings.fit, appearance_from=source.fit_id, downscale=downscale, steps=settings.reuse_iterations
         )
-        warm = moved_warm_start(previous, (shift_x, shift_y), new)
+        warm = moved_warm_start(previous, (shift_x, shift_y), new, look.detections)
         start = (
             {"warm_start": warm}
             if warm is not None
