@@ -154,7 +154,13 @@ def moved_warm_start(
 
 
 def _recentred(
-    params: dict, anchors: np.ndarray, on: np.ndarray, detections: pd.DataFrame, factor: float, origin_px, drawn_radius
+    params: dict,
+    anchors: np.ndarray,
+    on: np.ndarray,
+    detections: pd.DataFrame,
+    factor: float,
+    origin_px: tuple[float, float],
+    drawn_radius: np.ndarray,
 ) -> None:
     """Move each small active droplet's guide location and anchor (in place) to its detection:
     the mutually nearest one of ``detections`` (px of the frames, as ``moved_warm_start``'s),
