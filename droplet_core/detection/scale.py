@@ -251,18 +251,16 @@ def pyramid_detections(
         table = table[contrast_ses(seen, table) >= MIN_CONTRAST_SES]
         low = LEVEL_BAND_PX[0] if factor != factors[0] else 0.0
         high = LEVEL_BAND_PX[1] if factor != factors[-1] else np.inf
-        table = table.assign(level=factor * downscale)
         in_band = (table["radius"] >= low) & (table["radius"] < high)
-        found.append(detector_net.to_image_px(table[in_band], factor * downscale))
         above = (table["radius"] >= high) & (table["radius"] < high / STRAY_BAND_MARGIN)
         below = (table["radius"] < low) & (table["radius"] >= STRAY_BAND_MARGIN * low)
-        stray = detector_net.to_image_px(table, factor * downscale)
-        stray = stray.assign(visible_fraction=visible_fraction(stray, *image_hw))
-        whole = stray["visible_fraction"] >= 1.0 - 1e-6
+        table = detector_net.to_image_px(table.assign(level=factor * downscale), factor * downscale)
+        found.append(table[in_band])
+        whole = visible_fraction(table, *image_hw) >= 1.0 - 1e-6
         strays.append(
-            stray[
-                (above & (stray["p_exists"] >= STRAY_ABOVE_MIN_P_EXISTS))
-                | (below & whole & (stray["p_exists"] >= STRAY_BELOW_MIN_P_EXISTS))
+            table[
+                (above & (table["p_exists"] >= STRAY_ABOVE_MIN_P_EXISTS))
+                | (below & whole & (table["p_exists"] >= STRAY_BELOW_MIN_P_EXISTS))
             ]
         )
     table = pd.concat(found, ignore_index=True)
@@ -288,8 +286,9 @@ def _unclaimed(strays: pd.DataFrame, in_band: pd.DataFrame) -> pd.DataFrame:
     claimed_xy = [in_band[["x", "y"]].to_numpy(float)]
     claimed_radius = [in_band["radius"].to_numpy(float)]
     kept = []
+    circles = strays[["x", "y", "radius"]].to_numpy(float)
     for i in np.argsort(-strays["p_exists"].to_numpy(float), kind="stable"):
-        x, y, radius = strays[["x", "y", "radius"]].to_numpy(float)[i]
+        x, y, radius = circles[i]
         xy, radii = np.concatenate(claimed_xy), np.concatenate(claimed_radius)
         distance = np.hypot(xy[:, 0] - x, xy[:, 1] - y)
         if not np.any((distance < radii) | (distance < radius)):

@@ -115,9 +115,7 @@ def moved_warm_start(
     if detections is not None:
         _recentred(params, anchors, on, detections, factor, (origin_x, origin_y), model_radius * drawn_per_model)
 
-    new_x = images.to_fit_px(new_droplets["x"].to_numpy(float) - origin_x, factor)
-    new_y = images.to_fit_px(new_droplets["y"].to_numpy(float) - origin_y, factor)
-    new_radius = new_droplets["radius"].to_numpy(float) / factor
+    new_x, new_y, new_radius = _in_fit_px(new_droplets, factor, (origin_x, origin_y))
     drawn_radius = np.exp(params["radius_auto_loc"]) * drawn_per_model
     grown = new_droplets["grown"].to_numpy(bool) if "grown" in new_droplets else np.ones(len(new_x), bool)
     for x, y, radius in zip(new_x[grown], new_y[grown], new_radius[grown]):
@@ -153,6 +151,13 @@ def moved_warm_start(
     )
 
 
+def _in_fit_px(table: pd.DataFrame, factor: float, origin_px: tuple[float, float]):
+    """``x``, ``y``, ``radius`` ``(n,)`` each of ``table`` (px of the frames) in the fit's px."""
+    x = images.to_fit_px(table["x"].to_numpy(float) - origin_px[0], factor)
+    y = images.to_fit_px(table["y"].to_numpy(float) - origin_px[1], factor)
+    return x, y, table["radius"].to_numpy(float) / factor
+
+
 def _recentred(
     params: dict,
     anchors: np.ndarray,
@@ -169,14 +174,8 @@ def _recentred(
     slots = np.flatnonzero(on & (drawn_radius < RECENTRED_MAX_RADIUS_PX))
     if detections.empty or slots.size == 0:
         return
-    found = np.stack(
-        [
-            images.to_fit_px(detections["x"].to_numpy(float) - origin_px[0], factor),
-            images.to_fit_px(detections["y"].to_numpy(float) - origin_px[1], factor),
-        ],
-        axis=1,
-    )
-    found_radius = detections["radius"].to_numpy(float) / factor
+    found_x, found_y, found_radius = _in_fit_px(detections, factor, origin_px)
+    found = np.stack([found_x, found_y], axis=1)
     positions = np.stack([params["x_auto_loc"][slots], params["y_auto_loc"][slots]], axis=1)
     distance, nearest = cKDTree(found).query(positions)
     mutual = cKDTree(positions).query(found)[1][nearest] == np.arange(slots.size)
