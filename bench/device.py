@@ -10,11 +10,12 @@ the droplet count grows with the area): a templates fit with default settings (1
 steps) in a process whose compilation cache is empty (cold: it compiles), the same fit
 with another seed (warm: compiled programs reused), then a fit of the scene holding the
 first fit's masks fixed (Levenberg-Marquardt, ``droplet_core.inference.reuse_fit``), twice: the first
-pays the reuse path's small one-off compilations (the host-side algebra's few device
-operations; on a GPU each compiles for a tenth of a second or more). Prints the device
+pays the reuse path's one-off compilations (on a GPU, its compiled step: several
+seconds). Prints the device
 each fit records in its ``fit.json``, its time, RMSE and F1 against the scene's truth.
-On a GPU the fit's steps run there; detection, switching droplets on and off, the Levenberg-Marquardt
-algebra and the uncertainty's per-droplet sums run on the host in numpy either way.
+On a GPU the fit's steps and the reuse fit's Levenberg-Marquardt step
+(``droplet_core.inference.reuse_compiled``) run there; detection, switching droplets on and off
+and the uncertainty's per-droplet sums run on the host in numpy either way.
 """
 
 from __future__ import annotations
