@@ -34,6 +34,7 @@ from droplet_core.service.timelapse import (
     TimelapseSettings,
     load_timelapse,
     record_folder,
+    representative_track,
     run_timelapse,
     stack_id,
 )
@@ -261,6 +262,8 @@ def frame_view() -> None:
     if picked and int(picked[0]) in track_ids:
         st.session_state["tl_track"] = int(picked[0])
     if track_ids:
+        if st.session_state.get("tl_track") not in track_ids:
+            st.session_state["tl_track"] = representative_track(tracks, *stack.frames.shape[1:3])
         track_id = st.selectbox("Droplet (click one in the frame, or pick its track)", track_ids, key="tl_track")
         st.plotly_chart(
             track_radius_figure(tracks[tracks["track"] == track_id], events, track_id, time_label),

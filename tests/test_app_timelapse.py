@@ -18,6 +18,8 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from droplet_core.service.store import FitStore, default_store_root
+from droplet_core.service.timelapse import load_timelapse
 from droplet_core.synthetic.scenes import encode_png
 from droplet_core.synthetic.stack_scenes import make_stack
 
@@ -91,7 +93,14 @@ def test_a_movie_is_fitted_followed_and_shared():
     assert any(trace["type"] == "heatmap" for trace in over_time["data"])
     marked = [trace for trace in over_time["data"] if trace.get("name") == "coalescence"]
     assert marked and len(values(marked[0]["x"])) == int(metric(at, "Coalescences"))
-    assert keyed(at, "plotly_chart", "tl_track_radius") is not None
+    # The droplet shown first is followed through every frame, whole, and among the largest.
+    shown = at.selectbox(key="tl_track").value
+    track_radius = figure(at, "tl_track_radius")
+    assert track_radius["layout"]["title"]["text"] == f"Droplet {shown}: radius over time"
+    _, tables = load_timelapse(FitStore(default_store_root()), query(at, "stack"))
+    median_radius = tables.tracks.groupby("track")["radius_px"].median()
+    assert median_radius[shown] >= median_radius.quantile(0.9)
+    assert (tables.tracks["track"] == shown).sum() == 8
     assert figure(at, "tl_over_time")["layout"]["xaxis3"]["title"]["text"] == "time (s)"
 
     at.slider(key="tl_frame").set_value(4).run()

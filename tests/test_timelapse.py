@@ -572,6 +572,23 @@ def test_droplets_in_any_order_are_linked_alike():
     assert (((steps - 1.0).abs() < 0.5) | (steps.abs() < 0.5)).all()
 
 
+def test_the_droplet_shown_first_is_a_long_whole_large_one():
+    def track(track_id, frames, x_px, radius_px):
+        return pd.DataFrame({"track": track_id, "frame": frames, "x_px": x_px, "y_px": 50.0, "radius_px": radius_px})
+
+    tracks = pd.concat(
+        [
+            track(0, [0, 1, 2, 3], 100.0, 5.0),
+            track(1, [0, 1, 2, 3], 100.0, 8.0),  # as long, larger: shown
+            track(2, [0, 1, 2], 100.0, 20.0),  # larger still, but seen in fewer frames
+            track(3, [0, 1, 2, 3], [3.0, 8.0, 9.0, 10.0], 12.0),  # cut by the edge in frame 0
+        ]
+    )
+    assert timelapse.representative_track(tracks, 100, 200) == 1
+    # With every track at the edge, the longest and largest.
+    assert timelapse.representative_track(tracks, 100, 104) == 3
+
+
 def test_track_command_writes_the_three_tables(fitted, movie, tmp_path):
     frames = movie[0]
     folder = tmp_path / "frames"

@@ -959,6 +959,22 @@ def _within_border(x_px, y_px, radius_px, height: int, width: int, radii: float 
     return (x_px < margin) | (y_px < margin) | (x_px > width - 1 - margin) | (y_px > height - 1 - margin)
 
 
+def representative_track(tracks: pd.DataFrame, height: int, width: int) -> int:
+    """The track a person would look at first: seen in the most frames, never within a radius of
+    the field's edge (where only part of a droplet is drawn, its size is poorly known), and the
+    largest by median radius among those (``tracks`` of ``link_droplets``; frames ``(height,
+    width)`` px). Where every track touches the edge, the edge is not held against any."""
+    inside = ~_within_border(tracks["x_px"], tracks["y_px"], tracks["radius_px"], height, width)
+    per_track = (
+        tracks.assign(inside=inside)
+        .groupby("track")
+        .agg(frames=("frame", "nunique"), inside=("inside", "all"), radius=("radius_px", "median"))
+    )
+    if per_track["inside"].any():
+        per_track = per_track[per_track["inside"]]
+    return int(per_track.sort_values(["frames", "radius"], ascending=False, kind="stable").index[0])
+
+
 def frame_table(
     results: Sequence[FitResult],
     fits: Sequence[FrameFit],
