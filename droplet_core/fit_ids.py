@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 # 24: a sure detection outside its level's radius band starts the fit where no level saw its
 #     droplet (it does not set the scale)
 # 25: a time-lapse frame starts droplets under 2 fit px at their detections in that frame
-CODE_VERSION = "25"
+# 26: residual peaks of 3.5 noise sds are missed droplets (was 6); a two-size fit that is
+#     not judged good is compared with the fit at the large ones' scale
+CODE_VERSION = "26"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

@@ -1,4 +1,5 @@
-"""Droplets in two sizes: the fit at the small ones' scale, and the large ones' when it fails."""
+"""Droplets in two sizes: the fit at the small ones' scale, and the large ones' when it is
+judged better."""
 
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ SCENE = family_settings(
 )
 
 
-def test_a_failed_fit_at_the_grains_scale_is_redone_at_the_droplets_scale(monkeypatch):
+@pytest.mark.parametrize(
+    ("fine_quality", "coarse_quality", "kept"),
+    [("failed", None, "coarse"), ("partial", None, "coarse"), ("partial", "partial", "fine")],
+)
+def test_a_fit_at_the_grains_scale_judged_worse_is_redone_at_the_droplets_scale(
+    monkeypatch, fine_quality, coarse_quality, kept
+):
     rgb, truth = make_scene(5, SCENE)
     image = rgb.astype(np.float32) / 255.0
     height, width = image.shape[:2]
@@ -43,23 +50,29 @@ def test_a_failed_fit_at_the_grains_scale_is_redone_at_the_droplets_scale(monkey
     monkeypatch.setattr(engine, "detect_droplets", lambda *args, **kwargs: found)
     planned = choose_downscale(found, height, width)
     assert planned.factor_for_large > planned.factor
-    # A texture the model cannot draw leaves the fit at the grains' scale unexplained: that is
-    # what its verdict says on real images of textured droplets.
+    # A texture the model cannot draw leaves the fit at the grains' scale unexplained (failed)
+    # or explained in part: that is what its verdict says on real images of textured droplets.
+    # The fit at the droplets' scale is judged as it is (good here) or as given.
     judged_shapes = []
 
-    def verdict_failing_fine_fits(observed, *args):
+    def verdict_of_this_case(observed, *args):
         judged_shapes.append(observed.shape[:2])
         verdict = judge_fit(observed, *args)
         if observed.shape[0] > height // planned.factor_for_large:
-            return replace(verdict, quality="failed", problems=("texture",))
-        return verdict
+            return replace(verdict, quality=fine_quality, problems=("texture",))
+        return replace(verdict, quality=coarse_quality) if coarse_quality else verdict
 
-    monkeypatch.setattr(engine, "judge_fit", verdict_failing_fine_fits)
+    monkeypatch.setattr(engine, "judge_fit", verdict_of_this_case)
     result = engine.run_fit(image, FitSettings(), image_sha256="t" * 64)
 
     assert judged_shapes[0] == (height // planned.factor, width // planned.factor)
+    assert len(judged_shapes) == 2
+    if kept == "fine":
+        assert result.report.downscale == planned.factor
+        assert result.report.verdict.quality == fine_quality
+        return
     assert result.report.downscale == planned.factor_for_large
-    assert result.report.verdict.quality != "failed"
+    assert result.report.verdict.quality == "good"
     assert "texture" in result.report.downscale_choice["reason"]
     shown = result.droplets[result.droplets["p_exists"] >= 0.5]
     matched = match_droplets(truth, shown)

@@ -185,11 +185,13 @@ class ScaleChoice:
         }
 
     def for_large_ones(self) -> ScaleChoice:
-        """The choice of ``factor_for_large`` once the fit at ``factor`` did not explain the
-        image: its small detections were then a texture, not droplets."""
+        """The choice of ``factor_for_large`` once the fit at ``factor`` explained the image
+        worse than the fit at ``factor_for_large``: its small detections were then a texture,
+        not droplets."""
         sizes = _sizes(self.radius_small_px, self.radius_median_px, self.radius_large_px)
         reason = (
-            f"{sizes}: they fall in two sizes, and at {self.factor}x the fit did not explain the image, "
+            f"{sizes}: they fall in two sizes, and the fit at {self.factor}x explained the image "
+            f"worse than at {self.factor_for_large}x, "
             f"so the small ones were taken for a texture, not droplets: {self.factor_for_large}x fits "
             "the large ones"
         )

@@ -95,6 +95,9 @@ FROZEN_SCALE = 1e-6
 FINAL_RATE_FRACTION = 0.05
 # Detections smaller than this (fit px) are below what the chosen downscale can draw.
 MIN_DRAWN_RADIUS_PX = 0.5
+# A verdict's quality, worst first: of two fits of one image the higher is kept.
+QUALITY_RANK = {"failed": 0, "partial": 1, "good": 2}
+GOOD = QUALITY_RANK["good"]
 
 
 class FitError(ValueError):
@@ -354,8 +357,8 @@ def run_fit(
     """Fit ``settings.model`` to an uploaded ``(H, W, 3)`` float image in [0, 1].
 
     An automatic downscale follows the detected droplets' size; where they fall in two sizes
-    and the fit at the small ones' scale fails its verdict, the large ones' scale is fitted too
-    and its result returned when it does not fail (``ScaleChoice.factor_for_large``).
+    and the fit at the small ones' scale is not judged good, the large ones' scale is fitted too
+    and its result returned when its verdict is better (``ScaleChoice.factor_for_large``).
 
     Parameters
     ----------
@@ -395,18 +398,21 @@ def run_fit(
     )
     result = fit_region(region)
     scale = region.scale
-    # Droplets in two sizes are fitted at the scale of the small ones; where that fit fails,
-    # the small ones were a texture (grains inside droplets the detector did not find
-    # whole), and the large droplets are fitted at their own scale.
-    if scale is not None and scale.factor_for_large and result.report.status == "done" and not _explained(result):
+    # Droplets in two sizes are fitted at the scale of the small ones; where that fit leaves
+    # something unexplained, the small ones may be a texture (grains inside droplets the
+    # detector did not find whole), so the large droplets are fitted at their own scale too
+    # and the better judged of the two fits is kept. (Judged alike, the small ones' scale
+    # stays: it draws the small droplets too, where they are droplets.)
+    if scale is not None and scale.factor_for_large and result.report.status == "done" and _rank(result) < GOOD:
         coarse = fit_region(_at_scale(image, settings, region, scale.for_large_ones()))
-        if _explained(coarse):
+        if _rank(coarse) > _rank(result):
             return coarse
     return result
 
 
-def _explained(result: FitResult) -> bool:
-    return result.report.verdict is not None and result.report.verdict.quality != "failed"
+def _rank(result: FitResult) -> int:
+    """How well ``result``'s verdict judges it: 0 failed (or unjudged), 1 partial, 2 good."""
+    return QUALITY_RANK[result.report.verdict.quality] if result.report.verdict is not None else 0
 
 
 def _at_scale(image: np.ndarray, settings: FitSettings, region: Region, choice: ScaleChoice) -> Region:
