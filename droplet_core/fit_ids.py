@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 # 25: a time-lapse frame starts droplets under 2 fit px at their detections in that frame
 # 26: residual peaks of 3.5 noise sds are missed droplets (was 6); a two-size fit that is
 #     not judged good is compared with the fit at the large ones' scale
-CODE_VERSION = "26"
+# 27: the verdict's residual spots on the droplets found make a fit partial, not failed
+CODE_VERSION = "27"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

@@ -39,6 +39,14 @@ def scene(seed: int) -> np.ndarray:
 
 def bright_disks(radius_px: float, count: int, side_px: int, seed: int = 0) -> np.ndarray:
     """``(side, side, 3)`` grey image: ``count`` separate bright disks on a dark field, with noise."""
+    return bright_disks_and_centres(radius_px, count, side_px, seed)[0]
+
+
+def bright_disks_and_centres(
+    radius_px: float, count: int, side_px: int, seed: int = 0, inclusion_px: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``bright_disks`` and their ``(count, 2)`` centres (x, y px); each disk holding a dark
+    inclusion of radius ``inclusion_px`` half its radius from its centre when that is not 0."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[:side_px, :side_px]
     image = np.full((side_px, side_px), 0.08)
@@ -48,8 +56,11 @@ def bright_disks(radius_px: float, count: int, side_px: int, seed: int = 0) -> n
         if all(np.hypot(*(centre - other)) > 2.2 * radius_px for other in centres):
             centres.append(centre)
             image[np.hypot(cols - centre[0], rows - centre[1]) <= radius_px] = 0.8
+            if inclusion_px:
+                inside = centre + (0.5 * radius_px, 0.0)
+                image[np.hypot(cols - inside[0], rows - inside[1]) <= inclusion_px] = 0.3
     image = np.clip(image + rng.normal(0.0, 0.02, image.shape), 0.0, 1.0)
-    return np.repeat(image[:, :, None], 3, axis=2).astype(np.float32)
+    return np.repeat(image[:, :, None], 3, axis=2).astype(np.float32), np.array(centres)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -88,25 +99,47 @@ def test_pure_noise_is_flagged():
 
 
 def test_judge_fit_sees_an_unexplained_image_and_a_perfect_reconstruction():
-    image = bright_disks(6.0, 20, 160)[:, :, :1]
+    image, centres = bright_disks_and_centres(6.0, 20, 160)
+    image = image[:, :, :1]
     flat = np.full_like(image, float(np.median(image)))
-    missed = judge_fit(image, flat, np.full(20, 6.0), np.ones(20), (1.0, 12.0))
+    missed = judge_fit(image, flat, np.zeros((0, 2)), np.zeros(0), np.zeros(0), (1.0, 12.0))
     assert missed.quality == "failed" and missed.explained_fraction < 0.1 and missed.residual_spots >= 15
-    perfect = judge_fit(image, image, np.full(20, 6.0), np.ones(20), (1.0, 12.0))
+    perfect = judge_fit(image, image, centres, np.full(20, 6.0), np.ones(20), (1.0, 12.0))
     assert perfect.quality == "good" and perfect.explained_fraction == 1.0 and perfect.residual_spots == 0
-    at_cap = judge_fit(image, image, np.full(20, 12.0), np.ones(20), (1.0, 12.0))
+    at_cap = judge_fit(image, image, centres, np.full(20, 12.0), np.ones(20), (1.0, 12.0))
     assert at_cap.at_radius_limit_fraction == 1.0 and "downscale" in " ".join(at_cap.advice)
     assert FitVerdict.from_dict(missed.to_dict()) == missed
+
+
+def test_spots_on_the_droplets_found_make_a_fit_partial_and_apart_from_them_failed():
+    # Droplets with inclusions the model drew as plain disks: the fit found every droplet and
+    # drew their look only in part. The same residual where the fit found no droplet there is
+    # droplets missed.
+    image, centres = bright_disks_and_centres(8.0, 20, 200, seed=4, inclusion_px=2.5)
+    plain, _ = bright_disks_and_centres(8.0, 20, 200, seed=4)
+    image, plain = image[:, :, :1], plain[:, :, :1]
+    radius, sure = np.full(20, 8.0), np.ones(20)
+
+    drawn_in_part = judge_fit(image, plain, centres, radius, sure, (1.0, 12.0))
+    assert drawn_in_part.spots_on_droplets >= 15 and drawn_in_part.residual_spots == 0
+    assert drawn_in_part.quality == "partial", drawn_in_part
+    assert "drawn only in part" in drawn_in_part.problems[0]
+
+    elsewhere = (centres + 100.0) % 200.0
+    not_there = judge_fit(image, plain, elsewhere, radius, sure, (1.0, 12.0))
+    assert not_there.residual_spots >= 15 and not_there.quality == "failed", not_there
 
 
 def test_a_verdict_readied_ahead_is_the_one_judged_cold(monkeypatch):
     # A time-lapse readies the image's part of each frame's verdict in another thread; the
     # verdict must not change, and must not take that part again.
-    image = bright_disks(6.0, 20, 160, seed=3)[:, :, :1]
+    image, centres = bright_disks_and_centres(6.0, 20, 160, seed=3)
+    image = image[:, :, :1]
     missed_half = image.copy()
     missed_half[:, 80:] = float(np.median(image))
+    found = centres[centres[:, 0] < 70]
     verdict_filters._observed_sides.clear()
-    cold = judge_fit(image, missed_half, np.full(10, 6.0), np.ones(10), (1.0, 12.0))
+    cold = judge_fit(image, missed_half, found, np.full(len(found), 6.0), np.ones(len(found)), (1.0, 12.0))
     assert cold.residual_spots >= 5
     verdict_filters._observed_sides.clear()
     verdict_filters.ready_verdict(image, (1.0, 12.0))
@@ -115,7 +148,7 @@ def test_a_verdict_readied_ahead_is_the_one_judged_cold(monkeypatch):
         raise AssertionError("the image's part of the verdict was taken again")
 
     monkeypatch.setattr(verdict_filters, "_spot_threshold", taken_again)
-    assert judge_fit(image, missed_half, np.full(10, 6.0), np.ones(10), (1.0, 12.0)) == cold
+    assert judge_fit(image, missed_half, found, np.full(len(found), 6.0), np.ones(len(found)), (1.0, 12.0)) == cold
 
 
 @pytest.mark.parametrize("sigma_px", [0.7, 6.0, 36.2, 102.4])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from skimage.feature import blob_log, peak_local_max
 
 SQRT2 = float(np.sqrt(2.0))
@@ -119,6 +120,41 @@ def strong_peaks(
 
 
 # Peaks whose neighbourhoods are read at once (bounds the memory of the patches).
+# A peak of the residual overlaps a droplet of the fit by at most this fraction of its own
+# radius to be a droplet of its own.
+ADDED_OVERLAP_FRACTION = 0.5
+# The band outside a droplet's edge (fraction of its radius) where residual peaks are its own.
+EDGE_BAND_FRACTION = 0.15
+
+
+def apart_from_droplets(
+    centres_px: np.ndarray, radius_px: np.ndarray, peak_xy_px: np.ndarray, peak_radius_px: np.ndarray
+) -> np.ndarray:
+    """``(k,)`` whether each residual peak (``peak_xy_px`` ``(k, 2)``, ``peak_radius_px``
+    ``(k,)``) lies apart from every droplet of a fit (``centres_px`` ``(n, 2)``, ``radius_px``
+    ``(n,)``, all in the same pixels): a droplet missed, not part of one drawn.
+
+    Droplets touch but do not overlap much, and a large droplet's edge is seldom drawn
+    perfectly: a peak on that edge (or inside) is what the droplet left unexplained. Every
+    droplet is asked, not only the one whose centre is nearest: on a large droplet's rim the
+    nearest centre is often a small neighbour's or an inclusion's.
+    """
+    peak_xy_px = np.asarray(peak_xy_px).reshape(-1, 2)
+    if len(centres_px) == 0:
+        return np.ones(len(peak_xy_px), dtype=bool)
+    reach = (1.0 + EDGE_BAND_FRACTION) * radius_px
+    within = cKDTree(centres_px).query_ball_point(
+        peak_xy_px, r=float(reach.max()) + ADDED_OVERLAP_FRACTION * peak_radius_px
+    )
+    return np.array(
+        [
+            np.all(np.hypot(*(centres_px[near] - xy).T) > reach[near] + ADDED_OVERLAP_FRACTION * r)
+            for xy, r, near in zip(peak_xy_px, peak_radius_px, within)
+        ],
+        dtype=bool,
+    )
+
+
 PEAKS_PER_BATCH = 512
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from droplet_core.detection.log_candidates import strong_peaks
+from droplet_core.detection.log_candidates import apart_from_droplets, strong_peaks
 from droplet_core.detection.scale import MIN_VISIBLE_TO_SIZE, outermost_droplets, visible_fraction
 from droplet_core.models.common import Layout, ModelSpec
 
@@ -52,10 +52,6 @@ MERGE_FRACTION_OF_RADIUS = 1.0
 # Of two such droplets the much larger one stays (the smaller is its highlight, rim or
 # inclusion, however strong); of two of similar size, the stronger.
 NESTED_RADIUS_RATIO = 2.0
-# A missed droplet overlaps a droplet of the fit by at most this fraction of its own radius.
-ADDED_OVERLAP_FRACTION = 0.5
-# The band outside a droplet's edge (fraction of its radius) where residual peaks are its own.
-EDGE_BAND_FRACTION = 0.15
 # A missed droplet stands well above the residual's noise. (At 6 sds, faint droplets beside
 # larger ones in crowded fluorescence and the smallest droplets of seed-like scenes stayed
 # missed; at 3.5 they are found and no family of either renderer gained false ones.)
@@ -160,21 +156,8 @@ def residual_peaks(
     peaks = peaks.iloc[np.argsort(-np.abs(peaks["contrast"].to_numpy()), kind="stable")]
     if peaks.empty or index.size == 0:
         return peaks.to_numpy(np.float32).reshape(-1, 4)
-    # Droplets touch but do not overlap much, and a large droplet's edge is seldom drawn
-    # perfectly: a peak on that edge is what the droplet left unexplained, not a droplet.
-    # Every droplet is asked, not only the one whose centre is nearest: on a large
-    # droplet's rim the nearest centre is often a small neighbour's or an inclusion's.
     centres = np.stack([values["x"][index], values["y"][index]], axis=1)
-    reach = (1.0 + EDGE_BAND_FRACTION) * radius
-    peak_xy, peak_radius = peaks[["x", "y"]].to_numpy(), peaks["radius"].to_numpy()
-    within = cKDTree(centres).query_ball_point(peak_xy, r=float(reach.max()) + ADDED_OVERLAP_FRACTION * peak_radius)
-    apart = np.array(
-        [
-            np.all(np.hypot(*(centres[near] - xy).T) > reach[near] + ADDED_OVERLAP_FRACTION * r)
-            for xy, r, near in zip(peak_xy, peak_radius, within)
-        ],
-        dtype=bool,
-    )
+    apart = apart_from_droplets(centres, radius, peaks[["x", "y"]].to_numpy(), peaks["radius"].to_numpy())
     return peaks[apart].to_numpy(np.float32)
 
 

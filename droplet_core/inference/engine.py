@@ -545,6 +545,13 @@ def _fit_region(
     verdict = judge_fit(
         observed,
         reconstruction,
+        np.stack(
+            [
+                images.to_fit_px(droplets["x"].to_numpy() - origin[0], factor),
+                images.to_fit_px(droplets["y"].to_numpy() - origin[1], factor),
+            ],
+            axis=1,
+        ),
         droplets["radius"].to_numpy() / factor,
         droplets["p_exists"].to_numpy(),
         (MIN_RADIUS_PX, MAX_FIT_RADIUS_PX),
