@@ -119,7 +119,6 @@ def strong_peaks(
     return table.iloc[np.argsort(-np.abs(table["contrast"].to_numpy()), kind="stable")].reset_index(drop=True)
 
 
-# Peaks whose neighbourhoods are read at once (bounds the memory of the patches).
 # A peak of the residual overlaps a droplet of the fit by at most this fraction of its own
 # radius to be a droplet of its own.
 ADDED_OVERLAP_FRACTION = 0.5
@@ -155,6 +154,7 @@ def apart_from_droplets(
     )
 
 
+# Peaks whose neighbourhoods are read at once (bounds the memory of the patches).
 PEAKS_PER_BATCH = 512
 
 
