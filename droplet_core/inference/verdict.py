@@ -219,19 +219,19 @@ def judge_fit(
                 f"only {explained:.0%} of the image's droplet-scale structure is explained "
                 "(the residual still shows it)."
             )
-        if spots >= max(MIN_SPOTS_FLAGGED, MAX_SPOTS_PER_DROPLET * count):
+        flagged_from = max(MIN_SPOTS_FLAGGED, MAX_SPOTS_PER_DROPLET * count)
+        if spots >= flagged_from:
             problems.append(f"the residual holds {spots} droplet-shaped spots the model did not draw.")
-        if spots_on_droplets >= max(MIN_SPOTS_FLAGGED, MAX_SPOTS_PER_DROPLET * count):
+        if spots_on_droplets >= flagged_from:
             problems.append(
                 f"the residual holds {spots_on_droplets} droplet-shaped spots on the droplets found: "
                 "their look is drawn only in part."
             )
-        if max(spots, spots_on_droplets) >= max(MIN_SPOTS_FLAGGED, MAX_SPOTS_PER_DROPLET * count):
-            if spot_radius >= LARGE_SPOT_FRACTION * max_radius_px:
-                advice.append(
-                    "What the model missed is as large as the largest droplet it can draw at this "
-                    "resolution: increase the downscale."
-                )
+        if max(spots, spots_on_droplets) >= flagged_from and spot_radius >= LARGE_SPOT_FRACTION * max_radius_px:
+            advice.append(
+                "What the model missed is as large as the largest droplet it can draw at this "
+                "resolution: increase the downscale."
+            )
     if count and at_limit > MAX_AT_LIMIT_FRACTION:
         problems.append(f"{at_limit:.0%} of the droplets sit at the smallest or largest size the model can draw.")
         if at_large_limit > at_limit / 2:
