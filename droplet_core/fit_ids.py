@@ -28,9 +28,7 @@ if TYPE_CHECKING:
 # 26: residual peaks of 3.5 noise sds are missed droplets (was 6); a two-size fit that is
 #     not judged good is compared with the fit at the large ones' scale
 # 27: the verdict's residual spots on the droplets found make a fit partial, not failed
-# 28: a droplet-sized residual peak beside a droplet of the fit is a droplet missed, even in
-#     its edge band
-CODE_VERSION = "28"
+CODE_VERSION = "27"
 
 FIT_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

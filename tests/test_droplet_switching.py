@@ -30,32 +30,6 @@ def test_a_peak_on_a_large_droplets_rim_is_refused_even_beside_a_smaller_droplet
     assert [tuple(np.round(p[:2])) for p in peaks] == [missed]
 
 
-def test_a_droplet_pressed_against_a_larger_one_is_missed_but_its_edge_leftovers_are_not():
-    # A droplet of 12 px at (60, 60). A dim droplet of 4 px presses into it from the right (its
-    # centre 15 px away, within the large one's edge band): it was drawn over, and the residual
-    # shows it. Just outside the edge, on the left a thin leftover of the rim (finest scale), below
-    # a glow of 2 px (out-of-focus light around a real fluorescent droplet).
-    values = {"x": np.array([60.0]), "y": np.array([60.0]), "radius": np.array([12.0])}
-    pressed, rim, glow = (75.0, 60.0), (47.0, 60.0), (60.0, 73.0)
-    blobs = [(*pressed, 4.0 / np.sqrt(2.0)), (*rim, 0.7), (*glow, 1.55)]
-    residual = dark_blobs((120, 120), blobs, 0.005, seed=4)
-    peaks = residual_peaks(residual, values, values["radius"], np.ones(1), -1.0, residual_spread(residual))
-    assert [tuple(np.round(p[:2])) for p in peaks] == [pressed]
-
-
-def test_droplet_sized_peaks_all_around_a_droplet_are_its_edge_drawn_too_small():
-    # Two droplets of 12 px. Around the left one, three droplet-sized blobs just outside its
-    # edge: its soft rim (an out-of-focus droplet drawn too small). Beside the right one, one
-    # such blob: a droplet pressed against it.
-    values = {"x": np.array([60.0, 150.0]), "y": np.array([60.0, 60.0]), "radius": np.array([12.0, 12.0])}
-    soft_rim = [(60.0 + 15.0 * np.cos(a), 60.0 + 15.0 * np.sin(a)) for a in (0.5, 2.6, 4.7)]
-    pressed = (165.0, 60.0)
-    sigma = 4.0 / np.sqrt(2.0)
-    residual = dark_blobs((120, 210), [(*xy, sigma) for xy in [*soft_rim, pressed]], 0.005, seed=5)
-    peaks = residual_peaks(residual, values, values["radius"], np.ones(2), -1.0, residual_spread(residual))
-    assert [tuple(np.round(p[:2])) for p in peaks] == [pressed]
-
-
 def test_a_faint_droplet_far_above_the_noise_stands_among_strong_ones():
     # Bubbles draw five to ten times the contrast of the droplets beside them (a brightfield
     # field); a faint droplet is still many noise sds strong, so it is no fit artefact.

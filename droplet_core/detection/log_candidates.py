@@ -124,20 +124,6 @@ def strong_peaks(
 ADDED_OVERLAP_FRACTION = 0.5
 # The band outside a droplet's edge (fraction of its radius) where residual peaks are its own.
 EDGE_BAND_FRACTION = 0.15
-# A peak of at least this radius (px) and this fraction of the droplet's is a droplet beside
-# it where it reaches into the droplet by no more than the second fraction of its own radius,
-# edge band or not. The edge's own leftovers are thin: on brightfield scenes of both renderers
-# every peak found in the band or the overlap was of the finest scale (1 px) or under a fifth
-# of the droplet's radius, and rim pieces when added; in crowded fluorescence, dim droplets
-# pressed against a bright one were peaks of 3.4-4.7 px and 0.3-0.6 of its radius, refused
-# there. Peaks of 2.2 px beside droplets of the real fluorescence image were all the glow of
-# out-of-focus light around them (8 of 8); on our crowded fluorescence one of two was. Two or
-# more such peaks beside one droplet are its edge drawn too small (an out-of-focus droplet's
-# soft rim on the second renderer's sparse fluorescence: 2-3 peaks around each of two), not
-# droplets: of the 7 pressed droplets found on the scenes above, none shared its droplet.
-BESIDE_MIN_RADIUS_PX = 3.0
-BESIDE_MIN_RADIUS_FRACTION = 0.25
-BESIDE_OVERLAP_FRACTION = 0.25
 
 
 def apart_from_droplets(
@@ -148,10 +134,9 @@ def apart_from_droplets(
     ``(n,)``, all in the same pixels): a droplet missed, not part of one drawn.
 
     Droplets touch but do not overlap much, and a large droplet's edge is seldom drawn
-    perfectly: a peak on that edge (or inside) is what the droplet left unexplained, unless it
-    is droplet-sized beside it (``BESIDE_*``) and the only such peak there. Every droplet is
-    asked, not only the one whose centre is nearest: on a large droplet's rim the nearest
-    centre is often a small neighbour's or an inclusion's.
+    perfectly: a peak on that edge (or inside) is what the droplet left unexplained. Every
+    droplet is asked, not only the one whose centre is nearest: on a large droplet's rim the
+    nearest centre is often a small neighbour's or an inclusion's.
     """
     peak_xy_px = np.asarray(peak_xy_px).reshape(-1, 2)
     if len(centres_px) == 0:
@@ -160,25 +145,13 @@ def apart_from_droplets(
     within = cKDTree(centres_px).query_ball_point(
         peak_xy_px, r=float(reach.max()) + ADDED_OVERLAP_FRACTION * peak_radius_px
     )
-    apart = np.ones(len(peak_xy_px), dtype=bool)
-    # The droplets each peak kept so far stands beside, within their edge band or overlap.
-    leaning_on = []
-    for k, (xy, r, near) in enumerate(zip(peak_xy_px, peak_radius_px, within)):
-        near = np.asarray(near, dtype=int)
-        distance = np.hypot(*(centres_px[near] - xy).T)
-        clear = distance > reach[near] + ADDED_OVERLAP_FRACTION * r
-        beside = (
-            (r >= BESIDE_MIN_RADIUS_PX)
-            & (r >= BESIDE_MIN_RADIUS_FRACTION * radius_px[near])
-            & (distance > radius_px[near] + BESIDE_OVERLAP_FRACTION * r)
-        )
-        apart[k] = np.all(clear | beside)
-        leaning_on.append(near[~clear] if apart[k] else near[:0])
-    counts = np.bincount(np.concatenate(leaning_on), minlength=len(centres_px)) if leaning_on else np.zeros(0, int)
-    for k, held in enumerate(leaning_on):
-        if held.size and np.any(counts[held] >= 2):
-            apart[k] = False
-    return apart
+    return np.array(
+        [
+            np.all(np.hypot(*(centres_px[near] - xy).T) > reach[near] + ADDED_OVERLAP_FRACTION * r)
+            for xy, r, near in zip(peak_xy_px, peak_radius_px, within)
+        ],
+        dtype=bool,
+    )
 
 
 # Peaks whose neighbourhoods are read at once (bounds the memory of the patches).
