@@ -542,18 +542,13 @@ def _fit_region(
     # Blur is measured where it is sharpest: in the uploaded image, not the downscaled one.
     droplets = with_edge_blur(droplets, extract_channel(image, settings.channel).mean(axis=2))
     count = count_of_table(droplets, discrepancy.count)
+    shown = {name: np.asarray(columns[name])[active > 0] for name in ("x", "y", "radius", "p_exists")}
     verdict = judge_fit(
         observed,
         reconstruction,
-        np.stack(
-            [
-                images.to_fit_px(droplets["x"].to_numpy() - origin[0], factor),
-                images.to_fit_px(droplets["y"].to_numpy() - origin[1], factor),
-            ],
-            axis=1,
-        ),
-        droplets["radius"].to_numpy() / factor,
-        droplets["p_exists"].to_numpy(),
+        np.stack([shown["x"], shown["y"]], axis=1),
+        shown["radius"],
+        shown["p_exists"],
         (MIN_RADIUS_PX, MAX_FIT_RADIUS_PX),
     )
     uncertain = time.perf_counter()
